@@ -1,0 +1,156 @@
+"""Plain values shared by the engines and the tier adapters (no I/O, no project imports above this)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+# Callbacks the engines take instead of UI objects.
+Progress = Callable[[str, int, int], None]  # (tier, items done, bytes done)
+Warn = Callable[[str], None]
+
+
+def no_progress(tier: str, items: int, nbytes: int) -> None:
+    """A progress callback that ignores its arguments."""
+
+
+def no_warn(message: str) -> None:
+    """A warning callback that ignores its argument."""
+
+
+def now_ms() -> int:
+    """Wall-clock time in integer milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class MemberSink(Protocol):
+    """Where a tier writes archive members. `add` is safe to call from several threads at once.
+
+    `meta` is recorded for the member in MANIFEST.json (e.g. {"rows": 10}); it must be JSON-serialisable
+    and must never hold secrets.
+    """
+
+    def add(
+        self,
+        name: str,
+        data: bytes | IO[bytes],
+        *,
+        size: int | None = None,
+        mode: int = 0o600,
+        mtime: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class Member:
+    """One archive member as a reader sees it. `stream` is valid only until the next member is requested."""
+
+    name: str
+    size: int
+    mode: int
+    mtime: float
+    stream: IO[bytes]
+
+    def read_all(self) -> bytes:
+        """Read the whole member (only for members known to be small)."""
+        return self.stream.read()
+
+
+class MemberSource(Protocol):
+    """An archive opened for reading: `snapshot` (snapshot.json) is known up front; `members()` streams the
+    rest in archive order and raises CorruptArchive at the end if anything disagrees with MANIFEST.json, so a
+    consumer that applies changes must only commit after the iteration has finished."""
+
+    snapshot: dict[str, Any]
+
+    def members(self, prefix: str | None = None) -> Iterator[Member]: ...
+
+
+@dataclass
+class TierSummary:
+    """What one tier put into a snapshot: times, counts and non-secret details for snapshot.json."""
+
+    tier: str
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The tier's entry in snapshot.json."""
+        return {
+            "tier": self.tier,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_s": round(self.finished_at - self.started_at, 6),
+            "counts": dict(self.counts),
+            "details": self.details,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did (or, with dry_run, would do) to one tier."""
+
+    tier: str
+    dry_run: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    undo_archive: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description."""
+        return {
+            "tier": self.tier,
+            "dry_run": self.dry_run,
+            "counts": dict(self.counts),
+            "plan": self.plan,
+            "problems": list(self.problems),
+            "undo_archive": self.undo_archive,
+        }
+
+
+def _iso(ts: float) -> str:
+    if not ts:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1_000_000):06d}Z"
+
+
+def utc_stamp(ts: float | None = None) -> str:
+    """A compact UTC timestamp for archive names: 20261127T175200Z."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if ts is None else ts))
+
+
+@dataclass
+class RestoreOptions:
+    """What the user asked a restore to do. Each tier reads the fields that concern it."""
+
+    tier: str
+    target: str | None = None  # db/redis: target URL; files: target directory
+    dry_run: bool = False
+    undo: bool = True
+    # db
+    tables: list[str] = field(default_factory=list)
+    mode: str = "replace"  # replace | merge | append
+    # redis
+    match: list[str] = field(default_factory=list)
+    db_map: dict[int, int] = field(default_factory=dict)
+    conflict: str = "replace"  # replace | skip | fail
+    ttl: str = "absolute"  # absolute | relative
+    flush: bool = False
+
+
+class UndoSink(Protocol):
+    """Where a restore saves what it is about to replace, in the tier's own snapshot format, so that
+    `statekit restore` of the resulting archive puts the target back. The tier writes its members into
+    `sink`, then calls `seal()` (which finishes and fsyncs the undo archive) before its first change."""
+
+    sink: MemberSink
+
+    def seal(self, tier_summary: TierSummary) -> str: ...
