@@ -1,0 +1,1 @@
+"""The archive layer: age encryption (age.py), keys (keys.py) and the container format."""

@@ -1,0 +1,258 @@
+"""What every command shares: the click group, common options, output in human or JSON form, progress on a
+TTY, and the one place where a StatekitError becomes a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from statekit import __version__
+from statekit.config import Config, load_config
+from statekit.errors import EXIT_CODES, StatekitError
+
+JSON_SCHEMA = "statekit.cli/v1"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_status_epilog(extra: Iterable[tuple[int, str]] = ()) -> str:
+    """The EXIT STATUS section every command's --help ends with."""
+    rows = sorted({**dict(EXIT_CODES), **dict(extra)}.items())
+    lines = ["\b", "EXIT STATUS"] + [f"  {code:<4} {text}" for code, text in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class App:
+    """Per-invocation state: output mode and the loaded configuration."""
+
+    command: str = ""
+    config_file: str | None = None
+    json: bool = False
+    jsonl: bool = False
+    quiet: bool = False
+    verbose: int = 0
+    log_format: str = "text"
+    warnings: list[str] = field(default_factory=list)
+    _config: Config | None = None
+    started: float = field(default_factory=time.time)
+
+    def config(self) -> Config:
+        """The configuration (file, then STATEKIT_* environment), loaded once."""
+        if self._config is None:
+            self._config = load_config(self.config_file)
+        return self._config
+
+    @property
+    def interactive(self) -> bool:
+        """Progress bars and prompts only when a person is watching."""
+        return not self.json and not self.quiet and _isatty(sys.stderr)
+
+    def info(self, message: str) -> None:
+        """A line for a person (suppressed by -q and --json)."""
+        if not self.quiet and not self.json:
+            click.echo(message)
+
+    def detail(self, message: str) -> None:
+        """A line shown with -v only."""
+        if self.verbose and not self.json:
+            click.echo(message, err=True)
+
+    def warn(self, message: str) -> None:
+        """A warning: on stderr (or as a JSON log line), and kept for the --json result."""
+        self.warnings.append(message)
+        if self.log_format == "json":
+            _log_json("warning", message)
+        elif not self.quiet:
+            click.echo(f"warning: {message}", err=True)
+
+    def result(self, doc: dict[str, Any], human: str | Iterable[str] | None) -> None:
+        """Print the command's result: one JSON document with --json, else the human text."""
+        if self.json:
+            out = {"schema": JSON_SCHEMA, "command": self.command, "ok": True, **doc}
+            if self.warnings and "warnings" not in out:
+                out["warnings"] = self.warnings
+            click.echo(json.dumps(out, indent=2, default=str))
+            return
+        if human is None or self.quiet:
+            return
+        if isinstance(human, str):
+            click.echo(human)
+        else:
+            for line in human:
+                click.echo(line)
+
+    def progress(self) -> Callable[[str, int, int], None]:
+        """A progress callback: a live line per tier on a TTY, nothing otherwise."""
+        if not self.interactive:
+            return _no_progress
+        return _TtyProgress()
+
+
+def _no_progress(tier: str, items: int, nbytes: int) -> None:
+    pass
+
+
+class _TtyProgress:
+    """One self-overwriting stderr line: tier, items, bytes, rate."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.tier = ""
+
+    def __call__(self, tier: str, items: int, nbytes: int) -> None:
+        now = time.monotonic()
+        if tier != self.tier:
+            if self.tier:
+                sys.stderr.write("\n")
+            self.tier = tier
+            self.start = now
+        if now - self.last < 0.1:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        line = f"  {tier:<6} {items:>10,} items  {_human_bytes(nbytes):>9}  {items / elapsed:>10,.0f}/s"
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+human_bytes = _human_bytes
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _log_json(level: str, message: str) -> None:
+    sys.stderr.write(json.dumps({"ts": time.time(), "level": level, "message": message}) + "\n")
+
+
+def common_options(func: F) -> F:
+    """--config, --json, -q, -v and --log-format on every command."""
+
+    @click.option(
+        "--config",
+        "config_file",
+        metavar="FILE",
+        help="Config file (default: $STATEKIT_CONFIG, ./statekit.toml).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (errors too).")
+    @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+    @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
+    @click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="Warnings and log lines as text (default) or JSON lines on stderr.",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        config_file: str | None,
+        as_json: bool,
+        quiet: bool,
+        verbose: int,
+        log_format: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        ctx = click.get_current_context()
+        app: App = ctx.ensure_object(App)
+        app.command = ctx.info_name or ""
+        app.config_file = config_file or app.config_file
+        app.json = app.json or as_json
+        app.quiet = app.quiet or quiet
+        app.verbose = max(app.verbose, verbose)
+        app.log_format = log_format or app.log_format
+        if app.log_format == "json":
+            logging.basicConfig(level=logging.INFO if app.verbose else logging.WARNING, format="%(message)s")
+        return func(app, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=exit_status_epilog(),
+)
+@click.version_option(__version__, prog_name="statekit")
+def cli() -> None:
+    """statekit backs up, audits and repairs application state spread over a SQL database, Redis and key
+    files: one encrypted archive for all three tiers, restores planned before they are applied, and an
+    audit that says exactly where the tiers disagree."""
+
+
+def confirm(app: App, question: str, yes: bool) -> bool:
+    """True with --yes; on a TTY ask; without a TTY (cron) refuse."""
+    if yes:
+        return True
+    if not _isatty(sys.stdin):
+        return False
+    return click.confirm(question, default=False, err=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code; errors become one line on stderr (or JSON with --json)."""
+    args = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in args
+    try:
+        cli.main(args=args, prog_name="statekit", standalone_mode=False)
+    except StatekitError as exc:
+        return _report_error(exc.kind, exc.message, exc.exit_code, wants_json)
+    except click.exceptions.NoArgsIsHelp as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 2
+    except click.exceptions.UsageError as exc:
+        return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return _report_error("interrupted", "interrupted", 130, wants_json)
+    except click.ClickException as exc:
+        return _report_error("usage", exc.format_message(), 2, wants_json)
+    except KeyboardInterrupt:
+        return _report_error("interrupted", "interrupted", 130, wants_json)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("STATEKIT_DEBUG"):
+            raise
+        return _report_error(
+            "internal",
+            f"internal error: {type(exc).__name__}: {exc} (set STATEKIT_DEBUG=1 for a traceback)",
+            19,
+            wants_json,
+        )
+    return 0
+
+
+def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:
+    message = " ".join(message.split())
+    if wants_json:
+        doc = {
+            "schema": JSON_SCHEMA,
+            "ok": False,
+            "error": {"kind": kind, "message": message, "exit_code": code},
+        }
+        click.echo(json.dumps(doc, indent=2))
+    click.echo(f"Error: {message}", err=True)
+    return code

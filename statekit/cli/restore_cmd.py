@@ -1,0 +1,154 @@
+"""`statekit restore`: one tier from an archive, planned and confirmed first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
+from statekit.cli._keys import identity_options
+from statekit.cli.archive_cmd import open_verified
+from statekit.credentials import undo_recipients
+from statekit.errors import UsageError
+from statekit.model import RestoreOptions, RestoreReport
+from statekit.restore import plan_restore, restore_tier
+
+
+def _db_map(values: tuple[str, ...]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for v in values:
+        try:
+            src, dst = v.split(":")
+            out[int(src)] = int(dst)
+        except ValueError:
+            raise UsageError(f"--db-map {v!r}: expected SRC:DST, e.g. 0:3") from None
+    return out
+
+
+@cli.command(epilog=exit_status_epilog())
+@click.argument("archive", metavar="ARCHIVE")
+@click.option(
+    "--tier", required=True, type=click.Choice(["db", "redis", "files"]), help="The tier to restore."
+)
+@click.option("--target", metavar="DIR", help="files: restore into DIR instead of the configured root.")
+@click.option(
+    "--target-url", metavar="URL", help="db/redis: restore into this server instead of the configured one."
+)
+@click.option("--tables", multiple=True, metavar="GLOB", help="db: only these tables (repeatable).")
+@click.option("--mode", type=click.Choice(["replace", "merge", "append"]), default="replace", show_default=True,
+              help="db: replace tables, upsert by primary key, or insert only.")  # fmt: skip
+@click.option(
+    "--match", multiple=True, metavar="PATTERN", help="redis: key pattern; files: path glob (repeatable)."
+)
+@click.option("--db-map", multiple=True, metavar="SRC:DST", help="redis: restore database SRC into DST.")
+@click.option("--conflict", type=click.Choice(["replace", "skip", "fail"]), default="replace", show_default=True,
+              help="redis: what to do with keys that already exist.")  # fmt: skip
+@click.option("--ttl", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
+              help="redis: keep absolute expiry times, or the remaining time as of the snapshot.")  # fmt: skip
+@click.option(
+    "--flush", is_flag=True, help="redis: empty the target databases first (saved in the undo archive)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@click.option("--no-undo", is_flag=True, help="Do not save what is replaced (for disposable targets).")
+@click.option(
+    "--undo-dir", metavar="DIR", help="Where the undo archive goes (default: the current directory)."
+)
+@identity_options
+@common_options
+def restore(
+    app: App,
+    archive: str,
+    tier: str,
+    target: str | None,
+    target_url: str | None,
+    tables: tuple[str, ...],
+    mode: str,
+    match: tuple[str, ...],
+    db_map: tuple[str, ...],
+    conflict: str,
+    ttl: str,
+    flush: bool,
+    dry_run: bool,
+    yes: bool,
+    no_undo: bool,
+    undo_dir: str | None,
+    identities: tuple[str, ...],
+    passphrase_file: str | None,
+) -> None:
+    """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
+
+    Nothing is changed before the whole archive has been verified. Without a terminal, --yes is required."""
+    if target and tier != "files":
+        raise UsageError("--target is for --tier files; use --target-url for db and redis")
+    if target_url and tier == "files":
+        raise UsageError("--target-url is for db and redis; use --target DIR for files")
+    cfg = app.config()
+    opened = open_verified(app, archive, identities, passphrase_file)
+    opts = RestoreOptions(
+        tier=tier,
+        target=target or target_url,
+        dry_run=dry_run,
+        undo=not no_undo,
+        tables=list(tables),
+        mode=mode,
+        match=list(match),
+        db_map=_db_map(db_map),
+        conflict=conflict,
+        ttl=ttl,
+        flush=flush,
+    )
+    if dry_run:
+        report = plan_restore(opened, opts, cfg)
+        app.result(report.to_json(), render_report(report))
+        return
+
+    def ask(plan: RestoreReport) -> bool:
+        if not yes and not app.json:
+            for line in render_report(plan):
+                click.echo(line, err=True)
+        return confirm(app, f"Restore the {tier} tier from {archive}?", yes)
+
+    report = restore_tier(
+        opened,
+        opts,
+        cfg,
+        undo_dir=Path(undo_dir or "."),
+        undo_recipients=undo_recipients(opened.identities, []),
+        confirm=ask,
+        progress=app.progress(),
+        warn=app.warn,
+    )
+    app.result(report.to_json(), render_report(report))
+
+
+def render_report(report: RestoreReport) -> list[str]:
+    """A restore plan or result for a person."""
+    head = "plan" if report.dry_run else "restored"
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    lines = [f"{head} ({report.tier}): {counts or 'nothing to do'}"]
+    for item in report.plan[:20]:
+        lines.append("  " + _plan_line(item))
+    if len(report.plan) > 20:
+        lines.append(f"  … and {len(report.plan) - 20} more")
+    for p in report.problems:
+        lines.append(f"  problem: {p}")
+    if report.undo_archive:
+        lines.append(f"undo archive: {report.undo_archive} (restore it to put the target back)")
+    return lines
+
+
+def _plan_line(item: dict[str, Any]) -> str:
+    action = item.get("action", "")
+    mark = {
+        "create": "+",
+        "overwrite": "~",
+        "replace": "~",
+        "merge": "~",
+        "append": "+",
+        "unchanged": "=",
+    }.get(str(action), "*")
+    rest = " ".join(f"{k}={v}" for k, v in item.items() if k not in ("action",))
+    return f"{mark} {action:<9} {rest}"

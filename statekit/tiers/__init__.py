@@ -1,0 +1,1 @@
+"""Tier adapters: each knows its driver and nothing of archives, crypto or the other tiers."""

@@ -1,0 +1,362 @@
+"""The files tier: one root directory of key files, snapshotted and restored with mode and mtime.
+
+Reading never follows a symlink (O_NOFOLLOW, lstat-based walk); writing stages every file, checks it against
+the archive's manifest, then promotes each one atomically (temp file 0600, fsync, rename, fsync directory),
+so each target file is either its old or its new version, never a partial one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from statekit.config import FilesConfig
+from statekit.errors import ConfigError, CorruptArchive, StorageError, TierError, TierUnavailable
+from statekit.model import (
+    MemberSink,
+    Progress,
+    RestoreOptions,
+    RestoreReport,
+    TierSummary,
+    UndoSink,
+    Warn,
+    no_progress,
+    no_warn,
+)
+
+if TYPE_CHECKING:
+    from statekit.archive.format import Archive
+
+PREFIX = "files/"
+_SMALL = 4 << 20  # files below this are read whole; bigger ones stream
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a path glob: `**` spans directories, `*` and `?` stay within one path segment."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def path_selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """True when a relative path matches an include glob and no exclude glob."""
+    if not any(_glob_regex(p).match(rel) for p in include):
+        return False
+    return not any(_glob_regex(p).match(rel) for p in exclude)
+
+
+@dataclass
+class _Entry:
+    rel: str
+    path: str
+
+
+def _walk(root: str, warn: Warn, skipped: dict[str, int]) -> Iterator[_Entry]:
+    """Regular files under root in sorted order, never following symlinks."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        full_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            entries = sorted(os.scandir(full_dir), key=lambda e: e.name)
+        except OSError as exc:
+            raise TierError(f"files tier: cannot list {full_dir}: {exc.strerror}") from None
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_symlink():
+                warn(f"files tier: {rel} is a symlink, not followed (skipped)")
+                skipped["symlinks"] = skipped.get("symlinks", 0) + 1
+            elif entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(".statekit-staging-"):
+                    subdirs.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                yield _Entry(rel, entry.path)
+            else:
+                warn(f"files tier: {rel} is a special file (device, fifo or socket), skipped")
+                skipped["special"] = skipped.get("special", 0) + 1
+        stack.extend(reversed(subdirs))
+
+
+def _check_root(cfg: FilesConfig) -> str:
+    if not cfg.root:
+        raise ConfigError("files tier: no root directory configured ([files] root or STATEKIT_FILES_ROOT)")
+    root = os.path.abspath(cfg.root)
+    if not os.path.isdir(root):
+        raise TierUnavailable(f"files tier: root {cfg.root} is not a directory")
+    return root
+
+
+def snapshot_files(
+    cfg: FilesConfig,
+    sink: MemberSink,
+    *,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> TierSummary:
+    """Write every selected file under the root into the archive as files/<relative path>."""
+    root = _check_root(cfg)
+    summary = TierSummary("files", started_at=time.time())
+    skipped: dict[str, int] = {}
+    count = total = 0
+    for entry in _walk(root, warn, skipped):
+        if not path_selected(entry.rel, cfg.include, cfg.exclude):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                warn(f"files tier: {entry.rel} vanished during the snapshot (skipped)")
+                continue
+            if cfg.skip_unreadable:
+                warn(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                continue
+            raise TierError(
+                f"files tier: cannot read {entry.rel}: {exc.strerror} "
+                "(set [files] skip_unreadable = true to skip such files)"
+            ) from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            meta = {"files": 1, "mtime_ns": st.st_mtime_ns}
+            name = PREFIX + entry.rel
+            if st.st_size < _SMALL:
+                data = fh.read()
+                sink.add(name, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
+                size = len(data)
+            else:
+                sink.add(name, fh, size=st.st_size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
+                size = st.st_size
+        count += 1
+        total += size
+        progress("files", count, total)
+    summary.finished_at = time.time()
+    summary.counts = {"files": count, "bytes": total, **{f"skipped_{k}": v for k, v in skipped.items()}}
+    summary.details = {"root": root, "include": list(cfg.include), "exclude": list(cfg.exclude)}
+    return summary
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def _target_root(opts: RestoreOptions, cfg: FilesConfig) -> str:
+    target = opts.target or cfg.root
+    if not target:
+        raise ConfigError("files restore: no target (use --target DIR or configure [files] root)")
+    return os.path.abspath(target)
+
+
+def _safe_join(root: str, rel: str) -> str:
+    path = os.path.normpath(os.path.join(root, rel))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise CorruptArchive(f"archive member files/{rel} would be written outside the target")
+    return path
+
+
+def _selected_members(archive: Archive, opts: RestoreOptions) -> list[dict[str, object]]:
+    out = []
+    for m in archive.manifest.get("members", []):
+        name = m["name"]
+        if not name.startswith(PREFIX):
+            continue
+        rel = name[len(PREFIX) :]
+        if opts.match and not path_selected(rel, opts.match, ()):
+            continue
+        out.append(m)
+    return out
+
+
+def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig) -> RestoreReport:
+    """What a files restore would create, overwrite or leave unchanged (writes nothing)."""
+    root = _target_root(opts, cfg)
+    report = RestoreReport("files", dry_run=True)
+    counts = {"create": 0, "overwrite": 0, "unchanged": 0}
+    for m in _selected_members(archive, opts):
+        rel = str(m["name"])[len(PREFIX) :]
+        path = _safe_join(root, rel)
+        action = "create"
+        if os.path.lexists(path):
+            action = "overwrite"
+            if (
+                os.path.isfile(path)
+                and not os.path.islink(path)
+                and os.path.getsize(path) == m["size"]
+                and _sha256_file(path) == m["sha256"]
+            ):
+                action = "unchanged"
+        counts[action] += 1
+        report.plan.append({"path": rel, "action": action, "size": m["size"], "mode": m.get("mode")})
+    report.counts = counts
+    return report
+
+
+def _sha256_file(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: int) -> None:
+    """Write a file as temp (0600) → fsync → chmod/utime → rename → fsync dir."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        src(fd)
+        os.fsync(fd)
+        os.fchmod(fd, mode & 0o7777)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def restore_files(
+    archive: Archive,
+    opts: RestoreOptions,
+    cfg: FilesConfig,
+    *,
+    undo: UndoSink | None,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> RestoreReport:
+    """Stage the archived files, check them against the manifest, then promote each one atomically."""
+    plan = plan_files_restore(archive, opts, cfg)
+    root = _target_root(opts, cfg)
+    report = RestoreReport("files", counts={"created": 0, "overwritten": 0, "unchanged": 0})
+    wanted = {str(p["path"]): p for p in plan.plan if p["action"] != "unchanged"}
+    report.counts["unchanged"] = plan.counts["unchanged"]
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"files restore: cannot create target {root}: {exc.strerror}") from None
+    staging = os.path.join(root, f".statekit-staging-{uuid.uuid4().hex[:10]}")
+    try:
+        os.mkdir(staging, 0o700)
+    except OSError as exc:
+        raise StorageError(f"files restore: cannot write in {root}: {exc.strerror}") from None
+    try:
+        staged: list[tuple[str, str, int, int]] = []
+        by_name = {m["name"]: m for m in archive.manifest.get("members", [])}
+        for member in archive.members(PREFIX):
+            rel = member.name[len(PREFIX) :]
+            if rel not in wanted:
+                continue
+            _safe_join(root, rel)
+            spath = os.path.join(staging, f"{len(staged):08d}")
+            with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                shutil.copyfileobj(member.stream, out, 1 << 20)
+            meta = by_name.get(member.name, {}).get("meta", {})
+            mtime_ns = int(meta.get("mtime_ns", int(member.mtime * 1e9)))
+            staged.append((rel, spath, member.mode, mtime_ns))
+        # archive.members() raised CorruptArchive if anything disagreed with the manifest: only now promote.
+        if undo is not None:
+            _save_undo(root, [rel for rel, *_ in staged], undo)
+        for i, (rel, spath, mode, mtime_ns) in enumerate(staged, 1):
+            dest = _safe_join(root, rel)
+            existed = os.path.lexists(dest)
+            _make_parents(root, os.path.dirname(dest))
+            if os.path.islink(dest) or (existed and not os.path.isfile(dest)):
+                raise StorageError(f"files restore: {rel} exists and is not a regular file; not replaced")
+
+            def copy(fd: int, spath: str = spath) -> None:
+                with open(spath, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        os.write(fd, block)
+
+            try:
+                _write_atomic(dest, copy, mode, mtime_ns)
+            except OSError as exc:
+                raise StorageError(f"files restore: cannot write {rel}: {exc.strerror}") from None
+            report.counts["overwritten" if existed else "created"] += 1
+            progress("files", i, 0)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _make_parents(root: str, directory: str) -> None:
+    rel = os.path.relpath(directory, root)
+    if rel == ".":
+        return
+    current = root
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise StorageError(f"files restore: {current} is a symlink; refusing to write through it")
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o700)
+
+
+def _save_undo(root: str, rels: list[str], undo: UndoSink) -> None:
+    summary = TierSummary("files", started_at=time.time())
+    n = 0
+    for rel in rels:
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            undo.sink.add(
+                PREFIX + rel,
+                fh,
+                size=st.st_size,
+                mode=st.st_mode & 0o7777,
+                mtime=st.st_mtime,
+                meta={"files": 1, "mtime_ns": st.st_mtime_ns},
+            )
+        n += 1
+    summary.finished_at = time.time()
+    summary.counts = {"files": n}
+    summary.details = {"root": root}
+    undo.seal(summary)
