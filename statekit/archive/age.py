@@ -171,7 +171,7 @@ class Encryptor(io.BufferedIOBase):
         """Always True."""
         return True
 
-    def _seal(self, data: ReadableBuffer, last: bool) -> None:
+    def _seal(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         if self._counter >= _MAX_CHUNKS:
             raise OverflowError("age STREAM chunk counter exhausted")
         self._out.write(self._aead.encrypt(_chunk_nonce(self._counter, last), data, None))
@@ -321,6 +321,8 @@ def _parse_header(src: _Source) -> _Header:
         raise AgeHeaderError("archive is empty (not an age file)")
     if not line.startswith(_VERSION_PREFIX):
         raise AgeHeaderError("not an age-encrypted archive (no age-encryption.org header)")
+    if line == INTRO[:-1] + b"\r\n":
+        raise _header_error("lines end with CRLF: the file was converted to text somewhere on its way")
     if line != INTRO:
         version = line[len(_VERSION_PREFIX) :].rstrip(b"\n")[:32].decode("ascii", "replace")
         raise _header_error(f"unsupported age format version {version!r} (statekit reads v1)")
@@ -390,7 +392,7 @@ def _no_match(stanzas: Sequence[Stanza], identities: Sequence[Identity]) -> AgeN
     if passphrase_file:
         return AgeNoMatch("this archive is protected by a passphrase, but no passphrase was given")
     if only_passphrases:
-        return AgeNoMatch("this archive was encrypted to age public keys, not a passphrase: give an identity")
+        return AgeNoMatch("this archive is not passphrase-protected: give an identity (AGE-SECRET-KEY-1…) instead")
     return AgeNoMatch("no identity matches this archive (it was encrypted to other recipients)")
 
 
@@ -534,10 +536,9 @@ class Decryptor(io.BufferedIOBase):
                 if not self._advance(have_data=bool(parts)):
                     break
                 continue
-            if self._pos == 0 and want >= avail:
-                piece = self._plain  # the whole chunk: hand it over without copying
-            else:
-                piece = self._plain[self._pos : self._pos + want]
+            # Taking the whole chunk hands it over without a copy.
+            whole = self._pos == 0 and want >= avail
+            piece = self._plain if whole else self._plain[self._pos : self._pos + want]
             self._pos += len(piece)
             want -= len(piece)
             parts.append(piece)
@@ -563,10 +564,9 @@ class Decryptor(io.BufferedIOBase):
             if not self._next_chunk():
                 return b""
         end = len(self._plain) if size < 0 else min(len(self._plain), self._pos + size)
-        if self._pos == 0 and end == len(self._plain):
-            piece = self._plain
-        else:
-            piece = self._plain[self._pos : end]
+        # The whole chunk at once goes out without a copy.
+        whole = self._pos == 0 and end == len(self._plain)
+        piece = self._plain if whole else self._plain[self._pos : end]
         self._pos = end
         return piece
 

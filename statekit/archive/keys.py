@@ -436,9 +436,8 @@ class ScryptIdentity:
             raise MalformedStanza("the scrypt work factor is not a plain decimal number")
         # Length check first: int() of a thousand-digit string is wasted work (and may raise).
         if len(text) > 2 or int(text) > self.max_work_factor:
-            raise MalformedStanza(
-                f"the scrypt work factor {text[:8]} exceeds the allowed maximum {self.max_work_factor}"
-            )
+            shown = text if len(text) <= 6 else "of " + str(len(text)) + " digits"
+            raise MalformedStanza(f"the scrypt work factor {shown} exceeds the allowed maximum {self.max_work_factor}")
         if len(stanza.body) != _WRAPPED_KEY_SIZE:
             raise MalformedStanza("the scrypt stanza body is not 32 bytes")
         return _aead_unwrap(_scrypt(self._passphrase, salt, int(text)), stanza.body)
@@ -520,9 +519,7 @@ def _read_key_file(path: Path, what: str) -> tuple[str, os.stat_result]:
         raise KeyFileError(f"{what} {path} is not a text file") from None
 
 
-def read_identity_file(
-    path: str | os.PathLike[str], warn: Callable[[str], None] | None = None
-) -> list[X25519Identity]:
+def read_identity_file(path: str | os.PathLike[str], warn: Callable[[str], None] | None = None) -> list[X25519Identity]:
     """Read an age identity file (e.g. from ``age-keygen``).
 
     If the file is a regular file that group or others may access, `warn` is called with a one-line
@@ -576,9 +573,7 @@ def write_identity_file(path: str | os.PathLike[str], identity: X25519Identity, 
     """
     p = Path(path)
     content = (
-        f"# created: {_rfc3339_now()}\n"
-        f"# public key: {identity.recipient().to_string()}\n"
-        f"{identity.to_string()}\n"
+        f"# created: {_rfc3339_now()}\n# public key: {identity.recipient().to_string()}\n{identity.to_string()}\n"
     ).encode("ascii")
     target = p
     if force:

@@ -1,0 +1,42 @@
+"""`make bench`: run every benchmark in this folder, one after another, each printing its own ratios
+against the peer tools measured in the same run (absolute times drift on shared machines)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ["bench_db.py", "bench_redis.py", "bench_audit.py"]
+
+
+def main() -> int:
+    """Run the benchmarks named on the command line (default: all) and report failures."""
+    wanted = sys.argv[1:] or BENCHES
+    env = dict(os.environ)
+    env.setdefault("STATEKIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    env.setdefault("STATEKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    failed = []
+    for name in wanted:
+        script = HERE / name
+        if not script.exists():
+            print(f"== {name}: not present, skipped")
+            continue
+        print(f"== {name}", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.call([sys.executable, str(script)], env=env)
+        print(f"== {name}: exit {rc} after {time.monotonic() - t0:.0f}s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The redis members' record format (documented in docs/FORMAT_REDIS.md).
+
+A member `redis/db<N>.<NNNNNN>.rec` is one header followed by records, all little-endian:
+
+    header  b"SKREDIS1"               8   magic and format version
+            u16 db                    2   source database number
+            u64 taken_at_ms           8   wall clock when this member's scan started (for --ttl relative)
+            u8  n + server_version    1+n redis_version of the source server (ASCII)
+
+    record  u8  tag                   1   b"D" whole key, b"B"/b"C"/b"E" a big key in chunks
+    "D"     u8  type                  1   TYPE_* below
+            u16 rdb_version           2   RDB version of the DUMP payload (0 if not a DUMP)
+            i64 expire_at_ms          8   absolute expiry, -1 when the key has none
+            u32 key_len, u32 val_len  8
+            key, DUMP payload
+    "B"     u8 type, u16 0, i64 expire_at_ms, u32 key_len, u32 0, key      (same 20-byte head as "D")
+    "C"     u8 type, u16 0, i64 0, u32 key_len, u32 n_items, key, n_items x (u32 len + bytes)
+    "E"     u8 type, u16 0, i64 0, u32 key_len, u32 n_chunks, key
+
+A big key's records "B", "C"... "E" are consecutive and may span members. Items of a chunk are the values
+the chunked read returned, flat: list elements; set members; hash field, value; zset member, score (the
+score as the server printed it, so no float is ever rounded); stream id, field count, fields and values.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from statekit.errors import CorruptArchive
+from statekit.model import MemberSink
+
+MAGIC = b"SKREDIS1"
+MEMBER_TARGET = 16 << 20  # a member holds about this many bytes of records, so memory stays bounded
+
+TYPE_STRING, TYPE_LIST, TYPE_SET, TYPE_ZSET, TYPE_HASH, TYPE_STREAM, TYPE_MODULE = range(7)
+TYPE_NAMES = ("string", "list", "set", "zset", "hash", "stream", "module")
+TYPE_BY_NAME = {name: i for i, name in enumerate(TYPE_NAMES)}
+
+TAG_DUMP, TAG_BEGIN, TAG_CHUNK, TAG_END = 0x44, 0x42, 0x43, 0x45  # b"D", b"B", b"C", b"E"
+
+NO_EXPIRY = -1
+
+_HEAD = struct.Struct("<BBHqII")  # tag, type, rdb_version, expire_at_ms, key_len, val_len/count
+_MEMBER_HEAD = struct.Struct("<8sHQB")
+_U32 = struct.Struct("<I")
+
+# The first byte of a DUMP payload is the RDB object type; map it to the user-visible type.
+_RDB_TYPE_TO_TYPE = {
+    0: TYPE_STRING,
+    1: TYPE_LIST,
+    10: TYPE_LIST,
+    14: TYPE_LIST,
+    18: TYPE_LIST,
+    2: TYPE_SET,
+    11: TYPE_SET,
+    20: TYPE_SET,
+    3: TYPE_ZSET,
+    5: TYPE_ZSET,
+    12: TYPE_ZSET,
+    17: TYPE_ZSET,
+    4: TYPE_HASH,
+    9: TYPE_HASH,
+    13: TYPE_HASH,
+    16: TYPE_HASH,
+    22: TYPE_HASH,
+    23: TYPE_HASH,
+    24: TYPE_HASH,
+    25: TYPE_HASH,
+    15: TYPE_STREAM,
+    19: TYPE_STREAM,
+    21: TYPE_STREAM,
+    6: TYPE_MODULE,
+    7: TYPE_MODULE,
+}
+
+
+def payload_type(payload: bytes) -> int:
+    """The key type of a DUMP payload (TYPE_MODULE for anything unknown: it can only go back as is)."""
+    return _RDB_TYPE_TO_TYPE.get(payload[0], TYPE_MODULE) if payload else TYPE_MODULE
+
+
+def payload_rdb_version(payload: bytes) -> int:
+    """The RDB version of a DUMP payload: the 2 little-endian bytes before the 8-byte CRC64 footer."""
+    if len(payload) < 11:
+        return 0
+    return payload[-10] | (payload[-9] << 8)
+
+
+def member_name(db: int, seq: int) -> str:
+    """Archive member name of the seq-th segment of database `db`."""
+    return f"redis/db{db}.{seq:06d}.rec"
+
+
+def parse_member_db(name: str) -> int | None:
+    """The db number in a member name made by member_name(), or None for another name."""
+    if not name.startswith("redis/db") or not name.endswith(".rec"):
+        return None
+    head = name[len("redis/db") :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+@dataclass
+class Record:
+    """One decoded record. For TAG_DUMP `value` is the payload; for TAG_CHUNK `items` holds the chunk."""
+
+    tag: int
+    type: int
+    key: bytes
+    expire_at: int = NO_EXPIRY
+    rdb_version: int = 0
+    value: bytes = b""
+    items: list[bytes] | None = None
+    count: int = 0
+
+
+class RecordWriter:
+    """Collects records for one database and hands them to the sink in members of about 16 MiB."""
+
+    def __init__(self, sink: MemberSink, db: int, server_version: str, taken_at_ms: int, first_seq: int = 0):
+        self.sink = sink
+        self.db = db
+        self._header = _MEMBER_HEAD.pack(MAGIC, db, taken_at_ms, len(server_version)) + server_version.encode()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._keys = 0
+        self.seq = first_seq
+        self.members = 0
+        self.keys = 0
+        self.bytes = 0
+
+    def add_dump(self, key: bytes, payload: bytes, expire_at: int) -> None:
+        """A whole key as a DUMP payload."""
+        self._parts += (
+            _HEAD.pack(
+                TAG_DUMP,
+                payload_type(payload),
+                payload_rdb_version(payload),
+                expire_at,
+                len(key),
+                len(payload),
+            ),
+            key,
+            payload,
+        )
+        self._size += 20 + len(key) + len(payload)
+        self._keys += 1
+        if self._size >= MEMBER_TARGET:
+            self.flush()
+
+    def add_raw(self, packed: list[bytes], nbytes: int, nkeys: int) -> None:
+        """Records already packed by the caller (the snapshot's hot loop packs them inline)."""
+        self._parts += packed
+        self._size += nbytes
+        self._keys += nkeys
+        if self._size >= MEMBER_TARGET:
+            self.flush()
+
+    def begin_big(self, key: bytes, type_: int, expire_at: int) -> None:
+        """Start a big key; its chunks follow."""
+        self._parts += (_HEAD.pack(TAG_BEGIN, type_, 0, expire_at, len(key), 0), key)
+        self._size += 20 + len(key)
+        self._keys += 1
+
+    def add_chunk(self, key: bytes, type_: int, items: list[bytes]) -> None:
+        """One chunk of a big key's values."""
+        packed = [_HEAD.pack(TAG_CHUNK, type_, 0, 0, len(key), len(items)), key]
+        size = 20 + len(key)
+        for it in items:
+            packed += (_U32.pack(len(it)), it)
+            size += 4 + len(it)
+        self._parts += packed
+        self._size += size
+        if self._size >= MEMBER_TARGET:
+            self.flush()
+
+    def end_big(self, key: bytes, type_: int, chunks: int) -> None:
+        """Close a big key."""
+        self._parts += (_HEAD.pack(TAG_END, type_, 0, 0, len(key), chunks), key)
+        self._size += 20 + len(key)
+
+    def flush(self) -> None:
+        """Write the records collected so far as one member (nothing if there are none)."""
+        if not self._parts:
+            return
+        body = b"".join([self._header, *self._parts])
+        self.sink.add(member_name(self.db, self.seq), body, meta={"keys": self._keys, "db": self.db})
+        self.seq += 1
+        self.members += 1
+        self.keys += self._keys
+        self.bytes += len(body)
+        self._parts = []
+        self._size = 0
+        self._keys = 0
+
+
+@dataclass
+class MemberHeader:
+    """The header of one redis member."""
+
+    db: int
+    taken_at_ms: int
+    server_version: str
+
+
+def read_member(stream: IO[bytes], name: str) -> tuple[MemberHeader, bytes]:
+    """Read a whole member (bounded by MEMBER_TARGET plus one record) and parse its header."""
+    data = stream.read()
+    if len(data) < _MEMBER_HEAD.size:
+        raise CorruptArchive(f"archive member {name}: too short for a redis member")
+    magic, db, taken, n = _MEMBER_HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptArchive(f"archive member {name}: not a redis record member (bad magic)")
+    end = _MEMBER_HEAD.size + n
+    header = MemberHeader(db, taken, data[_MEMBER_HEAD.size : end].decode("ascii", "replace"))
+    return header, data[end:]
+
+
+def iter_records(body: bytes, name: str) -> Iterator[Record]:
+    """Decode the records of one member body."""
+    pos = 0
+    end = len(body)
+    unpack = _HEAD.unpack_from
+    try:
+        while pos < end:
+            tag, type_, rdbv, expire, klen, vlen = unpack(body, pos)
+            pos += 20
+            key = body[pos : pos + klen]
+            pos += klen
+            if tag == TAG_DUMP:
+                value = body[pos : pos + vlen]
+                pos += vlen
+                if len(key) != klen or len(value) != vlen:
+                    raise CorruptArchive(f"archive member {name}: record cut short")
+                yield Record(tag, type_, key, expire, rdbv, value)
+            elif tag == TAG_CHUNK:
+                items = []
+                for _ in range(vlen):
+                    (n,) = _U32.unpack_from(body, pos)
+                    items.append(body[pos + 4 : pos + 4 + n])
+                    pos += 4 + n
+                if pos > end:
+                    raise CorruptArchive(f"archive member {name}: record cut short")
+                yield Record(tag, type_, key, items=items)
+            elif tag in (TAG_BEGIN, TAG_END):
+                yield Record(tag, type_, key, expire, count=vlen)
+            else:
+                raise CorruptArchive(f"archive member {name}: unknown record tag {tag:#x} at {pos - 20}")
+    except struct.error:
+        raise CorruptArchive(f"archive member {name}: record cut short") from None

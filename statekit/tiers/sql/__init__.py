@@ -1,0 +1,10 @@
+"""The db tier: SQL databases (PostgreSQL, MySQL/MariaDB, SQLite) to and from archive members.
+
+Public entry points: `snapshot_db`, `plan_db_restore`, `restore_db`. Archive layout: docs/FORMAT_DB.md.
+"""
+
+from __future__ import annotations
+
+from statekit.tiers.sql.snapshot import snapshot_db
+
+__all__ = ["snapshot_db"]

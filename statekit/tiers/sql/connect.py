@@ -1,0 +1,157 @@
+"""Database URLs, connections and driver errors for the db tier.
+
+Passwords come from the URL, else $STATEKIT_DB_PASSWORD, else (PostgreSQL) libpq's own ~/.pgpass lookup. They
+never appear in a message: every driver exception is re-raised as a statekit error whose text is scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from statekit.config import redact_url
+from statekit.errors import ConfigError, StatekitError, TierError, TierUnavailable
+
+# Default drivers: SQLAlchemy's own defaults (psycopg2, mysqlclient) are not installed with statekit.
+_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "sqlite": "pysqlite"}
+DIALECTS = ("postgresql", "mysql", "sqlite")
+
+
+class DbTarget:
+    """A parsed database URL with the password resolved; `shown` is the redacted form for messages."""
+
+    def __init__(self, url: str | None, *, must_exist: bool = True) -> None:
+        if not url:
+            raise ConfigError("db: no database URL configured ([db] url, STATEKIT_DB_URL or --target-url)")
+        self.shown: str = redact_url(url) or ""
+        try:
+            parsed = make_url(url)
+        except Exception:
+            raise ConfigError(f"db url {self.shown}: not a valid database URL") from None
+        backend = parsed.get_backend_name()
+        if backend not in _DRIVERS:
+            raise ConfigError(
+                f"db url {self.shown}: unsupported database '{backend}' (postgresql, mysql, mariadb, sqlite)"
+            )
+        driver = parsed.get_driver_name()
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
+        elif backend == "postgresql" and driver != "psycopg":
+            raise ConfigError(f"db url {self.shown}: use postgresql+psycopg:// (psycopg 3) for PostgreSQL")
+        password = os.environ.get("STATEKIT_DB_PASSWORD")
+        if parsed.password is None and password and backend != "sqlite":
+            parsed = parsed.set(password=password)
+        self.url: URL = parsed
+        self.dialect: str = "mysql" if backend == "mariadb" else backend
+        self._secret = str(parsed.password) if parsed.password else None
+        if self.dialect == "sqlite":
+            db = parsed.database or ""
+            if db in ("", ":memory:"):
+                raise ConfigError(f"db url {self.shown}: an in-memory SQLite database cannot be backed up")
+            if must_exist and not Path(db).is_file():
+                raise TierUnavailable(f"db {self.shown}: SQLite file {db} does not exist")
+
+    def scrub(self, text: str) -> str:
+        """The first line of a driver message with the password (if any) masked."""
+        line = (str(text).strip().splitlines() or [""])[0]
+        if self._secret:
+            line = line.replace(self._secret, "***")
+        return line
+
+    def engine(self) -> sa.Engine:
+        """A pool-less engine: statekit opens a few long connections, never many short ones."""
+        kwargs: dict[str, Any] = {"poolclass": NullPool}
+        if self.dialect == "sqlite":
+            # Transactions are begun explicitly (BEGIN / BEGIN IMMEDIATE): pysqlite's implicit ones do not
+            # cover SELECTs, so a snapshot would not be one read transaction.
+            kwargs["isolation_level"] = "AUTOCOMMIT"
+        return sa.create_engine(self.url, **kwargs)
+
+    def psycopg_conninfo(self) -> str:
+        """libpq connection string for psycopg (libpq itself reads ~/.pgpass when no password is set)."""
+        from psycopg.conninfo import make_conninfo
+
+        u = self.url
+        params: dict[str, Any] = {"dbname": u.database or "postgres"}
+        if u.host:
+            params["host"] = u.host
+        if u.port:
+            params["port"] = u.port
+        if u.username:
+            params["user"] = u.username
+        if u.password:
+            params["password"] = str(u.password)
+        for key, value in u.query.items():
+            params[key] = value if isinstance(value, str) else value[-1]
+        params.setdefault("application_name", "statekit")
+        return make_conninfo(**params)
+
+    def psycopg_connect(self, application_name: str = "statekit") -> Any:
+        """A psycopg 3 connection (not in autocommit), errors translated."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.psycopg_conninfo(), application_name=application_name)
+        except psycopg.Error as exc:
+            raise TierUnavailable(f"db {self.shown}: cannot connect: {self.scrub(str(exc))}") from None
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sa.Connection]:
+        """A SQLAlchemy connection with connection failures turned into TierUnavailable."""
+        engine = self.engine()
+        try:
+            try:
+                conn = engine.connect()
+            except Exception as exc:
+                raise TierUnavailable(f"db {self.shown}: cannot connect: {self.scrub(_driver_text(exc))}") from None
+            try:
+                yield conn
+            finally:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+        finally:
+            engine.dispose()
+
+    def fail(self, what: str, exc: BaseException) -> StatekitError:
+        """Turn a driver exception raised mid-work into TierError (or TierUnavailable if the link died)."""
+        if isinstance(exc, StatekitError):
+            return exc
+        text = self.scrub(_driver_text(exc))
+        if _is_disconnect(exc):
+            return TierUnavailable(f"db {self.shown}: connection lost while {what}: {text}")
+        return TierError(f"db {self.shown}: {what} failed: {text}")
+
+
+def _driver_text(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc) or type(exc).__name__
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", exc)
+    name = type(orig).__name__
+    if name in ("OperationalError", "InterfaceError"):
+        text = str(orig).lower()
+        return any(w in text for w in ("terminat", "connection", "server closed", "lost", "broken pipe"))
+    return False
+
+
+def server_version(conn: sa.Connection, dialect: str) -> str:
+    """The server's version string (PostgreSQL server_version, MySQL VERSION(), SQLite library version)."""
+    if dialect == "postgresql":
+        return str(conn.exec_driver_sql("SHOW server_version").scalar())
+    if dialect == "mysql":
+        return str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+    return str(conn.exec_driver_sql("SELECT sqlite_version()").scalar())

@@ -1,0 +1,348 @@
+"""The portable schema description the db tier archives (db/schema.json), and reflection that builds it.
+
+Reflection goes through SQLAlchemy's Inspector for every dialect, so the portable part (columns, kinds,
+nullability, defaults, keys, enums) has one code path; each dialect adds what only it knows: PostgreSQL exact
+native types (format_type), constraint definitions, domains and sequence positions; MySQL `SHOW CREATE TABLE`;
+SQLite the CREATE statement from sqlite_master.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as my_types
+from sqlalchemy.dialects import postgresql as pg_types
+
+from statekit.errors import CorruptArchive
+
+SCHEMA_MEMBER = "db/schema.json"
+SCHEMA_FORMAT = 1
+_PG_SYSTEM = ("pg_catalog", "information_schema", "pg_toast")
+
+
+@dataclass
+class ColumnDesc:
+    """One column: portable `type` ({"kind": ...}), the source's `native` type text and its properties."""
+
+    name: str
+    type: dict[str, Any]
+    native: str
+    nullable: bool = True
+    default: str | None = None
+    generated: str | None = None  # expression of a stored generated column (never archived as data)
+    identity: dict[str, Any] | None = None  # {"always": bool} for identity columns
+    autoincrement: bool = False
+    sequence: str | None = None  # PostgreSQL: quoted name of the sequence owned by this column
+
+
+@dataclass
+class TableDesc:
+    """One table; `member` is the prefix of its data members; `columns` in table order."""
+
+    schema: str | None
+    name: str
+    member: str
+    columns: list[ColumnDesc]
+    primary_key: list[str] = field(default_factory=list)
+    unique: list[list[str]] = field(default_factory=list)
+    foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+    constraints: list[dict[str, str]] = field(default_factory=list)  # PG: name, type, definition
+    native_ddl: str | None = None
+    encoding: str = "jsonl"  # "copy" (PostgreSQL COPY text) or "jsonl" (portable typed rows)
+    sequences: list[dict[str, Any]] = field(default_factory=list)  # name, last_value, is_called
+
+    @property
+    def key(self) -> str:
+        """`schema.table` (or `table` when the dialect has no schemas), used in messages and --tables."""
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+    @property
+    def data_columns(self) -> list[ColumnDesc]:
+        """Columns whose values are archived: generated columns are recomputed by the target instead."""
+        return [c for c in self.columns if c.generated is None]
+
+
+@dataclass
+class DbSchema:
+    """Everything db/schema.json holds: the source, tables in foreign-key order (parents first), types."""
+
+    dialect: str
+    server_version: str
+    default_schema: str | None
+    tables: list[TableDesc]
+    enums: list[dict[str, Any]] = field(default_factory=list)
+    domains: list[dict[str, Any]] = field(default_factory=list)
+    isolation: str = ""
+
+    def to_json_bytes(self) -> bytes:
+        """db/schema.json content."""
+        doc = {"format": "statekit-db-schema", "format_version": SCHEMA_FORMAT, **asdict(self)}
+        return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> DbSchema:
+        """Parse db/schema.json, refusing anything malformed (the archive is not trusted)."""
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != "statekit-db-schema":
+                raise ValueError("not a db schema")
+            if int(doc.get("format_version", 0)) > SCHEMA_FORMAT:
+                raise CorruptArchive("db/schema.json was written by a newer statekit; upgrade to restore it")
+            tables = []
+            for t in doc["tables"]:
+                cols = [ColumnDesc(**c) for c in t.pop("columns")]
+                tables.append(TableDesc(columns=cols, **t))
+            return cls(
+                dialect=str(doc["dialect"]),
+                server_version=str(doc["server_version"]),
+                default_schema=doc.get("default_schema"),
+                tables=tables,
+                enums=list(doc.get("enums", [])),
+                domains=list(doc.get("domains", [])),
+                isolation=str(doc.get("isolation", "")),
+            )
+        except CorruptArchive:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptArchive(f"archive member {SCHEMA_MEMBER} is damaged: {exc}") from None
+
+
+# -- portable types ---------------------------------------------------------------------------------------
+
+
+def portable_type(t: Any) -> dict[str, Any]:
+    """Describe a reflected SQLAlchemy type as a dialect-neutral {"kind": ...} dict.
+
+    Kinds: int(bits), bool, numeric(precision, scale), float(bits), text(length), bytes, date, time(tz),
+    timestamp, timestamptz, interval, uuid, json, jsonb, enum(name, schema, labels), array(item),
+    domain(name, schema, base), other. Order of the checks matters: Enum is a String, Float a Numeric."""
+    if isinstance(t, pg_types.DOMAIN):
+        return {"kind": "domain", "name": t.name, "schema": t.schema, "base": portable_type(t.data_type)}
+    if isinstance(t, sa.Enum):
+        return {"kind": "enum", "name": t.name, "schema": t.schema, "labels": list(t.enums)}
+    if isinstance(t, sa.Boolean):
+        return {"kind": "bool"}
+    if isinstance(t, my_types.TINYINT):
+        return {"kind": "int", "bits": 8, "unsigned": bool(getattr(t, "unsigned", False))}
+    if isinstance(t, my_types.MEDIUMINT):
+        return {"kind": "int", "bits": 24, "unsigned": bool(getattr(t, "unsigned", False))}
+    if isinstance(t, sa.SmallInteger):
+        return {"kind": "int", "bits": 16, "unsigned": bool(getattr(t, "unsigned", False))}
+    if isinstance(t, sa.BigInteger):
+        return {"kind": "int", "bits": 64, "unsigned": bool(getattr(t, "unsigned", False))}
+    if isinstance(t, sa.Integer):
+        return {"kind": "int", "bits": 32, "unsigned": bool(getattr(t, "unsigned", False))}
+    if isinstance(t, (sa.Float, sa.REAL, sa.Double)):
+        bits = 32 if isinstance(t, sa.REAL) or type(t).__name__ in ("REAL", "FLOAT") else 64
+        return {"kind": "float", "bits": bits}
+    if isinstance(t, sa.Numeric):
+        return {"kind": "numeric", "precision": t.precision, "scale": t.scale}
+    if isinstance(t, pg_types.ARRAY):
+        return {"kind": "array", "item": portable_type(t.item_type)}
+    if isinstance(t, pg_types.JSONB):
+        return {"kind": "jsonb"}
+    if isinstance(t, sa.JSON):
+        return {"kind": "json"}
+    if isinstance(t, sa.Uuid):
+        return {"kind": "uuid"}
+    if isinstance(t, sa.String):
+        return {"kind": "text", "length": t.length, "fixed": isinstance(t, sa.CHAR)}
+    if isinstance(t, sa.LargeBinary) or isinstance(t, (sa.BINARY, sa.VARBINARY)):
+        return {"kind": "bytes"}
+    if isinstance(t, sa.DateTime):
+        return {"kind": "timestamptz" if t.timezone else "timestamp"}
+    if isinstance(t, sa.Date):
+        return {"kind": "date"}
+    if isinstance(t, sa.Time):
+        return {"kind": "time", "tz": bool(t.timezone)}
+    if isinstance(t, sa.Interval) or isinstance(t, pg_types.INTERVAL):
+        return {"kind": "interval"}
+    return {"kind": "other"}
+
+
+def base_kind(ptype: dict[str, Any]) -> dict[str, Any]:
+    """The type a domain stands for (domains of domains too)."""
+    while ptype.get("kind") == "domain":
+        ptype = ptype["base"]
+    return ptype
+
+
+# Kinds that exist in every supported dialect; the rest restore only into their own dialect.
+PORTABLE_KINDS = {
+    "int", "bool", "numeric", "float", "text", "bytes", "date", "time", "timestamp", "timestamptz",
+    "uuid", "json", "jsonb", "enum",
+}  # fmt: skip
+
+
+def non_portable_reason(ptype: dict[str, Any], target_dialect: str) -> str | None:
+    """Why a column of this type cannot go into another dialect (None if it can)."""
+    kind = base_kind(ptype)["kind"]
+    if kind not in PORTABLE_KINDS:
+        return f"type {kind} has no equivalent in {target_dialect}"
+    if kind == "time" and ptype.get("tz"):
+        return f"time with time zone has no equivalent in {target_dialect}"
+    return None
+
+
+# -- selection and naming ----------------------------------------------------------------------------------
+
+
+def matches(key: str, name: str, patterns: list[str]) -> bool:
+    """Whether a table (`schema.table` key or bare name) matches any glob."""
+    return any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_tables(tables: list[TableDesc], include: list[str], exclude: list[str]) -> list[TableDesc]:
+    """Tables matching include (default all) and not exclude, order kept."""
+    inc = include or ["*"]
+    return [t for t in tables if matches(t.key, t.name, inc) and not matches(t.key, t.name, exclude)]
+
+
+def member_prefix(schema: str | None, name: str) -> str:
+    """db/<schema>.<table> with every byte outside [A-Za-z0-9_-] percent-encoded, so any identifier makes a
+    safe, unambiguous member name (the dots then only separate parts)."""
+
+    def enc(s: str) -> str:
+        return "".join(
+            ch if (ch.isascii() and (ch.isalnum() or ch in "_-")) else "".join(f"%{b:02X}" for b in ch.encode())
+            for ch in s
+        )
+
+    return f"db/{enc(schema)}.{enc(name)}" if schema else f"db/{enc(name)}"
+
+
+def fk_order(tables: list[TableDesc]) -> list[TableDesc]:
+    """Parents before children (self references and cycles ignored), otherwise stable by name."""
+    by_key = {(t.schema, t.name): t for t in tables}
+    deps: dict[tuple[str | None, str], set[tuple[str | None, str]]] = {}
+    for t in tables:
+        parents = {(fk["ref_schema"], fk["ref_table"]) for fk in t.foreign_keys}
+        deps[(t.schema, t.name)] = {p for p in parents if p in by_key and p != (t.schema, t.name)}
+    out: list[TableDesc] = []
+    done: set[tuple[str | None, str]] = set()
+    visiting: set[tuple[str | None, str]] = set()
+
+    def visit(k: tuple[str | None, str]) -> None:
+        if k in done or k in visiting:
+            return
+        visiting.add(k)
+        for p in sorted(deps[k], key=lambda x: (x[0] or "", x[1])):
+            visit(p)
+        visiting.discard(k)
+        done.add(k)
+        out.append(by_key[k])
+
+    for k in sorted(by_key, key=lambda x: (x[0] or "", x[1])):
+        visit(k)
+    return out
+
+
+# -- reflection ------------------------------------------------------------------------------------------
+
+
+def list_schemas(conn: sa.Connection, dialect: str, wanted: list[str]) -> list[str | None]:
+    """Schemas to reflect: the configured ones, else (PostgreSQL) every user schema, else the default."""
+    if dialect != "postgresql":
+        return [None] if not wanted else list(wanted)
+    if wanted:
+        return list(wanted)
+    names = sa.inspect(conn).get_schema_names()
+    return [n for n in names if not n.startswith(_PG_SYSTEM)]
+
+
+def reflect(
+    conn: sa.Connection,
+    dialect: str,
+    schemas: list[str],
+    include: list[str],
+    exclude: list[str],
+    *,
+    with_sequences: bool = True,
+) -> tuple[list[TableDesc], list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Reflect the selected tables (FK order), enums, domains and the default schema, on `conn` (so inside
+    the caller's snapshot transaction)."""
+    insp = sa.inspect(conn)
+    default_schema = insp.default_schema_name
+    tables: list[TableDesc] = []
+    for schema in list_schemas(conn, dialect, schemas):
+        real_schema = schema if schema is not None else default_schema
+        names = insp.get_table_names(schema=schema)
+        keys = [n for n in names if matches(f"{real_schema}.{n}" if real_schema else n, n, include or ["*"])]
+        keys = [
+            n for n in keys if not matches(f"{real_schema}.{n}" if real_schema else n, n, exclude)
+        ]
+        if not keys:
+            continue
+        cols = insp.get_multi_columns(schema=schema, filter_names=keys)
+        pks = insp.get_multi_pk_constraint(schema=schema, filter_names=keys)
+        fks = insp.get_multi_foreign_keys(schema=schema, filter_names=keys)
+        uqs = insp.get_multi_unique_constraints(schema=schema, filter_names=keys)
+        for name in keys:
+            k = (schema, name)
+            columns = [
+                ColumnDesc(
+                    name=c["name"],
+                    type=portable_type(c["type"]),
+                    native=_native(c["type"], conn),
+                    nullable=bool(c["nullable"]),
+                    default=None if c.get("default") is None else str(c["default"]),
+                    generated=str(c["computed"]["sqltext"]) if c.get("computed") else None,
+                    identity={"always": bool(c["identity"].get("always"))} if c.get("identity") else None,
+                    autoincrement=c.get("autoincrement") is True,
+                )
+                for c in cols.get(k, [])
+            ]
+            tables.append(
+                TableDesc(
+                    schema=real_schema,
+                    name=name,
+                    member=member_prefix(real_schema, name),
+                    columns=columns,
+                    primary_key=list((pks.get(k) or {}).get("constrained_columns") or []),
+                    unique=[list(u["column_names"]) for u in uqs.get(k, [])],
+                    foreign_keys=[
+                        {
+                            "name": fk.get("name"),
+                            "columns": list(fk["constrained_columns"]),
+                            "ref_schema": fk.get("referred_schema") or real_schema,
+                            "ref_table": fk["referred_table"],
+                            "ref_columns": list(fk["referred_columns"]),
+                            "on_delete": (fk.get("options") or {}).get("ondelete"),
+                            "on_update": (fk.get("options") or {}).get("onupdate"),
+                        }
+                        for fk in fks.get(k, [])
+                    ],
+                )
+            )
+    enums: list[dict[str, Any]] = []
+    domains: list[dict[str, Any]] = []
+    if dialect == "postgresql":
+        from statekit.tiers.sql.postgres import pg_extras
+
+        enums, domains = pg_extras(conn, tables, with_sequences=with_sequences)
+    elif dialect == "mysql":
+        for t in tables:
+            row = conn.exec_driver_sql(f"SHOW CREATE TABLE {_qmy(t.name)}").fetchone()
+            t.native_ddl = str(row[1]) if row else None
+    else:
+        for t in tables:
+            ddl = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t.name,)
+            ).scalar()
+            t.native_ddl = str(ddl) if ddl else None
+    return fk_order(tables), enums, domains, default_schema
+
+
+def _qmy(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _native(t: Any, conn: sa.Connection) -> str:
+    try:
+        return str(t.compile(dialect=conn.dialect))
+    except Exception:
+        return str(getattr(t, "__visit_name__", "unknown"))

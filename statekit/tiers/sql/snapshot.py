@@ -1,0 +1,191 @@
+"""snapshot_db: every selected table from one consistent database snapshot into archive members.
+
+Members written (docs/FORMAT_DB.md): `db/schema.json` first (all tables in foreign-key order, types, enums,
+domains, sequences, dialect, server version), then per table data segments
+`<member>.<NNNNNN>.copy` (PostgreSQL COPY text) or `<member>.<NNNNNN>.jsonl` (portable rows), where `<member>`
+is the table's percent-encoded `db/<schema>.<table>` prefix recorded in schema.json.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from statekit.config import DbConfig
+from statekit.errors import StatekitError
+from statekit.model import MemberSink, Progress, TierSummary, Warn, no_progress, no_warn
+from statekit.tiers.sql.connect import DbTarget, server_version
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc, reflect
+
+
+def snapshot_db(
+    cfg: DbConfig,
+    sink: MemberSink,
+    *,
+    jobs: int | None = None,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> TierSummary:
+    """Archive the tables selected by cfg (include/exclude globs, schemas) from one consistent snapshot.
+
+    PostgreSQL streams COPY text with `jobs` connections sharing one exported snapshot; MySQL/MariaDB and
+    SQLite stream rows through a server-side cursor. Raises TierUnavailable when the database cannot be
+    reached and TierError when it fails mid-way."""
+    target = DbTarget(cfg.url)
+    return snapshot_target(
+        target,
+        sink,
+        include=list(cfg.include),
+        exclude=list(cfg.exclude),
+        schemas=list(cfg.schemas),
+        jobs=jobs if jobs is not None else cfg.jobs,
+        progress=progress,
+        warn=warn,
+    )
+
+
+def exact_patterns(keys: list[str]) -> list[str]:
+    """Glob patterns that match exactly these table keys (identifiers may hold * ? [)."""
+    return [glob.escape(k) for k in keys]
+
+
+def snapshot_target(
+    target: DbTarget,
+    sink: MemberSink,
+    *,
+    include: list[str],
+    exclude: list[str],
+    schemas: list[str],
+    jobs: int = 1,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> TierSummary:
+    """snapshot_db on an already parsed target (the restore uses it for its undo archive)."""
+    if jobs < 1:
+        from statekit.errors import ConfigError
+
+        raise ConfigError("db jobs must be at least 1")
+    summary = TierSummary(tier="db", started_at=time.time())
+    dialect = target.dialect
+    done = {"rows": 0, "bytes": 0}
+
+    def add(table: TableDesc, seq: int, data: bytes, rows: int) -> None:
+        ext = "copy" if table.encoding == "copy" else "jsonl"
+        sink.add(f"{table.member}.{seq:06d}.{ext}", data, meta={"rows": rows, "table": table.key})
+        done["rows"] += rows
+        done["bytes"] += len(data)
+        progress("db", done["rows"], done["bytes"])
+
+    def write_schema(desc: DbSchema) -> None:
+        # First member of the tier: a restore knows every table's columns before it meets any data segment.
+        sink.add(SCHEMA_MEMBER, desc.to_json_bytes(), meta={"tables": len(desc.tables)})
+
+    with target.connection() as conn:
+        try:
+            if dialect == "postgresql":
+                desc, counts = _snapshot_pg(target, conn, include, exclude, schemas, jobs, add, write_schema)
+            else:
+                desc, counts = _snapshot_generic(conn, dialect, include, exclude, schemas, add, write_schema)
+        except StatekitError:
+            raise
+        except Exception as exc:
+            raise target.fail("snapshot", exc) from None
+    summary.finished_at = time.time()
+    summary.counts = {"tables": len(desc.tables), "rows": sum(counts.values())}
+    summary.details = {
+        "source": target.shown,
+        "dialect": dialect,
+        "server_version": desc.server_version,
+        "isolation": desc.isolation,
+        "jobs": jobs if dialect == "postgresql" else 1,
+        "encoding": "copy" if dialect == "postgresql" else "jsonl",
+        "tables": {t.key: counts.get(t.key, 0) for t in desc.tables},
+    }
+    if not desc.tables:
+        msg = "db: no table matched the include/exclude patterns"
+        summary.warnings.append(msg)
+        warn(msg)
+    return summary
+
+
+def _snapshot_pg(
+    target: DbTarget,
+    conn: sa.Connection,
+    include: list[str],
+    exclude: list[str],
+    schemas: list[str],
+    jobs: int,
+    add: Any,
+    write_schema: Callable[[DbSchema], None],
+) -> tuple[DbSchema, dict[str, int]]:
+    from statekit.tiers.sql.postgres import copy_out_parallel, prepare_session
+
+    conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    pg = conn.connection.driver_connection
+    version = server_version(conn, "postgresql")  # also opens the transaction (and fixes its snapshot)
+    prepare_session(pg)
+    snapshot_id = None
+    if jobs > 1:
+        snapshot_id = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
+    tables, enums, domains, default_schema = reflect(conn, "postgresql", schemas, include, exclude)
+    desc = DbSchema(
+        dialect="postgresql",
+        server_version=version,
+        default_schema=default_schema,
+        tables=tables,
+        enums=enums,
+        domains=domains,
+        isolation="REPEATABLE READ" + (" (exported snapshot shared by workers)" if jobs > 1 else ""),
+    )
+    # Largest tables first so parallel workers finish together; one worker keeps foreign-key order.
+    work = list(tables)
+    if jobs > 1 and work:
+        sizes = {
+            (str(s), str(n)): int(p)
+            for s, n, p in conn.exec_driver_sql(
+                "SELECT n.nspname, c.relname, c.relpages FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+            )
+        }
+        work.sort(key=lambda t: -sizes.get((t.schema or "", t.name), 0))
+    write_schema(desc)
+    counts = copy_out_parallel(target, pg, work, add, jobs, snapshot_id)
+    conn.rollback()
+    return desc, counts
+
+
+def _snapshot_generic(
+    conn: sa.Connection,
+    dialect: str,
+    include: list[str],
+    exclude: list[str],
+    schemas: list[str],
+    add: Any,
+    write_schema: Callable[[DbSchema], None],
+) -> tuple[DbSchema, dict[str, int]]:
+    from statekit.tiers.sql.generic import begin_snapshot, copy_out_rows, end_snapshot
+
+    isolation = begin_snapshot(conn, dialect)
+    try:
+        version = server_version(conn, dialect)
+        tables, enums, domains, default_schema = reflect(conn, dialect, schemas, include, exclude)
+        desc = DbSchema(
+            dialect=dialect,
+            server_version=version,
+            default_schema=default_schema,
+            tables=tables,
+            enums=enums,
+            domains=domains,
+            isolation=isolation,
+        )
+        write_schema(desc)
+        counts = copy_out_rows(conn, tables, add, lambda t: t.schema)
+    finally:
+        end_snapshot(conn, dialect)
+    return desc, counts
+
+

@@ -1,0 +1,235 @@
+"""Value encodings of the db tier.
+
+`jsonl` (portable rows): one JSON array per row, one element per archived column. JSON null, booleans,
+integers, strings and finite floats stand for themselves; everything else is a one-key object whose key names
+the type, so a value keeps its exact type even in a column without one (SQLite):
+
+    {"$b": base64}  bytes          {"$n": "12.50"} decimal       {"$f": "NaN"|"Infinity"|"-Infinity"}
+    {"$dt": ISO 8601 (offset if aware)}   {"$d": "2024-02-29"}   {"$t": "12:00:00.5"}
+    {"$td": [days, seconds, microseconds]} {"$u": uuid}          {"$j": JSON text}
+
+PostgreSQL `copy` members hold COPY text; `parse_copy_row` turns one line into typed values (for restores
+into another dialect), `adapt_for` fits typed values to what the target driver stores exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from statekit.errors import CorruptArchive
+
+# -- jsonl ------------------------------------------------------------------------------------------------
+
+
+def encode_value(v: Any) -> Any:
+    """A JSON-ready form of one database value (see the module docstring)."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
+        return {"$f": "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")}
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$b": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, decimal.Decimal):
+        return {"$n": str(v)}
+    if isinstance(v, dt.datetime):
+        return {"$dt": v.isoformat()}
+    if isinstance(v, dt.date):
+        return {"$d": v.isoformat()}
+    if isinstance(v, dt.time):
+        return {"$t": v.isoformat()}
+    if isinstance(v, dt.timedelta):
+        return {"$td": [v.days, v.seconds, v.microseconds]}
+    if isinstance(v, uuid.UUID):
+        return {"$u": str(v)}
+    if isinstance(v, (dict, list)):
+        return {"$j": json.dumps(v, ensure_ascii=False, separators=(",", ":"))}
+    if isinstance(v, (set, frozenset)):  # MySQL SET through some drivers
+        return ",".join(sorted(str(x) for x in v))
+    raise TypeError(f"cannot archive a value of type {type(v).__name__}")
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "$b": lambda s: base64.b64decode(s, validate=True),
+    "$n": decimal.Decimal,
+    "$f": float,
+    "$dt": dt.datetime.fromisoformat,
+    "$d": dt.date.fromisoformat,
+    "$t": dt.time.fromisoformat,
+    "$td": lambda x: dt.timedelta(days=x[0], seconds=x[1], microseconds=x[2]),
+    "$u": uuid.UUID,
+    "$j": str,
+}
+
+
+def decode_value(j: Any) -> Any:
+    """Inverse of encode_value; raises CorruptArchive on anything it does not know."""
+    if isinstance(j, dict):
+        if len(j) != 1:
+            raise CorruptArchive("db row holds a malformed tagged value")
+        ((tag, raw),) = j.items()
+        fn = _DECODERS.get(tag)
+        if fn is None:
+            raise CorruptArchive(f"db row holds an unknown value tag {tag!r}")
+        try:
+            return fn(raw)
+        except (ValueError, TypeError, IndexError, decimal.InvalidOperation) as exc:
+            raise CorruptArchive(f"db row holds a bad {tag} value: {exc}") from None
+    return j
+
+
+def encode_row(row: Any) -> bytes:
+    """One jsonl line (with its newline)."""
+    return (
+        json.dumps([encode_value(v) for v in row], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        + "\n"
+    ).encode("utf-8")
+
+
+def iter_jsonl(stream: IO[bytes], ncols: int) -> Iterator[list[Any]]:
+    """Decoded rows of one jsonl segment, each checked to have `ncols` values."""
+    for line in stream:
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            raise CorruptArchive("db segment holds a line that is not JSON") from None
+        if not isinstance(raw, list) or len(raw) != ncols:
+            raise CorruptArchive(f"db segment holds a row of the wrong width (expected {ncols} values)")
+        yield [decode_value(v) for v in raw]
+
+
+# -- COPY text --------------------------------------------------------------------------------------------
+
+_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _unescape_match(m: re.Match[str]) -> str:
+    if m.group(1):
+        return chr(int(m.group(1), 8))
+    if m.group(2):
+        return chr(int(m.group(2), 16))
+    ch = m.group(3)
+    return _SIMPLE.get(ch, ch)
+
+
+def split_copy_line(line: bytes) -> list[str | None]:
+    """The fields of one COPY text line (without its newline): `\\N` is NULL, backslash escapes decoded."""
+    out: list[str | None] = []
+    for field in line.decode("utf-8").split("\t"):
+        if field == "\\N":
+            out.append(None)
+        elif "\\" in field:
+            out.append(_ESCAPE.sub(_unescape_match, field))
+        else:
+            out.append(field)
+    return out
+
+
+def _tzfix(s: str) -> str:
+    # PostgreSQL prints offsets as +00 or +05:30; Python wants +00:00.
+    m = re.search(r"([+-]\d\d)$", s)
+    return s + ":00" if m else s
+
+
+def _pg_bool(s: str) -> bool:
+    return s == "t"
+
+
+def _pg_bytes(s: str) -> bytes:
+    if not s.startswith("\\x"):
+        raise CorruptArchive("db COPY segment holds bytea not in hex format")
+    return bytes.fromhex(s[2:])
+
+
+def _pg_float(s: str) -> float:
+    return float(s)
+
+
+_PG_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "bool": _pg_bool,
+    "numeric": decimal.Decimal,
+    "float": _pg_float,
+    "bytes": _pg_bytes,
+    "date": dt.date.fromisoformat,
+    "timestamp": dt.datetime.fromisoformat,
+    "timestamptz": lambda s: dt.datetime.fromisoformat(_tzfix(s)),
+    "uuid": uuid.UUID,
+}
+
+
+def pg_text_parser(ptype: dict[str, Any]) -> Callable[[str], Any]:
+    """A function turning one COPY text field of this portable type into a Python value."""
+    from statekit.tiers.sql.schema import base_kind
+
+    kind = base_kind(ptype)["kind"]
+    if kind == "time":
+        return lambda s: dt.time.fromisoformat(_tzfix(s))
+    return _PG_PARSERS.get(kind, str)
+
+
+def iter_copy_rows(stream: IO[bytes], parsers: list[Callable[[str], Any]]) -> Iterator[list[Any]]:
+    """Typed rows of one COPY text segment."""
+    width = len(parsers)
+    for line in stream:
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        fields = split_copy_line(line)
+        if len(fields) != width:
+            raise CorruptArchive(f"db COPY segment holds a row of {len(fields)} fields, expected {width}")
+        try:
+            yield [None if f is None else p(f) for p, f in zip(parsers, fields)]
+        except (ValueError, decimal.InvalidOperation) as exc:
+            raise CorruptArchive(f"db COPY segment holds a value that does not parse: {exc}") from None
+
+
+# -- fitting values to a target ---------------------------------------------------------------------------
+
+
+def adapt_for(dialect: str, kinds: list[str]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A row converter for the target driver: MySQL DATETIME has no zone (instants go in as UTC), SQLite
+    stores decimals as text (exact) and dates as ISO text (as SQLAlchemy does), JSON goes as text."""
+
+    def conv(v: Any, kind: str) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, uuid.UUID):
+            return str(v)
+        if isinstance(v, (dict, list)):
+            return json.dumps(v, ensure_ascii=False)
+        if dialect == "mysql":
+            if isinstance(v, dt.datetime) and v.tzinfo is not None:
+                return v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return v
+        if dialect == "sqlite":
+            if isinstance(v, bool):
+                return int(v)
+            if isinstance(v, decimal.Decimal):
+                return str(v)
+            if isinstance(v, dt.datetime):
+                if v.tzinfo is not None:
+                    v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                return v.isoformat(" ")
+            if isinstance(v, (dt.date, dt.time)):
+                return v.isoformat()
+            if isinstance(v, dt.timedelta):
+                return v.total_seconds()
+            return v
+        return v
+
+    def row(values: list[Any]) -> tuple[Any, ...]:
+        return tuple(conv(v, k) for v, k in zip(values, kinds))
+
+    return row
