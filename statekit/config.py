@@ -127,17 +127,28 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str] | None = N
     env = os.environ if environ is None else environ
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if not _is_file(path, explicit):
             raise ConfigError(f"config file {explicit}: not found")
         return path
     from_env = env.get("STATEKIT_CONFIG")
     if from_env:
         path = Path(from_env)
-        if not path.is_file():
+        if not _is_file(path, f"{from_env} (from STATEKIT_CONFIG)"):
             raise ConfigError(f"config file {from_env} (from STATEKIT_CONFIG): not found")
         return path
     local = Path(DEFAULT_CONFIG_NAME)
-    return local if local.is_file() else None
+    try:
+        return local if local.is_file() else None
+    except PermissionError:
+        # A working directory this user may not search (cron, sudo -u) cannot hold a config it could read.
+        return None
+
+
+def _is_file(path: Path, shown: str) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"config file {shown}: cannot access: {exc.strerror}") from None
 
 
 def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -241,25 +252,26 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
 
 def apply_environment(cfg: Config, environ: Mapping[str, str]) -> None:
     """Apply STATEKIT_<SECTION>_<KEY> overrides (lists are comma-separated)."""
-    overrides: dict[tuple[str, str], str] = {}
-    for var, value in environ.items():
+    overrides: dict[tuple[str, str], tuple[str, str]] = {}
+    for var, value in sorted(environ.items()):
         if not var.startswith("STATEKIT_"):
             continue
         if var in _ENV_ALIASES:
-            overrides[_ENV_ALIASES[var]] = value
+            overrides[_ENV_ALIASES[var]] = (var, value)
             continue
         rest = var[len("STATEKIT_") :].lower()
         for section, cls in _SECTIONS.items():
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1 :]
+                # The long name wins over a short alias for the same key.
                 if key in {f.name for f in dataclasses.fields(cls)}:
-                    overrides[(section, key)] = value
+                    overrides[(section, key)] = (var, value)
     if environ.get("STATEKIT_PROFILE"):
         cfg.profile = environ["STATEKIT_PROFILE"]
-    for (section, key), text in overrides.items():
+    for (section, key), (var, text) in overrides.items():
         obj = getattr(cfg, section)
         tp = typing.get_type_hints(type(obj))[key]
-        setattr(obj, key, parse_env_value(text, tp, f"environment variable for {section}.{key}"))
+        setattr(obj, key, parse_env_value(text, tp, f"environment variable {var} ({section}.{key})"))
 
 
 def parse_env_value(text: str, tp: Any, where: str) -> Any:

@@ -14,7 +14,7 @@ from statekit.errors import KeyFileError, UsageError
 from statekit.model import Warn, no_warn
 
 if TYPE_CHECKING:
-    from statekit.archive.keys import Identity, Recipient
+    from statekit.archive.keys import Identity, Recipient, ScryptIdentity
 
 
 def read_passphrase(
@@ -63,9 +63,7 @@ def load_recipients(
         out.extend(read_recipients_file(path))
     if passphrase is not None:
         if out:
-            raise UsageError(
-                "a passphrase cannot be combined with recipients (age allows only one scrypt stanza)"
-            )
+            raise UsageError("a passphrase cannot be combined with recipients (age allows only one scrypt stanza)")
         out.append(ScryptRecipient(passphrase))
     return out
 
@@ -101,9 +99,17 @@ def undo_recipients(identities: Sequence[Identity], configured: Sequence[Recipie
         if isinstance(ident, X25519Identity):
             out.append(ident.recipient())
         elif isinstance(ident, ScryptIdentity) and not out:
-            out.append(ScryptRecipient(ident.passphrase))
+            # ScryptIdentity keeps its passphrase private; the undo archive must open with the same one.
+            out.append(ScryptRecipient(_identity_passphrase(ident)))
             break
     return out
+
+
+def _identity_passphrase(ident: ScryptIdentity) -> bytes:
+    passphrase = getattr(ident, "passphrase", None)
+    if isinstance(passphrase, bytes):
+        return passphrase
+    return bytes(ident._passphrase)
 
 
 def stdin_is_tty() -> bool:

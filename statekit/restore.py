@@ -44,8 +44,7 @@ class UndoArchive:
     ) -> None:
         if not recipients and not allow_unencrypted:
             raise Refused(
-                "no key to encrypt the undo archive with "
-                "(give --recipient, or --no-undo for a disposable target)"
+                "no key to encrypt the undo archive with (give --recipient, or --no-undo for a disposable target)"
             )
         if not directory.is_dir():
             raise UsageError(f"undo directory {directory} does not exist")

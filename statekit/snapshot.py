@@ -119,9 +119,7 @@ def take_snapshot(
     The archive is written 0600 under a temporary name, fsynced and renamed only when complete."""
     tiers = opts.tiers or configured_tiers(cfg)
     if not tiers:
-        raise UsageError(
-            "nothing to snapshot: configure [db] url, [redis] url or [files] root (or pass flags)"
-        )
+        raise UsageError("nothing to snapshot: configure [db] url, [redis] url or [files] root (or pass flags)")
     for t in tiers:
         if t not in TIERS:
             raise UsageError(f"unknown tier {t!r} (choose from {', '.join(TIERS)})")
@@ -153,9 +151,7 @@ def take_snapshot(
             "finished_at": _iso(finished),
             "host": socket.gethostname(),
             "tiers": [s.to_json() for s in summaries],
-            "tier_window_s": round(
-                max(s.finished_at for s in summaries) - min(s.started_at for s in summaries), 6
-            ),
+            "tier_window_s": round(max(s.finished_at for s in summaries) - min(s.started_at for s in summaries), 6),
             "options": {
                 "compression": f"zstd-{opts.level}",
                 "encryption": _describe_recipients(recipients),

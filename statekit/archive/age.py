@@ -75,6 +75,7 @@ _MAX_CHUNKS = 1 << 88
 # so a garbage or hostile file cannot make us read it all into memory looking for the header's end.
 _MAX_HEADER = 4 << 20
 _HEADER_READ = 16 * 1024
+_SCRATCH_MAX = 1 << 20
 
 _ARG_RE = re.compile(rb"[\x21-\x7e]+")
 _B64_LINE_RE = re.compile(rb"[A-Za-z0-9+/]*")
@@ -147,7 +148,7 @@ class Encryptor(io.BufferedIOBase):
 
     def __init__(self, out: IO[bytes], recipients: Sequence[Recipient]) -> None:
         super().__init__()
-        self._aborted = False
+        self._finished = False  # no chunk may be written any more: closed, aborted or a write failed
         self._out = out
         self._buf = bytearray()
         self._counter = 0
@@ -181,6 +182,17 @@ class Encryptor(io.BufferedIOBase):
         """Encrypt `b`; full chunks are written to `out` as soon as it is known they are not the last."""
         if self.closed:
             raise ValueError("write to a closed Encryptor")
+        if self._finished:
+            raise ValueError("write to an Encryptor after a failed write")
+        try:
+            return self._write(b)
+        except BaseException:
+            # Part of `b` may be lost or half-written to `out`: the stream must never be finalised now,
+            # or a later close() would produce a complete-looking file with a hole in it.
+            self._finished = True
+            raise
+
+    def _write(self, b: ReadableBuffer) -> int:
         with memoryview(b) as whole, whole.cast("B") as view:
             size = len(view)
             data = view
@@ -205,26 +217,31 @@ class Encryptor(io.BufferedIOBase):
 
     def flush(self) -> None:
         """Flush `out`. The partial chunk stays buffered: STREAM chunks cannot be cut short."""
-        if not self.closed:
+        # Not after finishing: abort() must not touch a destination that may just have failed.
+        if not self.closed and not self._finished:
             self._out.flush()
 
     def close(self) -> None:
-        """Write the final chunk and flush `out` (which stays open). Idempotent."""
+        """Write the final chunk and flush `out` (which stays open). Idempotent.
+
+        After a failed `write` (or `abort`) no final chunk is written: the output stays detectably
+        truncated rather than complete-looking with data missing.
+        """
         if self.closed:
             return
         try:
-            if not self._aborted:
+            if not self._finished:
                 # Empty only if nothing was ever written: the one case where an empty final chunk is legal.
                 self._seal(self._buf, last=True)
                 self._out.flush()
         finally:
             self._buf = bytearray()
-            self._aborted = True  # never seal twice, even if flushing failed
+            self._finished = True  # never seal twice, even if flushing failed
             super().close()
 
     def abort(self) -> None:
         """Close without writing the final chunk: readers will report the output as truncated."""
-        self._aborted = True
+        self._finished = True
         self._buf = bytearray()
         super().close()
 
@@ -261,21 +278,29 @@ class _Source:
         self._pending = bytearray()
         self.consumed = 0  # header bytes handed out by readline, to bound the header size
 
-    def readline(self) -> bytes:
-        """The next line including its LF; at EOF whatever is left (possibly without LF, possibly b"")."""
+    def readline(self, limit: int = _MAX_HEADER) -> bytes:
+        """The next line including its LF; at EOF whatever is left (possibly without LF, possibly b"").
+
+        With no LF within `limit` bytes, returns those bytes without LF (the caller reports it malformed).
+        """
+        budget = _MAX_HEADER - self.consumed
+        cap = min(limit, budget)
         scanned = 0
         while True:
-            i = self._pending.find(b"\n", scanned)
+            i = self._pending.find(b"\n", scanned, cap)
             if i >= 0:
                 line = bytes(self._pending[: i + 1])
                 del self._pending[: i + 1]
                 self.consumed += len(line)
-                if self.consumed > _MAX_HEADER:
-                    raise _header_error("the header is implausibly large")
+                return line
+            if len(self._pending) >= cap:
+                if cap == budget:
+                    raise _header_error("the header is implausibly large (over 4 MiB)")
+                line = bytes(self._pending[:cap])
+                del self._pending[:cap]
+                self.consumed += len(line)
                 return line
             scanned = len(self._pending)
-            if self.consumed + scanned > _MAX_HEADER:
-                raise _header_error("the header is implausibly large")
             more = self._src.read(_HEADER_READ)
             if not more:
                 line = bytes(self._pending)
@@ -283,6 +308,28 @@ class _Source:
                 self.consumed += len(line)
                 return line
             self._pending += more
+
+    def fill(self, view: memoryview) -> int:
+        """Fill `view` completely, or partly only at end of file; return how many bytes were stored."""
+        n = 0
+        pending = self._pending
+        if pending:
+            n = min(len(pending), len(view))
+            view[:n] = pending[:n]
+            del pending[:n]
+        # readinto straight into our reusable buffer: no per-chunk allocation (see Decryptor).
+        readinto = getattr(self._src, "readinto", None)
+        while n < len(view):
+            if readinto is not None:
+                got = readinto(view[n:])
+            else:
+                more = self._src.read(len(view) - n)
+                got = len(more)
+                view[n : n + got] = more
+            if not got:
+                break
+            n += got
+        return n
 
     def read(self, n: int) -> bytes:
         """Exactly `n` bytes, or fewer only at end of file."""
@@ -316,7 +363,8 @@ class _Header(NamedTuple):
 
 def _parse_header(src: _Source) -> _Header:
     raw: list[bytes] = []
-    line = src.readline()
+    # The version line is short: do not scan megabytes of some other file type looking for its end.
+    line = src.readline(limit=256)
     if not line:
         raise AgeHeaderError("archive is empty (not an age file)")
     if not line.startswith(_VERSION_PREFIX):
@@ -425,9 +473,13 @@ class Decryptor(io.BufferedIOBase):
     def __init__(self, src: IO[bytes], identities: Sequence[Identity]) -> None:
         super().__init__()
         self._src = _Source(src)
-        self._plain = b""
-        self._view = memoryview(self._plain)
-        self._pos = 0
+        # One ciphertext and one plaintext buffer, reused for every chunk: besides bounding memory, this
+        # avoids allocating (and, with glibc, often page-faulting in) two fresh 64 KiB objects per chunk.
+        self._cipher = memoryview(bytearray(_ENC_CHUNK_SIZE))
+        self._plain = memoryview(bytearray(CHUNK_SIZE))
+        self._scratch = bytearray()  # read() assembly buffer for requests spanning chunks (≤ 1 MiB)
+        self._plen = 0  # verified plaintext bytes in _plain
+        self._pos = 0  # of which this many were handed out
         self._counter = 0
         self._final_seen = False
         self._eof = False
@@ -453,13 +505,18 @@ class Decryptor(io.BufferedIOBase):
             f"archive payload is corrupt or truncated at chunk {self._counter}: {detail}", self._counter
         )
         self._error = err
-        self._set_plain(b"")
+        # decrypt_into may have left unverified bytes in the buffer: make sure none is ever handed out.
+        self._plen = self._pos = 0
         return err
 
-    def _set_plain(self, plain: bytes) -> None:
-        self._plain = plain
-        self._view = memoryview(plain)
-        self._pos = 0
+    def _open(self, n: int, last: bool) -> bool:
+        try:
+            self._aead.decrypt_into(
+                _chunk_nonce(self._counter, last), self._cipher[:n], None, self._plain[: n - _TAG_SIZE]
+            )
+        except InvalidTag:
+            return False
+        return True
 
     def _next_chunk(self) -> bool:
         """Load the next verified chunk; False at a verified end of file."""
@@ -467,45 +524,38 @@ class Decryptor(io.BufferedIOBase):
             raise self._error
         if self._eof:
             return False
+        self._plen = self._pos = 0
         if self._final_seen:
             # The final chunk was released; the file must end right there.
             if self._src.read(1):
                 raise self._fail("unexpected data after the final chunk")
             self._eof = True
-            self._set_plain(b"")
             return False
         if self._counter >= _MAX_CHUNKS:
             raise self._fail("too many chunks")
-        data = self._src.read(_ENC_CHUNK_SIZE)
-        aead = self._aead
-        if len(data) == _ENC_CHUNK_SIZE:
+        n = self._src.fill(self._cipher)
+        if n == _ENC_CHUNK_SIZE:
             # A full chunk is usually followed by more, but the final chunk may be full too: try both,
             # the likely one first. The tag decides; a tag can only verify under one of the two nonces.
-            try:
-                plain = aead.decrypt(_chunk_nonce(self._counter, False), data, None)
+            if self._open(n, last=False):
                 last = False
-            except InvalidTag:
-                try:
-                    plain = aead.decrypt(_chunk_nonce(self._counter, True), data, None)
-                    last = True
-                except InvalidTag:
-                    raise self._fail("authentication failed") from None
-        elif not data:
+            elif self._open(n, last=True):
+                last = True
+            else:
+                raise self._fail("authentication failed")
+        elif n == 0:
             raise self._fail("the file ends without a final chunk (truncated)")
-        elif len(data) < _TAG_SIZE:
+        elif n < _TAG_SIZE:
             raise self._fail("the chunk is shorter than its tag (truncated)")
-        else:
-            # A short chunk can only be the final one.
-            try:
-                plain = aead.decrypt(_chunk_nonce(self._counter, True), data, None)
-            except InvalidTag:
-                raise self._fail("authentication failed (corrupt or truncated)") from None
+        elif self._open(n, last=True):  # a short chunk can only be the final one
             last = True
-        if last and not plain and self._counter > 0:
+        else:
+            raise self._fail("authentication failed (corrupt or truncated)")
+        if last and n == _TAG_SIZE and self._counter > 0:
             raise self._fail("the final chunk is empty, which only an empty file may have")
         self._counter += 1
         self._final_seen = last
-        self._set_plain(plain)
+        self._plen = n - _TAG_SIZE
         return True
 
     def _advance(self, have_data: bool) -> bool:
@@ -516,6 +566,13 @@ class Decryptor(io.BufferedIOBase):
             if have_data:
                 return False
             raise
+
+    def _take(self, limit: int) -> bytes:
+        """Up to `limit` bytes (all with -1) of the current chunk, copied out of the reused buffer."""
+        end = self._plen if limit < 0 else min(self._plen, self._pos + limit)
+        piece = self._plain[self._pos : end].tobytes()
+        self._pos = end
+        return piece
 
     def _check_open(self) -> None:
         if self.closed:
@@ -528,18 +585,25 @@ class Decryptor(io.BufferedIOBase):
         self._check_open()
         if size is None or size < 0:
             return self.readall()
+        if 0 < size <= self._plen - self._pos:
+            return self._take(size)  # the common case: within the current chunk, one copy
+        if size <= _SCRATCH_MAX:
+            # Spanning chunks (zstandard asks for 131075 bytes at a time): gather into one reused buffer
+            # and allocate only the result. Joining fresh per-chunk pieces instead made glibc's malloc
+            # map and unmap memory on every call, which halved throughput at these sizes.
+            if len(self._scratch) < size:
+                self._scratch = bytearray(size)
+            with memoryview(self._scratch) as scratch:
+                filled = self._readinto(scratch[:size], one_chunk=False)
+                return scratch[:filled].tobytes()
         parts: list[bytes] = []
         want = size
         while want > 0:
-            avail = len(self._plain) - self._pos
-            if avail <= 0:
+            if self._pos >= self._plen:
                 if not self._advance(have_data=bool(parts)):
                     break
                 continue
-            # Taking the whole chunk hands it over without a copy.
-            whole = self._pos == 0 and want >= avail
-            piece = self._plain if whole else self._plain[self._pos : self._pos + want]
-            self._pos += len(piece)
+            piece = self._take(want)
             want -= len(piece)
             parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -549,9 +613,8 @@ class Decryptor(io.BufferedIOBase):
         self._check_open()
         parts: list[bytes] = []
         while True:
-            if self._pos < len(self._plain):
-                parts.append(self._plain[self._pos :] if self._pos else self._plain)
-                self._pos = len(self._plain)
+            if self._pos < self._plen:
+                parts.append(self._take(-1))
             if not self._next_chunk():
                 return b"".join(parts)
 
@@ -560,22 +623,17 @@ class Decryptor(io.BufferedIOBase):
         self._check_open()
         if size == 0:
             return b""
-        while self._pos >= len(self._plain):
+        while self._pos >= self._plen:
             if not self._next_chunk():
                 return b""
-        end = len(self._plain) if size < 0 else min(len(self._plain), self._pos + size)
-        # The whole chunk at once goes out without a copy.
-        whole = self._pos == 0 and end == len(self._plain)
-        piece = self._plain if whole else self._plain[self._pos : end]
-        self._pos = end
-        return piece
+        return self._take(size)
 
     def _readinto(self, buffer: WriteableBuffer, one_chunk: bool) -> int:
         self._check_open()
         with memoryview(buffer) as whole, whole.cast("B") as out:
             filled = 0
             while filled < len(out):
-                avail = len(self._plain) - self._pos
+                avail = self._plen - self._pos
                 if avail <= 0:
                     if one_chunk and filled:
                         break
@@ -583,7 +641,7 @@ class Decryptor(io.BufferedIOBase):
                         break
                     continue
                 n = min(avail, len(out) - filled)
-                out[filled : filled + n] = self._view[self._pos : self._pos + n]
+                out[filled : filled + n] = self._plain[self._pos : self._pos + n]
                 self._pos += n
                 filled += n
             return filled
@@ -597,8 +655,9 @@ class Decryptor(io.BufferedIOBase):
         return self._readinto(buffer, one_chunk=True)
 
     def close(self) -> None:
-        """Release buffers; `src` stays open."""
-        self._set_plain(b"")
+        """Stop reading; `src` stays open."""
+        self._plen = self._pos = 0
+        self._scratch = bytearray()
         super().close()
 
 

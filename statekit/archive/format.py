@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import tarfile
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import zstandard
 
@@ -37,6 +38,8 @@ README_MEMBER = "README.txt"
 SNAPSHOT_MEMBER = "snapshot.json"
 MANIFEST_MEMBER = "MANIFEST.json"
 RESERVED_MEMBERS = (FORMAT_MEMBER, README_MEMBER, SNAPSHOT_MEMBER, MANIFEST_MEMBER)
+# Member meta keys that MANIFEST.json's "totals" sums over all members.
+COUNT_KEYS = ("rows", "keys", "files", "tables")
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -48,6 +51,7 @@ _FRAME_TARGET = 1 << 20
 # Inside a big member, start a new frame at least this often.
 _MAX_FRAME = 64 << 20
 _READ_BLOCK = 1 << 20
+_MAX_PAX = 1 << 20
 
 README_TEXT = """\
 This is a statekit archive: application state from a SQL database, Redis and key files.
@@ -213,12 +217,17 @@ class ArchiveWriter:
         if len(data) >= _FRAME_TARGET:
             # Compress outside the lock: zstd releases the GIL, so parallel tier workers overlap here.
             cctx = self._thread_cctx()
-            frames = [cctx.compress(header)]
+            view = memoryview(data)
+            frames = []
             for off in range(0, len(data), _MAX_FRAME):
-                piece = data[off : off + _MAX_FRAME]
+                # The header rides in the member's first frame, the padding in its last one.
+                frame = cctx.compressobj()
+                parts = [frame.compress(header)] if off == 0 else []
+                parts.append(frame.compress(view[off : off + _MAX_FRAME]))
                 if off + _MAX_FRAME >= len(data):
-                    piece += _padding(len(data))
-                frames.append(cctx.compress(piece))
+                    parts.append(frame.compress(_padding(len(data))))
+                parts.append(frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+                frames.append(b"".join(parts))
             with self._lock:
                 self._claim(name)
                 self._close_frame()
@@ -314,7 +323,8 @@ class ArchiveWriter:
             totals: dict[str, int] = {"members": len(members) + 1, "bytes": sum(e.size for e in self.entries)}
             for e in self.entries:
                 for key, val in e.meta.items():
-                    if isinstance(val, int) and not isinstance(val, bool):
+                    # Only counts add up; other integers in meta (mtime_ns, a Redis db number) do not.
+                    if key in COUNT_KEYS and isinstance(val, int) and not isinstance(val, bool):
                         totals[key] = totals.get(key, 0) + val
             manifest = {
                 "format": FORMAT_NAME,
@@ -335,7 +345,10 @@ class ArchiveWriter:
 
 
 def _json_bytes(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode()
+    # Names read from a non-UTF-8 file system hold lone surrogates (surrogateescape); "backslashreplace" turns
+    # each into a JSON \udcXX escape, which json.loads turns back into the same surrogate. Everything else
+    # stays readable UTF-8.
+    return (json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def check_member_name(name: str) -> None:
@@ -423,9 +436,13 @@ class _HashingReader(io.RawIOBase):
         return n
 
     def drain(self) -> None:
+        """Hash the rest of the member without copying it anywhere (the verifying pass reads mostly this way)."""
         while self.remaining > 0:
-            if not self.read(min(self.remaining, _READ_BLOCK)):
-                break
+            data = self._src.read(min(self.remaining, _READ_BLOCK))
+            if not data:
+                raise CorruptArchive("archive ends in the middle of a member (truncated)")
+            self.digest.update(data)
+            self.remaining -= len(data)
 
 
 class _TarStream:
@@ -456,6 +473,9 @@ class _TarStream:
             except tarfile.HeaderError as exc:
                 raise CorruptArchive(f"archive holds a damaged tar header: {exc}") from None
             if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                # statekit's pax headers are a few hundred bytes; a huge one is an attempt to exhaust memory.
+                if info.size > _MAX_PAX:
+                    raise CorruptArchive(f"archive holds an implausibly large pax header ({info.size} bytes)")
                 data = self._read_exact(info.size + len(_padding(info.size)))[: info.size]
                 if info.type == tarfile.XHDTYPE:
                     pax.update(_parse_pax(data))
@@ -469,9 +489,7 @@ class _TarStream:
                     tarfile.DIRTYPE: "a directory",
                     tarfile.FIFOTYPE: "a fifo",
                 }.get(info.type, f"type {info.type!r}")
-                raise CorruptArchive(
-                    f"archive member {info.name!r} is {kind}; only regular files are allowed"
-                )
+                raise CorruptArchive(f"archive member {info.name!r} is {kind}; only regular files are allowed")
             if "path" in pax:
                 info.name = pax["path"]
             if "size" in pax:
@@ -484,6 +502,10 @@ class _TarStream:
                     info.mtime = float(pax["mtime"])
                 except ValueError:
                     raise CorruptArchive("archive holds a damaged pax mtime record") from None
+            if info.size < 0:
+                raise CorruptArchive(f"archive member {info.name!r} has a negative size")
+            if not math.isfinite(info.mtime):
+                raise CorruptArchive(f"archive member {info.name!r} has an invalid mtime")
             return info
 
     def content(self, size: int) -> _HashingReader:
@@ -522,25 +544,133 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-class _Decompressed(io.RawIOBase):
-    """zstd decompression across frames with damaged data reported as CorruptArchive."""
+_ZSTD_FRAME_MAGIC = 0xFD2FB528
+_SKIPPABLE_MASK, _SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
+
+
+class _FrameWalker:
+    """Follows the zstd frame structure (RFC 8878, section 3.1) of the compressed bytes as they pass, without
+    decompressing: python-zstandard's stream_reader reports a stream that stops inside a frame (an unencrypted
+    archive cut short) as a clean end of data, so the end must be checked here."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # bytes of a header being assembled
+        self._need = 4  # bytes of the current header still to assemble
+        self._state = "magic"  # magic | descriptor | frame-header | block-header | skip
+        self._skip = 0  # bytes of block content, checksum or skippable frame still to pass
+        self._after_skip = "magic"
+        self._checksum = 0  # whether the current frame ends with a 4-byte content checksum
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._state == "skip":
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                pos += take
+                if not self._skip:
+                    self._state = self._after_skip
+                    self._need = 4 if self._state == "magic" else 3
+                continue
+            take = min(self._need, end - pos)
+            self._pending += data[pos : pos + take]
+            pos += take
+            self._need -= take
+            if not self._need:
+                header = bytes(self._pending)
+                self._pending.clear()
+                self._step(header)
+
+    def _step(self, header: bytes) -> None:
+        if self._state == "magic":
+            magic = int.from_bytes(header, "little")
+            if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+                self._state, self._need = "skippable-size", 4
+            elif magic == _ZSTD_FRAME_MAGIC:
+                self._state, self._need = "descriptor", 1
+            else:
+                raise CorruptArchive("archive compression layer is damaged: not a zstd frame")
+        elif self._state == "skippable-size":
+            self._go_skip(int.from_bytes(header, "little"), "magic")
+        elif self._state == "descriptor":
+            fhd = header[0]
+            fcs_flag, single, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+            if fhd & 0x08:
+                raise CorruptArchive("archive compression layer is damaged: reserved frame header bit set")
+            self._checksum = checksum
+            rest = (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+            if rest:
+                self._state, self._need = "frame-header", rest
+            else:
+                self._state, self._need = "block-header", 3
+        elif self._state == "frame-header":
+            self._state, self._need = "block-header", 3
+        elif self._state == "block-header":
+            value = int.from_bytes(header, "little")
+            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise CorruptArchive("archive compression layer is damaged: reserved block type")
+            content = 1 if kind == 1 else size
+            if last:
+                self._go_skip(content + (4 if self._checksum else 0), "magic")
+            else:
+                self._go_skip(content, "block-header")
+
+    def _go_skip(self, n: int, then: str) -> None:
+        self._state, self._skip, self._after_skip = "skip", n, then
+        self._need = 4 if then == "magic" else 3
+        if not n:
+            self._state = then
+
+    def finish(self) -> None:
+        """Raise CorruptArchive unless the data ended exactly between two frames."""
+        if self._state != "magic" or self._pending:
+            raise CorruptArchive("archive ends in the middle of a compressed frame (truncated)")
+
+
+class _WalkedSource(io.RawIOBase):
+    """Passes compressed bytes through to the decompressor while a _FrameWalker follows their framing."""
 
     def __init__(self, src: IO[bytes]) -> None:
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            src, read_across_frames=True, read_size=1 << 17
-        )
+        self._src = src
+        self.walker = _FrameWalker()
 
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        if data:
+            self.walker.feed(data)
+        return data
+
     def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class _Decompressed:
+    """zstd decompression across frames with damaged or truncated data reported as CorruptArchive.
+
+    Deliberately not an io.BufferedReader: `read` hands zstd's output bytes straight to the tar reader, since
+    every extra copy costs as much as hashing on a small machine."""
+
+    def __init__(self, src: IO[bytes]) -> None:
+        self._walked = _WalkedSource(src)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], self._walked), read_across_frames=True, read_size=1 << 17
+        )
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes (fewer is not the end); b"" only at a verified end of the compressed stream."""
         try:
-            data = self._reader.read(len(buf))
+            data: bytes = self._reader.read(size)
         except zstandard.ZstdError as exc:
             raise CorruptArchive(f"archive compression layer is damaged: {exc}") from None
-        n = len(data)
-        buf[:n] = data
-        return n
+        if not data and size:
+            self._walked.walker.finish()
+        return data
 
 
 def _open_layers(src: IO[bytes], identities: Sequence[Identity]) -> IO[bytes]:
@@ -549,15 +679,15 @@ def _open_layers(src: IO[bytes], identities: Sequence[Identity]) -> IO[bytes]:
     if head.startswith(AGE_MAGIC):
         from statekit.archive.age import Decryptor
 
-        rest = _Prefixed(head, src)
-        decrypted: IO[bytes] = io.BufferedReader(Decryptor(rest, list(identities)), 1 << 16)  # type: ignore[arg-type]
+        rest = cast(IO[bytes], _Prefixed(head, src))
+        decrypted: IO[bytes] = io.BufferedReader(Decryptor(rest, list(identities)), 1 << 16)
     elif head.startswith(ZSTD_MAGIC):
-        decrypted = _Prefixed(head, src)  # type: ignore[assignment]
+        decrypted = cast(IO[bytes], _Prefixed(head, src))
     elif not head:
         raise CorruptArchive("file is empty: not a statekit archive")
     else:
         raise CorruptArchive("not a statekit archive (neither age-encrypted nor zstd)")
-    return io.BufferedReader(_Decompressed(decrypted), 1 << 17)
+    return cast(IO[bytes], _Decompressed(decrypted))
 
 
 class _Prefixed(io.RawIOBase):
@@ -607,6 +737,7 @@ class ArchiveReader:
         self.snapshot: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
         self._seen: dict[str, tuple[int, str]] = {}
+        self._modes: dict[str, int] = {}
         self._read_format()
 
     def _read_format(self) -> None:
@@ -639,6 +770,7 @@ class ArchiveReader:
         body = reader.read()
         self._tar.skip_padding(info.size)
         self._seen[info.name] = (info.size, reader.digest.hexdigest())
+        self._modes[info.name] = info.mode & 0o7777
         return body
 
     def _register(self, info: tarfile.TarInfo) -> None:
@@ -671,11 +803,12 @@ class ArchiveReader:
                     info.size,
                     info.mode,
                     info.mtime,
-                    io.BufferedReader(reader, _READ_BLOCK),  # type: ignore[arg-type]
+                    io.BufferedReader(reader, _READ_BLOCK),
                 )
             reader.drain()
             self._tar.skip_padding(info.size)
             self._seen[info.name] = (info.size, reader.digest.hexdigest())
+            self._modes[info.name] = info.mode & 0o7777
 
     def _finish(self, info: tarfile.TarInfo) -> None:
         if info.size > 256 << 20:
@@ -687,6 +820,8 @@ class ArchiveReader:
         try:
             manifest = json.loads(body)
             listed = {m["name"]: m for m in manifest["members"]}
+            if not all(isinstance(m, dict) for m in listed.values()) or len(listed) != len(manifest["members"]):
+                raise ValueError("members must be distinct objects")
         except (ValueError, KeyError, TypeError):
             raise CorruptArchive("archive MANIFEST.json is damaged") from None
         if self._tar.next_header() is not None:
@@ -703,16 +838,17 @@ class ArchiveReader:
             if entry is None:
                 raise CorruptArchive(f"archive member {name!r} is not listed in MANIFEST.json")
             if entry.get("size") != size:
-                raise CorruptArchive(
-                    f"archive member {name!r} is {size} bytes, MANIFEST.json says {entry.get('size')}"
-                )
+                raise CorruptArchive(f"archive member {name!r} is {size} bytes, MANIFEST.json says {entry.get('size')}")
             if entry.get("sha256") != digest:
                 raise CorruptArchive(f"archive member {name!r} does not match its sha256 in MANIFEST.json")
+            # The tar header's mode is what a restore applies, so it must be the one the manifest records.
+            if entry.get("mode") != f"{self._modes[name]:04o}":
+                raise CorruptArchive(
+                    f"archive member {name!r} has mode {self._modes[name]:04o}, MANIFEST.json says {entry.get('mode')}"
+                )
         missing = sorted(set(listed) - set(self._seen))
         if missing:
-            raise CorruptArchive(
-                f"archive lacks {len(missing)} member(s) listed in MANIFEST.json: {missing[0]!r}"
-            )
+            raise CorruptArchive(f"archive lacks {len(missing)} member(s) listed in MANIFEST.json: {missing[0]!r}")
         self.manifest = manifest
 
 
@@ -759,7 +895,10 @@ class Archive:
         return self.index().manifest
 
     def members(self, prefix: str | None = None) -> Iterator[Member]:
-        """A new pass over the data members (filtered by prefix)."""
+        """A new pass over the data members (filtered by prefix). If `index()` ran before, the pass must find
+        the same MANIFEST.json: a consumer planned on that one, and the file may have been swapped since."""
         with _open_path(self.path) as fh:
             reader = ArchiveReader(fh, self.identities)
             yield from reader.members(prefix)
+            if self._index is not None and reader.manifest != self._index.manifest:
+                raise CorruptArchive(f"{self.path}: the archive changed while it was being read")

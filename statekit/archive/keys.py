@@ -514,7 +514,7 @@ def _read_key_file(path: Path, what: str) -> tuple[str, os.stat_result]:
     if len(data) > _MAX_KEY_FILE:
         raise KeyFileError(f"{what} {path} is too large to be a key file")
     try:
-        return data.decode("utf-8"), st
+        return data.decode("utf-8-sig"), st  # -sig: tolerate a BOM from Windows editors
     except UnicodeDecodeError:
         raise KeyFileError(f"{what} {path} is not a text file") from None
 

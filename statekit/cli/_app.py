@@ -210,6 +210,12 @@ def confirm(app: App, question: str, yes: bool) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
+# click 8.2 renamed NoArgsIsHelp to NoArgsIsHelpError; accept either so the help text is not reported as an error.
+_NO_ARGS_IS_HELP: type[Exception] = getattr(
+    click.exceptions, "NoArgsIsHelpError", getattr(click.exceptions, "NoArgsIsHelp", click.exceptions.UsageError)
+)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; errors become one line on stderr (or JSON with --json)."""
     args = sys.argv[1:] if argv is None else argv
@@ -218,8 +224,9 @@ def run(argv: list[str] | None = None) -> int:
         cli.main(args=args, prog_name="statekit", standalone_mode=False)
     except StatekitError as exc:
         return _report_error(exc.kind, exc.message, exc.exit_code, wants_json)
-    except click.exceptions.NoArgsIsHelp as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+    except _NO_ARGS_IS_HELP as exc:
+        ctx = getattr(exc, "ctx", None)
+        click.echo(ctx.get_help() if ctx else str(exc))
         return 2
     except click.exceptions.UsageError as exc:
         return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,39 +59,35 @@ def resolve_recipients(
 ) -> list[Recipient]:
     """The recipients a new archive is encrypted to."""
     cfg = app.config().archive
-    prompt = None
+    prompt: Callable[[], str] | None = None
     if ask_passphrase:
-        if not _isatty(click.get_text_stream("stdin")):
+        if not _isatty(sys.stdin):
             from statekit.errors import UsageError
 
-            raise UsageError(
-                "--ask-passphrase needs a terminal; use STATEKIT_PASSPHRASE or --passphrase-file"
-            )
-
-        def prompt() -> str:
-            return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=True, err=True))
+            raise UsageError("--ask-passphrase needs a terminal; use STATEKIT_PASSPHRASE or --passphrase-file")
+        prompt = _ask_new_passphrase
 
     explicit = bool(recipients or recipients_files)
     passphrase = read_passphrase(passphrase_file, prompt=prompt)
     if passphrase is not None and not explicit:
         # A passphrase replaces the configured recipients rather than clashing with them.
         return load_recipients(cfg.__class__(), passphrase=passphrase)
-    return load_recipients(
-        cfg, recipients=recipients, recipients_files=recipients_files, passphrase=passphrase
-    )
+    return load_recipients(cfg, recipients=recipients, recipients_files=recipients_files, passphrase=passphrase)
+
+
+def _ask_new_passphrase() -> str:
+    return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=True, err=True))
 
 
 def resolve_identities(app: App, identities: tuple[str, ...], passphrase_file: str | None) -> list[Identity]:
     """The identities (and passphrase) used to open archives."""
     passphrase = read_passphrase(passphrase_file)
-    return load_identities(
-        app.config().archive, identity_files=identities, passphrase=passphrase, warn=app.warn
-    )
+    return load_identities(app.config().archive, identity_files=identities, passphrase=passphrase, warn=app.warn)
 
 
 def prompt_passphrase_identity() -> Identity | None:
     """On a terminal, ask for a passphrase (for archives that need one and got none)."""
-    if not _isatty(click.get_text_stream("stdin")):
+    if not _isatty(sys.stdin):
         return None
     from statekit.archive.keys import ScryptIdentity
 
@@ -98,9 +95,7 @@ def prompt_passphrase_identity() -> Identity | None:
     return ScryptIdentity(str(value).encode())
 
 
-def with_passphrase_retry(
-    app: App, identities: list[Identity], action: Callable[[list[Identity]], Any]
-) -> Any:
+def with_passphrase_retry(app: App, identities: list[Identity], action: Callable[[list[Identity]], Any]) -> Any:
     """Run `action`; if no identity matched and a person is at the terminal, ask for a passphrase once."""
     from statekit.errors import DecryptionError
 

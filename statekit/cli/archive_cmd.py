@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,6 +12,22 @@ import click
 from statekit.archive.format import Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
+from statekit.errors import TierError, UsageError
+from statekit.repo.metrics import rehearse_metrics, write_metrics
+from statekit.repo.rehearse import rehearse as run_rehearsal
+from statekit.repo.store import is_s3_url, split_archive_url
+
+
+@contextmanager
+def local_archive(location: str) -> Iterator[str]:
+    """A local path for ARCHIVE: the path itself, or for s3://bucket/prefix/ARCHIVE a 0600 temporary copy in a
+    private directory, removed when the block ends."""
+    if not is_s3_url(location):
+        yield location
+        return
+    repo, key = split_archive_url(location)
+    with repo.fetched(key) as path:
+        yield str(path)
 
 
 def open_verified(app: App, path: str, identities: tuple[str, ...], passphrase_file: str | None) -> Archive:
@@ -50,9 +69,9 @@ def summarize(index: ArchiveIndex) -> dict[str, Any]:
 def inspect(
     app: App, archive: str, show_members: bool, identities: tuple[str, ...], passphrase_file: str | None
 ) -> None:
-    """Show what an archive holds: tiers, counts, sources, times."""
-    opened = open_verified(app, archive, identities, passphrase_file)
-    index = opened.index()
+    """Show what an archive holds: tiers, counts, sources, times. ARCHIVE may be s3://bucket/prefix/NAME."""
+    with local_archive(archive) as path:
+        index = open_verified(app, path, identities, passphrase_file).index()
     doc = summarize(index)
     if show_members:
         doc["member_list"] = index.manifest.get("members", [])
@@ -70,9 +89,7 @@ def inspect(
         for w in tier.get("warnings", [])[:5]:
             lines.append(f"    warning: {w}")
     if doc["tier_window_s"] is not None:
-        lines.append(
-            f"window      {doc['tier_window_s']:.3f}s between the first tier's start and the last's end"
-        )
+        lines.append(f"window      {doc['tier_window_s']:.3f}s between the first tier's start and the last's end")
     if show_members:
         for m in doc["member_list"]:
             lines.append(f"  {m['size']:>12}  {m['sha256'][:16]}  {m['mode']}  {m['name']}")
@@ -81,15 +98,61 @@ def inspect(
 
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
+@click.option("--rehearse", is_flag=True,
+              help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server) and a temporary "
+                   "directory and compare row counts, content hashes and file hashes with the manifest.")  # fmt: skip
+@click.option("--tier", "tiers", multiple=True, type=click.Choice(["db", "redis", "files"]),
+              help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
+@click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
 @identity_options
 @common_options
-def verify(app: App, archive: str, identities: tuple[str, ...], passphrase_file: str | None) -> None:
-    """Decrypt, decompress and check every member's sha256 against the manifest.
+def verify(
+    app: App,
+    archive: str,
+    rehearse: bool,
+    tiers: tuple[str, ...],
+    metrics_file: str | None,
+    identities: tuple[str, ...],
+    passphrase_file: str | None,
+) -> None:
+    """Decrypt, decompress and check every member's sha256 against the manifest. ARCHIVE may be
+    s3://bucket/prefix/NAME.
 
-    Exits 0 only when the whole archive is intact."""
-    opened = open_verified(app, archive, identities, passphrase_file)
-    index = opened.index()
-    doc = {"archive": archive, "verified": True, **summarize(index)}
-    app.result(
-        doc, f"ok: {archive} verified ({doc['members']} members, {human_bytes(index.compressed_size)})"
-    )
+    Exits 0 only when the whole archive is intact (and, with --rehearse, restores to identical content)."""
+    if (tiers or metrics_file) and not rehearse:
+        raise UsageError("--tier and --metrics-file go with --rehearse")
+    with local_archive(archive) as path:
+        opened = open_verified(app, path, identities, passphrase_file)
+        index = opened.index()
+        doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index)}
+        lines = [f"ok: {archive} verified ({doc['members']} members, {human_bytes(index.compressed_size)})"]
+        if rehearse:
+            report = run_rehearsal(opened, tiers=list(tiers) or None, warn=app.warn)
+            if metrics_file:
+                write_metrics(
+                    metrics_file,
+                    rehearse_metrics(
+                        archive=Path(archive).name,
+                        ok=report.ok,
+                        started=report.started,
+                        finished=report.finished,
+                        checks=report.per_tier(),
+                    ),
+                )
+            if not report.ok:
+                for c in [c for c in report.checks if not c.ok][:10]:
+                    click.echo(
+                        f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}", err=True
+                    )
+                first = next(c for c in report.checks if not c.ok)
+                raise TierError(
+                    f"rehearsal of {archive} failed: {sum(not c.ok for c in report.checks)} of {len(report.checks)} "
+                    f"checks differ (first: {first.tier} {first.item} {first.what})"
+                )
+            doc["rehearsal"] = report.to_json()
+            lines.append(
+                f"ok: rehearsal restored {', '.join(report.per_tier()) or 'nothing'}: "
+                f"{len(report.checks)} checks passed ({report.finished - report.started:.1f}s)"
+            )
+            lines += [f"  note: {n}" for n in report.notes]
+    app.result(doc, lines)

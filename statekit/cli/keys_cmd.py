@@ -34,9 +34,7 @@ def init(app: App, output: str, force: bool) -> None:
 @cli.command(epilog=exit_status_epilog())
 @click.option("-o", "--output", metavar="FILE", help="Write the identity here (mode 0600) instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite an existing identity file.")
-@click.option(
-    "--sign", "signing", is_flag=True, help="Make an Ed25519 signing key instead of an age identity."
-)
+@click.option("--sign", "signing", is_flag=True, help="Make an Ed25519 signing key instead of an age identity.")
 @common_options
 def keygen(app: App, output: str | None, force: bool, signing: bool) -> None:
     """Make a new age identity (AGE-SECRET-KEY-1…) and print its recipient (age1…).

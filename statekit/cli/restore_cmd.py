@@ -9,7 +9,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options
-from statekit.cli.archive_cmd import open_verified
+from statekit.cli.archive_cmd import local_archive, open_verified
 from statekit.credentials import undo_recipients
 from statekit.errors import UsageError
 from statekit.model import RestoreOptions, RestoreReport
@@ -86,7 +86,9 @@ def restore(
     if target_url and tier == "files":
         raise UsageError("--target-url is for db and redis; use --target DIR for files")
     cfg = app.config()
-    opened = open_verified(app, archive, identities, passphrase_file)
+    # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
+    path = click.get_current_context().with_resource(local_archive(archive))
+    opened = open_verified(app, path, identities, passphrase_file)
     opts = RestoreOptions(
         tier=tier,
         target=target or target_url,

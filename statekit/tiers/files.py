@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from statekit.config import FilesConfig
-from statekit.errors import ConfigError, CorruptArchive, StorageError, TierError, TierUnavailable
+from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError, TierError, TierUnavailable
 from statekit.model import (
     MemberSink,
     Progress,
@@ -78,16 +78,24 @@ class _Entry:
     path: str
 
 
-def _walk(root: str, warn: Warn, skipped: dict[str, int]) -> Iterator[_Entry]:
+def _walk(root: str, warn: Warn, skipped: dict[str, int], skip_unreadable: bool = False) -> Iterator[_Entry]:
     """Regular files under root in sorted order, never following symlinks."""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         full_dir = os.path.join(root, rel_dir) if rel_dir else root
         try:
-            entries = sorted(os.scandir(full_dir), key=lambda e: e.name)
+            with os.scandir(full_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            raise TierError(f"files tier: cannot list {full_dir}: {exc.strerror}") from None
+            if skip_unreadable and rel_dir:
+                warn(f"files tier: cannot list {rel_dir}: {exc.strerror} (skipped)")
+                skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                continue
+            raise TierError(
+                f"files tier: cannot list {full_dir}: {exc.strerror} "
+                "(set [files] skip_unreadable = true to skip such directories)"
+            ) from None
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
@@ -125,18 +133,29 @@ def snapshot_files(
     root = _check_root(cfg)
     summary = TierSummary("files", started_at=time.time())
     skipped: dict[str, int] = {}
+
+    def note(message: str) -> None:
+        # Kept in snapshot.json too, so `statekit inspect` shows what was left out.
+        summary.warnings.append(message)
+        warn(message)
+
     count = total = 0
-    for entry in _walk(root, warn, skipped):
+    for entry in _walk(root, note, skipped, cfg.skip_unreadable):
         if not path_selected(entry.rel, cfg.include, cfg.exclude):
             continue
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                warn(f"files tier: {entry.rel} vanished during the snapshot (skipped)")
+                note(f"files tier: {entry.rel} vanished during the snapshot (skipped)")
+                continue
+            if exc.errno == errno.ELOOP:
+                # Replaced by a symlink since the directory was listed: still never followed.
+                note(f"files tier: {entry.rel} is a symlink, not followed (skipped)")
+                skipped["symlinks"] = skipped.get("symlinks", 0) + 1
                 continue
             if cfg.skip_unreadable:
-                warn(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
                 skipped["unreadable"] = skipped.get("unreadable", 0) + 1
                 continue
             raise TierError(
@@ -146,16 +165,28 @@ def snapshot_files(
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
+                # Swapped for a fifo or device since the listing (O_NONBLOCK kept the open from hanging).
+                note(f"files tier: {entry.rel} is no longer a regular file (skipped)")
+                skipped["special"] = skipped.get("special", 0) + 1
                 continue
+            os.set_blocking(fd, True)
             meta = {"files": 1, "mtime_ns": st.st_mtime_ns}
             name = PREFIX + entry.rel
-            if st.st_size < _SMALL:
-                data = fh.read()
-                sink.add(name, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
-                size = len(data)
-            else:
-                sink.add(name, fh, size=st.st_size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
-                size = st.st_size
+            try:
+                if st.st_size < _SMALL:
+                    data = fh.read()
+                    sink.add(name, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
+                    size = len(data)
+                else:
+                    sink.add(name, fh, size=st.st_size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
+                    size = st.st_size
+            except OSError as exc:
+                # A read error half-way through a streamed member cannot be skipped: the archive is mid-member.
+                if cfg.skip_unreadable and st.st_size < _SMALL:
+                    note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                    skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                    continue
+                raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
         count += 1
         total += size
         progress("files", count, total)
@@ -203,6 +234,12 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
     for m in _selected_members(archive, opts):
         rel = str(m["name"])[len(PREFIX) :]
         path = _safe_join(root, rel)
+        problem = _unsafe_destination(root, path)
+        if problem:
+            report.problems.append(f"{rel}: {problem}")
+            counts["refused"] = counts.get("refused", 0) + 1
+            report.plan.append({"path": rel, "action": "refused", "size": m["size"], "mode": m.get("mode")})
+            continue
         action = "create"
         if os.path.lexists(path):
             action = "overwrite"
@@ -217,6 +254,24 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
         report.plan.append({"path": rel, "action": action, "size": m["size"], "mode": m.get("mode")})
     report.counts = counts
     return report
+
+
+def _unsafe_destination(root: str, path: str) -> str | None:
+    """Why writing `path` could leave the root or clobber something that is not a key file (None if safe)."""
+    current = root
+    for part in os.path.relpath(os.path.dirname(path), root).split(os.sep):
+        if part == ".":
+            continue
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return f"parent directory {current} is a symlink; refusing to write through it"
+        if os.path.lexists(current) and not os.path.isdir(current):
+            return f"{current} exists and is not a directory"
+    if os.path.islink(path):
+        return "the target is a symlink; refusing to replace it"
+    if os.path.lexists(path) and not os.path.isfile(path):
+        return "the target exists and is not a regular file"
+    return None
 
 
 def _sha256_file(path: str) -> str:
@@ -271,6 +326,8 @@ def restore_files(
 ) -> RestoreReport:
     """Stage the archived files, check them against the manifest, then promote each one atomically."""
     plan = plan_files_restore(archive, opts, cfg)
+    if plan.problems:
+        raise Refused(f"files restore refused: {plan.problems[0]}")
     root = _target_root(opts, cfg)
     report = RestoreReport("files", counts={"created": 0, "overwritten": 0, "unchanged": 0})
     wanted = {str(p["path"]): p for p in plan.plan if p["action"] != "unchanged"}
@@ -295,9 +352,9 @@ def restore_files(
             spath = os.path.join(staging, f"{len(staged):08d}")
             with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                 shutil.copyfileobj(member.stream, out, 1 << 20)
-            meta = by_name.get(member.name, {}).get("meta", {})
-            mtime_ns = int(meta.get("mtime_ns", int(member.mtime * 1e9)))
-            staged.append((rel, spath, member.mode, mtime_ns))
+            staged.append(
+                (rel, spath, _restored_mode(member.mode, rel, warn), _mtime_ns(by_name.get(member.name), member.mtime))
+            )
         # archive.members() raised CorruptArchive if anything disagreed with the manifest: only now promote.
         if undo is not None:
             _save_undo(root, [rel for rel, *_ in staged], undo)
@@ -309,9 +366,9 @@ def restore_files(
                 raise StorageError(f"files restore: {rel} exists and is not a regular file; not replaced")
 
             def copy(fd: int, spath: str = spath) -> None:
-                with open(spath, "rb") as fh:
-                    while block := fh.read(1 << 20):
-                        os.write(fd, block)
+                # os.write may write less than asked; a closefd=False file object loops until all is written.
+                with open(spath, "rb") as fh, open(fd, "wb", closefd=False) as out:
+                    shutil.copyfileobj(fh, out, 1 << 20)
 
             try:
                 _write_atomic(dest, copy, mode, mtime_ns)
@@ -322,6 +379,22 @@ def restore_files(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _restored_mode(mode: int, rel: str, warn: Warn) -> int:
+    """The permission bits to give a restored file: setuid, setgid and sticky bits are never restored."""
+    if mode & 0o7000:
+        warn(f"files restore: {rel}: dropped setuid/setgid/sticky bits from mode {mode & 0o7777:04o}")
+    return mode & 0o777
+
+
+def _mtime_ns(entry: object, mtime: float) -> int:
+    """The exact mtime recorded at snapshot time (manifest meta), else the tar header's (µs precision)."""
+    meta = entry.get("meta") if isinstance(entry, dict) else None
+    value = meta.get("mtime_ns") if isinstance(meta, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63:
+        return value
+    return int(mtime * 1_000_000) * 1000
 
 
 def _make_parents(root: str, directory: str) -> None:

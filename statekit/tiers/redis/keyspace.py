@@ -21,8 +21,9 @@ def key_slot(key: bytes) -> int:
 
 
 def glob_to_regex(pattern: bytes) -> bytes:
-    """Translate a Redis glob (`*`, `?`, `[abc]`, `[^a-z]`, `\\x`) to an anchored bytes regex."""
-    out = [b"(?s)"]
+    """Translate a Redis glob (`*`, `?`, `[abc]`, `[^a-z]`, `\\x`) to a bytes regex anchored at the end
+    (use with re.match and re.DOTALL)."""
+    out: list[bytes] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i : i + 1]
@@ -67,7 +68,7 @@ def compile_match(patterns: Sequence[str | bytes]) -> Callable[[bytes], bool] | 
     pats = [p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p for p in patterns]
     if not pats or b"*" in pats:
         return None
-    regex = re.compile(b"|".join(b"(?:" + glob_to_regex(p) + b")" for p in pats))
+    regex = re.compile(b"|".join(b"(?:" + glob_to_regex(p) + b")" for p in pats), re.DOTALL)
     match = regex.match
     return lambda key: match(key) is not None
 

@@ -48,7 +48,7 @@ _MEMBER_HEAD = struct.Struct("<8sHQB")
 _U32 = struct.Struct("<I")
 
 # The first byte of a DUMP payload is the RDB object type; map it to the user-visible type.
-_RDB_TYPE_TO_TYPE = {
+RDB_TYPE_TO_TYPE = {
     0: TYPE_STRING,
     1: TYPE_LIST,
     10: TYPE_LIST,
@@ -79,7 +79,7 @@ _RDB_TYPE_TO_TYPE = {
 
 def payload_type(payload: bytes) -> int:
     """The key type of a DUMP payload (TYPE_MODULE for anything unknown: it can only go back as is)."""
-    return _RDB_TYPE_TO_TYPE.get(payload[0], TYPE_MODULE) if payload else TYPE_MODULE
+    return RDB_TYPE_TO_TYPE.get(payload[0], TYPE_MODULE) if payload else TYPE_MODULE
 
 
 def payload_rdb_version(payload: bytes) -> int:
@@ -216,6 +216,36 @@ def read_member(stream: IO[bytes], name: str) -> tuple[MemberHeader, bytes]:
     end = _MEMBER_HEAD.size + n
     header = MemberHeader(db, taken, data[_MEMBER_HEAD.size : end].decode("ascii", "replace"))
     return header, data[end:]
+
+
+def iter_heads(body: bytes, name: str) -> Iterator[tuple[int, int, int, int, bytes, int, int]]:
+    """Fast scan of a member body: (tag, type, rdb_version, expire_at, key, value offset, value length)
+    per record; chunk items are skipped (value offset/length then span them)."""
+    pos = 0
+    end = len(body)
+    unpack = _HEAD.unpack_from
+    u32 = _U32.unpack_from
+    try:
+        while pos < end:
+            tag, type_, rdbv, expire, klen, vlen = unpack(body, pos)
+            kstart = pos + 20
+            pos = kstart + klen
+            if tag == TAG_DUMP:
+                yield tag, type_, rdbv, expire, body[kstart:pos], pos, vlen
+                pos += vlen
+            elif tag == TAG_CHUNK:
+                start = pos
+                for _ in range(vlen):
+                    pos += 4 + u32(body, pos)[0]
+                yield tag, type_, rdbv, expire, body[kstart : kstart + klen], start, pos - start
+            elif tag in (TAG_BEGIN, TAG_END):
+                yield tag, type_, rdbv, expire, body[kstart:pos], pos, vlen
+            else:
+                raise CorruptArchive(f"archive member {name}: unknown record tag {tag:#x} at {kstart - 20}")
+    except struct.error:
+        raise CorruptArchive(f"archive member {name}: record cut short") from None
+    if pos > end:
+        raise CorruptArchive(f"archive member {name}: record cut short")
 
 
 def iter_records(body: bytes, name: str) -> Iterator[Record]:

@@ -96,9 +96,7 @@ class RespConnection:
         try:
             self._conn.connect()
         except (redis.RedisError, OSError) as exc:
-            raise TierUnavailable(
-                f"redis {self.label}: cannot connect: {_scrub(str(exc), self._password)}"
-            ) from None
+            raise TierUnavailable(f"redis {self.label}: cannot connect: {_scrub(str(exc), self._password)}") from None
         sock = self._conn._sock
         if sock is None:  # pragma: no cover - redis-py always sets it after connect()
             raise TierUnavailable(f"redis {self.label}: cannot connect")
@@ -106,7 +104,6 @@ class RespConnection:
         self._sock: socket.socket = sock
         self._reader = hiredis.Reader()
         self._buf = bytearray(_RECV)
-        self._view = memoryview(self._buf)
 
     def sibling(self, host: str, port: int, db: int = 0) -> RespConnection:
         """A connection to another node with the same credentials and TLS settings (cluster nodes)."""
@@ -152,7 +149,7 @@ class RespConnection:
             raise TierError(f"redis {self.label}: connection lost while reading: {exc}") from None
         if not got:
             raise TierError(f"redis {self.label}: server closed the connection")
-        self._reader.feed(self._view[:got])
+        self._reader.feed(self._buf, 0, got)  # type: ignore[arg-type]  # hiredis takes any buffer
 
     # -- single commands --------------------------------------------------------------------------------
     def call(self, *args: bytes | str | int) -> Any:

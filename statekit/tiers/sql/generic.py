@@ -17,7 +17,7 @@ from statekit.tiers.sql.values import encode_row
 
 FETCH_ROWS = 5000
 
-AddSegment = Callable[[TableDesc, int, bytes, int], None]
+AddSegment = Callable[[TableDesc, int, bytes | bytearray, int], None]
 
 
 def begin_snapshot(conn: sa.Connection, dialect: str) -> str:

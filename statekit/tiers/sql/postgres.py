@@ -10,11 +10,14 @@ one consistent database snapshot.
 from __future__ import annotations
 
 import queue
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import pq
 
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc
@@ -33,7 +36,7 @@ SESSION_SETTINGS = (
     "SET standard_conforming_strings = on",
 )
 
-AddSegment = Callable[[TableDesc, int, bytes, int], None]
+AddSegment = Callable[[TableDesc, int, bytes | bytearray, int], None]
 
 
 def qident(name: str) -> str:
@@ -186,7 +189,7 @@ class _SegmentWriter:
 
     def __init__(self, add: AddSegment) -> None:
         self._add = add
-        self._q: queue.Queue[tuple[TableDesc, int, bytes, int] | None] = queue.Queue(maxsize=1)
+        self._q: queue.Queue[tuple[TableDesc, int, bytearray, int] | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="statekit-db-segments", daemon=True)
         self._thread.start()
@@ -202,7 +205,7 @@ class _SegmentWriter:
                 except BaseException as exc:
                     self.error = exc
 
-    def put(self, table: TableDesc, seq: int, data: bytes, rows: int) -> None:
+    def put(self, table: TableDesc, seq: int, data: bytearray, rows: int) -> None:
         if self.error is not None:
             raise self.error
         self._q.put((table, seq, data, rows))
@@ -215,30 +218,77 @@ class _SegmentWriter:
 
 
 def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
-    """COPY one table out in segments; returns its row count (newlines: COPY text escapes embedded ones)."""
+    """COPY one table out in segments; returns its row count (newlines: COPY text escapes embedded ones).
+
+    Talks to libpq through psycopg's `pq` layer: one non-blocking PQgetCopyData per row and a select() only
+    when libpq has no complete row buffered. psycopg's Copy.read() costs several Python frames per row and
+    roughly doubles the client CPU of a snapshot; the blocking form would hold the GIL while waiting and stall
+    the compression thread and the other workers."""
     if not table.data_columns:
         return 0
     sql = f"COPY {qtable(table.schema, table.name)} ({copy_columns(table)}) TO STDOUT"
+    pg = pgconn.pgconn
+    pg.send_query(sql.encode("utf-8"))
+    _await_result(pg)
+    res = pg.get_result()
+    if res is None or res.status != pq.ExecStatus.COPY_OUT:
+        message = _error_text(pg, res)
+        _drain(pg)
+        raise psycopg.OperationalError(message)
     rows = 0
     seq = 0
     buf = bytearray()
-    with pgconn.cursor() as cur, cur.copy(sql) as cp:
-        read = cp.read
-        while data := read():
+    get = pg.get_copy_data
+    sock = pg.socket
+    while True:
+        n, data = get(1)
+        if n > 0:
             buf += data
             if len(buf) >= SEGMENT_BYTES:
-                chunk = bytes(buf)
-                buf = bytearray()
-                n = chunk.count(b"\n")
-                rows += n
-                writer.put(table, seq, chunk, n)
+                count = buf.count(b"\n")
+                rows += count
+                writer.put(table, seq, buf, count)
                 seq += 1
+                buf = bytearray()
+        elif n == 0:
+            select.select([sock], [], [])
+            pg.consume_input()
+        else:
+            break
+    _await_result(pg)
+    res = pg.get_result()
+    if res is None or res.status != pq.ExecStatus.COMMAND_OK:
+        message = _error_text(pg, res)
+        _drain(pg)
+        raise psycopg.OperationalError(message)
+    _drain(pg)
     if buf:
-        chunk = bytes(buf)
-        n = chunk.count(b"\n")
-        rows += n
-        writer.put(table, seq, chunk, n)
+        count = buf.count(b"\n")
+        rows += count
+        writer.put(table, seq, buf, count)
     return rows
+
+
+def _await_result(pg: Any) -> None:
+    # Wait (GIL released in select) until libpq can hand over a result without blocking.
+    pg.consume_input()
+    while pg.is_busy():
+        select.select([pg.socket], [], [])
+        pg.consume_input()
+
+
+def _drain(pg: Any) -> None:
+    while True:
+        _await_result(pg)
+        if pg.get_result() is None:
+            return
+
+
+def _error_text(pg: Any, res: Any) -> str:
+    raw = res.error_message if res is not None else b""
+    if not raw:
+        raw = pg.error_message
+    return bytes(raw).decode("utf-8", "replace").strip() or "COPY failed"
 
 
 def prepare_session(pgconn: Any) -> None:

@@ -73,7 +73,7 @@ def snapshot_target(
     dialect = target.dialect
     done = {"rows": 0, "bytes": 0}
 
-    def add(table: TableDesc, seq: int, data: bytes, rows: int) -> None:
+    def add(table: TableDesc, seq: int, data: bytes | bytearray, rows: int) -> None:
         ext = "copy" if table.encoding == "copy" else "jsonl"
         sink.add(f"{table.member}.{seq:06d}.{ext}", data, meta={"rows": rows, "table": table.key})
         done["rows"] += rows

@@ -1,0 +1,148 @@
+"""Benchmark: the evolution-api audit and reconcile on 10k instances × 20 keys in all three tiers.
+
+Targets: full-value audit ≥ 50k entity values/s end to end, keys-only audit ≥ 200k/s, peak RSS < 1 GB,
+reconcile of 10k instances' creds into Redis < 10 s. Each statekit run is a subprocess of the real CLI, so
+the figures include start-up, and its peak RSS is measured alone (RUSAGE_CHILDREN after each run).
+
+Servers: $STATEKIT_BENCH_PG_URL (a server URL; a scratch database is created) or a SQLite file, and
+$STATEKIT_BENCH_REDIS_URL (a db that is FLUSHED) or a redis-server started here.
+
+    python bench/bench_audit.py [--instances 10000] [--keys 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fixtures.evolution.generate import generate  # noqa: E402
+from fixtures.evolution.harness import write_config  # noqa: E402
+
+STATEKIT = [sys.executable, "-m", "statekit.cli"] if not (REPO / ".venv/bin/statekit").exists() else [
+    str(REPO / ".venv/bin/statekit")
+]  # fmt: skip
+
+
+def _pg_database(server_url: str) -> tuple[str, Any]:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    name = f"skbench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False), drop
+
+
+def _run(args: list[str], cwd: Path) -> tuple[float, int, dict[str, Any] | None, float]:
+    """Run statekit; returns (seconds, exit code, JSON output or None, peak RSS MiB of that run)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run([*STATEKIT, *args], cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    doc = None
+    if "--json" in args and proc.stdout.strip():
+        doc = json.loads(proc.stdout)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"statekit {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    # ru_maxrss is the max over all children so far: it only tells this run's peak when it grew.
+    return elapsed, proc.returncode, doc, max(peak, before) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the state, run the measurements, print the figures (and exit 1 if a target is missed)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", type=int, default=10_000)
+    ap.add_argument("--keys", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="statekit-bench-audit-"))
+    cleanups: list[Any] = []
+    redis_proc = None
+    try:
+        pg = os.environ.get("STATEKIT_BENCH_PG_URL")
+        if pg:
+            db_url, drop = _pg_database(pg)
+            cleanups.append(drop)
+        else:
+            db_url = f"sqlite:///{work / 'evolution.db'}"
+        redis_url = os.environ.get("STATEKIT_BENCH_REDIS_URL")
+        if not redis_url:
+            from tests.servers import RedisProcess
+
+            redis_proc = RedisProcess(binary="redis-server").start()
+            redis_url = redis_proc.url
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        root = work / "instances"
+        t0 = time.perf_counter()
+        generate(db_url, redis_url, root, instances=args.instances, keys_per_instance=args.keys, redis_creds=False)
+        seed_s = time.perf_counter() - t0
+        write_config(work / "statekit.toml", db_url=db_url, redis_url=redis_url, files_root=str(root))
+        results: dict[str, Any] = {"instances": args.instances, "keys_per_instance": args.keys,
+                                   "db": db_url.split(":", 1)[0], "seed_s": round(seed_s, 1)}  # fmt: skip
+        full_s, code, doc, rss = _run(["audit", "--json", "--recheck-rounds", "0"], work)
+        assert doc is not None and code == 0, doc
+        results["full_audit"] = {"seconds": round(full_s, 2), "values": doc["values_compared"],
+                                 "values_per_s": round(doc["values_compared"] / full_s),
+                                 "engine_s": doc["duration_s"], "peak_rss_mib": round(rss)}  # fmt: skip
+        keys_s, code, doc, rss2 = _run(["audit", "--json", "--keys-only", "--recheck-rounds", "0"], work)
+        assert doc is not None and code == 0
+        results["keys_only_audit"] = {"seconds": round(keys_s, 2), "values": doc["values_compared"],
+                                      "values_per_s": round(doc["values_compared"] / keys_s),
+                                      "engine_s": doc["duration_s"], "peak_rss_mib": round(rss2)}  # fmt: skip
+        rec_s, code, doc, rss3 = _run(["reconcile", "--from", "db", "--to", "redis", "--entity", "creds", "--yes",
+                                       "--no-encryption", "--json"], work)  # fmt: skip
+        assert doc is not None and code == 0
+        results["reconcile_creds"] = {"seconds": round(rec_s, 2), "created": doc["applied"]["create"],
+                                      "peak_rss_mib": round(rss3)}  # fmt: skip
+        again_s, code, doc, _ = _run(["audit", "--json", "--recheck-rounds", "0"], work)
+        results["audit_after_reconcile"] = {"seconds": round(again_s, 2), "clean": bool(doc and doc["clean"])}
+        targets = {
+            "full_audit >= 50k values/s": results["full_audit"]["values_per_s"] >= 50_000,
+            "keys_only >= 200k values/s": results["keys_only_audit"]["values_per_s"] >= 200_000,
+            "peak RSS < 1 GiB": max(rss, rss2, rss3) < 1024,
+            "reconcile creds < 10 s": rec_s < 10,
+        }
+        results["targets"] = targets
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            print(f"seeded {args.instances} instances x {args.keys} keys ({results['db']}) in {seed_s:.1f}s")
+            for name in ("full_audit", "keys_only_audit", "reconcile_creds", "audit_after_reconcile"):
+                print(f"  {name:<22} {results[name]}")
+            for name, ok in targets.items():
+                print(f"  {'PASS' if ok else 'MISS'} {name}")
+        return 0 if all(targets.values()) else 1
+    finally:
+        for fn in cleanups:
+            fn()
+        if redis_proc is not None:
+            redis_proc.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Audit and reconcile: an entity model says how one logical thing appears in each tier; the audit diffs the
+tiers entity by entity, and reconcile rebuilds one tier from another through the same model.
+
+Modules: `templates` (names that render and parse both ways), `codecs` (value normalisation), `entities`
+(the model and its validation), `readers` (live tiers), `archive_reader` (snapshots), `diff` (findings),
+`plan` and `apply` (reconcile), `report` (rendering), `doctor` (Evolution deployment checks).
+"""
+
+from __future__ import annotations

@@ -1,0 +1,274 @@
+"""Reconcile, applying half: save what will be overwritten or deleted into an undo archive (in the target
+tier's own snapshot format, so `statekit restore UNDO --tier …` puts it back), then apply each operation with
+compare-and-set: WATCH/MULTI/EXEC per Redis key, check-then-replace per file. An operation whose target
+changed since the plan is skipped and reported as a conflict, never forced."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from statekit.audit.plan import Operation, ReconcilePlan
+from statekit.audit.readers import read_file
+from statekit.errors import StorageError, TierError
+from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
+
+
+@dataclass
+class ApplyResult:
+    """What an apply did."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"create": 0, "update": 0, "delete": 0})
+    conflicts: list[str] = field(default_factory=list)
+    undo_archive: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description."""
+        return {"applied": dict(self.counts), "conflicts": list(self.conflicts), "undo_archive": self.undo_archive}
+
+
+def apply_plan(
+    plan: ReconcilePlan,
+    *,
+    redis_client: Any = None,
+    files_root: str | None = None,
+    undo: UndoSink | None = None,
+    progress: Progress = no_progress,
+) -> ApplyResult:
+    """Apply a plan to its target tier; the undo archive (if any) is sealed before the first change."""
+    result = ApplyResult()
+    if not plan.ops:
+        return result
+    if plan.target == "redis":
+        if redis_client is None:
+            raise TierError("reconcile: no Redis connection for the target")
+        if undo is not None:
+            result.undo_archive = _save_redis_undo(redis_client, plan.ops, undo)
+        _apply_redis(redis_client, plan.ops, result, progress)
+    else:
+        if files_root is None:
+            raise TierError("reconcile: no files root for the target")
+        root = os.path.abspath(files_root)
+        if undo is not None:
+            result.undo_archive = _save_files_undo(root, plan.ops, undo)
+        _apply_files(root, plan.ops, result, progress)
+    return result
+
+
+# -- redis ------------------------------------------------------------------------------------------------
+
+
+def _by_key(ops: list[Operation]) -> dict[str, list[Operation]]:
+    out: dict[str, list[Operation]] = {}
+    for op in ops:
+        out.setdefault(op.loc[1], []).append(op)
+    return out
+
+
+def _save_redis_undo(client: Any, ops: list[Operation], undo: UndoSink) -> str:
+    """DUMP every existing key the plan touches into redis tier records (restorable with replace)."""
+    from statekit.tiers.redis.records import NO_EXPIRY, RecordWriter, payload_rdb_version
+
+    summary = TierSummary("redis", started_at=time.time())
+    keys = [k.encode("utf-8", "surrogateescape") for k in _by_key(ops)]
+    info = client.info("server")
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    writer = RecordWriter(undo.sink, db, str(info.get("redis_version", "")), now_ms())
+    rdb = 0
+    for i in range(0, len(keys), 1000):
+        part = keys[i : i + 1000]
+        pipe = client.pipeline(transaction=False)
+        for k in part:
+            pipe.pttl(k)
+            pipe.dump(k)
+        t0 = now_ms()
+        replies = pipe.execute()
+        for j, k in enumerate(part):
+            ttl, payload = replies[2 * j], replies[2 * j + 1]
+            if isinstance(payload, bytes) and isinstance(ttl, int) and ttl != -2:
+                writer.add_dump(k, payload, t0 + ttl if ttl >= 0 else NO_EXPIRY)
+                rdb = rdb or payload_rdb_version(payload)
+    writer.flush()
+    summary.finished_at = time.time()
+    summary.counts = {"keys": writer.keys}
+    summary.details = {
+        "server_version": str(info.get("redis_version", "")),
+        "rdb_version": rdb,
+        "mode": "standalone",
+        "undo_of": "statekit reconcile",
+        "point_in_time": False,
+    }
+    return undo.seal(summary)
+
+
+def _apply_redis(client: Any, ops: list[Operation], result: ApplyResult, progress: Progress) -> None:
+    import redis
+
+    done = 0
+    for key, group in _by_key(ops).items():
+        fields = [op.loc[2] for op in group if len(op.loc) > 2]
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                current = dict(zip(fields, pipe.hmget(key, fields))) if fields else {}
+                exists = bool(pipe.exists(key))
+            except redis.ResponseError as exc:
+                result.conflicts.append(f"{key}: {exc}")
+                continue
+            stale = [op for op in group if not _redis_unchanged(op, current, exists)]
+            if stale:
+                pipe.unwatch()
+                result.conflicts.extend(f"{op.where()}: changed since the plan, skipped" for op in group)
+                continue
+            pipe.multi()
+            for op in group:
+                if len(op.loc) > 2:
+                    if op.op == "delete":
+                        pipe.hdel(key, op.loc[2])
+                    else:
+                        pipe.hset(key, op.loc[2], op.after or b"")
+                elif op.op == "delete":
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, op.after or b"")
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                result.conflicts.extend(f"{op.where()}: changed while applying, skipped" for op in group)
+                continue
+        for op in group:
+            result.counts[op.op] += 1
+        done += len(group)
+        progress("redis", done, 0)
+
+
+def _redis_unchanged(op: Operation, current: dict[str, bytes | None], exists: bool) -> bool:
+    if len(op.loc) > 2:
+        return current.get(op.loc[2]) == op.before
+    if op.op == "delete":
+        return exists
+    return not exists if op.before is None else True
+
+
+# -- files ------------------------------------------------------------------------------------------------
+
+
+def _safe_path(root: str, rel: str) -> str:
+    path = os.path.normpath(os.path.join(root, rel))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise StorageError(f"reconcile: {rel} is outside the files root")
+    return path
+
+
+def _dir_files(root: str, rel_dir: str) -> Iterator[str]:
+    base = _safe_path(root, rel_dir)
+    for dirpath, _dirs, files in os.walk(base, followlinks=False):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                yield os.path.relpath(full, root)
+
+
+def _save_files_undo(root: str, ops: list[Operation], undo: UndoSink) -> str:
+    """Every file the plan overwrites or deletes, as files/<relative path> members with mode and mtime."""
+    summary = TierSummary("files", started_at=time.time())
+    rels: list[str] = []
+    for op in ops:
+        if op.op == "create":
+            continue
+        rel = op.loc[1]
+        rels.extend(_dir_files(root, rel) if rel.endswith("/") else [rel])
+    n = 0
+    for rel in dict.fromkeys(rels):
+        try:
+            fd = os.open(_safe_path(root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            data = fh.read()
+        undo.sink.add("files/" + rel, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime,
+                      meta={"files": 1, "mtime_ns": st.st_mtime_ns})  # fmt: skip
+        n += 1
+    summary.finished_at = time.time()
+    summary.counts = {"files": n}
+    summary.details = {"root": root, "undo_of": "statekit reconcile"}
+    return undo.seal(summary)
+
+
+def _apply_files(root: str, ops: list[Operation], result: ApplyResult, progress: Progress) -> None:
+    for i, op in enumerate(ops, 1):
+        rel = op.loc[1]
+        path = _safe_path(root, rel)
+        if rel.endswith("/"):
+            if os.path.islink(path.rstrip("/")) or not os.path.isdir(path):
+                result.conflicts.append(f"{rel}: changed since the plan, skipped")
+                continue
+            shutil.rmtree(path)
+            result.counts["delete"] += 1
+            continue
+        current = read_file(root, rel)
+        if current != op.before:
+            result.conflicts.append(f"{rel}: changed since the plan, skipped")
+            continue
+        try:
+            if op.op == "delete":
+                os.unlink(path)
+                _fsync_dir(os.path.dirname(path))
+            else:
+                _make_parents(root, os.path.dirname(path))
+                mode = os.lstat(path).st_mode & 0o7777 if op.before is not None else 0o600
+                _write_atomic(path, op.after or b"", mode)
+        except OSError as exc:
+            raise StorageError(f"reconcile: cannot write {rel}: {exc.strerror}") from None
+        result.counts[op.op] += 1
+        progress("files", i, 0)
+
+
+def _make_parents(root: str, directory: str) -> None:
+    rel = os.path.relpath(directory, root)
+    if rel == ".":
+        return
+    current = root
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise StorageError(f"reconcile: {current} is a symlink; refusing to write through it")
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o700)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    """temp file (0600) in the same directory → fsync → rename → fsync the directory."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(directory)

@@ -1,0 +1,532 @@
+"""Live tier readers for the audit: what each tier holds for the entities of a model.
+
+Each reader works in two passes so memory stays bounded: `list_scopes()` finds which scopes (e.g. instance ids)
+the tier holds (db: one streamed SELECT per table through a server-side cursor; redis: SCAN per key template;
+files: one os.scandir walk that never follows symlinks), then `load(scopes)` fetches the values of one batch
+of scopes (redis: one pipelined round trip of HGETALL/GET; files: one read per file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.templates import Template
+from statekit.config import redact_url
+from statekit.errors import ConfigError, TierError, TierUnavailable
+
+RecordKey = tuple[str, ...]
+
+
+@dataclass
+class Record:
+    """One record in one tier. `stored` is None in keys-only mode and for presence-only entities."""
+
+    stored: bytes | None
+    where: str
+    loc: tuple[str, ...]
+    extra: dict[str, Any] | None = None
+    null: bool = False  # db: the row exists but the value column is NULL
+    raw_vars: dict[str, str] | None = None  # the name's own values where a name transform changed them
+
+
+@dataclass
+class Unparseable:
+    """A name in a tier that looks like it belongs to the model but fits none of its templates."""
+
+    tier: str
+    entity: str
+    scope: str | None
+    where: str
+    detail: str
+
+
+@dataclass
+class TierData:
+    """What one tier holds for a batch of scopes: entity → scope → rest-of-key → record."""
+
+    tier: str
+    records: dict[str, dict[str, dict[RecordKey, Record]]] = field(default_factory=dict)
+    unparseable: list[Unparseable] = field(default_factory=list)
+
+    def add(self, entity: str, scope: str, rest: RecordKey, rec: Record) -> None:
+        """Store a record (the first one wins when two names map to the same record)."""
+        self.records.setdefault(entity, {}).setdefault(scope, {}).setdefault(rest, rec)
+
+    def scope_records(self, entity: str, scope: str) -> dict[RecordKey, Record] | None:
+        """The entity's records of one scope, or None when the tier holds none."""
+        return self.records.get(entity, {}).get(scope)
+
+    def has_scope(self, scope: str) -> bool:
+        """True when the tier holds anything at all for this scope."""
+        return any(scope in per for per in self.records.values())
+
+
+def _normalise(ent: Entity, values: dict[str, str]) -> tuple[str, RecordKey]:
+    out = []
+    for v in ent.vars:
+        text = values.get(v, "")
+        fn = ent.normalizers.get(v)
+        out.append(fn(text) if fn else text)
+    return out[0], tuple(out[1:])
+
+
+def _raw_vars(ent: Entity, values: dict[str, str]) -> dict[str, str] | None:
+    # Kept only when a transform changed a value, so reconcile can write the original name back.
+    if not ent.normalizers:
+        return None
+    changed = {v: values[v] for v, fn in ent.normalizers.items() if v in values and fn(values[v]) != values[v]}
+    return changed or None
+
+
+# -- db ---------------------------------------------------------------------------------------------------
+
+
+def open_engine(url: str) -> Any:
+    """A SQLAlchemy engine for a URL (psycopg / pymysql drivers by default); TierUnavailable if unreachable."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    shown = redact_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"db url {shown}: not a valid database URL") from None
+    drivers = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+    if "+" not in parsed.drivername and parsed.drivername in drivers:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{drivers[parsed.drivername]}")
+    engine = sa.create_engine(parsed, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise TierUnavailable(f"db {shown}: cannot connect ({type(exc).__name__})") from None
+    return engine
+
+
+def _db_text(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    import json
+
+    # A JSON/JSONB column comes back parsed: store it as compact JSON text.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class DbReader:
+    """Reads every db locator of a model with one streamed SELECT per entity (values kept in memory: the
+    db side of an audit is the authority and is small next to the key material)."""
+
+    tier = "db"
+
+    def __init__(self, engine: Any, model: Model, *, keys_only: bool = False) -> None:
+        self.engine = engine
+        self.model = model
+        self.keys_only = keys_only
+        self.data = TierData("db")
+        self.unparseable: list[Unparseable] = []
+
+    def list_scopes(self) -> set[str]:
+        """Stream every row once; returns the scopes present."""
+        import sqlalchemy as sa
+
+        self.data = TierData("db")
+        scopes: set[str] = set()
+        for ent in self.model.entities.values():
+            loc = ent.locators.get("db")
+            if loc is None:
+                continue
+            for scope, rest, rec in self._rows(ent, loc, sa):
+                self.data.add(ent.name, scope, rest, rec)
+                scopes.add(scope)
+        return scopes
+
+    def _rows(self, ent: Entity, loc: Locator, sa: Any) -> Iterator[tuple[str, RecordKey, Record]]:
+        assert loc.table is not None
+        cols = list(dict.fromkeys([*loc.key_columns, *([loc.value_column] if loc.value_column else []), *loc.columns]))
+        table = sa.table(loc.table, *[sa.column(c) for c in cols], schema=loc.schema)
+        stmt = sa.select(*[table.c[c] for c in cols])
+        if loc.filter:
+            stmt = stmt.where(sa.text(loc.filter))
+        nkeys = len(loc.key_columns)
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=2000).execute(stmt)
+                for row in result:
+                    values = {ent.vars[i]: str(row[i]) for i in range(nkeys)}
+                    scope, rest = _normalise(ent, values)
+                    raw = row[nkeys] if loc.value_column else None
+                    extra = {c: row[cols.index(c)] for c in loc.columns} if loc.columns else None
+                    where = f'"{loc.table}" ' + ", ".join(f"{c}={row[i]}" for i, c in enumerate(loc.key_columns))
+                    rec = Record(
+                        None if raw is None or (self.keys_only and not ent.presence) else _db_text(raw),
+                        where,
+                        ("db", loc.table, *[str(row[i]) for i in range(nkeys)]),
+                        extra,
+                        null=loc.value_column is not None and raw is None,
+                    )
+                    yield scope, rest, rec
+        except Exception as exc:
+            if isinstance(exc, (TierError, TierUnavailable)):
+                raise
+            raise TierError(f'db: cannot read "{loc.table}" ({type(exc).__name__}: {_first_line(exc)})') from None
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """The rows of these scopes (already in memory)."""
+        wanted = set(scopes)
+        out = TierData("db")
+        for ent, per in self.data.records.items():
+            for scope in wanted & per.keys():
+                out.records.setdefault(ent, {})[scope] = per[scope]
+        return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+# -- redis ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _KeyGroup:
+    """Locators that share one Redis key template."""
+
+    template: Template
+    members: list[tuple[Entity, Locator]]
+
+    @property
+    def hashed(self) -> bool:
+        return any(loc.hash_field is not None for _, loc in self.members)
+
+
+class RedisReader:
+    """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip."""
+
+    tier = "redis"
+
+    def __init__(self, client: Any, model: Model, *, keys_only: bool = False, scan_count: int = 1000) -> None:
+        self.client = client
+        self.model = model
+        self.keys_only = keys_only
+        self.scan_count = scan_count
+        groups: dict[str, _KeyGroup] = {}
+        for ent in model.entities.values():
+            loc = ent.locators.get("redis")
+            if loc is not None and loc.template is not None:
+                groups.setdefault(loc.template.text, _KeyGroup(loc.template, [])).members.append((ent, loc))
+        self.groups = sorted(groups.values(), key=lambda g: g.template.specificity)
+        self.keys: dict[str, list[tuple[_KeyGroup, dict[str, str], bytes]]] = {}
+        self.unparseable: list[Unparseable] = []
+
+    def list_scopes(self) -> set[str]:
+        """SCAN every key template's pattern; returns the scopes present."""
+        self.keys = {}
+        self.unparseable = []
+        seen: set[bytes] = set()
+        for group in self.groups:
+            for raw in self._scan(group.template.glob()):
+                if raw in seen:
+                    continue
+                seen.add(raw)
+                name = raw.decode("utf-8", "surrogateescape")
+                claimed = False
+                for g in self.groups:
+                    values = g.template.parse(name)
+                    if values is None:
+                        continue
+                    ent0 = g.members[0][0]
+                    scope = values.get(ent0.scope_var, "")
+                    fn = ent0.normalizers.get(ent0.scope_var)
+                    self.keys.setdefault(fn(scope) if fn else scope, []).append((g, values, raw))
+                    claimed = True
+                    break
+                if not claimed:
+                    self.unparseable.append(
+                        Unparseable("redis", group.members[0][0].name, None, name,
+                                    f"key fits no template ({group.template.text})")
+                    )  # fmt: skip
+        return set(self.keys)
+
+    def _scan(self, pattern: str) -> Iterator[bytes]:
+        try:
+            yield from self.client.scan_iter(match=pattern, count=self.scan_count)
+        except Exception as exc:
+            raise TierError(f"redis: SCAN failed ({type(exc).__name__}: {_first_line(exc)})") from None
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """Fetch the keys of these scopes in one pipelined round trip and map them to records."""
+        out = TierData("redis")
+        work = [(scope, item) for scope in scopes for item in self.keys.get(scope, [])]
+        pipe = self.client.pipeline(transaction=False)
+        for _, (group, _, raw) in work:
+            if group.hashed:
+                (pipe.hkeys if self.keys_only else pipe.hgetall)(raw)
+            elif self.keys_only or all(ent.presence for ent, _ in group.members):
+                pipe.exists(raw)
+            else:
+                pipe.get(raw)
+        try:
+            replies = pipe.execute(raise_on_error=False) if work else []
+        except Exception as exc:
+            raise TierError(f"redis: read failed ({type(exc).__name__}: {_first_line(exc)})") from None
+        for (_, (group, values, raw)), reply in zip(work, replies):
+            name = raw.decode("utf-8", "surrogateescape")
+            if isinstance(reply, Exception):
+                # WRONGTYPE and the like: the key exists but not as the model expects.
+                out.unparseable.append(
+                    Unparseable("redis", group.members[0][0].name, None, name, f"unexpected type ({reply})")
+                )
+                continue
+            if not reply:
+                continue  # deleted since the SCAN
+            self._records(out, group, values, raw, name, reply)
+        return out
+
+    def _records(
+        self, out: TierData, group: _KeyGroup, values: dict[str, str], raw: bytes, name: str, reply: Any
+    ) -> None:
+        for ent, loc in group.members:
+            if loc.hash_field is None:
+                scope, rest = _normalise(ent, values)
+                stored = None if ent.presence or self.keys_only or not isinstance(reply, bytes) else reply
+                out.add(ent.name, scope, rest, Record(stored, name, ("redis", name)))
+        fields = [(ent, loc) for ent, loc in group.members if loc.hash_field is not None]
+        if not fields:
+            return
+        fields.sort(key=lambda m: m[1].hash_field.specificity if m[1].hash_field else (0, 0))
+        items: Iterable[tuple[bytes, bytes | None]] = (
+            ((f, None) for f in reply) if isinstance(reply, list) else reply.items()
+        )
+        for fraw, value in items:
+            fname = fraw.decode("utf-8", "surrogateescape")
+            for ent, loc in fields:
+                assert loc.hash_field is not None
+                fvalues = loc.hash_field.parse(fname)
+                if fvalues is None:
+                    continue
+                scope, rest = _normalise(ent, {**values, **fvalues})
+                rv = _raw_vars(ent, fvalues)
+                out.add(ent.name, scope, rest, Record(value, f"{name} [{fname}]", ("redis", name, fname), raw_vars=rv))
+                break
+            else:
+                out.unparseable.append(
+                    Unparseable("redis", fields[0][0].name, values.get(fields[0][0].scope_var), f"{name} [{fname}]",
+                                "hash field fits no template")
+                )  # fmt: skip
+
+
+# -- files ------------------------------------------------------------------------------------------------
+
+
+class FilesReader:
+    """Reads the files locators of a model: one scandir walk (symlinks never followed), then file contents
+    per batch of scopes."""
+
+    tier = "files"
+
+    def __init__(self, root: str, model: Model, *, keys_only: bool = False) -> None:
+        if not os.path.isdir(root):
+            raise TierUnavailable(f"files: root {root} is not a directory")
+        self.root = os.path.abspath(root)
+        self.model = model
+        self.keys_only = keys_only
+        self.files: list[tuple[Entity, Locator]] = []
+        self.dirs: list[tuple[Entity, Locator]] = []
+        for ent in model.entities.values():
+            loc = ent.locators.get("files")
+            if loc is not None:
+                (self.dirs if loc.is_directory else self.files).append((ent, loc))
+        self.files.sort(key=lambda m: m[1].template.specificity if m[1].template else (0, 0))
+        self.found: dict[str, list[tuple[Entity, dict[str, str], str]]] = {}
+        self.unparseable: list[Unparseable] = []
+
+    def list_scopes(self) -> set[str]:
+        """Walk the root once; returns the scopes present."""
+        self.found = {}
+        self.unparseable = []
+        for rel, is_dir in _walk(self.root):
+            if is_dir:
+                for ent, loc in self.dirs:
+                    assert loc.template is not None
+                    values = loc.template.parse(rel + "/")
+                    if values is not None:
+                        scope, _ = _normalise(ent, values)
+                        self.found.setdefault(scope, []).append((ent, values, rel + "/"))
+                continue
+            for ent, loc in self.files:
+                assert loc.template is not None
+                values = loc.template.parse(rel)
+                if values is not None:
+                    scope, _ = _normalise(ent, values)
+                    self.found.setdefault(scope, []).append((ent, values, rel))
+                    break
+            else:
+                self.unparseable.append(self._unparseable(rel))
+        return set(self.found)
+
+    def _unparseable(self, rel: str) -> Unparseable:
+        parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+        for ent, loc in self.dirs:
+            assert loc.template is not None
+            values = loc.template.parse(parent) if parent else None
+            if values is not None:
+                return Unparseable("files", ent.name, _normalise(ent, values)[0], rel, "file name fits no template")
+        name = self.files[0][0].name if self.files else (self.dirs[0][0].name if self.dirs else "")
+        return Unparseable("files", name, None, rel, "path fits no template")
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """Read the files of these scopes (contents unless keys-only)."""
+        out = TierData("files")
+        for scope in scopes:
+            for ent, values, rel in self.found.get(scope, []):
+                stored = None
+                if not ent.presence and not self.keys_only:
+                    stored = read_file(self.root, rel)
+                    if stored is None:
+                        continue  # vanished since the walk
+                _, rest = _normalise(ent, values)
+                out.add(ent.name, scope, rest, Record(stored, rel, ("files", rel)))
+        return out
+
+
+def read_file(root: str, rel: str) -> bytes | None:
+    """A file's bytes (never through a symlink), or None when it is gone."""
+    try:
+        fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TierError(f"files: cannot read {rel}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def _walk(root: str) -> Iterator[tuple[str, bool]]:
+    """(relative path, is_dir) for every directory and regular file under root, symlinks not followed."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+        except OSError as exc:
+            raise TierError(f"files: cannot list {rel_dir or root}: {exc.strerror}") from None
+        with it:
+            for entry in it:
+                name = entry.name
+                if name.startswith(".statekit-") or name.endswith(".statekit-tmp"):
+                    continue  # our own staging and temporary files
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if entry.is_dir(follow_symlinks=False):
+                    yield rel, True
+                    stack.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    yield rel, False
+
+
+# -- re-reading suspects and opening the live tiers -------------------------------------------------------
+
+
+def refresh_db(reader: DbReader, scopes: list[str]) -> None:
+    """Re-read the db side (it is small and already streamed once)."""
+    reader.list_scopes()
+
+
+def refresh_redis(reader: RedisReader, scopes: list[str]) -> None:
+    """Re-derive the keys of these scopes from the templates that need nothing but the scope."""
+    for scope in scopes:
+        entries = []
+        for g in reader.groups:
+            ent = g.members[0][0]
+            if set(g.template.vars) == {ent.scope_var} and ent.scope_var not in ent.normalizers:
+                try:
+                    name = g.template.render({ent.scope_var: scope})
+                except ValueError:
+                    continue
+                entries.append((g, {ent.scope_var: scope}, name.encode("utf-8", "surrogateescape")))
+            else:
+                entries.extend(e for e in reader.keys.get(scope, []) if e[0] is g)
+        reader.keys[scope] = entries
+
+
+def refresh_files(reader: FilesReader, scopes: list[str]) -> None:
+    """Re-walk the directories of these scopes (the whole root when the templates do not say where)."""
+    reader.list_scopes()
+
+
+@dataclass
+class LiveTiers:
+    """The live readers of one audit and how to re-read suspects."""
+
+    sources: dict[str, Any]
+    skipped: list[str]
+
+    def refresh(self, scopes: list[str]) -> None:
+        """Re-list the given scopes in every tier (before a re-check round)."""
+        for tier, src in self.sources.items():
+            {"db": refresh_db, "redis": refresh_redis, "files": refresh_files}[tier](src, scopes)
+
+    def close(self) -> None:
+        """Release connections."""
+        for src in self.sources.values():
+            if isinstance(src, DbReader):
+                src.engine.dispose()
+            elif isinstance(src, RedisReader):
+                src.client.close()
+
+
+def open_redis(url: str) -> Any:
+    """A redis-py client for a URL (bytes replies); TierUnavailable when the server does not answer."""
+    import redis
+
+    shown = redact_url(url)
+    try:
+        client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=60)
+        client.ping()
+    except ValueError:
+        raise ConfigError(f"redis url {shown}: not a valid Redis URL") from None
+    except Exception as exc:
+        raise TierUnavailable(f"redis {shown}: cannot connect ({type(exc).__name__})") from None
+    return client
+
+
+def open_live(
+    model: Model,
+    *,
+    db_url: str | None,
+    redis_url: str | None,
+    files_root: str | None,
+    keys_only: bool = False,
+    tiers: Iterable[str] | None = None,
+) -> LiveTiers:
+    """Readers for every tier the model uses and the configuration names; the rest are listed as skipped."""
+    used = {t for ent in model.entities.values() for t in ent.locators}
+    if tiers is not None:
+        used &= set(tiers)
+    sources: dict[str, Any] = {}
+    skipped: list[str] = []
+    if "db" in used:
+        if db_url:
+            sources["db"] = DbReader(open_engine(db_url), model, keys_only=keys_only)
+        else:
+            skipped.append("db")
+    if "redis" in used:
+        if redis_url:
+            sources["redis"] = RedisReader(open_redis(redis_url), model, keys_only=keys_only)
+        else:
+            skipped.append("redis")
+    if "files" in used:
+        if files_root:
+            sources["files"] = FilesReader(files_root, model, keys_only=keys_only)
+        else:
+            skipped.append("files")
+    return LiveTiers(sources, skipped)

@@ -1,0 +1,608 @@
+"""Restore of Redis from an archive: plan (dry run) and apply with pipelined RESTORE ... ABSTTL.
+
+Redis has no transaction to roll back, so the order is strict:
+
+1. the archive has been verified end to end (the engine runs `archive.index()`; we call it again, cached);
+2. a planning pass reads every record and asks the target which keys exist (pipelined EXISTS), giving the
+   create / replace / skip / expired / uncarriable counts; `--conflict fail` refuses here, before any write;
+3. the keys that will be replaced (or, with --flush, the whole target databases) are saved into the undo
+   archive, which is sealed before the first change;
+4. the writing pass: RESTORE without REPLACE for keys that did not exist (a key that appears meanwhile is
+   left alone and reported), RESTORE REPLACE for the saved ones. Payloads newer than the target's RDB
+   version go through portable.convert; a key that cannot be carried is reported and never half written.
+   Big keys are rebuilt in chunks under a temporary name and RENAMEd into place at the end.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from statekit.config import RedisConfig, redact_url
+from statekit.errors import ConfigError, Refused, TierError
+from statekit.model import (
+    Progress,
+    RestoreOptions,
+    RestoreReport,
+    TierSummary,
+    UndoSink,
+    Warn,
+    no_progress,
+    no_warn,
+    now_ms,
+)
+from statekit.tiers.redis import portable
+from statekit.tiers.redis.cluster import Router
+from statekit.tiers.redis.keyspace import compile_match, key_slot, tag_for_slot
+from statekit.tiers.redis.records import (
+    NO_EXPIRY,
+    TAG_BEGIN,
+    TAG_CHUNK,
+    TAG_DUMP,
+    TAG_END,
+    TYPE_HASH,
+    TYPE_LIST,
+    TYPE_MODULE,
+    TYPE_SET,
+    TYPE_STRING,
+    TYPE_ZSET,
+    MemberHeader,
+    RecordWriter,
+    iter_heads,
+    parse_member_db,
+    read_member,
+)
+from statekit.tiers.redis.resp import ReplyError, RespConnection, pack
+from statekit.tiers.redis.snapshot import DbScanner, ScanCounts, ServerInfo, server_info
+
+_BATCH = 1000
+_EXAMPLES = 10
+_HEAD = struct.Struct("<BBHqII")
+ACTIONS = ("create", "replace", "skip", "expired", "uncarriable")
+_DONE = {"create": "created", "replace": "replaced", "skip": "skipped", "expired": "expired"}
+
+# Why a payload cannot go to an older server, by its RDB object type (the first byte).
+_STREAM_TYPES = (15, 19, 21)
+_HASH_TTL_TYPES = (22, 23, 24, 25)
+
+
+def uncarriable_reason(payload: bytes, rdb: int, target_rdb: int, same_version: bool) -> str | None:
+    """Why this DUMP payload cannot be restored into the target, or None when it can."""
+    t = payload[0] if payload else 255
+    if t in (6, 7):
+        return None if same_version else "module type: restorable only into the same Redis version"
+    if rdb <= target_rdb:
+        return None
+    if t in _STREAM_TYPES:
+        return f"stream from RDB {rdb} cannot be loaded by a server with RDB {target_rdb}"
+    if t in _HASH_TTL_TYPES:
+        return f"hash with field expirations (RDB {rdb}) cannot be loaded by RDB {target_rdb}"
+    return None
+
+
+@dataclass
+class _DbPlan:
+    source_db: int
+    target_db: int
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    shown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
+
+    def note(self, action: str, key: bytes, reason: str | None = None) -> None:
+        self.counts[action] += 1
+        if self.shown[action] < _EXAMPLES:
+            self.shown[action] += 1
+            ex: dict[str, Any] = {"action": action, "key": _show(key)}
+            if reason:
+                ex["reason"] = reason
+            self.examples.append(ex)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "db": self.source_db,
+            "target_db": self.target_db,
+            "counts": dict(self.counts),
+            "examples": self.examples,
+        }
+
+
+class _Target:
+    """The restore target: server facts and one Router per target database."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.seed = RespConnection(url)
+        self.info: ServerInfo = server_info(self.seed)
+        self.cluster = self.info.mode == "cluster"
+        self._routers: dict[int, Router] = {}
+
+    def router(self, db: int) -> Router:
+        if self.cluster and db != 0:
+            raise ConfigError(f"redis: a Redis Cluster has only database 0; map db {db} with --db-map {db}:0")
+        r = self._routers.get(db)
+        if r is None:
+            r = self._routers[db] = Router(self.seed, cluster=self.cluster, db=db)
+        return r
+
+    def dbsize(self, db: int) -> int:
+        return sum(int(c.call(b"DBSIZE")) for c in self.router(db).nodes())
+
+    def close(self) -> None:
+        for r in self._routers.values():
+            r.close()
+        self.seed.close()
+
+
+def _check_opts(opts: RestoreOptions) -> None:
+    if opts.conflict not in ("replace", "skip", "fail"):
+        raise ConfigError(f"redis: --conflict must be replace, skip or fail, not {opts.conflict!r}")
+    if opts.ttl not in ("absolute", "relative"):
+        raise ConfigError(f"redis: --ttl must be absolute or relative, not {opts.ttl!r}")
+    if any(a < 0 or b < 0 for a, b in opts.db_map.items()):
+        raise ConfigError("redis: --db-map numbers must not be negative")
+
+
+def _members(archive: Any) -> Iterator[tuple[str, MemberHeader, bytes]]:
+    for member in archive.members("redis/"):
+        if parse_member_db(member.name) is None:
+            continue
+        header, body = read_member(member.stream, member.name)
+        yield member.name, header, body
+
+
+def _source_dbs(archive: Any) -> list[int]:
+    dbs = {parse_member_db(m["name"]) for m in archive.manifest.get("members", [])}
+    return sorted(db for db in dbs if db is not None)
+
+
+def _archive_server_version(archive: Any) -> str | None:
+    for tier in archive.snapshot.get("tiers", []) if isinstance(archive.snapshot.get("tiers"), list) else []:
+        if isinstance(tier, dict) and tier.get("tier") == "redis":
+            version = tier.get("details", {}).get("server_version")
+            return str(version) if version else None
+    return None
+
+
+class _Restorer:
+    def __init__(self, archive: Any, opts: RestoreOptions, cfg: RedisConfig, warn: Warn, progress: Progress):
+        _check_opts(opts)
+        self.archive = archive
+        self.opts = opts
+        self.warn = warn
+        self.progress = progress
+        url = opts.target or cfg.url
+        if not url:
+            raise ConfigError("redis: no target URL (give --target-url or set [redis] url)")
+        self.url = url
+        self.match = compile_match(opts.match)
+        archive.index()  # verified once, before anything is written (cached when the engine ran it)
+        self.target = _Target(url)
+        self.target_rdb = self.target.info.rdb_version
+        self.plans: dict[int, _DbPlan] = {}
+        self.conflicts: dict[int, set[bytes]] = {}
+        self.problems: list[str] = []
+
+    def tdb(self, db: int) -> int:
+        return self.opts.db_map.get(db, db)
+
+    def plan_for(self, db: int) -> _DbPlan:
+        p = self.plans.get(db)
+        if p is None:
+            p = self.plans[db] = _DbPlan(db, self.tdb(db))
+        return p
+
+    # -- pass 1 ---------------------------------------------------------------------------------------
+    def plan(self) -> None:
+        """Classify every selected record (EXISTS on the target for the keys that are not expired)."""
+        empty = {
+            self.tdb(db): self.opts.flush or self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive)
+        }
+        for name, header, body in _members(self.archive):
+            db = header.db
+            tdb = self.tdb(db)
+            plan = self.plan_for(db)
+            router = self.target.router(tdb)
+            conflicts = self.conflicts.setdefault(tdb, set())
+            same = header.server_version == self.target.info.version
+            now = now_ms()
+            shift = now - header.taken_at_ms if self.opts.ttl == "relative" else 0
+            batch: list[bytes] = []
+            match = self.match
+            target_rdb = self.target_rdb
+            is_empty = empty[tdb]
+            for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
+                if tag == TAG_CHUNK or tag == TAG_END:
+                    continue
+                if match is not None and not match(key):
+                    continue
+                if expire != NO_EXPIRY and expire + shift <= now:
+                    plan.note("expired", key)
+                    continue
+                if tag == TAG_DUMP and (rdbv > target_rdb or type_ == TYPE_MODULE):
+                    reason = uncarriable_reason(body[vstart : vstart + vlen], rdbv, target_rdb, same)
+                    if reason:
+                        plan.note("uncarriable", key, reason)
+                        continue
+                if is_empty:
+                    plan.note("create", key)
+                else:
+                    batch.append(key)
+                    if len(batch) >= _BATCH:
+                        self._exists(router, batch, plan, conflicts)
+                        batch = []
+            if batch:
+                self._exists(router, batch, plan, conflicts)
+
+    def _exists(self, router: Router, keys: list[bytes], plan: _DbPlan, conflicts: set[bytes]) -> None:
+        replies = router.call([(k, pack(b"EXISTS", k)) for k in keys])
+        for k, r in zip(keys, replies):
+            if isinstance(r, ReplyError):
+                raise TierError(f"redis {self.target.seed.label}: EXISTS failed: {r}")
+            if r:
+                conflicts.add(k)
+                plan.note("skip" if self.opts.conflict == "skip" else "replace", k)
+            else:
+                plan.note("create", k)
+
+    def report(self, dry_run: bool) -> RestoreReport:
+        rep = RestoreReport("redis", dry_run=dry_run)
+        rep.plan = [p.to_json() for _, p in sorted(self.plans.items())]
+        rep.problems = list(self.problems)
+        return rep
+
+    def plan_report(self) -> RestoreReport:
+        """The dry-run report: counts per action, per-db plans with examples, uncarriable keys."""
+        rep = self.report(dry_run=True)
+        for action in ACTIONS:
+            rep.counts[action] = sum(p.counts[action] for p in self.plans.values())
+        for p in self.plans.values():
+            for ex in p.examples:
+                if ex["action"] == "uncarriable":
+                    rep.problems.append(f"db{p.source_db} {ex['key']}: cannot be restored: {ex.get('reason')}")
+        return rep
+
+    # -- undo -----------------------------------------------------------------------------------------
+    def save_undo(self, undo: UndoSink) -> str:
+        """Save what the restore will overwrite (or flush) into the undo archive and seal it."""
+        summary = TierSummary("redis", started_at=time.time())
+        cfg = RedisConfig(url=self.url, big_key_elements=0, big_key_bytes=0)
+        saved = 0
+        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+            router = self.target.router(tdb)
+            seq = 0
+            if self.opts.flush:
+                # Everything in the target databases goes: save all of it, with the snapshot's own scanner.
+                for node_conn in router.nodes():
+                    scanner = DbScanner(node_conn, tdb, cfg, self.target.info, undo.sink, first_seq=seq)
+                    scanner.run(ScanCounts())
+                    seq = scanner.writer.seq
+                    saved += scanner.writer.keys
+                continue
+            keys = sorted(self.conflicts.get(tdb, set()))
+            if self.opts.conflict != "replace" or not keys:
+                continue
+            writer = RecordWriter(undo.sink, tdb, self.target.info.version, now_ms())
+            for i in range(0, len(keys), _BATCH):
+                part = keys[i : i + _BATCH]
+                t0 = now_ms()
+                items = []
+                for k in part:
+                    items += [(k, pack(b"PTTL", k)), (k, pack(b"DUMP", k))]
+                replies = router.call(items)
+                for j, k in enumerate(part):
+                    ttl, payload = replies[2 * j], replies[2 * j + 1]
+                    if isinstance(payload, bytes) and isinstance(ttl, int) and ttl != -2:
+                        writer.add_dump(k, payload, t0 + ttl if ttl >= 0 else NO_EXPIRY)
+            writer.flush()
+            saved += writer.keys
+        summary.finished_at = time.time()
+        summary.details = {
+            "source": redact_url(self.url),
+            "server_version": self.target.info.version,
+            "rdb_version": self.target.info.rdb_version,
+            "mode": self.target.info.mode,
+            "undo_of": "redis restore" + (" --flush" if self.opts.flush else ""),
+            "point_in_time": False,
+        }
+        summary.counts = {"keys": saved}
+        return undo.seal(summary)
+
+    def flush(self) -> None:
+        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+            for conn in self.target.router(tdb).nodes():
+                conn.call(b"FLUSHDB")
+
+    # -- pass 2 ---------------------------------------------------------------------------------------
+    def apply(self, counts: dict[str, int]) -> None:
+        done = 0
+        for name, header, body in _members(self.archive):
+            tdb = self.tdb(header.db)
+            router = self.target.router(tdb)
+            conflicts = self.conflicts.get(tdb, set())
+            same = header.server_version == self.target.info.version
+            done += self._apply_member(name, header, body, router, conflicts, same, counts)
+            self.progress("redis", done, 0)
+
+    def _apply_member(
+        self,
+        name: str,
+        header: MemberHeader,
+        body: bytes,
+        router: Router,
+        conflicts: set[bytes],
+        same: bool,
+        counts: dict[str, int],
+    ) -> int:
+        replace = self.opts.conflict == "replace"
+        match = self.match
+        target_rdb = self.target_rdb
+        relative = self.opts.ttl == "relative"
+        shift = 0
+        now = now_ms()
+        if relative:
+            shift = now - header.taken_at_ms
+        unpack = _HEAD.unpack_from
+        pos = 0
+        end = len(body)
+        batch: list[tuple[bytes, bytes]] = []
+        kinds: list[str] = []
+        pending: tuple[Any, list[tuple[bytes, bytes]], list[str]] | None = None
+        n = 0
+        big: _BigKey | None = None
+        while pos < end:
+            tag, type_, rdbv, expire, klen, vlen = unpack(body, pos)
+            pos += 20
+            key = body[pos : pos + klen]
+            pos += klen
+            if tag != TAG_DUMP:
+                # Big keys are rare: finish the pipeline first, then rebuild synchronously.
+                if pending is not None:
+                    self._settle(router, *pending, counts)
+                    pending = None
+                if batch:
+                    self._settle(router, router.send(batch), batch, kinds, counts)
+                    batch, kinds = [], []
+                pos, big = self._big_record(tag, type_, expire, key, vlen, body, pos, name, big, router,
+                                            conflicts, shift, now, counts)  # fmt: skip
+                n += tag == TAG_END
+                continue
+            payload = body[pos : pos + vlen]
+            pos += vlen
+            n += 1
+            if match is not None and not match(key):
+                continue
+            if expire != NO_EXPIRY:
+                expire += shift
+                if expire <= now:
+                    counts["expired"] += 1
+                    continue
+            else:
+                expire = 0
+            if rdbv > target_rdb or type_ == TYPE_MODULE:
+                reason = uncarriable_reason(payload, rdbv, target_rdb, same)
+                if reason is None and rdbv > target_rdb:
+                    try:
+                        payload = portable.convert(payload, target_rdb)
+                    except portable.Uncarriable as exc:
+                        reason = str(exc)
+                if reason is not None:
+                    counts["failed"] += 1
+                    self._problem(header.db, key, reason)
+                    continue
+            if key in conflicts:
+                if not replace:
+                    counts["skipped"] += 1
+                    continue
+                suffix = b"$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n"
+                kinds.append("replaced")
+                head = b"*6\r\n$7\r\nRESTORE\r\n"
+            else:
+                suffix = b"$6\r\nABSTTL\r\n"
+                kinds.append("created")
+                head = b"*5\r\n$7\r\nRESTORE\r\n"
+            ttl = b"%d" % expire
+            batch.append(
+                (
+                    key,
+                    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s"
+                    % (head, klen, key, len(ttl), ttl, len(payload), payload, suffix),
+                )
+            )
+            if len(batch) >= _BATCH:
+                sent = router.send(batch)
+                if pending is not None:
+                    self._settle(router, *pending, counts)
+                pending = (sent, batch, kinds)
+                batch, kinds = [], []
+        if batch:
+            sent = router.send(batch)
+            if pending is not None:
+                self._settle(router, *pending, counts)
+            pending = (sent, batch, kinds)
+        if pending is not None:
+            self._settle(router, *pending, counts)
+        return n
+
+    def _settle(
+        self, router: Router, sent: Any, batch: list[tuple[bytes, bytes]], kinds: list[str], counts: dict[str, int]
+    ) -> None:
+        replies = router.wait(sent)
+        for (key, _), kind, r in zip(batch, kinds, replies):
+            if isinstance(r, ReplyError):
+                text = str(r)
+                if text.startswith("BUSYKEY"):
+                    counts["skipped"] += 1
+                    self.problems_append(f"{_show(key)}: created by someone else during the restore; left as is")
+                else:
+                    counts["failed"] += 1
+                    self.problems_append(f"{_show(key)}: RESTORE failed: {text}")
+            else:
+                counts[kind] += 1
+
+    def problems_append(self, text: str) -> None:
+        if len(self.problems) < 100:
+            self.problems.append(text)
+        elif len(self.problems) == 100:
+            self.problems.append("... more problems not listed")
+
+    def _problem(self, db: int, key: bytes, reason: str) -> None:
+        self.problems_append(f"db{db} {_show(key)}: not restored: {reason}")
+
+    def _big_record(
+        self,
+        tag: int,
+        type_: int,
+        expire: int,
+        key: bytes,
+        count: int,
+        body: bytes,
+        pos: int,
+        name: str,
+        big: _BigKey | None,
+        router: Router,
+        conflicts: set[bytes],
+        shift: int,
+        now: int,
+        counts: dict[str, int],
+    ) -> tuple[int, _BigKey | None]:
+        if tag == TAG_CHUNK:
+            items = []
+            for _ in range(count):
+                (n,) = struct.unpack_from("<I", body, pos)
+                items.append(body[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+            if big is not None and big.active:
+                big.add(items)
+            return pos, big
+        if tag == TAG_BEGIN:
+            b = _BigKey(router, key, type_, NO_EXPIRY if expire == NO_EXPIRY else expire + shift)
+            if self.match is not None and not self.match(key):
+                b.active = False
+            elif b.expire != NO_EXPIRY and b.expire <= now:
+                counts["expired"] += 1
+                b.active = False
+            elif key in conflicts and self.opts.conflict != "replace":
+                counts["skipped"] += 1
+                b.active = False
+            else:
+                b.replace = key in conflicts
+                b.start()
+            return pos, b
+        if tag == TAG_END:
+            if big is not None and big.active:
+                outcome = big.finish()
+                if outcome == "skipped":
+                    self.problems_append(f"{_show(key)}: created by someone else during the restore; left as is")
+                counts[outcome] += 1
+            return pos, None
+        raise TierError(f"archive member {name}: unknown record tag {tag:#x}")
+
+
+_CHUNK_CMDS = {TYPE_HASH: b"HSET", TYPE_LIST: b"RPUSH", TYPE_SET: b"SADD", TYPE_ZSET: b"ZADD", TYPE_STRING: b"APPEND"}
+
+
+class _BigKey:
+    """A big key rebuilt under a temporary name in the same hash slot, renamed into place when complete."""
+
+    def __init__(self, router: Router, key: bytes, type_: int, expire: int):
+        self.router = router
+        self.key = key
+        self.type = type_
+        self.expire = expire
+        self.active = True
+        self.replace = False
+        tag = tag_for_slot(key_slot(key)) if router.cluster else b"statekit"
+        self.tmp = b"{" + tag + b"}:statekit-restore:" + uuid.uuid4().hex.encode()
+
+    def _run(self, *cmd: bytes) -> Any:
+        (reply,) = self.router.call([(self.tmp, pack(*cmd))])
+        if isinstance(reply, ReplyError):
+            raise TierError(f"redis: rebuilding big key {_show(self.key)} failed: {reply}")
+        return reply
+
+    def start(self) -> None:
+        self._run(b"DEL", self.tmp)
+
+    def add(self, items: list[bytes]) -> None:
+        cmd = _CHUNK_CMDS.get(self.type)
+        if cmd is None:
+            raise TierError(f"redis: big key {_show(self.key)} has a type that cannot be rebuilt in chunks")
+        if self.type == TYPE_ZSET:  # stored member, score; ZADD wants score, member
+            args: list[bytes] = []
+            for m, s in zip(items[0::2], items[1::2]):
+                args += (s, m)
+            items = args
+        if self.type == TYPE_STRING:
+            for piece in items:
+                self._run(cmd, self.tmp, piece)
+        elif items:
+            self._run(cmd, self.tmp, *items)
+
+    def finish(self) -> str:
+        if self.type == TYPE_STRING:
+            # an empty big string never gets an APPEND; make sure the key exists
+            self._run(b"APPEND", self.tmp, b"")
+        if self.expire != NO_EXPIRY:
+            self._run(b"PEXPIREAT", self.tmp, b"%d" % self.expire)
+        if self.replace:
+            self._run(b"RENAME", self.tmp, self.key)
+            return "replaced"
+        if self._run(b"RENAMENX", self.tmp, self.key):
+            return "created"
+        self._run(b"DEL", self.tmp)
+        return "skipped"
+
+
+def _show(key: bytes) -> str:
+    text = key.decode("utf-8", "backslashreplace")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def plan_redis_restore(archive: Any, opts: RestoreOptions, cfg: RedisConfig) -> RestoreReport:
+    """Dry run: what a restore would create, replace, skip, leave expired or could not carry. Writes nothing."""
+    r = _Restorer(archive, opts, cfg, no_warn, no_progress)
+    try:
+        r.plan()
+        return r.plan_report()
+    finally:
+        r.target.close()
+
+
+def restore_redis(
+    archive: Any,
+    opts: RestoreOptions,
+    cfg: RedisConfig,
+    *,
+    undo: UndoSink | None,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> RestoreReport:
+    """Restore the archive's redis members into the target; returns created/replaced/skipped/expired/failed."""
+    r = _Restorer(archive, opts, cfg, warn, progress)
+    try:
+        r.plan()
+        if opts.dry_run:
+            return r.plan_report()
+        if opts.conflict == "fail":
+            n = sum(p.counts["replace"] for p in r.plans.values())
+            if n:
+                example = next(e["key"] for p in r.plans.values() for e in p.examples if e["action"] == "replace")
+                raise Refused(f"redis: {n} key(s) already exist in the target (e.g. {example}); --conflict fail")
+        undo_path = r.save_undo(undo) if undo is not None else None
+        if opts.flush:
+            r.flush()
+        counts = dict.fromkeys(("created", "replaced", "skipped", "expired", "failed"), 0)
+        r.apply(counts)
+        rep = r.report(dry_run=False)
+        rep.counts = counts
+        rep.undo_archive = undo_path
+        return rep
+    finally:
+        r.target.close()
+
+
+__all__ = ["plan_redis_restore", "restore_redis", "uncarriable_reason"]

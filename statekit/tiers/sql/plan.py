@@ -1,0 +1,279 @@
+"""Planning a db restore: what the archive holds, what the target holds, and whether they fit.
+
+The plan reads the archive's db/schema.json and reflects the target (writing nothing). Every problem found
+(missing columns, narrower types, non-portable columns for another dialect, tables that would lose their
+foreign-key parents) is reported column by column, and restore_db refuses to start while there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from statekit.errors import ConfigError, CorruptArchive
+from statekit.model import RestoreOptions
+from statekit.tiers.sql.connect import DbTarget
+from statekit.tiers.sql.schema import (
+    SCHEMA_MEMBER,
+    DbSchema,
+    TableDesc,
+    base_kind,
+    matches,
+    non_portable_reason,
+    reflect,
+)
+
+MODES = ("replace", "merge", "append")
+
+
+@dataclass
+class TablePlan:
+    """One archived table and where it goes."""
+
+    src: TableDesc
+    schema: str | None  # target schema (None: the connection's default)
+    existing: TableDesc | None  # the target table as reflected, None when it will be created
+    action: str  # create | replace | merge | append
+    target_rows: int = 0
+    archive_rows: int | None = None
+
+    @property
+    def target_key(self) -> str:
+        """The table's name in the target, for messages."""
+        return f"{self.schema}.{self.src.name}" if self.schema else self.src.name
+
+    def to_json(self, mode: str) -> dict[str, Any]:
+        """The plan line shown by --dry-run."""
+        return {
+            "table": self.src.key,
+            "target": self.target_key,
+            "rows": self.archive_rows,
+            "target_rows": self.target_rows,
+            "remove": self.target_rows if mode == "replace" else 0,
+            "mode": mode,
+            "action": self.action,
+        }
+
+
+@dataclass
+class RestoreContext:
+    """Everything a restore needs to know before it starts writing."""
+
+    target: DbTarget
+    desc: DbSchema
+    mode: str
+    plans: list[TablePlan]
+    problems: list[str] = field(default_factory=list)
+    default_schema: str | None = None
+
+    @property
+    def same_dialect(self) -> bool:
+        """Whether the archive came from the target's dialect (native DDL and, for PostgreSQL, COPY)."""
+        return self.desc.dialect == self.target.dialect
+
+    def by_member(self) -> dict[str, TablePlan]:
+        """Plans keyed by the archived member prefix."""
+        return {p.src.member: p for p in self.plans}
+
+
+def read_schema(archive: Any) -> DbSchema:
+    """db/schema.json from the archive (the first db member); the pass is abandoned right after it."""
+    members = archive.members("db/")
+    try:
+        for m in members:
+            if m.name != SCHEMA_MEMBER:
+                raise CorruptArchive(f"archive db members do not start with {SCHEMA_MEMBER}")
+            if m.size > 256 << 20:
+                raise CorruptArchive(f"archive {SCHEMA_MEMBER} is implausibly large")
+            return DbSchema.from_json_bytes(m.read_all())
+    finally:
+        members.close()
+    raise ConfigError("the archive holds no db tier")
+
+
+def archive_row_counts(archive: Any) -> dict[str, int]:
+    """Rows per archived table key, from the manifest (runs the archive's verifying pass)."""
+    counts: dict[str, int] = {}
+    for m in archive.manifest.get("members", []):
+        meta = m.get("meta") or {}
+        if str(m.get("name", "")).startswith("db/") and "table" in meta:
+            counts[meta["table"]] = counts.get(meta["table"], 0) + int(meta.get("rows", 0))
+    return counts
+
+
+def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts: bool) -> RestoreContext:
+    """Read the archived schema, reflect the target and build the plan with its problems."""
+    mode = opts.mode or "replace"
+    if mode not in MODES:
+        raise ConfigError(f"db restore mode {mode!r}: use one of {', '.join(MODES)}")
+    target = DbTarget(opts.target or url, must_exist=False)
+    desc = read_schema(archive)
+    selected = desc.tables
+    if opts.tables:
+        for pat in opts.tables:
+            if not any(matches(t.key, t.name, [pat]) for t in desc.tables):
+                raise ConfigError(f"--tables {pat}: matches no table in the archive")
+        selected = [t for t in desc.tables if matches(t.key, t.name, opts.tables)]
+    existing, default_schema = _reflect_target(target)
+    ctx = RestoreContext(target, desc, mode, [], default_schema=default_schema)
+    found = {(t.schema, t.name): t for t in existing}
+    counts = archive_row_counts(archive) if with_counts else {}
+    with _maybe_connection(target, bool(existing)) as conn:
+        for t in selected:
+            schema = _target_schema(t, desc, target.dialect, default_schema)
+            lookup = (schema if schema is not None else default_schema, t.name)
+            have = found.get(lookup)
+            plan = TablePlan(t, schema, have, "create" if have is None else mode, archive_rows=counts.get(t.key))
+            if have is not None and conn is not None:
+                plan.target_rows = _count(conn, schema, t.name)
+            ctx.plans.append(plan)
+    ctx.problems = _problems(ctx, existing)
+    return ctx
+
+
+def _target_schema(t: TableDesc, desc: DbSchema, dialect: str, default_schema: str | None) -> str | None:
+    # MySQL databases and SQLite files are named by the URL: tables go into the target's own. PostgreSQL
+    # keeps non-default schemas, and the source's default schema becomes the target's.
+    if dialect != "postgresql":
+        return None
+    if desc.dialect != "postgresql" or t.schema == desc.default_schema:
+        return default_schema
+    return t.schema
+
+
+def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
+    if target.dialect == "sqlite" and not os.path.exists(target.url.database or ""):
+        return [], "main"
+    with target.connection() as conn:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sa.exc.SAWarning)
+                tables, _, _, default_schema = reflect(conn, target.dialect, [], ["*"], [], with_sequences=False)
+            conn.rollback()
+        except Exception as exc:
+            raise target.fail("reading the target's schema", exc) from None
+    return tables, default_schema
+
+
+class _maybe_connection:
+    def __init__(self, target: DbTarget, needed: bool) -> None:
+        self._cm = target.connection() if needed else None
+        self._target = target
+
+    def __enter__(self) -> sa.Connection | None:
+        return self._cm.__enter__() if self._cm is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+
+
+def _count(conn: sa.Connection, schema: str | None, name: str) -> int:
+    q = conn.dialect.identifier_preparer.quote
+    qname = f"{q(schema)}.{q(name)}" if schema else q(name)
+    try:
+        n = conn.exec_driver_sql(f"SELECT count(*) FROM {qname}").scalar()
+    finally:
+        conn.rollback()
+    return int(n or 0)
+
+
+# -- compatibility ----------------------------------------------------------------------------------------
+
+_FAMILY = {
+    "int": "int", "bool": "bool", "numeric": "numeric", "float": "float", "text": "text", "enum": "text",
+    "uuid": "uuid", "json": "json", "jsonb": "json", "bytes": "bytes", "date": "date", "time": "time",
+    "timestamp": "timestamp", "timestamptz": "timestamp", "interval": "interval", "array": "array",
+}  # fmt: skip
+# (archived family, target family) pairs that still store every value exactly.
+_ALSO_FITS = {
+    ("bool", "int"), ("int", "numeric"), ("uuid", "text"), ("json", "text"), ("text", "json"),
+    ("text", "uuid"), ("int", "bool"),
+}  # fmt: skip
+
+
+def column_problem(src: Any, dst: Any, src_dialect: str, dst_dialect: str) -> str | None:
+    """Why values of archived column `src` would not fit target column `dst` (None if they do)."""
+    if dst_dialect == "sqlite":
+        return None  # dynamic typing: any value goes into any column
+    a, b = base_kind(src.type), base_kind(dst.type)
+    ka, kb = a["kind"], b["kind"]
+    if ka in ("other", "array", "interval") or kb in ("other", "array", "interval"):
+        if src_dialect == dst_dialect and src.native == dst.native:
+            return None
+        if ka == kb == "array" and src_dialect == dst_dialect:
+            return None
+        if ka == kb and ka != "other":
+            return None
+        return f"archive type {src.native}, target type {dst.native}"
+    fa, fb = _FAMILY.get(ka, ka), _FAMILY.get(kb, kb)
+    if fa != fb and (fa, fb) not in _ALSO_FITS:
+        return f"archive type {src.native}, target type {dst.native}"
+    if ka == kb == "int" and int(b.get("bits", 64)) < int(a.get("bits", 64)):
+        return f"archive type {src.native} is wider than target type {dst.native}"
+    if fa == fb == "text" and b.get("length") and (not a.get("length") or a["length"] > b["length"]):
+        if ka != "enum":
+            return f"archive type {src.native} may hold longer values than target type {dst.native}"
+    if ka == kb == "numeric" and b.get("precision"):
+        if (
+            not a.get("precision")
+            or a["precision"] - (a.get("scale") or 0) > b["precision"] - (b.get("scale") or 0)
+            or (a.get("scale") or 0) > (b.get("scale") or 0)
+        ):
+            return f"archive type {src.native} does not fit target type {dst.native}"
+    return None
+
+
+def _problems(ctx: RestoreContext, existing: list[TableDesc]) -> list[str]:
+    out: list[str] = []
+    sd, td = ctx.desc.dialect, ctx.target.dialect
+    for p in ctx.plans:
+        src = p.src
+        if not ctx.same_dialect:
+            for c in src.data_columns:
+                why = non_portable_reason(c.type, td)
+                if why:
+                    out.append(f"{src.key}.{c.name} ({c.native}): not portable to {td}: {why}")
+        if p.existing is not None:
+            dst_cols = {c.name: c for c in p.existing.columns}
+            for c in src.data_columns:
+                d = dst_cols.get(c.name)
+                if d is None:
+                    out.append(f"{p.target_key}.{c.name}: column missing in the target ({c.native} in archive)")
+                    continue
+                if d.generated is not None:
+                    out.append(f"{p.target_key}.{c.name}: generated in the target, plain in the archive")
+                    continue
+                why = column_problem(c, d, sd, td)
+                if why:
+                    out.append(f"{p.target_key}.{c.name}: {why}")
+                if c.nullable and not d.nullable:
+                    out.append(f"{p.target_key}.{c.name}: NOT NULL in the target, nullable in the archive")
+            archived = {c.name for c in src.data_columns}
+            for d in p.existing.columns:
+                if d.name in archived or d.generated is not None or d.nullable:
+                    continue
+                if d.default is None and d.identity is None and not d.autoincrement:
+                    out.append(f"{p.target_key}.{d.name}: NOT NULL without default, not in the archive")
+        if ctx.mode == "merge":
+            pk = p.existing.primary_key if p.existing is not None else src.primary_key
+            if not pk:
+                out.append(f"{p.target_key}: merge needs a primary key and the table has none")
+            elif not set(pk) <= {c.name for c in src.data_columns}:
+                out.append(f"{p.target_key}: merge key ({', '.join(pk)}) is not in the archived columns")
+    if ctx.mode == "replace":
+        restored = {(p.schema if p.schema is not None else ctx.default_schema, p.src.name) for p in ctx.plans}
+        for t in existing:
+            if (t.schema, t.name) in restored:
+                continue
+            for fk in t.foreign_keys:
+                if (fk["ref_schema"], fk["ref_table"]) in restored:
+                    out.append(
+                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which replace would empty; "
+                        "restore it too (--tables) or use --mode merge"
+                    )
+    return out

@@ -1,0 +1,363 @@
+"""plan_db_restore and restore_db: put archived tables into a target database, all or nothing.
+
+Order of a restore: plan (refuse on any problem), save the undo archive (the affected tables as they are now,
+with the snapshot code), then one transaction: create missing tables, empty (replace) the restored ones, load
+every segment as the archive streams past, and commit only after the archive pass ended without
+CorruptArchive. PostgreSQL→PostgreSQL loads with `COPY … FROM STDIN` straight from the archive stream;
+everything else decodes rows and inserts them in large executemany batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import sqlalchemy as sa
+
+from statekit.config import DbConfig
+from statekit.errors import Refused, StatekitError, TierUnavailable
+from statekit.model import Progress, RestoreOptions, RestoreReport, UndoSink, Warn, no_progress, no_warn
+from statekit.tiers.sql import ddl
+from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
+from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, base_kind
+from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
+from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
+
+BATCH_ROWS = 5000
+_CHUNK = 1 << 20
+
+
+def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig) -> RestoreReport:
+    """Dry run: read the archive and the target, write nothing. `plan` holds one dict per table (table,
+    rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
+    incompatibility column by column and every non-portable column."""
+    ctx = prepare(archive, opts, cfg.url, with_counts=True)
+    return _report(ctx, dry_run=True)
+
+
+def _report(ctx: RestoreContext, *, dry_run: bool) -> RestoreReport:
+    report = RestoreReport(tier="db", dry_run=dry_run)
+    report.plan = [p.to_json(ctx.mode) for p in ctx.plans]
+    report.problems = list(ctx.problems)
+    report.counts = {
+        "tables": len(ctx.plans),
+        "remove": sum(p.target_rows for p in ctx.plans) if ctx.mode == "replace" else 0,
+    }
+    if all(p.archive_rows is not None for p in ctx.plans):
+        report.counts["rows"] = sum(p.archive_rows or 0 for p in ctx.plans)
+    return report
+
+
+def restore_db(
+    archive: Any,
+    opts: RestoreOptions,
+    cfg: DbConfig,
+    *,
+    undo: UndoSink | None,
+    progress: Progress = no_progress,
+    warn: Warn = no_warn,
+) -> RestoreReport:
+    """Restore the archived tables (opts.tables globs, default all) into opts.target (else cfg.url).
+
+    Refused when the plan finds a problem; otherwise the undo archive is written and sealed first (unless
+    `undo` is None), then one transaction loads everything. On any error the target is left as it was."""
+    ctx = prepare(archive, opts, cfg.url, with_counts=opts.dry_run)
+    if ctx.problems:
+        more = f" (and {len(ctx.problems) - 1} more)" if len(ctx.problems) > 1 else ""
+        raise Refused(f"db restore into {ctx.target.shown}: {ctx.problems[0]}{more}")
+    if opts.dry_run:
+        return _report(ctx, dry_run=True)
+    report = _report(ctx, dry_run=False)
+    if undo is not None:
+        report.undo_archive = _save_undo(ctx, undo)
+    started = time.time()
+    try:
+        if ctx.same_dialect and ctx.target.dialect == "postgresql":
+            loaded = _restore_pg(ctx, archive, progress)
+        else:
+            loaded = _restore_generic(ctx, archive, progress)
+    except StatekitError:
+        raise
+    except Exception as exc:
+        raise ctx.target.fail("restore", exc) from None
+    report.counts["rows"] = sum(loaded.values())
+    report.counts["seconds_ms"] = int((time.time() - started) * 1000)
+    for line in report.plan:
+        line["rows"] = loaded.get(line["table"], 0)
+    return report
+
+
+def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
+    # The tables as they are now, written by the snapshot code: restoring this archive (mode replace)
+    # puts them back. Tables the restore creates did not exist before and are not in it.
+    keys = [p.existing.key for p in ctx.plans if p.existing is not None]
+    schemas = sorted({p.existing.schema for p in ctx.plans if p.existing is not None and p.existing.schema})
+    if ctx.target.dialect != "postgresql":
+        schemas = []
+    if keys:
+        summary = snapshot_target(ctx.target, undo.sink, include=exact_patterns(keys), exclude=[], schemas=schemas)
+    else:
+        from statekit.model import TierSummary
+
+        summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
+        summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect, "tables": {}}
+    return undo.seal(summary)
+
+
+def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
+    """(plan, encoding, member) for every data segment of a selected table, in archive order. The pass
+    ends with the manifest check, so a caller commits only after this iterator is exhausted."""
+    by_member = ctx.by_member()
+    for m in archive.members("db/"):
+        if m.name == SCHEMA_MEMBER:
+            continue
+        prefix, _, ext = m.name.rpartition(".")
+        prefix = prefix.rpartition(".")[0]
+        plan = by_member.get(prefix)
+        if plan is None:
+            continue
+        yield plan, ext, m
+
+
+# -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
+
+
+def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[str, int]:
+    conn = ctx.target.psycopg_connect("statekit-restore")
+    loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
+    nbytes = 0
+    try:
+        with conn.cursor() as cur:
+            for stmt in SESSION_SETTINGS:
+                cur.execute(stmt)
+            before, fks = ddl.pg_create_statements(
+                conn, ctx.desc, [(p.src, p.schema) for p in ctx.plans if p.existing is None]
+            )
+            for stmt in before:
+                cur.execute(stmt)
+            changed = _defer_foreign_keys(cur, ctx)
+            cur.execute("SET CONSTRAINTS ALL DEFERRED")
+            if ctx.mode == "replace":
+                names = [qtable(p.schema, p.src.name) for p in ctx.plans if p.existing is not None]
+                if names:
+                    # One TRUNCATE for all: the tables may reference each other. Transactional in PostgreSQL.
+                    cur.execute(f"TRUNCATE TABLE {', '.join(names)}")
+            merge_tmp: dict[str, str] = {}
+            for plan, ext, member in _segments(ctx, archive):
+                if ext != "copy":
+                    raise StatekitError(f"archive member {member.name}: unexpected encoding for PostgreSQL")
+                table = qtable(plan.schema, plan.src.name)
+                cols = copy_columns(plan.src)
+                dest = table
+                if ctx.mode == "merge" and plan.existing is not None:
+                    dest = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
+                    merge_tmp[plan.src.key] = dest
+                rows = 0
+                with cur.copy(f"COPY {dest} ({cols}) FROM STDIN") as cp:
+                    while chunk := member.stream.read(_CHUNK):
+                        cp.write(chunk)
+                        nbytes += len(chunk)
+                        rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                if dest != table:
+                    _merge_into(cur, plan, dest)
+                loaded[plan.src.key] += rows
+                progress("db", sum(loaded.values()), nbytes)
+            # The archive pass is complete and verified: finish constraints, counters, then commit.
+            for stmt in fks:
+                cur.execute(stmt)
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            for stmt in changed:
+                cur.execute(stmt)
+            _set_sequences(cur, ctx)
+        conn.commit()
+    except BaseException:
+        try:
+            conn.rollback()
+        except Exception:
+            pass
+        raise
+    finally:
+        conn.close()
+    return loaded
+
+
+def _defer_foreign_keys(cur: Any, ctx: RestoreContext) -> list[str]:
+    """Make the foreign keys touching the restored tables deferrable for this transaction (segments of
+    parallel snapshots interleave, so children may load before parents); return the statements that put
+    them back. ALTER CONSTRAINT is transactional: a rollback undoes it too."""
+    tables = [qtable(p.schema, p.src.name) for p in ctx.plans if p.existing is not None]
+    if not tables:
+        return []
+    cur.execute(
+        "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'f' "
+        "AND NOT condeferrable AND (conrelid = ANY(%(t)s::regclass[]) OR confrelid = ANY(%(t)s::regclass[]))",
+        {"t": tables},
+    )
+    restore: list[str] = []
+    for rel, name in cur.fetchall():
+        cur.execute(f"ALTER TABLE {rel} ALTER CONSTRAINT {qident(name)} DEFERRABLE INITIALLY DEFERRED")
+        restore.append(f"ALTER TABLE {rel} ALTER CONSTRAINT {qident(name)} NOT DEFERRABLE")
+    return restore
+
+
+def _merge_table(cur: Any, plan: TablePlan, n: int) -> str:
+    name = f"statekit_merge_{n}"
+    cols = copy_columns(plan.src)
+    cur.execute(
+        f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {qtable(plan.schema, plan.src.name)} "
+        "WITH NO DATA"
+    )
+    return name
+
+
+def _merge_into(cur: Any, plan: TablePlan, tmp: str) -> None:
+    assert plan.existing is not None
+    cols = copy_columns(plan.src)
+    pk = plan.existing.primary_key
+    rest = [c.name for c in plan.src.data_columns if c.name not in pk]
+    action = "DO UPDATE SET " + ", ".join(f"{qident(c)} = EXCLUDED.{qident(c)}" for c in rest) if rest else "DO NOTHING"
+    cur.execute(
+        f"INSERT INTO {qtable(plan.schema, plan.src.name)} ({cols}) OVERRIDING SYSTEM VALUE "
+        f"SELECT {cols} FROM {tmp} ON CONFLICT ({', '.join(qident(c) for c in pk)}) {action}"
+    )
+    cur.execute(f"TRUNCATE {tmp}")
+
+
+def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
+    """Move serial/identity sequences past the restored ids (and never behind the archived position)."""
+    for p in ctx.plans:
+        archived = {s["column"]: s for s in p.src.sequences}
+        table = qtable(p.schema, p.src.name)
+        for col in p.src.columns:
+            if base_kind(col.type)["kind"] != "int":
+                continue
+            cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (table, col.name))
+            row = cur.fetchone()
+            if not row or not row[0]:
+                continue
+            seq = row[0]
+            cur.execute(f"SELECT max({qident(col.name)}) FROM {table}")
+            top = cur.fetchone()[0]
+            value = int(top) if top is not None else 0
+            a = archived.get(col.name)
+            if a and a.get("is_called"):
+                value = max(value, int(a["last_value"]))
+            if ctx.mode != "replace":
+                cur.execute(f"SELECT last_value, is_called FROM {seq}")
+                last, called = cur.fetchone()
+                if called:
+                    value = max(value, int(last))
+            if value >= 1:
+                cur.execute("SELECT setval(%s, %s, true)", (seq, value))
+
+
+# -- every other combination ------------------------------------------------------------------------------
+
+
+def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[str, int]:
+    target = ctx.target
+    dialect = target.dialect
+    loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
+    engine = target.engine()
+    created: list[str] = []
+    try:
+        conn = engine.connect()
+    except Exception as exc:
+        engine.dispose()
+        raise TierUnavailable(f"db {target.shown}: cannot connect: {target.scrub(str(exc))}") from None
+    q = conn.dialect.identifier_preparer.quote
+
+    def qname(p: TablePlan) -> str:
+        return f"{q(p.schema)}.{q(p.src.name)}" if p.schema else q(p.src.name)
+
+    try:
+        if dialect == "mysql":
+            conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+            conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
+        elif dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        creates = _create_statements(ctx, conn)
+        for p, stmt in creates:
+            conn.exec_driver_sql(stmt)
+            created.append(qname(p))
+        if dialect == "mysql":
+            conn.commit()  # MySQL DDL commits anyway; created tables are dropped again on failure
+        if dialect == "postgresql":
+            conn.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
+        if ctx.mode == "replace":
+            for p in reversed(ctx.plans):
+                if p.existing is not None:
+                    conn.exec_driver_sql(f"DELETE FROM {qname(p)}")
+        nbytes = 0
+        for plan, ext, member in _segments(ctx, archive):
+            cols = plan.src.data_columns
+            rows: Iterator[list[Any]]
+            if ext == "copy":
+                rows = iter_copy_rows(member.stream, [pg_text_parser(c.type) for c in cols])
+            else:
+                rows = iter_jsonl(member.stream, len(cols))
+            fit = adapt_for(dialect, [base_kind(c.type)["kind"] for c in cols])
+            sql = _insert_sql(conn, plan, qname(plan), ctx.mode)
+            while batch := [fit(r) for r in islice(rows, BATCH_ROWS)]:
+                conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
+                loaded[plan.src.key] += len(batch)
+            nbytes += member.size
+            progress("db", sum(loaded.values()), nbytes)
+        if dialect == "postgresql":
+            conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+        if dialect == "sqlite":
+            conn.exec_driver_sql("COMMIT")
+        else:
+            conn.commit()
+    except BaseException:
+        try:
+            if dialect == "sqlite":
+                conn.exec_driver_sql("ROLLBACK")
+            else:
+                conn.rollback()
+            if dialect == "mysql":
+                for name in created:
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                conn.commit()
+        except Exception:
+            pass
+        raise
+    finally:
+        conn.close()
+        engine.dispose()
+    return loaded
+
+
+def _create_statements(ctx: RestoreContext, conn: sa.Connection) -> list[tuple[TablePlan, str]]:
+    todo = [p for p in ctx.plans if p.existing is None]
+    present = {p.src.name for p in ctx.plans} | set(sa.inspect(conn).get_table_names())
+    out: list[tuple[TablePlan, str]] = []
+    for p in todo:
+        stmt = ddl.native_statement(p.src, ctx.target.dialect) if ctx.same_dialect else None
+        if stmt is None:
+            stmt = ddl.sa_create_statement(p.src, conn.dialect, p.schema, present)
+        out.append((p, stmt))
+    return out
+
+
+def _insert_sql(conn: sa.Connection, plan: TablePlan, qname: str, mode: str) -> str:
+    q = conn.dialect.identifier_preparer.quote
+    dialect = conn.dialect.name
+    cols = [c.name for c in plan.src.data_columns]
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    head = f"INSERT INTO {qname} ({', '.join(q(c) for c in cols)}) "
+    if dialect == "postgresql" and any(c.identity for c in plan.src.data_columns):
+        head += "OVERRIDING SYSTEM VALUE "
+    sql = head + f"VALUES ({', '.join([mark] * len(cols))})"
+    if mode != "merge":
+        return sql
+    pk = plan.existing.primary_key if plan.existing is not None else plan.src.primary_key
+    rest = [c for c in cols if c not in pk]
+    if dialect == "mysql":
+        upd = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in (rest or pk[:1]))
+        return f"{sql} ON DUPLICATE KEY UPDATE {upd}"
+    action = "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in rest) if rest else "DO NOTHING"
+    return f"{sql} ON CONFLICT ({', '.join(q(c) for c in pk)}) {action}"

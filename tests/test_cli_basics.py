@@ -1,0 +1,133 @@
+"""What every command shares: help with EXIT STATUS, one-line errors, JSON errors, fail-closed defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from statekit.archive.keys import generate_identity
+from statekit.cli import cli as root_group
+from statekit.cli import run
+
+STATEKIT = str(Path(sys.executable).parent / "statekit")
+IDENTITY = generate_identity()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        out.append((*prefix, name))
+        if isinstance(cmd, click.Group):
+            out.extend(_commands(cmd, (*prefix, name)))
+    return out
+
+
+COMMANDS = _commands(root_group)
+
+
+def test_the_expected_commands_exist() -> None:
+    names = {c[0] for c in COMMANDS}
+    assert {"init", "keygen", "snapshot", "verify", "inspect", "restore"} <= names
+
+
+@pytest.mark.parametrize("command", [(), *COMMANDS], ids=lambda c: " ".join(c) or "statekit")
+def test_every_command_has_help_with_exit_status(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, *command, "--help")
+    assert code == 0
+    assert "EXIT STATUS" in out
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    root = tmp_path / "keys"
+    root.mkdir()
+    (root / "creds.json").write_text("{}")
+    return root
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (
+        ["verify", "missing.statekit"],
+        ["snapshot", "--to", "."],
+        ["restore", "missing.statekit", "--tier", "files", "--yes"],
+        ["snapshot", "--bogus-flag"],
+        ["inspect", str(tmp_path)],
+    ):
+        code, out, err = cli(capsys, *args)
+        assert code != 0, args
+        assert err.startswith("Error: ") and err.count("\n") == 1, (args, err)
+        assert "Traceback" not in out + err
+
+
+def test_json_error_document(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "verify", "missing.statekit", "--json")
+    assert code == 9
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 9 and "missing.statekit" in doc["error"]["message"]
+
+
+def test_snapshot_refuses_without_a_key(keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "snapshot", "--files-root", str(keys), "--to", "a.statekit")
+    assert code == 8 and "--no-encryption" in err
+    assert not list(Path(".").glob("*.statekit*")) and not [p for p in Path(".").iterdir() if p.name.endswith(".tmp")]
+    code, _, err = cli(capsys, "snapshot", "--files-root", str(keys), "--to", "a.statekit", "--no-encryption")
+    assert code == 0, err
+    assert Path("a.statekit").read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+
+
+def test_no_passphrase_on_the_command_line(keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "snapshot", "--files-root", str(keys), "--to", ".", "--passphrase", "hunter2")
+    assert code == 2 and "No such option" in err
+    assert "hunter2" not in err
+
+
+def test_restore_without_tty_and_without_yes_refuses(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ident = tmp_path / "id.txt"
+    ident.write_text(IDENTITY.to_string() + "\n")
+    ident.chmod(0o600)
+    code, _, err = cli(capsys, "snapshot", "--files-root", str(keys), "--to", "a.statekit",
+                       "-r", IDENTITY.recipient().to_string())  # fmt: skip
+    assert code == 0, err
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run(
+        [STATEKIT, "restore", "a.statekit", "-i", str(ident), "--tier", "files", "--target", "out"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 8, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: ") and "--yes" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no target dir, no undo archive
+
+
+def test_world_readable_identity_draws_a_warning(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ident = tmp_path / "id.txt"
+    ident.write_text(IDENTITY.to_string() + "\n")
+    ident.chmod(0o644)
+    assert cli(capsys, "snapshot", "--files-root", str(keys), "--to", "a.statekit",
+               "-r", IDENTITY.recipient().to_string())[0] == 0  # fmt: skip
+    code, _, err = cli(capsys, "verify", "a.statekit", "-i", str(ident))
+    assert code == 0
+    assert "warning:" in err and "chmod 600" in err
+    ident.chmod(0o600)
+    code, _, err = cli(capsys, "verify", "a.statekit", "-i", str(ident))
+    assert code == 0 and "warning" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and "statekit" in out
+
+
+def test_no_args_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys)
+    assert "Usage" in out + err and "Traceback" not in out + err

@@ -1,0 +1,367 @@
+"""Crash safety: `kill -9` at random points.
+
+- During snapshot: the repository never holds a `*.statekit` that does not verify; leftovers are dot-prefixed
+  temporary files that `statekit verify` rejects; the lock left by the dead run does not block the next run.
+- During restore: a database target is either untouched or fully restored (one transaction); each key file is
+  its old or its new version, never partial; for Redis, restoring the undo archive puts the target back.
+
+Random delays come from one seed, printed in every failure (set STATEKIT_TEST_SEED to replay a run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from statekit.archive.format import Archive
+from statekit.archive.keys import generate_identity
+from statekit.errors import StatekitError
+
+STATEKIT = str(Path(sys.executable).parent / "statekit")
+SEED = int(os.environ.get("STATEKIT_TEST_SEED", str(int(time.time()))))
+TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{6,}\.tmp$")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("STATEKIT_") or k.startswith("STATEKIT_TEST")}
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `statekit` in a subprocess, as cron would run it."""
+    proc = subprocess.run([STATEKIT, *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=300)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc
+
+
+def kill_after(args: list[str], delay: float, cwd: Path | None = None) -> int | None:
+    """Start statekit, SIGKILL it after `delay` seconds; its exit code if it finished first, else None."""
+    proc = subprocess.Popen([STATEKIT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
+                            cwd=cwd)  # fmt: skip
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 0, f"seed {SEED}: run that was not killed failed: {err}"
+    return proc.returncode
+
+
+def timed(args: list[str], cwd: Path | None = None) -> float:
+    """Wall time of one complete, successful run."""
+    start = time.monotonic()
+    proc = run_cli(*args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(identity file, recipient)."""
+    ident = generate_identity()
+    path = tmp_path_factory.mktemp("keys") / "id.txt"
+    path.write_text(ident.to_string() + "\n")
+    path.chmod(0o600)
+    return str(path), ident.recipient().to_string()
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Key files big enough (64 MiB, incompressible) that a snapshot takes a good fraction of a second."""
+    root = tmp_path_factory.mktemp("big")
+    rng = random.Random(1)
+    for i in range(256):
+        d = root / f"inst-{i % 16}"
+        d.mkdir(exist_ok=True)
+        (d / f"pre-key-{i}.bin").write_bytes(rng.randbytes(256 * 1024))
+    return root
+
+
+def _verifies(path: Path, identity: str) -> bool:
+    from statekit.archive.keys import read_identity_file
+
+    try:
+        Archive(path, read_identity_file(identity)).index()
+    except StatekitError:
+        return False
+    return True
+
+
+# -- snapshot ---------------------------------------------------------------------------------------------------
+
+
+def test_kill_during_snapshot(tmp_path: Path, keys: tuple[str, str], big_root: Path) -> None:
+    identity, recipient = keys
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = ["snapshot", "--files-root", str(big_root), "--to", str(repo), "-r", recipient, "--name", "crash"]
+    full = timed(args)
+    for p in repo.glob("*.statekit"):
+        assert _verifies(p, identity)
+        p.unlink()
+    rng = random.Random(SEED)
+    leftovers: set[Path] = set()
+    killed = finished = 0
+    for trial in range(30):
+        delay = rng.uniform(0.05, full * 1.1)
+        if kill_after(args, delay) is None:
+            killed += 1
+        else:
+            finished += 1
+        for path in sorted(repo.iterdir()):
+            name = path.name
+            if name == "locks":
+                continue
+            if name.endswith(".statekit"):
+                # The promise: anything named *.statekit is a finished archive.
+                assert _verifies(path, identity), f"seed {SEED} trial {trial} (killed at {delay:.3f}s): {name}"
+                path.unlink()
+                path.with_name(name + ".meta.json").unlink(missing_ok=True)
+            elif name.endswith(".statekit.meta.json"):
+                pass  # only written after its archive; removed with it above
+            else:
+                assert TEMP_RE.match(name), f"seed {SEED} trial {trial}: unexpected file {name} in the repository"
+                leftovers.add(path)
+    assert killed >= 10, f"seed {SEED}: only {killed} of 30 runs were killed mid-way"
+    # The lock of a killed run never blocks the next run.
+    proc = run_cli(*args)
+    assert proc.returncode == 0, f"seed {SEED}: the run after the kills failed: {proc.stderr}"
+    (archive,) = repo.glob("*.statekit")
+    assert _verifies(archive, identity)
+    # Leftover temporaries (if the engine does not clean them up) must never pass as archives.
+    remaining = {p for p in leftovers if p.exists()}
+    for path in sorted(remaining)[:10]:
+        proc = run_cli("verify", str(path), "-i", identity)
+        assert proc.returncode in (3, 9), f"statekit verify accepted a leftover temporary file {path.name}"
+        assert proc.stderr.startswith("Error: ")
+    print(f"seed {SEED}: {killed} killed, {finished} finished; {len(leftovers)} temp files left by killed runs, "
+          f"{len(remaining)} still there after the next successful run")  # fmt: skip
+
+
+# -- restore: files ---------------------------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_kill_during_files_restore(tmp_path: Path, keys: tuple[str, str]) -> None:
+    identity, recipient = keys
+    rng = random.Random(SEED + 1)
+    new_root = tmp_path / "new"
+    names = [f"inst-{i % 8}/session-{i}.json" for i in range(96)]
+    new: dict[str, bytes] = {}
+    old: dict[str, bytes] = {}
+    for i, rel in enumerate(names):
+        new[rel] = rng.randbytes(512 * 1024)
+        if i % 4:  # a quarter of the files exist only in the archive (created by the restore)
+            old[rel] = rng.randbytes(300 * 1024)
+        (new_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (new_root / rel).write_bytes(new[rel])
+    archive = tmp_path / "files.statekit"
+    assert run_cli("snapshot", "--files-root", str(new_root), "--to", str(archive), "-r", recipient).returncode == 0
+    target = tmp_path / "target"
+
+    def reset() -> None:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        for rel, data in old.items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_bytes(data)
+
+    args = ["restore", str(archive), "--tier", "files", "--target", str(target), "-i", identity, "--yes",
+            "--undo-dir", str(tmp_path)]  # fmt: skip
+    reset()
+    full = timed(args)
+    old_hash = {rel: hashlib.sha256(d).hexdigest() for rel, d in old.items()}
+    new_hash = {rel: hashlib.sha256(d).hexdigest() for rel, d in new.items()}
+    for trial in range(8):
+        reset()
+        delay = rng.uniform(0.1, full)
+        kill_after(args, delay)
+        for rel in names:
+            path = target / rel
+            allowed = {new_hash[rel], old_hash.get(rel)} if rel in old else {new_hash[rel]}
+            if not path.exists():
+                assert rel not in old, f"seed {SEED} trial {trial}: {rel} vanished"
+                continue
+            assert _digest(path) in allowed, f"seed {SEED} trial {trial} (killed at {delay:.2f}s): {rel} is partial"
+        stray = [p.name for p in target.rglob("*") if p.is_file() and p.relative_to(target).as_posix() not in new]
+        # Temporaries of a killed restore are dot-prefixed; they are never mistaken for key files by the app.
+        assert all(n.startswith(".") for n in stray), f"seed {SEED}: non-hidden stray files {stray}"
+    # A complete restore afterwards gives exactly the archived files.
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    for rel in names:
+        assert _digest(target / rel) == new_hash[rel]
+
+
+# -- restore: database ------------------------------------------------------------------------------------------
+
+
+def _pg(url: str) -> object:
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+
+def _fill_pg(url: str, rows: int, salt: str) -> None:
+    with _pg(url) as conn:  # type: ignore[attr-defined]
+        conn.execute("CREATE TABLE IF NOT EXISTS accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)")
+        conn.execute("TRUNCATE accounts")
+        conn.execute(
+            "INSERT INTO accounts SELECT g, g % 1000, md5(%s || g::text) || repeat('x', 100) "
+            "FROM generate_series(1, %s) g",
+            (salt, rows),
+        )
+
+
+def _pg_fingerprint(url: str) -> tuple[object, ...]:
+    with _pg(url) as conn:  # type: ignore[attr-defined]
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(balance), 0), "
+            "md5(coalesce(string_agg(id::text || ':' || balance || ':' || note, ',' ORDER BY id), '')) FROM accounts"
+        ).fetchone()
+    return tuple(row)
+
+
+def test_kill_during_db_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
+    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
+    identity, recipient = keys
+    _fill_pg(pg_url, 150_000, "new")
+    archive = tmp_path / "db.statekit"
+    proc = run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient)
+    assert proc.returncode == 0, proc.stderr
+    new_fp = _pg_fingerprint(pg_url)
+    _fill_pg(pg_url2, 90_000, "old")
+    old_fp = _pg_fingerprint(pg_url2)
+    # Time a complete restore into the source database (same size of work), not into the target.
+    full = timed(["restore", str(archive), "--tier", "db", "--target-url", pg_url, "-i", identity, "--yes",
+                  "--no-undo"])  # fmt: skip
+    args = ["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
+            "--undo-dir", str(tmp_path)]  # fmt: skip
+    rng = random.Random(SEED + 2)
+    outcomes = []
+    for trial in range(6):
+        delay = rng.uniform(0.1, full * 0.95)
+        finished = kill_after(args, delay) is not None
+        fp = _pg_fingerprint(pg_url2)
+        assert fp in (old_fp, new_fp), f"seed {SEED} trial {trial} (killed at {delay:.2f}s): target half-restored"
+        if fp == new_fp:
+            _fill_pg(pg_url2, 90_000, "old")  # put the old state back for the next trial
+        outcomes.append("finished" if finished else ("new" if fp == new_fp else "old"))
+    # A killed restore's open transaction must not hold locks that block the next one.
+    proc = run_cli(*args)
+    assert proc.returncode == 0, f"seed {SEED}: restore after kills failed: {proc.stderr}"
+    assert _pg_fingerprint(pg_url2) == new_fp
+    print(f"seed {SEED}: db restore outcomes {outcomes}")
+
+
+# -- restore: Redis ---------------------------------------------------------------------------------------------
+
+
+def _redis(url: str) -> object:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def _redis_state(url: str) -> dict[bytes, tuple[bytes, object]]:
+    client = _redis(url)
+    state: dict[bytes, tuple[bytes, object]] = {}
+    for key in client.scan_iter(count=1000):  # type: ignore[attr-defined]
+        kind = client.type(key)  # type: ignore[attr-defined]
+        value: object = client.get(key) if kind == b"string" else client.hgetall(key)  # type: ignore[attr-defined]
+        state[key] = (kind, value)
+    return state
+
+
+def _fill_redis(url: str, prefix: str, start: int, count: int, tag: str) -> None:
+    client = _redis(url)
+    pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    for i in range(start, start + count):
+        if i % 3:
+            pipe.set(f"{prefix}:{i}", f"{tag}-{i}-" + "v" * 64)
+        else:
+            pipe.hset(f"{prefix}:{i}", mapping={"creds": f"{tag}-{i}", "n": str(i)})
+        if i % 1000 == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def test_kill_during_redis_restore(
+    tmp_path: Path, keys: tuple[str, str], redis_url: str, redis_url2: str
+) -> None:
+    pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
+    identity, recipient = keys
+    # Source: keys 0..59999 ("new"); target: keys 30000..89999 ("old"): half replaced, half created, a third untouched.
+    _fill_redis(redis_url, "k", 0, 60_000, "new")
+    archive = tmp_path / "redis.statekit"
+    proc = run_cli("snapshot", "--redis-url", redis_url, "--to", str(archive), "-r", recipient)
+    assert proc.returncode == 0, proc.stderr
+    full = timed(["restore", str(archive), "--tier", "redis", "--target-url", redis_url, "-i", identity, "--yes",
+                  "--no-undo"])  # fmt: skip
+    rng = random.Random(SEED + 3)
+    report = []
+    for trial in range(3):
+        _redis(redis_url2).flushdb()  # type: ignore[attr-defined]
+        _fill_redis(redis_url2, "k", 30_000, 60_000, "old")
+        before = _redis_state(redis_url2)
+        undo_dir = tmp_path / f"undo-{trial}"
+        undo_dir.mkdir()
+        delay = rng.uniform(0.3, full)
+        kill_after(["restore", str(archive), "--tier", "redis", "--target-url", redis_url2, "-i", identity,
+                    "--yes", "--undo-dir", str(undo_dir)], delay)  # fmt: skip
+        undos = sorted(undo_dir.glob("*.statekit"))
+        after_kill = _redis_state(redis_url2)
+        if not undos:
+            # Killed before the undo archive was sealed: nothing may have changed yet.
+            assert after_kill == before, f"seed {SEED} trial {trial}: target changed without a sealed undo archive"
+            report.append("unchanged")
+            continue
+        (undo,) = undos
+        assert _verifies(undo, identity)
+        proc = run_cli("restore", str(undo), "--tier", "redis", "--target-url", redis_url2, "-i", identity, "--yes",
+                       "--no-undo")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        restored = _redis_state(redis_url2)
+        created = sorted(set(restored) - set(before))
+        changed = sorted(k for k in before if restored.get(k) != before[k])
+        report.append(f"undo: {len(created)} extra keys, {len(changed)} differing")
+        assert not changed, f"seed {SEED} trial {trial}: undo did not restore {len(changed)} keys, e.g. {changed[:3]}"
+        assert not created, (
+            f"seed {SEED} trial {trial} (killed at {delay:.2f}s): after restoring the undo archive, "
+            f"{len(created)} keys created by the killed restore are still there, e.g. {created[:3]}"
+        )
+    print(f"seed {SEED}: redis restore kills: {report}")
+
+
+def test_leftover_temp_is_never_an_archive(tmp_path: Path, keys: tuple[str, str], big_root: Path) -> None:
+    """A temp file frozen at any size (what a kill leaves) fails `statekit verify`, whatever its name says."""
+    identity, recipient = keys
+    archive = tmp_path / "whole.statekit"
+    assert run_cli("snapshot", "--files-root", str(big_root), "--to", str(archive), "-r", recipient).returncode == 0
+    data = archive.read_bytes()
+    rng = random.Random(SEED + 4)
+    cut_points: list[Callable[[int], int]] = [lambda n: 0, lambda n: 200, lambda n: n - 1, lambda n: n - 17]
+    cuts = [f(len(data)) for f in cut_points] + [rng.randrange(1, len(data)) for _ in range(4)]
+    for cut in cuts:
+        part = tmp_path / f".whole.statekit.{cut:012x}.tmp"
+        part.write_bytes(data[:cut])
+        proc = run_cli("verify", str(part), "-i", identity)
+        assert proc.returncode == 3, f"cut at {cut}: {proc.returncode} {proc.stderr}"
+        renamed = part.rename(tmp_path / f"renamed-{cut}.statekit")
+        assert not _verifies(renamed, identity)

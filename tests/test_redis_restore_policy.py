@@ -1,0 +1,98 @@
+"""Conflicts, undo, flush and dry run of a redis restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statekit.archive.format import Archive
+from statekit.config import RedisConfig
+from statekit.errors import Refused
+from statekit.model import RestoreOptions
+from statekit.tiers.redis import plan_redis_restore
+from tests.test_redis_helpers import client, put_back, same_state, state, take
+
+
+def _db(url: str) -> int:
+    return int(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def archive(redis_url: str, tmp_path: Path) -> Archive:
+    with client(redis_url) as r:
+        r.set(b"a", b"archived-a")
+        r.set(b"b", b"archived-b")
+        r.hset(b"h", b"f", b"archived")
+    a, _ = take(tmp_path / "src.statekit", RedisConfig(url=redis_url, dbs=[_db(redis_url)]))
+    return a
+
+
+def _target(url: str) -> None:
+    with client(url) as r:
+        r.set(b"a", b"live-a", px=500_000)
+        r.set(b"z", b"live-only")
+
+
+def test_dry_run_plans_and_writes_nothing(archive: Archive, redis_url: str, redis_url2: str) -> None:
+    _target(redis_url2)
+    before = state(redis_url2)
+    opts = RestoreOptions(tier="redis", target=redis_url2, db_map={_db(redis_url): _db(redis_url2)})
+    rep = plan_redis_restore(archive, opts, RedisConfig())
+    assert rep.dry_run
+    assert rep.counts == {"create": 2, "replace": 1, "skip": 0, "expired": 0, "uncarriable": 0}
+    assert {"action": "replace", "key": "a"} in rep.plan[0]["examples"]
+    same_state(state(redis_url2), before)
+
+
+def test_replace_saves_undo_that_puts_target_back(
+    archive: Archive, redis_url: str, redis_url2: str, tmp_path: Path
+) -> None:
+    _target(redis_url2)
+    before = state(redis_url2)
+    rep = put_back(archive, redis_url2, undo_path=tmp_path / "undo.statekit", db_map={_db(redis_url): _db(redis_url2)})
+    assert rep.counts == {"created": 2, "replaced": 1, "skipped": 0, "expired": 0, "failed": 0}
+    assert rep.undo_archive == str(tmp_path / "undo.statekit")
+    with client(redis_url2) as r:
+        assert r.get(b"a") == b"archived-a" and r.pttl(b"a") == -1
+        assert r.get(b"z") == b"live-only"
+    undo = Archive(tmp_path / "undo.statekit")
+    assert undo.manifest["totals"]["keys"] == 1
+    put_back(undo, redis_url2)
+    with client(redis_url2) as r:
+        assert r.get(b"a") == b"live-a" and 0 < r.pttl(b"a") <= 500_000
+    assert state(redis_url2)[b"a"][1] == before[b"a"][1]
+
+
+def test_skip_keeps_existing(archive: Archive, redis_url: str, redis_url2: str) -> None:
+    _target(redis_url2)
+    rep = put_back(archive, redis_url2, conflict="skip", db_map={_db(redis_url): _db(redis_url2)})
+    assert rep.counts["skipped"] == 1 and rep.counts["created"] == 2
+    with client(redis_url2) as r:
+        assert r.get(b"a") == b"live-a"
+
+
+def test_fail_refuses_before_writing(archive: Archive, redis_url: str, redis_url2: str) -> None:
+    _target(redis_url2)
+    before = state(redis_url2)
+    with pytest.raises(Refused) as err:
+        put_back(archive, redis_url2, conflict="fail", db_map={_db(redis_url): _db(redis_url2)})
+    assert err.value.exit_code == 8
+    same_state(state(redis_url2), before)
+
+
+def test_flush_empties_target_after_saving_it(
+    archive: Archive, redis_url: str, redis_url2: str, tmp_path: Path
+) -> None:
+    _target(redis_url2)
+    before = state(redis_url2)
+    rep = put_back(
+        archive, redis_url2, flush=True, undo_path=tmp_path / "u.statekit", db_map={_db(redis_url): _db(redis_url2)}
+    )
+    assert rep.counts["created"] == 3
+    with client(redis_url2) as r:
+        assert sorted(r.keys()) == [b"a", b"b", b"h"]
+        r.flushdb()
+    put_back(Archive(tmp_path / "u.statekit"), redis_url2)
+    after = state(redis_url2)
+    assert after.keys() == before.keys()
