@@ -151,6 +151,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows as it happens
     for tool in ("pg_dump", "pg_restore"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found on PATH")

@@ -59,12 +59,9 @@ class UndoArchive:
         self._stack = ExitStack()
         fh = self._stack.enter_context(atomic_output(self.path))
         self._writer = ArchiveWriter(fh, recipients=list(recipients), created_at=self.started)
+        # A plain attribute (not a property) so UndoArchive satisfies the UndoSink protocol's settable `sink`.
+        self.sink: MemberSink = self._writer
         self.sealed: str | None = None
-
-    @property
-    def sink(self) -> MemberSink:
-        """Where the tier writes the current content it is about to replace."""
-        return self._writer
 
     def seal(self, tier_summary: TierSummary) -> str:
         """Finish and durably store the undo archive; returns its path."""

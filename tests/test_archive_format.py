@@ -62,7 +62,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 _SEGMENT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\\0"), min_size=1, max_size=12
 ).filter(lambda s: s not in (".", ".."))
-_BINARY_SEGMENT = st.binary(min_size=1, max_size=8).filter(lambda b: b"/" not in b and b"\0" not in b and b"\\" not in b)
+_BINARY_SEGMENT = st.binary(min_size=1, max_size=8).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b"\\" not in b
+)
 _NAME = st.one_of(
     st.lists(_SEGMENT, min_size=1, max_size=3).map("/".join),
     _BINARY_SEGMENT.map(lambda b: "bin/" + b.decode("utf-8", "surrogateescape")).filter(

@@ -86,7 +86,7 @@ def build(
 GOOD = (_info("files/a.json", b"{}"), b"{}")
 
 
-def _case(name: str, tmp: Path) -> Path:  # noqa: C901 - one table of hostile shapes
+def _case(name: str, tmp: Path) -> Path:
     p = tmp / f"{name}.statekit"
     if name == "dotdot":
         return build(p, [GOOD, (_info("files/../x", b"evil"), b"evil")])

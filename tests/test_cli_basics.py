@@ -71,7 +71,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_json_error_document(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "verify", "missing.statekit", "--json")
+    code, out, _err = cli(capsys, "verify", "missing.statekit", "--json")
     assert code == 9
     doc = json.loads(out)
     assert doc["ok"] is False and doc["error"]["exit_code"] == 9 and "missing.statekit" in doc["error"]["message"]
@@ -92,7 +92,9 @@ def test_no_passphrase_on_the_command_line(keys: Path, capsys: pytest.CaptureFix
     assert "hunter2" not in err
 
 
-def test_restore_without_tty_and_without_yes_refuses(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_restore_without_tty_and_without_yes_refuses(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ident = tmp_path / "id.txt"
     ident.write_text(IDENTITY.to_string() + "\n")
     ident.chmod(0o600)
@@ -109,7 +111,9 @@ def test_restore_without_tty_and_without_yes_refuses(tmp_path: Path, keys: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no target dir, no undo archive
 
 
-def test_world_readable_identity_draws_a_warning(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_world_readable_identity_draws_a_warning(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ident = tmp_path / "id.txt"
     ident.write_text(IDENTITY.to_string() + "\n")
     ident.chmod(0o644)
@@ -129,5 +133,5 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_no_args_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys)
+    _code, out, err = cli(capsys)
     assert "Usage" in out + err and "Traceback" not in out + err

@@ -115,7 +115,7 @@ def test_init_writes_a_starter_that_loads(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_keygen_writes_0600_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "keygen", "-o", "id.txt")
+    code, _out, err = cli(capsys, "keygen", "-o", "id.txt")
     assert code == 0, err
     assert Path("id.txt").stat().st_mode & 0o777 == 0o600
     first = Path("id.txt").read_text()

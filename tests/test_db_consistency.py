@@ -80,9 +80,7 @@ def test_snapshot_is_consistent_while_a_writer_moves_money(pg_url: str, tmp_path
 def _three_tables(url: str, dialect: str, *, check: bool) -> None:
     big = "BIGINT" if dialect != "sqlite" else "INTEGER"
     stmts = [f"CREATE TABLE t{i} (id {big} PRIMARY KEY, val INTEGER)" for i in (1, 2)]
-    stmts.append(
-        f"CREATE TABLE t3 (id {big} PRIMARY KEY, val INTEGER{' CHECK (val < 1000)' if check else ''})"
-    )
+    stmts.append(f"CREATE TABLE t3 (id {big} PRIMARY KEY, val INTEGER{' CHECK (val < 1000)' if check else ''})")
     execute(url, *stmts)
 
 

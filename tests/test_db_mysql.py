@@ -24,7 +24,9 @@ TORTURE = """CREATE TABLE `Torture` (
     gen BIGINT AS (ii * 10) STORED
 ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"""
 
-COLS = "id, t, vc, `order`, `Select`, dt6, ts6, d, tm, flag, ti, si, mi, ii, bi, ubi, num, f, dbl, j, bl, vb, e, yr, bits"
+COLS = (
+    "id, t, vc, `order`, `Select`, dt6, ts6, d, tm, flag, ti, si, mi, ii, bi, ubi, num, f, dbl, j, bl, vb, e, yr, bits"
+)
 
 
 def _torture(url: str) -> None:
@@ -40,7 +42,8 @@ def _torture(url: str) -> None:
         },
         {
             "id": 3, "t": "tab\there\nnew\r\\ 'q' \"dq\" 😀 مرحبا עברית" + "long 😀 " * 100000,
-            "vc": "émoji 😀😀", "order": 2147483647, "Select": "from", "dt6": dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+            "vc": "émoji 😀😀", "order": 2147483647, "Select": "from",
+            "dt6": dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
             "ts6": dt.datetime(2038, 1, 1, 0, 0, 0, 999999), "d": dt.date(9999, 12, 31),
             "tm": dt.timedelta(hours=838, minutes=59, seconds=59), "flag": 1, "ti": 127, "si": 32767,
             "mi": 8388607, "ii": 2147483647, "bi": 2**63 - 1, "ubi": 2**64 - 1,

@@ -30,13 +30,13 @@ TORTURE_DDL = [
     )""",
     "CREATE TABLE serials (id serial PRIMARY KEY, v text)",
     "CREATE TABLE nokey (a int, b text)",
-    'CREATE TABLE composite (k1 int, k2 text, v jsonb, PRIMARY KEY (k1, k2))',
+    "CREATE TABLE composite (k1 int, k2 text, v jsonb, PRIMARY KEY (k1, k2))",
 ]
 
 ALL_BYTES = "\\x" + bytes(range(256)).hex()
 TORTURE_ROWS = [
     # NULL everywhere except the key
-    "INSERT INTO \"Other Schema\".\"Torture\" (id) VALUES (1)",
+    'INSERT INTO "Other Schema"."Torture" (id) VALUES (1)',
     # empty strings, extremes
     """INSERT INTO "Other Schema"."Torture" (id, t, vc, ch, "order", "CamelCase", "select", i2, i4, i8, num,
         num_free, f4, f8, b, d, tm, tmtz, ts, tstz, iv, u, j, jb, arr, arr2, mood, pos, by) VALUES
@@ -73,7 +73,9 @@ def make_torture(url: str) -> None:
 
 @pytest.mark.parametrize("target", ["pg_url2", "pg18_url"])
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_torture_round_trip(pg_url: str, target: str, jobs: int, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_torture_round_trip(
+    pg_url: str, target: str, jobs: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Every value comes back exactly, into a fresh database (tables, types, schema created from the
     archive), also across versions (PostgreSQL 15 archive into 18)."""
     dest = request.getfixturevalue(target)
@@ -125,7 +127,7 @@ def test_merge_and_append(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
     assert plan.plan[0]["remove"] == 0 and plan.plan[0]["action"] == "merge"
     restore(archive, pg_url2, mode="merge")
     assert fetch(pg_url2, "SELECT * FROM kv ORDER BY k") == [(1, "a"), (2, "b"), (3, "c")]
-    with pytest.raises(Exception, match="duplicate key|unique"):
+    with pytest.raises(Exception, match=r"duplicate key|unique"):
         restore(archive, pg_url2, mode="append")
     assert fetch(pg_url2, "SELECT * FROM kv ORDER BY k") == [(1, "a"), (2, "b"), (3, "c")]
     execute(pg_url2, "DELETE FROM kv WHERE k < 3")
@@ -167,7 +169,10 @@ def test_table_selection_and_globs(pg_url: str, pg_url2: str, tmp_path: Path) ->
 def test_replace_refuses_when_an_outside_table_references_a_restored_one(
     pg_url: str, pg_url2: str, tmp_path: Path
 ) -> None:
-    ddl = ["CREATE TABLE parent (id int PRIMARY KEY)", "CREATE TABLE child (id int REFERENCES parent ON DELETE CASCADE)"]
+    ddl = [
+        "CREATE TABLE parent (id int PRIMARY KEY)",
+        "CREATE TABLE child (id int REFERENCES parent ON DELETE CASCADE)",
+    ]
     execute(pg_url, *ddl, "INSERT INTO parent VALUES (1)")
     archive, _ = snap(pg_url, tmp_path / "a.statekit")
     execute(pg_url2, *ddl, "INSERT INTO parent VALUES (1)", "INSERT INTO child VALUES (1)")

@@ -54,9 +54,7 @@ def snapshot(capsys: pytest.CaptureFixture[str], root: Path, dest: Path, *extra:
     return cli(capsys, "snapshot", "--files-root", str(root), "--to", str(dest), "-r", RECIPIENT, *extra)
 
 
-def test_modes_and_mtimes_round_trip(
-    tmp_path: Path, identity_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_modes_and_mtimes_round_trip(tmp_path: Path, identity_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "keys"
     make_keys(src)
     code, _, err = snapshot(capsys, src, tmp_path / "a.statekit")
@@ -204,7 +202,11 @@ def test_dry_run_lists_actions_and_writes_nothing(
     )  # fmt: skip
     assert code == 0, err
     actions = {Path(p["path"]).name: p["action"] for p in json.loads(out)["plan"]}
-    assert actions == {"creds.json": "overwrite", "pre-key-1.json": "create", "session-5511999999999.0.json": "unchanged"}
+    assert actions == {
+        "creds.json": "overwrite",
+        "pre-key-1.json": "create",
+        "session-5511999999999.0.json": "unchanged",
+    }
     assert _snapshot_tree(target) == before
     assert sorted(os.listdir(".")) == cwd_before  # no undo archive either
     code, out, _ = cli(
@@ -218,7 +220,7 @@ def test_restore_into_target_overwrites_and_keeps_undo(
     archive_and_target: tuple[Path, Path, Path], identity_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archive, src, target = archive_and_target
-    code, out, err = cli(
+    code, _out, err = cli(
         capsys, "restore", str(archive), "-i", str(identity_file), "--tier", "files", "--target", str(target), "--yes"
     )
     assert code == 0, err

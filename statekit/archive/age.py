@@ -1,7 +1,9 @@
 """age v1 (age-encryption.org/v1) streaming encryption and decryption on the `cryptography` package.
 
 `Encryptor` is a writable binary stream and `Decryptor` a readable one, so they slot between a file and
-zstandard/tarfile. Both hold at most about two 64 KiB chunks, whatever the size of the file.
+zstandard/tarfile. Memory does not depend on the file size: the Encryptor buffers at most one 64 KiB
+chunk; the Decryptor reuses one ciphertext and one plaintext chunk buffer, plus (for a `read(n)` that
+spans chunks, n ≤ 1 MiB) one n-byte assembly buffer.
 
 The format (c2sp.org/age), in short: a text header (version line, one stanza per recipient carrying the
 16-byte file key wrapped for it, an HMAC over the header), a 16-byte nonce, then the STREAM payload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 from statekit.archive.format import Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
+from statekit.cli._signing import check_signers, signer_options
 from statekit.errors import TierError, UsageError
 from statekit.repo.metrics import rehearse_metrics, write_metrics
 from statekit.repo.rehearse import rehearse as run_rehearsal
@@ -64,13 +66,20 @@ def summarize(index: ArchiveIndex) -> dict[str, Any]:
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
 @click.option("--members", "show_members", is_flag=True, help="List every member with size and sha256.")
+@signer_options
 @identity_options
 @common_options
 def inspect(
-    app: App, archive: str, show_members: bool, identities: tuple[str, ...], passphrase_file: str | None
+    app: App,
+    archive: str,
+    show_members: bool,
+    signers: tuple[str, ...],
+    identities: tuple[str, ...],
+    passphrase_file: str | None,
 ) -> None:
     """Show what an archive holds: tiers, counts, sources, times. ARCHIVE may be s3://bucket/prefix/NAME."""
     with local_archive(archive) as path:
+        check_signers(path, signers)
         index = open_verified(app, path, identities, passphrase_file).index()
     doc = summarize(index)
     if show_members:
@@ -104,6 +113,7 @@ def inspect(
 @click.option("--tier", "tiers", multiple=True, type=click.Choice(["db", "redis", "files"]),
               help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
+@signer_options
 @identity_options
 @common_options
 def verify(
@@ -112,6 +122,7 @@ def verify(
     rehearse: bool,
     tiers: tuple[str, ...],
     metrics_file: str | None,
+    signers: tuple[str, ...],
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
@@ -122,10 +133,14 @@ def verify(
     if (tiers or metrics_file) and not rehearse:
         raise UsageError("--tier and --metrics-file go with --rehearse")
     with local_archive(archive) as path:
+        signature = check_signers(path, signers)
         opened = open_verified(app, path, identities, passphrase_file)
         index = opened.index()
         doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index)}
         lines = [f"ok: {archive} verified ({doc['members']} members, {human_bytes(index.compressed_size)})"]
+        if signature is not None:
+            doc["signature"] = dataclasses.asdict(signature)
+            lines.append(f"ok: signed by {signature.public_key} at {signature.signed_at}")
         if rehearse:
             report = run_rehearsal(opened, tiers=list(tiers) or None, warn=app.warn)
             if metrics_file:

@@ -12,6 +12,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import recipient_options, resolve_recipients
+from statekit.cli._signing import load_sign_key, sign_archive_file, sign_key_options
 from statekit.cli.repo_cmd import keep_options, policy_from, render_prune
 from statekit.errors import Interrupted, StatekitError, UsageError
 from statekit.repo.hooks import DEFAULT_TIMEOUT_S
@@ -46,6 +47,7 @@ from statekit.snapshot import SnapshotOptions
 @keep_options
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus text metrics here (success and failure), e.g. for node_exporter.")  # fmt: skip
+@sign_key_options
 @recipient_options
 @common_options
 def snapshot(
@@ -70,6 +72,7 @@ def snapshot(
     passphrase_file: str | None,
     ask_passphrase: bool,
     no_encryption: bool,
+    sign_key: str | None,
     **keep: Any,
 ) -> None:
     """Snapshot the database, Redis and key files into one encrypted archive.
@@ -106,6 +109,7 @@ def snapshot(
                 if no_encryption
                 else resolve_recipients(app, recipients, recipients_files, passphrase_file, ask_passphrase)
             )
+            signing_key = load_sign_key(sign_key, cfg.archive.sign_key, warn=app.warn)
             opts = SnapshotOptions(
                 tiers=list(tiers) or None,
                 jobs=jobs,
@@ -123,6 +127,7 @@ def snapshot(
                 post_hook=post_hook or rcfg.post_hook,
                 hook_timeout=hook_timeout,
                 prune=policy,
+                sign=(lambda path: sign_archive_file(path, signing_key)) if signing_key is not None else None,
             )
             result = snapshot_job(cfg, keys, opts, job, progress=app.progress(), warn=_quiet_warn(app))
     except BaseException as exc:

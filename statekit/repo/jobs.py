@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,8 @@ class SnapshotJobOptions:
     post_hook: str | None = None
     hook_timeout: float = DEFAULT_TIMEOUT_S
     prune: RetentionPolicy | None = None
+    # signs a finished local archive file, writing `<archive>.sig` next to it (uploaded along with it to S3)
+    sign: Callable[[Path], object] | None = None
 
 
 @dataclass
@@ -189,7 +191,7 @@ def snapshot_job(
         try:
             if job.pre_hook:
                 run_hook("pre", job.pre_hook, timeout=job.hook_timeout, env={"STATEKIT_REPOSITORY": repo.url})
-            snapshot, location = _write_archive(cfg, repo, explicit, recipients, snap, progress, warn)
+            snapshot, location = _write_archive(cfg, repo, explicit, recipients, snap, job.sign, progress, warn)
             result = SnapshotJobResult(location, snapshot, list(lock.stale_removed))
             if job.prune is not None:
                 result.prune = prune_repository(
@@ -226,12 +228,15 @@ def _write_archive(
     explicit: Path | None,
     recipients: Sequence[Recipient],
     snap: SnapshotOptions,
+    sign: Callable[[Path], object] | None,
     progress: Progress,
     warn: Warn,
 ) -> tuple[SnapshotResult, str]:
     if isinstance(repo, LocalRepository):
         dest = explicit or repo.root / _fresh_name(repo, snap.name)
         result = take_snapshot(cfg, dest, recipients, snap, progress=progress, warn=warn)
+        if sign is not None:
+            sign(result.path)
         return result, str(result.path)
     # S3: the engine writes a finished, fsynced archive into a private directory (0700, file 0600); it is
     # then streamed up part by part, sidecar last, and the local copy removed.
@@ -240,11 +245,14 @@ def _write_archive(
         result = take_snapshot(
             cfg, tmpdir / _fresh_name(repo, snap.name), recipients, snap, progress=progress, warn=warn
         )
+        if sign is not None:
+            sign(result.path)
         key = result.path.name
         repo.upload_file(result.path, key)
-        sidecar = result.path.with_name(key + SIDECAR_SUFFIX)
-        if sidecar.exists():
-            repo.upload_file(sidecar, key + SIDECAR_SUFFIX)
+        # companions (signature, then the sidecar last: `list` shows an archive once its sidecar is there)
+        companions = sorted(tmpdir.glob(key + ".*"), key=lambda p: p.name.endswith(SIDECAR_SUFFIX))
+        for extra in companions:
+            repo.upload_file(extra, extra.name)
         return result, repo.describe(key)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -162,6 +162,9 @@ class Repository(ABC):
             dest = tmpdir / Path(archive).name
             with self.open_read(archive) as src, atomic_output(dest) as out:
                 shutil.copyfileobj(src, out, _COPY_BLOCK)
+            for key in self.list_keys():  # small companions such as the signature travel along
+                if key.startswith(archive + ".") and not key.endswith(SIDECAR_SUFFIX):
+                    (tmpdir / key).write_bytes(self.read_bytes(key) or b"")
             yield dest
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)

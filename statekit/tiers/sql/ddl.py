@@ -29,8 +29,8 @@ def pg_create_statements(
     after: list[str] = []
     if not create:
         return before, after
-    for schema in sorted({s for _, s in create if s}):
-        before.append(f"CREATE SCHEMA IF NOT EXISTS {qident(schema)}")
+    for name in sorted({s for _, s in create if s}):
+        before.append(f"CREATE SCHEMA IF NOT EXISTS {qident(name)}")
     for e in desc.enums:
         if not _exists(conn, e.get("schema"), e["name"]):
             labels = ", ".join(_lit(x) for x in e["labels"])

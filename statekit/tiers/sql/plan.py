@@ -215,16 +215,19 @@ def column_problem(src: Any, dst: Any, src_dialect: str, dst_dialect: str) -> st
         return f"archive type {src.native}, target type {dst.native}"
     if ka == kb == "int" and int(b.get("bits", 64)) < int(a.get("bits", 64)):
         return f"archive type {src.native} is wider than target type {dst.native}"
-    if fa == fb == "text" and b.get("length") and (not a.get("length") or a["length"] > b["length"]):
-        if ka != "enum":
-            return f"archive type {src.native} may hold longer values than target type {dst.native}"
-    if ka == kb == "numeric" and b.get("precision"):
-        if (
+    longer = bool(b.get("length")) and (not a.get("length") or a["length"] > b["length"])
+    if fa == fb == "text" and ka != "enum" and longer:
+        return f"archive type {src.native} may hold longer values than target type {dst.native}"
+    if (
+        ka == kb == "numeric"
+        and b.get("precision")
+        and (
             not a.get("precision")
             or a["precision"] - (a.get("scale") or 0) > b["precision"] - (b.get("scale") or 0)
             or (a.get("scale") or 0) > (b.get("scale") or 0)
-        ):
-            return f"archive type {src.native} does not fit target type {dst.native}"
+        )
+    ):
+        return f"archive type {src.native} does not fit target type {dst.native}"
     return None
 
 

@@ -22,7 +22,7 @@ from psycopg import pq
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc
 
-SEGMENT_BYTES = 16 << 20
+SEGMENT_BYTES = 8 << 20
 
 # Session settings that make COPY text unambiguous and identical across servers: ISO dates, UTC instants,
 # shortest exact floats, hex bytea. Restore sets the same before COPY FROM.
@@ -99,9 +99,7 @@ def pg_extras(
         if with_sequences:
             for col in t.columns:
                 if col.sequence:
-                    last, called = conn.exec_driver_sql(
-                        f"SELECT last_value, is_called FROM {col.sequence}"
-                    ).one()
+                    last, called = conn.exec_driver_sql(f"SELECT last_value, is_called FROM {col.sequence}").one()
                     t.sequences.append(
                         {"column": col.name, "name": col.sequence, "last_value": int(last),
                          "is_called": bool(called)}
@@ -113,7 +111,7 @@ def pg_extras(
     for t in tables:
         for c in t.columns:
             _collect_types(c.type, used_enums, used_domains)
-    insp = sa.inspect(conn)
+    insp: Any = sa.inspect(conn)  # the PostgreSQL inspector (get_enums, get_domains)
     enums = [
         {"schema": e["schema"], "name": e["name"], "labels": list(e["labels"])}
         for e in insp.get_enums(schema="*")

@@ -302,7 +302,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             fit = adapt_for(dialect, [base_kind(c.type)["kind"] for c in cols])
             sql = _insert_sql(conn, plan, qname(plan), ctx.mode)
             while batch := [fit(r) for r in islice(rows, BATCH_ROWS)]:
-                conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
+                conn.exec_driver_sql(sql, batch)
                 loaded[plan.src.key] += len(batch)
             nbytes += member.size
             progress("db", sum(loaded.values()), nbytes)

@@ -151,7 +151,7 @@ def portable_type(t: Any) -> dict[str, Any]:
         return {"kind": "uuid"}
     if isinstance(t, sa.String):
         return {"kind": "text", "length": t.length, "fixed": isinstance(t, sa.CHAR)}
-    if isinstance(t, sa.LargeBinary) or isinstance(t, (sa.BINARY, sa.VARBINARY)):
+    if isinstance(t, (sa.LargeBinary, sa.BINARY, sa.VARBINARY)):
         return {"kind": "bytes"}
     if isinstance(t, sa.DateTime):
         return {"kind": "timestamptz" if t.timezone else "timestamp"}
@@ -159,7 +159,7 @@ def portable_type(t: Any) -> dict[str, Any]:
         return {"kind": "date"}
     if isinstance(t, sa.Time):
         return {"kind": "time", "tz": bool(t.timezone)}
-    if isinstance(t, sa.Interval) or isinstance(t, pg_types.INTERVAL):
+    if isinstance(t, (sa.Interval, pg_types.INTERVAL)):
         return {"kind": "interval"}
     return {"kind": "other"}
 
@@ -272,9 +272,7 @@ def reflect(
         real_schema = schema if schema is not None else default_schema
         names = insp.get_table_names(schema=schema)
         keys = [n for n in names if matches(f"{real_schema}.{n}" if real_schema else n, n, include or ["*"])]
-        keys = [
-            n for n in keys if not matches(f"{real_schema}.{n}" if real_schema else n, n, exclude)
-        ]
+        keys = [n for n in keys if not matches(f"{real_schema}.{n}" if real_schema else n, n, exclude)]
         if not keys:
             continue
         cols = insp.get_multi_columns(schema=schema, filter_names=keys)
@@ -302,7 +300,7 @@ def reflect(
                     name=name,
                     member=member_prefix(real_schema, name),
                     columns=columns,
-                    primary_key=list((pks.get(k) or {}).get("constrained_columns") or []),
+                    primary_key=list(_pk_columns(pks.get(k))),
                     unique=[list(u["column_names"]) for u in uqs.get(k, [])],
                     foreign_keys=[
                         {
@@ -335,6 +333,10 @@ def reflect(
             ).scalar()
             t.native_ddl = str(ddl) if ddl else None
     return fk_order(tables), enums, domains, default_schema
+
+
+def _pk_columns(pk: Any) -> list[str]:
+    return list((pk or {}).get("constrained_columns") or [])
 
 
 def _qmy(name: str) -> str:

@@ -75,7 +75,7 @@ def snapshot_target(
 
     def add(table: TableDesc, seq: int, data: bytes | bytearray, rows: int) -> None:
         ext = "copy" if table.encoding == "copy" else "jsonl"
-        sink.add(f"{table.member}.{seq:06d}.{ext}", data, meta={"rows": rows, "table": table.key})
+        sink.add(f"{table.member}.{seq:06d}.{ext}", bytes(data), meta={"rows": rows, "table": table.key})
         done["rows"] += rows
         done["bytes"] += len(data)
         progress("db", done["rows"], done["bytes"])
@@ -187,5 +187,3 @@ def _snapshot_generic(
     finally:
         end_snapshot(conn, dialect)
     return desc, counts
-
-

@@ -90,8 +90,7 @@ def decode_value(j: Any) -> Any:
 def encode_row(row: Any) -> bytes:
     """One jsonl line (with its newline)."""
     return (
-        json.dumps([encode_value(v) for v in row], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        + "\n"
+        json.dumps([encode_value(v) for v in row], ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
     ).encode("utf-8")
 
 
@@ -211,7 +210,7 @@ def adapt_for(dialect: str, kinds: list[str]) -> Callable[[list[Any]], tuple[Any
             return json.dumps(v, ensure_ascii=False)
         if dialect == "mysql":
             if isinstance(v, dt.datetime) and v.tzinfo is not None:
-                return v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                return v.astimezone(dt.UTC).replace(tzinfo=None)
             return v
         if dialect == "sqlite":
             if isinstance(v, bool):
@@ -220,7 +219,7 @@ def adapt_for(dialect: str, kinds: list[str]) -> Callable[[list[Any]], tuple[Any
                 return str(v)
             if isinstance(v, dt.datetime):
                 if v.tzinfo is not None:
-                    v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                    v = v.astimezone(dt.UTC).replace(tzinfo=None)
                 return v.isoformat(" ")
             if isinstance(v, (dt.date, dt.time)):
                 return v.isoformat()
