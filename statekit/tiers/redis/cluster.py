@@ -1,7 +1,7 @@
 """Redis Cluster: finding the primaries and routing pipelined commands to the node that owns each key.
 
-A `Router` gives standalone servers and clusters one interface: `send` a batch of (key, packed command),
-later `wait` for its replies in the same order. On a cluster the batch is split per node by hash slot;
+A `Router` gives standalone servers and clusters one interface: `send` a batch of keys with one packed
+command each, later `wait` for its replies in the same order. On a cluster the batch is split per node by hash slot;
 MOVED (the slot lives elsewhere now: update the map) and ASK (the slot is migrating: ask once with ASKING)
 replies are followed on separate connections so they never mix with replies still in flight.
 """
@@ -37,9 +37,11 @@ def primaries(conn: RespConnection) -> list[Node]:
 
 
 @dataclass
-class _Pending:
+class Pending:
+    """A batch written by Router.send whose replies have not been read yet."""
+
     groups: list[tuple[RespConnection, list[int]]]
-    items: Sequence[tuple[bytes, bytes]]
+    cmds: Sequence[bytes]
 
 
 class Router:
@@ -90,43 +92,40 @@ class Router:
             raise TierError(f"redis cluster: slot {key_slot(key)} is not served by any node")
         return node
 
-    def send(self, items: Sequence[tuple[bytes, bytes]]) -> _Pending:
-        """Write a batch of (key, packed command); returns a handle for `wait`."""
+    def send(self, keys: Sequence[bytes], cmds: Sequence[bytes]) -> Pending:
+        """Write a batch (cmds[i] is one packed command on keys[i]); returns a handle for `wait`."""
         if self.single is not None:
-            if items:
-                self.single.send(b"".join(cmd for _, cmd in items))
-            return _Pending([(self.single, list(range(len(items))))], items)
+            if cmds:
+                self.single.send(b"".join(cmds))
+            return Pending([(self.single, [])], cmds)
         by_node: dict[Node, list[int]] = {}
-        for i, (key, _) in enumerate(items):
+        for i, key in enumerate(keys):
             by_node.setdefault(self.node_of(key), []).append(i)
         groups = []
         for node, idxs in by_node.items():
             conn = self._conn(node)
-            conn.send(b"".join(items[i][1] for i in idxs))
+            conn.send(b"".join([cmds[i] for i in idxs]))
             groups.append((conn, idxs))
-        return _Pending(groups, items)
+        return Pending(groups, cmds)
 
-    def wait(self, pending: _Pending) -> list[Any]:
+    def wait(self, pending: Pending) -> list[Any]:
         """The replies of a batch, in the order it was sent (MOVED and ASK already followed)."""
-        if len(pending.groups) == 1 and len(pending.groups[0][1]) == len(pending.items):
-            conn, _ = pending.groups[0]
-            replies = conn.read(len(pending.items))
-        else:
-            replies = [None] * len(pending.items)
-            for conn, idxs in pending.groups:
-                for i, r in zip(idxs, conn.read(len(idxs))):
-                    replies[i] = r
-        if self.cluster:
-            for i, r in enumerate(replies):
-                if isinstance(r, ReplyError):
-                    text = str(r)
-                    if text.startswith(("MOVED ", "ASK ")):
-                        replies[i] = self._redirect(pending.items[i][1], text)
+        if self.single is not None:
+            return self.single.read(len(pending.cmds))
+        replies: list[Any] = [None] * len(pending.cmds)
+        for conn, idxs in pending.groups:
+            for i, r in zip(idxs, conn.read(len(idxs))):
+                replies[i] = r
+        for i, r in enumerate(replies):
+            if isinstance(r, ReplyError):
+                text = str(r)
+                if text.startswith(("MOVED ", "ASK ")):
+                    replies[i] = self._redirect(pending.cmds[i], text)
         return replies
 
-    def call(self, items: Sequence[tuple[bytes, bytes]]) -> list[Any]:
+    def call(self, keys: Sequence[bytes], cmds: Sequence[bytes]) -> list[Any]:
         """send + wait."""
-        return self.wait(self.send(items))
+        return self.wait(self.send(keys, cmds))
 
     def _redirect(self, cmd: bytes, text: str) -> Any:
         for _ in range(_MAX_REDIRECTS):

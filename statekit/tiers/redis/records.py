@@ -33,7 +33,9 @@ from statekit.errors import CorruptArchive
 from statekit.model import MemberSink
 
 MAGIC = b"SKREDIS1"
-MEMBER_TARGET = 16 << 20  # a member holds about this many bytes of records, so memory stays bounded
+# A member holds about this many bytes of records. Small enough that a snapshot's or restore's memory stays
+# flat whatever the key count (a few copies of one member are alive at once), big enough to compress well.
+MEMBER_TARGET = 4 << 20
 
 TYPE_STRING, TYPE_LIST, TYPE_SET, TYPE_ZSET, TYPE_HASH, TYPE_STREAM, TYPE_MODULE = range(7)
 TYPE_NAMES = ("string", "list", "set", "zset", "hash", "stream", "module")

@@ -36,7 +36,7 @@ from statekit.model import (
     now_ms,
 )
 from statekit.tiers.redis import portable
-from statekit.tiers.redis.cluster import Router
+from statekit.tiers.redis.cluster import Pending, Router
 from statekit.tiers.redis.keyspace import compile_match, key_slot, tag_for_slot
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
@@ -185,6 +185,7 @@ class _Restorer:
         self.plans: dict[int, _DbPlan] = {}
         self.conflicts: dict[int, set[bytes]] = {}
         self.problems: list[str] = []
+        self._big: _BigKey | None = None
 
     def tdb(self, db: int) -> int:
         return self.opts.db_map.get(db, db)
@@ -215,7 +216,7 @@ class _Restorer:
             target_rdb = self.target_rdb
             is_empty = empty[tdb]
             for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
-                if tag == TAG_CHUNK or tag == TAG_END:
+                if tag in (TAG_CHUNK, TAG_END):
                     continue
                 if match is not None and not match(key):
                     continue
@@ -228,7 +229,10 @@ class _Restorer:
                         plan.note("uncarriable", key, reason)
                         continue
                 if is_empty:
-                    plan.note("create", key)
+                    if plan.shown["create"] < _EXAMPLES:
+                        plan.note("create", key)
+                    else:
+                        plan.counts["create"] += 1
                 else:
                     batch.append(key)
                     if len(batch) >= _BATCH:
@@ -238,7 +242,7 @@ class _Restorer:
                 self._exists(router, batch, plan, conflicts)
 
     def _exists(self, router: Router, keys: list[bytes], plan: _DbPlan, conflicts: set[bytes]) -> None:
-        replies = router.call([(k, pack(b"EXISTS", k)) for k in keys])
+        replies = router.call(keys, [b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
         for k, r in zip(keys, replies):
             if isinstance(r, ReplyError):
                 raise TierError(f"redis {self.target.seed.label}: EXISTS failed: {r}")
@@ -289,10 +293,8 @@ class _Restorer:
             for i in range(0, len(keys), _BATCH):
                 part = keys[i : i + _BATCH]
                 t0 = now_ms()
-                items = []
-                for k in part:
-                    items += [(k, pack(b"PTTL", k)), (k, pack(b"DUMP", k))]
-                replies = router.call(items)
+                keys2 = [k for k in part for _ in (0, 1)]
+                replies = router.call(keys2, [pack(c, k) for k in part for c in (b"PTTL", b"DUMP")])
                 for j, k in enumerate(part):
                     ttl, payload = replies[2 * j], replies[2 * j + 1]
                     if isinstance(payload, bytes) and isinstance(ttl, int) and ttl != -2:
@@ -348,11 +350,15 @@ class _Restorer:
         unpack = _HEAD.unpack_from
         pos = 0
         end = len(body)
-        batch: list[tuple[bytes, bytes]] = []
-        kinds: list[str] = []
-        pending: tuple[Any, list[tuple[bytes, bytes]], list[str]] | None = None
+        keys: list[bytes] = []
+        cmds: list[bytes] = []
+        replacing: list[bool] = []
+        pending: tuple[Pending, list[bytes], list[bool]] | None = None
         n = 0
-        big: _BigKey | None = None
+        big = self._big  # a big key's records may continue from the previous member
+        # RESTORE key ttl payload ABSTTL [REPLACE], packed by hand: this loop runs once per key.
+        create_tail = b"\r\n$6\r\nABSTTL\r\n"
+        replace_tail = b"\r\n$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n"
         while pos < end:
             tag, type_, rdbv, expire, klen, vlen = unpack(body, pos)
             pos += 20
@@ -363,9 +369,9 @@ class _Restorer:
                 if pending is not None:
                     self._settle(router, *pending, counts)
                     pending = None
-                if batch:
-                    self._settle(router, router.send(batch), batch, kinds, counts)
-                    batch, kinds = [], []
+                if cmds:
+                    self._settle(router, router.send(keys, cmds), keys, replacing, counts)
+                    keys, cmds, replacing = [], [], []
                 pos, big = self._big_record(tag, type_, expire, key, vlen, body, pos, name, big, router,
                                             conflicts, shift, now, counts)  # fmt: skip
                 n += tag == TAG_END
@@ -393,45 +399,51 @@ class _Restorer:
                     counts["failed"] += 1
                     self._problem(header.db, key, reason)
                     continue
+            ttl = b"%d" % expire
             if key in conflicts:
                 if not replace:
                     counts["skipped"] += 1
                     continue
-                suffix = b"$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n"
-                kinds.append("replaced")
-                head = b"*6\r\n$7\r\nRESTORE\r\n"
-            else:
-                suffix = b"$6\r\nABSTTL\r\n"
-                kinds.append("created")
-                head = b"*5\r\n$7\r\nRESTORE\r\n"
-            ttl = b"%d" % expire
-            batch.append(
-                (
-                    key,
-                    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s"
-                    % (head, klen, key, len(ttl), ttl, len(payload), payload, suffix),
+                cmds.append(
+                    b"*6\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s%s"
+                    % (klen, key, len(ttl), ttl, len(payload), payload, replace_tail)
                 )
-            )
-            if len(batch) >= _BATCH:
-                sent = router.send(batch)
+                replacing.append(True)
+            else:
+                cmds.append(
+                    b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s%s"
+                    % (klen, key, len(ttl), ttl, len(payload), payload, create_tail)
+                )
+                replacing.append(False)
+            keys.append(key)
+            if len(cmds) >= _BATCH:
+                # Send this batch before reading the previous one's replies: the server restores one
+                # batch while Python packs the next.
+                sent = router.send(keys, cmds)
                 if pending is not None:
                     self._settle(router, *pending, counts)
-                pending = (sent, batch, kinds)
-                batch, kinds = [], []
-        if batch:
-            sent = router.send(batch)
+                pending = (sent, keys, replacing)
+                keys, cmds, replacing = [], [], []
+        if cmds:
+            sent = router.send(keys, cmds)
             if pending is not None:
                 self._settle(router, *pending, counts)
-            pending = (sent, batch, kinds)
+            pending = (sent, keys, replacing)
         if pending is not None:
             self._settle(router, *pending, counts)
+        self._big = big
         return n
 
     def _settle(
-        self, router: Router, sent: Any, batch: list[tuple[bytes, bytes]], kinds: list[str], counts: dict[str, int]
+        self, router: Router, sent: Pending, keys: list[bytes], replacing: list[bool], counts: dict[str, int]
     ) -> None:
         replies = router.wait(sent)
-        for (key, _), kind, r in zip(batch, kinds, replies):
+        if replies.count(b"OK") == len(replies):  # the usual case, counted in C
+            n_replaced = replacing.count(True)
+            counts["replaced"] += n_replaced
+            counts["created"] += len(replies) - n_replaced
+            return
+        for key, repl, r in zip(keys, replacing, replies):
             if isinstance(r, ReplyError):
                 text = str(r)
                 if text.startswith("BUSYKEY"):
@@ -441,7 +453,7 @@ class _Restorer:
                     counts["failed"] += 1
                     self.problems_append(f"{_show(key)}: RESTORE failed: {text}")
             else:
-                counts[kind] += 1
+                counts["replaced" if repl else "created"] += 1
 
     def problems_append(self, text: str) -> None:
         if len(self.problems) < 100:
@@ -519,7 +531,7 @@ class _BigKey:
         self.tmp = b"{" + tag + b"}:statekit-restore:" + uuid.uuid4().hex.encode()
 
     def _run(self, *cmd: bytes) -> Any:
-        (reply,) = self.router.call([(self.tmp, pack(*cmd))])
+        (reply,) = self.router.call([self.tmp], [pack(*cmd)])
         if isinstance(reply, ReplyError):
             raise TierError(f"redis: rebuilding big key {_show(self.key)} failed: {reply}")
         return reply

@@ -9,7 +9,9 @@ is the table's percent-encoded `db/<schema>.<table>` prefix recorded in schema.j
 from __future__ import annotations
 
 import glob
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -72,19 +74,23 @@ def snapshot_target(
     summary = TierSummary(tier="db", started_at=time.time())
     dialect = target.dialect
     done = {"rows": 0, "bytes": 0}
+    lock = threading.Lock()  # segments arrive from several worker threads
 
     def add(table: TableDesc, seq: int, data: bytes | bytearray, rows: int) -> None:
         ext = "copy" if table.encoding == "copy" else "jsonl"
         sink.add(f"{table.member}.{seq:06d}.{ext}", bytes(data), meta={"rows": rows, "table": table.key})
-        done["rows"] += rows
-        done["bytes"] += len(data)
-        progress("db", done["rows"], done["bytes"])
+        with lock:
+            done["rows"] += rows
+            done["bytes"] += len(data)
+            progress("db", done["rows"], done["bytes"])
 
     def write_schema(desc: DbSchema) -> None:
         # First member of the tier: a restore knows every table's columns before it meets any data segment.
         sink.add(SCHEMA_MEMBER, desc.to_json_bytes(), meta={"tables": len(desc.tables)})
 
-    with target.connection() as conn:
+    with target.connection() as conn, warnings.catch_warnings():
+        # SQLAlchemy warns about types it does not know (point, tsvector…); they are archived as "other".
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
         try:
             if dialect == "postgresql":
                 desc, counts = _snapshot_pg(target, conn, include, exclude, schemas, jobs, add, write_schema)

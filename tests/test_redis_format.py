@@ -1,0 +1,134 @@
+"""Pure parts of the redis tier: glob matching, hash slots, the record format and the portable codec."""
+
+from __future__ import annotations
+
+import binascii
+import fnmatch
+import io
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statekit.errors import CorruptArchive
+from statekit.tiers.redis.keyspace import compile_match, key_slot, tag_for_slot
+from statekit.tiers.redis.portable import Uncarriable, convert, crc64, decode, encode, lzf_decompress
+from statekit.tiers.redis.records import (
+    TAG_BEGIN,
+    TAG_CHUNK,
+    TAG_DUMP,
+    TAG_END,
+    TYPE_HASH,
+    RecordWriter,
+    iter_heads,
+    iter_records,
+    read_member,
+)
+from statekit.tiers.redis.restore import uncarriable_reason
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.members: dict[str, tuple[bytes, dict[str, object]]] = {}
+
+    def add(self, name: str, data: bytes, **kw: object) -> None:
+        self.members[name] = (data, dict(kw.get("meta") or {}))  # type: ignore[call-overload]
+
+
+def test_crc64_known_answer() -> None:
+    assert crc64(b"123456789") == 0xE9C6D914C4B8D9CA
+
+
+def test_key_slot_known_answers() -> None:
+    # values from the Redis Cluster specification / CLUSTER KEYSLOT
+    assert key_slot(b"foo") == 12182
+    assert key_slot(b"{user1000}.following") == key_slot(b"{user1000}.followers") == key_slot(b"user1000")
+    assert key_slot(b"foo{{bar}}zap") == key_slot(b"{bar")  # the tag ends at the first }
+    assert key_slot(b"foo{bar}{zap}") == key_slot(b"bar")
+    assert key_slot(b"foo{}{bar}") == binascii.crc_hqx(b"foo{}{bar}", 0) % 16384  # empty tag: whole key
+    for slot in (0, 1, 5000, 16383):
+        assert key_slot(b"{" + tag_for_slot(slot) + b"}tmp") == slot
+
+
+@given(st.text(alphabet="ab*?[]^-\\c", max_size=8), st.text(alphabet="abc-[]*", max_size=8))
+def test_glob_agrees_with_fnmatch_on_simple_patterns(pattern: str, name: str) -> None:
+    if any(ch in pattern for ch in "[]\\^"):
+        return  # bracket and escape syntax differ between fnmatch and Redis
+    pred = compile_match([pattern])
+    expected = pattern == "*" or fnmatch.fnmatchcase(name, pattern)
+    assert (True if pred is None else pred(name.encode())) == expected
+
+
+def test_glob_classes_and_escapes() -> None:
+    pred = compile_match(["user:[^0-9]*", r"lit\*", "h?llo", "x[a-c]"])
+    assert pred is not None
+    assert pred(b"user:abc") and not pred(b"user:1bc")
+    assert pred(b"lit*") and not pred(b"litx")
+    assert pred(b"hallo") and pred(b"h\xffllo")
+    assert pred(b"xb") and not pred(b"xd")
+    assert pred(b"hallo\n") is False
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=40), st.binary(min_size=11, max_size=200), st.integers(-1, 2**62)),
+        max_size=50,
+    )
+)
+def test_records_roundtrip(items: list[tuple[bytes, bytes, int]]) -> None:
+    sink = _Sink()
+    w = RecordWriter(sink, 3, "7.0.15", 123)
+    for key, payload, exp in items:
+        w.add_dump(key, payload, exp)
+    w.begin_big(b"big", TYPE_HASH, -1)
+    w.add_chunk(b"big", TYPE_HASH, [b"f", b"", b"\xff", b"v"])
+    w.end_big(b"big", TYPE_HASH, 1)
+    w.flush()
+    ((name, (data, meta)),) = sink.members.items()
+    assert name == "redis/db3.000000.rec" and meta == {"keys": len(items) + 1, "db": 3}
+    header, body = read_member(io.BytesIO(data), name)
+    assert (header.db, header.taken_at_ms, header.server_version) == (3, 123, "7.0.15")
+    recs = list(iter_records(body, name))
+    assert [(r.key, r.value, r.expire_at) for r in recs if r.tag == TAG_DUMP] == items
+    assert [r.tag for r in recs[len(items) :]] == [TAG_BEGIN, TAG_CHUNK, TAG_END]
+    assert recs[len(items) + 1].items == [b"f", b"", b"\xff", b"v"]
+    assert len(list(iter_heads(body, name))) == len(recs)
+
+
+def test_truncated_member_is_corrupt() -> None:
+    sink = _Sink()
+    w = RecordWriter(sink, 0, "7.0.15", 1)
+    w.add_dump(b"k", b"\x00\x01v" + b"\x0a\x00" + b"\x00" * 8, -1)
+    w.flush()
+    data = next(iter(sink.members.values()))[0]
+    _, body = read_member(io.BytesIO(data[:-3]), "m")
+    with pytest.raises(CorruptArchive):
+        list(iter_records(body, "m"))
+    with pytest.raises(CorruptArchive):
+        read_member(io.BytesIO(b"NOTREDIS" + data[8:]), "m")
+
+
+def test_lzf_back_references() -> None:
+    # literal "abc", then a back reference of length 7 at distance 3 -> "abcabcabca"
+    data = bytes([2]) + b"abc" + bytes([(5 << 5) | 0, 2])
+    assert lzf_decompress(data, 10) == b"abcabcabca"
+
+
+@given(st.lists(st.binary(max_size=30), max_size=20))
+def test_plain_encoding_decodes_back(values: list[bytes]) -> None:
+    payload = encode(1, values, 9)
+    assert decode(payload) == (1, values)
+    assert payload[-10:-8] == struct.pack("<H", 9)
+    assert convert(payload, 9) == payload
+
+
+def test_uncarriable_payloads() -> None:
+    stream = bytes([19]) + b"x" + struct.pack("<H", 10) + b"\x00" * 8
+    module = bytes([7]) + b"x" + struct.pack("<H", 10) + b"\x00" * 8
+    assert uncarriable_reason(stream, 10, 9, False) is not None
+    assert uncarriable_reason(stream, 10, 10, False) is None
+    assert uncarriable_reason(module, 10, 10, True) is None
+    assert "same Redis version" in (uncarriable_reason(module, 10, 10, False) or "")
+    with pytest.raises(Uncarriable):
+        convert(stream, 9)
