@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ import pytest
 from statekit.archive.format import Archive
 from statekit.archive.keys import generate_identity
 from statekit.errors import StatekitError
+from tests.servers import RedisProcess
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 SEED = int(os.environ.get("STATEKIT_TEST_SEED", str(int(time.time()))))
@@ -329,11 +330,22 @@ def _fill_redis(url: str, prefix: str, start: int, count: int, tag: str) -> None
     pipe.execute()
 
 
-def test_kill_during_redis_restore(
-    tmp_path: Path, keys: tuple[str, str], redis_url: str, redis_url2: str
-) -> None:
+@pytest.fixture
+def two_redis() -> Iterator[tuple[str, str]]:
+    """Two redis-server processes of our own (source, target): a snapshot of a shared server would also take
+    other tests' databases (the tier archives every non-empty db whatever the URL's db number)."""
+    servers = [RedisProcess().start(), RedisProcess().start()]
+    try:
+        yield servers[0].url, servers[1].url
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]) -> None:
     pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
     identity, recipient = keys
+    redis_url, redis_url2 = two_redis
     # Source: keys 0..29999 ("new"); target: keys 15000..44999 ("old"): half replaced, half created.
     _fill_redis(redis_url, "k", 0, 30_000, "new")
     archive = tmp_path / "redis.statekit"

@@ -41,7 +41,7 @@ def test_acl_user_and_redacted_source(tmp_path: Path) -> None:
         admin.acl_setuser("backup", enabled=True, passwords=["+pw-123"], keys=["*"], commands=["+@all"])
         admin.set(b"k", b"v")
         url = f"redis://backup:pw-123@127.0.0.1:{srv.port}/0"
-        archive, summary = take(tmp_path / "a.statekit", RedisConfig(url=url))
+        _, summary = take(tmp_path / "a.statekit", RedisConfig(url=url))
         assert summary.details["source"] == f"redis://backup:***@127.0.0.1:{srv.port}/0"
         assert b"pw-123" not in (tmp_path / "a.statekit").read_bytes()
         with pytest.raises(TierUnavailable) as err:
@@ -67,5 +67,24 @@ def test_server_killed_mid_restore_is_a_tier_error(redis_url: str, tmp_path: Pat
         with pytest.raises((TierError, TierUnavailable)):
             for _ in range(200):
                 put_back(archive, srv.url, conflict="replace", db_map={int(redis_url.rsplit("/", 1)[1]): 0})
+    finally:
+        srv.stop()
+
+
+def test_password_from_environment_and_unix_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = tmp_path / "redis.sock"
+    srv = RedisProcess(extra=["--unixsocket", str(sock), "--requirepass", "env-secret"]).start()
+    try:
+        import redis
+
+        admin = redis.Redis(port=srv.port, password="env-secret")
+        admin.set(b"k", b"v")
+        admin.close()
+        with pytest.raises(TierUnavailable):
+            snapshot_redis(RedisConfig(url=f"unix://{sock}"), _Null())
+        monkeypatch.setenv("STATEKIT_REDIS_PASSWORD", "env-secret")
+        _, summary = take(tmp_path / "u.statekit", RedisConfig(url=f"unix://{sock}?db=0"))
+        assert summary.counts["keys"] == 1
+        assert "env-secret" not in str(summary.to_json())
     finally:
         srv.stop()

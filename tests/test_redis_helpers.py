@@ -67,7 +67,9 @@ def state(url: str) -> dict[bytes, tuple[bytes, Any, int]]:
             v = sorted(r.hgetall(key).items())
         elif t == b"stream":
             # fields every version reports (7.0 adds entries-read and lag)
-            groups = [{f: g[f] for f in ("name", "consumers", "pending", "last-delivered-id")} for g in r.xinfo_groups(key)]
+            groups = [
+                {f: g[f] for f in ("name", "consumers", "pending", "last-delivered-id")} for g in r.xinfo_groups(key)
+            ]
             v = (r.xrange(key), groups)
         else:
             v = r.dump(key)
@@ -76,9 +78,11 @@ def state(url: str) -> dict[bytes, tuple[bytes, Any, int]]:
     return out
 
 
-def same_state(a: dict[bytes, tuple[bytes, Any, int]], b: dict[bytes, tuple[bytes, Any, int]], tol_ms: int = 2000) -> None:
+def same_state(
+    a: dict[bytes, tuple[bytes, Any, int]], b: dict[bytes, tuple[bytes, Any, int]], tol_ms: int = 2000
+) -> None:
     """Assert two `state()` results hold the same keys, values and TTLs (within tol_ms)."""
-    assert a.keys() == b.keys(), (set(a) ^ set(b))
+    assert a.keys() == b.keys(), set(a) ^ set(b)
     for k in a:
         ta, va, xa = a[k]
         tb, vb, xb = b[k]

@@ -60,7 +60,7 @@ def test_big_keys_are_chunked_and_restored(redis_url: str, redis_url2: str, tmp_
     assert rep.counts == {"created": 6, "replaced": 0, "skipped": 0, "expired": 0, "failed": 0}
     same_state(state(redis_url), state(redis_url2))
     with client(redis_url2) as r:
-        assert not [k for k in r.keys() if b"statekit-restore" in k]
+        assert not [k for k in r.scan_iter() if b"statekit-restore" in k]
 
 
 def test_expired_keys_skipped_and_relative_ttl(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
@@ -94,13 +94,15 @@ def test_match_and_type_filters(redis_url: str, redis_url2: str, tmp_path: Path)
         r.set(b"other", b"c")
     db = int(redis_url.rsplit("/", 1)[1])
     db2 = int(redis_url2.rsplit("/", 1)[1])
-    archive, summary = take(tmp_path / "m.statekit", RedisConfig(url=redis_url, dbs=[db], match=["app:*"], types=["string"]))
+    archive, summary = take(
+        tmp_path / "m.statekit", RedisConfig(url=redis_url, dbs=[db], match=["app:*"], types=["string"])
+    )
     assert summary.counts["keys"] == 2
     rep = put_back(archive, redis_url2, db_map={db: db2}, match=["app:[1]"])
     assert rep.counts["created"] == 1
     with client(redis_url2) as r:
         assert r.keys() == [b"app:1"]
-    archive2, summary2 = take(tmp_path / "m2.statekit", RedisConfig(url=redis_url, dbs=[db], match=["app:h", "oth*"]))
+    _, summary2 = take(tmp_path / "m2.statekit", RedisConfig(url=redis_url, dbs=[db], match=["app:h", "oth*"]))
     assert summary2.counts["keys"] == 2
 
 
@@ -108,7 +110,7 @@ def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> 
     with client(redis_url) as r:
         r.mset({b"k%05d" % i: b"v" for i in range(20_000)})
     db = int(redis_url.rsplit("/", 1)[1])
-    deleted = []
+    deleted: list[int] = []
 
     def progress(tier: str, items: int, nbytes: int) -> None:
         if not deleted:  # after the first page: drop everything, including keys already listed by SCAN
@@ -116,7 +118,9 @@ def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> 
                 r.flushdb()
             deleted.append(items)
 
-    archive, summary = take(tmp_path / "v.statekit", RedisConfig(url=redis_url, dbs=[db], scan_count=500), progress=progress)
+    archive, summary = take(
+        tmp_path / "v.statekit", RedisConfig(url=redis_url, dbs=[db], scan_count=500), progress=progress
+    )
     assert summary.counts["vanished"] > 0
     assert summary.counts["keys"] + summary.counts["vanished"] < 20_000
     assert summary.details["vanished"] == summary.counts["vanished"]

@@ -21,16 +21,32 @@ from statekit.errors import ConfigError, TierError, TierUnavailable
 RecordKey = tuple[str, ...]
 
 
-@dataclass
 class Record:
-    """One record in one tier. `stored` is None in keys-only mode and for presence-only entities."""
+    """One record in one tier. `stored` is None in keys-only mode and for presence-only entities. `loc` is
+    ("redis", key[, field]), ("files", relative path) or ("db", table, row description)."""
 
-    stored: bytes | None
-    where: str
-    loc: tuple[str, ...]
-    extra: dict[str, Any] | None = None
-    null: bool = False  # db: the row exists but the value column is NULL
-    raw_vars: dict[str, str] | None = None  # the name's own values where a name transform changed them
+    __slots__ = ("extra", "loc", "null", "raw_vars", "stored")
+
+    def __init__(
+        self,
+        stored: bytes | None,
+        loc: tuple[str, ...],
+        extra: dict[str, Any] | None = None,
+        null: bool = False,
+        raw_vars: dict[str, str] | None = None,
+    ) -> None:
+        self.stored = stored
+        self.loc = loc
+        self.extra = extra
+        self.null = null  # db: the row exists but the value column is NULL
+        self.raw_vars = raw_vars  # the name's own values where a name transform changed them
+
+    @property
+    def where(self) -> str:
+        """The record's location for a person."""
+        if self.loc[0] == "redis" and len(self.loc) > 2:
+            return f"{self.loc[1]} [{self.loc[2]}]"
+        return self.loc[-1] if self.loc[0] == "db" else self.loc[1]
 
 
 @dataclass
@@ -168,8 +184,7 @@ class DbReader:
                     where = f'"{loc.table}" ' + ", ".join(f"{c}={row[i]}" for i, c in enumerate(loc.key_columns))
                     rec = Record(
                         None if raw is None or (self.keys_only and not ent.presence) else _db_text(raw),
-                        where,
-                        ("db", loc.table, *[str(row[i]) for i in range(nkeys)]),
+                        ("db", loc.table, where),
                         extra,
                         null=loc.value_column is not None and raw is None,
                     )
@@ -199,18 +214,44 @@ def _first_line(exc: BaseException) -> str:
 
 @dataclass
 class _KeyGroup:
-    """Locators that share one Redis key template."""
+    """Locators that share one Redis key template, with their hash fields sorted most specific first."""
 
     template: Template
     members: list[tuple[Entity, Locator]]
+    literal_fields: dict[str, tuple[Entity, Locator]] = field(default_factory=dict)
+    pattern_fields: list[tuple[Entity, Locator, bool]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        fields = sorted(
+            ((e, loc) for e, loc in self.members if loc.hash_field is not None),
+            key=lambda m: m[1].hash_field.specificity if m[1].hash_field else (0, 0),
+        )
+        for ent, loc in fields:
+            assert loc.hash_field is not None
+            if not loc.hash_field.vars:
+                self.literal_fields.setdefault(loc.hash_field.text, (ent, loc))
+            else:
+                # A field that is one whole variable maps straight to the record key (no regex, no dict).
+                direct = (
+                    len(loc.hash_field.parts) == 1
+                    and ent.vars[1:] == loc.hash_field.vars
+                    and self.template.vars == [ent.scope_var]
+                    and loc.hash_field.regex.pattern.endswith(">.+)")
+                )
+                self.pattern_fields.append((ent, loc, direct))
 
     @property
     def hashed(self) -> bool:
-        return any(loc.hash_field is not None for _, loc in self.members)
+        return bool(self.literal_fields or self.pattern_fields)
+
+    @property
+    def literal_only(self) -> bool:
+        return bool(self.literal_fields) and not self.pattern_fields
 
 
 class RedisReader:
-    """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip."""
+    """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip
+    of packed commands (HGETALL, HMGET when only literal fields are wanted, GET, or EXISTS)."""
 
     tier = "redis"
 
@@ -225,8 +266,28 @@ class RedisReader:
             if loc is not None and loc.template is not None:
                 groups.setdefault(loc.template.text, _KeyGroup(loc.template, [])).members.append((ent, loc))
         self.groups = sorted(groups.values(), key=lambda g: g.template.specificity)
+        for g in self.groups:
+            g.prepare()
         self.keys: dict[str, list[tuple[_KeyGroup, dict[str, str], bytes]]] = {}
         self.unparseable: list[Unparseable] = []
+        self._resp: Any = None
+
+    def _conn(self) -> Any:
+        if self._resp is None:
+            from statekit.tiers.redis.resp import RespConnection
+
+            kw = self.client.connection_pool.connection_kwargs
+            url = getattr(self.client, "statekit_url", None)
+            self._resp = RespConnection(url) if url else RespConnection(
+                f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+            )  # fmt: skip
+        return self._resp
+
+    def close(self) -> None:
+        """Close the connections."""
+        if self._resp is not None:
+            self._resp.close()
+        self.client.close()
 
     def list_scopes(self) -> set[str]:
         """SCAN every key template's pattern; returns the scopes present."""
@@ -239,7 +300,6 @@ class RedisReader:
                     continue
                 seen.add(raw)
                 name = raw.decode("utf-8", "surrogateescape")
-                claimed = False
                 for g in self.groups:
                     values = g.template.parse(name)
                     if values is None:
@@ -248,9 +308,8 @@ class RedisReader:
                     scope = values.get(ent0.scope_var, "")
                     fn = ent0.normalizers.get(ent0.scope_var)
                     self.keys.setdefault(fn(scope) if fn else scope, []).append((g, values, raw))
-                    claimed = True
                     break
-                if not claimed:
+                else:
                     self.unparseable.append(
                         Unparseable("redis", group.members[0][0].name, None, name,
                                     f"key fits no template ({group.template.text})")
@@ -263,64 +322,89 @@ class RedisReader:
         except Exception as exc:
             raise TierError(f"redis: SCAN failed ({type(exc).__name__}: {_first_line(exc)})") from None
 
+    def _command(self, group: _KeyGroup, raw: bytes) -> bytes:
+        from statekit.tiers.redis.resp import pack
+
+        if group.hashed:
+            if group.literal_only:
+                return pack(b"HMGET", raw, *[f.encode() for f in group.literal_fields])
+            return pack(b"HKEYS" if self.keys_only else b"HGETALL", raw)
+        if self.keys_only or all(ent.presence for ent, _ in group.members):
+            return pack(b"EXISTS", raw)
+        return pack(b"GET", raw)
+
     def load(self, scopes: Iterable[str]) -> TierData:
         """Fetch the keys of these scopes in one pipelined round trip and map them to records."""
         out = TierData("redis")
         work = [(scope, item) for scope in scopes for item in self.keys.get(scope, [])]
-        pipe = self.client.pipeline(transaction=False)
-        for _, (group, _, raw) in work:
-            if group.hashed:
-                (pipe.hkeys if self.keys_only else pipe.hgetall)(raw)
-            elif self.keys_only or all(ent.presence for ent, _ in group.members):
-                pipe.exists(raw)
-            else:
-                pipe.get(raw)
-        try:
-            replies = pipe.execute(raise_on_error=False) if work else []
-        except Exception as exc:
-            raise TierError(f"redis: read failed ({type(exc).__name__}: {_first_line(exc)})") from None
-        for (_, (group, values, raw)), reply in zip(work, replies):
+        if not work:
+            return out
+        conn = self._conn()
+        conn.send(b"".join(self._command(g, raw) for _, (g, _, raw) in work))
+        replies = conn.read(len(work))
+        from statekit.tiers.redis.resp import ReplyError
+
+        for (scope, (group, values, raw)), reply in zip(work, replies):
             name = raw.decode("utf-8", "surrogateescape")
-            if isinstance(reply, Exception):
+            if isinstance(reply, ReplyError):
                 # WRONGTYPE and the like: the key exists but not as the model expects.
                 out.unparseable.append(
-                    Unparseable("redis", group.members[0][0].name, None, name, f"unexpected type ({reply})")
+                    Unparseable("redis", group.members[0][0].name, scope, name, f"unexpected type ({reply})")
                 )
                 continue
+            if group.literal_only and isinstance(reply, list):
+                if all(v is None for v in reply):
+                    continue
+                reply = [x for f, v in zip(group.literal_fields, reply) if v is not None for x in (f.encode(), v)]
             if not reply:
                 continue  # deleted since the SCAN
-            self._records(out, group, values, raw, name, reply)
+            self._records(out, group, values, scope, name, reply)
         return out
 
     def _records(
-        self, out: TierData, group: _KeyGroup, values: dict[str, str], raw: bytes, name: str, reply: Any
+        self, out: TierData, group: _KeyGroup, values: dict[str, str], scope: str, name: str, reply: Any
     ) -> None:
         for ent, loc in group.members:
             if loc.hash_field is None:
-                scope, rest = _normalise(ent, values)
+                _, rest = _normalise(ent, values)
                 stored = None if ent.presence or self.keys_only or not isinstance(reply, bytes) else reply
-                out.add(ent.name, scope, rest, Record(stored, name, ("redis", name)))
-        fields = [(ent, loc) for ent, loc in group.members if loc.hash_field is not None]
-        if not fields:
+                out.add(ent.name, scope, rest, Record(stored, ("redis", name)))
+        if not group.hashed or not isinstance(reply, list):
             return
-        fields.sort(key=lambda m: m[1].hash_field.specificity if m[1].hash_field else (0, 0))
-        items: Iterable[tuple[bytes, bytes | None]] = (
-            ((f, None) for f in reply) if isinstance(reply, list) else reply.items()
-        )
-        for fraw, value in items:
+        keys_only = self.keys_only
+        pairs = zip(reply, reply) if keys_only else zip(reply[::2], reply[1::2])
+        literal = group.literal_fields
+        patterns = group.pattern_fields
+        records = out.records
+        for fraw, value in pairs:
             fname = fraw.decode("utf-8", "surrogateescape")
-            for ent, loc in fields:
+            hit = literal.get(fname)
+            if hit is not None:
+                ent, loc = hit
+                out.add(ent.name, scope, (), Record(None if keys_only else value, ("redis", name, fname)))
+                continue
+            for ent, loc, direct in patterns:
                 assert loc.hash_field is not None
+                if direct:
+                    fvar = ent.vars[1]
+                    norm = ent.normalizers.get(fvar)
+                    ident = norm(fname) if norm else fname
+                    rv = {fvar: fname} if ident != fname else None
+                    per = records.setdefault(ent.name, {}).setdefault(scope, {})
+                    per.setdefault((ident,), Record(None if keys_only else value, ("redis", name, fname), None,
+                                                    False, rv))  # fmt: skip
+                    break
                 fvalues = loc.hash_field.parse(fname)
                 if fvalues is None:
                     continue
-                scope, rest = _normalise(ent, {**values, **fvalues})
+                _, rest = _normalise(ent, {**values, **fvalues})
                 rv = _raw_vars(ent, fvalues)
-                out.add(ent.name, scope, rest, Record(value, f"{name} [{fname}]", ("redis", name, fname), raw_vars=rv))
+                out.add(ent.name, scope, rest, Record(None if keys_only else value, ("redis", name, fname),
+                                                      raw_vars=rv))  # fmt: skip
                 break
             else:
                 out.unparseable.append(
-                    Unparseable("redis", fields[0][0].name, values.get(fields[0][0].scope_var), f"{name} [{fname}]",
+                    Unparseable("redis", group.members[0][0].name, scope, f"{name} [{fname}]",
                                 "hash field fits no template")
                 )  # fmt: skip
 
@@ -329,8 +413,8 @@ class RedisReader:
 
 
 class FilesReader:
-    """Reads the files locators of a model: one scandir walk (symlinks never followed), then file contents
-    per batch of scopes."""
+    """Reads the files locators of a model: one scandir walk (symlinks never followed) that names every
+    record, then file contents per batch of scopes."""
 
     tier = "files"
 
@@ -347,13 +431,15 @@ class FilesReader:
             if loc is not None:
                 (self.dirs if loc.is_directory else self.files).append((ent, loc))
         self.files.sort(key=lambda m: m[1].template.specificity if m[1].template else (0, 0))
-        self.found: dict[str, list[tuple[Entity, dict[str, str], str]]] = {}
+        self.found: dict[str, list[tuple[str, RecordKey, str, dict[str, str] | None]]] = {}
         self.unparseable: list[Unparseable] = []
 
     def list_scopes(self) -> set[str]:
-        """Walk the root once; returns the scopes present."""
+        """Walk the root once, naming every record; returns the scopes present."""
         self.found = {}
         self.unparseable = []
+        files = [(ent, ent.name, loc.template.regex.fullmatch) for ent, loc in self.files if loc.template]
+        found = self.found
         for rel, is_dir in _walk(self.root):
             if is_dir:
                 for ent, loc in self.dirs:
@@ -361,18 +447,19 @@ class FilesReader:
                     values = loc.template.parse(rel + "/")
                     if values is not None:
                         scope, _ = _normalise(ent, values)
-                        self.found.setdefault(scope, []).append((ent, values, rel + "/"))
+                        found.setdefault(scope, []).append((ent.name, (), rel + "/", None))
                 continue
-            for ent, loc in self.files:
-                assert loc.template is not None
-                values = loc.template.parse(rel)
-                if values is not None:
-                    scope, _ = _normalise(ent, values)
-                    self.found.setdefault(scope, []).append((ent, values, rel))
-                    break
+            for ent, name, match in files:
+                m = match(rel)
+                if m is None:
+                    continue
+                values = m.groupdict()
+                scope, rest = _normalise(ent, values)
+                found.setdefault(scope, []).append((name, rest, rel, _raw_vars(ent, values)))
+                break
             else:
                 self.unparseable.append(self._unparseable(rel))
-        return set(self.found)
+        return set(found)
 
     def _unparseable(self, rel: str) -> Unparseable:
         parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
@@ -387,28 +474,58 @@ class FilesReader:
     def load(self, scopes: Iterable[str]) -> TierData:
         """Read the files of these scopes (contents unless keys-only)."""
         out = TierData("files")
-        for scope in scopes:
-            for ent, values, rel in self.found.get(scope, []):
-                stored = None
-                if not ent.presence and not self.keys_only:
-                    stored = read_file(self.root, rel)
-                    if stored is None:
-                        continue  # vanished since the walk
-                _, rest = _normalise(ent, values)
-                out.add(ent.name, scope, rest, Record(stored, rel, ("files", rel)))
+        presence = {ent.name for ent in self.model.entities.values() if ent.presence}
+        read = not self.keys_only
+        records = out.records
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for scope in scopes:
+                for name, rest, rel, rv in self.found.get(scope, []):
+                    stored = None
+                    if read and name not in presence:
+                        stored = _read_at(root_fd, rel)
+                        if stored is None:
+                            continue  # vanished since the walk
+                    per = records.setdefault(name, {}).setdefault(scope, {})
+                    if rest not in per:
+                        per[rest] = Record(stored, ("files", rel), None, False, rv)
+        finally:
+            os.close(root_fd)
         return out
 
 
-def read_file(root: str, rel: str) -> bytes | None:
-    """A file's bytes (never through a symlink), or None when it is gone."""
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _read_at(root_fd: int, rel: str) -> bytes | None:
+    """A file's bytes relative to the root (never through a symlink at the last component), None if gone."""
     try:
-        fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(rel, _READ_FLAGS, dir_fd=root_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise TierError(f"files: cannot read {rel}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+    try:
+        chunks = []
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+            if len(data) < 1 << 16:
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    finally:
+        os.close(fd)
+
+
+def read_file(root: str, rel: str) -> bytes | None:
+    """A file's bytes (never through a symlink), or None when it is gone."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _read_at(fd, rel)
+    finally:
+        os.close(fd)
 
 
 def _walk(root: str) -> Iterator[tuple[str, bool]]:
@@ -420,12 +537,13 @@ def _walk(root: str) -> Iterator[tuple[str, bool]]:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
         except OSError as exc:
             raise TierError(f"files: cannot list {rel_dir or root}: {exc.strerror}") from None
+        prefix = rel_dir + "/" if rel_dir else ""
         with it:
             for entry in it:
                 name = entry.name
                 if name.startswith(".statekit-") or name.endswith(".statekit-tmp"):
                     continue  # our own staging and temporary files
-                rel = f"{rel_dir}/{name}" if rel_dir else name
+                rel = prefix + name
                 if entry.is_dir(follow_symlinks=False):
                     yield rel, True
                     stack.append(rel)
@@ -481,7 +599,7 @@ class LiveTiers:
             if isinstance(src, DbReader):
                 src.engine.dispose()
             elif isinstance(src, RedisReader):
-                src.client.close()
+                src.close()
 
 
 def open_redis(url: str) -> Any:
@@ -521,7 +639,9 @@ def open_live(
             skipped.append("db")
     if "redis" in used:
         if redis_url:
-            sources["redis"] = RedisReader(open_redis(redis_url), model, keys_only=keys_only)
+            client = open_redis(redis_url)
+            client.statekit_url = redis_url
+            sources["redis"] = RedisReader(client, model, keys_only=keys_only)
         else:
             skipped.append("redis")
     if "files" in used:

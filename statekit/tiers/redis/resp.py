@@ -7,6 +7,7 @@ times faster than redis-py's Pipeline object (see DESIGN.md, "Performance facts"
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -83,6 +84,9 @@ class RespConnection:
         except ValueError as exc:
             raise ConfigError(f"redis URL {self.label}: {exc}") from None
         kwargs: dict[str, Any] = dict(pool.connection_kwargs)
+        if kwargs.get("password") is None and os.environ.get("STATEKIT_REDIS_PASSWORD"):
+            # keeps the secret out of the URL, the config file and the process list
+            kwargs["password"] = os.environ["STATEKIT_REDIS_PASSWORD"]
         self._password: str | None = kwargs.get("password")
         if db is not None:
             kwargs["db"] = db

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -403,7 +403,7 @@ class DbScanner:
         return True
 
 
-def read_chunks(conn: RespConnection, key: bytes, type_: int):  # type: ignore[no-untyped-def]
+def read_chunks(conn: RespConnection, key: bytes, type_: int) -> Iterator[list[bytes]]:
     """Yield the values of a big key chunk by chunk (flat item lists; see records.py)."""
     count = b"%d" % _CHUNK
     if type_ == TYPE_STRING:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,9 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
     ctx = RestoreContext(target, desc, mode, [], default_schema=default_schema)
     found = {(t.schema, t.name): t for t in existing}
     counts = archive_row_counts(archive) if with_counts else {}
-    with _maybe_connection(target, bool(existing)) as conn:
+    # Row counts need a connection only when the target already has tables (a missing SQLite file stays so).
+    counting: AbstractContextManager[sa.Connection | None] = target.connection() if existing else nullcontext()
+    with counting as conn:
         for t in selected:
             schema = _target_schema(t, desc, target.dialect, default_schema)
             lookup = (schema if schema is not None else default_schema, t.name)
@@ -157,19 +160,6 @@ def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
         except Exception as exc:
             raise target.fail("reading the target's schema", exc) from None
     return tables, default_schema
-
-
-class _maybe_connection:
-    def __init__(self, target: DbTarget, needed: bool) -> None:
-        self._cm = target.connection() if needed else None
-        self._target = target
-
-    def __enter__(self) -> sa.Connection | None:
-        return self._cm.__enter__() if self._cm is not None else None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
 
 
 def _count(conn: sa.Connection, schema: str | None, name: str) -> int:

@@ -9,14 +9,12 @@ everything else decodes rows and inserts them in large executemany batches.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.copy import QueuedLibpqWriter
 
 from statekit.config import DbConfig
 from statekit.errors import Refused, StatekitError, TierUnavailable
@@ -29,7 +27,6 @@ from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
 
 BATCH_ROWS = 5000
-_QUEUED = os.environ.get("SK_QUEUED", "1") == "1"
 _CHUNK = 1 << 20
 
 
@@ -159,10 +156,7 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
                     dest = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
                     merge_tmp[plan.src.key] = dest
                 rows = 0
-                # The queued writer sends from its own thread while this one decrypts, decompresses and
-                # hashes the next chunk of the archive.
-                writer = QueuedLibpqWriter(cur) if _QUEUED else None
-                with cur.copy(f"COPY {dest} ({cols}) FROM STDIN", writer=writer) as cp:
+                with cur.copy(f"COPY {dest} ({cols}) FROM STDIN") as cp:
                     while chunk := member.stream.read(_CHUNK):
                         cp.write(chunk)
                         nbytes += len(chunk)
@@ -314,6 +308,8 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             progress("db", sum(loaded.values()), nbytes)
         if dialect == "postgresql":
             conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+            with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                _set_sequences(cur, ctx)
         if dialect == "sqlite":
             conn.exec_driver_sql("COMMIT")
         else:
