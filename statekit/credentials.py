@@ -14,7 +14,7 @@ from statekit.errors import KeyFileError, UsageError
 from statekit.model import Warn, no_warn
 
 if TYPE_CHECKING:
-    from statekit.archive.keys import Identity, Recipient, ScryptIdentity
+    from statekit.archive.keys import Identity, Recipient
 
 
 def read_passphrase(
@@ -100,16 +100,9 @@ def undo_recipients(identities: Sequence[Identity], configured: Sequence[Recipie
             out.append(ident.recipient())
         elif isinstance(ident, ScryptIdentity) and not out:
             # ScryptIdentity keeps its passphrase private; the undo archive must open with the same one.
-            out.append(ScryptRecipient(_identity_passphrase(ident)))
+            out.append(ScryptRecipient(ident.passphrase))
             break
     return out
-
-
-def _identity_passphrase(ident: ScryptIdentity) -> bytes:
-    passphrase = getattr(ident, "passphrase", None)
-    if isinstance(passphrase, bytes):
-        return passphrase
-    return bytes(ident._passphrase)
 
 
 def stdin_is_tty() -> bool:

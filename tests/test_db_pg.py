@@ -234,7 +234,11 @@ def test_evolution_tables_round_trip(pg_url: str, pg18_url: str, tmp_path: Path)
     restore(archive, pg18_url)
     for t in ('"Instance"', '"Session"'):
         assert rows_as_text(pg18_url, t) == rows_as_text(pg_url, t)
-    # the FK with cascade came along
+    # the unique index and the FK with cascade came along
+    assert fetch(pg18_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'Instance' ORDER BY 1") == [
+        ("Instance_name_key",),
+        ("Instance_pkey",),
+    ]
     execute(pg18_url, """DELETE FROM "Instance" WHERE id = '00000000-0000-4000-8000-000000000001'""")
     assert fetch(pg18_url, 'SELECT count(*) FROM "Session"') == [(21,)]
     # restoring again into the now populated target replaces both tables in one go
@@ -277,3 +281,55 @@ def test_dry_run_through_restore_db_writes_nothing(pg_url: str, pg_url2: str, tm
     report = restore_db(archive, opts, DbConfig(), undo=undo)
     assert report.dry_run and report.plan[0]["rows"] == 2 and report.plan[0]["remove"] == 1
     assert not undo.sealed and fetch(pg_url2, "SELECT k FROM kv") == [(5,)]
+
+
+def test_child_segments_before_parent_segments_still_restore(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    """Parallel snapshots interleave tables, so a child's rows may come first: the restore defers the
+    (non-deferrable) foreign keys for its transaction and puts them back afterwards."""
+    from statekit.archive.format import ArchiveWriter, atomic_output
+
+    ddl = [
+        "CREATE TABLE parent (id int PRIMARY KEY)",
+        "CREATE TABLE child (id int PRIMARY KEY, p int NOT NULL REFERENCES parent)",
+    ]
+    execute(pg_url, *ddl, "INSERT INTO parent VALUES (1), (2)", "INSERT INTO child VALUES (10, 1), (11, 2)")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    members = [(m.name, m.read_all()) for m in archive.members("db/")]
+    assert [n for n, _ in members] == [
+        "db/schema.json",
+        "db/public.parent.000000.copy",
+        "db/public.child.000000.copy",
+    ]
+    swapped = tmp_path / "swapped.statekit"
+    with atomic_output(swapped) as fh:
+        w = ArchiveWriter(fh, recipients=None)
+        for name, data in [members[0], members[2], members[1]]:
+            w.add(name, data)
+        w.finish({})
+    execute(pg_url2, *ddl, "INSERT INTO parent VALUES (3)", "INSERT INTO child VALUES (12, 3)")
+    restore(Archive(swapped), pg_url2)
+    assert fetch(pg_url2, "SELECT id, p FROM child ORDER BY id") == [(10, 1), (11, 2)]
+    assert fetch(pg_url2, "SELECT condeferrable FROM pg_constraint WHERE contype = 'f'") == [(False,)]
+    # a child row without its parent is still caught, at the end of the transaction
+    execute(pg_url, "ALTER TABLE child DROP CONSTRAINT child_p_fkey", "INSERT INTO child VALUES (13, 99)")
+    bad, _ = snap(pg_url, tmp_path / "bad.statekit")
+    with pytest.raises(Exception, match="foreign key"):
+        restore(bad, pg_url2, tables=["parent", "child"])
+    assert fetch(pg_url2, "SELECT id, p FROM child ORDER BY id") == [(10, 1), (11, 2)]
+
+
+def test_partitioned_table_is_read_through_its_parent(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    ddl = [
+        "CREATE TABLE events (id int, at date NOT NULL, v text) PARTITION BY RANGE (at)",
+        "CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+        "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+    ]
+    execute(pg_url, *ddl, "INSERT INTO events VALUES (1, '2024-05-01', 'a'), (2, '2025-05-01', 'b')")
+    archive, summary = snap(pg_url, tmp_path / "a.statekit")
+    assert summary.details["tables"] == {"public.events": 2}
+    execute(pg_url2, *ddl, "INSERT INTO events VALUES (9, '2025-01-02', 'old')")
+    restore(archive, pg_url2)
+    assert fetch(pg_url2, "SELECT tableoid::regclass::text, id FROM events ORDER BY id") == [
+        ("events_2024", 1),
+        ("events_2025", 2),
+    ]

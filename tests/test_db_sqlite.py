@@ -28,6 +28,7 @@ def _torture(path: Path) -> None:
         conn.execute('CREATE TABLE "select" (a INT, "Weird Name" NUMERIC, g INT GENERATED ALWAYS AS (a * 2))')
         conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
         conn.execute("CREATE TABLE child (id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id) ON DELETE CASCADE)")
+        conn.execute('CREATE UNIQUE INDEX "Torture by order" ON "Torture" ("order", r)')
         conn.executemany('INSERT INTO "Torture" VALUES (?, ?, ?, ?, ?)', ROWS)
         conn.executemany('INSERT INTO "select" (a, "Weird Name") VALUES (?, ?)', [(1, "1.50"), (2, None), (None, "x")])
         conn.executemany("INSERT INTO parent (v) VALUES (?)", [("a",), ("b",), ("c",)])
@@ -53,6 +54,8 @@ def test_sqlite_dynamic_types_round_trip(tmp_path: Path) -> None:
     assert summary.details["isolation"] == "one read transaction"
     restore(archive, f"sqlite:///{dst}")
     assert _dump(dst) == _dump(src)
+    with sqlite3.connect(dst) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [("Torture by order",)]
     with sqlite3.connect(dst) as conn:  # AUTOINCREMENT continues past the restored ids
         conn.execute("INSERT INTO parent (v) VALUES ('n')")
         assert conn.execute("SELECT max(id) FROM parent").fetchone() == (3,)

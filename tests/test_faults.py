@@ -34,7 +34,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """The installed `statekit` in a subprocess; a traceback is always a failure."""
     proc = subprocess.run([*prefix, STATEKIT, *args], capture_output=True, text=True, env=_env(env), timeout=300)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
@@ -98,10 +100,15 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 # -- PostgreSQL -------------------------------------------------------------------------------------------------
 
 
+WATCHER = "statekit-fault-test"
+
+
 def _pg(url: str) -> object:
+    """A session of the test itself, named so the fault below never terminates it."""
     import psycopg
 
-    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
+                           application_name=WATCHER)  # fmt: skip
 
 
 def _fill(url: str, rows: int) -> None:
@@ -140,18 +147,18 @@ def _terminate_others(url: str) -> Callable[[], None]:
     def fault() -> None:
         with _pg(url) as conn:  # type: ignore[attr-defined]
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                         "AND pid <> pg_backend_pid() AND application_name LIKE 'statekit%%'", (dbname,))  # fmt: skip
+                         "AND application_name <> %s", (dbname, WATCHER))  # fmt: skip
 
     return fault
 
 
 def test_pg_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], pg_url: str) -> None:
     pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
-    _fill(pg_url, 300_000)
+    _fill(pg_url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run_with_fault(["snapshot", "--db-url", pg_url, "--to", str(repo), "-r", keys[1]],
-                          _copy_running(pg_url, "TO STDOUT"), _terminate_others(pg_url))  # fmt: skip
+                          _copy_running(pg_url, "TO STDOUT"), _terminate_others(pg_url), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
     assert_no_archive(repo)
 
@@ -159,14 +166,14 @@ def test_pg_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], p
 def test_pg_connection_cut_mid_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
     pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     identity, recipient = keys
-    _fill(pg_url, 300_000)
+    _fill(pg_url, 120_000)
     archive = tmp_path / "db.statekit"
     assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
     _fill(pg_url2, 1_000)
     before = _fingerprint(pg_url2)
     proc = run_with_fault(["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
                            "--undo-dir", str(tmp_path)],
-                          _copy_running(pg_url2, "FROM STDIN"), _terminate_others(pg_url2))  # fmt: skip
+                          _copy_running(pg_url2, "FROM STDIN"), _terminate_others(pg_url2), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
     assert _fingerprint(pg_url2) == before
 
@@ -237,7 +244,7 @@ def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, keys: tuple[s
     pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     identity, recipient = keys
     url = own_pg.url
-    _fill(url, 300_000)
+    _fill(url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run_with_fault(["snapshot", "--db-url", url, "--to", str(repo), "-r", recipient],
@@ -247,7 +254,7 @@ def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, keys: tuple[s
     # Restore into our server from an archive of the shared one, and kill the server while rows stream in.
     _restart_postgres(own_pg)
     before = _fingerprint(url)
-    _fill(pg_url, 300_000)
+    _fill(pg_url, 120_000)
     archive = tmp_path / "db.statekit"
     assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
     proc = run_with_fault(["restore", str(archive), "--tier", "db", "--target-url", url, "-i", identity, "--yes",
@@ -309,7 +316,7 @@ def own_redis() -> Iterator[RedisProcess]:
 
 def test_redis_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
     pytest.importorskip("statekit.tiers.redis", reason="statekit.tiers.redis (redis tier) is not there yet")
-    _fill_redis(own_redis.url, 200_000, "v")
+    _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", keys[1]],
@@ -320,7 +327,7 @@ def test_redis_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str]
 
 def test_redis_server_killed_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
     pytest.importorskip("statekit.tiers.redis", reason="statekit.tiers.redis (redis tier) is not there yet")
-    _fill_redis(own_redis.url, 200_000, "v")
+    _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", keys[1]],
@@ -342,17 +349,17 @@ def test_redis_fault_mid_restore(tmp_path: Path, keys: tuple[str, str], fault: s
     identity, recipient = keys
     source, target = RedisProcess().start(), RedisProcess().start()
     try:
-        _fill_redis(source.url, 100_000, "new")
+        _fill_redis(source.url, 40_000, "new")
         archive = tmp_path / "r.statekit"
         assert run_cli("snapshot", "--redis-url", source.url, "--to", str(archive), "-r", recipient).returncode == 0
-        _fill_redis(target.url, 100_000, "old")  # the same keys: the restore replaces every one
+        _fill_redis(target.url, 40_000, "old")  # the same keys: the restore replaces every one
         before = _state(target.url)
         undo_dir = tmp_path / "undo"
         undo_dir.mkdir()
         written = _redis(target.url)
 
         def restoring() -> bool:
-            return bool(written.get("k:0") != before[b"k:0"] or written.get("k:99999") != before[b"k:99999"])  # type: ignore[attr-defined]
+            return bool(written.get("k:0") != before[b"k:0"] or written.get("k:39999") != before[b"k:39999"])  # type: ignore[attr-defined]
 
         args = ["restore", str(archive), "--tier", "redis", "--target-url", target.url, "-i", identity, "--yes",
                 "--undo-dir", str(undo_dir)]  # fmt: skip
@@ -449,7 +456,9 @@ def unreadable_root(tmp_path: Path) -> Path:
     return root
 
 
-def test_unreadable_key_file_is_an_error_naming_it(tmp_path: Path, keys: tuple[str, str], unreadable_root: Path) -> None:
+def test_unreadable_key_file_is_an_error_naming_it(
+    tmp_path: Path, keys: tuple[str, str], unreadable_root: Path
+) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     proc = run_cli("snapshot", "--files-root", str(unreadable_root), "--to", str(repo), "-r", keys[1], prefix=NO_DAC)

@@ -16,7 +16,10 @@ from statekit.config import RedisConfig
 from tests.servers import RedisProcess, free_port
 from tests.test_redis_helpers import client, put_back, same_state, state, take
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is needed to create a cluster")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-cli") is None or shutil.which("redis-server") is None,
+    reason="redis-server and redis-cli (Debian package redis-server) are needed for a local cluster",
+)
 
 
 def _cluster_port() -> int:

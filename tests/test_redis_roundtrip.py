@@ -151,3 +151,47 @@ def test_all_nonempty_dbs_by_default(redis_url: str, redis_url2: str, tmp_path: 
     dbs = summary.details["dbs"]
     assert dbs[redis_url.rsplit("/", 1)[1]]["keys"] == 1
     assert dbs[redis_url2.rsplit("/", 1)[1]]["keys"] == 1
+
+
+def _stream_view(url: str) -> tuple[object, ...]:
+    with client(url) as r:
+        groups = [
+            {f: g[f] for f in ("name", "consumers", "pending", "last-delivered-id")} for g in r.xinfo_groups(b"s")
+        ]
+        pending = r.xpending_range(b"s", b"g1", min="-", max="+", count=10_000)
+        consumers = sorted(c["name"] for c in r.xinfo_consumers(b"s", b"g1"))
+        info = r.xinfo_stream(b"s")
+        return (
+            r.xrange(b"s"),
+            groups,
+            [(p["message_id"], p["consumer"], p["times_delivered"]) for p in pending],
+            consumers,
+            info["last-generated-id"],
+            r.pttl(b"s") > 0,
+        )
+
+
+def test_big_stream_in_chunks_with_groups_and_pending(
+    redis_url: str, redis_url2: str, redis62_url: str, tmp_path: Path
+) -> None:
+    with client(redis_url) as r:
+        pipe = r.pipeline(transaction=False)
+        for i in range(1, 2501):
+            pipe.xadd(b"s", {b"n": b"%d" % i, b"\xff": b""}, id=b"%d-0" % i)
+        pipe.execute()
+        r.xdel(b"s", b"2500-0")  # last-generated-id stays 2500-0
+        r.xgroup_create(b"s", b"g1", id=b"0")
+        r.xgroup_create(b"s", b"g2", id=b"$")
+        r.xgroup_createconsumer(b"s", b"g1", b"idle-consumer")
+        r.xreadgroup(b"g1", b"alice", {b"s": b">"}, count=1500)
+        r.xreadgroup(b"g1", b"bob", {b"s": b">"}, count=10)
+        r.xack(b"s", b"g1", b"1-0", b"2-0")
+        r.expire(b"s", 3600)
+    db = int(redis_url.rsplit("/", 1)[1])
+    archive, summary = take(tmp_path / "s.statekit", RedisConfig(url=redis_url, dbs=[db], big_key_elements=1000))
+    assert summary.counts["big_keys"] == 1
+    expected = _stream_view(redis_url)
+    for target in (redis_url2, redis62_url):
+        rep = put_back(archive, target, db_map={db: int(target.rsplit("/", 1)[1])})
+        assert rep.counts["created"] == 1, rep
+        assert _stream_view(target) == expected

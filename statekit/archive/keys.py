@@ -419,6 +419,11 @@ class ScryptIdentity:
         self._passphrase = bytes(passphrase)
         self.max_work_factor = max_work_factor
 
+    @property
+    def passphrase(self) -> bytes:
+        """The passphrase (needed to encrypt an undo archive for the same reader)."""
+        return self._passphrase
+
     def unwrap(self, stanza: Stanza) -> bytes | None:
         """Unwrap an ``scrypt`` stanza; None for other types or a wrong passphrase."""
         if stanza.type != "scrypt":

@@ -8,6 +8,7 @@ model nowhere), and `transient` (gone when re-checked after a short delay: caugh
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -140,36 +141,86 @@ class _ScopeComparer:
     def entity(self, ent: Entity, scope: str, root_ok: bool) -> Iterator[Finding]:
         tiers = [t for t in TIERS if t in ent.locators and t in self.data]
         per = {t: self.records(ent, t, scope) for t in tiers}
+        # db rows with a NULL value count as absent (they are reported as such).
+        nulls: dict[str, dict[RecordKey, Record]] = {}
+        for t in tiers:
+            if t == "db" and any(r.null for r in per[t].values()):
+                nulls[t] = {k: r for k, r in per[t].items() if r.null}
+                per[t] = {k: r for k, r in per[t].items() if not r.null}
         keys: set[RecordKey] = set()
-        for recs in per.values():
-            keys.update(recs)
+        for t in tiers:
+            keys.update(per[t])
+            self.values += len(per[t])
         if len(ent.vars) == 1 and ent.parent is not None and root_ok:
             keys.add(())  # one record per scope: its absence everywhere is still a finding
         auth = ent.authority
-        for rest in sorted(keys):
-            present = {t: per[t][rest] for t in tiers if rest in per[t] and not per[t][rest].null}
-            nulls = {t: per[t][rest] for t in tiers if rest in per[t] and per[t][rest].null}
-            self.values += len(present)
-            key = _key_text(rest)
-            if auth not in present and (ent.parent is None and not (ent.presence and root_ok)):
-                if auth in self.data:
-                    for t, rec in present.items():
-                        yield Finding("orphan", ent.name, scope, key, t, rec.where, [],
+        auth_recs = per.get(auth, {})
+        if ent.parent is None and not (ent.presence and root_ok):
+            # Without a parent, what the authority lacks is an orphan wherever it is.
+            if auth in self.data:
+                for t in tiers:
+                    if t == auth:
+                        continue
+                    for rest in per[t].keys() - auth_recs.keys():
+                        yield Finding("orphan", ent.name, scope, _key_text(rest), t, per[t][rest].where, [],
                                       f"in {t} but not in the authority ({auth})")  # fmt: skip
+            keys &= auth_recs.keys()
+        for t in tiers:
+            if ent.presence and ent.require_any and t != auth:
                 continue
-            ref_tier = auth if auth in present else next(iter(present), None)
-            for t in tiers:
-                if t in present:
-                    if ref_tier is not None and t != ref_tier:
-                        yield from self.compare(ent, scope, key, ref_tier, present[ref_tier], t, present[t])
-                elif self.expected(ent, t, scope) and not (ent.presence and ent.require_any and t != auth):
-                    rec = nulls.get(t)
+            absent = keys - per[t].keys()
+            if absent and self.expected(ent, t, scope):
+                loc = ent.locators[t]
+                for rest in sorted(absent):
+                    rec = nulls.get(t, {}).get(rest)
                     detail = "value is NULL" if rec else f"absent from {t}"
-                    loc = ent.locators[t]
-                    yield Finding("missing", ent.name, scope, key, t, rec.where if rec else loc.describe(), [], detail)
-            if ent.require_any and auth in present and not any(t in present for t in ent.require_any):
-                yield Finding("missing", ent.name, scope, key, "+".join(ent.require_any), None, [],
+                    yield Finding("missing", ent.name, scope, _key_text(rest), t,
+                                  rec.where if rec else loc.describe(), [], detail)  # fmt: skip
+        if ent.require_any and not any(per[t] for t in ent.require_any if t in per):
+            for rest in sorted(auth_recs):
+                yield Finding("missing", ent.name, scope, _key_text(rest), "+".join(ent.require_any), None, [],
                               f"in neither {' nor '.join(ent.require_any)}")  # fmt: skip
+        if ent.presence or self.keys_only:
+            return
+        for i, ta in enumerate(tiers):
+            recs_a = per[ta]
+            if not recs_a:
+                continue
+            # Compare each tier with the authority; records the authority lacks with the first tier having them.
+            for tb in tiers[i + 1 :]:
+                recs_b = per[tb]
+                common = recs_a.keys() & recs_b.keys()
+                if ta != auth and tb != auth:
+                    common -= auth_recs.keys()
+                first, second = (tb, ta) if tb == auth else (ta, tb)
+                yield from self.compare_many(ent, scope, common, first, per[first], second, per[second])
+
+    def compare_many(
+        self,
+        ent: Entity,
+        scope: str,
+        keys: set[RecordKey],
+        ta: str,
+        recs_a: dict[RecordKey, Record],
+        tb: str,
+        recs_b: dict[RecordKey, Record],
+    ) -> Iterator[Finding]:
+        """Compare many records cheaply: equal bytes, then equal peeled bytes; the rest go to `compare`."""
+        ca, cb = ent.locators[ta].codec, ent.locators[tb].codec
+        same = ca.name == cb.name
+        peel_a = None if ca.name in ("raw", "json") else ca.peel
+        peel_b = None if cb.name in ("raw", "json") else cb.peel
+        for rest in keys:
+            ra, rb = recs_a[rest], recs_b[rest]
+            a, b = ra.stored, rb.stored
+            if a is None or b is None or (same and a == b):
+                continue
+            try:
+                if (peel_a(a) if peel_a else a) == (peel_b(b) if peel_b else b):
+                    continue
+            except CodecError:
+                pass
+            yield from self.compare(ent, scope, _key_text(rest), ta, ra, tb, rb)
 
     def compare(
         self, ent: Entity, scope: str, key: str | None, ta: str, ra: Record, tb: str, rb: Record
@@ -223,14 +274,26 @@ def compare_scopes(
     """Findings for these scopes (values are loaded batch by batch) and the number of values compared."""
     findings: list[Finding] = []
     values = 0
-    for batch in _chunks(scopes, max(1, opts.batch)):
-        data = {t: s.load(batch) for t, s in sources.items()}
-        comparer = _ScopeComparer(model, data, opts.keys_only)
-        for d in data.values():
-            findings.extend(_unparseable_findings(d.unparseable))
-        for scope in batch:
-            findings.extend(comparer.scope(scope))
-        values += comparer.values
+    batches = list(_chunks(scopes, max(1, opts.batch)))
+    if not batches:
+        return findings, values
+
+    def load(batch: list[str]) -> dict[str, TierData]:
+        return {t: s.load(batch) for t, s in sources.items()}
+
+    # The next batch loads on a helper thread (socket and file reads release the GIL) while this one compares.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="statekit-load") as ex:
+        pending = ex.submit(load, batches[0])
+        for i, batch in enumerate(batches):
+            data = pending.result()
+            if i + 1 < len(batches):
+                pending = ex.submit(load, batches[i + 1])
+            comparer = _ScopeComparer(model, data, opts.keys_only)
+            for d in data.values():
+                findings.extend(_unparseable_findings(d.unparseable))
+            for scope in batch:
+                findings.extend(comparer.scope(scope))
+            values += comparer.values
     return findings, values
 
 

@@ -173,9 +173,11 @@ class _Planner:
             dst = self.records(ent, t, scope)
             self.target_records += len(dst)
             if not root_ok:
-                if ent is root and ent.presence and self.opts.prune_orphans:
+                # An orphan scope: the root entity deletes what the target holds there (children go with it).
+                if ent is root and self.opts.prune_orphans:
                     for rest, rec in dst.items():
-                        yield Operation("delete", ent.name, scope, "/".join(rest) or None, rec.loc, b"", None, None)
+                        before = rec.stored if rec.stored is not None and not ent.presence else b""
+                        yield Operation("delete", ent.name, scope, "/".join(rest) or None, rec.loc, before, None, None)
                 elif ent is root:
                     self.kept += len(dst)
                 continue

@@ -138,10 +138,11 @@ def diff(
     from statekit.cli.archive_cmd import open_verified
     from statekit.profiles import load_model
 
-    model = load_model(app.config(), profile).select(list(entities))
+    cfg = app.config()
+    model = load_model(cfg, profile).select(list(entities))
     a = open_verified(app, archive_a, identities, passphrase_file)
     b = open_verified(app, archive_b, identities, passphrase_file)
-    result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0))
+    result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), redis_url=cfg.redis.url)
     names = f"{os.path.basename(archive_a)} → {os.path.basename(archive_b)}"
     _finish_audit(app, result, jsonl, examples, f"diff {names}", {"a": archive_a, "b": archive_b})
 

@@ -7,12 +7,13 @@ A member `redis/db<N>.<NNNNNN>.rec` is one header followed by records, all littl
             u64 taken_at_ms           8   wall clock when this member's scan started (for --ttl relative)
             u8  n + server_version    1+n redis_version of the source server (ASCII)
 
-    record  u8  tag                   1   b"D" whole key, b"B"/b"C"/b"E" a big key in chunks
+    record  u8  tag                   1   b"D" DUMP, b"V" string value, b"B"/b"C"/b"E" a big key in chunks
     "D"     u8  type                  1   TYPE_* below
             u16 rdb_version           2   RDB version of the DUMP payload (0 if not a DUMP)
             i64 expire_at_ms          8   absolute expiry, -1 when the key has none
             u32 key_len, u32 val_len  8
             key, DUMP payload
+    "V"     u8 0 (string), u16 0, i64 expire_at_ms, u32 key_len, u32 val_len, key, the string's bytes
     "B"     u8 type, u16 0, i64 expire_at_ms, u32 key_len, u32 0, key      (same 20-byte head as "D")
     "C"     u8 type, u16 0, i64 0, u32 key_len, u32 n_items, key, n_items x (u32 len + bytes)
     "E"     u8 type, u16 0, i64 0, u32 key_len, u32 n_chunks, key
@@ -42,6 +43,7 @@ TYPE_NAMES = ("string", "list", "set", "zset", "hash", "stream", "module")
 TYPE_BY_NAME = {name: i for i, name in enumerate(TYPE_NAMES)}
 
 TAG_DUMP, TAG_BEGIN, TAG_CHUNK, TAG_END = 0x44, 0x42, 0x43, 0x45  # b"D", b"B", b"C", b"E"
+TAG_VALUE = 0x56  # b"V": a string key stored as its plain value (read with MGET, restored with SET)
 
 NO_EXPIRY = -1
 
@@ -106,7 +108,8 @@ def parse_member_db(name: str) -> int | None:
 
 @dataclass
 class Record:
-    """One decoded record. For TAG_DUMP `value` is the payload; for TAG_CHUNK `items` holds the chunk."""
+    """One decoded record. `value`: the DUMP payload (TAG_DUMP) or the string (TAG_VALUE); `items`: the
+    values of a TAG_CHUNK."""
 
     tag: int
     type: int
@@ -232,7 +235,7 @@ def iter_heads(body: bytes, name: str) -> Iterator[tuple[int, int, int, int, byt
             tag, type_, rdbv, expire, klen, vlen = unpack(body, pos)
             kstart = pos + 20
             pos = kstart + klen
-            if tag == TAG_DUMP:
+            if tag in (TAG_DUMP, TAG_VALUE):
                 yield tag, type_, rdbv, expire, body[kstart:pos], pos, vlen
                 pos += vlen
             elif tag == TAG_CHUNK:
@@ -261,7 +264,7 @@ def iter_records(body: bytes, name: str) -> Iterator[Record]:
             pos += 20
             key = body[pos : pos + klen]
             pos += klen
-            if tag == TAG_DUMP:
+            if tag in (TAG_DUMP, TAG_VALUE):
                 value = body[pos : pos + vlen]
                 pos += vlen
                 if len(key) != klen or len(value) != vlen:

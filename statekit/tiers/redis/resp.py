@@ -88,6 +88,9 @@ class RespConnection:
             # keeps the secret out of the URL, the config file and the process list
             kwargs["password"] = os.environ["STATEKIT_REDIS_PASSWORD"]
         self._password: str | None = kwargs.get("password")
+        # RESP2 on every server: replies have one shape (flat arrays, no maps or doubles) whatever the
+        # server version or the redis-py default.
+        kwargs["protocol"] = 2
         if db is not None:
             kwargs["db"] = db
         if host is not None:
@@ -160,7 +163,9 @@ class RespConnection:
         """Run one command and return its reply; an error reply raises TierError."""
         reply = self.call_raw(*args)
         if isinstance(reply, ReplyError):
-            name = args[0] if isinstance(args[0], str) else str(args[0])
+            name = _b(args[0]).decode("ascii", "replace")
+            if str(reply).startswith("NOAUTH"):
+                raise TierUnavailable(f"redis {self.label}: authentication required (give a password)")
             raise TierError(f"redis {self.label}: {name} failed: {reply}")
         return reply
 

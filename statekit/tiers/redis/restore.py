@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,20 +35,17 @@ from statekit.model import (
     now_ms,
 )
 from statekit.tiers.redis import portable
+from statekit.tiers.redis.bigkeys import BigKeyBuilder, show_key
 from statekit.tiers.redis.cluster import Pending, Router
-from statekit.tiers.redis.keyspace import compile_match, key_slot, tag_for_slot
+from statekit.tiers.redis.keyspace import compile_match
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
     TAG_BEGIN,
     TAG_CHUNK,
     TAG_DUMP,
     TAG_END,
-    TYPE_HASH,
-    TYPE_LIST,
+    TAG_VALUE,
     TYPE_MODULE,
-    TYPE_SET,
-    TYPE_STRING,
-    TYPE_ZSET,
     MemberHeader,
     RecordWriter,
     iter_heads,
@@ -60,6 +56,7 @@ from statekit.tiers.redis.resp import ReplyError, RespConnection, pack
 from statekit.tiers.redis.snapshot import DbScanner, ScanCounts, ServerInfo, server_info
 
 _BATCH = 1000
+_ALREADY_THERE = "already present (written by someone else during the restore, or listed twice by SCAN); left as is"
 _EXAMPLES = 10
 _HEAD = struct.Struct("<BBHqII")
 ACTIONS = ("create", "replace", "skip", "expired", "uncarriable")
@@ -96,7 +93,7 @@ class _DbPlan:
         self.counts[action] += 1
         if self.shown[action] < _EXAMPLES:
             self.shown[action] += 1
-            ex: dict[str, Any] = {"action": action, "key": _show(key)}
+            ex: dict[str, Any] = {"action": action, "key": show_key(key)}
             if reason:
                 ex["reason"] = reason
             self.examples.append(ex)
@@ -118,6 +115,8 @@ class _Target:
         self.seed = RespConnection(url)
         self.info: ServerInfo = server_info(self.seed)
         self.cluster = self.info.mode == "cluster"
+        major, minor = (int(p) if p.isdigit() else 0 for p in ([*self.info.version.split("."), "0", "0"])[:2])
+        self.set_pxat = (major, minor) >= (6, 2)  # SET ... PXAT exists since Redis 6.2
         self._routers: dict[int, Router] = {}
 
     def router(self, db: int) -> Router:
@@ -159,14 +158,6 @@ def _source_dbs(archive: Any) -> list[int]:
     return sorted(db for db in dbs if db is not None)
 
 
-def _archive_server_version(archive: Any) -> str | None:
-    for tier in archive.snapshot.get("tiers", []) if isinstance(archive.snapshot.get("tiers"), list) else []:
-        if isinstance(tier, dict) and tier.get("tier") == "redis":
-            version = tier.get("details", {}).get("server_version")
-            return str(version) if version else None
-    return None
-
-
 class _Restorer:
     def __init__(self, archive: Any, opts: RestoreOptions, cfg: RedisConfig, warn: Warn, progress: Progress):
         _check_opts(opts)
@@ -185,7 +176,7 @@ class _Restorer:
         self.plans: dict[int, _DbPlan] = {}
         self.conflicts: dict[int, set[bytes]] = {}
         self.problems: list[str] = []
-        self._big: _BigKey | None = None
+        self._big: BigKeyBuilder | None = None
 
     def tdb(self, db: int) -> int:
         return self.opts.db_map.get(db, db)
@@ -273,7 +264,7 @@ class _Restorer:
     def save_undo(self, undo: UndoSink) -> str:
         """Save what the restore will overwrite (or flush) into the undo archive and seal it."""
         summary = TierSummary("redis", started_at=time.time())
-        cfg = RedisConfig(url=self.url, big_key_elements=0, big_key_bytes=0)
+        cfg = RedisConfig(url=self.url)
         saved = 0
         for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
             router = self.target.router(tdb)
@@ -319,15 +310,26 @@ class _Restorer:
                 conn.call(b"FLUSHDB")
 
     # -- pass 2 ---------------------------------------------------------------------------------------
-    def apply(self, counts: dict[str, int]) -> None:
+    def targets_empty(self) -> bool:
+        """True when every target database is empty now (or will be, with --flush): nothing to plan."""
+        return self.opts.flush or all(self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive))
+
+    def apply(self, counts: dict[str, int]) -> list[dict[str, Any]]:
+        """The writing pass; returns what happened per source database."""
         done = 0
+        per_db: dict[int, dict[str, int]] = {}
         for name, header, body in _members(self.archive):
             tdb = self.tdb(header.db)
             router = self.target.router(tdb)
             conflicts = self.conflicts.get(tdb, set())
             same = header.server_version == self.target.info.version
+            before = dict(counts)
             done += self._apply_member(name, header, body, router, conflicts, same, counts)
+            mine = per_db.setdefault(header.db, dict.fromkeys(counts, 0))
+            for k, v in counts.items():
+                mine[k] += v - before[k]
             self.progress("redis", done, 0)
+        return [{"db": db, "target_db": self.tdb(db), "counts": c} for db, c in sorted(per_db.items())]
 
     def _apply_member(
         self,
@@ -343,6 +345,7 @@ class _Restorer:
         match = self.match
         target_rdb = self.target_rdb
         relative = self.opts.ttl == "relative"
+        pxat = self.target.set_pxat
         shift = 0
         now = now_ms()
         if relative:
@@ -364,7 +367,7 @@ class _Restorer:
             pos += 20
             key = body[pos : pos + klen]
             pos += klen
-            if tag != TAG_DUMP:
+            if tag != TAG_DUMP and tag != TAG_VALUE:
                 # Big keys are rare: finish the pipeline first, then rebuild synchronously.
                 if pending is not None:
                     self._settle(router, *pending, counts)
@@ -388,7 +391,32 @@ class _Restorer:
                     continue
             else:
                 expire = 0
-            if rdbv > target_rdb or type_ == TYPE_MODULE:
+            if tag == TAG_VALUE:
+                if pxat:
+                    # SET key value [NX] [PXAT ms]: a plain string, whatever the target's version
+                    exists = key in conflicts
+                    if exists and not replace:
+                        counts["skipped"] += 1
+                        continue
+                    tail = (b"" if exists else b"$2\r\nNX\r\n") + (
+                        b"$4\r\nPXAT\r\n$%d\r\n%d\r\n" % (len(b"%d" % expire), expire) if expire else b""
+                    )
+                    argc = 3 + (not exists) + (2 if expire else 0)
+                    cmds.append(
+                        b"*%d\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (argc, klen, key, vlen, payload, tail)
+                    )
+                    replacing.append(exists)
+                    keys.append(key)
+                    if len(cmds) >= _BATCH:
+                        sent = router.send(keys, cmds)
+                        if pending is not None:
+                            self._settle(router, *pending, counts)
+                        pending = (sent, keys, replacing)
+                        keys, cmds, replacing = [], [], []
+                    continue
+                # Before Redis 6.2 SET has no PXAT: build a DUMP payload and RESTORE it like the others.
+                payload = portable.encode(portable.TYPE_STRING, payload, target_rdb)
+            elif rdbv > target_rdb or type_ == TYPE_MODULE:
                 reason = uncarriable_reason(payload, rdbv, target_rdb, same)
                 if reason is None and rdbv > target_rdb:
                     try:
@@ -448,10 +476,13 @@ class _Restorer:
                 text = str(r)
                 if text.startswith("BUSYKEY"):
                     counts["skipped"] += 1
-                    self.problems_append(f"{_show(key)}: created by someone else during the restore; left as is")
+                    self.problems_append(f"{show_key(key)}: {_ALREADY_THERE}")
                 else:
                     counts["failed"] += 1
-                    self.problems_append(f"{_show(key)}: RESTORE failed: {text}")
+                    self.problems_append(f"{show_key(key)}: not restored: {text}")
+            elif r is None:  # SET ... NX found the key there
+                counts["skipped"] += 1
+                self.problems_append(f"{show_key(key)}: {_ALREADY_THERE}")
             else:
                 counts["replaced" if repl else "created"] += 1
 
@@ -462,7 +493,7 @@ class _Restorer:
             self.problems.append("... more problems not listed")
 
     def _problem(self, db: int, key: bytes, reason: str) -> None:
-        self.problems_append(f"db{db} {_show(key)}: not restored: {reason}")
+        self.problems_append(f"db{db} {show_key(key)}: not restored: {reason}")
 
     def _big_record(
         self,
@@ -474,13 +505,13 @@ class _Restorer:
         body: bytes,
         pos: int,
         name: str,
-        big: _BigKey | None,
+        big: BigKeyBuilder | None,
         router: Router,
         conflicts: set[bytes],
         shift: int,
         now: int,
         counts: dict[str, int],
-    ) -> tuple[int, _BigKey | None]:
+    ) -> tuple[int, BigKeyBuilder | None]:
         if tag == TAG_CHUNK:
             items = []
             for _ in range(count):
@@ -491,7 +522,13 @@ class _Restorer:
                 big.add(items)
             return pos, big
         if tag == TAG_BEGIN:
-            b = _BigKey(router, key, type_, NO_EXPIRY if expire == NO_EXPIRY else expire + shift)
+            b = BigKeyBuilder(
+                router,
+                key,
+                type_,
+                NO_EXPIRY if expire == NO_EXPIRY else expire + shift,
+                modern_streams=self.target_rdb >= 10,
+            )
             if self.match is not None and not self.match(key):
                 b.active = False
             elif b.expire != NO_EXPIRY and b.expire <= now:
@@ -508,70 +545,10 @@ class _Restorer:
             if big is not None and big.active:
                 outcome = big.finish()
                 if outcome == "skipped":
-                    self.problems_append(f"{_show(key)}: created by someone else during the restore; left as is")
+                    self.problems_append(f"{show_key(key)}: {_ALREADY_THERE}")
                 counts[outcome] += 1
             return pos, None
         raise TierError(f"archive member {name}: unknown record tag {tag:#x}")
-
-
-_CHUNK_CMDS = {TYPE_HASH: b"HSET", TYPE_LIST: b"RPUSH", TYPE_SET: b"SADD", TYPE_ZSET: b"ZADD", TYPE_STRING: b"APPEND"}
-
-
-class _BigKey:
-    """A big key rebuilt under a temporary name in the same hash slot, renamed into place when complete."""
-
-    def __init__(self, router: Router, key: bytes, type_: int, expire: int):
-        self.router = router
-        self.key = key
-        self.type = type_
-        self.expire = expire
-        self.active = True
-        self.replace = False
-        tag = tag_for_slot(key_slot(key)) if router.cluster else b"statekit"
-        self.tmp = b"{" + tag + b"}:statekit-restore:" + uuid.uuid4().hex.encode()
-
-    def _run(self, *cmd: bytes) -> Any:
-        (reply,) = self.router.call([self.tmp], [pack(*cmd)])
-        if isinstance(reply, ReplyError):
-            raise TierError(f"redis: rebuilding big key {_show(self.key)} failed: {reply}")
-        return reply
-
-    def start(self) -> None:
-        self._run(b"DEL", self.tmp)
-
-    def add(self, items: list[bytes]) -> None:
-        cmd = _CHUNK_CMDS.get(self.type)
-        if cmd is None:
-            raise TierError(f"redis: big key {_show(self.key)} has a type that cannot be rebuilt in chunks")
-        if self.type == TYPE_ZSET:  # stored member, score; ZADD wants score, member
-            args: list[bytes] = []
-            for m, s in zip(items[0::2], items[1::2]):
-                args += (s, m)
-            items = args
-        if self.type == TYPE_STRING:
-            for piece in items:
-                self._run(cmd, self.tmp, piece)
-        elif items:
-            self._run(cmd, self.tmp, *items)
-
-    def finish(self) -> str:
-        if self.type == TYPE_STRING:
-            # an empty big string never gets an APPEND; make sure the key exists
-            self._run(b"APPEND", self.tmp, b"")
-        if self.expire != NO_EXPIRY:
-            self._run(b"PEXPIREAT", self.tmp, b"%d" % self.expire)
-        if self.replace:
-            self._run(b"RENAME", self.tmp, self.key)
-            return "replaced"
-        if self._run(b"RENAMENX", self.tmp, self.key):
-            return "created"
-        self._run(b"DEL", self.tmp)
-        return "skipped"
-
-
-def _show(key: bytes) -> str:
-    text = key.decode("utf-8", "backslashreplace")
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def plan_redis_restore(archive: Any, opts: RestoreOptions, cfg: RedisConfig) -> RestoreReport:
@@ -596,7 +573,9 @@ def restore_redis(
     """Restore the archive's redis members into the target; returns created/replaced/skipped/expired/failed."""
     r = _Restorer(archive, opts, cfg, warn, progress)
     try:
-        r.plan()
+        # Into empty databases nothing can conflict and there is nothing to save: skip the planning pass.
+        if opts.dry_run or not r.targets_empty():
+            r.plan()
         if opts.dry_run:
             return r.plan_report()
         if opts.conflict == "fail":
@@ -608,8 +587,9 @@ def restore_redis(
         if opts.flush:
             r.flush()
         counts = dict.fromkeys(("created", "replaced", "skipped", "expired", "failed"), 0)
-        r.apply(counts)
+        outcome = r.apply(counts)
         rep = r.report(dry_run=False)
+        rep.plan = outcome
         rep.counts = counts
         rep.undo_archive = undo_path
         return rep

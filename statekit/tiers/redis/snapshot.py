@@ -2,22 +2,28 @@
 
 Per database (or per cluster primary) two connections work together:
 
-* the *side* connection lists keys (SCAN) and, in the same round trip, probes the encoding of the page it
-  just got (OBJECT ENCODING): compact encodings (listpack, intset, embstr, ...) are small by construction,
-  anything else gets its TYPE and length checked, so a big key is never DUMPed whole;
-* the *main* connection carries the PTTL + DUMP pipeline. Page i is sent before the replies of page i-1
-  are parsed, so the server works on one page while Python packs the records of the previous one.
+* the *side* connection lists keys (SCAN) and, in the same round trip, reads the values of the page's
+  strings with one MGET (strings are most keys in practice; MGET costs the server far less than a DUMP per
+  key, and a plain value restores into any version). For the other keys it probes OBJECT ENCODING: compact
+  encodings (listpack, intset, ...) are small by construction, anything else gets its TYPE and length
+  checked, so a big key is never DUMPed whole;
+* the *main* connection carries the PTTL (+ DUMP for non-strings) pipeline. Page i is sent before the
+  replies of page i-1 are parsed, so the server works on one page while Python packs the previous one.
 
-Big keys are read in chunks (HSCAN/SSCAN/ZSCAN, LRANGE slices, GETRANGE) on the side connection; they are
-not atomic and the summary says so. SCAN is not point in time: a key present for the whole scan is in the
-archive, a key created or deleted meanwhile may or may not be.
+With `atomic_pages` the page's PTTLs and DUMPs run inside MULTI/EXEC instead (strings too, as DUMP), so
+each key's value and expiry are read at the same instant. On a cluster strings are DUMPed too (an MGET
+must stay within one hash slot).
+
+Big keys are read in chunks (bigkeys.py) on the side connection; they are not atomic and the summary says
+so. SCAN is not point in time: a key present for the whole scan is in the archive, a key created or deleted
+meanwhile may or may not be.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,19 +31,17 @@ from statekit.config import RedisConfig, redact_url
 from statekit.errors import ConfigError, TierError
 from statekit.model import MemberSink, Progress, TierSummary, Warn, no_progress, no_warn, now_ms
 from statekit.tiers.redis import cluster
+from statekit.tiers.redis.bigkeys import STRING_CHUNK, read_chunks, show_key
 from statekit.tiers.redis.keyspace import compile_match
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
     RDB_TYPE_TO_TYPE,
     TAG_DUMP,
+    TAG_VALUE,
     TYPE_BY_NAME,
-    TYPE_HASH,
-    TYPE_LIST,
     TYPE_MODULE,
     TYPE_NAMES,
-    TYPE_SET,
     TYPE_STRING,
-    TYPE_ZSET,
     RecordWriter,
 )
 from statekit.tiers.redis.resp import (
@@ -58,9 +62,8 @@ _LEN_CMD = {
     b"hash": b"HLEN",
     b"stream": b"XLEN",
 }
-_CHUNK = 1000  # elements per chunk of a big key
-_STRING_CHUNK = 1 << 20  # bytes per GETRANGE of a big string
 _HEAD = struct.Struct("<BBHqII")
+_ENCODING = b"*3\r\n$6\r\nOBJECT\r\n$8\r\nENCODING\r\n$%d\r\n%s\r\n"
 _BIG_LIST_LIMIT = 20  # the summary names at most this many big keys
 
 
@@ -74,7 +77,20 @@ class ServerInfo:
 
 
 @dataclass
+class _Page:
+    """One SCAN page on its way: strings already read (MGET), keys to DUMP, big keys, when PTTL was sent."""
+
+    strings: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    small: list[bytes] = field(default_factory=list)
+    big: list[bytes] = field(default_factory=list)
+    t_send: int = 0
+
+
+@dataclass
 class ScanCounts:
+    """What the scan of one database found (summed over cluster primaries)."""
+
     keys: int = 0
     vanished: int = 0
     expiring: int = 0
@@ -105,38 +121,39 @@ def snapshot_redis(
     _check_cfg(cfg)
     assert cfg.url is not None
     seed = RespConnection(cfg.url)
+    totals: dict[int, ScanCounts] = {}
+    done = [0, 0]
+
+    def tick(n: int, nbytes: int) -> None:
+        done[0] += n
+        done[1] += nbytes
+        progress("redis", done[0], done[1])
+
     try:
         info = server_info(seed)
-        shards: list[tuple[RespConnection, int]] = []
+        # (node, db) pairs to scan; node None = the server of the URL
+        shards: list[tuple[tuple[str, int] | None, int]]
         if info.mode == "cluster":
             if cfg.dbs and cfg.dbs != [0]:
                 raise ConfigError("redis: a Redis Cluster has only database 0 (fix [redis] dbs)")
-            for host, port in cluster.primaries(seed):
-                shards.append((seed.sibling(host, port), 0))
+            shards = [(node, 0) for node in cluster.primaries(seed)]
         else:
             dbs = sorted(set(cfg.dbs)) or sorted(
                 db for db, n in keyspace_counts(parse_info(seed.call(b"INFO", b"keyspace"))).items() if n
             )
-            shards = [(seed.other_db(db), db) for db in dbs]
+            shards = [(None, db) for db in dbs]
+        seqs: dict[int, int] = {}
+        for node, db in shards:
+            conn = seed.other_db(db) if node is None else seed.sibling(node[0], node[1])
+            try:
+                counts = totals.setdefault(db, ScanCounts())
+                scanner = DbScanner(conn, db, cfg, info, sink, first_seq=seqs.get(db, 0), tick=tick)
+                scanner.run(counts)
+                seqs[db] = scanner.writer.seq
+            finally:
+                conn.close()
     finally:
         seed.close()
-    totals: dict[int, ScanCounts] = {}
-    done = [0]
-
-    def tick(n: int, nbytes: int) -> None:
-        done[0] += n
-        progress("redis", done[0], nbytes)
-
-    seqs: dict[int, int] = {}
-    try:
-        for conn, db in shards:
-            counts = totals.setdefault(db, ScanCounts())
-            scanner = DbScanner(conn, db, cfg, info, sink, first_seq=seqs.get(db, 0), tick=tick, warn=warn)
-            scanner.run(counts)
-            seqs[db] = scanner.writer.seq
-    finally:
-        for conn, _ in shards:
-            conn.close()
     summary.finished_at = time.time()
     keys = sum(c.keys for c in totals.values())
     summary.counts = {
@@ -168,6 +185,10 @@ def snapshot_redis(
         else "no big keys",
         "atomic_pages": cfg.atomic_pages,
     }
+    if summary.counts["big_keys"]:
+        note = f"redis: {summary.counts['big_keys']} big key(s) read in chunks, not atomically (e.g. {big[0]})"
+        summary.warnings.append(note)
+        warn(note)
     return summary
 
 
@@ -196,14 +217,12 @@ class DbScanner:
         *,
         first_seq: int = 0,
         tick: Callable[[int, int], None] | None = None,
-        warn: Warn = no_warn,
         match: Sequence[str] | None = None,
     ):
         self.main = conn
         self.side = conn.other_db(db)
         self.db = db
         self.cfg = cfg
-        self.warn = warn
         self.tick = tick or (lambda n, b: None)
         self.writer = RecordWriter(sink, db, info.version, now_ms(), first_seq)
         self.big_elements = cfg.big_key_elements
@@ -221,6 +240,8 @@ class DbScanner:
             scan_args += [b"TYPE", cfg.types[0].encode()]
         self._scan_args = scan_args
         self._big_types: dict[bytes, int] = {}
+        # MGET needs all its keys in one hash slot on a cluster, so there strings are DUMPed like the rest.
+        self.by_mget = not cfg.atomic_pages and info.mode != "cluster"
 
     def _scan_cmd(self, cursor: bytes) -> bytes:
         return pack(*[cursor if a == b"%s" else a for a in self._scan_args])
@@ -239,44 +260,78 @@ class DbScanner:
         side = self.side
         side.send(self._scan_cmd(b"0"))
         cursor, keys = side.read_one()
-        in_flight: tuple[list[bytes], list[bytes], int] | None = None
+        in_flight: _Page | None = None
         while True:
+            # SCAN may list a key twice (when the table shrinks during the scan); drop repeats within a
+            # page here. Repeats across pages are rare and harmless: restore reports the second as present.
+            keys = list(dict.fromkeys(keys))
             if self.match is not None:
                 before = len(keys)
                 keys = [k for k in keys if self.match(k)]
                 counts.filtered += before - len(keys)
             more = cursor != b"0"
-            # One side round trip: probe this page and fetch the next one.
-            out = []
-            if self.probe and keys:
-                out.append(
-                    b"".join([b"*3\r\n$6\r\nOBJECT\r\n$8\r\nENCODING\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
-                )
-            if more:
-                out.append(self._scan_cmd(cursor))
-            encodings: list[Any] = []
-            if out:
-                side.send(b"".join(out))
-                if self.probe and keys:
-                    encodings = side.read(len(keys))
-                nxt = side.read_one() if more else None
-            small, big = self._classify(keys, encodings, counts)
-            t_send = now_ms()
-            self._send_fetch(small, big)
+            page, nxt = self._list_next(keys, cursor if more else None, counts)
+            self._send_fetch(page)
             if in_flight is not None:
-                self._receive(*in_flight, counts)
-            in_flight = (small, big, t_send)
-            if not more:
+                self._receive(in_flight, counts)
+            in_flight = page
+            if nxt is None:
                 break
-            assert nxt is not None
             cursor, keys = nxt
         if in_flight is not None:
-            self._receive(*in_flight, counts)
+            self._receive(in_flight, counts)
+
+    def _list_next(
+        self, keys: list[bytes], cursor: bytes | None, counts: ScanCounts
+    ) -> tuple[_Page, tuple[bytes, list[bytes]] | None]:
+        """One side round trip: the values of this page's strings (MGET) or, with atomic pages, the
+        encodings of all its keys; and the next SCAN page."""
+        side = self.side
+        out = []
+        by_mget = self.by_mget
+        if keys:
+            if by_mget:
+                out.append(pack(b"MGET", *keys))
+            elif self.probe:
+                out.append(b"".join([_ENCODING % (len(k), k) for k in keys]))
+        if cursor is not None:
+            out.append(self._scan_cmd(cursor))
+        if out:
+            side.send(b"".join(out))
+        page = _Page()
+        values: Any = None
+        encodings: list[Any] = []
+        if keys and by_mget:
+            values = side.read_one()
+        elif keys and self.probe:
+            encodings = side.read(len(keys))
+        # the next page's listing comes before any follow-up command on this connection
+        nxt = side.read_one() if cursor is not None else None
+        if values is not None:
+            if isinstance(values, ReplyError):
+                raise TierError(f"redis db{self.db}: MGET failed: {values}")
+            # MGET answers nil for a key that is not a string (or is gone): those go the DUMP way.
+            others = []
+            for k, v in zip(keys, values):
+                if v is None:
+                    others.append(k)
+                else:
+                    page.strings.append(k)
+                    page.values.append(v)
+            if others and self.probe:
+                side.send(b"".join([_ENCODING % (len(k), k) for k in others]))
+                page.small, page.big = self._classify(others, side.read(len(others)), counts)
+            else:
+                page.small = others
+        elif encodings:
+            page.small, page.big = self._classify(keys, encodings, counts)
+        else:
+            page.small = keys
+        page.t_send = now_ms()
+        return page, nxt
 
     def _classify(self, keys: list[bytes], encodings: list[Any], counts: ScanCounts) -> tuple[list[bytes], list[bytes]]:
-        """Split a page into keys to DUMP and big keys to read in chunks."""
-        if not encodings:
-            return keys, []
+        """Split keys into those to DUMP and big ones to read in chunks, given their OBJECT ENCODING."""
         compact = _COMPACT
         check = [k for k, e in zip(keys, encodings) if e not in compact and e is not None]
         if not check and None not in encodings:
@@ -297,30 +352,31 @@ class DbScanner:
                 continue
             limit = self.big_bytes if t == b"string" else self.big_elements
             if limit > 0 and n > limit:
-                if t == b"stream":
-                    # Consumer groups and pending entries only travel inside a DUMP payload.
-                    self.warn(f"redis db{self.db}: stream {_show(k)} has {n} entries; read whole (DUMP)")
-                    continue
                 big.add(k)
                 self._big_types[k] = TYPE_BY_NAME[t.decode()]
         return [k for k in present if k not in big], [k for k in present if k in big]
 
-    def _send_fetch(self, small: list[bytes], big: list[bytes]) -> None:
+    def _send_fetch(self, page: _Page) -> None:
+        """PTTL for every key, DUMP for the small non-strings, as one pipeline on the main connection."""
         parts = []
-        if self.cfg.atomic_pages:
+        atomic = self.cfg.atomic_pages
+        if atomic:
             parts.append(b"*1\r\n$5\r\nMULTI\r\n")
-        for k in small:
+        for k in page.strings:
+            parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k))
+        for k in page.small:
             n = len(k)
             parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n" % (n, k, n, k))
-        for k in big:
+        for k in page.big:
             parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k))
-        if self.cfg.atomic_pages:
+        if atomic:
             parts.append(b"*1\r\n$4\r\nEXEC\r\n")
-        if len(parts) > (2 if self.cfg.atomic_pages else 0):
+        if len(parts) > (2 if atomic else 0):
             self.main.send(b"".join(parts))
 
-    def _receive(self, small: list[bytes], big: list[bytes], t_send: int, counts: ScanCounts) -> None:
-        n = 2 * len(small) + len(big)
+    def _receive(self, page: _Page, counts: ScanCounts) -> None:
+        """Read a page's PTTL/DUMP replies and write its records."""
+        n = len(page.strings) + 2 * len(page.small) + len(page.big)
         if not n:
             return
         if self.cfg.atomic_pages:
@@ -331,6 +387,7 @@ class DbScanner:
             replies = result
         else:
             replies = self.main.read(n)
+        t_send = page.t_send
         packed: list[bytes] = []
         nbytes = 0
         kept = 0
@@ -338,11 +395,34 @@ class DbScanner:
         types = self.types
         type_of = RDB_TYPE_TO_TYPE.get
         vanished = expiring = 0
-        it = iter(replies)
-        for key, ttl, payload in zip(small, it, it):
+        n_str = len(page.strings)
+        if page.strings and (not types or TYPE_STRING in types):
+            big_bytes = self.big_bytes
+            for key, value, ttl in zip(page.strings, page.values, replies):
+                if ttl == -2 or type(ttl) is not int:
+                    if isinstance(ttl, ReplyError):
+                        raise TierError(f"redis db{self.db}: reading key {show_key(key)} failed: {ttl}")
+                    vanished += 1
+                    continue
+                if ttl >= 0:
+                    expire = t_send + ttl
+                    expiring += 1
+                else:
+                    expire = NO_EXPIRY
+                vlen = len(value)
+                if 0 < big_bytes < vlen:  # already read, but stored in chunks so restore stays bounded
+                    self._big_string(key, value, expire, counts)
+                    continue
+                packed += (head(TAG_VALUE, TYPE_STRING, 0, expire, len(key), vlen), key, value)
+                nbytes += 20 + len(key) + vlen
+                kept += 1
+        elif page.strings:
+            counts.filtered += n_str
+        it = iter(replies[n_str : n_str + 2 * len(page.small)])
+        for key, ttl, payload in zip(page.small, it, it):
             if type(payload) is not bytes or ttl == -2:
                 if isinstance(payload, ReplyError) or isinstance(ttl, ReplyError):
-                    raise TierError(f"redis db{self.db}: reading key {_show(key)} failed: {payload or ttl}")
+                    raise TierError(f"redis db{self.db}: reading key {show_key(key)} failed: {payload or ttl}")
                 vanished += 1
                 continue
             t = type_of(payload[0], TYPE_MODULE)
@@ -364,27 +444,39 @@ class DbScanner:
         counts.keys += kept
         self.writer.add_raw(packed, nbytes, kept)
         self.tick(kept, nbytes)
-        base = 2 * len(small)
-        for j, key in enumerate(big):
+        base = n_str + 2 * len(page.small)
+        for j, key in enumerate(page.big):
             ttl = replies[base + j]
+            t = self._big_types.pop(key)
             if ttl == -2:
                 counts.vanished += 1
                 continue
-            t = self._big_types.pop(key)
             if types and t not in types:
                 counts.filtered += 1
                 continue
             expire = t_send + ttl if ttl >= 0 else NO_EXPIRY
             if self._read_big(key, t, expire):
-                counts.keys += 1
-                counts.big_count += 1
-                if ttl >= 0:
-                    counts.expiring += 1
-                if len(counts.big) < _BIG_LIST_LIMIT:
-                    counts.big.append(f"db{self.db}:{_show(key)}")
-                self.tick(1, 0)
+                self._count_big(key, ttl >= 0, counts)
             else:
                 counts.vanished += 1
+
+    def _count_big(self, key: bytes, expiring: bool, counts: ScanCounts) -> None:
+        counts.keys += 1
+        counts.big_count += 1
+        counts.expiring += expiring
+        if len(counts.big) < _BIG_LIST_LIMIT:
+            counts.big.append(f"db{self.db}:{show_key(key)}")
+        self.tick(1, 0)
+
+    def _big_string(self, key: bytes, value: bytes, expire: int, counts: ScanCounts) -> None:
+        w = self.writer
+        w.begin_big(key, TYPE_STRING, expire)
+        n = 0
+        for off in range(0, len(value), STRING_CHUNK):
+            w.add_chunk(key, TYPE_STRING, [value[off : off + STRING_CHUNK]])
+            n += 1
+        w.end_big(key, TYPE_STRING, n)
+        self._count_big(key, expire != NO_EXPIRY, counts)
 
     def _read_big(self, key: bytes, type_: int, expire: int) -> bool:
         """Read a big key in chunks into records; False if it vanished before its first chunk."""
@@ -403,47 +495,4 @@ class DbScanner:
         return True
 
 
-def read_chunks(conn: RespConnection, key: bytes, type_: int) -> Iterator[list[bytes]]:
-    """Yield the values of a big key chunk by chunk (flat item lists; see records.py)."""
-    count = b"%d" % _CHUNK
-    if type_ == TYPE_STRING:
-        total = conn.call(b"STRLEN", key)
-        if not conn.call(b"EXISTS", key):
-            return
-        off = 0
-        while off < total:
-            piece = conn.call(b"GETRANGE", key, b"%d" % off, b"%d" % (off + _STRING_CHUNK - 1))
-            if not piece:
-                break
-            yield [piece]
-            off += len(piece)
-        if total == 0:
-            yield [b""]
-        return
-    if type_ == TYPE_LIST:
-        start = 0
-        while True:
-            items = conn.call(b"LRANGE", key, b"%d" % start, b"%d" % (start + _CHUNK - 1))
-            if not items:
-                return
-            yield items
-            start += len(items)
-    scan = {TYPE_HASH: b"HSCAN", TYPE_SET: b"SSCAN", TYPE_ZSET: b"ZSCAN"}.get(type_)
-    if scan is None:
-        raise TierError(f"redis: cannot read a {TYPE_NAMES[type_]} in chunks")
-    cursor = b"0"
-    while True:
-        cursor, items = conn.call(scan, key, cursor, b"COUNT", count)
-        if items:
-            yield items
-        if cursor == b"0":
-            return
-
-
-def _show(key: bytes) -> str:
-    """A key for messages: text when printable, else escaped."""
-    text = key.decode("utf-8", "backslashreplace")
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-__all__ = ["DbScanner", "ScanCounts", "ServerInfo", "read_chunks", "server_info", "snapshot_redis"]
+__all__ = ["DbScanner", "ScanCounts", "ServerInfo", "server_info", "snapshot_redis"]

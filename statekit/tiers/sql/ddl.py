@@ -54,6 +54,8 @@ def pg_create_statements(
                 owned.append(f"ALTER SEQUENCE {col.sequence} OWNED BY {qtable(schema, table.name)}.{qident(col.name)}")
         before.append(native_create_table(table, schema))
         before.extend(owned)
+        # Indexes after the data (faster to build once), foreign keys last (they may need a unique index).
+        after[:0] = table.indexes
         after.extend(native_foreign_keys(table, schema))
     return before, after
 

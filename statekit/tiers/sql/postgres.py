@@ -76,6 +76,17 @@ ORDER BY con.contype, con.conname
 """
 
 
+_INDEXES_SQL = """
+SELECT pg_get_indexdef(i.indexrelid)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :s AND c.relname = :t
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)
+ORDER BY 1
+"""
+
+
 def pg_extras(
     conn: sa.Connection, tables: list[TableDesc], *, with_sequences: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -105,6 +116,7 @@ def pg_extras(
                          "is_called": bool(called)}
                     )  # fmt: skip
         t.encoding = "copy"
+        t.indexes = [str(r[0]) for r in conn.execute(sa.text(_INDEXES_SQL), {"s": t.schema, "t": t.name})]
         t.native_ddl = native_create_table(t)
     used_enums: set[str] = set()
     used_domains: set[str] = set()
@@ -141,6 +153,43 @@ def _collect_types(ptype: dict[str, Any], enums: set[str], domains: set[str]) ->
         _collect_types(ptype["base"], enums, domains)
     elif kind == "array":
         _collect_types(ptype["item"], enums, domains)
+
+
+_PARTITIONS_SQL = """
+SELECT cn.nspname, c.relname, pn.nspname, p.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition
+JOIN pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_class p ON p.oid = i.inhparent
+JOIN pg_namespace pn ON pn.oid = p.relnamespace
+"""
+
+
+def fold_partitions(conn: sa.Connection, tables: list[TableDesc]) -> list[TableDesc]:
+    """Read partitioned tables through their parent: a partition whose parent (up to the root) is selected
+    is dropped from the list, and the parent is marked so its COPY goes through a query. A restore then
+    loads the parent and PostgreSQL routes each row to its partition."""
+    parent_of = {(str(a), str(b)): (str(c), str(d)) for a, b, c, d in conn.execute(sa.text(_PARTITIONS_SQL))}
+    if not parent_of:
+        return tables
+    selected = {(t.schema or "", t.name) for t in tables}
+    parents = set(parent_of.values())
+
+    def covered(key: tuple[str, str]) -> bool:
+        while key in parent_of:
+            key = parent_of[key]
+            if key in selected:
+                return True
+        return False
+
+    out = []
+    for t in tables:
+        key = (t.schema or "", t.name)
+        if covered(key):
+            continue
+        t.partitioned = key in parents
+        out.append(t)
+    return out
 
 
 def native_column(c: ColumnDesc) -> str:
@@ -224,7 +273,10 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
     the compression thread and the other workers."""
     if not table.data_columns:
         return 0
-    sql = f"COPY {qtable(table.schema, table.name)} ({copy_columns(table)}) TO STDOUT"
+    if table.partitioned:  # COPY cannot read a partitioned table directly, a query over it can
+        sql = f"COPY (SELECT {copy_columns(table)} FROM {qtable(table.schema, table.name)}) TO STDOUT"
+    else:
+        sql = f"COPY {qtable(table.schema, table.name)} ({copy_columns(table)}) TO STDOUT"
     pg = pgconn.pgconn
     pg.send_query(sql.encode("utf-8"))
     _await_result(pg)

@@ -282,7 +282,8 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
         creates = _create_statements(ctx, conn)
         for p, stmt in creates:
             conn.exec_driver_sql(stmt)
-            created.append(qname(p))
+            if qname(p) not in created:
+                created.append(qname(p))
         if dialect == "mysql":
             conn.commit()  # MySQL DDL commits anyway; created tables are dropped again on failure
         if dialect == "postgresql":
@@ -342,6 +343,8 @@ def _create_statements(ctx: RestoreContext, conn: sa.Connection) -> list[tuple[T
         if stmt is None:
             stmt = ddl.sa_create_statement(p.src, conn.dialect, p.schema, present)
         out.append((p, stmt))
+        if ctx.same_dialect and ctx.target.dialect == "sqlite":
+            out.extend((p, ix) for ix in p.src.indexes)  # MySQL's SHOW CREATE TABLE has them already
     return out
 
 

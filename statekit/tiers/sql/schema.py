@@ -52,7 +52,9 @@ class TableDesc:
     foreign_keys: list[dict[str, Any]] = field(default_factory=list)
     constraints: list[dict[str, str]] = field(default_factory=list)  # PG: name, type, definition
     native_ddl: str | None = None
+    indexes: list[str] = field(default_factory=list)  # native CREATE INDEX not backing a constraint
     encoding: str = "jsonl"  # "copy" (PostgreSQL COPY text) or "jsonl" (portable typed rows)
+    partitioned: bool = False  # PostgreSQL partitioned table: its rows include every partition's
     sequences: list[dict[str, Any]] = field(default_factory=list)  # name, last_value, is_called
 
     @property
@@ -279,6 +281,7 @@ def reflect(
         pks = insp.get_multi_pk_constraint(schema=schema, filter_names=keys)
         fks = insp.get_multi_foreign_keys(schema=schema, filter_names=keys)
         uqs = insp.get_multi_unique_constraints(schema=schema, filter_names=keys)
+        idx = insp.get_multi_indexes(schema=schema, filter_names=keys)
         for name in keys:
             k = (schema, name)
             columns = [
@@ -301,7 +304,7 @@ def reflect(
                     member=member_prefix(real_schema, name),
                     columns=columns,
                     primary_key=list(_pk_columns(pks.get(k))),
-                    unique=[list(u["column_names"]) for u in uqs.get(k, [])],
+                    unique=_unique_sets(uqs.get(k, []), idx.get(k, [])),
                     foreign_keys=[
                         {
                             "name": fk.get("name"),
@@ -332,7 +335,25 @@ def reflect(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t.name,)
             ).scalar()
             t.native_ddl = str(ddl) if ddl else None
+            t.indexes = [
+                str(r[0])
+                for r in conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                    (t.name,),
+                )
+            ]
     return fk_order(tables), enums, domains, default_schema
+
+
+def _unique_sets(constraints: list[Any], indexes: list[Any]) -> list[list[str]]:
+    # Unique indexes count as unique keys too (Prisma, for one, makes indexes rather than constraints);
+    # expression indexes have None among their columns and stay native-only.
+    out = [list(u["column_names"]) for u in constraints]
+    for ix in indexes:
+        cols = list(ix.get("column_names") or [])
+        if ix.get("unique") and cols and None not in cols and cols not in out:
+            out.append(cols)
+    return out
 
 
 def _pk_columns(pk: Any) -> list[str]:

@@ -128,7 +128,7 @@ def _snapshot_pg(
     add: Any,
     write_schema: Callable[[DbSchema], None],
 ) -> tuple[DbSchema, dict[str, int]]:
-    from statekit.tiers.sql.postgres import copy_out_parallel, prepare_session
+    from statekit.tiers.sql.postgres import copy_out_parallel, fold_partitions, prepare_session
 
     conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     pg = conn.connection.driver_connection
@@ -138,6 +138,7 @@ def _snapshot_pg(
     if jobs > 1:
         snapshot_id = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
     tables, enums, domains, default_schema = reflect(conn, "postgresql", schemas, include, exclude)
+    tables = fold_partitions(conn, tables)
     desc = DbSchema(
         dialect="postgresql",
         server_version=version,

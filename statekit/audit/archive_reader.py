@@ -1,0 +1,338 @@
+"""Entity records from an archive (for `audit --against` and `diff`), and the two-sided comparison of one
+tier in two states: a snapshot against the live tier, or one snapshot against another.
+
+One pass over the archive collects what the model names: `files/<path>` members, the redis tier's records
+(DUMP payloads decoded by the redis tier's portable decoder, big keys from their chunks) and the db tier's
+rows (`.copy` or `.jsonl` segments described by db/schema.json). Memory grows with the model's share of the
+archive, which is what an audit compares anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from statekit.audit.codecs import CodecError, canonical
+from statekit.audit.diff import AuditOptions, AuditResult, Finding, Source, _chunks, _unparseable_findings
+from statekit.audit.entities import TIERS, Entity, Model
+from statekit.audit.readers import (
+    FilesReader,
+    Record,
+    RecordKey,
+    RedisReader,
+    TierData,
+    Unparseable,
+    _db_text,
+    _normalise,
+    open_live,
+)
+from statekit.errors import CorruptArchive
+from statekit.model import Warn, no_warn
+
+
+class ArchiveFiles(FilesReader):
+    """The files tier of an archive: member names parsed like paths under the root."""
+
+    def __init__(self, model: Model, contents: dict[str, bytes], *, keys_only: bool = False) -> None:
+        super().__init__("/", model, keys_only=keys_only, check_root=False)
+        self.contents = contents
+
+    def list_scopes(self) -> set[str]:
+        """Name every archived file (and its parent directories for presence templates)."""
+        self.found = {}
+        self.unparseable = []
+        files = [(ent, ent.name, loc.template.regex.fullmatch) for ent, loc in self.files if loc.template]
+        dirs: set[str] = set()
+        for rel in sorted(self.contents):
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+            self._generic(rel, False, files)
+        for d in sorted(dirs):
+            self._generic(d, True, files)
+        return set(self.found)
+
+    def _read_scope(self, scope: str, presence: set[str]) -> list[bytes | None]:
+        return [None if name in presence else self.contents.get(rel) for name, _, rel, _ in self.found[scope]]
+
+
+class ArchiveRedis(RedisReader):
+    """The redis tier of an archive: keys decoded from their DUMP payloads (or chunks)."""
+
+    def __init__(self, model: Model, values: dict[bytes, Any], *, keys_only: bool = False) -> None:
+        super().__init__(None, model, keys_only=keys_only)
+        self.values = values
+
+    def _scan(self, pattern: str) -> Any:
+        match = _redis_glob(pattern)
+        return (k for k in self.values if match(k.decode("utf-8", "surrogateescape")))
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """Map the archived keys of these scopes to records."""
+        out = TierData("redis")
+        for scope in scopes:
+            for group, values, raw in self.keys.get(scope, []):
+                reply = self.values[raw]
+                if group.hashed and not isinstance(reply, dict):
+                    continue
+                if group.hashed and self.keys_only:
+                    reply = list(reply)
+                self._records(out, group, values, scope, raw.decode("utf-8", "surrogateescape"), reply)
+        return out
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class ArchiveDb:
+    """The db tier of an archive: rows of the model's tables."""
+
+    tier = "db"
+
+    def __init__(self, data: TierData) -> None:
+        self.data = data
+        self.unparseable: list[Unparseable] = []
+
+    def list_scopes(self) -> set[str]:
+        """Scopes with rows."""
+        return {scope for per in self.data.records.values() for scope in per}
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """The rows of these scopes."""
+        wanted = set(scopes)
+        out = TierData("db")
+        for ent, per in self.data.records.items():
+            for scope in wanted & per.keys():
+                out.records.setdefault(ent, {})[scope] = per[scope]
+        return out
+
+
+@dataclass
+class _DbTable:
+    entity: Entity
+    columns: list[str]
+    kinds: list[str]
+
+
+def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only: bool = False) -> dict[str, Source]:
+    """One pass over an archive, returning a source per tier it holds that the model uses."""
+    from statekit.tiers.redis import portable
+    from statekit.tiers.redis.records import TAG_BEGIN, TAG_CHUNK, TAG_DUMP, TYPE_HASH, TYPE_STRING
+    from statekit.tiers.redis.records import iter_records, parse_member_db, read_member
+
+    held = [t.get("tier") for t in archive.snapshot.get("tiers", []) if isinstance(t, dict)]
+    used = {t for ent in model.entities.values() for t in ent.locators}
+    files: dict[str, bytes] = {}
+    redis_values: dict[bytes, Any] = {}
+    db_data = TierData("db")
+    tables: dict[str, list[_DbTable]] = {}
+    redis_dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
+    want_db = redis_db if redis_db in redis_dbs else (redis_dbs[0] if redis_dbs else None)
+    big: dict[bytes, tuple[int, list[bytes]]] = {}
+    for member in archive.members():
+        name = member.name
+        if name.startswith("files/") and "files" in used:
+            files[name[len("files/") :]] = member.read_all()
+        elif name.startswith("redis/") and "redis" in used and parse_member_db(name) == want_db:
+            _, body = read_member(member.stream, name)
+            for rec in iter_records(body, name):
+                if rec.tag == TAG_DUMP:
+                    try:
+                        rtype, value = portable.decode(rec.value)
+                    except portable.Uncarriable:
+                        continue
+                    if rtype == TYPE_HASH:
+                        redis_values[rec.key] = dict(value)  # type: ignore[arg-type]
+                    elif rtype == TYPE_STRING:
+                        redis_values[rec.key] = value
+                elif rec.tag == TAG_BEGIN:
+                    big[rec.key] = (rec.type, [])
+                elif rec.tag == TAG_CHUNK and rec.key in big:
+                    big[rec.key][1].extend(rec.items or [])
+        elif name == "db/schema.json" and "db" in used:
+            tables = _db_tables(json.loads(member.read_all()), model)
+        elif name.startswith("db/") and "db" in used:
+            prefix = name.rpartition(".")[0].rpartition(".")[0]
+            for table in tables.get(prefix, []):
+                _db_rows(member, name.rpartition(".")[2], table, db_data, keys_only)
+    for key, (type_, items) in big.items():
+        if type_ == TYPE_HASH:
+            redis_values[key] = dict(zip(items[::2], items[1::2]))
+        elif type_ == TYPE_STRING:
+            redis_values[key] = b"".join(items)
+    sources: dict[str, Source] = {}
+    if "db" in held and "db" in used:
+        sources["db"] = ArchiveDb(db_data)
+    if "redis" in held and "redis" in used:
+        sources["redis"] = ArchiveRedis(model, redis_values, keys_only=keys_only)
+    if "files" in held and "files" in used:
+        sources["files"] = ArchiveFiles(model, files, keys_only=keys_only)
+    return sources
+
+
+def _db_tables(schema: dict[str, Any], model: Model) -> dict[str, list[_DbTable]]:
+    out: dict[str, list[_DbTable]] = {}
+    for ent in model.entities.values():
+        loc = ent.locators.get("db")
+        if loc is None:
+            continue
+        for t in schema.get("tables", []):
+            if t.get("name") != loc.table or (loc.schema and t.get("schema") != loc.schema):
+                continue
+            cols = [c["name"] for c in t.get("columns", []) if not c.get("generated")]
+            kinds = [c.get("type", {}).get("kind", "") for c in t.get("columns", []) if not c.get("generated")]
+            out.setdefault(t["member"], []).append(_DbTable(ent, cols, kinds))
+            break
+    return out
+
+
+def _db_rows(member: Any, encoding: str, table: _DbTable, data: TierData, keys_only: bool) -> None:
+    from statekit.tiers.sql.values import iter_jsonl, split_copy_line
+
+    ent = table.entity
+    loc = ent.locators["db"]
+    try:
+        idx_keys = [table.columns.index(c) for c in loc.key_columns]
+        idx_val = table.columns.index(loc.value_column) if loc.value_column else None
+        idx_extra = {c: table.columns.index(c) for c in loc.columns if c in table.columns}
+    except ValueError:
+        raise CorruptArchive(f'archive table "{loc.table}" lacks a column the entity model names') from None
+    if encoding == "copy":
+        rows: Iterable[list[Any]] = (split_copy_line(line.rstrip(b"\n")) for line in member.stream)
+    else:
+        rows = iter_jsonl(member.stream, len(table.columns))
+    for row in rows:
+        values = {ent.vars[i]: str(row[j]) for i, j in enumerate(idx_keys)}
+        scope, rest = _normalise(ent, values)
+        raw = row[idx_val] if idx_val is not None else None
+        where = f'"{loc.table}" ' + ", ".join(f"{c}={row[j]}" for c, j in zip(loc.key_columns, idx_keys))
+        extra = {c: row[j] for c, j in idx_extra.items()} or None
+        stored = None if raw is None or (keys_only and not ent.presence) else _db_text(raw)
+        data.add(ent.name, scope, rest, Record(stored, ("db", str(loc.table), where), extra,
+                                               null=idx_val is not None and raw is None))  # fmt: skip
+
+
+# -- two states of the same tiers ---------------------------------------------------------------------------
+
+
+def compare_states(
+    model: Model, a: dict[str, Source], b: dict[str, Source], opts: AuditOptions, names: tuple[str, str]
+) -> AuditResult:
+    """Each tier of `b` against the same tier of `a`: `missing` (in A only), `orphan` (in B only), `mismatch`
+    (values differ after canonicalisation)."""
+    started = time.monotonic()
+    tiers = [t for t in TIERS if t in a and t in b]
+    findings: list[Finding] = []
+    values = 0
+    scopes: set[str] = set()
+    for t in tiers:
+        scopes |= a[t].list_scopes() | b[t].list_scopes()
+        findings += _unparseable_findings(list(a[t].unparseable) + list(b[t].unparseable))
+    ordered = sorted(scopes)
+    for batch in _chunks(ordered, max(1, opts.batch)):
+        for t in tiers:
+            da, db = a[t].load(batch), b[t].load(batch)
+            for ent in model.entities.values():
+                if t not in ent.locators:
+                    continue
+                codec = ent.locators[t].codec
+                for scope in batch:
+                    ra = {k: r for k, r in (da.scope_records(ent.name, scope) or {}).items() if not r.null}
+                    rb = {k: r for k, r in (db.scope_records(ent.name, scope) or {}).items() if not r.null}
+                    values += len(ra) + len(rb)
+                    findings += _two_sided(ent, scope, t, ra, rb, codec, opts.keys_only, names)
+    order = {name: i for i, name in enumerate(model.entities)}
+    findings.sort(key=lambda f: (order.get(f.entity, 99), f.cls, f.id or "", f.key or "", f.tier))
+    return AuditResult(findings, tiers, list(model.entities), scopes=len(ordered), values=values,
+                       duration_s=time.monotonic() - started, keys_only=opts.keys_only)  # fmt: skip
+
+
+def _two_sided(
+    ent: Entity,
+    scope: str,
+    tier: str,
+    ra: dict[RecordKey, Record],
+    rb: dict[RecordKey, Record],
+    codec: Any,
+    keys_only: bool,
+    names: tuple[str, str],
+) -> list[Finding]:
+    out: list[Finding] = []
+    for rest in sorted(ra.keys() - rb.keys()):
+        out.append(Finding("missing", ent.name, scope, "/".join(rest) or None, tier, ra[rest].where, [],
+                           f"in {names[0]}, not in {names[1]}"))  # fmt: skip
+    for rest in sorted(rb.keys() - ra.keys()):
+        out.append(Finding("orphan", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where, [],
+                           f"in {names[1]}, not in {names[0]}"))  # fmt: skip
+    if keys_only or ent.presence:
+        return out
+    from statekit.audit.codecs import compare
+
+    for rest in ra.keys() & rb.keys():
+        x, y = ra[rest].stored, rb[rest].stored
+        if x is None or y is None or x == y:
+            continue
+        try:
+            result = compare(x, codec, y, codec)
+        except CodecError:
+            try:
+                canonical(codec, y)
+            except CodecError:
+                out.append(Finding("unparseable", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
+                                   [], f"value does not decode as {codec.name}"))  # fmt: skip
+            continue
+        if not result.equal:
+            out.append(Finding("mismatch", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
+                               list(result.paths), f"differs between {names[0]} and {names[1]}"))  # fmt: skip
+    return out
+
+
+def audit_against(model: Model, where: Any, archive: Any, opts: AuditOptions, *, warn: Warn = no_warn) -> AuditResult:
+    """The live tiers against a snapshot (tier by tier: what the snapshot had and the live tier lacks, etc.)."""
+    from statekit.tiers.redis.records import parse_member_db  # noqa: F401  (fail early if the tier is absent)
+
+    redis_db = _url_db(where.redis_url)
+    snap = read_archive(archive, model, redis_db=redis_db, keys_only=opts.keys_only)
+    live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root,
+                     keys_only=opts.keys_only, tiers=list(snap))  # fmt: skip
+    try:
+        for t in snap:
+            if t not in live.sources:
+                warn(f"{t} tier is in the snapshot but not configured live: not compared")
+        return compare_states(model, snap, live.sources, opts, ("the snapshot", "the live tier"))
+    finally:
+        live.close()
+
+
+def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, *, redis_url: str | None = None) -> AuditResult:
+    """Archive B against archive A, tier by tier (Redis: the database of `redis_url`, else the first one)."""
+    sa = read_archive(a, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
+    sb = read_archive(b, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
+    return compare_states(model, sa, sb, opts, ("A", "B"))
+
+
+def _redis_glob(pattern: str) -> Any:
+    """A matcher for a Redis MATCH pattern as templates write them (`*`, `?` and backslash escapes)."""
+    import re
+
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL).fullmatch
+
+
+def _url_db(url: str | None) -> int | None:
+    if not url:
+        return None
+    tail = url.split("?", 1)[0].rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() and url.count("/") > 2 else 0

@@ -1,0 +1,99 @@
+"""Entity models from statekit.toml: validation with exit code 2, and a generic model on real tiers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from fixtures.evolution.harness import invoke, private_redis
+
+
+@pytest.fixture(scope="module")
+def _redis_server() -> Iterator[str]:
+    yield from private_redis()
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> str:
+    redis.Redis.from_url(_redis_server).flushall()
+    return _redis_server
+
+
+MODEL = """
+[entity.user]
+authority = "db"
+db = {{ table = "users", key = "id", value = "profile", codec = "json" }}
+redis = {{ key = "app:user:{{id}}", codec = "json", role = "cache" }}
+files = {{ path = "users/{{id}}.b64", codec = "base64", role = "optional" }}
+
+[db]
+url = "{db}"
+[redis]
+url = "{redis}"
+[files]
+root = "{root}"
+"""
+
+
+def _setup(pg_url: str, redis_url: str, root: Path) -> redis.Redis:
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE users (id int primary key, profile text)")
+        for i in range(1, 4):
+            conn.exec_driver_sql(f"""INSERT INTO users VALUES ({i}, '{{"name": "u{i}", "age": {i}}}')""")
+    engine.dispose()
+    client = redis.Redis.from_url(redis_url)
+    (root / "users").mkdir(parents=True)
+    for i in range(1, 4):
+        # key order and whitespace differ from the database: never drift
+        client.set(f"app:user:{i}", json.dumps({"age": i, "name": f"u{i}"}, indent=1))
+        (root / "users" / f"{i}.b64").write_bytes(base64.b64encode(json.dumps({"name": f"u{i}", "age": i}).encode()))
+    Path("statekit.toml").write_text(MODEL.format(db=pg_url, redis=redis_url, root=root))
+    return client
+
+
+def test_generic_model_and_canonical_json(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    client = _setup(pg_url, redis_url, tmp_path / "root")
+    assert invoke("audit").code == 0
+    client.set("app:user:2", json.dumps({"age": 20, "name": "u2"}))
+    client.set("app:user:9", "{}")
+    (tmp_path / "root" / "users" / "3.b64").write_bytes(b"!!not base64!!")
+    (tmp_path / "root" / "users" / "README").write_text("hi")
+    res = invoke("audit", "--json", "--recheck-rounds", "0")
+    assert res.code == 1
+    found = {(f["class"], f["id"], f["tier"], tuple(f["fields"])) for f in res.json()["findings"]}
+    assert ("mismatch", "2", "redis", ("$.age",)) in found
+    assert ("orphan", "9", "redis", ()) in found
+    assert ("unparseable", "3", "files", ()) in found
+    assert any(c == "unparseable" and t == "files" for c, _, t, _ in found)
+    # reconcile db -> redis rebuilds what the cache holds, prunes the orphans on request
+    done = invoke("reconcile", "--from", "db", "--to", "redis", "--prune-orphans", "--yes", "--no-encryption")
+    assert done.code == 0, done.err
+    assert json.loads(client.get("app:user:2")) == {"name": "u2", "age": 2}
+    assert client.get("app:user:9") is None
+
+
+@pytest.mark.parametrize(
+    "toml,text",
+    [
+        ('[entity.x]\ndb = { table = "t", key = "id", value = "v", codec = "yaml" }', "codec"),
+        ('[entity.x]\ndb = { table = "t", key = "id", value = "v", role = "sometimes" }', "role"),
+        ('[entity.x]\nauthority = "redis"\ndb = { table = "t", key = "id", value = "v" }', "authority"),
+        ('[entity.x]\nredis = { key = "a:{id" }', "template"),
+        ('[entity.x]\nfiles = { path = "../{id}" }', "relative"),
+        ('[entity.x]\nparent = "nope"\ndb = { table = "t", key = "id", value = "v" }', "parent"),
+        ('[entity.x]\ncolour = "red"\ndb = { table = "t", key = "id", value = "v" }', "unknown key"),
+        ("", "no entity model"),
+    ],
+)
+def test_bad_models_are_config_errors(toml: str, text: str) -> None:
+    Path("statekit.toml").write_text(toml + "\n")
+    res = invoke("audit")
+    assert res.code == 2
+    assert text in res.err
