@@ -206,6 +206,7 @@ def _bench(args: argparse.Namespace, base: str) -> int:
         print(f"databases {args.db} and {args.restore_db} must be empty (they are flushed afterwards)")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="statekit-bench-"))
+    load0 = os.getloadavg()[0]  # absolute figures mean little on a busy machine; the ratios still do
     try:
         rss: dict[int, int] = {}
         results: dict[str, Any] = {}
@@ -230,7 +231,8 @@ def _bench(args: argparse.Namespace, base: str) -> int:
         sk_r = n / rest["seconds"]
         bs = b_n / b_snap
         br = b_n / b_rest
-        print(f"keys: {n:,} small strings, 10 % with TTL; archive {snap['bytes'] / 1e6:.1f} MB")
+        print(f"keys: {n:,} small strings, 10 % with TTL; archive {snap['bytes'] / 1e6:.1f} MB; "
+              f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
         print(f"snapshot  statekit {sk_s:>10,.0f} keys/s  baseline {bs:>10,.0f} keys/s  ratio {sk_s / bs:.2f}x")
         print(f"restore   statekit {sk_r:>10,.0f} keys/s  baseline {br:>10,.0f} keys/s  ratio {sk_r / br:.2f}x")
         if rdb is not None:

@@ -358,7 +358,7 @@ def run_in_process(args: list[str], *, cwd: Path, env: dict[str, str], monkeypat
                    capfd: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """`statekit.cli.run` as the console script calls it, in this process (a subprocess per case is 5x slower);
     output is captured at the file-descriptor level, so nothing printed by any layer escapes the checks."""
-    from statekit.cli import run
+    from statekit.cli._app import run
 
     monkeypatch.chdir(cwd)
     for key, value in env.items():

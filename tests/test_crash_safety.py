@@ -20,8 +20,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import redis
 
 from statekit.archive.format import Archive
 from statekit.archive.keys import generate_identity
@@ -160,12 +163,15 @@ def test_kill_during_snapshot(tmp_path: Path, keys: tuple[str, str], big_root: P
     assert _verifies(archive, identity)
     # Leftover temporaries (if the engine does not clean them up) must never pass as archives.
     remaining = {p for p in leftovers if p.exists()}
+    accepted = []
     for path in sorted(remaining)[:10]:
         proc = run_cli("verify", str(path), "-i", identity)
-        assert proc.returncode in (3, 9), f"statekit verify accepted a leftover temporary file {path.name}"
-        assert proc.stderr.startswith("Error: ")
+        assert proc.returncode == 0 or proc.stderr.startswith("Error: "), proc.stderr
+        if proc.returncode not in (3, 9):
+            accepted.append(path.name)
     print(f"seed {SEED}: {killed} killed, {finished} finished; {len(leftovers)} temp files left by killed runs, "
           f"{len(remaining)} still there after the next successful run")  # fmt: skip
+    assert accepted == [], f"seed {SEED}: statekit verify accepted leftover temporary files {accepted}"
 
 
 # -- restore: files ---------------------------------------------------------------------------------------------
@@ -232,14 +238,12 @@ def test_kill_during_files_restore(tmp_path: Path, keys: tuple[str, str]) -> Non
 # -- restore: database ------------------------------------------------------------------------------------------
 
 
-def _pg(url: str) -> object:
-    import psycopg
-
+def _pg(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
 
 
 def _fill_pg(url: str, rows: int, salt: str) -> None:
-    with _pg(url) as conn:  # type: ignore[attr-defined]
+    with _pg(url) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)")
         conn.execute("TRUNCATE accounts")
         conn.execute(
@@ -250,12 +254,12 @@ def _fill_pg(url: str, rows: int, salt: str) -> None:
 
 
 def _pg_fingerprint(url: str) -> tuple[object, ...]:
-    with _pg(url) as conn:  # type: ignore[attr-defined]
+    with _pg(url) as conn:
         row = conn.execute(
             "SELECT count(*), coalesce(sum(balance), 0), "
             "md5(coalesce(string_agg(id::text || ':' || balance || ':' || note, ',' ORDER BY id), '')) FROM accounts"
         ).fetchone()
-    return tuple(row)
+    return tuple(row or ())
 
 
 def test_kill_during_db_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
@@ -293,20 +297,18 @@ def test_kill_during_db_restore(tmp_path: Path, keys: tuple[str, str], pg_url: s
 # -- restore: Redis ---------------------------------------------------------------------------------------------
 
 
-def _redis(url: str) -> object:
-    import redis
-
+def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
 def _redis_state(url: str) -> dict[bytes, tuple[bytes, object]]:
     """Every key with its type and value (strings and hashes, what these tests write), read in pipelines."""
     client = _redis(url)
-    keys = list(client.scan_iter(count=1000))  # type: ignore[attr-defined]
+    keys = list(client.scan_iter(count=1000))
     state: dict[bytes, tuple[bytes, object]] = {}
     for start in range(0, len(keys), 2000):
         batch = keys[start : start + 2000]
-        pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+        pipe = client.pipeline(transaction=False)
         for key in batch:
             pipe.type(key)
         kinds = pipe.execute()
@@ -319,7 +321,7 @@ def _redis_state(url: str) -> dict[bytes, tuple[bytes, object]]:
 
 def _fill_redis(url: str, prefix: str, start: int, count: int, tag: str) -> None:
     client = _redis(url)
-    pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    pipe = client.pipeline(transaction=False)
     for i in range(start, start + count):
         if i % 3:
             pipe.set(f"{prefix}:{i}", f"{tag}-{i}-" + "v" * 64)
@@ -355,7 +357,7 @@ def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_re
     target = _redis(redis_url2)
     report = []
     for trial in range(4):
-        target.flushdb()  # type: ignore[attr-defined]
+        target.flushdb()
         _fill_redis(redis_url2, "k", 15_000, 30_000, "old")
         before = _redis_state(redis_url2)
         undo_dir = tmp_path / f"undo-{trial}"
@@ -366,7 +368,7 @@ def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_re
             kill_after(args, rng.uniform(0.2, 0.6))  # early: while verifying, planning or saving the undo archive
         else:
             # The writing phase lasts a fraction of a second: kill soon after the first key appears.
-            kill_when(args, lambda: int(target.dbsize()) > 30_000, rng.uniform(0.0, 0.04))  # type: ignore[attr-defined]
+            kill_when(args, lambda: int(target.dbsize()) > 30_000, rng.uniform(0.0, 0.04))
         undos = sorted(undo_dir.glob("*.statekit"))
         after_kill = _redis_state(redis_url2)
         touched = sum(1 for k, v in after_kill.items() if before.get(k) != v)
@@ -393,19 +395,52 @@ def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_re
     print(f"seed {SEED}: redis restore kills: {report}")
 
 
+def test_kill_during_redis_flush_restore_then_undo_with_flush(
+    tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]
+) -> None:
+    """With --flush the undo archive holds the whole databases; restoring it with --flush gives the exact old state
+    (the documented way back in docs/SECURITY.md)."""
+    pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
+    identity, recipient = keys
+    redis_url, redis_url2 = two_redis
+    _fill_redis(redis_url, "k", 0, 30_000, "new")
+    archive = tmp_path / "redis.statekit"
+    assert run_cli("snapshot", "--redis-url", redis_url, "--to", str(archive), "-r", recipient).returncode == 0
+    _fill_redis(redis_url2, "k", 15_000, 30_000, "old")
+    target = _redis(redis_url2)
+    before = _redis_state(redis_url2)
+    undo_dir = tmp_path / "undo"
+    undo_dir.mkdir()
+    args = ["restore", str(archive), "--tier", "redis", "--target-url", redis_url2, "-i", identity, "--yes",
+            "--flush", "--undo-dir", str(undo_dir)]  # fmt: skip
+    # The flush empties the database first: kill soon after the key count first drops.
+    kill_when(args, lambda: int(target.dbsize()) < 30_000, random.Random(SEED + 5).uniform(0.0, 0.04))
+    (undo,) = sorted(undo_dir.glob("*.statekit"))
+    proc = run_cli("restore", str(undo), "--tier", "redis", "--target-url", redis_url2, "-i", identity, "--yes",
+                   "--flush", "--no-undo")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _redis_state(redis_url2) == before
+
+
 def test_leftover_temp_is_never_an_archive(tmp_path: Path, keys: tuple[str, str], big_root: Path) -> None:
-    """A temp file frozen at any size (what a kill leaves) fails `statekit verify`, whatever its name says."""
+    """A temp file frozen at any size (what a kill leaves) fails `statekit verify`: a truncated one by its content,
+    a complete one (killed between the final fsync and the rename) by its temporary name."""
     identity, recipient = keys
     archive = tmp_path / "whole.statekit"
     assert run_cli("snapshot", "--files-root", str(big_root), "--to", str(archive), "-r", recipient).returncode == 0
     data = archive.read_bytes()
     rng = random.Random(SEED + 4)
     cut_points: list[Callable[[int], int]] = [lambda n: 0, lambda n: 200, lambda n: n - 1, lambda n: n - 17]
-    cuts = [f(len(data)) for f in cut_points] + [rng.randrange(1, len(data)) for _ in range(4)]
+    failures = []
+    # The whole file too: a run killed between its final fsync and the rename leaves a complete temp file.
+    cuts = [f(len(data)) for f in cut_points] + [rng.randrange(1, len(data)) for _ in range(4)] + [len(data)]
     for cut in cuts:
         part = tmp_path / f".whole.statekit.{cut:012x}.tmp"
         part.write_bytes(data[:cut])
         proc = run_cli("verify", str(part), "-i", identity)
-        assert proc.returncode == 3, f"cut at {cut}: {proc.returncode} {proc.stderr}"
-        renamed = part.rename(tmp_path / f"renamed-{cut}.statekit")
-        assert not _verifies(renamed, identity)
+        if proc.returncode != 3:
+            failures.append(f"{cut} of {len(data)} bytes: exit {proc.returncode}")
+        if cut < len(data):
+            renamed = part.rename(tmp_path / f"renamed-{cut}.statekit")
+            assert not _verifies(renamed, identity)
+    assert failures == [], f"statekit verify accepted temporary files cut at {failures}"

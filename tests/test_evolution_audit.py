@@ -143,3 +143,13 @@ def test_usage_and_unreachable_tiers(args: list[str], code: int, text: str) -> N
     assert res.code == code
     assert text in res.err
     assert "Traceback" not in res.err
+
+
+def test_a_redis_key_that_does_not_parse_is_reported(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    generate(pg_url, redis_url, tmp_path / "i", instances=2, keys_per_instance=2)
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "i"))
+    redis.Redis.from_url(redis_url).hset("evolution:instance:abc:extra", "pre-key-1", '"{}"')
+    res = invoke("audit", "--json", "--recheck-rounds", "0")
+    assert res.code == 1
+    [f] = res.json()["findings"]
+    assert (f["class"], f["tier"], f["where"]) == ("unparseable", "redis", "evolution:instance:abc:extra")

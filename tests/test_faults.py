@@ -18,8 +18,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import redis
 
 from statekit.archive.keys import generate_identity
 from tests.servers import EmbeddedPostgres, RedisProcess, _demote, embedded_pg_bin, wait_port
@@ -103,26 +106,24 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 WATCHER = "statekit-fault-test"
 
 
-def _pg(url: str) -> object:
+def _pg(url: str) -> psycopg.Connection[Any]:
     """A session of the test itself, named so the fault below never terminates it."""
-    import psycopg
-
     return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
                            application_name=WATCHER)  # fmt: skip
 
 
 def _fill(url: str, rows: int) -> None:
-    with _pg(url) as conn:  # type: ignore[attr-defined]
+    with _pg(url) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)")
         conn.execute("INSERT INTO accounts SELECT g, g %% 97, repeat(md5(g::text), 3) FROM generate_series(1, %s) g",
                      (rows,))  # fmt: skip
 
 
 def _fingerprint(url: str) -> tuple[object, ...]:
-    with _pg(url) as conn:  # type: ignore[attr-defined]
+    with _pg(url) as conn:
         return tuple(conn.execute(
             "SELECT count(*), coalesce(sum(balance), 0), md5(coalesce(string_agg(id || ':' || balance || ':' || note, "
-            "',' ORDER BY id), '')) FROM accounts").fetchone())  # fmt: skip
+            "',' ORDER BY id), '')) FROM accounts").fetchone() or ())  # fmt: skip
 
 
 def _copy_running(url: str, direction: str) -> Callable[[], bool]:
@@ -131,12 +132,12 @@ def _copy_running(url: str, direction: str) -> Callable[[], bool]:
     watcher = _pg(url)
 
     def check() -> bool:
-        row = watcher.execute(  # type: ignore[attr-defined]
+        row = watcher.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
             "AND query ILIKE %s AND state = 'active'",
             (dbname, f"COPY%{direction}%"),
         ).fetchone()
-        return bool(row[0])
+        return bool(row and row[0])
 
     return check
 
@@ -145,7 +146,7 @@ def _terminate_others(url: str) -> Callable[[], None]:
     dbname = url.rsplit("/", 1)[1].split("?")[0]
 
     def fault() -> None:
-        with _pg(url) as conn:  # type: ignore[attr-defined]
+        with _pg(url) as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                          "AND application_name <> %s", (dbname, WATCHER))  # fmt: skip
 
@@ -220,7 +221,7 @@ def _restart_postgres(server: EmbeddedPostgres) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            _pg(server.url).close()  # type: ignore[attr-defined]
+            _pg(server.url).close()
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -268,15 +269,13 @@ def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, keys: tuple[s
 # -- Redis ------------------------------------------------------------------------------------------------------
 
 
-def _redis(url: str) -> object:
-    import redis
-
+def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
 def _fill_redis(url: str, count: int, tag: str, start: int = 0) -> None:
     client = _redis(url)
-    pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    pipe = client.pipeline(transaction=False)
     for i in range(start, start + count):
         pipe.set(f"k:{i}", f"{tag}-{i}-" + "x" * 40)
         if i % 2000 == 0:
@@ -289,9 +288,9 @@ def _statekit_connected(url: str) -> Callable[[], bool]:
     watcher = _redis(url)
 
     def check() -> bool:
-        clients = watcher.client_list()  # type: ignore[attr-defined]
+        clients = watcher.client_list()
         return any(c.get("cmd") not in ("client|list", "client", "NULL") for c in clients if c["id"] != str(
-            watcher.client_id()))  # type: ignore[attr-defined]  # fmt: skip
+            watcher.client_id()))  # fmt: skip
 
     return check
 
@@ -300,7 +299,7 @@ def _client_kill(url: str) -> Callable[[], None]:
     killer = _redis(url)
 
     def fault() -> None:
-        killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[attr-defined]
+        killer.client_kill_filter(_type="normal", skipme=True)
 
     return fault
 
@@ -338,8 +337,8 @@ def test_redis_server_killed_mid_snapshot(tmp_path: Path, keys: tuple[str, str],
 
 def _state(url: str) -> dict[bytes, bytes]:
     client = _redis(url)
-    keys = list(client.scan_iter(count=1000))  # type: ignore[attr-defined]
-    values = client.mget(keys) if keys else []  # type: ignore[attr-defined]
+    keys = list(client.scan_iter(count=1000))
+    values = client.mget(keys) if keys else []
     return dict(zip(keys, values))
 
 
@@ -359,7 +358,7 @@ def test_redis_fault_mid_restore(tmp_path: Path, keys: tuple[str, str], fault: s
         written = _redis(target.url)
 
         def restoring() -> bool:
-            return bool(written.get("k:0") != before[b"k:0"] or written.get("k:39999") != before[b"k:39999"])  # type: ignore[attr-defined]
+            return bool(written.get("k:0") != before[b"k:0"] or written.get("k:39999") != before[b"k:39999"])
 
         args = ["restore", str(archive), "--tier", "redis", "--target-url", target.url, "-i", identity, "--yes",
                 "--undo-dir", str(undo_dir)]  # fmt: skip

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from statekit.archive.format import ArchiveReader, ArchiveWriter
 from statekit.archive.keys import X25519Identity
-from statekit.config import _SECTIONS, ConfigError, apply_environment, config_from_mapping, load_config
-from statekit.errors import StatekitError
+from statekit.config import _SECTIONS, apply_environment, config_from_mapping, load_config
+from statekit.errors import ConfigError, StatekitError
 
 # Fixed keys so hypothesis can replay a failing example exactly.
 IDENTITY = X25519Identity(bytes(range(32)))

@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from statekit.archive.keys import generate_identity
@@ -34,9 +36,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _pg(url: str) -> object:
-    import psycopg
-
+def _pg(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
 
 
@@ -107,9 +107,9 @@ def _transfer(url: str) -> Callable[[random.Random], None]:
     def step(rng: random.Random) -> None:
         a, b = rng.sample(range(1, ACCOUNTS + 1), 2)
         amount = rng.randint(1, 50)
-        with conn.transaction():  # type: ignore[attr-defined]
-            conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, a))  # type: ignore[attr-defined]
-            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, b))  # type: ignore[attr-defined]
+        with conn.transaction():
+            conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, a))
+            conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, b))
 
     return step
 
@@ -139,7 +139,7 @@ def test_snapshot_under_load_is_consistent(tmp_path: Path, keys: tuple[str, str]
     import redis
 
     identity, recipient = keys
-    with _pg(pg_url) as conn:  # type: ignore[attr-defined]
+    with _pg(pg_url) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)")
         conn.execute("INSERT INTO accounts SELECT g, %s FROM generate_series(1, %s) g", (START_BALANCE, ACCOUNTS))
         conn.execute("CREATE TABLE filler (id int PRIMARY KEY, pad text)")  # makes the snapshot last a while
@@ -165,16 +165,16 @@ def test_snapshot_under_load_is_consistent(tmp_path: Path, keys: tuple[str, str]
         ops = load.stop()
     assert proc.returncode == 0, proc.stderr
     assert all(ops.get(name, 0) > 0 for name in ("transfers-1", "transfers-2", "churn")), ops
-    with _pg(pg_url) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT sum(balance) FROM accounts").fetchone()[0] == INVARIANT
+    with _pg(pg_url) as conn:
+        assert conn.execute("SELECT sum(balance) FROM accounts").fetchone() == (INVARIANT,)
 
     # The database part: restore it and check the invariant the writers kept in every committed state.
     proc = run_cli("restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
                    "--no-undo", "--tables", "*accounts")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    with _pg(pg_url2) as conn:  # type: ignore[attr-defined]
-        count, total = conn.execute("SELECT count(*), sum(balance) FROM accounts").fetchone()
-    assert (count, total) == (ACCOUNTS, INVARIANT), f"archived total {total} != invariant {INVARIANT}"
+    with _pg(pg_url2) as conn:
+        row = conn.execute("SELECT count(*), sum(balance) FROM accounts").fetchone()
+    assert row == (ACCOUNTS, INVARIANT), f"archived (accounts, total) {row} != ({ACCOUNTS}, {INVARIANT})"
 
     # The Redis part: every key that existed for the whole scan is in the archive.
     target = RedisProcess().start()
@@ -210,7 +210,7 @@ def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: s
 
     ids = [f"inst{i}" for i in range(40)]
     client = redis.Redis.from_url(own_redis.url)
-    with _pg(pg_url) as conn:  # type: ignore[attr-defined]
+    with _pg(pg_url) as conn:
         conn.execute('CREATE TABLE "Session" ("sessionId" text PRIMARY KEY, creds text NOT NULL)')
         for i in ids:
             value = json.dumps({"n": 0, "id": i})
@@ -224,7 +224,7 @@ def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: s
         """The application's write: database first, then the Redis cache, a moment apart (not atomic)."""
         i = rng.choice(ids)
         value = json.dumps({"n": next(counter), "id": i})
-        writer_db.execute('UPDATE "Session" SET creds = %s WHERE "sessionId" = %s', (json.dumps(value), i))  # type: ignore[attr-defined]
+        writer_db.execute('UPDATE "Session" SET creds = %s WHERE "sessionId" = %s', (json.dumps(value), i))
         time.sleep(0.002)
         writer_redis.hset(f"ld:instance:{i}", "creds", json.dumps(value))
         time.sleep(0.01)

@@ -25,6 +25,7 @@ def redis_url(_redis_server: str) -> str:
     redis.Redis.from_url(_redis_server).flushall()
     return _redis_server
 
+
 NOENC = ("--yes", "--no-encryption")
 
 
@@ -169,3 +170,22 @@ def test_encrypted_undo_archive(pg_url: str, redis_url: str, tmp_path: Path) -> 
     assert Path(undo).read_bytes().startswith(b"age-encryption.org/v1")
     assert invoke("restore", undo, "--tier", "redis", "--yes", "--no-undo", "-i", "id.txt").code == 0
     assert _audit_classes() == [("mismatch", "creds")]
+
+
+def test_a_value_changed_between_plan_and_write_is_skipped(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    from statekit.audit.engine import Locations, ReconcileOptions, plan_reconcile, reconcile
+    from statekit.config import load_config
+    from statekit.profiles import load_model
+
+    gen = _setup(pg_url, redis_url, tmp_path / "i", instances=3, keys_per_instance=2, inject={"creds_differ": 2})
+    cfg = load_config(None)
+    where = Locations(cfg.db.url, cfg.redis.url, cfg.files.root)
+    plan = plan_reconcile(load_model(cfg), where, ReconcileOptions("db", "redis"))
+    assert plan.counts["update"] == 2
+    victim = f"evolution:instance:{gen.injected['creds_differ'][0]}"  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(redis_url)
+    client.hset(victim, "creds", b'"{\\"someone\\":\\"else\\"}"')
+    result = reconcile(plan, where, undo_dir=None, undo_recipients=[])
+    assert result.counts["update"] == 1
+    assert len(result.conflicts) == 1 and victim in result.conflicts[0]
+    assert client.hget(victim, "creds") == b'"{\\"someone\\":\\"else\\"}"'  # never forced

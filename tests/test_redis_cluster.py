@@ -157,3 +157,48 @@ def test_cluster_to_smaller_cluster_and_standalone(
     rep = put_back(from_standalone, cluster2.url, db_map={5: 0}, undo_path=tmp_path / "undo.statekit")
     assert rep.counts["created"] == 3002 and rep.counts["replaced"] == 1
     same_state(cluster3.state(), cluster2.state(), tol_ms=10_000)
+
+
+def test_router_follows_moved_and_ask(cluster2: Cluster) -> None:
+    from statekit.tiers.redis.cluster import Router
+    from statekit.tiers.redis.keyspace import key_slot
+    from statekit.tiers.redis.resp import RespConnection, pack
+
+    cluster2.flush()
+    seed = RespConnection(cluster2.url)
+    router = Router(seed, cluster=True)
+    try:
+        # MOVED: make the router believe node A owns every slot; keys of node B come back MOVED.
+        node_a = router.node_of(b"x")
+        router._slots = [node_a] * len(router._slots)
+        keys = [b"moved:%d" % i for i in range(200)]
+        replies = router.call(keys, [pack(b"SET", k, b"v") for k in keys])
+        assert replies == [b"OK"] * 200
+        rc = cluster2.client()
+        assert all(rc.get(k) == b"v" for k in keys)
+
+        # ASK: the slot of "ask-me" is migrating from its owner to the other node; the key exists on
+        # neither, so the owner answers ASK and the router must retry on the other node with ASKING.
+        key = b"ask-me"
+        slot = key_slot(key)
+        owner_port = router.node_of(key)[1]
+        owner = next(n for n in cluster2.nodes if n.port == owner_port)
+        other = next(n for n in cluster2.nodes if n.port != owner_port)
+        r_owner, r_other = redis.Redis(port=owner.port), redis.Redis(port=other.port)
+        owner_id = r_owner.execute_command("CLUSTER", "MYID").decode()
+        other_id = r_other.execute_command("CLUSTER", "MYID").decode()
+        r_other.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner_id)
+        r_owner.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", other_id)
+        assert router.call([key], [pack(b"SET", key, b"asked")]) == [b"OK"]
+        assert r_owner.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        assert r_other.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # written via ASK
+        for r in (r_owner, r_other):
+            r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", other_id)
+        time.sleep(0.5)
+        assert redis.RedisCluster(host="127.0.0.1", port=other.port).get(key) == b"asked"
+        rc.close()
+        r_owner.close()
+        r_other.close()
+    finally:
+        router.close()
+        seed.close()

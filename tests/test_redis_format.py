@@ -19,11 +19,13 @@ from statekit.tiers.redis.records import (
     TAG_CHUNK,
     TAG_DUMP,
     TAG_END,
+    TAG_VALUE,
     TYPE_HASH,
     RecordWriter,
     iter_heads,
     iter_records,
     read_member,
+    record_value,
 )
 from statekit.tiers.redis.restore import uncarriable_reason
 
@@ -86,7 +88,7 @@ def test_records_roundtrip(items: list[tuple[bytes, bytes, int]]) -> None:
     w.end_big(b"big", TYPE_HASH, 1)
     w.flush()
     ((name, (data, meta)),) = sink.members.items()
-    assert name == "redis/db3.000000.rec" and meta == {"keys": len(items) + 1, "db": 3}
+    assert name == "redis/db3.000000.rec" and meta == {"keys": len(items) + 1, "server_version": "7.0.15"}
     header, body = read_member(io.BytesIO(data), name)
     assert (header.db, header.taken_at_ms, header.server_version) == (3, 123, "7.0.15")
     recs = list(iter_records(body, name))
@@ -94,6 +96,22 @@ def test_records_roundtrip(items: list[tuple[bytes, bytes, int]]) -> None:
     assert [r.tag for r in recs[len(items) :]] == [TAG_BEGIN, TAG_CHUNK, TAG_END]
     assert recs[len(items) + 1].items == [b"f", b"", b"\xff", b"v"]
     assert len(list(iter_heads(body, name))) == len(recs)
+
+
+def test_record_value_reads_both_string_forms() -> None:
+    sink = _Sink()
+    w = RecordWriter(sink, 0, "7.0.15", 1)
+    w.add_dump(b"d", encode(0, b"dumped", 10), -1)
+    w.add_raw([struct.pack("<BBHqII", TAG_VALUE, 0, 0, -1, 1, 5), b"v", b"plain"], 25, 1)
+    w.flush()
+    data = next(iter(sink.members.values()))[0]
+    _, body = read_member(io.BytesIO(data), "m")
+    assert [record_value(r) for r in iter_records(body, "m", as_dump=False)] == [(0, b"dumped"), (0, b"plain")]
+    recs = list(iter_records(body, "m"))
+    assert [r.tag for r in recs] == [TAG_DUMP, TAG_DUMP]
+    assert [record_value(r) for r in recs] == [(0, b"dumped"), (0, b"plain")]
+    payload = recs[1].value  # a real DUMP payload: version 9 and a valid CRC64
+    assert payload[-10:-8] == b"\x09\x00" and crc64(payload[:-8]) == struct.unpack("<Q", payload[-8:])[0]
 
 
 def test_truncated_member_is_corrupt() -> None:

@@ -57,11 +57,15 @@ def test_replace_saves_undo_that_puts_target_back(
         assert r.get(b"a") == b"archived-a" and r.pttl(b"a") == -1
         assert r.get(b"z") == b"live-only"
     undo = Archive(tmp_path / "undo.statekit")
-    assert undo.manifest["totals"]["keys"] == 1
-    put_back(undo, redis_url2)
+    assert undo.manifest["totals"]["keys"] == 1  # the replaced key's old value
+    assert undo.manifest["totals"]["absent"] == 2  # the created keys, deleted when the undo is restored
+    plan = plan_redis_restore(undo, RestoreOptions(tier="redis", target=redis_url2), RedisConfig())
+    assert plan.counts["replace"] == 1 and plan.counts["delete"] == 2
+    rep = put_back(undo, redis_url2)
+    assert rep.counts["replaced"] == 1 and rep.counts["deleted"] == 2
     with client(redis_url2) as r:
         assert r.get(b"a") == b"live-a" and 0 < r.pttl(b"a") <= 500_000
-    assert state(redis_url2)[b"a"][1] == before[b"a"][1]
+    same_state(state(redis_url2), before)
 
 
 def test_skip_keeps_existing(archive: Archive, redis_url: str, redis_url2: str) -> None:

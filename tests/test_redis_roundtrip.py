@@ -129,14 +129,17 @@ def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> 
 
 def test_atomic_pages_and_progress(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
     _fill(redis_url)
+    with client(redis_url) as r:
+        r.set(b"longish", bytes(range(256)) * 20)  # over big_key_bytes below: read with GETRANGE
     db = int(redis_url.rsplit("/", 1)[1])
     seen: list[int] = []
     archive, summary = take(
         tmp_path / "m.statekit",
-        RedisConfig(url=redis_url, dbs=[db], atomic_pages=True, scan_count=3),
+        RedisConfig(url=redis_url, dbs=[db], atomic_pages=True, scan_count=3, big_key_bytes=1000),
         progress=lambda tier, n, b: seen.append(n),
     )
-    assert summary.counts["keys"] == 11 and seen and seen[-1] == 11
+    assert summary.counts["keys"] == 12 and seen and seen[-1] == 12
+    assert summary.counts["big_keys"] == 1
     put_back(archive, redis_url2, db_map={db: int(redis_url2.rsplit("/", 1)[1])})
     same_state(state(redis_url), state(redis_url2))
 

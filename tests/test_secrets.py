@@ -17,7 +17,9 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from statekit.archive.format import Archive
@@ -85,23 +87,21 @@ def extract(archive: Path, identity: Path, dest: Path) -> Path:
 # -- servers with passwords -------------------------------------------------------------------------------------
 
 
-def _pg(url: str) -> object:
-    import psycopg
-
+def _pg(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
 
 
 @pytest.fixture
 def secret_db(pg_url: str, pg_url2: str) -> Iterator[tuple[str, str]]:
     """(source, target) URLs that log in as a role with a known password; the role is dropped afterwards."""
-    with _pg(pg_url) as conn:  # type: ignore[attr-defined]
+    with _pg(pg_url) as conn:
         conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{DB_PASSWORD}'")
     try:
         for url in (pg_url, pg_url2):
-            with _pg(url) as conn:  # type: ignore[attr-defined]
+            with _pg(url) as conn:
                 conn.execute(f"ALTER SCHEMA public OWNER TO {ROLE}")
                 conn.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO {ROLE}')
-        with _pg(pg_url) as conn:  # type: ignore[attr-defined]
+        with _pg(pg_url) as conn:
             conn.execute('CREATE TABLE "Session" ("sessionId" text PRIMARY KEY, creds text NOT NULL)')
             for i in range(1, 4):
                 creds = json.dumps(json.dumps({"noiseKey": f"{KEY_MATERIAL}-{i}", "registrationId": i}))
@@ -113,10 +113,10 @@ def secret_db(pg_url: str, pg_url2: str) -> Iterator[tuple[str, str]]:
         )
     finally:
         for url in (pg_url, pg_url2):
-            with _pg(url) as conn:  # type: ignore[attr-defined]
+            with _pg(url) as conn:
                 conn.execute(f"REASSIGN OWNED BY {ROLE} TO postgres")
                 conn.execute(f"DROP OWNED BY {ROLE}")
-        with _pg(pg_url) as conn:  # type: ignore[attr-defined]
+        with _pg(pg_url) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {ROLE}")
 
 

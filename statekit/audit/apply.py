@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from statekit.audit.files_reader import read_file
 from statekit.audit.plan import Operation, ReconcilePlan
-from statekit.audit.readers import read_file
 from statekit.errors import StorageError, TierError
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
 
@@ -108,44 +108,77 @@ def _save_redis_undo(client: Any, ops: list[Operation], undo: UndoSink) -> str:
 
 
 def _apply_redis(client: Any, ops: list[Operation], result: ApplyResult, progress: Progress) -> None:
-    import redis
+    """Compare-and-set in batches of keys on one connection: WATCH the batch and read the fields the plan
+    saw (one round trip), check them, then MULTI … EXEC the writes (one round trip). EXEC fails as a whole
+    if any watched key changed in between; that batch is then retried key by key so only the keys that
+    really changed are skipped."""
+    from statekit.tiers.redis.resp import RespConnection
 
-    done = 0
-    for key, group in _by_key(ops).items():
+    url = getattr(client, "statekit_url", None)
+    kw = client.connection_pool.connection_kwargs
+    conn = RespConnection(url or f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}")
+    try:
+        groups = list(_by_key(ops).items())
+        done = 0
+        for i in range(0, len(groups), _BATCH):
+            batch = groups[i : i + _BATCH]
+            if not _cas_batch(conn, batch, result):
+                for item in batch:  # someone wrote during the batch: find out which keys, one by one
+                    if not _cas_batch(conn, [item], result):
+                        result.conflicts.extend(f"{op.where()}: changed while applying, skipped" for op in item[1])
+            done += sum(len(g) for _, g in batch)
+            progress("redis", done, 0)
+    finally:
+        conn.close()
+
+
+_BATCH = 500
+
+
+def _cas_batch(conn: Any, batch: list[tuple[str, list[Operation]]], result: ApplyResult) -> bool:
+    """One WATCH/check/MULTI/EXEC round for a batch of keys; False when EXEC was aborted."""
+    from statekit.tiers.redis.resp import ReplyError, pack
+
+    keys = [k.encode("utf-8", "surrogateescape") for k, _ in batch]
+    reads = [pack(b"WATCH", *keys)]
+    for key, (_, group) in zip(keys, batch):
+        wanted = [op.loc[2].encode("utf-8", "surrogateescape") for op in group if len(op.loc) > 2]
+        reads.append(pack(b"HMGET", key, *wanted) if wanted else pack(b"EXISTS", key))
+        reads.append(pack(b"EXISTS", key))
+    conn.send(b"".join(reads))
+    replies = conn.read(len(reads))
+    writes: list[bytes] = []
+    applied: list[Operation] = []
+    for j, (key, (name, group)) in enumerate(zip(keys, batch)):
+        current_reply, exists_reply = replies[1 + 2 * j], replies[2 + 2 * j]
+        if isinstance(current_reply, ReplyError):
+            result.conflicts.append(f"{name}: {current_reply}")
+            continue
         fields = [op.loc[2] for op in group if len(op.loc) > 2]
-        with client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)
-                current = dict(zip(fields, pipe.hmget(key, fields))) if fields else {}
-                exists = bool(pipe.exists(key))
-            except redis.ResponseError as exc:
-                result.conflicts.append(f"{key}: {exc}")
-                continue
-            stale = [op for op in group if not _redis_unchanged(op, current, exists)]
-            if stale:
-                pipe.unwatch()
-                result.conflicts.extend(f"{op.where()}: changed since the plan, skipped" for op in group)
-                continue
-            pipe.multi()
-            for op in group:
-                if len(op.loc) > 2:
-                    if op.op == "delete":
-                        pipe.hdel(key, op.loc[2])
-                    else:
-                        pipe.hset(key, op.loc[2], op.after or b"")
-                elif op.op == "delete":
-                    pipe.delete(key)
-                else:
-                    pipe.set(key, op.after or b"")
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                result.conflicts.extend(f"{op.where()}: changed while applying, skipped" for op in group)
-                continue
+        current = dict(zip(fields, current_reply)) if fields else {}
+        if not all(_redis_unchanged(op, current, bool(exists_reply)) for op in group):
+            result.conflicts.extend(f"{op.where()}: changed since the plan, skipped" for op in group)
+            continue
         for op in group:
-            result.counts[op.op] += 1
-        done += len(group)
-        progress("redis", done, 0)
+            if len(op.loc) > 2:
+                fname = op.loc[2].encode("utf-8", "surrogateescape")
+                writes.append(
+                    pack(b"HDEL", key, fname) if op.op == "delete" else pack(b"HSET", key, fname, op.after or b"")
+                )
+            else:
+                writes.append(pack(b"DEL", key) if op.op == "delete" else pack(b"SET", key, op.after or b""))
+            applied.append(op)
+    if not writes:
+        conn.send(pack(b"UNWATCH"))
+        conn.read(1)
+        return True
+    conn.send(b"".join([pack(b"MULTI"), *writes, pack(b"EXEC")]))
+    replies = conn.read(len(writes) + 2)
+    if replies[-1] is None:
+        return False  # a watched key changed: nothing of this batch was written
+    for op in applied:
+        result.counts[op.op] += 1
+    return True
 
 
 def _redis_unchanged(op: Operation, current: dict[str, bytes | None], exists: bool) -> bool:

@@ -18,17 +18,9 @@ from typing import Any
 from statekit.audit.codecs import CodecError, canonical
 from statekit.audit.diff import AuditOptions, AuditResult, Finding, Source, _chunks, _unparseable_findings
 from statekit.audit.entities import TIERS, Entity, Model
-from statekit.audit.readers import (
-    FilesReader,
-    Record,
-    RecordKey,
-    RedisReader,
-    TierData,
-    Unparseable,
-    _db_text,
-    _normalise,
-    open_live,
-)
+from statekit.audit.files_reader import FilesReader
+from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _db_text, _normalise, open_live
+from statekit.audit.redis_reader import RedisReader
 from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
 
@@ -120,8 +112,16 @@ class _DbTable:
 def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only: bool = False) -> dict[str, Source]:
     """One pass over an archive, returning a source per tier it holds that the model uses."""
     from statekit.tiers.redis import portable
-    from statekit.tiers.redis.records import TAG_BEGIN, TAG_CHUNK, TAG_DUMP, TYPE_HASH, TYPE_STRING
-    from statekit.tiers.redis.records import iter_records, parse_member_db, read_member
+    from statekit.tiers.redis.records import (
+        TAG_BEGIN,
+        TAG_CHUNK,
+        TAG_DUMP,
+        TYPE_HASH,
+        TYPE_STRING,
+        iter_records,
+        parse_member_db,
+        read_member,
+    )
 
     held = [t.get("tier") for t in archive.snapshot.get("tiers", []) if isinstance(t, dict)]
     used = {t for ent in model.entities.values() for t in ent.locators}
@@ -129,7 +129,9 @@ def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only:
     redis_values: dict[bytes, Any] = {}
     db_data = TierData("db")
     tables: dict[str, list[_DbTable]] = {}
-    redis_dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
+    redis_dbs = sorted(
+        {d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None}
+    )
     want_db = redis_db if redis_db in redis_dbs else (redis_dbs[0] if redis_dbs else None)
     big: dict[bytes, tuple[int, list[bytes]]] = {}
     for member in archive.members():
@@ -145,7 +147,7 @@ def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only:
                     except portable.Uncarriable:
                         continue
                     if rtype == TYPE_HASH:
-                        redis_values[rec.key] = dict(value)  # type: ignore[arg-type]
+                        redis_values[rec.key] = dict(value)  # type: ignore[call-overload]
                     elif rtype == TYPE_STRING:
                         redis_values[rec.key] = value
                 elif rec.tag == TAG_BEGIN:

@@ -140,7 +140,7 @@ def _client_name_check(engine: Any, client_name: str) -> Diagnosis:
         with engine.connect() as conn:
             names = [r[0] for r in conn.execute(sa.select(t.c.clientName).distinct().limit(50))]
     except Exception as exc:
-        raise StatekitError(f"doctor: cannot read \"Instance\" ({type(exc).__name__})") from None
+        raise StatekitError(f'doctor: cannot read "Instance" ({type(exc).__name__})') from None
     if client_name in names:
         return Diagnosis("client-name", "ok", f"Instance rows exist for clientName {client_name!r}")
     shown = ", ".join(repr(n) for n in names[:5]) or "none"

@@ -61,7 +61,8 @@ def audit_live(
 
 def plan_reconcile(model: Model, where: Locations, opts: ReconcileOptions) -> ReconcilePlan:
     """Read the source, the target and the root authority, and plan the rebuild of the target."""
-    check_pair(opts.source, opts.target, model.select(opts.entities))
+    model = model.select(opts.entities)
+    check_pair(opts.source, opts.target, model)
     roots = {e.authority for e in model.entities.values() if e.parent is None}
     tiers = {opts.source, opts.target} | roots
     live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root, tiers=tiers)
@@ -93,6 +94,8 @@ def reconcile(
                            source={"reconcile": f"{plan.source}->{plan.target}", "target": where.shown(plan.target)},
                            allow_unencrypted=allow_unencrypted_undo)  # fmt: skip
     client = open_redis(where.redis_url) if plan.target == "redis" and where.redis_url else None
+    if client is not None:
+        client.statekit_url = where.redis_url
     try:
         return apply_plan(plan, redis_client=client, files_root=where.files_root, undo=undo, progress=progress)
     except BaseException:

@@ -234,9 +234,9 @@ def reconcile(
     lines = plan_lines(plan, examples)
     if plan_out or not yes or not plan.ops:
         app.result({"plan": plan.to_json()}, lines)
-    elif not app.json:
+    else:
         for line in lines:
-            click.echo(line)
+            app.info(line)
     guard(plan, max_change_ratio, force)
     if plan_out:
         doc = {**plan.to_json(), "target_location": where.shown(target), "force": force,
@@ -299,7 +299,8 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -
         raise UsageError(f"no Evolution .env at {env_file} (give --env-file)")
     env = read_env_file(env_file)
     cfg = app.config()
-    rurl = redis_url or cfg.redis.url or (env.get("CACHE_REDIS_URI") if env.get("CACHE_REDIS_ENABLED") else None)
+    redis_on = env.get("CACHE_REDIS_ENABLED", "").strip().lower() in ("true", "1", "yes", "on")
+    rurl = redis_url or cfg.redis.url or (env.get("CACHE_REDIS_URI") if redis_on else None)
     durl = db_url or cfg.db.url or db_url_from_env(env)
     client = open_redis(rurl) if rurl else None
     engine = open_engine(durl) if durl else None

@@ -82,7 +82,7 @@ def load_model(cfg: Config, profile: str | None = None) -> Model:
     tables.update(cfg.entities)
     if not tables:
         raise ConfigError(
-            "no entity model: set profile = \"evolution-api\" (or --profile), or define [entity.NAME] tables"
+            'no entity model: set profile = "evolution-api" (or --profile), or define [entity.NAME] tables'
         )
     return build_model(tables, constants=constants, functions=functions, inverses=inverses, checks=checks,
                        source=source)  # fmt: skip

@@ -17,6 +17,7 @@ A member `redis/db<N>.<NNNNNN>.rec` is one header followed by records, all littl
     "B"     u8 type, u16 0, i64 expire_at_ms, u32 key_len, u32 0, key      (same 20-byte head as "D")
     "C"     u8 type, u16 0, i64 0, u32 key_len, u32 n_items, key, n_items x (u32 len + bytes)
     "E"     u8 type, u16 0, i64 0, u32 key_len, u32 n_chunks, key
+    "X"     u8 0, u16 0, i64 0, u32 key_len, u32 0, key       (undo archives: the key was absent)
 
 A big key's records "B", "C"... "E" are consecutive and may span members. Items of a chunk are the values
 the chunked read returned, flat: list elements; set members; hash field, value; zset member, score (the
@@ -32,6 +33,7 @@ from typing import IO
 
 from statekit.errors import CorruptArchive
 from statekit.model import MemberSink
+from statekit.tiers.redis import portable
 
 MAGIC = b"SKREDIS1"
 # A member holds about this many bytes of records. Small enough that a snapshot's or restore's memory stays
@@ -44,6 +46,7 @@ TYPE_BY_NAME = {name: i for i, name in enumerate(TYPE_NAMES)}
 
 TAG_DUMP, TAG_BEGIN, TAG_CHUNK, TAG_END = 0x44, 0x42, 0x43, 0x45  # b"D", b"B", b"C", b"E"
 TAG_VALUE = 0x56  # b"V": a string key stored as its plain value (read with MGET, restored with SET)
+TAG_ABSENT = 0x58  # b"X": undo archives only: the key did not exist; restoring this record deletes it
 
 NO_EXPIRY = -1
 
@@ -127,13 +130,16 @@ class RecordWriter:
     def __init__(self, sink: MemberSink, db: int, server_version: str, taken_at_ms: int, first_seq: int = 0):
         self.sink = sink
         self.db = db
+        self.server_version = server_version
         self._header = _MEMBER_HEAD.pack(MAGIC, db, taken_at_ms, len(server_version)) + server_version.encode()
         self._parts: list[bytes] = []
         self._size = 0
         self._keys = 0
+        self._absent = 0
         self.seq = first_seq
         self.members = 0
         self.keys = 0
+        self.absent = 0
         self.bytes = 0
 
     def add_dump(self, key: bytes, payload: bytes, expire_at: int) -> None:
@@ -186,19 +192,33 @@ class RecordWriter:
         self._parts += (_HEAD.pack(TAG_END, type_, 0, 0, len(key), chunks), key)
         self._size += 20 + len(key)
 
+    def add_absent(self, key: bytes) -> None:
+        """Undo archives: `key` did not exist before the restore, so putting the target back deletes it."""
+        self._parts += (_HEAD.pack(TAG_ABSENT, 0, 0, 0, len(key), 0), key)
+        self._size += 20 + len(key)
+        self._absent += 1
+        if self._size >= MEMBER_TARGET:
+            self.flush()
+
     def flush(self) -> None:
         """Write the records collected so far as one member (nothing if there are none)."""
         if not self._parts:
             return
         body = b"".join([self._header, *self._parts])
-        self.sink.add(member_name(self.db, self.seq), body, meta={"keys": self._keys, "db": self.db})
+        # Only "keys" is a number: the archive sums numeric meta into MANIFEST.json totals.
+        meta: dict[str, int | str] = {"keys": self._keys, "server_version": self.server_version}
+        if self._absent:
+            meta["absent"] = self._absent
+        self.sink.add(member_name(self.db, self.seq), body, meta=meta)
         self.seq += 1
         self.members += 1
         self.keys += self._keys
+        self.absent += self._absent
         self.bytes += len(body)
         self._parts = []
         self._size = 0
         self._keys = 0
+        self._absent = 0
 
 
 @dataclass
@@ -243,7 +263,7 @@ def iter_heads(body: bytes, name: str) -> Iterator[tuple[int, int, int, int, byt
                 for _ in range(vlen):
                     pos += 4 + u32(body, pos)[0]
                 yield tag, type_, rdbv, expire, body[kstart : kstart + klen], start, pos - start
-            elif tag in (TAG_BEGIN, TAG_END):
+            elif tag in (TAG_BEGIN, TAG_END, TAG_ABSENT):
                 yield tag, type_, rdbv, expire, body[kstart:pos], pos, vlen
             else:
                 raise CorruptArchive(f"archive member {name}: unknown record tag {tag:#x} at {kstart - 20}")
@@ -253,8 +273,22 @@ def iter_heads(body: bytes, name: str) -> Iterator[tuple[int, int, int, int, byt
         raise CorruptArchive(f"archive member {name}: record cut short")
 
 
-def iter_records(body: bytes, name: str) -> Iterator[Record]:
-    """Decode the records of one member body."""
+def record_value(rec: Record) -> tuple[int, object]:
+    """(plain RDB type, value) of a whole-key record, whether stored as DUMP ("D") or as a string ("V"):
+    the same shapes as portable.decode (bytes for a string). Raises portable.Uncarriable for a stream or a
+    module type, whose payload is kept opaque."""
+    if rec.tag == TAG_VALUE:
+        return portable.TYPE_STRING, rec.value
+    return portable.decode(rec.value)
+
+
+def iter_records(body: bytes, name: str, *, as_dump: bool = True) -> Iterator[Record]:
+    """Decode the records of one member body.
+
+    With `as_dump` (the default) a string stored by value ("V") is handed out as a "D" record whose payload
+    is built on the spot (RDB version 9, loadable by every server since 5.0, with its CRC64), so readers
+    see one kind of whole-key record; `record_value` reads either kind. `iter_heads` gives raw tags.
+    """
     pos = 0
     end = len(body)
     unpack = _HEAD.unpack_from
@@ -269,7 +303,10 @@ def iter_records(body: bytes, name: str) -> Iterator[Record]:
                 pos += vlen
                 if len(key) != klen or len(value) != vlen:
                     raise CorruptArchive(f"archive member {name}: record cut short")
-                yield Record(tag, type_, key, expire, rdbv, value)
+                if tag == TAG_VALUE and as_dump:
+                    yield Record(TAG_DUMP, TYPE_STRING, key, expire, 9, portable.encode(portable.TYPE_STRING, value, 9))
+                else:
+                    yield Record(tag, type_, key, expire, rdbv, value)
             elif tag == TAG_CHUNK:
                 items = []
                 for _ in range(vlen):
@@ -279,7 +316,7 @@ def iter_records(body: bytes, name: str) -> Iterator[Record]:
                 if pos > end:
                     raise CorruptArchive(f"archive member {name}: record cut short")
                 yield Record(tag, type_, key, items=items)
-            elif tag in (TAG_BEGIN, TAG_END):
+            elif tag in (TAG_BEGIN, TAG_END, TAG_ABSENT):
                 yield Record(tag, type_, key, expire, count=vlen)
             else:
                 raise CorruptArchive(f"archive member {name}: unknown record tag {tag:#x} at {pos - 20}")

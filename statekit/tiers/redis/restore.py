@@ -4,13 +4,14 @@ Redis has no transaction to roll back, so the order is strict:
 
 1. the archive has been verified end to end (the engine runs `archive.index()`; we call it again, cached);
 2. a planning pass reads every record and asks the target which keys exist (pipelined EXISTS), giving the
-   create / replace / skip / expired / uncarriable counts; `--conflict fail` refuses here, before any write;
+   create / replace / skip / expired / uncarriable counts; `--conflict fail` refuses here, before any write
+   (into empty target databases nothing can conflict, and a real restore skips this pass);
 3. the keys that will be replaced (or, with --flush, the whole target databases) are saved into the undo
    archive, which is sealed before the first change;
-4. the writing pass: RESTORE without REPLACE for keys that did not exist (a key that appears meanwhile is
-   left alone and reported), RESTORE REPLACE for the saved ones. Payloads newer than the target's RDB
-   version go through portable.convert; a key that cannot be carried is reported and never half written.
-   Big keys are rebuilt in chunks under a temporary name and RENAMEd into place at the end.
+4. the writing pass: RESTORE without REPLACE (strings: SET NX) for keys that did not exist, so a key that
+   appears meanwhile is left alone and reported; RESTORE REPLACE (SET) for the saved ones. Payloads newer
+   than the target's RDB version go through portable.convert; a key that cannot be carried is reported and
+   never half written. Big keys are rebuilt in chunks under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from statekit.tiers.redis.cluster import Pending, Router
 from statekit.tiers.redis.keyspace import compile_match
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
+    TAG_ABSENT,
     TAG_BEGIN,
     TAG_CHUNK,
     TAG_DUMP,
@@ -59,8 +61,7 @@ _BATCH = 1000
 _ALREADY_THERE = "already present (written by someone else during the restore, or listed twice by SCAN); left as is"
 _EXAMPLES = 10
 _HEAD = struct.Struct("<BBHqII")
-ACTIONS = ("create", "replace", "skip", "expired", "uncarriable")
-_DONE = {"create": "created", "replace": "replaced", "skip": "skipped", "expired": "expired"}
+ACTIONS = ("create", "replace", "skip", "expired", "uncarriable", "delete")
 
 # Why a payload cannot go to an older server, by its RDB object type (the first byte).
 _STREAM_TYPES = (15, 19, 21)
@@ -113,7 +114,11 @@ class _Target:
     def __init__(self, url: str):
         self.url = url
         self.seed = RespConnection(url)
-        self.info: ServerInfo = server_info(self.seed)
+        try:
+            self.info: ServerInfo = server_info(self.seed)
+        except BaseException:
+            self.seed.close()
+            raise
         self.cluster = self.info.mode == "cluster"
         major, minor = (int(p) if p.isdigit() else 0 for p in ([*self.info.version.split("."), "0", "0"])[:2])
         self.set_pxat = (major, minor) >= (6, 2)  # SET ... PXAT exists since Redis 6.2
@@ -206,10 +211,15 @@ class _Restorer:
             match = self.match
             target_rdb = self.target_rdb
             is_empty = empty[tdb]
+            absent: list[bytes] = []
             for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
                 if tag in (TAG_CHUNK, TAG_END):
                     continue
                 if match is not None and not match(key):
+                    continue
+                if tag == TAG_ABSENT:
+                    if not is_empty:
+                        absent.append(key)
                     continue
                 if expire != NO_EXPIRY and expire + shift <= now:
                     plan.note("expired", key)
@@ -231,16 +241,24 @@ class _Restorer:
                         batch = []
             if batch:
                 self._exists(router, batch, plan, conflicts)
+            for i in range(0, len(absent), _BATCH):
+                self._exists(router, absent[i : i + _BATCH], plan, conflicts, tombstones=True)
 
-    def _exists(self, router: Router, keys: list[bytes], plan: _DbPlan, conflicts: set[bytes]) -> None:
+    def _exists(
+        self, router: Router, keys: list[bytes], plan: _DbPlan, conflicts: set[bytes], *, tombstones: bool = False
+    ) -> None:
+        """Which keys exist on the target: those become conflicts (replace/skip, or delete for tombstones)."""
         replies = router.call(keys, [b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
         for k, r in zip(keys, replies):
             if isinstance(r, ReplyError):
                 raise TierError(f"redis {self.target.seed.label}: EXISTS failed: {r}")
             if r:
                 conflicts.add(k)
-                plan.note("skip" if self.opts.conflict == "skip" else "replace", k)
-            else:
+                if self.opts.conflict == "skip":
+                    plan.note("skip", k)
+                else:
+                    plan.note("delete" if tombstones else "replace", k)
+            elif not tombstones:
                 plan.note("create", k)
 
     def report(self, dry_run: bool) -> RestoreReport:
@@ -262,10 +280,13 @@ class _Restorer:
 
     # -- undo -----------------------------------------------------------------------------------------
     def save_undo(self, undo: UndoSink) -> str:
-        """Save what the restore will overwrite (or flush) into the undo archive and seal it."""
+        """Save what the restore will overwrite (or flush) into the undo archive and seal it: the old value
+        of each key it replaces, and an "absent" record for each key it creates (restoring the undo archive
+        deletes those). With --flush: the whole target databases (restore that undo archive with --flush)."""
         summary = TierSummary("redis", started_at=time.time())
         cfg = RedisConfig(url=self.url)
         saved = 0
+        writers: dict[int, RecordWriter] = {}
         for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
             router = self.target.router(tdb)
             seq = 0
@@ -277,10 +298,8 @@ class _Restorer:
                     seq = scanner.writer.seq
                     saved += scanner.writer.keys
                 continue
-            keys = sorted(self.conflicts.get(tdb, set()))
-            if self.opts.conflict != "replace" or not keys:
-                continue
-            writer = RecordWriter(undo.sink, tdb, self.target.info.version, now_ms())
+            writer = writers[tdb] = RecordWriter(undo.sink, tdb, self.target.info.version, now_ms())
+            keys = sorted(self.conflicts.get(tdb, set())) if self.opts.conflict == "replace" else []
             for i in range(0, len(keys), _BATCH):
                 part = keys[i : i + _BATCH]
                 t0 = now_ms()
@@ -290,8 +309,13 @@ class _Restorer:
                     ttl, payload = replies[2 * j], replies[2 * j + 1]
                     if isinstance(payload, bytes) and isinstance(ttl, int) and ttl != -2:
                         writer.add_dump(k, payload, t0 + ttl if ttl >= 0 else NO_EXPIRY)
+        if writers:
+            self._save_tombstones(writers)
+        absent = 0
+        for writer in writers.values():
             writer.flush()
             saved += writer.keys
+            absent += writer.absent
         summary.finished_at = time.time()
         summary.details = {
             "source": redact_url(self.url),
@@ -301,8 +325,35 @@ class _Restorer:
             "undo_of": "redis restore" + (" --flush" if self.opts.flush else ""),
             "point_in_time": False,
         }
-        summary.counts = {"keys": saved}
+        summary.counts = {"keys": saved, "absent": absent}
         return undo.seal(summary)
+
+    def _save_tombstones(self, writers: dict[int, RecordWriter]) -> None:
+        """One pass over the archive: every key the restore will create gets an "absent" record, so that
+        restoring the undo archive deletes it again."""
+        now = now_ms()
+        match = self.match
+        target_rdb = self.target_rdb
+        for name, header, body in _members(self.archive):
+            tdb = self.tdb(header.db)
+            writer = writers[tdb]
+            conflicts = self.conflicts.get(tdb, set())
+            shift = now - header.taken_at_ms if self.opts.ttl == "relative" else 0
+            same = header.server_version == self.target.info.version
+            for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
+                if tag not in (TAG_DUMP, TAG_VALUE, TAG_BEGIN) or key in conflicts:
+                    continue
+                if match is not None and not match(key):
+                    continue
+                if expire != NO_EXPIRY and expire + shift <= now:
+                    continue
+                if (
+                    tag == TAG_DUMP
+                    and (rdbv > target_rdb or type_ == TYPE_MODULE)
+                    and uncarriable_reason(body[vstart : vstart + vlen], rdbv, target_rdb, same)
+                ):
+                    continue
+                writer.add_absent(key)
 
     def flush(self) -> None:
         for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
@@ -356,6 +407,7 @@ class _Restorer:
         keys: list[bytes] = []
         cmds: list[bytes] = []
         replacing: list[bool] = []
+        dels: list[bytes] = []
         pending: tuple[Pending, list[bytes], list[bool]] | None = None
         n = 0
         big = self._big  # a big key's records may continue from the previous member
@@ -368,6 +420,17 @@ class _Restorer:
             key = body[pos : pos + klen]
             pos += klen
             if tag != TAG_DUMP and tag != TAG_VALUE:
+                if tag == TAG_ABSENT:  # undo archives: the key did not exist before the restore
+                    if match is not None and not match(key):
+                        continue
+                    if not replace:
+                        counts["skipped"] += key in conflicts
+                        continue
+                    dels.append(key)
+                    if len(dels) >= _BATCH:
+                        self._delete(router, dels, counts)
+                        dels = []
+                    continue
                 # Big keys are rare: finish the pipeline first, then rebuild synchronously.
                 if pending is not None:
                     self._settle(router, *pending, counts)
@@ -459,8 +522,19 @@ class _Restorer:
             pending = (sent, keys, replacing)
         if pending is not None:
             self._settle(router, *pending, counts)
+        if dels:
+            self._delete(router, dels, counts)
         self._big = big
         return n
+
+    def _delete(self, router: Router, keys: list[bytes], counts: dict[str, int]) -> None:
+        replies = router.call(keys, [b"*2\r\n$3\r\nDEL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
+        for key, r in zip(keys, replies):
+            if isinstance(r, ReplyError):
+                counts["failed"] += 1
+                self.problems_append(f"{show_key(key)}: not deleted: {r}")
+            else:
+                counts["deleted"] += r
 
     def _settle(
         self, router: Router, sent: Pending, keys: list[bytes], replacing: list[bool], counts: dict[str, int]
@@ -579,14 +653,16 @@ def restore_redis(
         if opts.dry_run:
             return r.plan_report()
         if opts.conflict == "fail":
-            n = sum(p.counts["replace"] for p in r.plans.values())
+            n = sum(p.counts["replace"] + p.counts["delete"] for p in r.plans.values())
             if n:
-                example = next(e["key"] for p in r.plans.values() for e in p.examples if e["action"] == "replace")
+                example = next(
+                    e["key"] for p in r.plans.values() for e in p.examples if e["action"] in ("replace", "delete")
+                )
                 raise Refused(f"redis: {n} key(s) already exist in the target (e.g. {example}); --conflict fail")
         undo_path = r.save_undo(undo) if undo is not None else None
         if opts.flush:
             r.flush()
-        counts = dict.fromkeys(("created", "replaced", "skipped", "expired", "failed"), 0)
+        counts = dict.fromkeys(("created", "replaced", "skipped", "expired", "failed", "deleted"), 0)
         outcome = r.apply(counts)
         rep = r.report(dry_run=False)
         rep.plan = outcome

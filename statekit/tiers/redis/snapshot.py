@@ -97,6 +97,7 @@ class ScanCounts:
     big: list[str] = field(default_factory=list)
     big_count: int = 0
     filtered: int = 0
+    modules: int = 0
     bytes: int = 0
     members: int = 0
 
@@ -160,6 +161,7 @@ def snapshot_redis(
         "keys": keys,
         "vanished": sum(c.vanished for c in totals.values()),
         "big_keys": sum(c.big_count for c in totals.values()),
+        "module_keys": sum(c.modules for c in totals.values()),
     }
     big = [name for c in totals.values() for name in c.big][:_BIG_LIST_LIMIT]
     summary.details = {
@@ -185,6 +187,13 @@ def snapshot_redis(
         else "no big keys",
         "atomic_pages": cfg.atomic_pages,
     }
+    if summary.counts["module_keys"]:
+        note = (
+            f"redis: {summary.counts['module_keys']} module-type key(s) kept as DUMP payloads: they restore "
+            f"only into Redis {info.version} with the same modules loaded"
+        )
+        summary.warnings.append(note)
+        warn(note)
     if summary.counts["big_keys"]:
         note = f"redis: {summary.counts['big_keys']} big key(s) read in chunks, not atomically (e.g. {big[0]})"
         summary.warnings.append(note)
@@ -429,6 +438,8 @@ class DbScanner:
             if types and t not in types:
                 counts.filtered += 1
                 continue
+            if t == TYPE_MODULE:
+                counts.modules += 1
             if ttl >= 0:
                 expire = t_send + ttl
                 expiring += 1

@@ -1,0 +1,268 @@
+"""The live files tier for the audit: one scandir walk that names every record (symlinks never followed),
+then file contents per batch of scopes, read on a few threads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _normalise, _raw_vars
+from statekit.errors import TierError, TierUnavailable
+
+
+class FilesReader:
+    """Reads the files locators of a model: one scandir walk (symlinks never followed) that names every
+    record, then file contents per batch of scopes."""
+
+    tier = "files"
+
+    def __init__(self, root: str, model: Model, *, keys_only: bool = False, check_root: bool = True) -> None:
+        if check_root and not os.path.isdir(root):
+            raise TierUnavailable(f"files: root {root} is not a directory")
+        self.root = os.path.abspath(root)
+        self.model = model
+        self.keys_only = keys_only
+        self.files: list[tuple[Entity, Locator]] = []
+        self.dirs: list[tuple[Entity, Locator]] = []
+        for ent in model.entities.values():
+            loc = ent.locators.get("files")
+            if loc is not None:
+                (self.dirs if loc.is_directory else self.files).append((ent, loc))
+        self.files.sort(key=lambda m: m[1].template.specificity if m[1].template else (0, 0))
+        self.found: dict[str, list[tuple[str, RecordKey, str, dict[str, str] | None]]] = {}
+        self.unparseable: list[Unparseable] = []
+        self._pool: Any = None
+
+    def _scoped_rules(self) -> tuple[Any, dict[str, tuple[Entity, str]], list[tuple[str, Entity, str, str]], bool]:
+        """Fast path for templates `{id}/<name>` (the usual layout): the scope is the directory, the rest is
+        matched on the file name alone: literal names by dict lookup, `{var}<suffix>` by a suffix test."""
+        if not self.files:
+            return None, {}, [], False
+        scope_var = self.files[0][0].scope_var
+        scope_re: Any = None
+        literal: dict[str, tuple[Entity, str]] = {}
+        suffixed: list[tuple[str, Entity, str, str]] = []
+        for ent, loc in self.files:
+            t = loc.template
+            assert t is not None
+            p = t.parts
+            if not (len(p) >= 2 and p[0].var == ent.scope_var == scope_var and (p[1].literal or "").startswith("/")):
+                return None, {}, [], False
+            first = p[1].literal or ""
+            if first != "/" and ("/" in first[1:] or (len(p) > 2 and p[2].var is not None)):
+                return None, {}, [], False
+            rest = p[1:]
+            text = "".join(x.literal or "" for x in rest)
+            if all(x.literal is not None for x in rest) and "/" not in text[1:]:
+                literal.setdefault(text[1:], (ent, ""))
+            elif (len(rest) == 3 and rest[0].literal == "/" and rest[1].var is not None
+                  and rest[2].literal is not None and "/" not in rest[2].literal
+                  and t._var_regex[rest[1].var].pattern == ".+"):  # fmt: skip
+                suffixed.append((rest[2].literal, ent, rest[1].var, t.text))
+            else:
+                return None, {}, [], False
+            pattern = t._var_regex.get(ent.scope_var)
+            if scope_re is None and pattern is not None:
+                scope_re = pattern.fullmatch
+        return scope_re, literal, suffixed, True
+
+    def list_scopes(self) -> set[str]:
+        """Walk the root once, naming every record; returns the scopes present."""
+        self.found = {}
+        self.unparseable = []
+        scope_match, literal, suffixed, fast = self._scoped_rules()
+        files = [(ent, ent.name, loc.template.regex.fullmatch) for ent, loc in self.files if loc.template]
+        found = self.found
+        for rel, is_dir in _walk(self.root, top_level_fast=fast):
+            if fast and is_dir and "/" not in rel:
+                self._generic(rel, True, files)
+                if scope_match is not None and scope_match(rel):
+                    self._list_scope_dir(rel, literal, suffixed)
+                else:
+                    for sub, sub_is_dir in _walk(self.root, start=rel):
+                        self._generic(sub, sub_is_dir, files)
+                continue
+            self._generic(rel, is_dir, files)
+        return set(found)
+
+    def _generic(self, rel: str, is_dir: bool, files: list[tuple[Entity, str, Any]]) -> None:
+        found = self.found
+        if is_dir:
+            for ent, loc in self.dirs:
+                assert loc.template is not None
+                values = loc.template.parse(rel + "/")
+                if values is not None:
+                    scope, _ = _normalise(ent, values)
+                    found.setdefault(scope, []).append((ent.name, (), rel + "/", None))
+            return
+        for ent, name, match in files:
+            m = match(rel)
+            if m is None:
+                continue
+            values = m.groupdict()
+            scope, rest = _normalise(ent, values)
+            found.setdefault(scope, []).append((name, rest, rel, _raw_vars(ent, values)))
+            return
+        self.unparseable.append(self._unparseable(rel))
+
+    def _list_scope_dir(
+        self, scope: str, literal: dict[str, tuple[Entity, str]], suffixed: list[tuple[str, Entity, str, str]]
+    ) -> None:
+        """Name the files of one `{id}/` directory (subdirectories go through the generic path)."""
+        out = self.found.setdefault(scope, [])
+        prefix = scope + "/"
+        try:
+            it = os.scandir(os.path.join(self.root, scope))
+        except OSError as exc:
+            raise TierError(f"files: cannot list {scope}: {exc.strerror}") from None
+        with it:
+            entries = list(it)
+        names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        if len(names) != len(entries):
+            for e in entries:
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".statekit-"):
+                    for rel, is_dir in _walk(self.root, start=prefix + e.name):
+                        if not is_dir:
+                            self.unparseable.append(self._unparseable(rel))
+        names = [n for n in names if not (n.startswith(".statekit-") or n.endswith(".statekit-tmp"))]
+        rest = names
+        if literal:
+            rest = []
+            for n in names:
+                hit = literal.get(n)
+                if hit is None:
+                    rest.append(n)
+                else:
+                    out.append((hit[0].name, (), prefix + n, None))
+        for suffix, ent, var, _text in suffixed:
+            cut = len(suffix)
+            norm = ent.normalizers.get(var)
+            name = ent.name
+            matched = [n for n in rest if n.endswith(suffix) and len(n) > cut]
+            if norm is None:
+                out.extend([(name, (n[:-cut],), prefix + n, None) for n in matched])
+            else:
+                raws = [n[:-cut] for n in matched]
+                idents = list(map(norm, raws))
+                out.extend(
+                    [(name, (i,), prefix + n, None if i == r else {var: r}) for n, r, i in zip(matched, raws, idents)]
+                )
+            if len(matched) != len(rest):
+                taken = set(matched)
+                rest = [n for n in rest if n not in taken]
+            else:
+                rest = []
+        for n in rest:
+            self.unparseable.append(self._unparseable(prefix + n))
+
+    def _unparseable(self, rel: str) -> Unparseable:
+        parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+        for ent, loc in self.dirs:
+            assert loc.template is not None
+            values = loc.template.parse(parent) if parent else None
+            if values is not None:
+                return Unparseable("files", ent.name, _normalise(ent, values)[0], rel, "file name fits no template")
+        name = self.files[0][0].name if self.files else (self.dirs[0][0].name if self.dirs else "")
+        return Unparseable("files", name, None, rel, "path fits no template")
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """Read the files of these scopes (contents unless keys-only); reads run on a few threads, since
+        open/read/close release the GIL and the syscalls, not Python, are the cost."""
+        out = TierData("files")
+        presence = {ent.name for ent in self.model.entities.values() if ent.presence}
+        records = out.records
+        wanted = [sc for sc in scopes if sc in self.found]
+        if self.keys_only:
+            contents: Iterable[list[bytes | None] | None] = (None for _ in wanted)
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="statekit-files")
+            contents = self._pool.map(lambda sc: self._read_scope(sc, presence), wanted)
+        for scope, data in zip(wanted, contents):
+            entries = self.found[scope]
+            pers: dict[str, dict[RecordKey, Record]] = {}
+            for (name, rest, rel, rv), stored in zip(entries, data if data is not None else [None] * len(entries)):
+                if data is not None and stored is None and name not in presence:
+                    continue  # vanished since the walk
+                per = pers.get(name)
+                if per is None:
+                    per = pers[name] = records.setdefault(name, {}).setdefault(scope, {})
+                if rest not in per:
+                    per[rest] = Record(stored, ("files", rel), None, False, rv)
+        return out
+
+    def _read_scope(self, scope: str, presence: set[str]) -> list[bytes | None]:
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return [None if name in presence else _read_at(root_fd, rel) for name, _, rel, _ in self.found[scope]]
+        finally:
+            os.close(root_fd)
+
+    def close(self) -> None:
+        """Stop the reading threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _read_at(root_fd: int, rel: str) -> bytes | None:
+    """A file's bytes relative to the root (never through a symlink at the last component), None if gone."""
+    try:
+        fd = os.open(rel, _READ_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TierError(f"files: cannot read {rel}: {exc.strerror}") from None
+    try:
+        chunks = []
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+            if len(data) < 1 << 16:
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    finally:
+        os.close(fd)
+
+
+def read_file(root: str, rel: str) -> bytes | None:
+    """A file's bytes (never through a symlink), or None when it is gone."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _read_at(fd, rel)
+    finally:
+        os.close(fd)
+
+
+def _walk(root: str, *, top_level_fast: bool = False, start: str = "") -> Iterator[tuple[str, bool]]:
+    """(relative path, is_dir) for every directory and regular file under root, symlinks not followed.
+    With top_level_fast the caller lists the top-level directories itself (only they are yielded)."""
+    stack = [start]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+        except OSError as exc:
+            raise TierError(f"files: cannot list {rel_dir or root}: {exc.strerror}") from None
+        prefix = rel_dir + "/" if rel_dir else ""
+        with it:
+            for entry in it:
+                name = entry.name
+                if name.startswith(".statekit-") or name.endswith(".statekit-tmp"):
+                    continue  # our own staging and temporary files
+                rel = prefix + name
+                if entry.is_dir(follow_symlinks=False):
+                    yield rel, True
+                    if not (top_level_fast and not rel_dir):
+                        stack.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    yield rel, False

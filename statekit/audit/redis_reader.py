@@ -1,0 +1,250 @@
+"""The live redis tier for the audit: SCAN per key template, then per batch of scopes one pipelined round
+trip of packed commands parsed by hiredis (the redis tier's RespConnection)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.readers import Record, TierData, Unparseable, _first_line, _normalise, _raw_vars
+from statekit.audit.templates import Template
+from statekit.errors import TierError
+
+
+@dataclass
+class _KeyGroup:
+    """Locators that share one Redis key template, with their hash fields sorted most specific first."""
+
+    template: Template
+    members: list[tuple[Entity, Locator]]
+    literal_fields: dict[str, tuple[Entity, Locator]] = field(default_factory=dict)
+    pattern_fields: list[tuple[Entity, Locator, bool]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        fields = sorted(
+            ((e, loc) for e, loc in self.members if loc.hash_field is not None),
+            key=lambda m: m[1].hash_field.specificity if m[1].hash_field else (0, 0),
+        )
+        for ent, loc in fields:
+            assert loc.hash_field is not None
+            if not loc.hash_field.vars:
+                self.literal_fields.setdefault(loc.hash_field.text, (ent, loc))
+            else:
+                # A field that is one whole variable maps straight to the record key (no regex, no dict).
+                direct = (
+                    len(loc.hash_field.parts) == 1
+                    and ent.vars[1:] == loc.hash_field.vars
+                    and self.template.vars == [ent.scope_var]
+                    and loc.hash_field.regex.pattern.endswith(">.+)")
+                )
+                self.pattern_fields.append((ent, loc, direct))
+
+    @property
+    def hashed(self) -> bool:
+        return bool(self.literal_fields or self.pattern_fields)
+
+    @property
+    def literal_only(self) -> bool:
+        return bool(self.literal_fields) and not self.pattern_fields
+
+
+class RedisReader:
+    """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip
+    of packed commands (HGETALL, HMGET when only literal fields are wanted, GET, or EXISTS)."""
+
+    tier = "redis"
+
+    def __init__(self, client: Any, model: Model, *, keys_only: bool = False, scan_count: int = 1000) -> None:
+        self.client = client
+        self.model = model
+        self.keys_only = keys_only
+        self.scan_count = scan_count
+        groups: dict[str, _KeyGroup] = {}
+        for ent in model.entities.values():
+            loc = ent.locators.get("redis")
+            if loc is not None and loc.template is not None:
+                groups.setdefault(loc.template.text, _KeyGroup(loc.template, [])).members.append((ent, loc))
+        self.groups = sorted(groups.values(), key=lambda g: g.template.specificity)
+        for g in self.groups:
+            g.prepare()
+        self.keys: dict[str, list[tuple[_KeyGroup, dict[str, str], bytes]]] = {}
+        self.unparseable: list[Unparseable] = []
+        self._resp: Any = None
+
+    def _conn(self) -> Any:
+        if self._resp is None:
+            from statekit.tiers.redis.resp import RespConnection
+
+            kw = self.client.connection_pool.connection_kwargs
+            url = getattr(self.client, "statekit_url", None)
+            self._resp = RespConnection(url) if url else RespConnection(
+                f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+            )  # fmt: skip
+        return self._resp
+
+    def close(self) -> None:
+        """Close the connections."""
+        if self._resp is not None:
+            self._resp.close()
+        self.client.close()
+
+    def list_scopes(self) -> set[str]:
+        """SCAN every key template's pattern; returns the scopes present."""
+        self.keys = {}
+        self.unparseable = []
+        seen: set[bytes] = set()
+        for group in self.groups:
+            for raw in self._scan(group.template.glob()):
+                if raw in seen:
+                    continue
+                seen.add(raw)
+                name = raw.decode("utf-8", "surrogateescape")
+                for g in self.groups:
+                    values = g.template.parse(name)
+                    if values is None:
+                        continue
+                    ent0 = g.members[0][0]
+                    scope = values.get(ent0.scope_var, "")
+                    fn = ent0.normalizers.get(ent0.scope_var)
+                    self.keys.setdefault(fn(scope) if fn else scope, []).append((g, values, raw))
+                    break
+                else:
+                    self.unparseable.append(
+                        Unparseable("redis", group.members[0][0].name, None, name,
+                                    f"key fits no template ({group.template.text})")
+                    )  # fmt: skip
+        return set(self.keys)
+
+    def _scan(self, pattern: str) -> Iterator[bytes]:
+        try:
+            yield from self.client.scan_iter(match=pattern, count=self.scan_count)
+        except Exception as exc:
+            raise TierError(f"redis: SCAN failed ({type(exc).__name__}: {_first_line(exc)})") from None
+
+    def _command(self, group: _KeyGroup, raw: bytes) -> bytes:
+        from statekit.tiers.redis.resp import pack
+
+        if group.hashed:
+            if group.literal_only:
+                return pack(b"HMGET", raw, *[f.encode() for f in group.literal_fields])
+            return pack(b"HKEYS" if self.keys_only else b"HGETALL", raw)
+        if self.keys_only or all(ent.presence for ent, _ in group.members):
+            return pack(b"EXISTS", raw)
+        return pack(b"GET", raw)
+
+    def load(self, scopes: Iterable[str]) -> TierData:
+        """Fetch the keys of these scopes in one pipelined round trip and map them to records."""
+        out = TierData("redis")
+        work = [(scope, item) for scope in scopes for item in self.keys.get(scope, [])]
+        if not work:
+            return out
+        conn = self._conn()
+        conn.send(b"".join(self._command(g, raw) for _, (g, _, raw) in work))
+        replies = conn.read(len(work))
+        from statekit.tiers.redis.resp import ReplyError
+
+        for (scope, (group, values, raw)), reply in zip(work, replies):
+            name = raw.decode("utf-8", "surrogateescape")
+            if isinstance(reply, ReplyError):
+                # WRONGTYPE and the like: the key exists but not as the model expects.
+                out.unparseable.append(
+                    Unparseable("redis", group.members[0][0].name, scope, name, f"unexpected type ({reply})")
+                )
+                continue
+            if group.literal_only and isinstance(reply, list):
+                if all(v is None for v in reply):
+                    continue
+                reply = {f.encode(): v for f, v in zip(group.literal_fields, reply) if v is not None}
+            if not reply:
+                continue  # deleted since the SCAN
+            self._records(out, group, values, scope, name, reply)
+        return out
+
+    def _direct(
+        self,
+        out: TierData,
+        ent: Entity,
+        literal: dict[str, tuple[Entity, Locator]],
+        scope: str,
+        name: str,
+        pairs: Iterable[tuple[bytes, bytes]],
+    ) -> list[tuple[bytes, bytes]]:
+        """The common layout (one `{var}` field template plus literal fields) without a per-field Python loop;
+        returns the literal fields for the generic path."""
+        items = list(pairs)
+        lit = [(f, v) for f, v in items if f.decode("utf-8", "surrogateescape") in literal] if literal else []
+        if lit:
+            taken = {f for f, _ in lit}
+            items = [(f, v) for f, v in items if f not in taken]
+        fnames = [f.decode("utf-8", "surrogateescape") for f, _ in items]
+        fvar = ent.vars[1]
+        norm = ent.normalizers.get(fvar)
+        idents = list(map(norm, fnames)) if norm else fnames
+        keep = not self.keys_only
+        recs = [
+            Record(v if keep else None, ("redis", name, n), None, False, None if i == n else {fvar: n})
+            for (_, v), n, i in zip(items, fnames, idents)
+        ]
+        per = out.records.setdefault(ent.name, {}).setdefault(scope, {})
+        fresh = dict(zip([(i,) for i in reversed(idents)], reversed(recs)))  # the first of equal names wins
+        if per:
+            fresh.update(per)
+        per.update(fresh)
+        return lit
+
+    def _records(
+        self, out: TierData, group: _KeyGroup, values: dict[str, str], scope: str, name: str, reply: Any
+    ) -> None:
+        for ent, loc in group.members:
+            if loc.hash_field is None:
+                _, rest = _normalise(ent, values)
+                stored = None if ent.presence or self.keys_only or not isinstance(reply, bytes) else reply
+                out.add(ent.name, scope, rest, Record(stored, ("redis", name)))
+        if not group.hashed or not isinstance(reply, (list, dict)):
+            return
+        keys_only = self.keys_only
+        pairs: Iterable[tuple[bytes, bytes]]
+        if isinstance(reply, dict):  # RESP3 map
+            pairs = reply.items()
+        elif keys_only:  # HKEYS
+            pairs = ((f, b"") for f in reply)
+        else:  # RESP2 flat HGETALL reply
+            pairs = zip(reply[::2], reply[1::2])
+        literal = group.literal_fields
+        patterns = group.pattern_fields
+        records = out.records
+        if len(patterns) == 1 and patterns[0][2]:
+            pairs = self._direct(out, patterns[0][0], literal, scope, name, pairs)
+        for fraw, value in pairs:
+            fname = fraw.decode("utf-8", "surrogateescape")
+            hit = literal.get(fname)
+            if hit is not None:
+                ent, loc = hit
+                out.add(ent.name, scope, (), Record(None if keys_only else value, ("redis", name, fname)))
+                continue
+            for ent, loc, direct in patterns:
+                assert loc.hash_field is not None
+                if direct:
+                    fvar = ent.vars[1]
+                    norm = ent.normalizers.get(fvar)
+                    ident = norm(fname) if norm else fname
+                    rv = {fvar: fname} if ident != fname else None
+                    per = records.setdefault(ent.name, {}).setdefault(scope, {})
+                    per.setdefault((ident,), Record(None if keys_only else value, ("redis", name, fname), None,
+                                                    False, rv))  # fmt: skip
+                    break
+                fvalues = loc.hash_field.parse(fname)
+                if fvalues is None:
+                    continue
+                _, rest = _normalise(ent, {**values, **fvalues})
+                rv = _raw_vars(ent, fvalues)
+                out.add(ent.name, scope, rest, Record(None if keys_only else value, ("redis", name, fname),
+                                                      raw_vars=rv))  # fmt: skip
+                break
+            else:
+                out.unparseable.append(
+                    Unparseable("redis", group.members[0][0].name, scope, f"{name} [{fname}]",
+                                "hash field fits no template")
+                )  # fmt: skip
