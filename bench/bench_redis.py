@@ -188,7 +188,7 @@ def main() -> int:
     if args.url:
         base = args.url
     else:
-        from tests.servers import RedisProcess
+        from statekit.repo.servers import RedisProcess
 
         server = RedisProcess(binary=shutil.which("redis-server") or "redis-server").start()
         base = server.url

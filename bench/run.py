@@ -19,6 +19,8 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("STATEKIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     env.setdefault("STATEKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setdefault("STATEKIT_BENCH_PG_URL", env["STATEKIT_TEST_PG_URL"])
+    env.setdefault("STATEKIT_BENCH_REDIS_URL", env["STATEKIT_TEST_REDIS_URL"])
     env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
     failed = []
     for name in wanted:

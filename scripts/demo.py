@@ -98,7 +98,8 @@ def main() -> None:
 
 
 def story(work: Path, port: int, env: dict[str, str]) -> None:
-    from fixtures.evolution.generate import demo_seed, demo_break
+    from fixtures.evolution.demo import break_redis
+    from fixtures.evolution.generate import generate
 
     db = work / "evolution.sqlite"
     files = work / "instances"
@@ -106,7 +107,7 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     say(f"statekit demo in {work}. Three tiers, like an Evolution API deployment: a SQLite database "
         f"({db.name}), a private Redis on port {port}, and the key-file folder instances/.")  # fmt: skip
 
-    ids = demo_seed(f"sqlite:///{db}", redis_url, files, instances=INSTANCES)
+    ids = generate(f"sqlite:///{db}", redis_url, files, instances=INSTANCES, keys_per_instance=8).ids
     say(f"Seeded {len(ids)} WhatsApp instances: rows in \"Instance\" and \"Session\", one Redis hash "
         "evolution:instance:<id> each, and the same Signal keys as files.")  # fmt: skip
     for p in sorted(files.rglob("*"))[:6]:
@@ -140,21 +141,24 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     say("The audit on healthy state: the database, Redis and the files agree, so it exits 0.")
     run("audit", env=env)
 
-    say("Now the classic failure: the container restarts and Redis (no persistence) comes back without the "
-        "auth state of one instance, while another instance's creds in Redis were overwritten by a new "
-        "pairing. Evolution would ask for new QR codes.")  # fmt: skip
-    broken = demo_break(redis_url, ids)
+    say("Now the classic failure: Redis (no persistence, SAVE_INSTANCES=true) drifts from the database: two "
+        "instances hold other creds in Redis than in \"Session\", one lost a Signal key, and a deleted "
+        "instance left its hash behind. After a restart Evolution would ask for new QR codes.")  # fmt: skip
+    broken = break_redis(redis_url, ids)
     for line in broken:
         print("  " + line)
 
     say("statekit audit finds every disagreement, names the entity and field, and exits 1 (drift).")
     run("audit", expect=1, env=env)
 
-    say("Plan the repair first: rebuild Redis from the authorities (creds from the database, keys from the "
-        "files). Nothing is written without --yes.")  # fmt: skip
-    run("reconcile", "--from", "db", "--to", "redis", env=env)
-    run("reconcile", "--from", "db", "--to", "redis", "--yes", env=env)
-    run("reconcile", "--from", "files", "--to", "redis", "--yes", env=env)
+    say("Plan the repair first: rebuild Redis from the database (the authority for creds and the instance "
+        "list). The plan is saved; nothing is written yet.")  # fmt: skip
+    run("reconcile", "--from", "db", "--to", "redis", "--prune-orphans", "--plan-out", "plan.json", env=env)
+    say("Apply the saved plan. It is refused if the tiers changed since it was made; everything it overwrites "
+        "or deletes goes into an undo archive first.")  # fmt: skip
+    run("apply", "plan.json", "--yes", "-r", recipient, env=env)
+    say("The lost Signal key still exists in the files tier: copy it back into the Redis hash.")
+    run("reconcile", "--from", "files", "--to", "redis", "--entity", "keys", "--yes", "-r", recipient, env=env)
 
     say("The audit is clean again.")
     run("audit", env=env)

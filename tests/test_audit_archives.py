@@ -80,3 +80,31 @@ def test_diff_of_a_damaged_archive_is_an_error(pg_url: str, redis_url: str, tmp_
     res = invoke("diff", "a.statekit", "bad.statekit")
     assert res.code == 3
     assert "Traceback" not in res.err
+
+
+def test_diff_without_a_model_compares_what_is_stored(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "i"
+    gen = generate(pg_url, redis_url, root, instances=3, keys_per_instance=3)
+    Path("statekit.toml").write_text(
+        f'[db]\nurl = "{pg_url}"\n[redis]\nurl = "{redis_url}"\n[files]\nroot = "{root}"\n'
+    )
+    _snapshot("a.statekit")
+    iid = gen.ids[0]
+    redis.Redis.from_url(redis_url).hset(f"evolution:instance:{iid}", "pre-key-1", '"{}"')
+    (root / iid / "creds.json").write_text("{}")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text('UPDATE "Instance" SET "profileName" = \'x\' WHERE id = :i'), {"i": iid})
+    engine.dispose()
+    _snapshot("b.statekit")
+    res = invoke("diff", "a.statekit", "b.statekit", "--json")
+    assert res.code == 1, res.err
+    found = {(f["class"], f["entity"], f["tier"], tuple(f["fields"])) for f in res.json()["findings"]}
+    assert found == {
+        ("mismatch", "redis", "redis", ('$["pre-key-1"]',)),
+        ("mismatch", "files", "files", ("$",)),
+        ("mismatch", "db:Instance", "db", ("$",)),
+    }
+    assert invoke("diff", "a.statekit", "a.statekit").code == 0

@@ -40,7 +40,7 @@ def test_dry_run_plans_and_writes_nothing(archive: Archive, redis_url: str, redi
     opts = RestoreOptions(tier="redis", target=redis_url2, db_map={_db(redis_url): _db(redis_url2)})
     rep = plan_redis_restore(archive, opts, RedisConfig())
     assert rep.dry_run
-    assert rep.counts == {"create": 2, "replace": 1, "skip": 0, "expired": 0, "uncarriable": 0}
+    assert rep.counts == {"create": 2, "replace": 1, "skip": 0, "expired": 0, "uncarriable": 0, "delete": 0}
     assert {"action": "replace", "key": "a"} in rep.plan[0]["examples"]
     same_state(state(redis_url2), before)
 
@@ -51,14 +51,15 @@ def test_replace_saves_undo_that_puts_target_back(
     _target(redis_url2)
     before = state(redis_url2)
     rep = put_back(archive, redis_url2, undo_path=tmp_path / "undo.statekit", db_map={_db(redis_url): _db(redis_url2)})
-    assert rep.counts == {"created": 2, "replaced": 1, "skipped": 0, "expired": 0, "failed": 0}
+    assert rep.counts == {"created": 2, "replaced": 1, "skipped": 0, "expired": 0, "failed": 0, "deleted": 0}
     assert rep.undo_archive == str(tmp_path / "undo.statekit")
     with client(redis_url2) as r:
         assert r.get(b"a") == b"archived-a" and r.pttl(b"a") == -1
         assert r.get(b"z") == b"live-only"
     undo = Archive(tmp_path / "undo.statekit")
     assert undo.manifest["totals"]["keys"] == 1  # the replaced key's old value
-    assert undo.manifest["totals"]["absent"] == 2  # the created keys, deleted when the undo is restored
+    absent = sum(m.get("meta", {}).get("absent", 0) for m in undo.manifest["members"])
+    assert absent == 2  # the created keys, deleted again when the undo archive is restored
     plan = plan_redis_restore(undo, RestoreOptions(tier="redis", target=redis_url2), RedisConfig())
     assert plan.counts["replace"] == 1 and plan.counts["delete"] == 2
     rep = put_back(undo, redis_url2)

@@ -57,7 +57,7 @@ def test_big_keys_are_chunked_and_restored(redis_url: str, redis_url2: str, tmp_
     assert summary.details["big_keys_atomic"] is False
     db2 = int(redis_url2.rsplit("/", 1)[1])
     rep = put_back(archive, redis_url2, db_map={db: db2})
-    assert rep.counts == {"created": 6, "replaced": 0, "skipped": 0, "expired": 0, "failed": 0}
+    assert rep.counts == {"created": 6, "replaced": 0, "skipped": 0, "expired": 0, "failed": 0, "deleted": 0}
     same_state(state(redis_url), state(redis_url2))
     with client(redis_url2) as r:
         assert not [k for k in r.scan_iter() if b"statekit-restore" in k]

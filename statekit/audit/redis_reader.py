@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, TierData, Unparseable, _first_line, _normalise, _raw_vars
+from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _first_line, _normalise, _raw_vars
 from statekit.audit.templates import Template
 from statekit.errors import TierError
 
@@ -174,7 +174,8 @@ class RedisReader:
         """The common layout (one `{var}` field template plus literal fields) without a per-field Python loop;
         returns the literal fields for the generic path."""
         items = list(pairs)
-        lit = [(f, v) for f, v in items if f.decode("utf-8", "surrogateescape") in literal] if literal else []
+        lit_b = {k.encode("utf-8", "surrogateescape") for k in literal}
+        lit = [(f, v) for f, v in items if f in lit_b] if lit_b else []
         if lit:
             taken = {f for f, _ in lit}
             items = [(f, v) for f, v in items if f not in taken]
@@ -188,7 +189,9 @@ class RedisReader:
             for (_, v), n, i in zip(items, fnames, idents)
         ]
         per = out.records.setdefault(ent.name, {}).setdefault(scope, {})
-        fresh = dict(zip([(i,) for i in reversed(idents)], reversed(recs)))  # the first of equal names wins
+        fresh: dict[RecordKey, Record] = dict(
+            zip([(i,) for i in reversed(idents)], reversed(recs))
+        )  # the first of equal names wins
         if per:
             fresh.update(per)
         per.update(fresh)

@@ -221,7 +221,7 @@ def run(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
     try:
-        cli.main(args=args, prog_name="statekit", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="statekit", standalone_mode=False)
     except StatekitError as exc:
         return _report_error(exc.kind, exc.message, exc.exit_code, wants_json)
     except _NO_ARGS_IS_HELP as exc:
@@ -249,7 +249,8 @@ def run(argv: list[str] | None = None) -> int:
             19,
             wants_json,
         )
-    return 0
+    # in non-standalone mode click returns ctx.exit(N)'s code instead of raising
+    return rv if isinstance(rv, int) else 0
 
 
 def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:

@@ -114,6 +114,7 @@ def audit(
 @click.argument("archive_b", metavar="B")
 @click.option("--profile", metavar="NAME", help="Built-in entity model (e.g. evolution-api).")
 @click.option("--entity", "entities", multiple=True, metavar="NAME", help="Only this entity (repeatable).")
+@click.option("--raw", is_flag=True, help="Ignore the entity model: compare files, keys and rows as stored.")
 @click.option("--keys-only", is_flag=True, help="Compare which records exist, not their values.")
 @click.option("--jsonl", is_flag=True, help="One JSON line per finding, then a summary line.")
 @click.option("--examples", type=click.IntRange(0, 1000), default=3, show_default=True,
@@ -126,23 +127,34 @@ def diff(
     archive_b: str,
     profile: str | None,
     entities: tuple[str, ...],
+    raw: bool,
     keys_only: bool,
     jsonl: bool,
     examples: int,
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
-    """Compare two archives entity by entity (B against A, tier by tier). Exit status 1 when they differ."""
-    from statekit.audit.archive_reader import diff_archives
+    """Compare two archives (B against A, tier by tier): entity by entity with an entity model, else files,
+    Redis keys (hashes field by field) and rows (by primary key) as stored. Exit status 1 when they differ."""
+    from statekit.audit.archive_reader import _url_db, diff_archives
     from statekit.audit.diff import AuditOptions
+    from statekit.audit.raw_diff import raw_diff
     from statekit.cli.archive_cmd import open_verified
     from statekit.profiles import load_model
 
     cfg = app.config()
-    model = load_model(cfg, profile).select(list(entities))
+    modelled = bool(profile or cfg.profile or cfg.entities) and not raw
     a = open_verified(app, archive_a, identities, passphrase_file)
     b = open_verified(app, archive_b, identities, passphrase_file)
-    result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), redis_url=cfg.redis.url)
+    if modelled:
+        model = load_model(cfg, profile).select(list(entities))
+        result = diff_archives(
+            model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), redis_url=cfg.redis.url
+        )
+    else:
+        if entities:
+            raise UsageError("--entity needs an entity model (--profile or [entity.NAME] in the config)")
+        result = raw_diff(a, b, redis_db=_url_db(cfg.redis.url))
     names = f"{os.path.basename(archive_a)} → {os.path.basename(archive_b)}"
     _finish_audit(app, result, jsonl, examples, f"diff {names}", {"a": archive_a, "b": archive_b})
 

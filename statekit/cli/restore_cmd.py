@@ -29,33 +29,23 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
-@click.option(
-    "--tier", required=True, type=click.Choice(["db", "redis", "files"]), help="The tier to restore."
-)
+@click.option("--tier", required=True, type=click.Choice(["db", "redis", "files"]), help="The tier to restore.")
 @click.option("--target", metavar="DIR", help="files: restore into DIR instead of the configured root.")
-@click.option(
-    "--target-url", metavar="URL", help="db/redis: restore into this server instead of the configured one."
-)
+@click.option("--target-url", metavar="URL", help="db/redis: restore into this server instead of the configured one.")
 @click.option("--tables", multiple=True, metavar="GLOB", help="db: only these tables (repeatable).")
 @click.option("--mode", type=click.Choice(["replace", "merge", "append"]), default="replace", show_default=True,
               help="db: replace tables, upsert by primary key, or insert only.")  # fmt: skip
-@click.option(
-    "--match", multiple=True, metavar="PATTERN", help="redis: key pattern; files: path glob (repeatable)."
-)
+@click.option("--match", multiple=True, metavar="PATTERN", help="redis: key pattern; files: path glob (repeatable).")
 @click.option("--db-map", multiple=True, metavar="SRC:DST", help="redis: restore database SRC into DST.")
 @click.option("--conflict", type=click.Choice(["replace", "skip", "fail"]), default="replace", show_default=True,
               help="redis: what to do with keys that already exist.")  # fmt: skip
 @click.option("--ttl", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
               help="redis: keep absolute expiry times, or the remaining time as of the snapshot.")  # fmt: skip
-@click.option(
-    "--flush", is_flag=True, help="redis: empty the target databases first (saved in the undo archive)."
-)
+@click.option("--flush", is_flag=True, help="redis: empty the target databases first (saved in the undo archive).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 @click.option("--no-undo", is_flag=True, help="Do not save what is replaced (for disposable targets).")
-@click.option(
-    "--undo-dir", metavar="DIR", help="Where the undo archive goes (default: the current directory)."
-)
+@click.option("--undo-dir", metavar="DIR", help="Where the undo archive goes (default: the current directory).")
 @identity_options
 @common_options
 def restore(
@@ -143,7 +133,7 @@ def render_report(report: RestoreReport) -> list[str]:
 
 
 def _plan_line(item: dict[str, Any]) -> str:
-    action = item.get("action", "")
+    action = str(item.get("action", ""))
     mark = {
         "create": "+",
         "overwrite": "~",
@@ -151,6 +141,19 @@ def _plan_line(item: dict[str, Any]) -> str:
         "merge": "~",
         "append": "+",
         "unchanged": "=",
-    }.get(str(action), "*")
-    rest = " ".join(f"{k}={v}" for k, v in item.items() if k not in ("action",))
-    return f"{mark} {action:<9} {rest}"
+        "refused": "!",
+    }.get(action, "*")
+    parts = []
+    for key, value in item.items():
+        if key == "action":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "nothing"
+        elif isinstance(value, list):
+            names = [str(v.get("key", v)) if isinstance(v, dict) else str(v) for v in value[:3]]
+            value = ", ".join(names) + (" …" if len(value) > 3 else "")
+            if not names:
+                continue
+        parts.append(f"{key}: {value}")
+    head = f"{mark} {action:<9} " if action else ""
+    return head + "  ".join(parts)

@@ -205,7 +205,7 @@ class RecordWriter:
         if not self._parts:
             return
         body = b"".join([self._header, *self._parts])
-        # Only "keys" is a number: the archive sums numeric meta into MANIFEST.json totals.
+        # MANIFEST.json totals sum "keys" over all members: records that start a key, tombstones apart.
         meta: dict[str, int | str] = {"keys": self._keys, "server_version": self.server_version}
         if self._absent:
             meta["absent"] = self._absent

@@ -428,6 +428,13 @@ class _Restorer:
                         continue
                     dels.append(key)
                     if len(dels) >= _BATCH:
+                        # same connection: the RESTOREs in flight must be read before the DELs' replies
+                        if pending is not None:
+                            self._settle(router, *pending, counts)
+                            pending = None
+                        if cmds:
+                            self._settle(router, router.send(keys, cmds), keys, replacing, counts)
+                            keys, cmds, replacing = [], [], []
                         self._delete(router, dels, counts)
                         dels = []
                     continue

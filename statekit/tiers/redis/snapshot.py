@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,7 +226,6 @@ class DbScanner:
         *,
         first_seq: int = 0,
         tick: Callable[[int, int], None] | None = None,
-        match: Sequence[str] | None = None,
     ):
         self.main = conn
         self.side = conn.other_db(db)
@@ -237,7 +236,7 @@ class DbScanner:
         self.big_elements = cfg.big_key_elements
         self.big_bytes = cfg.big_key_bytes
         self.probe = cfg.big_key_elements > 0 or cfg.big_key_bytes > 0
-        patterns = list(cfg.match if match is None else match) or ["*"]
+        patterns = list(cfg.match) or ["*"]
         self.types = {TYPE_BY_NAME[t] for t in cfg.types}
         scan_args = [b"SCAN", b"%s", b"COUNT", b"%d" % cfg.scan_count]
         if len(patterns) == 1 and patterns[0] != "*":
