@@ -47,6 +47,13 @@ class Cluster:
         ]
 
     def start(self) -> Cluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+
+    def _start(self) -> Cluster:
         for node in self.nodes:
             node.start()
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]

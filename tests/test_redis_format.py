@@ -27,7 +27,7 @@ from statekit.tiers.redis.records import (
     read_member,
     record_value,
 )
-from statekit.tiers.redis.restore import uncarriable_reason
+from statekit.tiers.redis.target import uncarriable_reason
 
 
 class _Sink:

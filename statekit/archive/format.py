@@ -13,6 +13,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import tarfile
 import threading
 import uuid
@@ -852,7 +853,15 @@ class ArchiveReader:
         self.manifest = manifest
 
 
+# The temporary name atomic_output gives a file while it is written (see atomic_output).
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
 def _open_path(path: str | Path) -> IO[bytes]:
+    if _TEMP_NAME.match(Path(path).name):
+        # A run killed after its last fsync but before the rename leaves a complete-looking file under this
+        # name; it never became an archive, so it is never read as one.
+        raise CorruptArchive(f"{path}: an unfinished temporary file of an interrupted run, not an archive")
     try:
         return open(path, "rb", buffering=1 << 20)
     except FileNotFoundError:

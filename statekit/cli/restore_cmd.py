@@ -9,6 +9,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options
+from statekit.cli._signing import check_signers, signer_options
 from statekit.cli.archive_cmd import local_archive, open_verified
 from statekit.credentials import undo_recipients
 from statekit.errors import UsageError
@@ -47,6 +48,7 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @click.option("--no-undo", is_flag=True, help="Do not save what is replaced (for disposable targets).")
 @click.option("--undo-dir", metavar="DIR", help="Where the undo archive goes (default: the current directory).")
 @identity_options
+@signer_options
 @common_options
 def restore(
     app: App,
@@ -67,6 +69,7 @@ def restore(
     undo_dir: str | None,
     identities: tuple[str, ...],
     passphrase_file: str | None,
+    signers: tuple[str, ...],
 ) -> None:
     """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
 
@@ -78,6 +81,7 @@ def restore(
     cfg = app.config()
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))
+    check_signers(path, signers)
     opened = open_verified(app, path, identities, passphrase_file)
     opts = RestoreOptions(
         tier=tier,

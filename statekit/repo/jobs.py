@@ -7,6 +7,7 @@ multipart upload for S3), prune, run the post-hook, release the lock.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -233,6 +234,7 @@ def _write_archive(
     warn: Warn,
 ) -> tuple[SnapshotResult, str]:
     if isinstance(repo, LocalRepository):
+        _remove_leftovers(repo.root, snap.name, warn)
         dest = explicit or repo.root / _fresh_name(repo, snap.name)
         result = take_snapshot(cfg, dest, recipients, snap, progress=progress, warn=warn)
         if sign is not None:
@@ -256,6 +258,19 @@ def _write_archive(
         return result, repo.describe(key)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path, name: str, warn: Warn) -> None:
+    """Delete temporary files that killed runs of this archive name left behind. Safe only under the lock:
+    no other run of the same name can be writing one now."""
+    pattern = re.compile(rf"^\.{re.escape(name)}-.+\.statekit(\.meta\.json|\.sig)?\.[0-9a-f]{{12}}\.tmp$")
+    for entry in root.iterdir():
+        if pattern.match(entry.name) and entry.is_file():
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            warn(f"removed {entry.name}, left behind by an interrupted run")
 
 
 def _fresh_name(repo: Repository, name: str) -> str:

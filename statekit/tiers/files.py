@@ -8,6 +8,7 @@ so each target file is either its old or its new version, never a partial one.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError, TierError, TierUnavailable
@@ -113,6 +114,26 @@ def _walk(root: str, warn: Warn, skipped: dict[str, int], skip_unreadable: bool 
         stack.extend(reversed(subdirs))
 
 
+class _SourceReader(io.RawIOBase):
+    """Reads a key file for the archive, turning read errors into a TierError that names the file (so they
+    are not mistaken for errors writing the archive)."""
+
+    def __init__(self, fh: IO[bytes], rel: str) -> None:
+        self._fh = fh
+        self._rel = rel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            data = self._fh.read(len(buf))
+        except OSError as exc:
+            raise TierError(f"files tier: cannot read {self._rel}: {exc.strerror}") from None
+        buf[: len(data)] = data
+        return len(data)
+
+
 def _check_root(cfg: FilesConfig) -> str:
     if not cfg.root:
         raise ConfigError("files tier: no root directory configured ([files] root or STATEKIT_FILES_ROOT)")
@@ -172,21 +193,24 @@ def snapshot_files(
             os.set_blocking(fd, True)
             meta = {"files": 1, "mtime_ns": st.st_mtime_ns}
             name = PREFIX + entry.rel
-            try:
-                if st.st_size < _SMALL:
+            mode = st.st_mode & 0o7777
+            if st.st_size < _SMALL:
+                try:
                     data = fh.read()
-                    sink.add(name, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
-                    size = len(data)
-                else:
-                    sink.add(name, fh, size=st.st_size, mode=st.st_mode & 0o7777, mtime=st.st_mtime, meta=meta)
-                    size = st.st_size
-            except OSError as exc:
+                except OSError as exc:
+                    if cfg.skip_unreadable:
+                        note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                        continue
+                    raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
+                # Write errors (disk full, read-only) propagate as OSError: they are the archive's, not the file's.
+                sink.add(name, data, mode=mode, mtime=st.st_mtime, meta=meta)
+                size = len(data)
+            else:
                 # A read error half-way through a streamed member cannot be skipped: the archive is mid-member.
-                if cfg.skip_unreadable and st.st_size < _SMALL:
-                    note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
-                    skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-                    continue
-                raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
+                source = io.BufferedReader(_SourceReader(fh, entry.rel))
+                sink.add(name, source, size=st.st_size, mode=mode, mtime=st.st_mtime, meta=meta)
+                size = st.st_size
         count += 1
         total += size
         progress("files", count, total)
@@ -350,11 +374,19 @@ def restore_files(
                 continue
             _safe_join(root, rel)
             spath = os.path.join(staging, f"{len(staged):08d}")
-            with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                shutil.copyfileobj(member.stream, out, 1 << 20)
-            staged.append(
-                (rel, spath, _restored_mode(member.mode, rel, warn), _mtime_ns(by_name.get(member.name), member.mtime))
-            )
+            mode = _restored_mode(member.mode, rel, warn)
+            mtime_ns = _mtime_ns(by_name.get(member.name), member.mtime)
+            try:
+                with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                    shutil.copyfileobj(member.stream, out, 1 << 20)
+                    out.flush()
+                    # Ready to be renamed into place: content durable, mode and mtime final.
+                    os.fsync(out.fileno())
+                    os.fchmod(out.fileno(), mode & 0o7777)
+                    os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+            except OSError as exc:
+                raise StorageError(f"files restore: cannot stage {rel} in {root}: {exc.strerror}") from None
+            staged.append((rel, spath, mode, mtime_ns))
         # archive.members() raised CorruptArchive if anything disagreed with the manifest: only now promote.
         if undo is not None:
             _save_undo(root, [rel for rel, *_ in staged], undo)
@@ -371,7 +403,15 @@ def restore_files(
                     shutil.copyfileobj(fh, out, 1 << 20)
 
             try:
-                _write_atomic(dest, copy, mode, mtime_ns)
+                try:
+                    # Staging lives inside the root, so a rename is the atomic promotion ...
+                    os.replace(spath, dest)
+                    _fsync_dir(os.path.dirname(dest))
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # ... unless a mount point lies in between: then copy to a temp file and rename that.
+                    _write_atomic(dest, copy, mode, mtime_ns)
             except OSError as exc:
                 raise StorageError(f"files restore: cannot write {rel}: {exc.strerror}") from None
             report.counts["overwritten" if existed else "created"] += 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.config import RedisConfig, redact_url
@@ -54,91 +53,13 @@ from statekit.tiers.redis.records import (
     parse_member_db,
     read_member,
 )
-from statekit.tiers.redis.resp import ReplyError, RespConnection, pack
-from statekit.tiers.redis.snapshot import DbScanner, ScanCounts, ServerInfo, server_info
+from statekit.tiers.redis.resp import ReplyError, pack
+from statekit.tiers.redis.snapshot import DbScanner, ScanCounts
+from statekit.tiers.redis.target import ACTIONS, EXAMPLES, DbPlan, RestoreTarget, uncarriable_reason
 
 _BATCH = 1000
 _ALREADY_THERE = "already present (written by someone else during the restore, or listed twice by SCAN); left as is"
-_EXAMPLES = 10
 _HEAD = struct.Struct("<BBHqII")
-ACTIONS = ("create", "replace", "skip", "expired", "uncarriable", "delete")
-
-# Why a payload cannot go to an older server, by its RDB object type (the first byte).
-_STREAM_TYPES = (15, 19, 21)
-_HASH_TTL_TYPES = (22, 23, 24, 25)
-
-
-def uncarriable_reason(payload: bytes, rdb: int, target_rdb: int, same_version: bool) -> str | None:
-    """Why this DUMP payload cannot be restored into the target, or None when it can."""
-    t = payload[0] if payload else 255
-    if t in (6, 7):
-        return None if same_version else "module type: restorable only into the same Redis version"
-    if rdb <= target_rdb:
-        return None
-    if t in _STREAM_TYPES:
-        return f"stream from RDB {rdb} cannot be loaded by a server with RDB {target_rdb}"
-    if t in _HASH_TTL_TYPES:
-        return f"hash with field expirations (RDB {rdb}) cannot be loaded by RDB {target_rdb}"
-    return None
-
-
-@dataclass
-class _DbPlan:
-    source_db: int
-    target_db: int
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    shown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACTIONS, 0))
-
-    def note(self, action: str, key: bytes, reason: str | None = None) -> None:
-        self.counts[action] += 1
-        if self.shown[action] < _EXAMPLES:
-            self.shown[action] += 1
-            ex: dict[str, Any] = {"action": action, "key": show_key(key)}
-            if reason:
-                ex["reason"] = reason
-            self.examples.append(ex)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "db": self.source_db,
-            "target_db": self.target_db,
-            "counts": dict(self.counts),
-            "examples": self.examples,
-        }
-
-
-class _Target:
-    """The restore target: server facts and one Router per target database."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.seed = RespConnection(url)
-        try:
-            self.info: ServerInfo = server_info(self.seed)
-        except BaseException:
-            self.seed.close()
-            raise
-        self.cluster = self.info.mode == "cluster"
-        major, minor = (int(p) if p.isdigit() else 0 for p in ([*self.info.version.split("."), "0", "0"])[:2])
-        self.set_pxat = (major, minor) >= (6, 2)  # SET ... PXAT exists since Redis 6.2
-        self._routers: dict[int, Router] = {}
-
-    def router(self, db: int) -> Router:
-        if self.cluster and db != 0:
-            raise ConfigError(f"redis: a Redis Cluster has only database 0; map db {db} with --db-map {db}:0")
-        r = self._routers.get(db)
-        if r is None:
-            r = self._routers[db] = Router(self.seed, cluster=self.cluster, db=db)
-        return r
-
-    def dbsize(self, db: int) -> int:
-        return sum(int(c.call(b"DBSIZE")) for c in self.router(db).nodes())
-
-    def close(self) -> None:
-        for r in self._routers.values():
-            r.close()
-        self.seed.close()
 
 
 def _check_opts(opts: RestoreOptions) -> None:
@@ -176,9 +97,9 @@ class _Restorer:
         self.url = url
         self.match = compile_match(opts.match)
         archive.index()  # verified once, before anything is written (cached when the engine ran it)
-        self.target = _Target(url)
+        self.target = RestoreTarget(url)
         self.target_rdb = self.target.info.rdb_version
-        self.plans: dict[int, _DbPlan] = {}
+        self.plans: dict[int, DbPlan] = {}
         self.conflicts: dict[int, set[bytes]] = {}
         self.problems: list[str] = []
         self._big: BigKeyBuilder | None = None
@@ -186,10 +107,10 @@ class _Restorer:
     def tdb(self, db: int) -> int:
         return self.opts.db_map.get(db, db)
 
-    def plan_for(self, db: int) -> _DbPlan:
+    def plan_for(self, db: int) -> DbPlan:
         p = self.plans.get(db)
         if p is None:
-            p = self.plans[db] = _DbPlan(db, self.tdb(db))
+            p = self.plans[db] = DbPlan(db, self.tdb(db))
         return p
 
     # -- pass 1 ---------------------------------------------------------------------------------------
@@ -230,7 +151,7 @@ class _Restorer:
                         plan.note("uncarriable", key, reason)
                         continue
                 if is_empty:
-                    if plan.shown["create"] < _EXAMPLES:
+                    if plan.shown["create"] < EXAMPLES:
                         plan.note("create", key)
                     else:
                         plan.counts["create"] += 1
@@ -245,7 +166,7 @@ class _Restorer:
                 self._exists(router, absent[i : i + _BATCH], plan, conflicts, tombstones=True)
 
     def _exists(
-        self, router: Router, keys: list[bytes], plan: _DbPlan, conflicts: set[bytes], *, tombstones: bool = False
+        self, router: Router, keys: list[bytes], plan: DbPlan, conflicts: set[bytes], *, tombstones: bool = False
     ) -> None:
         """Which keys exist on the target: those become conflicts (replace/skip, or delete for tombstones)."""
         replies = router.call(keys, [b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
