@@ -356,7 +356,7 @@ jobs = 1                          # parallel PostgreSQL workers sharing one snap
 
 [redis]
 # url = "redis://127.0.0.1:6379/0"   # redis://, rediss://, unix://; password: URL or STATEKIT_REDIS_PASSWORD
-dbs = []                          # empty: every non-empty database
+dbs = []                          # empty: the URL's database (/N), or every non-empty one
 match = ["*"]
 big_key_elements = 10000          # keys with more elements are read and restored in chunks
 

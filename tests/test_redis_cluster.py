@@ -157,7 +157,7 @@ def test_cluster_to_smaller_cluster_and_standalone(
     cluster2.flush()
     with client(standalone) as r:
         r.move(b"ttl", 5)  # a key in another db: mapped onto the cluster's only db below
-    from_standalone, _ = take(tmp_path / "s.statekit", RedisConfig(url=standalone))
+    from_standalone, _ = take(tmp_path / "s.statekit", RedisConfig(url=standalone, dbs=[0, 5]))
     rc2 = cluster2.client()
     rc2.set(b"k:1\xff", b"old")
     rc2.close()

@@ -149,11 +149,27 @@ def test_all_nonempty_dbs_by_default(redis_url: str, redis_url2: str, tmp_path: 
         r.set(b"one", b"1")
     with client(redis_url2) as r:
         r.set(b"two", b"2")
-    base = redis_url.rsplit("/", 1)[0] + "/0"
+    base = redis_url.rsplit("/", 1)[0]  # no database in the URL: every non-empty one
     _, summary = take(tmp_path / "all.statekit", RedisConfig(url=base))
     dbs = summary.details["dbs"]
     assert dbs[redis_url.rsplit("/", 1)[1]]["keys"] == 1
     assert dbs[redis_url2.rsplit("/", 1)[1]]["keys"] == 1
+
+
+def test_url_database_is_the_one_snapshotted_and_restored_into(
+    redis_url: str, redis_url2: str, tmp_path: Path
+) -> None:
+    with client(redis_url) as r:
+        r.set(b"one", b"1")
+    with client(redis_url2) as r:
+        r.set(b"two", b"2")
+    archive, summary = take(tmp_path / "one.statekit", RedisConfig(url=redis_url))
+    assert list(summary.details["dbs"]) == [redis_url.rsplit("/", 1)[1]]
+    with client(redis_url2) as r:
+        r.flushdb()
+    put_back(archive, redis_url2)  # no --db-map: the target URL's database receives the archive's only one
+    with client(redis_url2) as r:
+        assert r.get(b"one") == b"1"
 
 
 def _stream_view(url: str) -> tuple[object, ...]:

@@ -1,6 +1,6 @@
 """The redis tier: snapshot keys of a Redis server or Cluster into archive members, and restore them.
 
-Member format: docs/FORMAT_REDIS.md (records.py). Wire: resp.py. Cross-version payloads: portable.py.
+Member format: docs/FORMAT.md ("redis members") (records.py). Wire: resp.py. Cross-version payloads: portable.py.
 """
 
 from __future__ import annotations

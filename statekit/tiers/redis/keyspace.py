@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Callable, Sequence
+from urllib.parse import parse_qs, urlsplit
 
 SLOTS = 16384
 
@@ -86,3 +87,25 @@ def tag_for_slot(slot: int, _cache: dict[int, bytes] | None = None) -> bytes:
 
 
 _TAGS: dict[int, bytes] = {}
+
+
+def url_db(url: str | None) -> int | None:
+    """The database a Redis URL names explicitly (`redis://h/3`, `unix:///s.sock?db=3`), or None when it names
+    none (then every non-empty database is meant)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    text = None
+    if parts.scheme in ("redis", "rediss") and parts.path.strip("/"):
+        text = parts.path.strip("/")
+    elif "db" in parse_qs(parts.query):
+        text = parse_qs(parts.query)["db"][0]
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None

@@ -1,4 +1,4 @@
-"""The redis members' record format (documented in docs/FORMAT_REDIS.md).
+"""The redis members' record format (documented in docs/FORMAT.md ("redis members")).
 
 A member `redis/db<N>.<NNNNNN>.rec` is one header followed by records, all little-endian:
 

@@ -37,7 +37,7 @@ from statekit.model import (
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.bigkeys import BigKeyBuilder, show_key
 from statekit.tiers.redis.cluster import Pending, Router
-from statekit.tiers.redis.keyspace import compile_match
+from statekit.tiers.redis.keyspace import compile_match, url_db
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
     TAG_ABSENT,
@@ -84,6 +84,20 @@ def _source_dbs(archive: Any) -> list[int]:
     return sorted(db for db in dbs if db is not None)
 
 
+def _effective_db_map(db_map: dict[int, int], named: int | None, sources: list[int]) -> dict[int, int]:
+    """--db-map as given; without it, a target URL that names a database receives a one-database archive
+    there (a multi-database archive then needs an explicit --db-map)."""
+    if db_map or named is None:
+        return dict(db_map)
+    if len(sources) <= 1:
+        return {db: named for db in sources}
+    listed = ", ".join(str(d) for d in sources)
+    raise ConfigError(
+        f"redis: the archive holds databases {listed} but the target URL names database {named}: "
+        "give --db-map SRC:DST for each, or a target URL without a database"
+    )
+
+
 class _Restorer:
     def __init__(self, archive: Any, opts: RestoreOptions, cfg: RedisConfig, warn: Warn, progress: Progress):
         _check_opts(opts)
@@ -97,6 +111,7 @@ class _Restorer:
         self.url = url
         self.match = compile_match(opts.match)
         archive.index()  # verified once, before anything is written (cached when the engine ran it)
+        self.db_map = _effective_db_map(opts.db_map, url_db(url), _source_dbs(archive))
         self.target = RestoreTarget(url)
         self.target_rdb = self.target.info.rdb_version
         self.plans: dict[int, DbPlan] = {}
@@ -105,7 +120,7 @@ class _Restorer:
         self._big: BigKeyBuilder | None = None
 
     def tdb(self, db: int) -> int:
-        return self.opts.db_map.get(db, db)
+        return self.db_map.get(db, db)
 
     def plan_for(self, db: int) -> DbPlan:
         p = self.plans.get(db)

@@ -32,7 +32,7 @@ from statekit.errors import ConfigError, TierError
 from statekit.model import MemberSink, Progress, TierSummary, Warn, no_progress, no_warn, now_ms
 from statekit.tiers.redis import cluster
 from statekit.tiers.redis.bigkeys import STRING_CHUNK, read_chunks, show_key
-from statekit.tiers.redis.keyspace import compile_match
+from statekit.tiers.redis.keyspace import compile_match, url_db
 from statekit.tiers.redis.records import (
     NO_EXPIRY,
     RDB_TYPE_TO_TYPE,
@@ -139,8 +139,12 @@ def snapshot_redis(
                 raise ConfigError("redis: a Redis Cluster has only database 0 (fix [redis] dbs)")
             shards = [(node, 0) for node in cluster.primaries(seed)]
         else:
-            dbs = sorted(set(cfg.dbs)) or sorted(
-                db for db, n in keyspace_counts(parse_info(seed.call(b"INFO", b"keyspace"))).items() if n
+            named = url_db(cfg.url)
+            # [redis] dbs wins; else a URL that names a database means that one; else every non-empty one
+            dbs = (
+                sorted(set(cfg.dbs))
+                or ([named] if named is not None else [])
+                or sorted(db for db, n in keyspace_counts(parse_info(seed.call(b"INFO", b"keyspace"))).items() if n)
             )
             shards = [(None, db) for db in dbs]
         seqs: dict[int, int] = {}

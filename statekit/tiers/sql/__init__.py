@@ -1,6 +1,6 @@
 """The db tier: SQL databases (PostgreSQL, MySQL/MariaDB, SQLite) to and from archive members.
 
-Public entry points: `snapshot_db`, `plan_db_restore`, `restore_db`. Archive layout: docs/FORMAT_DB.md.
+Public entry points: `snapshot_db`, `plan_db_restore`, `restore_db`. Archive layout: docs/FORMAT.md ("db members").
 """
 
 from __future__ import annotations

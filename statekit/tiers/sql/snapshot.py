@@ -1,6 +1,6 @@
 """snapshot_db: every selected table from one consistent database snapshot into archive members.
 
-Members written (docs/FORMAT_DB.md): `db/schema.json` first (all tables in foreign-key order, types, enums,
+Members written (docs/FORMAT.md ("db members")): `db/schema.json` first (all tables in foreign-key order, types, enums,
 domains, sequences, dialect, server version), then per table data segments
 `<member>.<NNNNNN>.copy` (PostgreSQL COPY text) or `<member>.<NNNNNN>.jsonl` (portable rows), where `<member>`
 is the table's percent-encoded `db/<schema>.<table>` prefix recorded in schema.json.
