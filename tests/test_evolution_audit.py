@@ -153,3 +153,28 @@ def test_a_redis_key_that_does_not_parse_is_reported(pg_url: str, redis_url: str
     assert res.code == 1
     [f] = res.json()["findings"]
     assert (f["class"], f["tier"], f["where"]) == ("unparseable", "redis", "evolution:instance:abc:extra")
+
+
+def test_audit_metrics_file(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """--metrics-file: findings by entity and class, entity counts per tier, session-restore readiness (the
+    share of instances complete in the authority), database round trip and Redis hit ratio; it parses."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    generate(pg_url, redis_url, tmp_path / "instances", instances=4, keys_per_instance=6,
+             inject={"no_session": 1})  # fmt: skip
+    write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(tmp_path / "instances"))
+    redis.Redis.from_url(redis_url).get("warm-the-hit-ratio")
+    res = invoke("audit", "--metrics-file", "audit.prom", "--recheck-rounds", "0")
+    assert res.code == 1, res.err
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(Path("audit.prom").read_text())
+        for s in fam.samples
+    }
+    assert samples[("statekit_audit_drift", ())] == 1
+    assert samples[("statekit_audit_findings", (("class", "missing"), ("entity", "creds")))] >= 1
+    assert samples[("statekit_audit_entities", (("entity", "instance"), ("tier", "db")))] == 4
+    readiness = samples[("statekit_evolution_session_restore_readiness_ratio", ())]
+    assert readiness == pytest.approx(3 / 4)  # the instance without a Session row cannot restore
+    assert 0 < samples[("statekit_db_roundtrip_seconds", ())] < 1
+    assert 0 <= samples[("statekit_redis_keyspace_hit_ratio", ())] <= 1

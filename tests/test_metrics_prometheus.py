@@ -91,7 +91,7 @@ def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
             entity_counts={("session", "db"): 10, ("session", "redis"): 8},
             drift=True,
             finished=1_800_000_000.5,
-            evolution=EvolutionStatus(ready=True, latency_seconds=0.042, hit_ratio=0.97),
+            evolution=EvolutionStatus(readiness=0.5, db_latency_seconds=0.042, redis_hit_ratio=0.97),
         )
         + rehearse_metrics(archive="a.statekit", ok=True, started=1.0, finished=3.5, checks={"db": {"passed": 4}}),
     )
@@ -100,8 +100,9 @@ def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
     assert m[("statekit_audit_findings", (("class", "orphan"), ("entity", 'we"ird\\ent\nity')))] == 4
     assert m[("statekit_audit_entities", (("entity", "session"), ("tier", "redis")))] == 8
     assert m[("statekit_audit_drift", ())] == 1
-    assert m[("statekit_evolution_latency_seconds", ())] == pytest.approx(0.042)
-    assert m[("statekit_evolution_cache_hit_ratio", ())] == pytest.approx(0.97)
+    assert m[("statekit_evolution_session_restore_readiness_ratio", ())] == pytest.approx(0.5)
+    assert m[("statekit_db_roundtrip_seconds", ())] == pytest.approx(0.042)
+    assert m[("statekit_redis_keyspace_hit_ratio", ())] == pytest.approx(0.97)
     assert m[("statekit_rehearse_duration_seconds", (("archive", "a.statekit"),))] == 2.5
     assert m[("statekit_rehearse_checks", (("archive", "a.statekit"), ("outcome", "failed"), ("tier", "db")))] == 0
 

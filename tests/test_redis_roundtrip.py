@@ -156,9 +156,7 @@ def test_all_nonempty_dbs_by_default(redis_url: str, redis_url2: str, tmp_path: 
     assert dbs[redis_url2.rsplit("/", 1)[1]]["keys"] == 1
 
 
-def test_url_database_is_the_one_snapshotted_and_restored_into(
-    redis_url: str, redis_url2: str, tmp_path: Path
-) -> None:
+def test_url_database_is_the_one_snapshotted_and_restored_into(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
     with client(redis_url) as r:
         r.set(b"one", b"1")
     with client(redis_url2) as r:

@@ -86,6 +86,11 @@ class AuditResult:
     values: int = 0
     duration_s: float = 0.0
     keys_only: bool = False
+    # (entity, tier) -> ids with at least one non-null record there
+    entity_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    # ids whose root exists in the authority, and of those the ones complete in every entity's authority
+    roots: int = 0
+    complete: int = 0
 
     @property
     def drift(self) -> bool:
@@ -122,6 +127,25 @@ class _ScopeComparer:
 
     def root_present(self, root: Entity, scope: str) -> bool:
         return any(not r.null for r in self.records(root, root.authority, scope).values())
+
+    def tally(self, scope: str, counts: dict[tuple[str, str], int]) -> tuple[bool, bool]:
+        """Count where this id has records, and whether its state is complete in each entity's authority."""
+        rooted = complete = False
+        for ent in self.model.entities.values():
+            present_in_authority = False
+            for tier in ent.locators:
+                if any(not r.null for r in self.records(ent, tier, scope).values()):
+                    counts[(ent.name, tier)] = counts.get((ent.name, tier), 0) + 1
+                    present_in_authority = present_in_authority or tier == ent.authority
+            if ent.parent is None and present_in_authority:
+                rooted = complete = True
+        if rooted:
+            complete = all(
+                any(not r.null for r in self.records(ent, ent.authority, scope).values())
+                for ent in self.model.entities.values()
+                if ent.authority in ent.locators
+            )
+        return rooted, complete
 
     def scope(self, scope: str) -> Iterator[Finding]:
         roots_ok: dict[str, bool] = {}
@@ -269,9 +293,14 @@ def _unparseable_findings(items: Iterable[Unparseable]) -> list[Finding]:
 
 
 def compare_scopes(
-    model: Model, sources: dict[str, Source], scopes: list[str], opts: AuditOptions
+    model: Model,
+    sources: dict[str, Source],
+    scopes: list[str],
+    opts: AuditOptions,
+    tally: AuditResult | None = None,
 ) -> tuple[list[Finding], int]:
-    """Findings for these scopes (values are loaded batch by batch) and the number of values compared."""
+    """Findings for these scopes (values are loaded batch by batch) and the number of values compared; with
+    `tally`, also count per entity and tier where the ids have records, and how many are complete."""
     findings: list[Finding] = []
     values = 0
     batches = list(_chunks(scopes, max(1, opts.batch)))
@@ -293,6 +322,10 @@ def compare_scopes(
                 findings.extend(_unparseable_findings(d.unparseable))
             for scope in batch:
                 findings.extend(comparer.scope(scope))
+                if tally is not None:
+                    rooted, complete = comparer.tally(scope, tally.entity_counts)
+                    tally.roots += rooted
+                    tally.complete += complete
             values += comparer.values
     return findings, values
 
@@ -314,7 +347,8 @@ def run_audit(
         progress(tier, len(all_scopes), 0)
     findings = _unparseable_findings(u for s in sources.values() for u in s.unparseable)
     scopes = sorted(all_scopes)
-    found, values = compare_scopes(model, sources, scopes, opts)
+    tally = AuditResult([], [], [])
+    found, values = compare_scopes(model, sources, scopes, opts, tally)
     findings.extend(found)
     if refresh is not None and opts.recheck_rounds > 0:
         findings = _recheck(model, sources, opts, findings, refresh)
@@ -328,6 +362,9 @@ def run_audit(
         values=values,
         duration_s=time.monotonic() - started,
         keys_only=opts.keys_only,
+        entity_counts=tally.entity_counts,
+        roots=tally.roots,
+        complete=tally.complete,
     )
 
 

@@ -68,6 +68,8 @@ def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str,
 @click.option("--jsonl", is_flag=True, help="One JSON line per finding, then a summary line.")
 @click.option("--examples", type=click.IntRange(0, 1000), default=3, show_default=True,
               help="Examples shown per entity and class.")  # fmt: skip
+@click.option("--metrics-file", metavar="PATH",
+              help="Write Prometheus metrics: findings, entity counts, readiness, latency, hit ratio.")  # fmt: skip
 @identity_options
 @common_options
 def audit(
@@ -83,6 +85,7 @@ def audit(
     recheck_delay: float,
     jsonl: bool,
     examples: int,
+    metrics_file: str | None,
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
@@ -106,6 +109,10 @@ def audit(
                       {"against": os.path.basename(against), "model": model.source})  # fmt: skip
         return
     result = audit_live(model, where, opts, progress=app.progress(), warn=app.warn)
+    if metrics_file:
+        from statekit.audit.health import write_audit_metrics
+
+        write_audit_metrics(metrics_file, result, where, evolution=model.source == "profile evolution-api")
     _finish_audit(app, result, jsonl, examples, "audit", {"model": model.source})
 
 

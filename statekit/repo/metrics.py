@@ -203,11 +203,12 @@ def rehearse_metrics(
 
 @dataclass
 class EvolutionStatus:
-    """Evolution API health as the audit sees it: readiness (0/1), request latency and cache hit ratio."""
+    """Evolution API health as the audit sees it: the share of instances whose auth state is complete in the
+    authority (session-restore readiness), the database round-trip time and Redis's keyspace hit ratio."""
 
-    ready: bool
-    latency_seconds: float | None = None
-    hit_ratio: float | None = None
+    readiness: float | None = None
+    db_latency_seconds: float | None = None
+    redis_hit_ratio: float | None = None
 
 
 def audit_metrics(
@@ -233,17 +234,19 @@ def audit_metrics(
         e.add(n, entity=entity, tier=tier)
     out.append(e)
     if evolution is not None:
-        out.append(Metric("statekit_evolution_ready", "1 if Evolution API answered ready").add(int(evolution.ready)))
-        if evolution.latency_seconds is not None:
-            out.append(
-                Metric("statekit_evolution_latency_seconds", "Evolution API response time").add(
-                    evolution.latency_seconds
-                )
-            )
-        if evolution.hit_ratio is not None:
-            out.append(
-                Metric("statekit_evolution_cache_hit_ratio", "Share of Evolution lookups served from Redis").add(
-                    evolution.hit_ratio
-                )
-            )
+        for name, help_text, value in (
+            (
+                "statekit_evolution_session_restore_readiness_ratio",
+                "Share of instances whose auth state is complete in the authoritative tier",
+                evolution.readiness,
+            ),
+            ("statekit_db_roundtrip_seconds", "Database round-trip time (SELECT 1)", evolution.db_latency_seconds),
+            (
+                "statekit_redis_keyspace_hit_ratio",
+                "Redis keyspace_hits / (hits + misses) from INFO stats",
+                evolution.redis_hit_ratio,
+            ),
+        ):
+            if value is not None:
+                out.append(Metric(name, help_text).add(value))
     return out

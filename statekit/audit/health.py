@@ -1,0 +1,70 @@
+"""Health figures an audit reports next to its findings: session-restore readiness, database round-trip
+time and Redis's keyspace hit ratio (as monitoring for Evolution API asks for)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from statekit.audit.diff import AuditResult
+from statekit.audit.engine import Locations
+from statekit.errors import StatekitError
+
+
+def db_roundtrip_seconds(url: str | None, samples: int = 5) -> float | None:
+    """Median time of `SELECT 1` on an open connection, or None without a database."""
+    if not url:
+        return None
+    import sqlalchemy as sa
+
+    from statekit.tiers.sql.connect import DbTarget
+
+    target = DbTarget(url)
+    with target.connection() as conn:
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            conn.execute(sa.text("SELECT 1")).scalar()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def redis_hit_ratio(url: str | None) -> float | None:
+    """keyspace_hits / (hits + misses) from INFO stats, or None when Redis has served no lookup yet."""
+    if not url:
+        return None
+    from statekit.tiers.redis.resp import RespConnection, parse_info
+
+    conn = RespConnection(url)
+    try:
+        info = parse_info(conn.call(b"INFO", b"stats"))
+    finally:
+        conn.close()
+    hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+    return hits / (hits + misses) if hits + misses else None
+
+
+def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations, *, evolution: bool) -> None:
+    """Write the audit's Prometheus metrics; the Evolution figures only for the evolution-api profile."""
+    from statekit.repo.metrics import EvolutionStatus, audit_metrics, write_metrics
+
+    findings: dict[tuple[str, str], int] = {}
+    for f in result.findings:
+        findings[(f.entity, f.cls)] = findings.get((f.entity, f.cls), 0) + 1
+    status = None
+    if evolution:
+        status = EvolutionStatus(readiness=result.complete / result.roots if result.roots else None)
+        try:
+            status.db_latency_seconds = db_roundtrip_seconds(where.db_url)
+            status.redis_hit_ratio = redis_hit_ratio(where.redis_url)
+        except StatekitError:
+            pass  # the audit itself already reported an unreachable tier
+    metrics = audit_metrics(
+        findings=findings,
+        entity_counts=result.entity_counts,
+        drift=result.drift,
+        finished=time.time(),
+        evolution=status,
+    )
+    write_metrics(path, metrics)
