@@ -73,6 +73,7 @@ class AuditOptions:
     recheck_rounds: int = 1
     recheck_delay: float = 0.5
     batch: int = 500
+    tally: bool = False  # also count ids per entity and tier, and complete ones (for --metrics-file)
 
 
 @dataclass
@@ -348,7 +349,7 @@ def run_audit(
     findings = _unparseable_findings(u for s in sources.values() for u in s.unparseable)
     scopes = sorted(all_scopes)
     tally = AuditResult([], [], [])
-    found, values = compare_scopes(model, sources, scopes, opts, tally)
+    found, values = compare_scopes(model, sources, scopes, opts, tally if opts.tally else None)
     findings.extend(found)
     if refresh is not None and opts.recheck_rounds > 0:
         findings = _recheck(model, sources, opts, findings, refresh)

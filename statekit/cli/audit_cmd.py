@@ -98,7 +98,9 @@ def audit(
 
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root)
     model = model.select(list(entities))
-    opts = AuditOptions(keys_only=keys_only, recheck_rounds=recheck_rounds, recheck_delay=recheck_delay)
+    opts = AuditOptions(
+        keys_only=keys_only, recheck_rounds=recheck_rounds, recheck_delay=recheck_delay, tally=bool(metrics_file)
+    )
     if against:
         from statekit.audit.archive_reader import audit_against
         from statekit.cli.archive_cmd import open_verified
