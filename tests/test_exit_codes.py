@@ -100,19 +100,28 @@ def test_5_tier_unreachable(tmp_path: Path, env: dict[str, str]) -> None:
     assert_error(out, 5, "tier-unavailable")
 
 
-def test_6_tier_failed(tmp_path: Path, env: dict[str, str]) -> None:
-    # a directory inside the files root that cannot be listed (a file where its parent path expects a dir
-    # would be skipped; an unlistable dir works for non-root users only, so use a dangling mount-like case)
-    import os
+# Without CAP_DAC_OVERRIDE even root gets EACCES on a mode-000 directory: a real unlistable folder.
+_NO_DAC = ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search")
 
+
+def test_6_tier_failed(tmp_path: Path, env: dict[str, str]) -> None:
+    import os
+    import shutil
+
+    prefix: tuple[str, ...] = ()
     if os.geteuid() == 0:
-        pytest.skip("as root every directory is listable; exit 6 is covered by the tier test suites")
+        if shutil.which("setpriv") is None:
+            pytest.fail("running as root: setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE")
+        prefix = (*_NO_DAC, "--")
     locked = Path(env["root"]) / "locked"
     locked.mkdir()
     locked.chmod(0)
     try:
-        out = sk("snapshot", "--files-root", env["root"], "--to", env["repo"], "-r", env["rec"], "--json")
+        args = ("snapshot", "--files-root", env["root"], "--to", env["repo"], "-r", env["rec"], "--json")
+        out = subprocess.run([*prefix, STATEKIT, *args], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
         assert_error(out, 6, "tier-failed")
+        assert "locked" in out.stderr
     finally:
         locked.chmod(0o700)
 

