@@ -20,6 +20,14 @@ def no_warn(message: str) -> None:
     """A warning callback that ignores its argument."""
 
 
+def announce_total(progress: Progress, tier: str, total: int) -> None:
+    """Tell a progress display how many items a tier expects (so it can show an ETA). A progress callback
+    that wants totals has a `set_total(tier, total)` method; plain callables are left alone."""
+    set_total = getattr(progress, "set_total", None)
+    if callable(set_total):
+        set_total(tier, total)
+
+
 def now_ms() -> int:
     """Wall-clock time in integer milliseconds since the epoch."""
     return time.time_ns() // 1_000_000

@@ -43,6 +43,7 @@ class App:
     log_format: str = "text"
     warnings: list[str] = field(default_factory=list)
     _config: Config | None = None
+    _live: _TtyProgress | None = None
     started: float = field(default_factory=time.time)
 
     def config(self) -> Config:
@@ -76,6 +77,7 @@ class App:
 
     def result(self, doc: dict[str, Any], human: str | Iterable[str] | None) -> None:
         """Print the command's result: one JSON document with --json, else the human text."""
+        self._end_progress()
         if self.json:
             out = {"schema": JSON_SCHEMA, "command": self.command, "ok": True, **doc}
             if self.warnings and "warnings" not in out:
@@ -94,7 +96,13 @@ class App:
         """A progress callback: a live line per tier on a TTY, nothing otherwise."""
         if not self.interactive:
             return _no_progress
-        return _TtyProgress()
+        self._live = _TtyProgress()
+        return self._live
+
+    def _end_progress(self) -> None:
+        if self._live is not None:
+            self._live.close()
+            self._live = None
 
 
 def _no_progress(tier: str, items: int, nbytes: int) -> None:
@@ -102,12 +110,23 @@ def _no_progress(tier: str, items: int, nbytes: int) -> None:
 
 
 class _TtyProgress:
-    """One self-overwriting stderr line: tier, items, bytes, rate."""
+    """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.last = 0.0
         self.tier = ""
+        self.totals: dict[str, int] = {}
+
+    def set_total(self, tier: str, total: int) -> None:
+        self.totals[tier] = total
+
+    def close(self) -> None:
+        """End the live line so that what follows starts on a line of its own."""
+        if self.tier:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.tier = ""
 
     def __call__(self, tier: str, items: int, nbytes: int) -> None:
         now = time.monotonic()
@@ -120,9 +139,21 @@ class _TtyProgress:
             return
         self.last = now
         elapsed = max(now - self.start, 1e-6)
-        line = f"  {tier:<6} {items:>10,} items  {_human_bytes(nbytes):>9}  {items / elapsed:>10,.0f}/s"
-        sys.stderr.write("\r" + line)
+        rate = items / elapsed
+        total = self.totals.get(tier)
+        done = f"{items:>10,}" + (f"/{total:,}" if total else "")
+        line = f"  {tier:<6} {done} items  {_human_bytes(nbytes):>9}  {rate:>9,.0f}/s"
+        if total and rate > 0 and items < total:
+            line += f"  ETA {_eta((total - items) / rate)}"
+        sys.stderr.write("\r" + line + "\033[K")
         sys.stderr.flush()
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _human_bytes(n: float) -> str:
@@ -255,6 +286,8 @@ def run(argv: list[str] | None = None) -> int:
 
 def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:
     message = " ".join(message.split())
+    if _isatty(sys.stderr):
+        sys.stderr.write("\r\033[K")  # replace a live progress line, if one was being drawn
     if wants_json:
         doc = {
             "schema": JSON_SCHEMA,

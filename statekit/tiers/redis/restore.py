@@ -30,6 +30,7 @@ from statekit.model import (
     TierSummary,
     UndoSink,
     Warn,
+    announce_total,
     no_progress,
     no_warn,
     now_ms,
@@ -305,6 +306,7 @@ class _Restorer:
         """The writing pass; returns what happened per source database."""
         done = 0
         per_db: dict[int, dict[str, int]] = {}
+        announce_total(self.progress, "redis", int(self.archive.manifest.get("totals", {}).get("keys", 0)))
         for name, header, body in _members(self.archive):
             tdb = self.tdb(header.db)
             router = self.target.router(tdb)

@@ -29,7 +29,7 @@ from typing import Any
 
 from statekit.config import RedisConfig, redact_url
 from statekit.errors import ConfigError, TierError
-from statekit.model import MemberSink, Progress, TierSummary, Warn, no_progress, no_warn, now_ms
+from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn, now_ms
 from statekit.tiers.redis import cluster
 from statekit.tiers.redis.bigkeys import STRING_CHUNK, read_chunks, show_key
 from statekit.tiers.redis.keyspace import compile_match, url_db
@@ -147,6 +147,8 @@ def snapshot_redis(
                 or sorted(db for db, n in keyspace_counts(parse_info(seed.call(b"INFO", b"keyspace"))).items() if n)
             )
             shards = [(None, db) for db in dbs]
+            sizes = keyspace_counts(parse_info(seed.call(b"INFO", b"keyspace")))
+            announce_total(progress, "redis", sum(sizes.get(db, 0) for db in dbs))
         seqs: dict[int, int] = {}
         for node, db in shards:
             conn = seed.other_db(db) if node is None else seed.sibling(node[0], node[1])

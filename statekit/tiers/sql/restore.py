@@ -18,7 +18,16 @@ import sqlalchemy as sa
 
 from statekit.config import DbConfig
 from statekit.errors import Refused, StatekitError, TierUnavailable
-from statekit.model import Progress, RestoreOptions, RestoreReport, UndoSink, Warn, no_progress, no_warn
+from statekit.model import (
+    Progress,
+    RestoreOptions,
+    RestoreReport,
+    UndoSink,
+    Warn,
+    announce_total,
+    no_progress,
+    no_warn,
+)
 from statekit.tiers.sql import ddl
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
@@ -73,6 +82,7 @@ def restore_db(
     report = _report(ctx, dry_run=False)
     if undo is not None:
         report.undo_archive = _save_undo(ctx, undo)
+    announce_total(progress, "db", sum(p.archive_rows or 0 for p in ctx.plans))
     started = time.time()
     try:
         if ctx.same_dialect and ctx.target.dialect == "postgresql":

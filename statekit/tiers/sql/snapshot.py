@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from statekit.config import DbConfig
 from statekit.errors import StatekitError
-from statekit.model import MemberSink, Progress, TierSummary, Warn, no_progress, no_warn
+from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn
 from statekit.tiers.sql.connect import DbTarget, server_version
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc, reflect
 
@@ -55,6 +55,28 @@ def exact_patterns(keys: list[str]) -> list[str]:
     return [glob.escape(k) for k in keys]
 
 
+def _pg_row_estimate(target: DbTarget, desc: DbSchema) -> int:
+    """The planner's row estimate (pg_class.reltuples) of the selected tables, for a progress ETA only. It
+    runs on a connection of its own so that it can never disturb the snapshot's transaction."""
+    from statekit.tiers.sql.postgres import qtable
+
+    names = [qtable(t.schema, t.name) for t in desc.tables]
+    if not names:
+        return 0
+    try:
+        with target.connection() as conn:
+            value = conn.execute(
+                sa.text(
+                    "SELECT COALESCE(sum(GREATEST(reltuples, 0)), 0) FROM pg_class "
+                    "WHERE oid = ANY(CAST(CAST(:names AS text[]) AS regclass[]))"
+                ),
+                {"names": names},
+            ).scalar()
+    except (StatekitError, sa.exc.SQLAlchemyError):
+        return 0
+    return int(value or 0)
+
+
 def snapshot_target(
     target: DbTarget,
     sink: MemberSink,
@@ -87,6 +109,8 @@ def snapshot_target(
     def write_schema(desc: DbSchema) -> None:
         # First member of the tier: a restore knows every table's columns before it meets any data segment.
         sink.add(SCHEMA_MEMBER, desc.to_json_bytes(), meta={"tables": len(desc.tables)})
+        if dialect == "postgresql" and getattr(progress, "set_total", None):
+            announce_total(progress, "db", _pg_row_estimate(target, desc))
 
     with target.connection() as conn, warnings.catch_warnings():
         # SQLAlchemy warns about types it does not know (point, tsvector…); they are archived as "other".
