@@ -349,6 +349,13 @@ class _Restorer:
         pending: tuple[Pending, list[bytes], list[bool]] | None = None
         n = 0
         big = self._big  # a big key's records may continue from the previous member
+        # New strings without expiry on a standalone target go in as one MSETNX per batch: a tenth of the
+        # server's and the packer's work per key, and still never overwriting a key someone else just wrote
+        # (MSETNX sets all or nothing; on "nothing" the batch is retried key by key with SET NX).
+        mset = pxat and not router.cluster
+        mset_keys: list[bytes] = []
+        mset_args: list[bytes] = []
+        mset_seen: set[bytes] = set()
         # RESTORE key ttl payload ABSTTL [REPLACE], packed by hand: this loop runs once per key.
         create_tail = b"\r\n$6\r\nABSTTL\r\n"
         replace_tail = b"\r\n$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n"
@@ -400,6 +407,17 @@ class _Restorer:
             else:
                 expire = 0
             if tag == TAG_VALUE:
+                if mset and not expire and key not in conflicts and key not in mset_seen:
+                    mset_seen.add(key)  # SCAN may list a key twice: the second goes the SET NX way
+                    mset_keys.append(key)
+                    mset_args.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (klen, key, vlen, payload))
+                    if len(mset_keys) >= _BATCH:
+                        if pending is not None:
+                            self._settle(router, *pending, counts)
+                            pending = None
+                        self._msetnx(router, mset_keys, mset_args, counts)
+                        mset_keys, mset_args, mset_seen = [], [], set()
+                    continue
                 if pxat:
                     # SET key value [NX] [PXAT ms]: a plain string, whatever the target's version
                     exists = key in conflicts
@@ -467,10 +485,25 @@ class _Restorer:
             pending = (sent, keys, replacing)
         if pending is not None:
             self._settle(router, *pending, counts)
+        if mset_keys:
+            self._msetnx(router, mset_keys, mset_args, counts)
         if dels:
             self._delete(router, dels, counts)
         self._big = big
         return n
+
+    def _msetnx(self, router: Router, keys: list[bytes], args: list[bytes], counts: dict[str, int]) -> None:
+        """Create these string keys (no expiry) with one MSETNX; if any of them exists by now, none was set:
+        then set them one by one with SET NX, so only the keys that are really there are skipped."""
+        head = b"*%d\r\n$6\r\nMSETNX\r\n" % (1 + 2 * len(keys))
+        (reply,) = router.call(keys[:1], [head + b"".join(args)])
+        if reply == 1:
+            counts["created"] += len(keys)
+            return
+        if isinstance(reply, ReplyError):
+            raise TierError(f"redis: MSETNX failed: {reply}")
+        cmds = [b"*4\r\n$3\r\nSET\r\n" + a + b"$2\r\nNX\r\n" for a in args]
+        self._settle(router, router.send(keys, cmds), keys, [False] * len(keys), counts)
 
     def _delete(self, router: Router, keys: list[bytes], counts: dict[str, int]) -> None:
         replies = router.call(keys, [b"*2\r\n$3\r\nDEL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
