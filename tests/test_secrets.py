@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from statekit.archive.format import Archive
 from statekit.archive.keys import ScryptIdentity, generate_identity
@@ -229,7 +230,7 @@ def test_no_secret_leaks_through_any_command(
     wrong_redis = redis_url.replace(REDIS_PASSWORD, REDIS_PASSWORD + "-WRONG")
     bad = run_cli(log, "snapshot", "--redis-url", wrong_redis, "--to", str(tmp_path), "-r", recipient, code=None)
     assert bad.returncode in (5, 6), bad.stderr
-    closed = db_url.replace(":5432/", f":{free_port()}/")
+    closed = make_url(db_url).set(port=free_port()).render_as_string(hide_password=False)
     bad = run_cli(log, "snapshot", "--db-url", closed, "--to", str(tmp_path), "-r", recipient, "--json", code=5)
     assert "127.0.0.1" in bad.stderr
 
