@@ -101,3 +101,30 @@ def test_flush_empties_target_after_saving_it(
     put_back(Archive(tmp_path / "u.statekit"), redis_url2)
     after = state(redis_url2)
     assert after.keys() == before.keys()
+
+
+def test_string_written_by_someone_else_during_restore_is_left_alone(redis_url: str, tmp_path: Path) -> None:
+    """New strings go in as MSETNX batches; when a batch finds one of its keys already there (written since
+    the plan, or listed twice by SCAN), nothing of that batch is overwritten: it is redone key by key with
+    SET NX, and only the key that was there is skipped."""
+    import redis as redis_py
+
+    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.model import TierSummary, now_ms
+    from statekit.tiers.redis.records import _HEAD, NO_EXPIRY, TAG_VALUE, TYPE_STRING, RecordWriter
+
+    path = tmp_path / "dup.statekit"
+    with atomic_output(path) as fh:
+        w = ArchiveWriter(fh, recipients=None)
+        rec = RecordWriter(w, 0, "7.0.0", now_ms())
+        records = [(b"k%d" % i, b"v%d" % i) for i in range(1500)] + [(b"k5", b"second")]
+        for key, value in records:
+            rec.add_raw([_HEAD.pack(TAG_VALUE, TYPE_STRING, 0, NO_EXPIRY, len(key), len(value)), key, value],
+                        20 + len(key) + len(value), 1)  # fmt: skip
+        rec.flush()
+        w.finish({"tiers": [TierSummary("redis", counts={"keys": len(records)}).to_json()]})
+    rep = put_back(Archive(path), redis_url, db_map={0: int(redis_url.rsplit("/", 1)[1])})
+    assert rep.counts["created"] == 1500 and rep.counts["skipped"] == 1
+    with redis_py.Redis.from_url(redis_url) as r:
+        assert r.dbsize() == 1500
+        assert r.get(b"k5") == b"v5" and r.get(b"k1499") == b"v1499"

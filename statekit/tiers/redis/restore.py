@@ -346,7 +346,9 @@ class _Restorer:
         cmds: list[bytes] = []
         replacing: list[bool] = []
         dels: list[bytes] = []
-        pending: tuple[Pending, list[bytes], list[bool]] | None = None
+        # the batch in flight: ("cmds", sent, keys, replacing) or ("mset", sent, keys, args)
+        pending: tuple[str, Pending, list[bytes], list[Any]] | None = None
+        retry: list[tuple[list[bytes], list[bytes]]] = []  # MSETNX batches that found a key there
         n = 0
         big = self._big  # a big key's records may continue from the previous member
         # New strings without expiry on a standalone target go in as one MSETNX per batch: a tenth of the
@@ -375,7 +377,7 @@ class _Restorer:
                     if len(dels) >= _BATCH:
                         # same connection: the RESTOREs in flight must be read before the DELs' replies
                         if pending is not None:
-                            self._settle(router, *pending, counts)
+                            self._settle_any(router, pending, counts, retry)
                             pending = None
                         if cmds:
                             self._settle(router, router.send(keys, cmds), keys, replacing, counts)
@@ -385,7 +387,7 @@ class _Restorer:
                     continue
                 # Big keys are rare: finish the pipeline first, then rebuild synchronously.
                 if pending is not None:
-                    self._settle(router, *pending, counts)
+                    self._settle_any(router, pending, counts, retry)
                     pending = None
                 if cmds:
                     self._settle(router, router.send(keys, cmds), keys, replacing, counts)
@@ -412,10 +414,10 @@ class _Restorer:
                     mset_keys.append(key)
                     mset_args.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (klen, key, vlen, payload))
                     if len(mset_keys) >= _BATCH:
+                        sent = self._send_msetnx(router, mset_keys, mset_args)
                         if pending is not None:
-                            self._settle(router, *pending, counts)
-                            pending = None
-                        self._msetnx(router, mset_keys, mset_args, counts)
+                            self._settle_any(router, pending, counts, retry)
+                        pending = ("mset", sent, mset_keys, mset_args)
                         mset_keys, mset_args, mset_seen = [], [], set()
                     continue
                 if pxat:
@@ -436,8 +438,8 @@ class _Restorer:
                     if len(cmds) >= _BATCH:
                         sent = router.send(keys, cmds)
                         if pending is not None:
-                            self._settle(router, *pending, counts)
-                        pending = (sent, keys, replacing)
+                            self._settle_any(router, pending, counts, retry)
+                        pending = ("cmds", sent, keys, replacing)
                         keys, cmds, replacing = [], [], []
                     continue
                 # Before Redis 6.2 SET has no PXAT: build a DUMP payload and RESTORE it like the others.
@@ -475,35 +477,55 @@ class _Restorer:
                 # batch while Python packs the next.
                 sent = router.send(keys, cmds)
                 if pending is not None:
-                    self._settle(router, *pending, counts)
-                pending = (sent, keys, replacing)
+                    self._settle_any(router, pending, counts, retry)
+                pending = ("cmds", sent, keys, replacing)
                 keys, cmds, replacing = [], [], []
         if cmds:
             sent = router.send(keys, cmds)
             if pending is not None:
-                self._settle(router, *pending, counts)
-            pending = (sent, keys, replacing)
-        if pending is not None:
-            self._settle(router, *pending, counts)
+                self._settle_any(router, pending, counts, retry)
+            pending = ("cmds", sent, keys, replacing)
         if mset_keys:
-            self._msetnx(router, mset_keys, mset_args, counts)
+            sent = self._send_msetnx(router, mset_keys, mset_args)
+            if pending is not None:
+                self._settle_any(router, pending, counts, retry)
+            pending = ("mset", sent, mset_keys, mset_args)
+        if pending is not None:
+            self._settle_any(router, pending, counts, retry)
+        for batch_keys, batch_args in retry:  # nothing in flight any more: safe to go key by key
+            cmds = [b"*4\r\n$3\r\nSET\r\n" + a + b"$2\r\nNX\r\n" for a in batch_args]
+            self._settle(router, router.send(batch_keys, cmds), batch_keys, [False] * len(batch_keys), counts)
         if dels:
             self._delete(router, dels, counts)
         self._big = big
         return n
 
-    def _msetnx(self, router: Router, keys: list[bytes], args: list[bytes], counts: dict[str, int]) -> None:
-        """Create these string keys (no expiry) with one MSETNX; if any of them exists by now, none was set:
-        then set them one by one with SET NX, so only the keys that are really there are skipped."""
+    @staticmethod
+    def _send_msetnx(router: Router, keys: list[bytes], args: list[bytes]) -> Pending:
+        """Send one MSETNX creating these string keys (no expiry): all of them, or none if any exists."""
         head = b"*%d\r\n$6\r\nMSETNX\r\n" % (1 + 2 * len(keys))
-        (reply,) = router.call(keys[:1], [head + b"".join(args)])
+        return router.send(keys[:1], [head + b"".join(args)])
+
+    def _settle_any(
+        self,
+        router: Router,
+        pending: tuple[str, Pending, list[bytes], list[Any]],
+        counts: dict[str, int],
+        retry: list[tuple[list[bytes], list[bytes]]],
+    ) -> None:
+        """Read the replies of the batch in flight; an MSETNX that set nothing is retried key by key later
+        (with SET NX), once no other batch is in flight on the connection."""
+        kind, sent, keys, extra = pending
+        if kind == "cmds":
+            self._settle(router, sent, keys, extra, counts)
+            return
+        (reply,) = router.wait(sent)
         if reply == 1:
             counts["created"] += len(keys)
-            return
-        if isinstance(reply, ReplyError):
+        elif isinstance(reply, ReplyError):
             raise TierError(f"redis: MSETNX failed: {reply}")
-        cmds = [b"*4\r\n$3\r\nSET\r\n" + a + b"$2\r\nNX\r\n" for a in args]
-        self._settle(router, router.send(keys, cmds), keys, [False] * len(keys), counts)
+        else:
+            retry.append((keys, extra))
 
     def _delete(self, router: Router, keys: list[bytes], counts: dict[str, int]) -> None:
         replies = router.call(keys, [b"*2\r\n$3\r\nDEL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys])
