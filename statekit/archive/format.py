@@ -400,7 +400,7 @@ def atomic_output(path: Path, *, overwrite: bool = False) -> Iterator[IO[bytes]]
         raise
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | Path) -> None:
     """fsync a directory so a rename in it survives a crash."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -9,15 +9,16 @@ import os
 import shutil
 import stat
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from statekit.archive.format import fsync_dir
 from statekit.audit.files_reader import read_file
 from statekit.audit.plan import Operation, ReconcilePlan
 from statekit.errors import StorageError, TierError
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
+from statekit.tiers.files import make_parents, write_file_atomic
 
 
 @dataclass
@@ -255,9 +256,9 @@ def _apply_files(root: str, ops: list[Operation], result: ApplyResult, progress:
         try:
             if op.op == "delete":
                 os.unlink(path)
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             else:
-                _make_parents(root, os.path.dirname(path))
+                make_parents(root, os.path.dirname(path), "reconcile")
                 mode = os.lstat(path).st_mode & 0o7777 if op.before is not None else 0o600
                 _write_atomic(path, op.after or b"", mode)
         except OSError as exc:
@@ -266,42 +267,10 @@ def _apply_files(root: str, ops: list[Operation], result: ApplyResult, progress:
         progress("files", i, 0)
 
 
-def _make_parents(root: str, directory: str) -> None:
-    rel = os.path.relpath(directory, root)
-    if rel == ".":
-        return
-    current = root
-    for part in rel.split(os.sep):
-        current = os.path.join(current, part)
-        if os.path.islink(current):
-            raise StorageError(f"reconcile: {current} is a symlink; refusing to write through it")
-        if not os.path.isdir(current):
-            os.mkdir(current, 0o700)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    """temp file (0600) in the same directory → fsync → rename → fsync the directory."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
+    def write_all(fd: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(directory)
+
+    write_file_atomic(path, write_all, mode)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any
 
+from statekit.archive.format import fsync_dir
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError, TierError, TierUnavailable
 from statekit.model import (
@@ -309,16 +310,9 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: int) -> None:
-    """Write a file as temp (0600) → fsync → chmod/utime → rename → fsync dir."""
+def write_file_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: int | None = None) -> None:
+    """Write a file as temp (0600) → `src(fd)` → fsync → chmod/utime → rename → fsync the directory, so the
+    path holds either its old or its new content, never a partial one."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -326,7 +320,8 @@ def _write_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: in
         src(fd)
         os.fsync(fd)
         os.fchmod(fd, mode & 0o7777)
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -337,7 +332,7 @@ def _write_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: in
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def restore_files(
@@ -395,7 +390,7 @@ def restore_files(
         for i, (rel, spath, mode, mtime_ns) in enumerate(staged, 1):
             dest = _safe_join(root, rel)
             existed = os.path.lexists(dest)
-            _make_parents(root, os.path.dirname(dest))
+            make_parents(root, os.path.dirname(dest))
             if os.path.islink(dest) or (existed and not os.path.isfile(dest)):
                 raise StorageError(f"files restore: {rel} exists and is not a regular file; not replaced")
 
@@ -408,12 +403,12 @@ def restore_files(
                 try:
                     # Staging lives inside the root, so a rename is the atomic promotion ...
                     os.replace(spath, dest)
-                    _fsync_dir(os.path.dirname(dest))
+                    fsync_dir(os.path.dirname(dest))
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
                     # ... unless a mount point lies in between: then copy to a temp file and rename that.
-                    _write_atomic(dest, copy, mode, mtime_ns)
+                    write_file_atomic(dest, copy, mode, mtime_ns)
             except OSError as exc:
                 raise StorageError(f"files restore: cannot write {rel}: {exc.strerror}") from None
             report.counts["overwritten" if existed else "created"] += 1
@@ -439,7 +434,8 @@ def _mtime_ns(entry: object, mtime: float) -> int:
     return int(mtime * 1_000_000) * 1000
 
 
-def _make_parents(root: str, directory: str) -> None:
+def make_parents(root: str, directory: str, what: str = "files restore") -> None:
+    """Create the folders from `root` down to `directory` (0700), refusing to write through a symlink."""
     rel = os.path.relpath(directory, root)
     if rel == ".":
         return
@@ -447,7 +443,7 @@ def _make_parents(root: str, directory: str) -> None:
     for part in rel.split(os.sep):
         current = os.path.join(current, part)
         if os.path.islink(current):
-            raise StorageError(f"files restore: {current} is a symlink; refusing to write through it")
+            raise StorageError(f"{what}: {current} is a symlink; refusing to write through it")
         if not os.path.isdir(current):
             os.mkdir(current, 0o700)
 
