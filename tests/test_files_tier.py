@@ -233,6 +233,35 @@ def test_restore_into_target_overwrites_and_keeps_undo(
     assert b"changed" in members.values()
 
 
+def test_restoring_the_undo_archive_puts_the_folder_back(
+    archive_and_target: tuple[Path, Path, Path], identity_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The undo archive holds what was overwritten and lists what was created, so restoring it brings back
+    the overwritten file and deletes the created one: the folder is as it was before the restore."""
+    archive, _src, target = archive_and_target
+    before = {k: v[:2] for k, v in _snapshot_tree(target).items()}
+    code, _out, err = cli(
+        capsys, "restore", str(archive), "-i", str(identity_file), "--tier", "files", "--target", str(target), "--yes"
+    )
+    assert code == 0, err
+    assert {k: v[:2] for k, v in _snapshot_tree(target).items()} != before
+    (undo,) = Path(".").glob("undo-files-*.statekit")
+    code, out, err = cli(
+        capsys, "restore", str(undo), "-i", str(identity_file), "--tier", "files", "--target", str(target),
+        "--dry-run", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    actions = {Path(p["path"]).name: p["action"] for p in json.loads(out)["plan"]}
+    assert actions == {"creds.json": "overwrite", "pre-key-1.json": "delete"}
+    code, out, err = cli(
+        capsys, "restore", str(undo), "-i", str(identity_file), "--tier", "files", "--target", str(target),
+        "--yes", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["counts"]["deleted"] == 1
+    assert {k: v[:2] for k, v in _snapshot_tree(target).items()} == before
+
+
 def test_symlinked_parent_in_target_is_refused(
     tmp_path: Path, identity_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -146,6 +146,7 @@ def _plan_line(item: dict[str, Any]) -> str:
         "append": "+",
         "unchanged": "=",
         "refused": "!",
+        "delete": "-",
     }.get(action, "*")
     parts = []
     for key, value in item.items():

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from statekit.archive.format import Archive
 
 PREFIX = "files/"
+# In undo archives: the paths a restore created, which restoring the undo archive deletes again.
+ABSENT_MEMBER = "undo/files-absent.json"
 _SMALL = 4 << 20  # files below this are read whole; bigger ones stream
 
 
@@ -278,8 +280,29 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
                 action = "unchanged"
         counts[action] += 1
         report.plan.append({"path": rel, "action": action, "size": m["size"], "mode": m.get("mode")})
+    for rel in _absent_paths(archive, opts):
+        path = _safe_join(root, rel)
+        if os.path.isfile(path) and not os.path.islink(path) and not _unsafe_destination(root, path):
+            counts["delete"] = counts.get("delete", 0) + 1
+            report.plan.append({"path": rel, "action": "delete"})
     report.counts = counts
     return report
+
+
+def _absent_paths(archive: Archive, opts: RestoreOptions) -> list[str]:
+    """Paths an undo archive says did not exist before the restore it undoes (empty for snapshots)."""
+    if not any(m["name"] == ABSENT_MEMBER for m in archive.manifest.get("members", [])):
+        return []
+    import json
+
+    for member in archive.members(ABSENT_MEMBER):
+        if member.name == ABSENT_MEMBER:
+            try:
+                paths = json.loads(member.read_all())["absent"]
+            except (ValueError, KeyError, TypeError):
+                raise CorruptArchive(f"archive member {ABSENT_MEMBER} is damaged") from None
+            return [str(p) for p in paths if not opts.match or path_selected(str(p), opts.match, ())]
+    return []
 
 
 def _unsafe_destination(root: str, path: str) -> str | None:
@@ -350,7 +373,8 @@ def restore_files(
         raise Refused(f"files restore refused: {plan.problems[0]}")
     root = _target_root(opts, cfg)
     report = RestoreReport("files", counts={"created": 0, "overwritten": 0, "unchanged": 0})
-    wanted = {str(p["path"]): p for p in plan.plan if p["action"] != "unchanged"}
+    wanted = {str(p["path"]): p for p in plan.plan if p["action"] not in ("unchanged", "delete")}
+    doomed = [str(p["path"]) for p in plan.plan if p["action"] == "delete"]
     report.counts["unchanged"] = plan.counts["unchanged"]
     try:
         os.makedirs(root, exist_ok=True)
@@ -385,7 +409,7 @@ def restore_files(
             staged.append((rel, spath, mode, mtime_ns))
         # archive.members() raised CorruptArchive if anything disagreed with the manifest: only now promote.
         if undo is not None:
-            _save_undo(root, [rel for rel, *_ in staged], undo)
+            _save_undo(root, [rel for rel, *_ in staged] + doomed, undo)
         announce_total(progress, "files", len(staged))
         for i, (rel, spath, mode, mtime_ns) in enumerate(staged, 1):
             dest = _safe_join(root, rel)
@@ -413,6 +437,16 @@ def restore_files(
                 raise StorageError(f"files restore: cannot write {rel}: {exc.strerror}") from None
             report.counts["overwritten" if existed else "created"] += 1
             progress("files", i, 0)
+        for rel in doomed:
+            path = _safe_join(root, rel)
+            try:
+                os.unlink(path)
+                fsync_dir(os.path.dirname(path))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"files restore: cannot delete {rel}: {exc.strerror}") from None
+            report.counts["deleted"] = report.counts.get("deleted", 0) + 1
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
@@ -449,10 +483,18 @@ def make_parents(root: str, directory: str, what: str = "files restore") -> None
 
 
 def _save_undo(root: str, rels: list[str], undo: UndoSink) -> None:
+    """Save the files the restore will overwrite or delete, and list the ones it will create (absent now),
+    so that restoring the undo archive puts the folder back as it was."""
+    import json
+
     summary = TierSummary("files", started_at=time.time())
     n = 0
+    absent = []
     for rel in rels:
         path = os.path.join(root, rel)
+        if not os.path.lexists(path):
+            absent.append(rel)
+            continue
         if not os.path.isfile(path) or os.path.islink(path):
             continue
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -467,7 +509,9 @@ def _save_undo(root: str, rels: list[str], undo: UndoSink) -> None:
                 meta={"files": 1, "mtime_ns": st.st_mtime_ns},
             )
         n += 1
+    if absent:
+        undo.sink.add(ABSENT_MEMBER, json.dumps({"absent": absent}).encode(), meta={"absent": len(absent)})
     summary.finished_at = time.time()
-    summary.counts = {"files": n}
+    summary.counts = {"files": n, "absent": len(absent)}
     summary.details = {"root": root}
     undo.seal(summary)
