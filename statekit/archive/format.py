@@ -367,17 +367,20 @@ def check_member_name(name: str) -> None:
 
 
 @contextmanager
-def atomic_output(path: Path, *, overwrite: bool = False) -> Iterator[IO[bytes]]:
-    """Open a 0600 temporary file next to `path`; on success fsync it, rename it to `path` and fsync the
-    directory. On any error the temporary file is removed, so nothing that looks finished is left behind."""
+def atomic_output(path: Path, *, overwrite: bool = False, mode: int = 0o600) -> Iterator[IO[bytes]]:
+    """Open a temporary file (`mode`, 0600 unless asked) next to `path`; on success fsync it, rename it to
+    `path` and fsync the directory. On any error the temporary file is removed, so nothing that looks
+    finished is left behind."""
     directory = path.parent
     if not overwrite and path.exists():
         raise StorageError(f"{path}: already exists, not overwritten")
     tmp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        if mode != 0o600:
+            os.fchmod(fd, mode)  # exact, whatever the umask
     except OSError as exc:
-        raise StorageError(f"{directory}: cannot create archive: {exc.strerror}") from None
+        raise StorageError(f"{directory}: cannot create {path.name}: {exc.strerror}") from None
     fh = os.fdopen(fd, "wb", buffering=1 << 20)
     try:
         yield fh

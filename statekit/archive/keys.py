@@ -58,6 +58,7 @@ __all__ = [
     "read_identity_file",
     "read_recipients_file",
     "write_identity_file",
+    "write_key_file",
 ]
 
 FILE_KEY_SIZE = 16
@@ -570,29 +571,31 @@ def _rfc3339_now() -> str:
 
 
 def write_identity_file(path: str | os.PathLike[str], identity: X25519Identity, *, force: bool = False) -> None:
-    """Write `identity` in age-keygen's format, mode 0600, never leaving a half-written key behind.
-
-    Without `force` the file is created with O_CREAT|O_EXCL (an existing file is never touched: that
-    could destroy the only key to existing backups). With `force` a temporary file in the same
-    directory is written and renamed over the target.
-    """
-    p = Path(path)
+    """Write `identity` in age-keygen's format, mode 0600, never leaving a half-written key behind; without
+    `force` an existing file is never touched (it could be the only key to existing backups)."""
     content = (
         f"# created: {_rfc3339_now()}\n# public key: {identity.recipient().to_string()}\n{identity.to_string()}\n"
     ).encode("ascii")
-    target = p
-    if force:
-        target = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    write_key_file(path, content, force=force, what="identity file")
+
+
+def write_key_file(path: str | os.PathLike[str], content: bytes, *, force: bool, what: str) -> None:
+    """Write a secret key file: mode 0600, under a temporary name, fsynced, then renamed (`force`) or linked
+    into place, so a key appears whole or not at all and, without `force`, never replaces an existing file
+    (link() fails if the name appeared meanwhile)."""
+    from statekit.archive.format import fsync_dir
+
+    p = Path(path)
+    if not force and os.path.lexists(p):
+        raise Refused(f"{p} already exists; refusing to overwrite a {what} (use --force)")
+    tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
     try:
-        fd = os.open(target, flags, 0o600)
-    except FileExistsError:
-        raise Refused(f"{p} already exists; refusing to overwrite an identity file (use force)") from None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StorageError(f"cannot create identity file {p}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot create {what} {p}: {exc.strerror or exc}") from None
     try:
         try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask; be exact
+            os.fchmod(fd, 0o600)  # the umask filters O_CREAT's mode; be exact
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]
@@ -600,24 +603,21 @@ def write_identity_file(path: str | os.PathLike[str], identity: X25519Identity, 
         finally:
             os.close(fd)
         if force:
-            os.replace(target, p)
-        _fsync_dir(p.parent)
+            os.replace(tmp, p)
+        else:
+            os.link(tmp, p)
+            os.unlink(tmp)
+        fsync_dir(p.parent)
+    except FileExistsError:
+        _unlink_quietly(tmp)
+        raise Refused(f"{p} already exists; refusing to overwrite a {what} (use --force)") from None
     except OSError as exc:
-        try:
-            os.unlink(target)
-        except OSError:
-            pass
-        raise StorageError(f"cannot write identity file {p}: {exc.strerror or exc}") from None
+        _unlink_quietly(tmp)
+        raise StorageError(f"cannot write {what} {p}: {exc.strerror or exc}") from None
 
 
-def _fsync_dir(directory: Path) -> None:
+def _unlink_quietly(path: Path) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # not all platforms can open directories; the file itself is already synced
-    try:
-        os.fsync(fd)
+        os.unlink(path)
     except OSError:
         pass
-    finally:
-        os.close(fd)

@@ -37,8 +37,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from statekit.archive.keys import Bech32Error, bech32_decode, bech32_encode
-from statekit.errors import KeyFileError, Refused, SignatureError, StorageError
+from statekit.archive.keys import Bech32Error, bech32_decode, bech32_encode, write_key_file
+from statekit.errors import KeyFileError, SignatureError, StorageError
 
 PUBLIC_HRP = "statekit-sign"
 SECRET_HRP = "STATEKIT-SIGN-SECRET-KEY-"
@@ -193,51 +193,7 @@ def write_signing_key(path: str | os.PathLike[str], key: SigningKey, *, force: b
         f"# public key: {key.public_string()}\n"
         f"{key.secret_string()}\n"
     ).encode("ascii")
-    if not force and os.path.lexists(p):
-        raise Refused(f"{p} already exists; refusing to overwrite a signing key (use --force)")
-    tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except OSError as exc:
-        raise StorageError(f"cannot create signing key {p}: {exc.strerror or exc}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask filters O_CREAT's mode; be exact
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if force:
-            os.replace(tmp, p)
-        else:
-            # link() fails if the name appeared meanwhile: never replace a key that someone else just wrote.
-            os.link(tmp, p)
-            os.unlink(tmp)
-        _fsync_dir(p.parent)
-    except FileExistsError:
-        _unlink_quietly(tmp)
-        raise Refused(f"{p} already exists; refusing to overwrite a signing key (use --force)") from None
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise StorageError(f"cannot write signing key {p}: {exc.strerror or exc}") from None
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_key_file(p, content, force=force, what="signing key")
 
 
 # -- signatures ---------------------------------------------------------------------------------------------

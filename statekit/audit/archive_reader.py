@@ -94,12 +94,7 @@ class ArchiveDb:
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """The rows of these scopes."""
-        wanted = set(scopes)
-        out = TierData("db")
-        for ent, per in self.data.records.items():
-            for scope in wanted & per.keys():
-                out.records.setdefault(ent, {})[scope] = per[scope]
-        return out
+        return self.data.select(scopes)
 
 
 @dataclass

@@ -79,6 +79,15 @@ class TierData:
         """True when the tier holds anything at all for this scope."""
         return any(scope in per for per in self.records.values())
 
+    def select(self, scopes: Iterable[str]) -> TierData:
+        """The part of this (in-memory) tier data that belongs to these scopes."""
+        wanted = set(scopes)
+        out = TierData(self.tier)
+        for ent, per in self.records.items():
+            for scope in wanted & per.keys():
+                out.records.setdefault(ent, {})[scope] = per[scope]
+        return out
+
 
 def _normalise(ent: Entity, values: dict[str, str]) -> tuple[str, RecordKey]:
     out = []
@@ -195,12 +204,7 @@ class DbReader:
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """The rows of these scopes (already in memory)."""
-        wanted = set(scopes)
-        out = TierData("db")
-        for ent, per in self.data.records.items():
-            for scope in wanted & per.keys():
-                out.records.setdefault(ent, {})[scope] = per[scope]
-        return out
+        return self.data.select(scopes)
 
 
 def _first_line(exc: BaseException) -> str:

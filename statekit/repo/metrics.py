@@ -9,14 +9,12 @@ collector directory. Values never contain secrets: labels are archive names, tie
 from __future__ import annotations
 
 import math
-import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statekit.archive.format import fsync_dir
+from statekit.archive.format import atomic_output
 from statekit.errors import StorageError
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -84,23 +82,11 @@ def render(metrics: Sequence[Metric]) -> str:
 def write_metrics(path: str | Path, metrics: Sequence[Metric]) -> None:
     """Atomically replace `path` with these metric families (mode 0644: the collector runs as another user)."""
     target = Path(path)
-    text = render(metrics).encode()
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # the umask may have narrowed it
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise StorageError(f"metrics file {target}: cannot write: {exc.strerror or exc}") from None
+        with atomic_output(target, overwrite=True, mode=0o644) as fh:
+            fh.write(render(metrics).encode())
+    except StorageError as exc:
+        raise StorageError(f"metrics file {target}: cannot write: {exc}") from None
 
 
 def read_value(path: str | Path, name: str, labels: Mapping[str, str] | None = None) -> float | None:
