@@ -4,7 +4,6 @@ STATEKIT_PASSPHRASE, a file or a TTY prompt — never from the command line."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,11 +102,3 @@ def undo_recipients(identities: Sequence[Identity], configured: Sequence[Recipie
             out.append(ScryptRecipient(ident.passphrase))
             break
     return out
-
-
-def stdin_is_tty() -> bool:
-    """True when a person can answer a prompt."""
-    try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return False

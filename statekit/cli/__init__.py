@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import sys
 
+# Importing a command module registers its commands on the `cli` group.
+from statekit.cli import archive_cmd, audit_cmd, keys_cmd, repo_cmd, restore_cmd, snapshot_cmd  # noqa: F401
 from statekit.cli._app import cli, run
-
-
-def _register() -> None:
-    import importlib
-
-    for module in ("keys_cmd", "snapshot_cmd", "archive_cmd", "restore_cmd", "audit_cmd", "repo_cmd"):
-        try:
-            importlib.import_module(f"statekit.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"statekit.cli.{module}":
-                raise
-
-
-_register()
 
 
 def main() -> None:

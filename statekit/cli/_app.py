@@ -18,6 +18,7 @@ import click
 from statekit import __version__
 from statekit.config import Config, load_config
 from statekit.errors import EXIT_CODES, StatekitError
+from statekit.model import no_progress
 
 JSON_SCHEMA = "statekit.cli/v1"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,7 +96,7 @@ class App:
     def progress(self) -> Callable[[str, int, int], None]:
         """A progress callback: a live line per tier on a TTY, nothing otherwise."""
         if not self.interactive:
-            return _no_progress
+            return no_progress
         self._live = _TtyProgress()
         return self._live
 
@@ -103,10 +104,6 @@ class App:
         if self._live is not None:
             self._live.close()
             self._live = None
-
-
-def _no_progress(tier: str, items: int, nbytes: int) -> None:
-    pass
 
 
 class _TtyProgress:
@@ -142,7 +139,7 @@ class _TtyProgress:
         rate = items / elapsed
         total = self.totals.get(tier)
         done = f"{items:>10,}" + (f"/{total:,}" if total else "")
-        line = f"  {tier:<6} {done} items  {_human_bytes(nbytes):>9}  {rate:>9,.0f}/s"
+        line = f"  {tier:<6} {done} items  {human_bytes(nbytes):>9}  {rate:>9,.0f}/s"
         if total and rate > 0 and items < total:
             line += f"  ETA {_eta((total - items) / rate)}"
         sys.stderr.write("\r" + line + "\033[K")
@@ -156,15 +153,12 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-human_bytes = _human_bytes
 
 
 def _isatty(stream: Any) -> bool:
