@@ -70,9 +70,10 @@ def child(mode: str, src: str, dst: str, archive: Path) -> dict[str, Any]:
     """Runs in the child process: one statekit snapshot or restore, timed around the library call."""
     from statekit.archive.format import Archive, ArchiveWriter, atomic_output
     from statekit.config import RedisConfig
-    from statekit.model import RestoreOptions
+    from statekit.model import RestoreOptions, tune_gc
     from statekit.tiers.redis import restore_redis, snapshot_redis
 
+    tune_gc()  # as the statekit command does at start
     src_db = int(src.rsplit("/", 1)[1])
     if mode == "snapshot":
         with atomic_output(archive, overwrite=True) as fh:

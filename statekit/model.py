@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -162,3 +163,12 @@ class UndoSink(Protocol):
     sink: MemberSink
 
     def seal(self, tier_summary: TierSummary) -> str: ...
+
+
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes for a bulk-data process. The tiers' data (rows, keys, file names) is held in
+    millions of small acyclic objects; with the default thresholds every few thousand allocations start a
+    collection, and the full ones walk everything already held, which made GC a third of an audit's time.
+    Reference counting still frees all of it at once; only cycles wait for the larger threshold."""
+    gc.freeze()  # what the imports created is never garbage: keep it out of every later collection
+    gc.set_threshold(100_000, 50, 100)

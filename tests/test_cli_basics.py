@@ -13,6 +13,7 @@ import pytest
 from statekit.archive.keys import generate_identity
 from statekit.cli import cli as root_group
 from statekit.cli import run
+from statekit.cli._app import COMMAND_MODULES
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 IDENTITY = generate_identity()
@@ -26,7 +27,10 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         out.append((*prefix, name))
         if isinstance(cmd, click.Group):
             out.extend(_commands(cmd, (*prefix, name)))
@@ -38,7 +42,27 @@ COMMANDS = _commands(root_group)
 
 def test_the_expected_commands_exist() -> None:
     names = {c[0] for c in COMMANDS}
-    assert {"init", "keygen", "snapshot", "verify", "inspect", "restore"} <= names
+    assert {"init", "keygen", "snapshot", "verify", "inspect", "restore", "audit", "reconcile"} <= names
+
+
+def test_the_lazy_command_map_names_every_command_and_its_module() -> None:
+    # Importing every command module registers everything there is; the map must name exactly that.
+    import importlib
+
+    for module in set(COMMAND_MODULES.values()):
+        importlib.import_module(f"statekit.cli.{module}")
+    registered = {name: cmd.callback.__module__ for name, cmd in root_group.commands.items() if cmd.callback}
+    assert registered == {name: f"statekit.cli.{module}" for name, module in COMMAND_MODULES.items()}
+
+
+def test_a_command_does_not_import_the_others() -> None:
+    code = (
+        "import sys; from statekit.cli import run; run(['audit', '--help']);"
+        "print(sorted(m for m in sys.modules if m.startswith('statekit.cli.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.strip().splitlines()[-1]
+    assert "statekit.cli.audit_cmd" in loaded and "statekit.cli.repo_cmd" not in loaded
 
 
 @pytest.mark.parametrize("command", [(), *COMMANDS], ids=lambda c: " ".join(c) or "statekit")

@@ -319,3 +319,35 @@ def test_match_restores_only_selected_paths(
     )  # fmt: skip
     assert code == 0, err
     assert [p.name for p in Path("t").rglob("*") if p.is_file()] == ["creds.json"]
+
+
+def _stale_atimes(root: Path) -> dict[Path, int]:
+    """Set every file's atime before its mtime (so a relatime mount would stamp it on the next read)."""
+    out = {}
+    for p in root.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            os.utime(p, ns=(st.st_mtime_ns - 10**11, st.st_mtime_ns))
+            out[p] = p.stat().st_atime_ns
+    return out
+
+
+def test_reading_leaves_access_times_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A backup and an audit read every file; they must not turn that into one inode write per file.
+    control = tmp_path / "control"
+    control.write_bytes(b"x")
+    _stale_atimes(tmp_path)
+    before = control.stat().st_atime_ns
+    control.read_bytes()
+    if control.stat().st_atime_ns == before:
+        pytest.skip("this filesystem does not update access times on read (noatime mount)")
+    src = tmp_path / "keys"
+    make_keys(src)
+    stamps = _stale_atimes(src)
+    code, _, err = snapshot(capsys, src, tmp_path / "a.statekit")
+    assert code == 0, err
+    code, out, err = cli(capsys, "audit", "--profile", "evolution-api", "--files-root", str(src / "instances"),
+                         "--json", "--recheck-rounds", "0")  # fmt: skip
+    assert code in (0, 1), err
+    assert json.loads(out)["values_compared"] > 0
+    assert {p: p.stat().st_atime_ns for p in stamps} == stamps

@@ -311,13 +311,17 @@ def compare_scopes(
     def load(batch: list[str]) -> dict[str, TierData]:
         return {t: s.load(batch) for t, s in sources.items()}
 
-    # The next batch loads on a helper thread (socket and file reads release the GIL) while this one compares.
+    # With values, the next batch loads on a helper thread (socket and file reads release the GIL) while this
+    # one compares. Keys only, loading is Python work: a second thread would only contend for the GIL.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="statekit-load") as ex:
-        pending = ex.submit(load, batches[0])
+        pending = ex.submit(load, batches[0]) if not opts.keys_only else None
         for i, batch in enumerate(batches):
-            data = pending.result()
-            if i + 1 < len(batches):
-                pending = ex.submit(load, batches[i + 1])
+            if pending is None:
+                data = load(batch)
+            else:
+                data = pending.result()
+                if i + 1 < len(batches):
+                    pending = ex.submit(load, batches[i + 1])
             comparer = _ScopeComparer(model, data, opts.keys_only)
             for d in data.values():
                 findings.extend(_unparseable_findings(d.unparseable))

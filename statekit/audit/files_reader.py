@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
 from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _normalise, _raw_vars
+from statekit.audit.templates import transform_all
 from statekit.errors import TierError, TierUnavailable
+from statekit.tiers.fsread import open_for_reading
 
 
 class FilesReader:
@@ -114,11 +117,14 @@ class FilesReader:
         out = self.found.setdefault(scope, [])
         prefix = scope + "/"
         try:
-            it = os.scandir(os.path.join(self.root, scope))
+            dir_fd = open_for_reading(os.path.join(self.root, scope), os.O_DIRECTORY)
         except OSError as exc:
             raise TierError(f"files: cannot list {scope}: {exc.strerror}") from None
-        with it:
-            entries = list(it)
+        try:
+            with os.scandir(dir_fd) as it:
+                entries = list(it)
+        finally:
+            os.close(dir_fd)
         names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
         if len(names) != len(entries):
             for e in entries:
@@ -126,16 +132,15 @@ class FilesReader:
                     for rel, is_dir in _walk(self.root, start=prefix + e.name):
                         if not is_dir:
                             self.unparseable.append(self._unparseable(rel))
-        names = [n for n in names if not (n.startswith(".statekit-") or n.endswith(".statekit-tmp"))]
+        if ".statekit-" in "\0".join(names):  # one scan of the directory's names for our own temporary files
+            names = [n for n in names if not (n.startswith(".statekit-") or n.endswith(".statekit-tmp"))]
         rest = names
         if literal:
-            rest = []
-            for n in names:
-                hit = literal.get(n)
-                if hit is None:
-                    rest.append(n)
-                else:
-                    out.append((hit[0].name, (), prefix + n, None))
+            present = set(names)
+            hits = [n for n in literal if n in present]
+            if hits:
+                out.extend([(literal[n][0].name, (), prefix + n, None) for n in hits])
+                rest = [n for n in names if n not in literal]
         for suffix, ent, var, _text in suffixed:
             cut = len(suffix)
             norm = ent.normalizers.get(var)
@@ -145,7 +150,7 @@ class FilesReader:
                 out.extend([(name, (n[:-cut],), prefix + n, None) for n in matched])
             else:
                 raws = [n[:-cut] for n in matched]
-                idents = list(map(norm, raws))
+                idents = transform_all(norm, raws)
                 out.extend(
                     [(name, (i,), prefix + n, None if i == r else {var: r}) for n, r, i in zip(matched, raws, idents)]
                 )
@@ -174,8 +179,9 @@ class FilesReader:
         presence = {ent.name for ent in self.model.entities.values() if ent.presence}
         records = out.records
         wanted = [sc for sc in scopes if sc in self.found]
+        contents: Iterable[list[bytes | None] | None]
         if self.keys_only:
-            contents: Iterable[list[bytes | None] | None] = (None for _ in wanted)
+            contents = repeat(None, len(wanted))
         else:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -183,10 +189,9 @@ class FilesReader:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="statekit-files")
             contents = self._pool.map(lambda sc: self._read_scope(sc, presence), wanted)
         for scope, data in zip(wanted, contents):
-            entries = self.found[scope]
             pers: dict[str, dict[RecordKey, Record]] = {}
-            for (name, rest, rel, rv), stored in zip(entries, data if data is not None else [None] * len(entries)):
-                if data is not None and stored is None and name not in presence:
+            for (name, rest, rel, rv), stored in zip(self.found[scope], repeat(None) if data is None else data):
+                if stored is None and data is not None and name not in presence:
                     continue  # vanished since the walk
                 per = pers.get(name)
                 if per is None:
@@ -209,13 +214,10 @@ class FilesReader:
             self._pool = None
 
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _read_at(root_fd: int, rel: str) -> bytes | None:
     """A file's bytes relative to the root (never through a symlink at the last component), None if gone."""
     try:
-        fd = os.open(rel, _READ_FLAGS, dir_fd=root_fd)
+        fd = open_for_reading(rel, dir_fd=root_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:

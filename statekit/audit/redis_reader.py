@@ -9,7 +9,7 @@ from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
 from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _first_line, _normalise, _raw_vars
-from statekit.audit.templates import Template
+from statekit.audit.templates import Template, transform_all
 from statekit.errors import TierError
 
 
@@ -182,7 +182,7 @@ class RedisReader:
         fnames = [f.decode("utf-8", "surrogateescape") for f, _ in items]
         fvar = ent.vars[1]
         norm = ent.normalizers.get(fvar)
-        idents = list(map(norm, fnames)) if norm else fnames
+        idents = transform_all(norm, fnames) if norm else fnames
         keep = not self.keys_only
         recs = [
             Record(v if keep else None, ("redis", name, n), None, False, None if i == n else {fvar: n})

@@ -16,6 +16,14 @@ from statekit.errors import ConfigError
 
 NameTransform = Callable[[str], str]
 
+
+def transform_all(fn: NameTransform, names: list[str]) -> list[str]:
+    """fn applied to every name. A transform may offer a whole-list form as its `many` attribute (one pass of
+    C string code instead of a Python call per name)."""
+    many = getattr(fn, "many", None)
+    return many(names) if many is not None else list(map(fn, names))
+
+
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\|([A-Za-z_][A-Za-z0-9_]*))?\}")
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 
-# Importing a command module registers its commands on the `cli` group.
-from statekit.cli import archive_cmd, audit_cmd, keys_cmd, repo_cmd, restore_cmd, snapshot_cmd  # noqa: F401
+# Each command module registers its commands on the `cli` group when the group first needs them.
 from statekit.cli._app import cli, run
+from statekit.model import tune_gc
 
 
 def main() -> None:
     """Console-script entry point."""
+    tune_gc()
     sys.exit(run())
 
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "tune_gc"]

@@ -4,6 +4,7 @@ TTY, and the one place where a StatekitError becomes a one-line message and an e
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -215,7 +216,41 @@ def common_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The module that defines each command. A command's module is imported only when that command runs (or for
+# the command list), so `statekit audit` does not pay for the archive and repository code at start-up.
+COMMAND_MODULES = {
+    "apply": "audit_cmd",
+    "audit": "audit_cmd",
+    "diff": "audit_cmd",
+    "doctor": "audit_cmd",
+    "init": "keys_cmd",
+    "inspect": "archive_cmd",
+    "keygen": "keys_cmd",
+    "list": "repo_cmd",
+    "prune": "repo_cmd",
+    "reconcile": "audit_cmd",
+    "restore": "restore_cmd",
+    "snapshot": "snapshot_cmd",
+    "unlock": "repo_cmd",
+    "verify": "archive_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    """The root group: commands are registered by their modules, imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(f"statekit.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+
 @click.group(
+    cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog=exit_status_epilog(),
 )

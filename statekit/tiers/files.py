@@ -35,6 +35,7 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
+from statekit.tiers.fsread import open_for_reading
 
 if TYPE_CHECKING:
     from statekit.archive.format import Archive
@@ -169,7 +170,7 @@ def snapshot_files(
         if not path_selected(entry.rel, cfg.include, cfg.exclude):
             continue
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = open_for_reading(entry.path, os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 note(f"files tier: {entry.rel} vanished during the snapshot (skipped)")
