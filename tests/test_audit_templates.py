@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statekit.audit.codecs import CODECS, CodecError, canonical, compare, convert, get_codec
-from statekit.audit.templates import compile_template
+from statekit.audit.templates import compile_template, decode_all, transform_all
 from statekit.errors import ConfigError
 from statekit.profiles.evolution import fix_file_name, unfix_file_name
 
@@ -114,3 +114,15 @@ def test_base64_and_raw_round_trip(data: bytes) -> None:
 def test_values_that_do_not_decode_raise_codec_error(name: str, value: bytes) -> None:
     with pytest.raises(CodecError):
         canonical(CODECS[name], value)
+
+
+@given(st.lists(st.binary(max_size=12), max_size=30))
+def test_decoding_names_in_one_pass_is_decoding_each(raw: list[bytes]) -> None:
+    # NULs inside names and invalid UTF-8 next to the separator included.
+    assert decode_all(raw) == [r.decode("utf-8", "surrogateescape") for r in raw]
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab:/-_\x00é"), max_size=10), max_size=30))
+def test_a_whole_list_transform_is_the_per_name_transform(names: list[str]) -> None:
+    assert transform_all(fix_file_name, names) == [fix_file_name(n) for n in names]
+    assert transform_all(unfix_file_name, names) == [unfix_file_name(n) for n in names]

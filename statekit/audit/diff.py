@@ -117,14 +117,20 @@ class _ScopeComparer:
         self.data = data
         self.keys_only = keys_only
         self.values = 0
+        # Per entity: its root and the tiers to compare; per (entity, tier): scope -> records.
+        self._roots = {name: _root(model, ent) for name, ent in model.entities.items()}
+        self._tiers = {
+            name: [t for t in TIERS if t in ent.locators and t in data] for name, ent in model.entities.items()
+        }
+        self._by = {(name, t): per for t, d in data.items() for name, per in d.records.items()}
 
     def has_scope(self, tier: str, scope: str) -> bool:
         d = self.data.get(tier)
         return d is not None and d.has_scope(scope)
 
     def records(self, ent: Entity, tier: str, scope: str) -> dict[RecordKey, Record]:
-        d = self.data.get(tier)
-        return (d.scope_records(ent.name, scope) if d else None) or {}
+        per = self._by.get((ent.name, tier))
+        return (per.get(scope) if per else None) or {}
 
     def root_present(self, root: Entity, scope: str) -> bool:
         return any(not r.null for r in self.records(root, root.authority, scope).values())
@@ -151,7 +157,7 @@ class _ScopeComparer:
     def scope(self, scope: str) -> Iterator[Finding]:
         roots_ok: dict[str, bool] = {}
         for ent in self.model.entities.values():
-            root = _root(self.model, ent)
+            root = self._roots[ent.name]
             if root.name not in roots_ok:
                 roots_ok[root.name] = root.authority in self.data and self.root_present(root, scope)
             if ent.parent is not None and not roots_ok[root.name]:
@@ -164,8 +170,12 @@ class _ScopeComparer:
         return role == "required" or (role == "optional" and self.has_scope(tier, scope))
 
     def entity(self, ent: Entity, scope: str, root_ok: bool) -> Iterator[Finding]:
-        tiers = [t for t in TIERS if t in ent.locators and t in self.data]
-        per = {t: self.records(ent, t, scope) for t in tiers}
+        tiers = self._tiers[ent.name]
+        by = self._by
+        per: dict[str, dict[RecordKey, Record]] = {}
+        for t in tiers:
+            recs = by.get((ent.name, t))
+            per[t] = (recs.get(scope) if recs else None) or {}
         # db rows with a NULL value count as absent (they are reported as such).
         nulls: dict[str, dict[RecordKey, Record]] = {}
         for t in tiers:

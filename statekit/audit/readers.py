@@ -181,20 +181,28 @@ class DbReader:
         if loc.filter:
             stmt = stmt.where(sa.text(loc.filter))
         nkeys = len(loc.key_columns)
+        key_vars = ent.vars[:nkeys]
+        plain = not any(v in ent.normalizers for v in key_vars)  # names used as stored: no transform call
+        extra_at = [(c, cols.index(c)) for c in loc.columns]
+        has_value = loc.value_column is not None
+        keep_value = has_value and not (self.keys_only and not ent.presence)
+        table_text = f'"{loc.table}" '
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=2000).execute(stmt)
                 for row in result:
-                    values = {ent.vars[i]: str(row[i]) for i in range(nkeys)}
-                    scope, rest = _normalise(ent, values)
-                    raw = row[nkeys] if loc.value_column else None
-                    extra = {c: row[cols.index(c)] for c in loc.columns} if loc.columns else None
-                    where = f'"{loc.table}" ' + ", ".join(f"{c}={row[i]}" for i, c in enumerate(loc.key_columns))
+                    keys = [str(row[i]) for i in range(nkeys)]
+                    if plain and len(ent.vars) == nkeys:
+                        scope, rest = keys[0], tuple(keys[1:])
+                    else:
+                        scope, rest = _normalise(ent, dict(zip(key_vars, keys)))
+                    raw = row[nkeys] if has_value else None
+                    where = table_text + ", ".join([f"{c}={k}" for c, k in zip(loc.key_columns, keys)])
                     rec = Record(
-                        None if raw is None or (self.keys_only and not ent.presence) else _db_text(raw),
+                        _db_text(raw) if keep_value and raw is not None else None,
                         ("db", loc.table, where),
-                        extra,
-                        null=loc.value_column is not None and raw is None,
+                        {c: row[i] for c, i in extra_at} if extra_at else None,
+                        has_value and raw is None,
                     )
                     yield scope, rest, rec
         except Exception as exc:

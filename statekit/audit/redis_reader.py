@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
 from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _first_line, _normalise, _raw_vars
-from statekit.audit.templates import Template, transform_all
+from statekit.audit.templates import Template, decode_all, transform_all
 from statekit.errors import TierError
 
 
@@ -169,24 +170,27 @@ class RedisReader:
         literal: dict[str, tuple[Entity, Locator]],
         scope: str,
         name: str,
-        pairs: Iterable[tuple[bytes, bytes]],
+        fields: list[bytes],
+        values: list[bytes] | None,
     ) -> list[tuple[bytes, bytes]]:
         """The common layout (one `{var}` field template plus literal fields) without a per-field Python loop;
-        returns the literal fields for the generic path."""
-        items = list(pairs)
+        returns the literal fields (with their values) for the generic path."""
+        lit: list[tuple[bytes, bytes]] = []
         lit_b = {k.encode("utf-8", "surrogateescape") for k in literal}
-        lit = [(f, v) for f, v in items if f in lit_b] if lit_b else []
-        if lit:
-            taken = {f for f, _ in lit}
-            items = [(f, v) for f, v in items if f not in taken]
-        fnames = [f.decode("utf-8", "surrogateescape") for f, _ in items]
+        if lit_b and not lit_b.isdisjoint(fields):
+            mask = [f in lit_b for f in fields]
+            lit = [(f, v) for f, v, m in zip(fields, values or repeat(b""), mask) if m]
+            fields = [f for f, m in zip(fields, mask) if not m]
+            if values is not None:
+                values = [v for v, m in zip(values, mask) if not m]
+        fnames = decode_all(fields)
         fvar = ent.vars[1]
         norm = ent.normalizers.get(fvar)
         idents = transform_all(norm, fnames) if norm else fnames
-        keep = not self.keys_only
+        stored: Iterable[bytes | None] = repeat(None) if self.keys_only or values is None else values
         recs = [
-            Record(v if keep else None, ("redis", name, n), None, False, None if i == n else {fvar: n})
-            for (_, v), n, i in zip(items, fnames, idents)
+            Record(v, ("redis", name, n), None, False, None if i == n else {fvar: n})
+            for v, n, i in zip(stored, fnames, idents)
         ]
         per = out.records.setdefault(ent.name, {}).setdefault(scope, {})
         fresh: dict[RecordKey, Record] = dict(
@@ -208,18 +212,22 @@ class RedisReader:
         if not group.hashed or not isinstance(reply, (list, dict)):
             return
         keys_only = self.keys_only
-        pairs: Iterable[tuple[bytes, bytes]]
-        if isinstance(reply, dict):  # RESP3 map
-            pairs = reply.items()
+        fields: list[bytes]
+        field_values: list[bytes] | None
+        if isinstance(reply, dict):  # RESP3 map, or a hash from an archive
+            fields, field_values = list(reply), list(reply.values())
         elif keys_only:  # HKEYS
-            pairs = ((f, b"") for f in reply)
+            fields, field_values = reply, None
         else:  # RESP2 flat HGETALL reply
-            pairs = zip(reply[::2], reply[1::2])
+            fields, field_values = reply[::2], reply[1::2]
         literal = group.literal_fields
         patterns = group.pattern_fields
         records = out.records
+        pairs: Iterable[tuple[bytes, bytes]]
         if len(patterns) == 1 and patterns[0][2]:
-            pairs = self._direct(out, patterns[0][0], literal, scope, name, pairs)
+            pairs = self._direct(out, patterns[0][0], literal, scope, name, fields, field_values)
+        else:
+            pairs = zip(fields, repeat(b"") if field_values is None else field_values)
         for fraw, value in pairs:
             fname = fraw.decode("utf-8", "surrogateescape")
             hit = literal.get(fname)

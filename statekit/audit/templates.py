@@ -17,6 +17,16 @@ from statekit.errors import ConfigError
 NameTransform = Callable[[str], str]
 
 
+def decode_all(raw: list[bytes]) -> list[str]:
+    """Names as text (undecodable bytes kept as surrogates), decoded in one pass: joined by NUL, decoded and
+    split again, unless a name holds a NUL itself. A NUL is ASCII, so it never joins an invalid sequence and
+    the result is the same as decoding each name."""
+    joined = b"\0".join(raw)
+    if raw and joined.count(b"\0") == len(raw) - 1:
+        return joined.decode("utf-8", "surrogateescape").split("\0")
+    return [f.decode("utf-8", "surrogateescape") for f in raw]
+
+
 def transform_all(fn: NameTransform, names: list[str]) -> list[str]:
     """fn applied to every name. A transform may offer a whole-list form as its `many` attribute (one pass of
     C string code instead of a Python call per name)."""
