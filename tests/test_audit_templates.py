@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statekit.audit.codecs import CODECS, CodecError, canonical, compare, convert, get_codec
+from statekit.audit.files_reader import _strip_suffix
 from statekit.audit.templates import compile_template, decode_all, transform_all
 from statekit.errors import ConfigError
 from statekit.profiles.evolution import fix_file_name, unfix_file_name
@@ -126,3 +127,12 @@ def test_decoding_names_in_one_pass_is_decoding_each(raw: list[bytes]) -> None:
 def test_a_whole_list_transform_is_the_per_name_transform(names: list[str]) -> None:
     assert transform_all(fix_file_name, names) == [fix_file_name(n) for n in names]
     assert transform_all(unfix_file_name, names) == [unfix_file_name(n) for n in names]
+
+
+@given(
+    st.lists(st.text(alphabet=st.sampled_from("ab.jsonx"), max_size=8), max_size=20),
+    st.sampled_from([".json", "n", "x.j"]),
+)
+def test_stripping_a_suffix_from_a_whole_folder_is_stripping_each(names: list[str], suffix: str) -> None:
+    matched = [n for n in names if n.endswith(suffix) and len(n) > len(suffix)]
+    assert _strip_suffix(names, suffix) == (matched, [n[: -len(suffix)] for n in matched])

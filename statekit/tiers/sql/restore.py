@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from itertools import islice
+from itertools import chain, groupby, islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -156,25 +156,29 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
                     # One TRUNCATE for all: the tables may reference each other. Transactional in PostgreSQL.
                     cur.execute(f"TRUNCATE TABLE {', '.join(names)}")
             merge_tmp: dict[str, str] = {}
-            for plan, ext, member in _segments(ctx, archive):
-                if ext != "copy":
-                    raise StatekitError(f"archive member {member.name}: unexpected encoding for PostgreSQL")
+            # Consecutive segments of one table go through one COPY: ending a COPY waits for the server to
+            # finish it, and a table is written in many segments.
+            for _, run in groupby(_segments(ctx, archive), key=lambda seg: seg[0].src.key):
+                first = next(run)
+                plan = first[0]
                 table = qtable(plan.schema, plan.src.name)
-                cols = copy_columns(plan.src)
                 dest = table
                 if ctx.mode == "merge" and plan.existing is not None:
                     dest = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
                     merge_tmp[plan.src.key] = dest
-                rows = 0
-                with cur.copy(f"COPY {dest} ({cols}) FROM STDIN") as cp:
-                    while chunk := member.stream.read(_CHUNK):
-                        cp.write(chunk)
-                        nbytes += len(chunk)
-                        rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN") as cp:
+                    for _, ext, member in chain([first], run):
+                        if ext != "copy":
+                            raise StatekitError(f"archive member {member.name}: unexpected encoding for PostgreSQL")
+                        rows = 0
+                        while chunk := member.stream.read(_CHUNK):
+                            cp.write(chunk)
+                            nbytes += len(chunk)
+                            rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                        loaded[plan.src.key] += rows
+                        progress("db", sum(loaded.values()), nbytes)
                 if dest != table:
                     _merge_into(cur, plan, dest)
-                loaded[plan.src.key] += rows
-                progress("db", sum(loaded.values()), nbytes)
             # The archive pass is complete and verified: finish constraints, counters, then commit.
             for stmt in fks:
                 cur.execute(stmt)
