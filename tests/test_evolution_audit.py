@@ -178,3 +178,84 @@ def test_audit_metrics_file(pg_url: str, redis_url: str, tmp_path: Path) -> None
     assert readiness == pytest.approx(3 / 4)  # the instance without a Session row cannot restore
     assert 0 < samples[("statekit_db_roundtrip_seconds", ())] < 1
     assert 0 <= samples[("statekit_redis_keyspace_hit_ratio", ())] <= 1
+
+
+def _live_audit(pg_url: str, redis_url: str, root: Path, **opts: object) -> object:
+    from statekit.audit.diff import AuditOptions
+    from statekit.audit.engine import Locations, audit_live
+    from statekit.config import load_config
+    from statekit.profiles import load_model
+
+    model = load_model(load_config(str(write_config(root / "statekit.toml", db_url=pg_url, redis_url=redis_url,
+                                                    files_root=str(root / "instances")))))  # fmt: skip
+    return audit_live(model, Locations(pg_url, redis_url, str(root / "instances")), AuditOptions(**opts))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keys_only", [False, True])
+def test_worker_processes_find_exactly_what_one_process_finds(
+    pg_url: str, redis_url: str, tmp_path: Path, keys_only: bool
+) -> None:
+    from statekit.audit.diff import AuditOptions, _worker_count
+
+    gen = generate(pg_url, redis_url, tmp_path / "instances", instances=30, keys_per_instance=6,
+                   inject=dict.fromkeys(INJECTIONS, 1))  # fmt: skip
+    common = {"keys_only": keys_only, "recheck_rounds": 0, "batch": 3, "tally": True}
+    assert _worker_count(AuditOptions(jobs=3, batch=3), 12) == 3  # this test process can fork
+    one = _live_audit(pg_url, redis_url, tmp_path, jobs=1, **common)
+    three = _live_audit(pg_url, redis_url, tmp_path, jobs=3, **common)
+    key = lambda f: (f.cls, f.entity, f.id, f.key, f.tier, tuple(f.fields), f.where)  # noqa: E731
+    assert sorted(map(key, three.findings)) == sorted(map(key, one.findings))  # type: ignore[attr-defined]
+    for attr in ("values", "scopes", "entity_counts", "roots", "complete"):
+        assert getattr(three, attr) == getattr(one, attr), attr
+    if not keys_only:
+        assert {(f.cls, f.entity, f.id, f.key, f.tier, f.fields[0] if f.fields else None)
+                for f in three.findings} == _expected(gen)  # type: ignore[attr-defined]  # fmt: skip
+
+
+def test_an_error_in_a_worker_is_raised_with_its_exit_code(tmp_path: Path) -> None:
+    from statekit.audit.diff import AuditOptions, compare_scopes
+    from statekit.audit.entities import build_model
+    from statekit.audit.readers import TierData
+    from statekit.errors import TierError
+
+    class Failing:
+        tier = "files"
+
+        def __init__(self) -> None:
+            self.unparseable: list[object] = []
+
+        def list_scopes(self) -> set[str]:
+            return {f"s{i}" for i in range(20)}
+
+        def load(self, scopes: list[str]) -> TierData:
+            if "s13" in scopes:
+                raise TierError("files: cannot list s13: Input/output error")
+            return TierData("files")
+
+    model = build_model({"e": {"authority": "files", "files": {"path": "{id}/x"}}})
+    with pytest.raises(TierError, match="cannot list s13") as info:
+        compare_scopes(model, {"files": Failing()}, sorted(Failing().list_scopes()), AuditOptions(batch=2, jobs=2))  # type: ignore[dict-item]
+    assert info.value.exit_code == 6
+
+
+def test_a_folder_removed_after_the_root_was_listed_holds_nothing(tmp_path: Path) -> None:
+    # Folders are listed when their batch loads: one deleted in between is simply empty, not an error.
+    from statekit.audit.files_reader import FilesReader
+    from statekit.config import load_config
+    from statekit.profiles import load_model
+
+    root = tmp_path / "instances"
+    for name in ("a1", "b2"):
+        (root / name).mkdir(parents=True)
+        (root / name / "creds.json").write_text("{}")
+        (root / name / "pre-key-1.json").write_text("{}")
+    model = load_model(load_config(str(write_config(tmp_path / "statekit.toml", db_url="", redis_url="",
+                                                    files_root=str(root)))))  # fmt: skip
+    reader = FilesReader(str(root), model, keys_only=True)
+    assert reader.list_scopes() == {"a1", "b2"}
+    import shutil
+
+    shutil.rmtree(root / "b2")
+    data = reader.load(["a1", "b2"])
+    assert set(data.records["keys"]) == {"a1"} and set(data.records["creds"]) == {"a1"}
+    assert not data.unparseable

@@ -232,6 +232,7 @@ def compare_states(
     for batch in _chunks(ordered, max(1, opts.batch)):
         for t in tiers:
             da, db = a[t].load(batch), b[t].load(batch)
+            findings += _unparseable_findings(list(da.unparseable) + list(db.unparseable))
             for ent in model.entities.values():
                 if t not in ent.locators:
                     continue

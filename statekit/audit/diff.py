@@ -7,15 +7,21 @@ model nowhere), and `transient` (gone when re-checked after a short delay: caugh
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from statekit.audit.codecs import CodecError, Comparison, canonical, compare
 from statekit.audit.entities import TIERS, Entity, Model
 from statekit.audit.readers import Record, RecordKey, TierData, Unparseable
+from statekit.errors import StatekitError, TierError
 from statekit.model import Progress, no_progress
 
 FINDING_CLASSES = ("missing", "orphan", "mismatch", "unparseable", "transient")
@@ -74,6 +80,9 @@ class AuditOptions:
     recheck_delay: float = 0.5
     batch: int = 500
     tally: bool = False  # also count ids per entity and tier, and complete ones (for --metrics-file)
+    # Worker processes for the batches (0: one per CPU, at most 4; 1: none). Used where fork is available
+    # and there are at least two batches per worker.
+    jobs: int = 0
 
 
 @dataclass
@@ -312,9 +321,104 @@ def compare_scopes(
 ) -> tuple[list[Finding], int]:
     """Findings for these scopes (values are loaded batch by batch) and the number of values compared; with
     `tally`, also count per entity and tier where the ids have records, and how many are complete."""
+    batches = list(_chunks(scopes, max(1, opts.batch)))
+    jobs = _worker_count(opts, len(batches))
+    if jobs > 1:
+        return _compare_in_workers(model, sources, batches, opts, tally, jobs)
+    return _compare_batches(model, sources, batches, opts, tally)
+
+
+def _worker_count(opts: AuditOptions, batches: int) -> int:
+    """How many worker processes to fork: never where fork is missing or other threads run (a fork copies
+    only the calling thread, so a lock another thread holds would stay locked in the child)."""
+    jobs = opts.jobs or min(os.cpu_count() or 1, 4)
+    if jobs < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
+        return 1
+    return min(jobs, batches // 2)
+
+
+def _compare_in_workers(
+    model: Model,
+    sources: dict[str, Source],
+    batches: list[list[str]],
+    opts: AuditOptions,
+    tally: AuditResult | None,
+    jobs: int,
+) -> tuple[list[Finding], int]:
+    """compare_scopes over forked workers, each taking every jobs-th batch: the comparison is Python work, so
+    one process only ever uses one core. Each worker opens its own connections and sends back its findings,
+    value count and tally; an error in a worker is raised here."""
+    children: list[tuple[int, int]] = []
+    try:
+        for k in range(jobs):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the worker
+                os.close(read_fd)
+                _worker(model, sources, batches[k::jobs], opts, tally is not None, write_fd)
+            os.close(write_fd)
+            children.append((pid, read_fd))
+        results: list[tuple[Any, ...]] = []
+        for pid, read_fd in children:
+            with os.fdopen(read_fd, "rb") as fh:
+                payload = fh.read()
+            os.waitpid(pid, 0)
+            results.append(pickle.loads(payload) if payload else ("error", TierError("an audit worker died")))
+        children = []
+    finally:
+        for pid, read_fd in children:  # interrupted: stop the workers that are left
+            with contextlib.suppress(OSError):
+                os.close(read_fd)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
     findings: list[Finding] = []
     values = 0
-    batches = list(_chunks(scopes, max(1, opts.batch)))
+    for result in results:
+        if result[0] == "error":
+            raise result[1]
+        _, found, count, counts, roots, complete = result
+        findings.extend(found)
+        values += count
+        if tally is not None:
+            for key, n in counts.items():
+                tally.entity_counts[key] = tally.entity_counts.get(key, 0) + n
+            tally.roots += roots
+            tally.complete += complete
+    return findings, values
+
+
+def _worker(
+    model: Model, sources: dict[str, Source], batches: list[list[str]], opts: AuditOptions, tally: bool, fd: int
+) -> NoReturn:
+    """The body of a forked worker: compare its batches, write the pickled result to fd, exit."""
+    result: tuple[Any, ...]
+    try:
+        for src in sources.values():
+            after_fork = getattr(src, "after_fork", None)
+            if after_fork is not None:
+                after_fork()
+        sub = AuditResult([], [], [])
+        found, count = _compare_batches(model, sources, batches, opts, sub if tally else None)
+        result = ("ok", found, count, sub.entity_counts, sub.roots, sub.complete)
+    except BaseException as exc:
+        result = ("error", exc if isinstance(exc, StatekitError) else TierError(f"audit worker: {exc!r}"))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pickle.dumps(result))
+    finally:
+        os._exit(0)  # no cleanup of the parent's objects: its connections and files stay its own
+
+
+def _compare_batches(
+    model: Model,
+    sources: dict[str, Source],
+    batches: list[list[str]],
+    opts: AuditOptions,
+    tally: AuditResult | None = None,
+) -> tuple[list[Finding], int]:
+    findings: list[Finding] = []
+    values = 0
     if not batches:
         return findings, values
 

@@ -37,6 +37,9 @@ class FilesReader:
         self.found: dict[str, list[tuple[str, RecordKey, str, dict[str, str] | None]]] = {}
         self.unparseable: list[Unparseable] = []
         self._pool: Any = None
+        # `{id}/` folders whose files are named when their batch loads (the walk only lists the root).
+        self._pending: set[str] = set()
+        self._rules: tuple[dict[str, tuple[Entity, str]], list[tuple[str, Entity, str, str]]] = ({}, [])
 
     def _scoped_rules(self) -> tuple[Any, dict[str, tuple[Entity, str]], list[tuple[str, Entity, str, str]], bool]:
         """Fast path for templates `{id}/<name>` (the usual layout): the scope is the directory, the rest is
@@ -72,17 +75,22 @@ class FilesReader:
         return scope_re, literal, suffixed, True
 
     def list_scopes(self) -> set[str]:
-        """Walk the root once, naming every record; returns the scopes present."""
+        """Walk the root, naming every record; returns the scopes present. In the usual `{id}/<name>` layout
+        only the root is listed here: each `{id}/` folder is listed when its batch loads, so that work is
+        spread over the batches (and over the audit's worker processes)."""
         self.found = {}
         self.unparseable = []
+        self._pending = set()
         scope_match, literal, suffixed, fast = self._scoped_rules()
+        self._rules = (literal, suffixed)
         files = [(ent, ent.name, loc.template.regex.fullmatch) for ent, loc in self.files if loc.template]
         found = self.found
         for rel, is_dir in _walk(self.root, top_level_fast=fast):
             if fast and is_dir and "/" not in rel:
                 self._generic(rel, True, files)
                 if scope_match is not None and scope_match(rel):
-                    self._list_scope_dir(rel, literal, suffixed)
+                    found.setdefault(rel, [])
+                    self._pending.add(rel)
                 else:
                     for sub, sub_is_dir in _walk(self.root, start=rel):
                         self._generic(sub, sub_is_dir, files)
@@ -110,14 +118,16 @@ class FilesReader:
             return
         self.unparseable.append(self._unparseable(rel))
 
-    def _list_scope_dir(
-        self, scope: str, literal: dict[str, tuple[Entity, str]], suffixed: list[tuple[str, Entity, str, str]]
-    ) -> None:
-        """Name the files of one `{id}/` directory (subdirectories go through the generic path)."""
+    def _list_scope_dir(self, scope: str, unparseable: list[Unparseable]) -> None:
+        """Name the files of one `{id}/` directory (subdirectories go through the generic path); a folder
+        removed since the root was listed holds nothing."""
+        literal, suffixed = self._rules
         out = self.found.setdefault(scope, [])
         prefix = scope + "/"
         try:
             dir_fd = open_for_reading(os.path.join(self.root, scope), os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise TierError(f"files: cannot list {scope}: {exc.strerror}") from None
         try:
@@ -131,7 +141,7 @@ class FilesReader:
                 if e.is_dir(follow_symlinks=False) and not e.name.startswith(".statekit-"):
                     for rel, is_dir in _walk(self.root, start=prefix + e.name):
                         if not is_dir:
-                            self.unparseable.append(self._unparseable(rel))
+                            unparseable.append(self._unparseable(rel))
         if ".statekit-" in "\0".join(names):  # one scan of the directory's names for our own temporary files
             names = [n for n in names if not (n.startswith(".statekit-") or n.endswith(".statekit-tmp"))]
         rest = names
@@ -157,7 +167,7 @@ class FilesReader:
             else:
                 rest = []
         for n in rest:
-            self.unparseable.append(self._unparseable(prefix + n))
+            unparseable.append(self._unparseable(prefix + n))
 
     def _unparseable(self, rel: str) -> Unparseable:
         parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
@@ -176,6 +186,10 @@ class FilesReader:
         presence = {ent.name for ent in self.model.entities.values() if ent.presence}
         records = out.records
         wanted = [sc for sc in scopes if sc in self.found]
+        for sc in wanted:
+            if sc in self._pending:
+                self._pending.discard(sc)
+                self._list_scope_dir(sc, out.unparseable)
         contents: Iterable[list[bytes | None] | None]
         if self.keys_only:
             contents = repeat(None, len(wanted))
@@ -203,6 +217,10 @@ class FilesReader:
             return [None if name in presence else _read_at(root_fd, rel) for name, _, rel, _ in self.found[scope]]
         finally:
             os.close(root_fd)
+
+    def after_fork(self) -> None:
+        """In a forked audit worker: the parent's reading threads are not there."""
+        self._pool = None
 
     def close(self) -> None:
         """Stop the reading threads."""

@@ -85,6 +85,10 @@ class RedisReader:
             )  # fmt: skip
         return self._resp
 
+    def after_fork(self) -> None:
+        """In a forked audit worker: open a connection of its own (the parent's stays the parent's)."""
+        self._resp = None
+
     def close(self) -> None:
         """Close the connections."""
         if self._resp is not None:

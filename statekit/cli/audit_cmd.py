@@ -70,6 +70,8 @@ def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str,
               help="Examples shown per entity and class.")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics: findings, entity counts, readiness, latency, hit ratio.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
+              help="Worker processes comparing the ids (0: one per CPU, at most 4). Small audits use one.")  # fmt: skip
 @identity_options
 @common_options
 def audit(
@@ -86,6 +88,7 @@ def audit(
     jsonl: bool,
     examples: int,
     metrics_file: str | None,
+    jobs: int,
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
@@ -99,7 +102,11 @@ def audit(
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root)
     model = model.select(list(entities))
     opts = AuditOptions(
-        keys_only=keys_only, recheck_rounds=recheck_rounds, recheck_delay=recheck_delay, tally=bool(metrics_file)
+        keys_only=keys_only,
+        recheck_rounds=recheck_rounds,
+        recheck_delay=recheck_delay,
+        tally=bool(metrics_file),
+        jobs=jobs,
     )
     if against:
         from statekit.audit.archive_reader import audit_against
