@@ -26,6 +26,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(BIN)/python -m compileall -q statekit  # as `pip install .` does: no source compile at every start
 	$(BIN)/python bench/run.py
 
 clean:
