@@ -32,10 +32,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 def pack(*args: bytes) -> bytes:
     """One command in RESP (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in args])
 
 
 def pack_many(commands: Sequence[Sequence[bytes]]) -> bytes:
