@@ -11,6 +11,7 @@ import contextlib
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -80,8 +81,8 @@ class AuditOptions:
     recheck_delay: float = 0.5
     batch: int = 500
     tally: bool = False  # also count ids per entity and tier, and complete ones (for --metrics-file)
-    # Worker processes for the batches (0: one per CPU, at most 4; 1: none). Used where fork is available
-    # and there are at least two batches per worker.
+    # Worker processes for the batches (0: one per CPU, at most 4; 1: none). Used on Linux
+    # with at least two batches per worker.
     jobs: int = 0
 
 
@@ -329,10 +330,11 @@ def compare_scopes(
 
 
 def _worker_count(opts: AuditOptions, batches: int) -> int:
-    """How many worker processes to fork: never where fork is missing or other threads run (a fork copies
-    only the calling thread, so a lock another thread holds would stay locked in the child)."""
+    """How many worker processes to fork: only on Linux (macOS system libraries are not fork-safe), and
+    never while other threads run (a fork copies only the calling thread, so a lock another thread holds
+    would stay locked in the child)."""
     jobs = opts.jobs or min(os.cpu_count() or 1, 4)
-    if jobs < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
+    if jobs < 2 or not sys.platform.startswith("linux") or threading.active_count() > 1:
         return 1
     return min(jobs, batches // 2)
 
