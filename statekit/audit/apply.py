@@ -19,6 +19,7 @@ from statekit.audit.plan import Operation, ReconcilePlan
 from statekit.errors import StorageError, TierError
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
 from statekit.tiers.files import make_parents, write_file_atomic
+from statekit.tiers.fsread import open_for_reading
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _save_files_undo(root: str, ops: list[Operation], undo: UndoSink) -> str:
     n = 0
     for rel in dict.fromkeys(rels):
         try:
-            fd = os.open(_safe_path(root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_for_reading(_safe_path(root, rel))
         except FileNotFoundError:
             continue
         with os.fdopen(fd, "rb") as fh:

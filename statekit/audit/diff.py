@@ -181,11 +181,7 @@ class _ScopeComparer:
 
     def entity(self, ent: Entity, scope: str, root_ok: bool) -> Iterator[Finding]:
         tiers = self._tiers[ent.name]
-        by = self._by
-        per: dict[str, dict[RecordKey, Record]] = {}
-        for t in tiers:
-            recs = by.get((ent.name, t))
-            per[t] = (recs.get(scope) if recs else None) or {}
+        per = {t: self.records(ent, t, scope) for t in tiers}
         # db rows with a NULL value count as absent (they are reported as such).
         nulls: dict[str, dict[RecordKey, Record]] = {}
         for t in tiers:

@@ -498,7 +498,7 @@ def _save_undo(root: str, rels: list[str], undo: UndoSink) -> None:
             continue
         if not os.path.isfile(path) or os.path.islink(path):
             continue
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_for_reading(path)
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
             undo.sink.add(
