@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_args_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     _code, out, err = cli(capsys)
     assert "Usage" in out + err and "Traceback" not in out + err
+
+
+def _ia32cap_after_import(env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_ia32cap"}
+    if env_value is not None:
+        env["OPENSSL_ia32cap"] = env_value
+    code = "import os, statekit.archive.format; print(os.environ.get('OPENSSL_ia32cap', '<unset>'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_openssl_stays_off_avx512_unless_the_user_says_otherwise() -> None:
+    # set before OpenSSL is loaded (statekit.archive.format imports cryptography)
+    assert _ia32cap_after_import(None).strip() == ":~0xd0230000"
+    assert _ia32cap_after_import("~0x200000000000000").strip() == "~0x200000000000000"

@@ -127,6 +127,39 @@ def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> 
     assert archive.manifest["totals"]["keys"] == summary.counts["keys"]
 
 
+def test_non_strings_vanishing_between_listing_and_dump(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    """A page's strings come with the first request (MGET), its other keys in a follow-up round trip; keys
+    deleted in between are counted as vanished, never written half, and the strings all arrive."""
+    with client(redis_url) as r:
+        pipe = r.pipeline(transaction=False)
+        for i in range(2_000):
+            pipe.set(b"s%05d" % i, b"v%d" % i)
+            pipe.hset(b"h%05d" % i, b"f", b"%d" % i)
+        pipe.execute()
+    db = int(redis_url.rsplit("/", 1)[1])
+    hashes_left = [2_000]
+
+    def progress(tier: str, items: int, nbytes: int) -> None:
+        # runs when a page's strings are written, before its hashes are read: delete every hash
+        if hashes_left[0]:
+            with client(redis_url) as r:
+                hashes_left[0] = 0
+                r.delete(*[b"h%05d" % i for i in range(2_000)])
+
+    archive, summary = take(
+        tmp_path / "h.statekit", RedisConfig(url=redis_url, dbs=[db], scan_count=200), progress=progress
+    )
+    assert summary.counts["vanished"] > 0
+    db2 = int(redis_url2.rsplit("/", 1)[1])
+    rep = put_back(archive, redis_url2, db_map={db: db2})
+    assert rep.counts["failed"] == 0
+    got = state(redis_url2)
+    assert {k for k in got if k.startswith(b"s")} == {b"s%05d" % i for i in range(2_000)}
+    hashes = [k for k in got if k.startswith(b"h")]
+    assert len(hashes) + summary.counts["vanished"] <= 2_000
+    assert all(got[k][1] == [(b"f", b"%d" % int(k[1:]))] for k in hashes)
+
+
 def test_atomic_pages_and_progress(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
     _fill(redis_url)
     with client(redis_url) as r:

@@ -78,13 +78,10 @@ class ServerInfo:
 
 @dataclass
 class _Page:
-    """One SCAN page on its way: strings already read (MGET), keys to DUMP, big keys, when PTTL was sent."""
+    """One SCAN page whose first request is on its way, and when it was sent (PTTL is relative to it)."""
 
-    strings: list[bytes] = field(default_factory=list)
-    values: list[bytes] = field(default_factory=list)
-    small: list[bytes] = field(default_factory=list)
-    big: list[bytes] = field(default_factory=list)
-    t_send: int = 0
+    keys: list[bytes]
+    t_send: int
 
 
 @dataclass
@@ -235,6 +232,7 @@ class DbScanner:
     ):
         self.main = conn
         self.side = conn.other_db(db)
+        self._aux: RespConnection | None = None
         self.db = db
         self.cfg = cfg
         self.tick = tick or (lambda n, b: None)
@@ -257,6 +255,13 @@ class DbScanner:
         # MGET needs all its keys in one hash slot on a cluster, so there strings are DUMPed like the rest.
         self.by_mget = not cfg.atomic_pages and info.mode != "cluster"
 
+    @property
+    def aux(self) -> RespConnection:
+        """A third connection for a page's follow-up round trips (non-strings, big keys), opened when needed."""
+        if self._aux is None:
+            self._aux = self.main.other_db(self.db)
+        return self._aux
+
     def _scan_cmd(self, cursor: bytes) -> bytes:
         return pack(*[cursor if a == b"%s" else a for a in self._scan_args])
 
@@ -266,16 +271,27 @@ class DbScanner:
             self._run(counts)
         finally:
             self.side.close()
+            if self._aux is not None:
+                self._aux.close()
         self.writer.flush()
         counts.members += self.writer.members
         counts.bytes += self.writer.bytes
 
     def _run(self, counts: ScanCounts) -> None:
+        # Three pipelines overlap: the next SCAN page (side connection), the current page's first request
+        # (main connection) and Python packing the previous page's replies into records.
         side = self.side
         side.send(self._scan_cmd(b"0"))
-        cursor, keys = side.read_one()
         in_flight: _Page | None = None
-        while True:
+        more = True
+        while more:
+            reply = side.read_one()
+            if isinstance(reply, ReplyError):
+                raise TierError(f"redis db{self.db}: SCAN failed: {reply}")
+            cursor, keys = reply
+            more = cursor != b"0"
+            if more:
+                side.send(self._scan_cmd(cursor))
             # SCAN may list a key twice (when the table shrinks during the scan); drop repeats within a
             # page here. Repeats across pages are rare and harmless: restore reports the second as present.
             keys = list(dict.fromkeys(keys))
@@ -283,69 +299,68 @@ class DbScanner:
                 before = len(keys)
                 keys = [k for k in keys if self.match(k)]
                 counts.filtered += before - len(keys)
-            more = cursor != b"0"
-            page, nxt = self._list_next(keys, cursor if more else None, counts)
-            self._send_fetch(page)
+            page = self._request(keys) if keys else None
             if in_flight is not None:
                 self._receive(in_flight, counts)
             in_flight = page
-            if nxt is None:
-                break
-            cursor, keys = nxt
         if in_flight is not None:
             self._receive(in_flight, counts)
 
-    def _list_next(
-        self, keys: list[bytes], cursor: bytes | None, counts: ScanCounts
-    ) -> tuple[_Page, tuple[bytes, list[bytes]] | None]:
-        """One side round trip: the values of this page's strings (MGET) or, with atomic pages, the
-        encodings of all its keys; and the next SCAN page."""
-        side = self.side
-        out = []
-        by_mget = self.by_mget
-        if keys:
-            if by_mget:
-                out.append(pack(b"MGET", *keys))
-            elif self.probe:
-                out.append(b"".join([_ENCODING % (len(k), k) for k in keys]))
-        if cursor is not None:
-            out.append(self._scan_cmd(cursor))
-        if out:
-            side.send(b"".join(out))
-        page = _Page()
-        values: Any = None
-        encodings: list[Any] = []
-        if keys and by_mget:
-            values = side.read_one()
-        elif keys and self.probe:
-            encodings = side.read(len(keys))
-        # the next page's listing comes before any follow-up command on this connection
-        nxt = side.read_one() if cursor is not None else None
-        if values is not None:
+    def _request(self, keys: list[bytes]) -> _Page:
+        """Send a page's first request on the main connection: MGET + PTTL of every key (standalone),
+        else OBJECT ENCODING of every key (so that big keys are never DUMPed), else PTTL + DUMP."""
+        page = _Page(keys=keys, t_send=now_ms())
+        if self.by_mget:
+            parts = [pack(b"MGET", *keys)]
+            parts += [b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+            self.main.send(b"".join(parts))
+        elif self.probe:
+            self.main.send(b"".join([_ENCODING % (len(k), k) for k in keys]))
+        else:
+            self.main.send(self._dump_request(keys, []))
+        return page
+
+    def _receive(self, page: _Page, counts: ScanCounts) -> None:
+        """Read a page's replies, make the follow-up round trips it needs, and write its records."""
+        keys = page.keys
+        main = self.main
+        if self.by_mget:
+            values = main.read_one()
+            ttls = main.read(len(keys))
             if isinstance(values, ReplyError):
                 raise TierError(f"redis db{self.db}: MGET failed: {values}")
             # MGET answers nil for a key that is not a string (or is gone): those go the DUMP way.
-            others = []
-            for k, v in zip(keys, values):
-                if v is None:
-                    others.append(k)
-                else:
-                    page.strings.append(k)
-                    page.values.append(v)
-            if others and self.probe:
-                side.send(b"".join([_ENCODING % (len(k), k) for k in others]))
-                page.small, page.big = self._classify(others, side.read(len(others)), counts)
+            if None in values:
+                strings, svalues, sttls, others = [], [], [], []
+                for k, v, t in zip(keys, values, ttls):
+                    if v is None:
+                        others.append(k)
+                    else:
+                        strings.append(k)
+                        svalues.append(v)
+                        sttls.append(t)
             else:
-                page.small = others
-        elif encodings:
-            page.small, page.big = self._classify(keys, encodings, counts)
+                strings, svalues, sttls, others = keys, values, ttls, []
+            self._pack_strings(strings, svalues, sttls, page.t_send, counts)
+            if others:
+                small, big = self._classify(others, counts) if self.probe else (others, [])
+                self._fetch_dumps(small, big, counts)
+        elif self.probe:
+            small, big = self._classify(keys, counts, main.read(len(keys)))
+            self._fetch_dumps(small, big, counts)
         else:
-            page.small = keys
-        page.t_send = now_ms()
-        return page, nxt
+            self._pack_dumps(keys, self._dump_replies(main, keys, []), page.t_send, counts)
 
-    def _classify(self, keys: list[bytes], encodings: list[Any], counts: ScanCounts) -> tuple[list[bytes], list[bytes]]:
-        """Split keys into those to DUMP and big ones to read in chunks, given their OBJECT ENCODING."""
+    def _classify(
+        self, keys: list[bytes], counts: ScanCounts, encodings: list[Any] | None = None
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Split keys into those to DUMP and big ones to read in chunks, by their OBJECT ENCODING (read on
+        the aux connection unless given): compact encodings are small by construction, the others get
+        their TYPE and length checked. Keys gone meanwhile are counted as vanished and dropped."""
+        aux = self.aux
+        if encodings is None:
+            aux.send(b"".join([_ENCODING % (len(k), k) for k in keys]))
+            encodings = aux.read(len(keys))
         compact = _COMPACT
         check = [k for k, e in zip(keys, encodings) if e not in compact and e is not None]
         if not check and None not in encodings:
@@ -354,12 +369,11 @@ class DbScanner:
         present = [k for k, e in zip(keys, encodings) if e is not None]
         if not check:
             return present, []
-        side = self.side
-        side.send(b"".join(pack(b"TYPE", k) for k in check))
-        types = side.read(len(check))
+        aux.send(b"".join(pack(b"TYPE", k) for k in check))
+        types = aux.read(len(check))
         sized = [(k, t, _LEN_CMD[t]) for k, t in zip(check, types) if t in _LEN_CMD]
-        side.send(b"".join(pack(cmd, k) for k, _, cmd in sized))
-        lengths = side.read(len(sized))
+        aux.send(b"".join(pack(cmd, k) for k, _, cmd in sized))
+        lengths = aux.read(len(sized))
         big: set[bytes] = set()
         for (k, t, _), n in zip(sized, lengths):
             if not isinstance(n, int):
@@ -370,70 +384,93 @@ class DbScanner:
                 self._big_types[k] = TYPE_BY_NAME[t.decode()]
         return [k for k in present if k not in big], [k for k in present if k in big]
 
-    def _send_fetch(self, page: _Page) -> None:
-        """PTTL for every key, DUMP for the small non-strings, as one pipeline on the main connection."""
+    def _dump_request(self, small: list[bytes], big: list[bytes]) -> bytes:
+        """PTTL + DUMP of each small key and PTTL of each big one (in MULTI/EXEC with atomic pages)."""
         parts = []
-        atomic = self.cfg.atomic_pages
-        if atomic:
-            parts.append(b"*1\r\n$5\r\nMULTI\r\n")
-        for k in page.strings:
-            parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k))
-        for k in page.small:
+        for k in small:
             n = len(k)
             parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n" % (n, k, n, k))
-        for k in page.big:
-            parts.append(b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k))
-        if atomic:
-            parts.append(b"*1\r\n$4\r\nEXEC\r\n")
-        if len(parts) > (2 if atomic else 0):
-            self.main.send(b"".join(parts))
-
-    def _receive(self, page: _Page, counts: ScanCounts) -> None:
-        """Read a page's PTTL/DUMP replies and write its records."""
-        n = len(page.strings) + 2 * len(page.small) + len(page.big)
-        if not n:
-            return
+        parts += [b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in big]
         if self.cfg.atomic_pages:
-            replies = self.main.read(n + 2)
-            result = replies[-1]
-            if not isinstance(result, list):
-                raise TierError(f"redis db{self.db}: MULTI/EXEC failed: {result}")
-            replies = result
-        else:
-            replies = self.main.read(n)
-        t_send = page.t_send
+            return b"*1\r\n$5\r\nMULTI\r\n" + b"".join(parts) + b"*1\r\n$4\r\nEXEC\r\n"
+        return b"".join(parts)
+
+    def _dump_replies(self, conn: RespConnection, small: list[bytes], big: list[bytes]) -> list[Any]:
+        """The replies to `_dump_request(small, big)` sent on `conn`."""
+        n = 2 * len(small) + len(big)
+        if not self.cfg.atomic_pages:
+            return conn.read(n)
+        result = conn.read(n + 2)[-1]
+        if not isinstance(result, list):
+            raise TierError(f"redis db{self.db}: MULTI/EXEC failed: {result}")
+        return result
+
+    def _fetch_dumps(self, small: list[bytes], big: list[bytes], counts: ScanCounts) -> None:
+        """One aux round trip for the PTTL + DUMP of the small keys and the PTTL of the big ones; then
+        write their records and read the big keys in chunks."""
+        if not small and not big:
+            return
+        aux = self.aux
+        t_send = now_ms()
+        aux.send(self._dump_request(small, big))
+        replies = self._dump_replies(aux, small, big)
+        self._pack_dumps(small, replies, t_send, counts)
+        for key, ttl in zip(big, replies[2 * len(small) :]):
+            t = self._big_types.pop(key)
+            if ttl == -2:
+                counts.vanished += 1
+                continue
+            if self.types and t not in self.types:
+                counts.filtered += 1
+                continue
+            expire = t_send + ttl if ttl >= 0 else NO_EXPIRY
+            if self._read_big(key, t, expire):
+                self._count_big(key, ttl >= 0, counts)
+            else:
+                counts.vanished += 1
+
+    def _pack_strings(
+        self, keys: list[bytes], values: list[bytes], ttls: list[Any], t_send: int, counts: ScanCounts
+    ) -> None:
+        """Write string records from MGET values and PTTL replies."""
+        if not keys:
+            return
+        if self.types and TYPE_STRING not in self.types:
+            counts.filtered += len(keys)
+            return
         packed: list[bytes] = []
-        nbytes = 0
-        kept = 0
+        head = _HEAD.pack
+        big_bytes = self.big_bytes
+        nbytes = kept = vanished = expiring = 0
+        for key, value, ttl in zip(keys, values, ttls):
+            if ttl == -2 or type(ttl) is not int:
+                if isinstance(ttl, ReplyError):
+                    raise TierError(f"redis db{self.db}: reading key {show_key(key)} failed: {ttl}")
+                vanished += 1
+                continue
+            if ttl >= 0:
+                expire = t_send + ttl
+                expiring += 1
+            else:
+                expire = NO_EXPIRY
+            vlen = len(value)
+            if 0 < big_bytes < vlen:  # already read, but stored in chunks so restore stays bounded
+                self._big_string(key, value, expire, counts)
+                continue
+            packed += (head(TAG_VALUE, TYPE_STRING, 0, expire, len(key), vlen), key, value)
+            nbytes += 20 + len(key) + vlen
+            kept += 1
+        self._add(packed, nbytes, kept, vanished, expiring, counts)
+
+    def _pack_dumps(self, keys: list[bytes], replies: list[Any], t_send: int, counts: ScanCounts) -> None:
+        """Write DUMP records from (PTTL, DUMP) reply pairs."""
+        packed: list[bytes] = []
         head = _HEAD.pack
         types = self.types
         type_of = RDB_TYPE_TO_TYPE.get
-        vanished = expiring = 0
-        n_str = len(page.strings)
-        if page.strings and (not types or TYPE_STRING in types):
-            big_bytes = self.big_bytes
-            for key, value, ttl in zip(page.strings, page.values, replies):
-                if ttl == -2 or type(ttl) is not int:
-                    if isinstance(ttl, ReplyError):
-                        raise TierError(f"redis db{self.db}: reading key {show_key(key)} failed: {ttl}")
-                    vanished += 1
-                    continue
-                if ttl >= 0:
-                    expire = t_send + ttl
-                    expiring += 1
-                else:
-                    expire = NO_EXPIRY
-                vlen = len(value)
-                if 0 < big_bytes < vlen:  # already read, but stored in chunks so restore stays bounded
-                    self._big_string(key, value, expire, counts)
-                    continue
-                packed += (head(TAG_VALUE, TYPE_STRING, 0, expire, len(key), vlen), key, value)
-                nbytes += 20 + len(key) + vlen
-                kept += 1
-        elif page.strings:
-            counts.filtered += n_str
-        it = iter(replies[n_str : n_str + 2 * len(page.small)])
-        for key, ttl, payload in zip(page.small, it, it):
+        nbytes = kept = vanished = expiring = 0
+        it = iter(replies)
+        for key, ttl, payload in zip(keys, it, it):
             if type(payload) is not bytes or ttl == -2:
                 if isinstance(payload, ReplyError) or isinstance(ttl, ReplyError):
                     raise TierError(f"redis db{self.db}: reading key {show_key(key)} failed: {payload or ttl}")
@@ -455,26 +492,17 @@ class DbScanner:
             packed += (head(TAG_DUMP, t, payload[-10] | payload[-9] << 8, expire, len(key), vlen), key, payload)
             nbytes += 20 + len(key) + vlen
             kept += 1
+        self._add(packed, nbytes, kept, vanished, expiring, counts)
+
+    def _add(
+        self, packed: list[bytes], nbytes: int, kept: int, vanished: int, expiring: int, counts: ScanCounts
+    ) -> None:
         counts.vanished += vanished
         counts.expiring += expiring
         counts.keys += kept
-        self.writer.add_raw(packed, nbytes, kept)
-        self.tick(kept, nbytes)
-        base = n_str + 2 * len(page.small)
-        for j, key in enumerate(page.big):
-            ttl = replies[base + j]
-            t = self._big_types.pop(key)
-            if ttl == -2:
-                counts.vanished += 1
-                continue
-            if types and t not in types:
-                counts.filtered += 1
-                continue
-            expire = t_send + ttl if ttl >= 0 else NO_EXPIRY
-            if self._read_big(key, t, expire):
-                self._count_big(key, ttl >= 0, counts)
-            else:
-                counts.vanished += 1
+        if kept:
+            self.writer.add_raw(packed, nbytes, kept)
+            self.tick(kept, nbytes)
 
     def _count_big(self, key: bytes, expiring: bool, counts: ScanCounts) -> None:
         counts.keys += 1
@@ -496,7 +524,7 @@ class DbScanner:
 
     def _read_big(self, key: bytes, type_: int, expire: int) -> bool:
         """Read a big key in chunks into records; False if it vanished before its first chunk."""
-        chunks = read_chunks(self.side, key, type_)
+        chunks = read_chunks(self.aux, key, type_)
         first = next(chunks, None)
         if first is None:
             return False
