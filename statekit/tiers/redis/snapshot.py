@@ -1,20 +1,22 @@
-"""Snapshot of Redis: SCAN page by page, one pipelined round trip of PTTL + DUMP per page.
+"""Snapshot of Redis: SCAN page by page; per page one pipelined round trip for the expiry and value of every key.
 
-Per database (or per cluster primary) two connections work together:
+Per database (or per cluster primary) the work is spread over three connections so that the server always
+has the next request queued while Python packs the previous page:
 
-* the *side* connection lists keys (SCAN) and, in the same round trip, reads the values of the page's
-  strings with one MGET (strings are most keys in practice; MGET costs the server far less than a DUMP per
-  key, and a plain value restores into any version). For the other keys it probes OBJECT ENCODING: compact
-  encodings (listpack, intset, ...) are small by construction, anything else gets its TYPE and length
-  checked, so a big key is never DUMPed whole;
-* the *main* connection carries the PTTL (+ DUMP for non-strings) pipeline. Page i is sent before the
-  replies of page i-1 are parsed, so the server works on one page while Python packs the previous one.
+* the *side* connection only lists keys: as soon as SCAN page i arrives, the SCAN for page i+1 is sent;
+* the *main* connection carries page i's first request: one MGET of all its keys plus a PTTL per key
+  (strings are most keys in practice; MGET costs the server far less than a DUMP per key, and a plain value
+  restores into any version). Its replies are read only after page i+1's request has been sent;
+* the *aux* connection (opened when first needed) makes the follow-up round trips: MGET answers nil for a
+  key that is not a string, and those keys get OBJECT ENCODING (compact encodings such as listpack and
+  intset are small by construction; anything else has its TYPE and length checked, so a big key is never
+  DUMPed whole), then PTTL + DUMP.
 
 With `atomic_pages` the page's PTTLs and DUMPs run inside MULTI/EXEC instead (strings too, as DUMP), so
 each key's value and expiry are read at the same instant. On a cluster strings are DUMPed too (an MGET
-must stay within one hash slot).
+must stay within one hash slot); there the first request is the OBJECT ENCODING probe.
 
-Big keys are read in chunks (bigkeys.py) on the side connection; they are not atomic and the summary says
+Big keys are read in chunks (bigkeys.py) on the aux connection; they are not atomic and the summary says
 so. SCAN is not point in time: a key present for the whole scan is in the archive, a key created or deleted
 meanwhile may or may not be.
 """
@@ -64,6 +66,7 @@ _LEN_CMD = {
 }
 _HEAD = struct.Struct("<BBHqII")
 _ENCODING = b"*3\r\n$6\r\nOBJECT\r\n$8\r\nENCODING\r\n$%d\r\n%s\r\n"
+_PTTL = b"*2\r\n$4\r\nPTTL\r\n"  # followed by the key as a bulk string
 _BIG_LIST_LIMIT = 20  # the summary names at most this many big keys
 
 
@@ -311,9 +314,8 @@ class DbScanner:
         else OBJECT ENCODING of every key (so that big keys are never DUMPed), else PTTL + DUMP."""
         page = _Page(keys=keys, t_send=now_ms())
         if self.by_mget:
-            parts = [pack(b"MGET", *keys)]
-            parts += [b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
-            self.main.send(b"".join(parts))
+            bulks = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+            self.main.send(b"".join([b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1), *bulks, _PTTL, _PTTL.join(bulks)]))
         elif self.probe:
             self.main.send(b"".join([_ENCODING % (len(k), k) for k in keys]))
         else:
