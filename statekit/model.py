@@ -153,6 +153,7 @@ class RestoreOptions:
     conflict: str = "replace"  # replace | skip | fail
     ttl: str = "absolute"  # absolute | relative
     flush: bool = False
+    skip_uncarriable: bool = False  # restore the other keys when some cannot be loaded by the target
 
 
 class UndoSink(Protocol):

@@ -144,9 +144,49 @@ def test_plain_encoding_decodes_back(values: list[bytes]) -> None:
 def test_uncarriable_payloads() -> None:
     stream = bytes([19]) + b"x" + struct.pack("<H", 10) + b"\x00" * 8
     module = bytes([7]) + b"x" + struct.pack("<H", 10) + b"\x00" * 8
-    assert uncarriable_reason(stream, 10, 9, False) is not None
-    assert uncarriable_reason(stream, 10, 10, False) is None
+    hash_ttl = bytes([24]) + b"x" + struct.pack("<H", 12) + b"\x00" * 8
+    assert uncarriable_reason(stream, 10, 9, False) is None  # streams are converted at restore time
+    assert "field expirations" in (uncarriable_reason(hash_ttl, 12, 10, False) or "")
     assert uncarriable_reason(module, 10, 10, True) is None
     assert "same Redis version" in (uncarriable_reason(module, 10, 10, False) or "")
-    with pytest.raises(Uncarriable):
+    with pytest.raises(Uncarriable, match="truncated"):
         convert(stream, 9)
+
+
+def _stream_payload(stream_type: int, rdb: int) -> bytes:
+    """A stream DUMP payload laid out as rdbSaveObject writes it, fields named by their values."""
+
+    def n(v: int) -> bytes:  # an RDB length
+        return bytes((v,)) if v < 64 else bytes((0x40 | (v >> 8), v & 0xFF))
+
+    def s(b: bytes) -> bytes:
+        return n(len(b)) + b
+
+    v2 = stream_type >= 19
+    parts = [bytes((stream_type,)), n(1), s(b"\x00" * 15 + b"\x07"), s(b"LISTPACK-BLOB" * 5)]
+    parts += [n(3), n(20), n(1)]  # length, last id 20-1
+    if v2:
+        parts += [n(7), n(0), n(9), n(2), n(4)]  # first id 7-0, max deleted 9-2, entries added 4
+    parts += [n(1), s(b"grp"), n(20), n(1)]  # one group, last delivered 20-1
+    if v2:
+        parts.append(n(3))  # entries read
+    parts += [n(1), b"I" * 16, b"T" * 8, n(2)]  # one pending entry: id, delivery time, count 2
+    parts += [n(1), s(b"alice"), b"S" * 8]  # one consumer, seen time
+    if stream_type >= 21:
+        parts.append(b"A" * 8)  # active time
+    parts += [n(1), b"I" * 16]
+    body = b"".join(parts) + struct.pack("<H", rdb)
+    return body + struct.pack("<Q", crc64(body))
+
+
+@pytest.mark.parametrize(("src", "src_rdb", "target_rdb", "want"), [(19, 10, 9, 15), (21, 11, 10, 19), (21, 11, 9, 15)])
+def test_streams_are_carried_to_older_servers(src: int, src_rdb: int, target_rdb: int, want: int) -> None:
+    out = convert(_stream_payload(src, src_rdb), target_rdb)
+    assert out == _stream_payload(want, target_rdb)
+
+
+def test_a_stream_with_unknown_trailing_fields_is_uncarriable() -> None:
+    payload = _stream_payload(19, 10)
+    body = payload[:-10] + b"\x01" + struct.pack("<H", 10)
+    with pytest.raises(Uncarriable, match="unknown stream encoding"):
+        convert(body + struct.pack("<Q", crc64(body)), 9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,51 @@ def test_string_written_by_someone_else_during_restore_is_left_alone(redis_url: 
     with redis_py.Redis.from_url(redis_url) as r:
         assert r.dbsize() == 1500
         assert r.get(b"k5") == b"v5" and r.get(b"k1499") == b"v1499"
+
+
+def test_keys_the_target_cannot_load_refuse_the_restore_unless_skipped(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module-type payload from another server version cannot be loaded: the restore refuses (exit 8)
+    naming the key and the way out; with --skip-uncarriable the other keys go in and the key is listed."""
+    import struct
+
+    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.cli import run
+    from statekit.model import TierSummary, now_ms
+    from statekit.tiers.redis.records import (
+        _HEAD,
+        NO_EXPIRY,
+        TAG_DUMP,
+        TAG_VALUE,
+        TYPE_MODULE,
+        TYPE_STRING,
+        RecordWriter,
+    )
+
+    path = tmp_path / "mod.statekit"
+    module = b"\x07" + b"module-bytes" + struct.pack("<H", 9) + b"\x00" * 8
+    with atomic_output(path) as fh:
+        w = ArchiveWriter(fh, recipients=None)
+        rec = RecordWriter(w, 0, "6.0.99", now_ms())
+        for key, value in ((b"plain1", b"v1"), (b"plain2", b"v2")):
+            rec.add_raw([_HEAD.pack(TAG_VALUE, TYPE_STRING, 0, NO_EXPIRY, len(key), len(value)), key, value],
+                        20 + len(key) + len(value), 1)  # fmt: skip
+        rec.add_raw([_HEAD.pack(TAG_DUMP, TYPE_MODULE, 9, NO_EXPIRY, 3, len(module)), b"mod", module],
+                    23 + len(module), 1)  # fmt: skip
+        rec.flush()
+        w.finish({"tiers": [TierSummary("redis", counts={"keys": 3}).to_json()]})
+    monkeypatch.chdir(tmp_path)
+    db = _db(redis_url)
+    args = ["restore", str(path), "--tier", "redis", "--target-url", redis_url, "--db-map", f"0:{db}", "--yes"]
+    assert run(args) == 8
+    err = capsys.readouterr().err
+    assert "mod: cannot be restored: module type" in err and "--skip-uncarriable" in err
+    with client(redis_url) as r:
+        assert r.dbsize() == 0
+    assert run([*args, "--skip-uncarriable", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"]["created"] == 2 and out["counts"]["skipped"] == 1 and out["counts"]["failed"] == 0
+    assert any("mod: not restored: module type" in p for p in out["problems"])
+    with client(redis_url) as r:
+        assert sorted(r.keys()) == [b"plain1", b"plain2"]

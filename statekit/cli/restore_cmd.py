@@ -43,6 +43,8 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @click.option("--ttl", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
               help="redis: keep absolute expiry times, or the remaining time as of the snapshot.")  # fmt: skip
 @click.option("--flush", is_flag=True, help="redis: empty the target databases first (saved in the undo archive).")
+@click.option("--skip-uncarriable", is_flag=True,
+              help="redis: restore the other keys when some cannot be loaded by the target (listed).")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 @click.option("--no-undo", is_flag=True, help="Do not save what is replaced (for disposable targets).")
@@ -63,6 +65,7 @@ def restore(
     conflict: str,
     ttl: str,
     flush: bool,
+    skip_uncarriable: bool,
     dry_run: bool,
     yes: bool,
     no_undo: bool,
@@ -95,6 +98,7 @@ def restore(
         conflict=conflict,
         ttl=ttl,
         flush=flush,
+        skip_uncarriable=skip_uncarriable,
     )
     if dry_run:
         report = plan_restore(opened, opts, cfg)

@@ -6,8 +6,10 @@ A server refuses a DUMP payload whose RDB version is newer than its own, althoug
 plain object encodings every server since Redis 4.0 loads (RDB object types 0, 1, 2, 4 and 5), stamped with
 the target's RDB version and a fresh CRC64. The key still goes in with one RESTORE: never half written.
 
-Streams (new stream encodings per version), module types and hashes with field expiry cannot be carried
-this way; `convert` raises Uncarriable with the reason.
+A stream keeps its entries (listpacks, the same in every version) and is re-encoded in the newest stream
+type the target loads, without the metadata newer types added (first and max-deleted ids, entries added and
+read, consumers' active time), which the older server has no place for. Module types and hashes with field
+expiry cannot be carried; `convert` raises Uncarriable with the reason.
 """
 
 from __future__ import annotations
@@ -104,6 +106,20 @@ class _Reader:
             ulen = self.plain_length()
             return lzf_decompress(self.take(clen), ulen)
         raise Uncarriable(f"unknown RDB string encoding {n}")
+
+    def skip_string(self) -> None:
+        """Step over one RDB string without decoding it (LZF data stays compressed)."""
+        n, encoded = self.length()
+        if not encoded:
+            self.take(n)
+        elif n < 3:
+            self.take(1 << n)
+        elif n == 3:
+            clen = self.plain_length()
+            self.plain_length()
+            self.take(clen)
+        else:
+            raise Uncarriable(f"unknown RDB string encoding {n}")
 
 
 def lzf_decompress(data: bytes, size: int) -> bytes:
@@ -295,7 +311,7 @@ def decode(payload: bytes) -> tuple[int, object]:
                 out += _listpack(blob)
         return TYPE_LIST, out
     if t in (15, 19, 21):
-        raise Uncarriable("a stream's encoding differs between RDB versions; it needs a server that loads it")
+        raise Uncarriable("a stream has no plain form (convert() carries it whole)")
     if t in (22, 23, 24, 25):
         raise Uncarriable("a hash with field expirations (Redis 7.4+) cannot be loaded by an older server")
     if t in (6, 7):
@@ -349,7 +365,86 @@ def encode(rdb_type: int, value: object, rdb_version: int) -> bytes:
     return body + struct.pack("<Q", crc64(body))
 
 
+# -- streams --------------------------------------------------------------------------------------------
+
+# RDB object type of a stream and the RDB version that introduced it: each adds metadata to the one before
+# (type 19: first id, max deleted id, entries added, a group's entries read; type 21: a consumer's active
+# time). The entries themselves are listpacks in every version.
+_STREAM_TYPES = {15: 9, 19: 10, 21: 11}
+
+
+def _stream_down(payload: bytes, rdb_version: int) -> bytes:
+    """A stream payload re-encoded in the newest stream type the target loads, dropping the metadata it
+    has no place for (the target's XINFO does not show it either)."""
+    src = payload[0]
+    dst = max(t for t, v in _STREAM_TYPES.items() if v <= rdb_version)
+    r = _Reader(payload[:-10])
+    r.pos = 1
+    out = [bytes((dst,))]
+    mark = r.pos
+
+    def keep() -> None:  # copy what was read since the last mark
+        nonlocal mark
+        out.append(r.data[mark : r.pos])
+        mark = r.pos
+
+    def drop() -> None:
+        nonlocal mark
+        mark = r.pos
+
+    for _ in range(r.plain_length()):  # listpacks: master id + listpack
+        r.skip_string()
+        r.skip_string()
+    r.plain_length()  # length
+    r.plain_length()  # last id ms
+    r.plain_length()  # last id seq
+    keep()
+    if src >= 19:
+        for _ in range(5):  # first id (ms, seq), max deleted id (ms, seq), entries added
+            r.plain_length()
+        if dst >= 19:
+            keep()
+        else:
+            drop()
+    for _ in range(r.plain_length()):  # consumer groups
+        r.skip_string()  # name
+        r.plain_length()  # last delivered id ms
+        r.plain_length()  # last delivered id seq
+        keep()
+        if src >= 19:
+            r.plain_length()  # entries read
+            if dst >= 19:
+                keep()
+            else:
+                drop()
+        for _ in range(r.plain_length()):  # pending entries: id, delivery time, delivery count
+            r.take(16 + 8)
+            r.plain_length()
+        for _ in range(r.plain_length()):  # consumers
+            r.skip_string()  # name
+            r.take(8)  # seen time
+            keep()
+            if src >= 21:
+                r.take(8)  # active time
+                if dst >= 21:
+                    keep()
+                else:
+                    drop()
+            r.take(16 * r.plain_length())  # the consumer's pending ids
+    keep()
+    if r.pos != len(r.data):
+        raise Uncarriable("stream DUMP payload has trailing bytes (an unknown stream encoding)")
+    out.append(struct.pack("<H", rdb_version))
+    body = b"".join(out)
+    return body + struct.pack("<Q", crc64(body))
+
+
 def convert(payload: bytes, rdb_version: int) -> bytes:
     """Rebuild `payload` so a server writing RDB version `rdb_version` can RESTORE it (or raise Uncarriable)."""
+    if payload and payload[0] in _STREAM_TYPES:
+        try:
+            return _stream_down(payload, rdb_version)
+        except IndexError:
+            raise Uncarriable("stream DUMP payload is truncated") from None
     rdb_type, value = decode(payload)
     return encode(rdb_type, value, rdb_version)

@@ -209,10 +209,15 @@ class _Restorer:
         rep = self.report(dry_run=True)
         for action in ACTIONS:
             rep.counts[action] = sum(p.counts[action] for p in self.plans.values())
+        if self.opts.skip_uncarriable:  # the plan lists them; the other keys go ahead
+            return rep
         for p in self.plans.values():
             for ex in p.examples:
                 if ex["action"] == "uncarriable":
-                    rep.problems.append(f"db{p.source_db} {ex['key']}: cannot be restored: {ex.get('reason')}")
+                    rep.problems.append(
+                        f"db{p.source_db} {ex['key']}: cannot be restored: {ex.get('reason')} "
+                        "(--skip-uncarriable restores the other keys)"
+                    )
         return rep
 
     # -- undo -----------------------------------------------------------------------------------------
@@ -452,7 +457,7 @@ class _Restorer:
                     except portable.Uncarriable as exc:
                         reason = str(exc)
                 if reason is not None:
-                    counts["failed"] += 1
+                    counts["skipped" if self.opts.skip_uncarriable else "failed"] += 1
                     self._problem(header.db, key, reason)
                     continue
             ttl = b"%d" % expire

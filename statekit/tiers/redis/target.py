@@ -16,8 +16,8 @@ EXAMPLES = 10  # a plan shows at most this many keys per action and database
 
 ACTIONS = ("create", "replace", "skip", "expired", "uncarriable", "delete")
 
-# Why a payload cannot go to an older server, by its RDB object type (the first byte).
-_STREAM_TYPES = (15, 19, 21)
+# Why a payload cannot go to an older server, by its RDB object type (the first byte). Every other type,
+# streams included, is rebuilt for the target by portable.convert at restore time.
 _HASH_TTL_TYPES = (22, 23, 24, 25)
 
 
@@ -28,8 +28,6 @@ def uncarriable_reason(payload: bytes, rdb: int, target_rdb: int, same_version: 
         return None if same_version else "module type: restorable only into the same Redis version"
     if rdb <= target_rdb:
         return None
-    if t in _STREAM_TYPES:
-        return f"stream from RDB {rdb} cannot be loaded by a server with RDB {target_rdb}"
     if t in _HASH_TTL_TYPES:
         return f"hash with field expirations (RDB {rdb}) cannot be loaded by RDB {target_rdb}"
     return None
