@@ -15,7 +15,8 @@ def _steady_clock() -> None:
     On many Intel server cores (Skylake-SP, Cascade Lake) an AVX-512 instruction drops the core to a lower
     clock for a couple of milliseconds afterwards. The archive layer encrypts and decrypts 64 KiB chunks between
     batches of Python work, so with AVX-512 ChaCha20 every Python instruction ran at the lower clock: a
-    Redis restore took 1.20 instead of 0.76 µs of CPU per key, a snapshot 1.35 instead of 0.99. The AVX2
+    Redis restore took 1.20 instead of 0.76 µs of CPU per key, a snapshot 1.35 instead of 0.99 (on a host
+    that let the cores run at full clock; about a tenth more, not a third, when it did not). The AVX2
     code paths encrypt at gigabytes per second, far above what statekit moves. OpenSSL reads the variable
     once, when it is first loaded (the first import of cryptography, ssl or hashlib's OpenSSL), so this runs
     on import of the package; child processes (pg_dump, age) inherit it, harmlessly.
