@@ -308,8 +308,9 @@ def redact_url(url: str | None) -> str | None:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
+    if parts.password is None and "@" not in parts.netloc:  # a password may still be in the query
+        query = _redact_query(parts.query)
+        return url if query == parts.query else urlunsplit(parts._replace(query=query))
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[-1]
     userinfo = quote(unquote(user), safe="") if user else ""

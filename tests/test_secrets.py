@@ -304,3 +304,36 @@ def test_encryption_is_never_skipped_silently(tmp_path: Path, keys: tuple[Path, 
     # An unencrypted archive says so where a person looks.
     proc = run_cli(log, "inspect", str(tmp_path / "plain.statekit"))
     assert "none" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0?password=PW", "redis://127.0.0.1:6379/0?password=***"),
+        ("postgresql://h/db?sslmode=require&password=PW", "postgresql://h/db?sslmode=require&password=***"),
+        ("rediss://u:PW@h/0?ssl_password=PW&ssl_ca_certs=/ca.pem", "rediss://u:***@h/0?ssl_password=***&ssl_ca_certs=/ca.pem"),
+        ("redis://h/0", "redis://h/0"),
+    ],
+)  # fmt: skip
+def test_passwords_in_a_url_query_are_redacted_too(url: str, shown: str) -> None:
+    from statekit.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_redis_password_given_in_the_url_query_never_shows(tmp_path: Path) -> None:
+    srv = RedisProcess(extra=["--requirepass", REDIS_PASSWORD]).start()
+    try:
+        log = Transcript()
+        url = f"redis://127.0.0.1:{srv.port}/0?password={REDIS_PASSWORD}"
+        env = {"STATEKIT_REDIS_URL": url}
+        run_cli(log, "snapshot", "--tier", "redis", "--to", str(tmp_path / "a.statekit"), "--no-encryption", env=env)
+        run_cli(log, "snapshot", "--tier", "redis", "--to", str(tmp_path / "b.statekit"), "--no-encryption",
+                "--json", env=env)  # fmt: skip
+        run_cli(log, "inspect", str(tmp_path / "a.statekit"), "--json")
+        snap = Archive(tmp_path / "a.statekit").snapshot
+        log.add("snapshot.json", json.dumps(snap))
+        assert log.leaks({"redis password": REDIS_PASSWORD}) == []
+        assert f"127.0.0.1:{srv.port}/0?password=***" in json.dumps(snap)
+    finally:
+        srv.stop()
