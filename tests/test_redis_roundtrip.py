@@ -106,6 +106,26 @@ def test_match_and_type_filters(redis_url: str, redis_url2: str, tmp_path: Path)
     assert summary2.counts["keys"] == 2
 
 
+def test_type_filter_without_strings(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    """Without strings in the filter no MGET is sent: each page starts with the encoding probe."""
+    with client(redis_url) as r:
+        pipe = r.pipeline(transaction=False)
+        for i in range(1_500):
+            pipe.set(b"s%d" % i, b"v")
+            pipe.hset(b"h%d" % i, b"f", b"%d" % i)
+            pipe.zadd(b"z%d" % i, {b"m": i})
+            pipe.rpush(b"l%d" % i, b"e")
+        pipe.hset(b"bighash", mapping={b"f%d" % j: b"v" for j in range(3_000)})
+        pipe.execute()
+    db, db2 = int(redis_url.rsplit("/", 1)[1]), int(redis_url2.rsplit("/", 1)[1])
+    cfg = RedisConfig(url=redis_url, dbs=[db], types=["hash", "zset"], big_key_elements=2_000, scan_count=400)
+    archive, summary = take(tmp_path / "t.statekit", cfg)
+    assert summary.counts["keys"] == 3_001 and summary.counts["big_keys"] == 1
+    put_back(archive, redis_url2, db_map={db: db2})
+    want = {k: v for k, v in state(redis_url).items() if v[0] in (b"hash", b"zset")}
+    same_state(want, state(redis_url2))
+
+
 def test_keys_vanishing_mid_scan_are_counted(redis_url: str, tmp_path: Path) -> None:
     with client(redis_url) as r:
         r.mset({b"k%05d" % i: b"v" for i in range(20_000)})

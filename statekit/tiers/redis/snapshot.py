@@ -255,8 +255,9 @@ class DbScanner:
             scan_args += [b"TYPE", cfg.types[0].encode()]
         self._scan_args = scan_args
         self._big_types: dict[bytes, int] = {}
-        # MGET needs all its keys in one hash slot on a cluster, so there strings are DUMPed like the rest.
-        self.by_mget = not cfg.atomic_pages and info.mode != "cluster"
+        # MGET needs all its keys in one hash slot on a cluster, so there strings are DUMPed like the rest;
+        # and a type filter without strings has no use for it.
+        self.by_mget = not cfg.atomic_pages and info.mode != "cluster" and (not self.types or TYPE_STRING in self.types)
 
     @property
     def aux(self) -> RespConnection:
