@@ -370,14 +370,14 @@ def encode(rdb_type: int, value: object, rdb_version: int) -> bytes:
 # RDB object type of a stream and the RDB version that introduced it: each adds metadata to the one before
 # (type 19: first id, max deleted id, entries added, a group's entries read; type 21: a consumer's active
 # time). The entries themselves are listpacks in every version.
-_STREAM_TYPES = {15: 9, 19: 10, 21: 11}
+STREAM_TYPES = {15: 9, 19: 10, 21: 11}
 
 
 def _stream_down(payload: bytes, rdb_version: int) -> bytes:
     """A stream payload re-encoded in the newest stream type the target loads, dropping the metadata it
     has no place for (the target's XINFO does not show it either)."""
     src = payload[0]
-    dst = max(t for t, v in _STREAM_TYPES.items() if v <= rdb_version)
+    dst = max(t for t, v in STREAM_TYPES.items() if v <= rdb_version)
     r = _Reader(payload[:-10])
     r.pos = 1
     out = [bytes((dst,))]
@@ -441,7 +441,7 @@ def _stream_down(payload: bytes, rdb_version: int) -> bytes:
 
 def convert(payload: bytes, rdb_version: int) -> bytes:
     """Rebuild `payload` so a server writing RDB version `rdb_version` can RESTORE it (or raise Uncarriable)."""
-    if payload and payload[0] in _STREAM_TYPES:
+    if payload and payload[0] in STREAM_TYPES:
         try:
             return _stream_down(payload, rdb_version)
         except IndexError:
