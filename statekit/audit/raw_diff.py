@@ -52,8 +52,8 @@ def archive_digests(archive: Any, *, redis_db: int | None = None) -> tuple[_Dige
                 if rec.tag == TAG_DUMP:
                     try:
                         rtype, value = portable.decode(rec.value)
-                    except portable.Uncarriable:
-                        keys[key] = _h(rec.value)
+                    except portable.Uncarriable:  # streams (as every version keeps them), module types
+                        keys[key] = _h(portable.comparable(rec.value))
                         continue
                     if rtype == TYPE_HASH:
                         keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]

@@ -224,18 +224,12 @@ def _rehearse_db(archive: Archive, report: RehearsalReport, warn: Warn) -> None:
 
 def _canonical(rec: Any) -> bytes:
     """(type, value) of one record in a form independent of the server's RDB encoding."""
-    from statekit.tiers.redis.portable import STREAM_TYPES, convert, decode
+    from statekit.tiers.redis.portable import comparable, decode
 
-    if rec.value[:1] and rec.value[0] in STREAM_TYPES:
-        # a stream in the oldest stream encoding: what every server version keeps of it, byte for byte
-        try:
-            return b"stream:" + convert(rec.value, 9)[:-10]
-        except Exception:
-            return b"raw:" + bytes(rec.value[:-10])
     try:
         rdb_type, value = decode(rec.value)
-    except Exception:  # Uncarriable streams/modules, or an encoding the decoder does not know
-        return b"raw:" + bytes(rec.value[:-10])
+    except Exception:  # streams, modules, or an encoding the decoder does not know
+        return b"raw:" + comparable(bytes(rec.value))
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     items = list(value)  # type: ignore[call-overload]

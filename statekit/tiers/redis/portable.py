@@ -439,6 +439,17 @@ def _stream_down(payload: bytes, rdb_version: int) -> bytes:
     return body + struct.pack("<Q", crc64(body))
 
 
+def comparable(payload: bytes) -> bytes:
+    """A DUMP payload in a form that does not depend on the server version that wrote it, for comparing two
+    snapshots: a stream in the oldest stream encoding, anything else without its version and CRC footer."""
+    if payload[:1] and payload[0] in STREAM_TYPES:
+        try:
+            return _stream_down(payload, 9)[:-10]
+        except (Uncarriable, IndexError):
+            pass
+    return payload[:-10]
+
+
 def convert(payload: bytes, rdb_version: int) -> bytes:
     """Rebuild `payload` so a server writing RDB version `rdb_version` can RESTORE it (or raise Uncarriable)."""
     if payload and payload[0] in STREAM_TYPES:
