@@ -56,6 +56,7 @@ from statekit.tiers.redis.resp import (
 )
 
 _COMPACT = frozenset((b"embstr", b"int", b"listpack", b"ziplist", b"intset"))
+_STRING_ENCODINGS = frozenset((b"embstr", b"int", b"raw"))
 _LEN_CMD = {
     b"string": b"STRLEN",
     b"list": b"LLEN",
@@ -364,6 +365,10 @@ class DbScanner:
         if encodings is None:
             aux.send(b"".join([_ENCODING % (len(k), k) for k in keys]))
             encodings = aux.read(len(keys))
+        if self.types and TYPE_STRING not in self.types:  # a filter without strings: drop them unread
+            kept = [(k, e) for k, e in zip(keys, encodings) if e not in _STRING_ENCODINGS]
+            counts.filtered += len(keys) - len(kept)
+            keys, encodings = [k for k, _ in kept], [e for _, e in kept]
         compact = _COMPACT
         check = [k for k, e in zip(keys, encodings) if e not in compact and e is not None]
         if not check and None not in encodings:
