@@ -361,8 +361,7 @@ dbs = []                          # empty: the URL's database (/N), or every non
 match = ["*"]
 big_key_elements = 10000          # keys with more elements are read and restored in chunks
 big_key_bytes = 33554432          # and strings longer than this (32 MiB)
-scan_count = 1000                 # keys per SCAN page: a page's strings arrive in one reply, so memory
-                                  # use is about scan_count x a typical value's size
+scan_count = 1000                 # keys per SCAN page (large string values are fetched in parts)
 
 [repository]
 # to = "/var/backups/statekit"    # or s3://bucket/prefix

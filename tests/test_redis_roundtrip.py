@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from statekit.archive.format import Archive
 from statekit.config import RedisConfig
 from tests.test_redis_helpers import client, put_back, same_state, state, take
 
@@ -265,3 +266,49 @@ def test_big_stream_in_chunks_with_groups_and_pending(
         rep = put_back(archive, target, db_map={db: int(target.rsplit("/", 1)[1])})
         assert rep.counts["created"] == 1, rep
         assert _stream_view(target) == expected
+
+
+_RSS_CHILD = """
+import json, resource, sys
+from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.archive.format import Archive
+from statekit.config import RedisConfig
+from statekit.tiers.redis import snapshot_redis
+from pathlib import Path
+url, db, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with atomic_output(out) as fh:
+    w = ArchiveWriter(fh, recipients=None)
+    s = snapshot_redis(RedisConfig(url=url, dbs=[db], big_key_bytes=4 << 20), w)
+    w.finish({"tiers": [s.to_json()]})
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"grew_kib": after - before, "counts": s.counts}))
+"""
+
+
+def test_large_string_values_are_read_in_bounded_replies(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    """300 MiB of 1 MiB strings: the snapshot's memory does not grow with a page's values (a page of them
+    is read as sizes first, then values in replies of at most 16 MiB), and everything restores exactly."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    blob = os.urandom(1 << 20)
+    with client(redis_url) as r:
+        for i in range(0, 300, 20):
+            r.mset({b"big%03d" % j: blob[j:] + blob[:j] for j in range(i, i + 20)})
+        r.set(b"huge", blob * 6, px=600_000)  # over big_key_bytes: read in chunks
+        r.hset(b"h", b"f", b"v")
+        r.set(b"small", b"s")
+    db, db2 = int(redis_url.rsplit("/", 1)[1]), int(redis_url2.rsplit("/", 1)[1])
+    out = tmp_path / "large.statekit"
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, redis_url, str(db), str(out)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    doc = json.loads(proc.stdout)
+    assert doc["counts"]["keys"] == 303 and doc["counts"]["big_keys"] == 1
+    assert doc["grew_kib"] < 160 * 1024, doc  # was about twice the 300 MiB before
+    put_back(Archive(out), redis_url2, db_map={db: db2})
+    with client(redis_url2) as r:
+        assert r.get(b"big007") == blob[7:] + blob[:7] and r.get(b"huge") == blob * 6
+        assert r.dbsize() == 303 and 0 < r.pttl(b"huge") <= 600_000

@@ -12,6 +12,11 @@ has the next request queued while Python packs the previous page:
   intset are small by construction; anything else has its TYPE and length checked, so a big key is never
   DUMPed whole), then PTTL + DUMP.
 
+A page whose strings would bring back more than 16 MiB (judged by the sizes seen so far; the first page
+always) is read carefully instead, all on the aux connection: STRLEN + PTTL of every key, then the values
+in MGETs of at most 16 MiB each, one after the other, and strings over `big_key_bytes` in chunks. Neither
+statekit nor the server's output buffer then holds a page of large values.
+
 With `atomic_pages` the page's PTTLs and DUMPs run inside MULTI/EXEC instead (strings too, as DUMP), so
 each key's value and expiry are read at the same instant. On a cluster strings are DUMPed too (an MGET
 must stay within one hash slot); there the first request is the OBJECT ENCODING probe.
@@ -68,6 +73,11 @@ _LEN_CMD = {
 _HEAD = struct.Struct("<BBHqII")
 _ENCODING = b"*3\r\n$6\r\nOBJECT\r\n$8\r\nENCODING\r\n$%d\r\n%s\r\n"
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n"  # followed by the key as a bulk string
+_STRLEN = b"*2\r\n$6\r\nSTRLEN\r\n"
+# String values one reply may carry. A page whose strings would exceed it (by the sizes seen so far) is read
+# carefully: sizes first, then values in chunks of at most this many bytes, so that neither statekit nor the
+# server's output buffer holds a whole page of large values.
+_REPLY_BUDGET = 16 << 20
 _BIG_LIST_LIMIT = 20  # the summary names at most this many big keys
 
 
@@ -82,10 +92,12 @@ class ServerInfo:
 
 @dataclass
 class _Page:
-    """One SCAN page whose first request is on its way, and when it was sent (PTTL is relative to it)."""
+    """One SCAN page whose first request is on its way, and when it was sent (PTTL is relative to it).
+    A careful page has sent nothing yet: its strings are sized first (see `_receive_careful`)."""
 
     keys: list[bytes]
     t_send: int
+    careful: bool = False
 
 
 @dataclass
@@ -259,6 +271,8 @@ class DbScanner:
         # MGET needs all its keys in one hash slot on a cluster, so there strings are DUMPed like the rest;
         # and a type filter without strings has no use for it.
         self.by_mget = not cfg.atomic_pages and info.mode != "cluster" and (not self.types or TYPE_STRING in self.types)
+        # average size of the string values seen so far; None until the first page has been read
+        self._avg_string: float | None = None
 
     @property
     def aux(self) -> RespConnection:
@@ -316,6 +330,10 @@ class DbScanner:
         else OBJECT ENCODING of every key (so that big keys are never DUMPed), else PTTL + DUMP."""
         page = _Page(keys=keys, t_send=now_ms())
         if self.by_mget:
+            avg = self._avg_string
+            if avg is None or avg * len(keys) > _REPLY_BUDGET:
+                page.careful = True  # nothing on the main connection: `_receive_careful` does it all
+                return page
             bulks = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
             self.main.send(b"".join([b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1), *bulks, _PTTL, _PTTL.join(bulks)]))
         elif self.probe:
@@ -328,7 +346,9 @@ class DbScanner:
         """Read a page's replies, make the follow-up round trips it needs, and write its records."""
         keys = page.keys
         main = self.main
-        if self.by_mget:
+        if page.careful:
+            self._receive_careful(keys, counts)
+        elif self.by_mget:
             values = main.read_one()
             ttls = main.read(len(keys))
             if isinstance(values, ReplyError):
@@ -345,15 +365,81 @@ class DbScanner:
                         sttls.append(t)
             else:
                 strings, svalues, sttls, others = keys, values, ttls, []
+            if strings:
+                self._avg_string = sum(map(len, svalues)) / len(svalues)
             self._pack_strings(strings, svalues, sttls, page.t_send, counts)
-            if others:
-                small, big = self._classify(others, counts) if self.probe else (others, [])
-                self._fetch_dumps(small, big, counts)
+            self._fetch_others(others, counts)
         elif self.probe:
             small, big = self._classify(keys, counts, main.read(len(keys)))
             self._fetch_dumps(small, big, counts)
         else:
             self._pack_dumps(keys, self._dump_replies(main, keys, []), page.t_send, counts)
+
+    def _receive_careful(self, keys: list[bytes], counts: ScanCounts) -> None:
+        """A page whose strings may be large: STRLEN + PTTL of every key first, then the strings' values in
+        MGETs of at most _REPLY_BUDGET bytes, one at a time; strings over big_key_bytes are read in chunks."""
+        aux = self.aux
+        t_send = now_ms()
+        aux.send(b"".join([_STRLEN + b + _PTTL + b for b in [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]]))
+        replies = aux.read(2 * len(keys))
+        strings: list[tuple[bytes, int, int]] = []
+        big: list[tuple[bytes, int]] = []
+        others: list[bytes] = []
+        for key, size, ttl in zip(keys, replies[0::2], replies[1::2]):
+            if type(size) is not int:  # WRONGTYPE: not a string
+                others.append(key)
+            elif ttl == -2:
+                counts.vanished += 1
+            elif 0 < self.big_bytes < size:
+                big.append((key, ttl))
+            else:
+                strings.append((key, size, ttl))
+        if strings:
+            self._avg_string = sum(size for _, size, _ in strings) / len(strings)
+        elif self._avg_string is None:
+            self._avg_string = 0.0  # no strings yet: a quick page next
+        chunk: list[tuple[bytes, int, int]] = []
+        total = 0
+        for item in strings:
+            if chunk and total + item[1] > _REPLY_BUDGET:
+                self._get_strings(chunk, t_send, counts, others)
+                chunk, total = [], 0
+            chunk.append(item)
+            total += item[1]
+        if chunk:
+            self._get_strings(chunk, t_send, counts, others)
+        for key, ttl in big:
+            if self.types and TYPE_STRING not in self.types:
+                counts.filtered += 1
+            elif self._read_big(key, TYPE_STRING, t_send + ttl if ttl >= 0 else NO_EXPIRY):
+                self._count_big(key, ttl >= 0, counts)
+            else:
+                counts.vanished += 1
+        self._fetch_others(others, counts)
+
+    def _get_strings(
+        self, items: list[tuple[bytes, int, int]], t_send: int, counts: ScanCounts, others: list[bytes]
+    ) -> None:
+        """One MGET of these (key, size, ttl) strings; a key that is no longer a string joins `others`."""
+        self.aux.send(pack(b"MGET", *[k for k, _, _ in items]))
+        values = self.aux.read_one()
+        if isinstance(values, ReplyError):
+            raise TierError(f"redis db{self.db}: MGET failed: {values}")
+        keys, kept, ttls = [], [], []
+        for (key, _, ttl), value in zip(items, values):
+            if value is None:
+                others.append(key)
+            else:
+                keys.append(key)
+                kept.append(value)
+                ttls.append(ttl)
+        self._pack_strings(keys, kept, ttls, t_send, counts)
+
+    def _fetch_others(self, others: list[bytes], counts: ScanCounts) -> None:
+        """The keys of a page that are not strings: probed (unless big keys are off), then DUMPed."""
+        if others:
+            small, big = self._classify(others, counts) if self.probe else (others, [])
+            self._fetch_dumps(small, big, counts)
 
     def _classify(
         self, keys: list[bytes], counts: ScanCounts, encodings: list[Any] | None = None
