@@ -326,8 +326,9 @@ class DbScanner:
             self._receive(in_flight, counts)
 
     def _request(self, keys: list[bytes]) -> _Page:
-        """Send a page's first request on the main connection: MGET + PTTL of every key (standalone),
-        else OBJECT ENCODING of every key (so that big keys are never DUMPed), else PTTL + DUMP."""
+        """Send a page's first request on the main connection: MGET + PTTL of every key (standalone; but
+        nothing for a page of large values, read by `_receive_careful`), else OBJECT ENCODING of every key
+        (so that big keys are never DUMPed), else PTTL + DUMP."""
         page = _Page(keys=keys, t_send=now_ms())
         if self.by_mget:
             avg = self._avg_string
