@@ -354,18 +354,8 @@ class DbScanner:
             ttls = main.read(len(keys))
             if isinstance(values, ReplyError):
                 raise TierError(f"redis db{self.db}: MGET failed: {values}")
-            # MGET answers nil for a key that is not a string (or is gone): those go the DUMP way.
-            if None in values:
-                strings, svalues, sttls, others = [], [], [], []
-                for k, v, t in zip(keys, values, ttls):
-                    if v is None:
-                        others.append(k)
-                    else:
-                        strings.append(k)
-                        svalues.append(v)
-                        sttls.append(t)
-            else:
-                strings, svalues, sttls, others = keys, values, ttls, []
+            others: list[bytes] = []
+            strings, svalues, sttls = _split_mget(keys, values, ttls, others)
             if strings:
                 self._avg_string = sum(map(len, svalues)) / len(svalues)
             self._pack_strings(strings, svalues, sttls, page.t_send, counts)
@@ -422,19 +412,12 @@ class DbScanner:
         self, items: list[tuple[bytes, int, int]], t_send: int, counts: ScanCounts, others: list[bytes]
     ) -> None:
         """One MGET of these (key, size, ttl) strings; a key that is no longer a string joins `others`."""
-        self.aux.send(pack(b"MGET", *[k for k, _, _ in items]))
+        keys = [k for k, _, _ in items]
+        self.aux.send(pack(b"MGET", *keys))
         values = self.aux.read_one()
         if isinstance(values, ReplyError):
             raise TierError(f"redis db{self.db}: MGET failed: {values}")
-        keys, kept, ttls = [], [], []
-        for (key, _, ttl), value in zip(items, values):
-            if value is None:
-                others.append(key)
-            else:
-                keys.append(key)
-                kept.append(value)
-                ttls.append(ttl)
-        self._pack_strings(keys, kept, ttls, t_send, counts)
+        self._pack_strings(*_split_mget(keys, values, [t for _, _, t in items], others), t_send, counts)
 
     def _fetch_others(self, others: list[bytes], counts: ScanCounts) -> None:
         """The keys of a page that are not strings: probed (unless big keys are off), then DUMPed."""
@@ -632,6 +615,24 @@ class DbScanner:
             n += 1
         w.end_big(key, type_, n)
         return True
+
+
+def _split_mget(
+    keys: list[bytes], values: list[Any], ttls: list[Any], others: list[bytes]
+) -> tuple[list[bytes], list[bytes], list[Any]]:
+    """The strings among `keys` with their MGET values and PTTLs. MGET answers nil for a key that is not a
+    string (or is gone): those are appended to `others`, to go the DUMP way."""
+    if None not in values:
+        return keys, values, ttls
+    strings, kept, kept_ttls = [], [], []
+    for key, value, ttl in zip(keys, values, ttls):
+        if value is None:
+            others.append(key)
+        else:
+            strings.append(key)
+            kept.append(value)
+            kept_ttls.append(ttl)
+    return strings, kept, kept_ttls
 
 
 __all__ = ["DbScanner", "ScanCounts", "ServerInfo", "server_info", "snapshot_redis"]
