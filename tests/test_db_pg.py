@@ -1,5 +1,6 @@
-"""db tier on real PostgreSQL: type torture round trip (15 → 15 and 15 → 18), Evolution API tables, modes,
-dry run, undo, incompatible targets."""
+"""db tier on real PostgreSQL: type torture round trip (into the same server and across major versions: 15 → 18
+or 18 → 15, whichever the main test server is), Evolution API tables, modes, dry run, undo, incompatible
+targets."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from statekit.config import DbConfig
 from statekit.errors import ConfigError, Refused, TierUnavailable
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import plan_db_restore, snapshot_db
+from tests.servers import pg_major
 from tests.test_db_support import FileUndo, execute, fetch, restore, rows_as_text, snap
 
 TORTURE_DDL = [
@@ -71,14 +73,16 @@ def make_torture(url: str) -> None:
     execute(url, *TORTURE_DDL, *TORTURE_ROWS)
 
 
-@pytest.mark.parametrize("target", ["pg_url2", "pg18_url"])
+@pytest.mark.parametrize("target", ["pg_url2", "pg_cross_url"])
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_torture_round_trip(
     pg_url: str, target: str, jobs: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Every value comes back exactly, into a fresh database (tables, types, schema created from the
-    archive), also across versions (PostgreSQL 15 archive into 18)."""
+    archive), also across major versions (pg_cross_url)."""
     dest = request.getfixturevalue(target)
+    if target == "pg_cross_url":
+        assert pg_major(dest) != pg_major(pg_url), "the cross-version target runs the same major version"
     make_torture(pg_url)
     archive, summary = snap(pg_url, tmp_path / "a.statekit", jobs=jobs)
     assert summary.details["tables"] == {
@@ -227,23 +231,24 @@ def evolution_rows(n: int) -> list[str]:
     return out
 
 
-def test_evolution_tables_round_trip(pg_url: str, pg18_url: str, tmp_path: Path) -> None:
+def test_evolution_tables_round_trip(pg_url: str, pg_cross_url: str, tmp_path: Path) -> None:
+    assert pg_major(pg_cross_url) != pg_major(pg_url)
     execute(pg_url, *EVOLUTION_DDL, *evolution_rows(30))
     archive, summary = snap(pg_url, tmp_path / "a.statekit", jobs=2)
     assert summary.details["tables"] == {"public.Instance": 30, "public.Session": 22}
-    restore(archive, pg18_url)
+    restore(archive, pg_cross_url)
     for t in ('"Instance"', '"Session"'):
-        assert rows_as_text(pg18_url, t) == rows_as_text(pg_url, t)
+        assert rows_as_text(pg_cross_url, t) == rows_as_text(pg_url, t)
     # the unique index and the FK with cascade came along
-    assert fetch(pg18_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'Instance' ORDER BY 1") == [
+    assert fetch(pg_cross_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'Instance' ORDER BY 1") == [
         ("Instance_name_key",),
         ("Instance_pkey",),
     ]
-    execute(pg18_url, """DELETE FROM "Instance" WHERE id = '00000000-0000-4000-8000-000000000001'""")
-    assert fetch(pg18_url, 'SELECT count(*) FROM "Session"') == [(21,)]
+    execute(pg_cross_url, """DELETE FROM "Instance" WHERE id = '00000000-0000-4000-8000-000000000001'""")
+    assert fetch(pg_cross_url, 'SELECT count(*) FROM "Session"') == [(21,)]
     # restoring again into the now populated target replaces both tables in one go
-    restore(archive, pg18_url)
-    assert fetch(pg18_url, 'SELECT count(*) FROM "Session"') == [(22,)]
+    restore(archive, pg_cross_url)
+    assert fetch(pg_cross_url, 'SELECT count(*) FROM "Session"') == [(22,)]
 
 
 def test_unreachable_database_message_has_no_password(tmp_path: Path) -> None:

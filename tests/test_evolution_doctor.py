@@ -9,20 +9,16 @@ import pytest
 import redis
 
 from fixtures.evolution.generate import generate
-from fixtures.evolution.harness import invoke, private_redis
+from fixtures.evolution.harness import invoke
+
+pytestmark = pytest.mark.private_redis
 
 
-@pytest.fixture(scope="module")
-def _redis_server() -> Iterator[str]:
-    yield from private_redis()
-
-
-@pytest.fixture
-def redis_url(_redis_server: str) -> Iterator[str]:
-    client = redis.Redis.from_url(_redis_server)
-    client.flushall()
-    yield _redis_server
-    client.config_set("appendonly", "no")
+@pytest.fixture(autouse=True)
+def _appendonly_back_off(redis_url: str) -> Iterator[None]:
+    """Some tests turn AOF on for the doctor to see; the module's server is shared by its tests."""
+    yield
+    redis.Redis.from_url(redis_url).config_set("appendonly", "no")
 
 
 def _env(path: Path, redis_url: str, pg_url: str, **over: str) -> str:

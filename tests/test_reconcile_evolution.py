@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from fixtures.evolution.generate import generate
-from fixtures.evolution.harness import invoke, private_redis, write_config
+from fixtures.evolution.harness import invoke, write_config
 
-
-@pytest.fixture(scope="module")
-def _redis_server() -> Iterator[str]:
-    yield from private_redis()
-
-
-@pytest.fixture
-def redis_url(_redis_server: str) -> str:
-    """An empty db 0 on this module's own Redis 7 server."""
-    redis.Redis.from_url(_redis_server).flushall()
-    return _redis_server
+pytestmark = pytest.mark.private_redis
 
 
 NOENC = ("--yes", "--no-encryption")

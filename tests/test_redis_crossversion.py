@@ -1,4 +1,6 @@
-"""Archives taken on one Redis version restore into another: 7.0 -> 6.2 through the portable path."""
+"""Archives taken on one Redis version restore into another: newer -> older through the portable path, older
+-> newer as is. The two servers always run different versions (conftest's redis_pair: the main test server and
+one of another version started for the run)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 from statekit.config import RedisConfig
 from statekit.model import RestoreOptions
 from statekit.tiers.redis import plan_redis_restore
+from statekit.tiers.redis.resp import rdb_version_for
+from tests.servers import RedisPair
 from tests.test_redis_helpers import client, put_back, same_state, state, take
 
 
@@ -53,48 +57,63 @@ def _pending(url: str) -> object:
         return [(p["message_id"], p["consumer"], p["times_delivered"]) for p in detail], consumers
 
 
-def test_newer_archive_restores_into_redis_62(redis_url: str, redis62_url: str, tmp_path: Path) -> None:
-    _fill(redis_url)
-    _fill_stream(redis_url)
-    # 7.x into 6.2 when STATEKIT_TEST_REDIS_URL is a 7.x server (CI); 6.2 into 6.2 with embedded servers
-    archive, _ = take(tmp_path / "a.statekit", RedisConfig(url=redis_url, dbs=[_db(redis_url)]))
-    opts = RestoreOptions(tier="redis", target=redis62_url, db_map={_db(redis_url): _db(redis62_url)})
+def _versions(pair: RedisPair) -> tuple[int, int]:
+    """The RDB versions of the two servers' DUMP payloads, which must differ for the test to cross."""
+    old_rdb, new_rdb = rdb_version_for(pair.old_version), rdb_version_for(pair.new_version)
+    assert old_rdb < new_rdb, f"Redis {pair.old_version} and {pair.new_version} share RDB version {old_rdb}"
+    return old_rdb, new_rdb
+
+
+def test_newer_archive_restores_into_older(redis_pair: RedisPair, tmp_path: Path) -> None:
+    new, old = redis_pair.new_url, redis_pair.old_url
+    _versions(redis_pair)
+    _fill(new)
+    _fill_stream(new)
+    archive, summary = take(tmp_path / "a.statekit", RedisConfig(url=new, dbs=[_db(new)]))
+    assert summary.details["server_version"] == redis_pair.new_version
+    opts = RestoreOptions(tier="redis", target=old, db_map={_db(new): _db(old)})
     plan = plan_redis_restore(archive, opts, RedisConfig())
     assert plan.counts["uncarriable"] == 0 and plan.counts["create"] == 14
-    rep = put_back(archive, redis62_url, db_map={_db(redis_url): _db(redis62_url)})
+    rep = put_back(archive, old, db_map={_db(new): _db(old)})
     assert rep.counts["created"] == 14 and rep.counts["failed"] == 0, rep.problems
-    same_state(state(redis_url), state(redis62_url))
-    assert _pending(redis_url) == _pending(redis62_url)
-    with client(redis62_url) as r:  # the restored stream works: new entries, reads, acks
+    same_state(state(new), state(old))
+    assert _pending(new) == _pending(old)
+    with client(old) as r:  # the restored stream works: new entries, reads, acks
         r.xadd(b"stream", {b"f": b"new"}, id=b"5000-0")
         assert r.xreadgroup(b"g2", b"dave", {b"stream": b">"})[0][1][0][0] == b"5000-0"
         assert r.xack(b"stream", b"g1", b"1000-0") == 1
 
 
-def test_older_archive_restores_into_newer(redis62_url: str, redis_url: str, tmp_path: Path) -> None:
-    _fill(redis62_url)
-    with client(redis62_url) as r:
+def test_older_archive_restores_into_newer(redis_pair: RedisPair, tmp_path: Path) -> None:
+    old, new = redis_pair.old_url, redis_pair.new_url
+    _versions(redis_pair)
+    _fill(old)
+    with client(old) as r:
         r.xadd(b"stream", {b"f": b"v"}, id=b"5-1")
         r.xgroup_create(b"stream", b"g", id=b"0")
         r.xreadgroup(b"g", b"c", {b"stream": b">"})
-    archive, _ = take(tmp_path / "b.statekit", RedisConfig(url=redis62_url, dbs=[_db(redis62_url)]))
-    rep = put_back(archive, redis_url, db_map={_db(redis62_url): _db(redis_url)})
+    archive, summary = take(tmp_path / "b.statekit", RedisConfig(url=old, dbs=[_db(old)]))
+    assert summary.details["server_version"] == redis_pair.old_version
+    rep = put_back(archive, new, db_map={_db(old): _db(new)})
     assert rep.counts["created"] == 14 and rep.counts["failed"] == 0
-    with client(redis_url) as r:
+    with client(new) as r:
         assert r.xpending(b"stream", b"g")["pending"] == 1
-    same_state(state(redis62_url), state(redis_url))
+    same_state(state(old), state(new))
 
 
-def test_a_stream_compares_equal_after_a_trip_to_an_older_server(redis_url: str, redis62_url: str) -> None:
-    """What rehearsal and diff rely on: a stream DUMPed by a newer server, converted, RESTOREd into 6.2 and
-    DUMPed again has the same comparable form (entries, groups, consumers, pending entries and their times)."""
+def test_a_stream_compares_equal_after_a_trip_to_an_older_server(redis_pair: RedisPair) -> None:
+    """What rehearsal and diff rely on: a stream DUMPed by a newer server, converted, RESTOREd into the older
+    one and DUMPed again has the same comparable form (entries, groups, consumers, pending entries and their
+    times)."""
     from statekit.tiers.redis.portable import comparable, convert
 
-    _fill_stream(redis_url)
-    with client(redis_url) as r:
+    old_rdb, _ = _versions(redis_pair)
+    _fill_stream(redis_pair.new_url)
+    with client(redis_pair.new_url) as r:
         payload = r.dump(b"stream")
-    with client(redis62_url) as r:
-        r.restore(b"stream", 0, convert(payload, 9))
+    assert int.from_bytes(payload[-10:-8], "little") > old_rdb  # a payload the older server would refuse
+    with client(redis_pair.old_url) as r:
+        r.restore(b"stream", 0, convert(payload, old_rdb))
         again = r.dump(b"stream")
     assert comparable(payload) == comparable(again)
     assert comparable(payload) != comparable(payload.replace(b"alice", b"alicf"))
