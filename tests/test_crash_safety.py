@@ -263,7 +263,6 @@ def _pg_fingerprint(url: str) -> tuple[object, ...]:
 
 
 def test_kill_during_db_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
-    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     identity, recipient = keys
     _fill_pg(pg_url, 100_000, "new")
     archive = tmp_path / "db.statekit"
@@ -345,7 +344,6 @@ def two_redis() -> Iterator[tuple[str, str]]:
 
 
 def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]) -> None:
-    pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
     identity, recipient = keys
     redis_url, redis_url2 = two_redis
     # Source: keys 0..29999 ("new"); target: keys 15000..44999 ("old"): half replaced, half created.
@@ -400,7 +398,6 @@ def test_kill_during_redis_flush_restore_then_undo_with_flush(
 ) -> None:
     """With --flush the undo archive holds the whole databases; restoring it with --flush gives the exact old state
     (the documented way back in docs/SECURITY.md)."""
-    pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
     identity, recipient = keys
     redis_url, redis_url2 = two_redis
     _fill_redis(redis_url, "k", 0, 30_000, "new")

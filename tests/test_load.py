@@ -134,8 +134,6 @@ def _churn(url: str) -> Callable[[random.Random], None]:
 
 def test_snapshot_under_load_is_consistent(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str,
                                            own_redis: RedisProcess) -> None:  # fmt: skip
-    pytest.importorskip("statekit.tiers.sql", reason="statekit.tiers.sql (db tier) is not there yet")
-    pytest.importorskip("statekit.tiers.redis", reason="statekit.tiers.redis (redis tier) is not there yet")
     import redis
 
     identity, recipient = keys
@@ -205,7 +203,6 @@ redis = { key = "ld:instance:{id}", field = "creds", codec = "json-string" }
 
 def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: str,
                                                        own_redis: RedisProcess) -> None:  # fmt: skip
-    pytest.importorskip("statekit.audit", reason="statekit.audit is not there yet")
     import redis
 
     ids = [f"inst{i}" for i in range(40)]

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-prometheus_parser = pytest.importorskip("prometheus_client.parser")
+from prometheus_client import parser as prometheus_parser
 
 STATEKIT = str(Path(sys.executable).with_name("statekit"))
 

@@ -35,10 +35,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return proc
 
 
-def _has_option(command: str, option: str) -> bool:
-    return option in run_cli(command, "--help").stdout
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, str]:
     """An age identity and a signing key made with `statekit keygen`."""
@@ -251,13 +247,7 @@ def test_keygen_sign_writes_a_private_key_file(tmp_path: Path) -> None:
     assert run_cli("keygen", "--sign").returncode == 2  # never printed to stdout
 
 
-def _require_cli_signing() -> None:
-    if not _has_option("snapshot", "--sign-key") or not _has_option("verify", "--signer"):
-        pytest.skip("CLI not wired yet: snapshot --sign-key / verify --signer (statekit/cli/_signing.py)")
-
-
 def test_snapshot_sign_key_then_verify_and_restore_signer(tmp_path: Path, keys: dict[str, str]) -> None:
-    _require_cli_signing()
     root = tmp_path / "root"
     root.mkdir()
     (root / "k.json").write_text("v1")
@@ -277,7 +267,6 @@ def test_snapshot_sign_key_then_verify_and_restore_signer(tmp_path: Path, keys: 
 
 @pytest.mark.parametrize("damage", ["missing", "wrong-key", "archive-modified", "signature-modified"])
 def test_cli_signer_refuses(tmp_path: Path, keys: dict[str, str], archive: Path, damage: str) -> None:
-    _require_cli_signing()
     key = read_signing_key(keys["sign_key"])
     trusted = keys["public"]
     if damage != "missing":
@@ -299,7 +288,6 @@ def test_cli_signer_refuses(tmp_path: Path, keys: dict[str, str], archive: Path,
 
 
 def test_cli_signer_accepts_any_of_several(keys: dict[str, str], archive: Path) -> None:
-    _require_cli_signing()
     sign_archive(archive, read_signing_key(keys["sign_key"]))
     other = generate_signing_key().public_string()
     proc = run_cli("verify", str(archive), "-i", keys["identity"], "--signer", other, "--signer", keys["public"])
