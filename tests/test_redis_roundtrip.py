@@ -6,6 +6,7 @@ from pathlib import Path
 
 from statekit.archive.format import Archive
 from statekit.config import RedisConfig
+from statekit.model import now_ms
 from tests.test_redis_helpers import client, put_back, same_state, state, take
 
 
@@ -64,27 +65,34 @@ def test_big_keys_are_chunked_and_restored(redis_url: str, redis_url2: str, tmp_
         assert not [k for k in r.scan_iter() if b"statekit-restore" in k]
 
 
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+
+
 def test_expired_keys_skipped_and_relative_ttl(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
+    """An archive taken an hour ago (the snapshot's clock runs an hour behind): a key that had 30 minutes left
+    has expired since and is skipped, the others keep their absolute expiry; with --ttl relative every key
+    gets back the time it had left when the snapshot was taken."""
     with client(redis_url) as r:
-        r.set(b"short", b"x", px=300)
-        r.set(b"long", b"y", px=60_000)
+        r.set(b"short", b"x", px=30 * MINUTE)
+        r.set(b"long", b"y", px=2 * HOUR)
         r.set(b"forever", b"z")
     db = int(redis_url.rsplit("/", 1)[1])
     db2 = int(redis_url2.rsplit("/", 1)[1])
-    archive, _ = take(tmp_path / "t.statekit", RedisConfig(url=redis_url, dbs=[db]))
-    import time
-
-    time.sleep(1.2)
+    archive, _ = take(tmp_path / "t.statekit", RedisConfig(url=redis_url, dbs=[db]), clock=lambda: now_ms() - HOUR)
     rep = put_back(archive, redis_url2, db_map={db: db2}, ttl="relative")
-    assert rep.counts["created"] == 3  # relative: the 300 ms key gets its 300 ms again
+    assert rep.counts["created"] == 3
     with client(redis_url2) as r:
-        assert 0 < r.pttl(b"short") <= 300
+        assert 29 * MINUTE < r.pttl(b"short") <= 31 * MINUTE
+        assert 119 * MINUTE < r.pttl(b"long") <= 121 * MINUTE
         assert r.pttl(b"forever") == -1
         r.flushdb()
     rep = put_back(archive, redis_url2, db_map={db: db2})
     assert rep.counts["expired"] == 1 and rep.counts["created"] == 2
     with client(redis_url2) as r:
-        assert 58_000 < r.pttl(b"long") <= 60_000 - 1000
+        assert r.exists(b"short") == 0
+        assert 59 * MINUTE < r.pttl(b"long") <= 61 * MINUTE
+        assert r.pttl(b"forever") == -1
 
 
 def test_match_and_type_filters(redis_url: str, redis_url2: str, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
@@ -84,6 +84,9 @@ class AuditOptions:
     # Worker processes for the batches (0: one per CPU, at most 4; 1: none). Used on Linux
     # with at least two batches per worker.
     jobs: int = 0
+    # How a re-check round waits its recheck_delay: the moment between a pass and its re-check (a test
+    # passes its own to finish a write exactly then).
+    pause: Callable[[float], None] = time.sleep
 
 
 @dataclass
@@ -493,7 +496,7 @@ def _recheck(
     for _ in range(opts.recheck_rounds):
         if not suspects:
             break
-        time.sleep(max(0.0, opts.recheck_delay))
+        opts.pause(max(0.0, opts.recheck_delay))
         scopes = sorted({f.id for f in suspects.values() if f.id is not None})
         refresh(scopes)
         again, _ = compare_scopes(model, sources, scopes, opts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from statekit.audit.diff import AuditResult
@@ -12,8 +13,10 @@ from statekit.audit.engine import Locations
 from statekit.errors import StatekitError
 
 
-def db_roundtrip_seconds(url: str | None, samples: int = 5) -> float | None:
-    """Median time of `SELECT 1` on an open connection, or None without a database."""
+def db_roundtrip_seconds(
+    url: str | None, samples: int = 5, *, clock: Callable[[], float] = time.perf_counter
+) -> float | None:
+    """Median time of `SELECT 1` on an open connection (seconds by `clock`), or None without a database."""
     if not url:
         return None
     import sqlalchemy as sa
@@ -24,9 +27,9 @@ def db_roundtrip_seconds(url: str | None, samples: int = 5) -> float | None:
     with target.connection() as conn:
         times = []
         for _ in range(samples):
-            t0 = time.perf_counter()
+            t0 = clock()
             conn.execute(sa.text("SELECT 1")).scalar()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return statistics.median(times)
 
 

@@ -129,8 +129,10 @@ def snapshot_redis(
     *,
     progress: Progress = no_progress,
     warn: Warn = no_warn,
+    clock: Callable[[], int] = now_ms,
 ) -> TierSummary:
-    """Write every selected key of the configured Redis (standalone or Cluster) into `sink`."""
+    """Write every selected key of the configured Redis (standalone or Cluster) into `sink`. `clock` gives
+    the time in epoch milliseconds that turns each key's PTTL into an absolute expiry."""
     summary = TierSummary("redis", started_at=time.time())
     _check_cfg(cfg)
     assert cfg.url is not None
@@ -167,7 +169,7 @@ def snapshot_redis(
             conn = seed.other_db(db) if node is None else seed.sibling(node[0], node[1])
             try:
                 counts = totals.setdefault(db, ScanCounts())
-                scanner = DbScanner(conn, db, cfg, info, sink, first_seq=seqs.get(db, 0), tick=tick)
+                scanner = DbScanner(conn, db, cfg, info, sink, first_seq=seqs.get(db, 0), tick=tick, clock=clock)
                 scanner.run(counts)
                 seqs[db] = scanner.writer.seq
             finally:
@@ -245,14 +247,16 @@ class DbScanner:
         *,
         first_seq: int = 0,
         tick: Callable[[int, int], None] | None = None,
+        clock: Callable[[], int] = now_ms,
     ):
         self.main = conn
+        self.clock = clock
         self.side = conn.other_db(db)
         self._aux: RespConnection | None = None
         self.db = db
         self.cfg = cfg
         self.tick = tick or (lambda n, b: None)
-        self.writer = RecordWriter(sink, db, info.version, now_ms(), first_seq)
+        self.writer = RecordWriter(sink, db, info.version, clock(), first_seq)
         self.big_elements = cfg.big_key_elements
         self.big_bytes = cfg.big_key_bytes
         self.probe = cfg.big_key_elements > 0 or cfg.big_key_bytes > 0
@@ -329,7 +333,7 @@ class DbScanner:
         """Send a page's first request on the main connection: MGET + PTTL of every key (standalone; but
         nothing for a page of large values, read by `_receive_careful`), else OBJECT ENCODING of every key
         (so that big keys are never DUMPed), else PTTL + DUMP."""
-        page = _Page(keys=keys, t_send=now_ms())
+        page = _Page(keys=keys, t_send=self.clock())
         if self.by_mget:
             avg = self._avg_string
             if avg is None or avg * len(keys) > _REPLY_BUDGET:
@@ -370,7 +374,7 @@ class DbScanner:
         """A page whose strings may be large: STRLEN + PTTL of every key first, then the strings' values in
         MGETs of at most _REPLY_BUDGET bytes, one at a time; strings over big_key_bytes are read in chunks."""
         aux = self.aux
-        t_send = now_ms()
+        t_send = self.clock()
         aux.send(b"".join([_STRLEN + b + _PTTL + b for b in [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]]))
         replies = aux.read(2 * len(keys))
         strings: list[tuple[bytes, int, int]] = []
@@ -489,7 +493,7 @@ class DbScanner:
         if not small and not big:
             return
         aux = self.aux
-        t_send = now_ms()
+        t_send = self.clock()
         aux.send(self._dump_request(small, big))
         replies = self._dump_replies(aux, small, big)
         self._pack_dumps(small, replies, t_send, counts)
