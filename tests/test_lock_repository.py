@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,29 @@ def setup(tmp_path: Path) -> tuple[Path, Path, str]:
     return root, repo, recipient
 
 
+class Gate:
+    """A pre-hook that keeps a run inside its lock until the test opens the gate (no sleeping on a guess)."""
+
+    def __init__(self, where: Path) -> None:
+        self.go = where / "gate-open"
+
+    @property
+    def hook(self) -> str:
+        return f"while [ ! -e {self.go} ]; do sleep 0.02; done"
+
+    def open(self) -> None:
+        self.go.touch()
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for an event; the timeout only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g}s")
+        time.sleep(0.02)
+
+
 def wait_for_lock(repo: Path, name: str = "statekit", timeout: float = 20) -> dict[str, object]:
     path = repo / "locks" / f"{name}.lock"
     deadline = time.monotonic() + timeout
@@ -60,9 +84,10 @@ def snap_args(setup: tuple[Path, Path, str], *extra: str) -> list[str]:
     return ["snapshot", "--files-root", str(root), "--to", str(repo), "-r", recipient, *extra]
 
 
-def test_second_run_exits_7_while_the_first_holds_the_lock(setup: tuple[Path, Path, str]) -> None:
+def test_second_run_exits_7_while_the_first_holds_the_lock(setup: tuple[Path, Path, str], tmp_path: Path) -> None:
     _, repo, _ = setup
-    first = start(*snap_args(setup, "--pre-hook", "sleep 2"))
+    gate = Gate(tmp_path)
+    first = start(*snap_args(setup, "--pre-hook", gate.hook))
     try:
         holder = wait_for_lock(repo)
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
@@ -72,37 +97,113 @@ def test_second_run_exits_7_while_the_first_holds_the_lock(setup: tuple[Path, Pa
         assert err["ok"] is False and err["error"]["kind"] == "lock-held" and err["error"]["exit_code"] == 7
         assert f"pid {first.pid}" in second.stderr
     finally:
-        assert first.wait(30) == 0, first.stderr.read() if first.stderr else ""
+        gate.open()
+        assert first.wait(60) == 0, first.stderr.read() if first.stderr else ""
     assert len(archives(repo)) == 1
     assert not (repo / "locks" / "statekit.lock").exists()
 
 
-def test_second_run_waits_with_lock_wait(setup: tuple[Path, Path, str]) -> None:
+def test_lock_wait_gives_up_with_exit_7_after_waiting(setup: tuple[Path, Path, str], tmp_path: Path) -> None:
     _, repo, _ = setup
-    first = start(*snap_args(setup, "--pre-hook", "sleep 1.5"))
+    gate = Gate(tmp_path)
+    first = start(*snap_args(setup, "--pre-hook", gate.hook))
+    try:
+        wait_for_lock(repo)
+        second = sk(*snap_args(setup, "--lock-wait", "0.3"))
+        assert second.returncode == 7, second.stderr
+        assert "after waiting 0.3s" in second.stderr
+    finally:
+        gate.open()
+        assert first.wait(60) == 0
+    assert len(archives(repo)) == 1
+
+
+def test_second_run_with_lock_wait_runs_once_the_first_is_done(setup: tuple[Path, Path, str], tmp_path: Path) -> None:
+    _, repo, _ = setup
+    gate = Gate(tmp_path)
+    first = start(*snap_args(setup, "--pre-hook", gate.hook))
     wait_for_lock(repo)
-    t0 = time.monotonic()
-    second = sk(*snap_args(setup, "--lock-wait", "30"))
-    assert first.wait(30) == 0
-    assert second.returncode == 0, second.stderr
-    assert time.monotonic() - t0 > 0.5  # it really waited
+    second = start(*snap_args(setup, "--lock-wait", "120"))
+    gate.open()
+    assert first.wait(60) == 0
+    assert second.wait(120) == 0, second.stderr.read() if second.stderr else ""
     assert len(archives(repo)) == 2 or archives(repo)[0] != archives(repo)[-1]
 
 
-def test_two_runs_started_together_never_both_write(setup: tuple[Path, Path, str]) -> None:
+def test_lock_wait_retries_until_the_holder_releases(tmp_path: Path) -> None:
+    """In-process, on the lock's own clock: a waiter that finds the lock held naps and retries, and takes
+    the lock as soon as the holder lets go (here: during its third nap)."""
+    from statekit.repo.lock import RepositoryLock
+    from statekit.repo.store import LocalRepository
+
+    repo = LocalRepository(tmp_path)
+    holder = RepositoryLock(repo, "x")
+    holder.acquire()
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            holder.release()
+
+    waiter = RepositoryLock(repo, "x", sleep=nap)
+    waiter.acquire(wait=600)
+    try:
+        assert len(naps) == 3 and all(0.2 <= n <= 0.6 for n in naps)
+        assert waiter.held and not holder.held
+    finally:
+        waiter.release()
+
+
+def test_lock_wait_gives_up_when_its_clock_passes_the_wait(tmp_path: Path) -> None:
+    """A fake clock that the waiter's naps advance: after 30 s of (fake) waiting it raises LockHeld."""
+    from statekit.errors import LockHeld
+    from statekit.repo.lock import RepositoryLock
+    from statekit.repo.store import LocalRepository
+
+    repo = LocalRepository(tmp_path)
+    holder = RepositoryLock(repo, "x")
+    holder.acquire()
+    now = [1000.0]
+
+    def nap(seconds: float) -> None:
+        now[0] += seconds
+
+    try:
+        waiter = RepositoryLock(repo, "x", monotonic=lambda: now[0], sleep=nap)
+        with pytest.raises(LockHeld, match="after waiting 30s"):
+            waiter.acquire(wait=30)
+        assert now[0] == pytest.approx(1030.0)  # the last nap is cut to the deadline
+        assert holder.held and not waiter.held
+    finally:
+        holder.release()
+
+
+def test_two_runs_started_together_never_both_write(setup: tuple[Path, Path, str], tmp_path: Path) -> None:
     _, repo, _ = setup
-    procs = [start(*snap_args(setup, "--pre-hook", "sleep 1")) for _ in range(3)]
+    gate = Gate(tmp_path)
+    procs = [start(*snap_args(setup, "--pre-hook", gate.hook)) for _ in range(3)]
+    try:
+        # the one holding the lock waits at the gate: the other two must give up on their own
+        wait_until(lambda: sum(p.poll() is not None for p in procs) == 2, "two runs exiting")
+        assert sorted(p.returncode for p in procs if p.returncode is not None) == [7, 7]
+    finally:
+        gate.open()
     codes = sorted(p.wait(60) for p in procs)
     assert codes == [0, 7, 7]
     assert len(archives(repo)) == 1
 
 
-def test_killed_run_leaves_a_stale_lock_that_the_next_run_takes_over(setup: tuple[Path, Path, str]) -> None:
+def test_killed_run_leaves_a_stale_lock_that_the_next_run_takes_over(
+    setup: tuple[Path, Path, str], tmp_path: Path
+) -> None:
     _, repo, _ = setup
-    first = start(*snap_args(setup, "--pre-hook", "sleep 3"))
+    gate = Gate(tmp_path)
+    first = start(*snap_args(setup, "--pre-hook", gate.hook))
     wait_for_lock(repo)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    gate.open()  # lets the orphaned hook end
     assert (repo / "locks" / "statekit.lock").exists()
     listed = json.loads(sk("list", str(repo), "--json").stdout)
     assert "is not running" in listed["locks"][0]["stale"]
@@ -151,10 +252,13 @@ def test_heartbeat_keeps_a_long_run_alive(tmp_path: Path) -> None:
     lock = RepositoryLock(repo, "x", stale_after=2, heartbeat_interval=0.2)
     lock.acquire()
     try:
-        first = LockInfo.parse((tmp_path / "locks" / "x.lock").read_bytes())
-        time.sleep(0.7)
-        later = LockInfo.parse((tmp_path / "locks" / "x.lock").read_bytes())
-        assert first and later and later.heartbeat_at > first.heartbeat_at
+        path = tmp_path / "locks" / "x.lock"
+        first = LockInfo.parse(path.read_bytes())
+        assert first is not None
+        wait_until(lambda: (LockInfo.parse(path.read_bytes()) or first).heartbeat_at > first.heartbeat_at,
+                   "a heartbeat")  # fmt: skip
+        later = LockInfo.parse(path.read_bytes())
+        assert later and later.heartbeat_at > first.heartbeat_at
         assert later.stale_reason(2) is None and later.pid == os.getpid()
     finally:
         lock.release()

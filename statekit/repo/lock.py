@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -129,13 +130,18 @@ class RepositoryLock:
         stale_after: float = 300.0,
         heartbeat_interval: float | None = None,
         warn: Warn = no_warn,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`monotonic` and `sleep` measure and pass the time `acquire` waits for a holder."""
         self.repo = repo
         self.name = name
         self.key = lock_key(name)
         self.stale_after = stale_after
         self.interval = heartbeat_interval or max(min(stale_after / 4, 30.0), 0.2)
         self.warn = warn
+        self._monotonic = monotonic
+        self._sleep = sleep
         now = time.time()
         self.info = LockInfo(
             lock_id=uuid.uuid4().hex,
@@ -156,7 +162,7 @@ class RepositoryLock:
     # -- acquire / release --------------------------------------------------------------------------------
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lock, waiting up to `wait` seconds for a live holder; raises LockHeld."""
-        deadline = time.monotonic() + max(wait, 0.0)
+        deadline = self._monotonic() + max(wait, 0.0)
         while True:
             self.info.heartbeat_at = time.time()
             if self.repo.create_exclusive(self.key, self.info.to_bytes()):
@@ -173,11 +179,11 @@ class RepositoryLock:
                 self._break(raw, holder, reason)
                 continue
             assert holder is not None
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._monotonic()
             if remaining <= 0:
                 hint = " (use --lock-wait SECONDS to wait for it)" if wait <= 0 else f" after waiting {wait:g}s"
                 raise LockHeld(f"repository {self.repo.url} is locked for '{self.name}' by {holder.describe()}{hint}")
-            time.sleep(min(remaining, random.uniform(0.2, 0.6)))
+            self._sleep(min(remaining, random.uniform(0.2, 0.6)))
 
     def _break(self, raw: bytes, holder: LockInfo | None, reason: str) -> None:
         stale_id = holder.lock_id if holder else hashlib.sha256(raw).hexdigest()[:32]
