@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from statekit.archive.format import Archive, ArchiveWriter, atomic_output
 from statekit.config import DbConfig
-from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary
+from statekit.model import MemberSink, Progress, RestoreOptions, RestoreReport, TierSummary, no_progress
 from statekit.tiers.sql import restore_db, snapshot_db
 
 
@@ -24,9 +24,11 @@ def write_archive(path: Path, fill: Callable[[MemberSink], TierSummary]) -> tupl
     return Archive(path), summary
 
 
-def snap(url: str, path: Path, *, jobs: int | None = None, **cfg: Any) -> tuple[Archive, TierSummary]:
+def snap(
+    url: str, path: Path, *, jobs: int | None = None, progress: Progress = no_progress, **cfg: Any
+) -> tuple[Archive, TierSummary]:
     """snapshot_db of `url` into a new archive at `path`."""
-    return write_archive(path, lambda sink: snapshot_db(DbConfig(url=url, **cfg), sink, jobs=jobs))
+    return write_archive(path, lambda sink: snapshot_db(DbConfig(url=url, **cfg), sink, jobs=jobs, progress=progress))
 
 
 class FileUndo:

@@ -184,15 +184,16 @@ def test_13_newer_format(tmp_path: Path, env: dict[str, str]) -> None:
     assert_error(sk("verify", str(future), "--json"), 13, "unsupported-format")
 
 
-def test_130_interrupted_by_sigterm(env: dict[str, str]) -> None:
+def test_130_interrupted_by_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+    started = tmp_path / "hook-started"
     proc = subprocess.Popen([STATEKIT, "snapshot", "--files-root", env["root"], "--to", env["repo"], "-r", env["rec"],
-                             "--pre-hook", "sleep 20", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                             "--pre-hook", f"touch {started}; sleep 20", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     lock = Path(env["repo"]) / "locks" / "statekit.lock"
-    deadline = time.monotonic() + 20
-    while not lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 60  # only turns a hang into a failure
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lock.exists() and proc.poll() is None  # inside the lock, in its pre-hook
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

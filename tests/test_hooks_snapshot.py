@@ -54,12 +54,30 @@ def test_post_hook_sees_the_result_and_archive(tmp_path: Path, args: list[str]) 
     assert log.read_text().splitlines()[-1].split()[:3] == ["post", "failure", "5"]
 
 
-def test_hook_timeout_stops_the_hook(args: list[str]) -> None:
-    t0 = time.monotonic()
-    out = sk(*args, "--pre-hook", "sleep 30", "--hook-timeout", "0.5")
+def test_hook_timeout_stops_the_hook(tmp_path: Path, args: list[str]) -> None:
+    """The hook would sleep for an hour: the run gives up after the timeout and the hook's processes are gone
+    when it exits (sk() fails the test if the run itself hangs)."""
+    pids = tmp_path / "hook.pids"
+    out = sk(*args, "--pre-hook", f"sleep 3600 & echo $! > {pids}; echo $$ >> {pids}; wait", "--hook-timeout", "0.5")
     assert out.returncode == 10
     assert "timed out after 0.5s" in out.stderr
-    assert time.monotonic() - t0 < 15
+    for pid in map(int, pids.read_text().split()):
+        _wait_until_dead(pid)
+
+
+def _wait_until_dead(pid: int, timeout: float = 30) -> None:
+    """A signalled process dies (or lingers as a zombie) soon after the signal; one that was never signalled
+    would outlive the timeout, which is there only to turn that into a failure."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + timeout
+    while stat.exists():
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        assert time.monotonic() < deadline, f"the hook's process {pid} is still running"
+        time.sleep(0.02)
 
 
 def test_failing_post_hook_exits_10_but_keeps_the_archive(tmp_path: Path, args: list[str]) -> None:

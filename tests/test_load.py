@@ -1,6 +1,7 @@
 """Under load: a snapshot taken while writers hammer PostgreSQL and Redis (bounded in count and time, loopback
 only) completes and is consistent: the archived account total equals the invariant the writers keep, and every
-Redis key that existed for the whole scan is in the archive. An audit under load reports transients, not drift."""
+Redis key that existed for the whole scan is in the archive. An audit under load reports the write it caught in
+flight as transient, not drift (the writer is held at a known point, never raced against a clock)."""
 
 from __future__ import annotations
 
@@ -41,25 +42,31 @@ def _pg(url: str) -> psycopg.Connection[Any]:
 
 
 class Load:
-    """Writer threads that run until `stop()`, `max_ops` operations each, or MAX_SECONDS, whichever comes first."""
+    """Writer threads that run until `stop()`, `max_ops` operations each, or MAX_SECONDS, whichever comes first.
+    `hold()` lets each writer finish the step it is in and keeps it from starting another until `resume()`."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._gates: list[threading.Lock] = []
         self.ops: dict[str, int] = {}
         self.errors: list[BaseException] = []
 
-    def start(self, name: str, step: Callable[[random.Random], None], max_ops: int) -> None:
-        """Run `step` in a thread of its own, with a seeded random generator."""
+    def start(self, name: str, step: Callable[[random.Random], None], max_ops: int, pace: float = 0.0) -> None:
+        """Run `step` in a thread of its own, with a seeded random generator, `pace` seconds between steps."""
         self.ops[name] = 0
+        gate = threading.Lock()
+        self._gates.append(gate)
 
         def loop() -> None:
             rng = random.Random(name)
             deadline = time.monotonic() + MAX_SECONDS
             try:
                 while not self._stop.is_set() and self.ops[name] < max_ops and time.monotonic() < deadline:
-                    step(rng)
-                    self.ops[name] += 1
+                    with gate:
+                        step(rng)
+                        self.ops[name] += 1
+                    time.sleep(pace)  # outside the gate, so hold() gets it between two steps
             except BaseException as exc:  # reported by stop(): a failing writer fails the test
                 self.errors.append(exc)
 
@@ -72,6 +79,16 @@ class Load:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not self.errors and min(self.ops.values()) < minimum:
             time.sleep(0.01)
+
+    def hold(self) -> None:
+        """Wait until no writer is inside a step, and keep them out of the next one."""
+        for gate in self._gates:
+            gate.acquire()
+
+    def resume(self) -> None:
+        """Undo hold()."""
+        for gate in self._gates:
+            gate.release()
 
     def stop(self) -> dict[str, int]:
         """Stop every writer; their operation counts."""
@@ -203,7 +220,16 @@ redis = { key = "ld:instance:{id}", field = "creds", codec = "json-string" }
 
 def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: str,
                                                        own_redis: RedisProcess) -> None:  # fmt: skip
+    """An application writer updates database then cache, a moment apart, while the audit runs. One write is
+    held in flight for the audit's first pass (database done, cache not yet); between the pass and the re-check
+    the test finishes that write and holds the writer between two writes. The audit reports the held write,
+    and anything else it caught mid-write, as transient, and no drift."""
     import redis
+
+    from statekit.audit.diff import AuditOptions
+    from statekit.audit.engine import Locations, audit_live
+    from statekit.config import load_config
+    from statekit.profiles import load_model
 
     ids = [f"inst{i}" for i in range(40)]
     client = redis.Redis.from_url(own_redis.url)
@@ -216,38 +242,49 @@ def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: s
     writer_db = _pg(pg_url)
     writer_redis = redis.Redis.from_url(own_redis.url)
     counter = iter(range(1, 10**9))
+    held, busy = ids[0], ids[1:]
+
+    def write(i: str, value: str, *, cache: bool = True) -> None:
+        writer_db.execute('UPDATE "Session" SET creds = %s WHERE "sessionId" = %s', (json.dumps(value), i))
+        if cache:
+            writer_redis.hset(f"ld:instance:{i}", "creds", json.dumps(value))
 
     def write_both(rng: random.Random) -> None:
         """The application's write: database first, then the Redis cache, a moment apart (not atomic)."""
-        i = rng.choice(ids)
+        i = rng.choice(busy)
         value = json.dumps({"n": next(counter), "id": i})
         writer_db.execute('UPDATE "Session" SET creds = %s WHERE "sessionId" = %s', (json.dumps(value), i))
         time.sleep(0.002)
         writer_redis.hset(f"ld:instance:{i}", "creds", json.dumps(value))
-        time.sleep(0.01)
 
     config = tmp_path / "statekit.toml"
     config.write_text(ENTITY_CONFIG)
+    model = load_model(load_config(str(config)))
+    in_flight = json.dumps({"n": -1, "id": held})
+    write(held, in_flight, cache=False)  # caught between its two writes
     load = Load()
-    load.start("app", write_both, max_ops=3_000)
-    transients = 0
+    load.start("app", write_both, max_ops=3_000, pace=0.01)
+    pauses: list[int] = []
+
+    def between_pass_and_recheck(delay: float) -> None:
+        if not pauses:
+            load.hold()
+            writer_redis.hset(f"ld:instance:{held}", "creds", json.dumps(in_flight))
+        pauses.append(load.ops["app"])
+
     try:
         load.wait_warm()
-        # A few audits, so that at least one catches a write in flight (each is a fraction of a second).
-        for _ in range(5):
-            proc = run_cli("audit", "--config", str(config), "--db-url", pg_url, "--redis-url", own_redis.url,
-                           "--json", "--recheck-rounds", "3", "--recheck-delay", "0.1")  # fmt: skip
-            assert proc.returncode == 0, f"the audit reported drift under load: {proc.stdout[-2000:]}"
-            doc = json.loads(proc.stdout)
-            assert doc["clean"] is True
-            classes = [f["class"] for f in doc["findings"]]
-            assert set(classes) <= {"transient"}, classes
-            transients += len(classes)
-            if transients:
-                break
+        result = audit_live(model, Locations(db_url=pg_url, redis_url=own_redis.url),
+                            AuditOptions(recheck_rounds=3, pause=between_pass_and_recheck))  # fmt: skip
     finally:
-        load.stop()
-    assert transients > 0, "no audit caught a write in flight: the load did not exercise the re-check"
+        if pauses:
+            load.resume()
+        ops = load.stop()
+    assert len(pauses) == 1  # one re-check settles every suspect
+    assert not result.drift, [(f.cls, f.id, f.detail) for f in result.findings]
+    assert {f.cls for f in result.findings} == {"transient"}
+    assert held in {f.id for f in result.findings}
+    assert ops["app"] > 0
     # And at rest, with the writer stopped, the tiers agree.
     proc = run_cli("audit", "--config", str(config), "--db-url", pg_url, "--redis-url", own_redis.url)
     assert proc.returncode == 0, proc.stdout

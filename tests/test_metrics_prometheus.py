@@ -57,7 +57,7 @@ def test_snapshot_metrics_on_success_then_failure(tmp_path: Path, recipient: str
     assert m[("statekit_snapshot_items", (("kind", "files"), ("name", "statekit"), ("tier", "files")))] == 3
     assert m[("statekit_snapshot_duration_seconds", lab)] > 0
     success_ts = m[("statekit_snapshot_last_success_timestamp_seconds", lab)]
-    assert abs(success_ts - doc["finished_at"]) < 1
+    assert success_ts == pytest.approx(doc["finished_at"], abs=0.001)  # the same instant, as each prints it
     assert stat.S_IMODE(prom.stat().st_mode) == 0o644
     assert not list(prom.parent.glob(".*.tmp"))  # written by rename, nothing left over
 

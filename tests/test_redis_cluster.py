@@ -201,7 +201,7 @@ def test_router_follows_moved_and_ask(cluster2: Cluster) -> None:
         assert r_other.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # written via ASK
         for r in (r_owner, r_other):
             r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", other_id)
-        time.sleep(0.5)
+        _wait_for_slot_owner(cluster2, slot, other.port)
         assert redis.RedisCluster(host="127.0.0.1", port=other.port).get(key) == b"asked"
         rc.close()
         r_owner.close()
@@ -209,6 +209,25 @@ def test_router_follows_moved_and_ask(cluster2: Cluster) -> None:
     finally:
         router.close()
         seed.close()
+
+
+def _wait_for_slot_owner(cluster: Cluster, slot: int, port: int, timeout: float = 60) -> None:
+    """Wait until every node's CLUSTER SLOTS gives `slot` to the node on `port` (the timeout only turns a
+    hang into a failure)."""
+
+    def owners() -> set[int]:
+        seen = set()
+        for node in cluster.nodes:
+            with redis.Redis(port=node.port) as r:
+                for start, end, primary, *_ in r.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        seen.add(int(primary[1]))
+        return seen
+
+    deadline = time.monotonic() + timeout
+    while owners() != {port}:
+        assert time.monotonic() < deadline, f"slot {slot} never settled on port {port}: {owners()}"
+        time.sleep(0.05)
 
 
 def test_every_type_from_standalone_into_three_primaries(cluster3: Cluster, standalone: str, tmp_path: Path) -> None:
