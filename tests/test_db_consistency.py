@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from statekit.errors import CorruptArchive, TierError, TierUnavailable
 from statekit.tiers.sql.connect import DbTarget
-from tests.test_db_support import execute, fetch, restore, snap
+from tests.db_support import execute, fetch, restore, snap
 
 ACCOUNTS = 100_000
 START = 100

@@ -14,7 +14,7 @@ from statekit.config import DbConfig
 from statekit.errors import Refused
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import plan_db_restore
-from tests.test_db_support import execute, fetch, nan_safe, restore, snap
+from tests.db_support import execute, fetch, nan_safe, restore, snap
 
 TORTURE = """CREATE TABLE `Torture` (
     id BIGINT AUTO_INCREMENT PRIMARY KEY, t LONGTEXT, vc VARCHAR(50), `order` INT, `Select` TEXT,
@@ -168,7 +168,7 @@ def test_non_portable_columns_are_refused_before_writing(pg_url: str, mysql_url:
 
 def test_mariadb_undo_archive_puts_the_target_back(mysql_url: str, mysql_url2: str, tmp_path: Path) -> None:
     from statekit.archive.format import Archive
-    from tests.test_db_support import FileUndo
+    from tests.db_support import FileUndo
 
     ddl = "CREATE TABLE kv (k INT PRIMARY KEY, v VARCHAR(20))"
     execute(mysql_url, ddl, "INSERT INTO kv VALUES (1, 'archived')")

@@ -14,8 +14,8 @@ from statekit.config import DbConfig
 from statekit.errors import ConfigError, Refused, TierUnavailable
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import plan_db_restore, snapshot_db
+from tests.db_support import FileUndo, execute, fetch, restore, rows_as_text, snap
 from tests.servers import pg_major
-from tests.test_db_support import FileUndo, execute, fetch, restore, rows_as_text, snap
 
 TORTURE_DDL = [
     """CREATE TYPE "Mood" AS ENUM ('happy', 'sad', 'it''s ok', 'émoji 😀')""",
@@ -252,7 +252,7 @@ def test_evolution_tables_round_trip(pg_url: str, pg_cross_url: str, tmp_path: P
 
 
 def test_unreachable_database_message_has_no_password(tmp_path: Path) -> None:
-    from tests.test_db_support import write_archive
+    from tests.db_support import write_archive
 
     url = "postgresql+psycopg://someone:s3cr3tpw@127.0.0.1:1/nothing"
     with pytest.raises(TierUnavailable) as err:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from statekit.errors import TierUnavailable
+from tests.db_support import execute, restore, snap
 from tests.test_db_mysql import PORTABLE_PG
-from tests.test_db_support import execute, restore, snap
 
 ROWS = [
     (1, None, None, None, None),

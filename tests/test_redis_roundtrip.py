@@ -7,7 +7,7 @@ from pathlib import Path
 from statekit.archive.format import Archive
 from statekit.config import RedisConfig
 from statekit.model import now_ms
-from tests.test_redis_helpers import client, put_back, same_state, state, take
+from tests.redis_support import client, put_back, same_state, state, take
 
 
 def _fill(url: str) -> None:

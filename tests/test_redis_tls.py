@@ -20,7 +20,7 @@ from statekit.config import RedisConfig
 from statekit.errors import TierUnavailable
 from statekit.repo.servers import default_redis_server, free_port, wait_port
 from statekit.tiers.redis import snapshot_redis
-from tests.test_redis_helpers import put_back, same_state, state, take
+from tests.redis_support import put_back, same_state, state, take
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Shared helpers for the redis tier tests (no tests here): archive round trips and key comparison."""
+"""Shared helpers for the redis tier tests: archive round trips and key comparison."""
 
 from __future__ import annotations
 

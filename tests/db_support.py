@@ -1,4 +1,4 @@
-"""Helpers shared by the db tier tests (no tests here): archives written and read with the real container."""
+"""Helpers shared by the db tier tests: archives written and read with the real container."""
 
 from __future__ import annotations
 
