@@ -296,6 +296,31 @@ def redis62_url(redis62_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, to snapshot whole or to kill (the one on PATH, else the embedded one)."""
+    server = RedisProcess().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- Keys ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def age_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(identity file, recipient): one age X25519 key pair for the run, the identity file 0600."""
+    from statekit.archive.keys import generate_identity
+
+    ident = generate_identity()
+    path = tmp_path_factory.mktemp("keys") / "id.txt"
+    path.write_text(ident.to_string() + "\n")
+    path.chmod(0o600)
+    return str(path), ident.recipient().to_string()
+
+
+@pytest.fixture
 def vectors_dir() -> Path:
     """The age test vectors; a missing folder is a failure, not a skip."""
     path = SHARED / "vectors" / "age"

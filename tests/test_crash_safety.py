@@ -27,7 +27,6 @@ import pytest
 import redis
 
 from statekit.archive.format import Archive
-from statekit.archive.keys import generate_identity
 from statekit.errors import StatekitError
 from tests.servers import RedisProcess
 
@@ -89,16 +88,6 @@ def timed(args: list[str], cwd: Path | None = None) -> float:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(identity file, recipient)."""
-    ident = generate_identity()
-    path = tmp_path_factory.mktemp("keys") / "id.txt"
-    path.write_text(ident.to_string() + "\n")
-    path.chmod(0o600)
-    return str(path), ident.recipient().to_string()
-
-
-@pytest.fixture(scope="module")
 def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Key files big enough (40 MiB, incompressible) that a snapshot takes about half a second."""
     root = tmp_path_factory.mktemp("big")
@@ -123,8 +112,8 @@ def _verifies(path: Path, identity: str) -> bool:
 # -- snapshot ---------------------------------------------------------------------------------------------------
 
 
-def test_kill_during_snapshot(tmp_path: Path, keys: tuple[str, str], big_root: Path) -> None:
-    identity, recipient = keys
+def test_kill_during_snapshot(tmp_path: Path, age_keys: tuple[str, str], big_root: Path) -> None:
+    identity, recipient = age_keys
     repo = tmp_path / "repo"
     repo.mkdir()
     args = ["snapshot", "--files-root", str(big_root), "--to", str(repo), "-r", recipient, "--name", "crash"]
@@ -181,8 +170,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_kill_during_files_restore(tmp_path: Path, keys: tuple[str, str]) -> None:
-    identity, recipient = keys
+def test_kill_during_files_restore(tmp_path: Path, age_keys: tuple[str, str]) -> None:
+    identity, recipient = age_keys
     rng = random.Random(SEED + 1)
     new_root = tmp_path / "new"
     names = [f"inst-{i % 8}/session-{i}.json" for i in range(64)]
@@ -262,8 +251,8 @@ def _pg_fingerprint(url: str) -> tuple[object, ...]:
     return tuple(row or ())
 
 
-def test_kill_during_db_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
-    identity, recipient = keys
+def test_kill_during_db_restore(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
+    identity, recipient = age_keys
     _fill_pg(pg_url, 100_000, "new")
     archive = tmp_path / "db.statekit"
     proc = run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient)
@@ -343,8 +332,8 @@ def two_redis() -> Iterator[tuple[str, str]]:
             server.stop()
 
 
-def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]) -> None:
-    identity, recipient = keys
+def test_kill_during_redis_restore(tmp_path: Path, age_keys: tuple[str, str], two_redis: tuple[str, str]) -> None:
+    identity, recipient = age_keys
     redis_url, redis_url2 = two_redis
     # Source: keys 0..29999 ("new"); target: keys 15000..44999 ("old"): half replaced, half created.
     _fill_redis(redis_url, "k", 0, 30_000, "new")
@@ -394,11 +383,11 @@ def test_kill_during_redis_restore(tmp_path: Path, keys: tuple[str, str], two_re
 
 
 def test_kill_during_redis_flush_restore_then_undo_with_flush(
-    tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]
+    tmp_path: Path, age_keys: tuple[str, str], two_redis: tuple[str, str]
 ) -> None:
     """With --flush the undo archive holds the whole databases; restoring it with --flush gives the exact old state
     (the documented way back in docs/SECURITY.md)."""
-    identity, recipient = keys
+    identity, recipient = age_keys
     redis_url, redis_url2 = two_redis
     _fill_redis(redis_url, "k", 0, 30_000, "new")
     archive = tmp_path / "redis.statekit"
@@ -419,10 +408,10 @@ def test_kill_during_redis_flush_restore_then_undo_with_flush(
     assert _redis_state(redis_url2) == before
 
 
-def test_leftover_temp_is_never_an_archive(tmp_path: Path, keys: tuple[str, str], big_root: Path) -> None:
+def test_leftover_temp_is_never_an_archive(tmp_path: Path, age_keys: tuple[str, str], big_root: Path) -> None:
     """A temp file frozen at any size (what a kill leaves) fails `statekit verify`: a truncated one by its content,
     a complete one (killed between the final fsync and the rename) by its temporary name."""
-    identity, recipient = keys
+    identity, recipient = age_keys
     archive = tmp_path / "whole.statekit"
     assert run_cli("snapshot", "--files-root", str(big_root), "--to", str(archive), "-r", recipient).returncode == 0
     data = archive.read_bytes()

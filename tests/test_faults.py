@@ -24,7 +24,6 @@ import psycopg
 import pytest
 import redis
 
-from statekit.archive.keys import generate_identity
 from tests.servers import EmbeddedPostgres, RedisProcess, _demote, embedded_pg_bin, wait_port
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
@@ -91,15 +90,6 @@ def assert_no_archive(repo: Path) -> None:
     assert left == [], f"the failed run left {left}"
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    ident = generate_identity()
-    path = tmp_path_factory.mktemp("keys") / "id.txt"
-    path.write_text(ident.to_string() + "\n")
-    path.chmod(0o600)
-    return str(path), ident.recipient().to_string()
-
-
 # -- PostgreSQL -------------------------------------------------------------------------------------------------
 
 
@@ -153,18 +143,18 @@ def _terminate_others(url: str) -> Callable[[], None]:
     return fault
 
 
-def test_pg_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], pg_url: str) -> None:
+def test_pg_connection_cut_mid_snapshot(tmp_path: Path, age_keys: tuple[str, str], pg_url: str) -> None:
     _fill(pg_url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_with_fault(["snapshot", "--db-url", pg_url, "--to", str(repo), "-r", keys[1]],
+    proc = run_with_fault(["snapshot", "--db-url", pg_url, "--to", str(repo), "-r", age_keys[1]],
                           _copy_running(pg_url, "TO STDOUT"), _terminate_others(pg_url), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
     assert_no_archive(repo)
 
 
-def test_pg_connection_cut_mid_restore(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
-    identity, recipient = keys
+def test_pg_connection_cut_mid_restore(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
+    identity, recipient = age_keys
     _fill(pg_url, 120_000)
     archive = tmp_path / "db.statekit"
     assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
@@ -237,9 +227,9 @@ def own_pg() -> Iterator[EmbeddedPostgres]:
         server.stop()
 
 
-def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, keys: tuple[str, str], own_pg: EmbeddedPostgres,
+def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, age_keys: tuple[str, str], own_pg: EmbeddedPostgres,
                                                    pg_url: str) -> None:  # fmt: skip
-    identity, recipient = keys
+    identity, recipient = age_keys
     url = own_pg.url
     _fill(url, 120_000)
     repo = tmp_path / "repo"
@@ -300,30 +290,21 @@ def _client_kill(url: str) -> Callable[[], None]:
     return fault
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_redis_connection_cut_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
+def test_redis_connection_cut_mid_snapshot(tmp_path: Path, age_keys: tuple[str, str], own_redis: RedisProcess) -> None:
     _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", keys[1]],
+    proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", age_keys[1]],
                           _statekit_connected(own_redis.url), _client_kill(own_redis.url), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "redis")
     assert_no_archive(repo)
 
 
-def test_redis_server_killed_mid_snapshot(tmp_path: Path, keys: tuple[str, str], own_redis: RedisProcess) -> None:
+def test_redis_server_killed_mid_snapshot(tmp_path: Path, age_keys: tuple[str, str], own_redis: RedisProcess) -> None:
     _fill_redis(own_redis.url, 60_000, "v")
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", keys[1]],
+    proc = run_with_fault(["snapshot", "--redis-url", own_redis.url, "--to", str(repo), "-r", age_keys[1]],
                           _statekit_connected(own_redis.url), own_redis.kill)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "redis")
     assert_no_archive(repo)
@@ -337,8 +318,8 @@ def _state(url: str) -> dict[bytes, bytes]:
 
 
 @pytest.mark.parametrize("fault", ["client-kill", "server-kill"])
-def test_redis_fault_mid_restore(tmp_path: Path, keys: tuple[str, str], fault: str) -> None:
-    identity, recipient = keys
+def test_redis_fault_mid_restore(tmp_path: Path, age_keys: tuple[str, str], fault: str) -> None:
+    identity, recipient = age_keys
     source, target = RedisProcess().start(), RedisProcess().start()
     try:
         _fill_redis(source.url, 40_000, "new")
@@ -399,22 +380,22 @@ def big_files(tmp_path: Path) -> Path:
     return root
 
 
-def test_full_filesystem_during_snapshot(tmp_path: Path, keys: tuple[str, str], big_files: Path) -> None:
+def test_full_filesystem_during_snapshot(tmp_path: Path, age_keys: tuple[str, str], big_files: Path) -> None:
     with tmpfs(tmp_path / "small", "size=2m") as repo:
-        proc = run_cli("snapshot", "--files-root", str(big_files), "--to", str(repo), "-r", keys[1])
+        proc = run_cli("snapshot", "--files-root", str(big_files), "--to", str(repo), "-r", age_keys[1])
         assert_one_line_error(proc, (9,), "no space")
         assert_no_archive(repo)
 
 
-def test_read_only_destination(tmp_path: Path, keys: tuple[str, str], big_files: Path) -> None:
+def test_read_only_destination(tmp_path: Path, age_keys: tuple[str, str], big_files: Path) -> None:
     with tmpfs(tmp_path / "ro", "ro,size=1m") as repo:
-        proc = run_cli("snapshot", "--files-root", str(big_files), "--to", str(repo), "-r", keys[1])
+        proc = run_cli("snapshot", "--files-root", str(big_files), "--to", str(repo), "-r", age_keys[1])
         assert_one_line_error(proc, (9,), "read-only")
         assert_no_archive(repo)
 
 
-def test_full_filesystem_during_files_restore(tmp_path: Path, keys: tuple[str, str], big_files: Path) -> None:
-    identity, recipient = keys
+def test_full_filesystem_during_files_restore(tmp_path: Path, age_keys: tuple[str, str], big_files: Path) -> None:
+    identity, recipient = age_keys
     archive = tmp_path / "f.statekit"
     assert run_cli("snapshot", "--files-root", str(big_files), "--to", str(archive), "-r", recipient).returncode == 0
     with tmpfs(tmp_path / "small", "size=2m") as target:
@@ -449,17 +430,21 @@ def unreadable_root(tmp_path: Path) -> Path:
 
 
 def test_unreadable_key_file_is_an_error_naming_it(
-    tmp_path: Path, keys: tuple[str, str], unreadable_root: Path
+    tmp_path: Path, age_keys: tuple[str, str], unreadable_root: Path
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_cli("snapshot", "--files-root", str(unreadable_root), "--to", str(repo), "-r", keys[1], prefix=NO_DAC)
+    proc = run_cli(
+        "snapshot", "--files-root", str(unreadable_root), "--to", str(repo), "-r", age_keys[1], prefix=NO_DAC
+    )
     assert_one_line_error(proc, (6,), "inst-1/pre-key-7.json", "skip_unreadable")
     assert_no_archive(repo)
 
 
-def test_unreadable_key_file_skipped_by_option(tmp_path: Path, keys: tuple[str, str], unreadable_root: Path) -> None:
-    identity, recipient = keys
+def test_unreadable_key_file_skipped_by_option(
+    tmp_path: Path, age_keys: tuple[str, str], unreadable_root: Path
+) -> None:
+    identity, recipient = age_keys
     repo = tmp_path / "repo"
     repo.mkdir()
     config = tmp_path / "statekit.toml"

@@ -12,14 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
-from statekit.archive.keys import generate_identity
 from tests.servers import RedisProcess
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
@@ -99,25 +97,6 @@ class Load:
         return dict(self.ops)
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A Redis of our own: a snapshot of the shared server would also take the other tests' databases."""
-    server = RedisProcess().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[str, str]:
-    ident = generate_identity()
-    path = tmp_path / "id.txt"
-    path.write_text(ident.to_string() + "\n")
-    path.chmod(0o600)
-    return str(path), ident.recipient().to_string()
-
-
 def _transfer(url: str) -> Callable[[random.Random], None]:
     conn = _pg(url)
 
@@ -149,11 +128,11 @@ def _churn(url: str) -> Callable[[random.Random], None]:
     return step
 
 
-def test_snapshot_under_load_is_consistent(tmp_path: Path, keys: tuple[str, str], pg_url: str, pg_url2: str,
+def test_snapshot_under_load_is_consistent(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str,
                                            own_redis: RedisProcess) -> None:  # fmt: skip
     import redis
 
-    identity, recipient = keys
+    identity, recipient = age_keys
     with _pg(pg_url) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)")
         conn.execute("INSERT INTO accounts SELECT g, %s FROM generate_series(1, %s) g", (START_BALANCE, ACCOUNTS))

@@ -18,12 +18,6 @@ def sk(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> s
                           env={**os.environ, **(env or {})})  # fmt: skip
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[str, str]:
-    assert sk("keygen", "-o", str(tmp_path / "id.txt")).returncode == 0
-    return str(tmp_path / "id.txt"), next(w for w in (tmp_path / "id.txt").read_text().split() if w.startswith("age1"))
-
-
 def _files(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     (root / "inst" / "a").mkdir(parents=True)
@@ -32,8 +26,8 @@ def _files(tmp_path: Path) -> Path:
     return root
 
 
-def test_rehearse_files_archive_with_metrics(tmp_path: Path, keys: tuple[str, str]) -> None:
-    identity, rec = keys
+def test_rehearse_files_archive_with_metrics(tmp_path: Path, age_keys: tuple[str, str]) -> None:
+    identity, rec = age_keys
     archive = tmp_path / "a.statekit"
     assert sk("snapshot", "--files-root", str(_files(tmp_path)), "--to", str(archive), "-r", rec).returncode == 0
     prom = tmp_path / "rehearse.prom"
@@ -48,7 +42,7 @@ def test_rehearse_files_archive_with_metrics(tmp_path: Path, keys: tuple[str, st
     assert samples["statekit_rehearse_success"] == 1
 
 
-def test_rehearse_db_redis_and_files(tmp_path: Path, keys: tuple[str, str], pg_url: str, redis_url: str) -> None:
+def test_rehearse_db_redis_and_files(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, redis_url: str) -> None:
     import redis
     import sqlalchemy as sa
 
@@ -79,7 +73,7 @@ def test_rehearse_db_redis_and_files(tmp_path: Path, keys: tuple[str, str], pg_u
         r.xadd("stream", {"f": f"v{i}"}, id=f"{i + 1}-0")
     r.xgroup_create("stream", "g", id="0")
     r.xreadgroup("g", "c", {"stream": ">"}, count=2)
-    identity, rec = keys
+    identity, rec = age_keys
     archive = tmp_path / "full.statekit"
     redis_db = int(redis_url.rsplit("/", 1)[1])
     snap = sk("snapshot", "--db-url", pg_url, "--redis-url", redis_url, "--files-root", str(_files(tmp_path)),

@@ -109,13 +109,6 @@ def sk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([STATEKIT, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[str, str]:
-    assert sk("keygen", "-o", str(tmp_path / "id.txt")).returncode == 0
-    rec = next(w for w in (tmp_path / "id.txt").read_text().split() if w.startswith("age1"))
-    return str(tmp_path / "id.txt"), rec
-
-
 def _files(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     (root / "i1").mkdir(parents=True)
@@ -125,9 +118,9 @@ def _files(tmp_path: Path) -> Path:
 
 
 def test_snapshot_to_s3_lists_verifies_inspects_and_restores(
-    tmp_path: Path, bucket: str, keys: tuple[str, str]
+    tmp_path: Path, bucket: str, age_keys: tuple[str, str]
 ) -> None:
-    identity, recipient = keys
+    identity, recipient = age_keys
     root = _files(tmp_path)
     repo = f"s3://{bucket}/prod/statekit"
     snap = sk("snapshot", "--files-root", str(root), "--to", repo, "-r", recipient, "--json")
@@ -157,8 +150,8 @@ def test_snapshot_to_s3_lists_verifies_inspects_and_restores(
     assert not list(Path(tempfile.gettempdir()).glob("statekit-fetch-*/*.statekit"))  # temp copy removed
 
 
-def test_prune_and_lock_on_s3(tmp_path: Path, bucket: str, keys: tuple[str, str]) -> None:
-    _, recipient = keys
+def test_prune_and_lock_on_s3(tmp_path: Path, bucket: str, age_keys: tuple[str, str]) -> None:
+    _, recipient = age_keys
     root = _files(tmp_path)
     repo = f"s3://{bucket}/p"
     prefix = bucket.split("/", 1)[1]
@@ -214,7 +207,7 @@ def test_multipart_upload_memory_is_one_part(bucket: str, tmp_path: Path) -> Non
 
 
 def test_bad_s3_credentials_exit_9_without_the_secret(
-    tmp_path: Path, bucket: str, keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bucket: str, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + SECRET_KEY)
     out = sk("list", f"s3://{bucket}/x", "--json")
