@@ -163,14 +163,14 @@ def mysql_url() -> Iterator[str]:
     name = f"sk_{uuid.uuid4().hex[:12]}"
     kw = dict(host=base.host or "127.0.0.1", port=base.port or 3306, user=base.username or "root",
               password=base.password or "")  # fmt: skip
-    conn = pymysql.connect(**kw)  # type: ignore[arg-type]
+    conn = pymysql.connect(**kw)
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     conn.close()
     try:
         yield base.set(database=name, query={"charset": "utf8mb4"}).render_as_string(hide_password=False)
     finally:
-        conn = pymysql.connect(**kw)  # type: ignore[arg-type]
+        conn = pymysql.connect(**kw)
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
@@ -235,9 +235,10 @@ def redis_pair(redis_server: str, redis_cross_server: CrossServer) -> Iterator[R
     main = (redis_server, redis_cross_server.main_version)
     other = (redis_cross_server.url, redis_cross_server.version)
     old, new = sorted([main, other], key=lambda s: tuple(int(x) for x in s[1].split(".")))
-    old_db, new_db = _fresh_redis_db(old[0]), _fresh_redis_db(new[0])
-    with contextlib.closing(old_db), contextlib.closing(new_db):
-        yield RedisPair(next(old_db), next(new_db), old[1], new[1])
+    with contextlib.ExitStack() as stack:
+        old_url = stack.enter_context(contextlib.contextmanager(_fresh_redis_db)(old[0]))
+        new_url = stack.enter_context(contextlib.contextmanager(_fresh_redis_db)(new[0]))
+        yield RedisPair(old_url, new_url, old[1], new[1])
 
 
 _DB_NUMBERS = itertools.cycle(range(1, 16))

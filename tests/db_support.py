@@ -38,11 +38,12 @@ class FileUndo:
         self.path = path
         self._cm = atomic_output(path)
         self._fh = self._cm.__enter__()
-        self.sink = ArchiveWriter(self._fh, recipients=None)
+        self._writer = ArchiveWriter(self._fh, recipients=None)
+        self.sink: MemberSink = self._writer
         self.sealed = False
 
     def seal(self, tier_summary: TierSummary) -> str:
-        self.sink.finish({"tiers": [tier_summary.to_json()]})
+        self._writer.finish({"tiers": [tier_summary.to_json()]})
         self._cm.__exit__(None, None, None)
         self.sealed = True
         return str(self.path)

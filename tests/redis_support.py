@@ -11,7 +11,7 @@ import redis
 
 from statekit.archive.format import Archive, ArchiveWriter, atomic_output
 from statekit.config import RedisConfig
-from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary
+from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary, now_ms
 from statekit.tiers.redis import restore_redis, snapshot_redis
 
 
@@ -50,11 +50,13 @@ def put_back(archive: Archive, target: str, *, undo_path: Path | None = None, **
 
 
 def state(url: str) -> dict[bytes, tuple[bytes, Any, int]]:
-    """Every key of a database: type, a comparable value and its remaining TTL in ms (-1 none)."""
+    """Every key of a database: type, a comparable value and its absolute expiry in epoch ms (-1 none): the
+    clock just before PTTL plus PTTL, so two states taken seconds apart still compare."""
     r = redis.Redis.from_url(url)
     out: dict[bytes, tuple[bytes, Any, int]] = {}
     for key in r.scan_iter(count=1000):
         t = r.type(key)
+        assert isinstance(key, bytes) and isinstance(t, bytes)
         if t == b"string":
             v: Any = r.get(key)
         elif t == b"list":
@@ -73,7 +75,9 @@ def state(url: str) -> dict[bytes, tuple[bytes, Any, int]]:
             v = (r.xrange(key), groups)
         else:
             v = r.dump(key)
-        out[key] = (t, v, r.pttl(key))
+        before = now_ms()
+        ttl = r.pttl(key)
+        out[key] = (t, v, before + ttl if ttl >= 0 else -1)
     r.close()
     return out
 
@@ -81,7 +85,7 @@ def state(url: str) -> dict[bytes, tuple[bytes, Any, int]]:
 def same_state(
     a: dict[bytes, tuple[bytes, Any, int]], b: dict[bytes, tuple[bytes, Any, int]], tol_ms: int = 2000
 ) -> None:
-    """Assert two `state()` results hold the same keys, values and TTLs (within tol_ms)."""
+    """Assert two `state()` results hold the same keys, values and expiry times (within tol_ms)."""
     assert a.keys() == b.keys(), set(a) ^ set(b)
     for k in a:
         ta, va, xa = a[k]

@@ -14,7 +14,7 @@ from statekit.audit.templates import compile_template, decode_all, transform_all
 from statekit.errors import ConfigError
 from statekit.profiles.evolution import fix_file_name, unfix_file_name
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),

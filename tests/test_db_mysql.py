@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -31,7 +33,7 @@ COLS = (
 
 def _torture(url: str) -> None:
     engine = sa.create_engine(url)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": 1},
         {
             "id": 2, "t": "", "vc": "", "order": -2147483648, "Select": "", "dt6": dt.datetime(1000, 1, 1),
@@ -79,13 +81,13 @@ def _all(url: str) -> dict[str, list[tuple[object, ...]]]:
 
 
 @pytest.fixture
-def mysql_url2(mysql_url: str) -> str:
+def mysql_url2(mysql_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     u = make_url(mysql_url)
     name = f"{u.database}_2"
     execute(mysql_url, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    yield u.set(database=name).render_as_string(hide_password=False)  # type: ignore[misc]
+    yield u.set(database=name).render_as_string(hide_password=False)
     execute(mysql_url, f"DROP DATABASE IF EXISTS `{name}`")
 
 

@@ -85,7 +85,9 @@ def test_no_rule_is_refused_and_durations_parse() -> None:
 # -- properties ------------------------------------------------------------------------------------------
 
 _times = st.lists(
-    st.integers(min_value=ts("2020-01-01T00:00:00"), max_value=ts("2027-01-01T00:00:00")), min_size=1, max_size=60
+    st.integers(min_value=int(ts("2020-01-01T00:00:00")), max_value=int(ts("2027-01-01T00:00:00"))),
+    min_size=1,
+    max_size=60,
 )
 _policies = st.builds(
     RetentionPolicy,

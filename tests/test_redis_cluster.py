@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -35,6 +36,11 @@ def _cluster_port() -> int:
         except OSError:
             continue
         return port
+
+
+def cluster_cmd(r: redis.Redis, *args: object) -> Any:
+    """CLUSTER <args> on one node (redis-py's execute_command is not annotated)."""
+    return r.execute_command("CLUSTER", *args)  # type: ignore[no-untyped-call]
 
 
 class Cluster:
@@ -67,8 +73,8 @@ class Cluster:
             for i, node in enumerate(self.nodes):
                 r = redis.Redis(port=node.port)
                 last = 16383 if i == len(self.nodes) - 1 else (i + 1) * step - 1
-                r.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
-                r.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+                cluster_cmd(r, "ADDSLOTSRANGE", i * step, last)
+                cluster_cmd(r, "MEET", "127.0.0.1", self.nodes[0].port)
                 r.close()
         deadline = time.monotonic() + 30
         for node in self.nodes:
@@ -192,15 +198,15 @@ def test_router_follows_moved_and_ask(cluster2: Cluster) -> None:
         owner = next(n for n in cluster2.nodes if n.port == owner_port)
         other = next(n for n in cluster2.nodes if n.port != owner_port)
         r_owner, r_other = redis.Redis(port=owner.port), redis.Redis(port=other.port)
-        owner_id = r_owner.execute_command("CLUSTER", "MYID").decode()
-        other_id = r_other.execute_command("CLUSTER", "MYID").decode()
-        r_other.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner_id)
-        r_owner.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", other_id)
+        owner_id = cluster_cmd(r_owner, "MYID").decode()
+        other_id = cluster_cmd(r_other, "MYID").decode()
+        cluster_cmd(r_other, "SETSLOT", slot, "IMPORTING", owner_id)
+        cluster_cmd(r_owner, "SETSLOT", slot, "MIGRATING", other_id)
         assert router.call([key], [pack(b"SET", key, b"asked")]) == [b"OK"]
-        assert r_owner.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-        assert r_other.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # written via ASK
+        assert cluster_cmd(r_owner, "COUNTKEYSINSLOT", slot) == 0
+        assert cluster_cmd(r_other, "COUNTKEYSINSLOT", slot) == 1  # written via ASK
         for r in (r_owner, r_other):
-            r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", other_id)
+            cluster_cmd(r, "SETSLOT", slot, "NODE", other_id)
         _wait_for_slot_owner(cluster2, slot, other.port)
         assert redis.RedisCluster(host="127.0.0.1", port=other.port).get(key) == b"asked"
         rc.close()
@@ -219,7 +225,7 @@ def _wait_for_slot_owner(cluster: Cluster, slot: int, port: int, timeout: float 
         seen = set()
         for node in cluster.nodes:
             with redis.Redis(port=node.port) as r:
-                for start, end, primary, *_ in r.execute_command("CLUSTER", "SLOTS"):
+                for start, end, primary, *_ in cluster_cmd(r, "SLOTS"):
                     if start <= slot <= end:
                         seen.add(int(primary[1]))
         return seen

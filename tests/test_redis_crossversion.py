@@ -5,6 +5,7 @@ one of another version started for the run)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from statekit.config import RedisConfig
 from statekit.model import RestoreOptions
@@ -43,8 +44,8 @@ def _fill_stream(url: str) -> None:
             r.xadd(b"stream", {b"f": b"v%d" % i, b"blob\xff": b"ab" * (i % 40)}, id=b"%d-%d" % (1000 + i, i % 3))
         r.xdel(b"stream", b"1003-0", b"1100-1")
         r.xgroup_create(b"stream", b"g1", id=b"0")
-        r.xreadgroup(b"g1", b"alice", {b"stream": b">"}, count=5)
-        r.xreadgroup(b"g1", b"bob\xfe", {b"stream": b">"}, count=3)
+        r.xreadgroup("g1", "alice", {b"stream": b">"}, count=5)
+        r.xreadgroup(b"g1", b"bob\xfe", {b"stream": b">"}, count=3)  # type: ignore[arg-type]  # binary names
         r.xack(b"stream", b"g1", b"1001-1")
         r.xgroup_createconsumer(b"stream", b"g1", b"carol")
         r.xgroup_create(b"stream", b"g2", id=b"$")
@@ -80,7 +81,8 @@ def test_newer_archive_restores_into_older(redis_pair: RedisPair, tmp_path: Path
     assert _pending(new) == _pending(old)
     with client(old) as r:  # the restored stream works: new entries, reads, acks
         r.xadd(b"stream", {b"f": b"new"}, id=b"5000-0")
-        assert r.xreadgroup(b"g2", b"dave", {b"stream": b">"})[0][1][0][0] == b"5000-0"
+        read: Any = r.xreadgroup("g2", "dave", {b"stream": b">"})
+        assert read[0][1][0][0] == b"5000-0"
         assert r.xack(b"stream", b"g1", b"1000-0") == 1
 
 
@@ -91,7 +93,7 @@ def test_older_archive_restores_into_newer(redis_pair: RedisPair, tmp_path: Path
     with client(old) as r:
         r.xadd(b"stream", {b"f": b"v"}, id=b"5-1")
         r.xgroup_create(b"stream", b"g", id=b"0")
-        r.xreadgroup(b"g", b"c", {b"stream": b">"})
+        r.xreadgroup("g", "c", {b"stream": b">"})
     archive, summary = take(tmp_path / "b.statekit", RedisConfig(url=old, dbs=[_db(old)]))
     assert summary.details["server_version"] == redis_pair.old_version
     rep = put_back(archive, new, db_map={_db(old): _db(new)})
@@ -111,9 +113,11 @@ def test_a_stream_compares_equal_after_a_trip_to_an_older_server(redis_pair: Red
     _fill_stream(redis_pair.new_url)
     with client(redis_pair.new_url) as r:
         payload = r.dump(b"stream")
+    assert payload is not None
     assert int.from_bytes(payload[-10:-8], "little") > old_rdb  # a payload the older server would refuse
     with client(redis_pair.old_url) as r:
         r.restore(b"stream", 0, convert(payload, old_rdb))
         again = r.dump(b"stream")
+    assert again is not None
     assert comparable(payload) == comparable(again)
     assert comparable(payload) != comparable(payload.replace(b"alice", b"alicf"))

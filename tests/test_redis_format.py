@@ -6,6 +6,8 @@ import binascii
 import fnmatch
 import io
 import struct
+from collections.abc import Mapping
+from typing import IO, Any
 
 import pytest
 from hypothesis import given
@@ -34,8 +36,18 @@ class _Sink:
     def __init__(self) -> None:
         self.members: dict[str, tuple[bytes, dict[str, object]]] = {}
 
-    def add(self, name: str, data: bytes, **kw: object) -> None:
-        self.members[name] = (data, dict(kw.get("meta") or {}))  # type: ignore[call-overload]
+    def add(
+        self,
+        name: str,
+        data: bytes | IO[bytes],
+        *,
+        size: int | None = None,
+        mode: int = 0o600,
+        mtime: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        assert isinstance(data, bytes)
+        self.members[name] = (data, dict(meta or {}))
 
 
 def test_crc64_known_answer() -> None:

@@ -26,7 +26,7 @@ def _fill(url: str) -> None:
         r.xadd(b"stream", {b"f": b"v"}, id=b"1-1")
         r.xadd(b"stream", {b"f\xff": b""}, id=b"2-0")
         r.xgroup_create(b"stream", b"grp", id=b"0")
-        r.xreadgroup(b"grp", b"alice", {b"stream": b">"}, count=1)
+        r.xreadgroup("grp", "alice", {b"stream": b">"}, count=1)
 
 
 def test_roundtrip_every_type_into_another_db(redis_url: str, redis_url2: str, tmp_path: Path) -> None:
@@ -262,8 +262,8 @@ def test_big_stream_in_chunks_with_groups_and_pending(
         r.xgroup_create(b"s", b"g1", id=b"0")
         r.xgroup_create(b"s", b"g2", id=b"$")
         r.xgroup_createconsumer(b"s", b"g1", b"idle-consumer")
-        r.xreadgroup(b"g1", b"alice", {b"s": b">"}, count=1500)
-        r.xreadgroup(b"g1", b"bob", {b"s": b">"}, count=10)
+        r.xreadgroup("g1", "alice", {b"s": b">"}, count=1500)
+        r.xreadgroup("g1", "bob", {b"s": b">"}, count=10)
         r.xack(b"s", b"g1", b"1-0", b"2-0")
         r.expire(b"s", 3600)
     db = int(redis_url.rsplit("/", 1)[1])

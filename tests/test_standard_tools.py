@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 
@@ -30,8 +31,8 @@ def make_key_folder(root: Path) -> None:
     (root / "instances" / "big.bin").write_bytes(rng.randbytes(3 << 20))  # frames of its own
 
 
-def check_extracted(out: Path) -> dict[str, object]:
-    manifest = json.loads((out / "MANIFEST.json").read_text())
+def check_extracted(out: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((out / "MANIFEST.json").read_text())
     names = [m["name"] for m in manifest["members"]]
     assert names[:2] == ["format.json", "README.txt"] and names[-1] == "snapshot.json"
     for m in manifest["members"]:

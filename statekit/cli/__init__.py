@@ -15,4 +15,4 @@ def main() -> None:
     sys.exit(run())
 
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "run"]
