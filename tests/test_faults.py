@@ -107,13 +107,21 @@ def _fill(url: str, rows: int) -> None:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)")
         conn.execute("INSERT INTO accounts SELECT g, g %% 97, repeat(md5(g::text), 3) FROM generate_series(1, %s) g",
                      (rows,))  # fmt: skip
+        conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, entry text NOT NULL)")
+        conn.execute("INSERT INTO ledger SELECT g, 'entry ' || g FROM generate_series(1, 100) g")
 
 
-def _fingerprint(url: str) -> tuple[object, ...]:
-    with _pg(url) as conn:
-        return tuple(conn.execute(
-            "SELECT count(*), coalesce(sum(balance), 0), md5(coalesce(string_agg(id || ':' || balance || ':' || note, "
-            "',' ORDER BY id), '')) FROM accounts").fetchone() or ())  # fmt: skip
+@contextlib.contextmanager
+def _ledger_locked(url: str) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on `ledger` from a session of the test: a snapshot or restore that
+    reaches that table waits there, mid-run, until the fault has struck (then the lock goes)."""
+    conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), application_name=WATCHER)
+    conn.execute("LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
 
 
 def _copy_running(url: str, direction: str) -> Callable[[], bool]:
@@ -132,6 +140,29 @@ def _copy_running(url: str, direction: str) -> Callable[[], bool]:
     return check
 
 
+def _waits_for_the_lock(url: str) -> Callable[[], bool]:
+    """True once a session other than the test's own waits for a lock on the database of `url`."""
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+    watcher = _pg(url)
+
+    def check() -> bool:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name <> %s "
+            "AND wait_event_type = 'Lock'",
+            (dbname, WATCHER),
+        ).fetchone()
+        return bool(row and row[0])
+
+    return check
+
+
+def _fingerprint(url: str) -> tuple[object, ...]:
+    with _pg(url) as conn:
+        return tuple(conn.execute(
+            "SELECT count(*), coalesce(sum(balance), 0), md5(coalesce(string_agg(id || ':' || balance || ':' || note, "
+            "',' ORDER BY id), '')) FROM accounts").fetchone() or ())  # fmt: skip
+
+
 def _terminate_others(url: str) -> Callable[[], None]:
     dbname = url.rsplit("/", 1)[1].split("?")[0]
 
@@ -147,8 +178,9 @@ def test_pg_connection_cut_mid_snapshot(tmp_path: Path, age_keys: tuple[str, str
     _fill(pg_url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_with_fault(["snapshot", "--db-url", pg_url, "--to", str(repo), "-r", age_keys[1]],
-                          _copy_running(pg_url, "TO STDOUT"), _terminate_others(pg_url), repeat=True)  # fmt: skip
+    with _ledger_locked(pg_url):
+        proc = run_with_fault(["snapshot", "--db-url", pg_url, "--to", str(repo), "-r", age_keys[1]],
+                              _waits_for_the_lock(pg_url), _terminate_others(pg_url), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
     assert_no_archive(repo)
 
@@ -234,8 +266,9 @@ def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, age_keys: tup
     _fill(url, 120_000)
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = run_with_fault(["snapshot", "--db-url", url, "--to", str(repo), "-r", recipient],
-                          _copy_running(url, "TO STDOUT"), _kill_postgres(own_pg))  # fmt: skip
+    with _ledger_locked(url):
+        proc = run_with_fault(["snapshot", "--db-url", url, "--to", str(repo), "-r", recipient],
+                              _waits_for_the_lock(url), _kill_postgres(own_pg))  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
     assert_no_archive(repo)
     # Restore into our server from an archive of the shared one, and kill the server while rows stream in.
