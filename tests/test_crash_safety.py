@@ -10,6 +10,7 @@ Random delays come from one seed, printed in every failure (set STATEKIT_TEST_SE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -59,6 +60,32 @@ def kill_after(args: list[str], delay: float, cwd: Path | None = None) -> int | 
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
     assert proc.returncode == 0, f"seed {SEED}: run that was not killed failed: {err}"
+    return proc.returncode
+
+
+def kill_at_size(args: list[str], repo: Path, size: int, jitter: float = 0.0) -> int | None:
+    """Start statekit and SIGKILL it (`jitter` seconds later) once its temporary archive in `repo` holds
+    `size` bytes: a kill point chosen by progress, not by a guess at how long a run takes. Its exit code
+    if it finished first, else None."""
+    proc = subprocess.Popen([STATEKIT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+
+    def written() -> int:
+        sizes = [0]
+        for p in repo.glob(".*.statekit.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(p.stat().st_size)
+        return max(sizes)
+
+    deadline = time.monotonic() + 120  # only turns a hang into a failure
+    while proc.poll() is None and written() < size and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    time.sleep(jitter)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+    assert proc.stderr is not None
+    assert proc.returncode == 0, f"seed {SEED}: run that was not killed failed: {proc.stderr.read().decode()}"
     return proc.returncode
 
 
@@ -117,16 +144,20 @@ def test_kill_during_snapshot(tmp_path: Path, age_keys: tuple[str, str], big_roo
     repo = tmp_path / "repo"
     repo.mkdir()
     args = ["snapshot", "--files-root", str(big_root), "--to", str(repo), "-r", recipient, "--name", "crash"]
-    full = timed(args)
-    for p in repo.glob("*.statekit"):
-        assert _verifies(p, identity)
+    assert run_cli(*args).returncode == 0
+    (first,) = repo.glob("*.statekit")
+    size = first.stat().st_size
+    assert _verifies(first, identity)
+    for p in repo.glob("*.statekit*"):
         p.unlink()
     rng = random.Random(SEED)
     leftovers: set[Path] = set()
     killed = finished = 0
     for trial in range(30):
-        delay = rng.uniform(0.05, full * 1.1)
-        if kill_after(args, delay) is None:
+        # 24 kills part way through the data, 6 around the end (finishing the file, renaming, the sidecar)
+        at = rng.randint(1, int(size * 0.9)) if trial < 24 else size
+        delay = 0.0 if trial < 24 else rng.uniform(0, 0.05)
+        if kill_at_size(args, repo, at, delay) is None:
             killed += 1
         else:
             finished += 1
@@ -136,7 +167,7 @@ def test_kill_during_snapshot(tmp_path: Path, age_keys: tuple[str, str], big_roo
                 continue
             if name.endswith(".statekit"):
                 # The promise: anything named *.statekit is a finished archive.
-                assert _verifies(path, identity), f"seed {SEED} trial {trial} (killed at {delay:.3f}s): {name}"
+                assert _verifies(path, identity), f"seed {SEED} trial {trial} (killed at {at} bytes): {name}"
                 path.unlink()
                 path.with_name(name + ".meta.json").unlink(missing_ok=True)
             elif name.endswith(".statekit.meta.json"):
@@ -144,7 +175,7 @@ def test_kill_during_snapshot(tmp_path: Path, age_keys: tuple[str, str], big_roo
             else:
                 assert TEMP_RE.match(name), f"seed {SEED} trial {trial}: unexpected file {name} in the repository"
                 leftovers.add(path)
-    assert killed >= 10, f"seed {SEED}: only {killed} of 30 runs were killed mid-way"
+    assert killed >= 24, f"seed {SEED}: only {killed} of 30 runs were killed (24 kill points are mid-data)"
     # The lock of a killed run never blocks the next run.
     proc = run_cli(*args)
     assert proc.returncode == 0, f"seed {SEED}: the run after the kills failed: {proc.stderr}"
