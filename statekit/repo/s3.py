@@ -172,7 +172,7 @@ class S3Repository(Repository):
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise StorageError(f"{self.describe(key)}: no such archive") from None
+                raise UsageError(f"{self.describe(key)}: no such archive") from None
             raise _translate(self.describe(key), exc) from None
         except Exception as exc:
             raise _translate(self.describe(key), exc) from None

@@ -291,7 +291,9 @@ class LocalRepository(Repository):
         try:
             return open(self._path(key), "rb", buffering=_COPY_BLOCK)
         except FileNotFoundError:
-            raise StorageError(f"{self._path(key)}: no such archive") from None
+            raise UsageError(f"{self._path(key)}: no such archive") from None
+        except IsADirectoryError:
+            raise UsageError(f"{self._path(key)}: is a directory, not an archive") from None
         except OSError as exc:
             raise StorageError(f"{self._path(key)}: cannot read: {exc.strerror}") from None
 
@@ -306,8 +308,10 @@ class LocalRepository(Repository):
     def fetched(self, archive: str) -> Iterator[Path]:
         """The archive's own path (no copy for a local repository)."""
         path = self._path(archive)
-        if not path.is_file():
-            raise StorageError(f"{path}: no such archive")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a directory, not an archive")
+        if not path.exists():
+            raise UsageError(f"{path}: no such archive")
         yield path
 
     def describe(self, key: str) -> str:
