@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from statekit import __version__
+from statekit import __version__, textfmt
 from statekit.config import Config, load_config
 from statekit.errors import EXIT_CODES, StatekitError
 from statekit.model import no_progress
@@ -108,13 +108,16 @@ class App:
 
 
 class _TtyProgress:
-    """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA."""
+    """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA. Redraws
+    are throttled, but a tier's line always ends on its final counts."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.last = 0.0
         self.tier = ""
         self.totals: dict[str, int] = {}
+        self._latest: tuple[int, int] = (0, 0)
+        self._stale = False
 
     def set_total(self, tier: str, total: int) -> None:
         self.totals[tier] = total
@@ -122,25 +125,37 @@ class _TtyProgress:
     def close(self) -> None:
         """End the live line so that what follows starts on a line of its own."""
         if self.tier:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            self._finish()
             self.tier = ""
+
+    def _finish(self) -> None:
+        if self._stale:
+            self._draw(time.monotonic(), *self._latest)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
     def __call__(self, tier: str, items: int, nbytes: int) -> None:
         now = time.monotonic()
         if tier != self.tier:
             if self.tier:
-                sys.stderr.write("\n")
+                self._finish()
             self.tier = tier
             self.start = now
+            self.last = 0.0
+        self._latest = (items, nbytes)
         if now - self.last < 0.1:
+            self._stale = True
             return
+        self._draw(now, items, nbytes)
+
+    def _draw(self, now: float, items: int, nbytes: int) -> None:
         self.last = now
+        self._stale = False
         elapsed = max(now - self.start, 1e-6)
         rate = items / elapsed
-        total = self.totals.get(tier)
-        done = f"{items:>10,}" + (f"/{total:,}" if total else "")
-        line = f"  {tier:<6} {done} items  {human_bytes(nbytes):>9}  {rate:>9,.0f}/s"
+        total = self.totals.get(self.tier)
+        done = f"{textfmt.count(items):>10}" + (f"/{textfmt.count(total)}" if total else "")
+        line = f"  {self.tier:<6} {done} items  {human_bytes(nbytes):>9}  {textfmt.count(rate):>9}/s"
         if total and rate > 0 and items < total:
             line += f"  ETA {_eta((total - items) / rate)}"
         sys.stderr.write("\r" + line + "\033[K")
@@ -155,11 +170,8 @@ def _eta(seconds: float) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Bytes in binary units (statekit.textfmt.size)."""
+    return textfmt.size(n)
 
 
 def _isatty(stream: Any) -> bool:
@@ -236,8 +248,19 @@ COMMAND_MODULES = {
 }
 
 
+class _OutputClosed(Exception):
+    """The reader of stdout went away (`statekit … | head -1`): the command's output was cut, nothing failed."""
+
+
 class _LazyGroup(click.Group):
     """The root group: commands are registered by their modules, imported on first use."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # click turns EPIPE into sys.exit(1), which is the drift code: report a closed pipe on our own terms.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _OutputClosed() from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMAND_MODULES})
@@ -298,7 +321,8 @@ def run(argv: list[str] | None = None) -> int:
         return _report_error("usage", exc.format_message(), 2, wants_json)
     except KeyboardInterrupt:
         return _report_error("interrupted", "interrupted", 130, wants_json)
-    except BrokenPipeError:
+    except (BrokenPipeError, _OutputClosed):
+        _discard_stdout()
         return 0
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("STATEKIT_DEBUG"):
@@ -311,6 +335,16 @@ def run(argv: list[str] | None = None) -> int:
         )
     # in non-standalone mode click returns ctx.exit(N)'s code instead of raising
     return rv if isinstance(rv, int) else 0
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file descriptor (tests capture it): nothing will flush to a pipe
 
 
 def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:

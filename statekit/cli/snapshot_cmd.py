@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import recipient_options, resolve_recipients
 from statekit.cli._signing import load_sign_key, sign_archive_file, sign_key_options
@@ -160,7 +161,8 @@ def _quiet_warn(app: App) -> Any:
 def _summary(app: App, result: SnapshotJobResult) -> list[str]:
     snap = result.snapshot
     counts = ", ".join(f"{t.tier}: " + _counts(t.counts) for t in snap.tiers)
-    line = f"snapshot {result.location} ({human_bytes(snap.size)}, {snap.finished_at - snap.started_at:.1f}s) {counts}"
+    took = textfmt.duration(snap.finished_at - snap.started_at)
+    line = f"snapshot {result.location} ({human_bytes(snap.size)}, {took}) {counts}"
     extras = []
     if result.stale_locks_removed:
         extras.append(f"removed {len(result.stale_locks_removed)} stale lock(s)")
@@ -220,5 +222,5 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    main = [f"{v} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
+    main = [f"{textfmt.count(v)} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
     return " ".join(main) or "-"
