@@ -29,7 +29,7 @@ def test_cron_output_json_everywhere_and_prune_reasons(tmp_path: Path) -> None:
     assert snap.returncode == 0, snap.stderr
     assert snap.stdout.count("\n") == 1 and snap.stdout.startswith(f"snapshot {repo}/statekit-")
     assert snap.stderr == ""  # not a TTY: no progress, warnings only counted in the summary line
-    assert "1 warning(s), -v shows them" in snap.stdout
+    assert "1 warning, -v shows them" in snap.stdout
     assert "warning:" in sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", rec, "-v").stderr
     quiet = sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", rec, "-q", "--name", "other")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""

@@ -56,8 +56,8 @@ class App:
 
     @property
     def interactive(self) -> bool:
-        """Progress bars and prompts only when a person is watching."""
-        return not self.json and not self.quiet and _isatty(sys.stderr)
+        """Progress bars and prompts only when a person is watching (and stderr is not a JSON log)."""
+        return not self.json and not self.quiet and self.log_format != "json" and _isatty(sys.stderr)
 
     def info(self, message: str) -> None:
         """A line for a person (suppressed by -q and --json)."""
@@ -67,6 +67,13 @@ class App:
     def detail(self, message: str) -> None:
         """A line shown with -v only."""
         if self.verbose and not self.json:
+            self.stderr(message)
+
+    def stderr(self, message: str, level: str = "info") -> None:
+        """A line for stderr: plain text, or a JSON log line with --log-format json."""
+        if self.log_format == "json":
+            _log_json(level, message)
+        else:
             click.echo(message, err=True)
 
     def warn(self, message: str) -> None:
@@ -181,8 +188,37 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def _log_json(level: str, message: str) -> None:
-    sys.stderr.write(json.dumps({"ts": time.time(), "level": level, "message": message}) + "\n")
+def _log_json(level: str, message: str, **extra: Any) -> None:
+    """One JSON object per stderr line: with --log-format json, nothing else is written to stderr."""
+    sys.stderr.write(json.dumps({"ts": time.time(), "level": level, "message": message, **extra}) + "\n")
+    sys.stderr.flush()
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """Library log records (and Python warnings) as the same JSON lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "py.warnings":  # "file:line: Category: text\n  source line" → the text only
+            message = message.strip().splitlines()[0].split(": ", 2)[-1] if message.strip() else message
+        return json.dumps({"ts": record.created, "level": record.levelname.lower(), "message": message})
+
+
+def _json_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def _json_log_requested(args: list[str]) -> bool:
+    """--log-format json anywhere on the command line (so that even a usage error is a JSON line)."""
+    for i, arg in enumerate(args):
+        if arg == "--log-format=json" or (arg == "--log-format" and args[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
 
 
 def common_options(func: F) -> F:
@@ -222,7 +258,7 @@ def common_options(func: F) -> F:
         app.verbose = max(app.verbose, verbose)
         app.log_format = log_format or app.log_format
         if app.log_format == "json":
-            logging.basicConfig(level=logging.INFO if app.verbose else logging.WARNING, format="%(message)s")
+            _json_logging(app.verbose)
         return func(app, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -303,6 +339,8 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; errors become one line on stderr (or JSON with --json)."""
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    global _JSON_LOG
+    _JSON_LOG = _json_log_requested(args)
     try:
         rv = cli.main(args=args, prog_name="statekit", standalone_mode=False)
     except StatekitError as exc:
@@ -347,16 +385,18 @@ def _discard_stdout() -> None:
         pass  # stdout is not a file descriptor (tests capture it): nothing will flush to a pipe
 
 
+_JSON_LOG = False  # --log-format json was given: set by run() before anything is printed
+
+
 def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:
     message = " ".join(message.split())
+    if wants_json:
+        doc = {"schema": JSON_SCHEMA, "ok": False, "error": {"kind": kind, "message": message, "exit_code": code}}
+        click.echo(json.dumps(doc, indent=2))
+    if _JSON_LOG:
+        _log_json("error", message, kind=kind, exit_code=code)
+        return code
     if _isatty(sys.stderr):
         sys.stderr.write("\r\033[K")  # replace a live progress line, if one was being drawn
-    if wants_json:
-        doc = {
-            "schema": JSON_SCHEMA,
-            "ok": False,
-            "error": {"kind": kind, "message": message, "exit_code": code},
-        }
-        click.echo(json.dumps(doc, indent=2))
     click.echo(f"Error: {message}", err=True)
     return code

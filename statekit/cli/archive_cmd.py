@@ -177,8 +177,8 @@ def verify(
                 )
             if not report.ok:
                 for c in [c for c in report.checks if not c.ok][:10]:
-                    click.echo(
-                        f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}", err=True
+                    app.stderr(
+                        f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}", "error"
                     )
                 first = next(c for c in report.checks if not c.ok)
                 raise TierError(

@@ -109,7 +109,7 @@ def restore(
     def ask(plan: RestoreReport) -> bool:
         if not yes and not app.json:
             for line in render_report(plan):
-                click.echo(line, err=True)
+                app.stderr(line)
         return confirm(app, f"Restore the {tier} tier from {archive}?", yes)
 
     report = restore_tier(

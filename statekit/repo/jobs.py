@@ -173,6 +173,18 @@ def _resolve_target(to: str) -> tuple[Repository, Path | None]:
     return repo, None
 
 
+def repository_for(to: str) -> Repository | None:
+    """The repository a `--to` value writes into, without creating anything; None if it cannot be named."""
+    try:
+        if is_s3_url(to):
+            return open_repository(to)
+        path = Path(to)
+        root = path.parent if is_archive_path(to) else path
+        return LocalRepository(root) if root.is_dir() else None
+    except StatekitError:
+        return None
+
+
 def snapshot_job(
     cfg: Config,
     recipients: Sequence[Recipient],
