@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -47,6 +48,7 @@ NOT_RUN = {
     "systemctl": "needs systemd",
     "kubectl": "needs a Kubernetes cluster",
     "docker compose": "needs the Evolution API images",
+    "cd /opt/evolution": "the host's crontab for docker compose: test_compose_service runs the service's command",
 }
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
@@ -77,8 +79,15 @@ def blocks(doc: Path) -> list[Block]:
     ]
 
 
+def _cron_jobs(text: str) -> list[str]:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [ln.split(None, 5)[5] for ln in lines if not re.match(r"[A-Z_][A-Z0-9_]*=", ln) and len(ln.split()) > 5]
+
+
 def _is_runnable(b: Block) -> bool:
-    return (b.kind == "sh" and "runnable" in b.words) or b.kind == "cron" or any(w.startswith("file=") for w in b.words)
+    if b.kind == "cron":
+        return not any(job.startswith(tuple(NOT_RUN)) for job in _cron_jobs(b.text))
+    return (b.kind == "sh" and "runnable" in b.words) or any(w.startswith("file=") for w in b.words)
 
 
 @dataclass
@@ -233,3 +242,100 @@ def test_readme_cron_line_twice_on_a_new_path_leaves_two_archives(tmp_path: Path
     archives = json.loads(listed.stdout)["archives"]
     assert len(archives) == 2, listed.stdout
     assert all(set(a["tiers"]) == {"db", "redis", "files"} for a in archives), archives
+
+
+# -- the Kubernetes CronJob and the docker compose service of docs/OPERATIONS.md ------------------------------------
+
+
+def _yaml_block(heading: str) -> str:
+    text = (REPO / "docs" / "OPERATIONS.md").read_text()
+    section = text[text.index(heading) :]
+    return next(b.text for b in blocks_of(section) if b.kind == "yaml")
+
+
+def blocks_of(text: str) -> list[Block]:
+    return [Block(REPO / "docs" / "OPERATIONS.md", m.group(1).strip(), m.group(2), 0) for m in _FENCE.finditer(text)]
+
+
+def _statekit_part(shell: str) -> list[str]:
+    """The statekit command of `pip install … && exec statekit …` (the install is what the image lacks)."""
+    install, sep, rest = shell.partition("&&")
+    assert sep and install.strip().startswith("pip install") and "statekit" in install, shell
+    argv = shlex.split(rest.strip())
+    assert argv[:2] == ["exec", "statekit"], argv
+    return argv[2:]
+
+
+def test_kubernetes_cronjob_runs_as_written(
+    tmp_path: Path, pg_url: str, redis_url: str, request: pytest.FixtureRequest
+) -> None:
+    """The CronJob's command, environment and mounts, with its secret, Redis and volume pointed at the test's."""
+    import yaml
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+
+    job = yaml.safe_load(_yaml_block("## Kubernetes CronJob"))
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"].startswith("python:"), "a published Python image, no image of our own"
+    session = _session(tmp_path, pg_url, redis_url)
+    subprocess.run([STATEKIT, "keygen", "-o", str(session.work / "identity.txt")], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STATEKIT_", "AWS_"))}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = str(item["value"]).replace("age1…", session.recipient() or "")
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert item["name"] == "STATEKIT_DB_URL" and ref["name"], item  # the database secret
+            env[item["name"]] = pg_url
+    assert env["STATEKIT_REDIS_URL"].startswith("redis://")
+    env["STATEKIT_REDIS_URL"] = redis_url
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    instances = mounts[env["STATEKIT_FILES_ROOT"]]
+    volume = next(v for v in pod["volumes"] if v["name"] == instances["name"])
+    assert instances.get("readOnly") and "persistentVolumeClaim" in volume, "the instances volume, read-only"
+    env["STATEKIT_FILES_ROOT"] = str(tmp_path / "evolution" / "instances")
+    assert [e["secretRef"]["name"] for e in container["envFrom"]]  # AWS keys from a secret
+    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_ENDPOINT_URL_S3=endpoint)
+    assert container["command"] == ["sh", "-c"]
+    argv = [session.localize(a) for a in _statekit_part(container["args"][0])]
+    proc = subprocess.run([STATEKIT, *argv], env=env, capture_output=True, text=True, timeout=300, cwd=session.work)
+    assert proc.returncode == 0, proc.stderr
+    assert all(json.loads(line) for line in proc.stderr.splitlines()), "--log-format json: every stderr line JSON"
+    repo = next(a for a in argv if a.startswith("s3://"))
+    listed = subprocess.run([STATEKIT, "list", repo, "--json"], env=env, capture_output=True, text=True, check=True)
+    [archive] = json.loads(listed.stdout)["archives"]
+    assert archive["name"] == "evolution" and set(archive["tiers"]) == {"db", "redis", "files"}
+
+
+def test_compose_service_runs_as_written(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    """The service beside Evolution API's compose file: its environment (filled in from .env as compose does),
+    its volumes and its command, with the service names pointed at the test servers."""
+    import yaml
+    from sqlalchemy.engine import make_url
+
+    [service] = yaml.safe_load("services:\n" + _yaml_block("## docker compose"))["services"].values()
+    assert service["image"].startswith("python:") and "evolution-net" in service["networks"]
+    assert "evolution_instances:/evolution/instances:ro" in service["volumes"]
+    assert {"redis", "evolution-postgres"} <= set(service["depends_on"])
+    session = _session(tmp_path, pg_url, redis_url)
+    subprocess.run([STATEKIT, "keygen", "-o", str(session.work / "identity.txt")], check=True, capture_output=True)
+    pg, rd = make_url(pg_url), redis_url.removeprefix("redis://")
+    dotenv = {"POSTGRES_USERNAME": pg.username or "", "POSTGRES_PASSWORD": pg.password or "",
+              "POSTGRES_DATABASE": pg.database or ""}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STATEKIT_", "AWS_"))}
+    for name, value in service["environment"].items():
+        value = re.sub(r"\$\{(\w+)\}", lambda m: dotenv[m.group(1)], str(value))
+        value = value.replace("evolution-postgres:5432", f"{pg.host}:{pg.port or 5432}")
+        value = re.sub(r"evolution-redis:6379/\d+", rd, value)
+        env[name] = value.replace("age1…", session.recipient() or "")
+    env["STATEKIT_FILES_ROOT"] = str(tmp_path / "evolution" / "instances")
+    entry = service["entrypoint"]
+    assert entry[:2] == ["sh", "-c"] and entry[2].endswith('exec statekit "$$@"')
+    _statekit_part(entry[2].replace('"$$@"', ""))  # the install, then statekit with the service's command
+    backups = session.work / "backups"
+    argv = [a.replace("/backups", str(backups)) for a in service["command"]]
+    for _ in range(2):
+        proc = subprocess.run([STATEKIT, *argv], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+    assert len(list((backups / "statekit").glob("evolution-*.statekit"))) == 2
