@@ -166,7 +166,7 @@ def _summary(app: App, result: SnapshotJobResult) -> list[str]:
     line = f"snapshot {result.location} ({human_bytes(snap.size)}, {took}) {counts}"
     extras = []
     if result.stale_locks_removed:
-        extras.append(f"removed {len(result.stale_locks_removed)} stale lock(s)")
+        extras.append(f"removed {textfmt.counted(len(result.stale_locks_removed), 'stale lock')}")
     if result.prune is not None:
         removed = sum(len(g.remove) for g in result.prune.groups)
         kept = sum(len(g.keep) for g in result.prune.groups)
