@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -292,11 +293,14 @@ class _LazyGroup(click.Group):
     """The root group: commands are registered by their modules, imported on first use."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        # click turns EPIPE into sys.exit(1), which is the drift code: report a closed pipe on our own terms.
+        # click turns any EPIPE into sys.exit(1), the drift code. Only a closed stdout is the reader's choice;
+        # a broken pipe to a server that no tier translated is a bug, reported as one.
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
-            raise _OutputClosed() from None
+        except BrokenPipeError as exc:
+            if _stdout_closed():
+                raise _OutputClosed() from None
+            raise RuntimeError(f"broken pipe: {exc}") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMAND_MODULES})
@@ -339,27 +343,26 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; errors become one line on stderr (or JSON with --json)."""
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
-    global _JSON_LOG
-    _JSON_LOG = _json_log_requested(args)
+    json_log = _json_log_requested(args)
     try:
         rv = cli.main(args=args, prog_name="statekit", standalone_mode=False)
     except StatekitError as exc:
-        return _report_error(exc.kind, exc.message, exc.exit_code, wants_json)
+        return _report_error(exc.kind, exc.message, exc.exit_code, wants_json, json_log)
     except _NO_ARGS_IS_HELP as exc:
         ctx = getattr(exc, "ctx", None)
         click.echo(ctx.get_help() if ctx else str(exc))
         return 2
     except click.exceptions.UsageError as exc:
-        return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json)
+        return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json, json_log)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
-        return _report_error("interrupted", "interrupted", 130, wants_json)
+        return _report_error("interrupted", "interrupted", 130, wants_json, json_log)
     except click.ClickException as exc:
-        return _report_error("usage", exc.format_message(), 2, wants_json)
+        return _report_error("usage", exc.format_message(), 2, wants_json, json_log)
     except KeyboardInterrupt:
-        return _report_error("interrupted", "interrupted", 130, wants_json)
-    except (BrokenPipeError, _OutputClosed):
+        return _report_error("interrupted", "interrupted", 130, wants_json, json_log)
+    except _OutputClosed:
         _discard_stdout()
         return 0
     except Exception as exc:  # a bug: still one line, the traceback only on request
@@ -370,9 +373,21 @@ def run(argv: list[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc} (set STATEKIT_DEBUG=1 for a traceback)",
             19,
             wants_json,
+            json_log,
         )
     # in non-standalone mode click returns ctx.exit(N)'s code instead of raising
     return rv if isinstance(rv, int) else 0
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _discard_stdout() -> None:
@@ -385,15 +400,12 @@ def _discard_stdout() -> None:
         pass  # stdout is not a file descriptor (tests capture it): nothing will flush to a pipe
 
 
-_JSON_LOG = False  # --log-format json was given: set by run() before anything is printed
-
-
-def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:
+def _report_error(kind: str, message: str, code: int, wants_json: bool, json_log: bool = False) -> int:
     message = " ".join(message.split())
     if wants_json:
         doc = {"schema": JSON_SCHEMA, "ok": False, "error": {"kind": kind, "message": message, "exit_code": code}}
         click.echo(json.dumps(doc, indent=2))
-    if _JSON_LOG:
+    if json_log:
         _log_json("error", message, kind=kind, exit_code=code)
         return code
     if _isatty(sys.stderr):
