@@ -128,7 +128,10 @@ def restore(
 def render_report(report: RestoreReport) -> list[str]:
     """A restore plan or result for a person."""
     head = "plan" if report.dry_run else "restored"
-    counts = ", ".join(f"{k} {textfmt.count(v)}" for k, v in report.counts.items())
+    counts = ", ".join(
+        f"took {textfmt.duration(v / 1000)}" if k == "duration_ms" else f"{k} {textfmt.count(v)}"
+        for k, v in report.counts.items()
+    )
     lines = [f"{head} ({report.tier}): {counts or 'nothing to do'}"]
     # changes first: a long plan must not hide them behind the items that stay as they are
     for item in sorted(report.plan, key=lambda i: i.get("action") == "unchanged")[:20]:
