@@ -48,6 +48,14 @@ def _port() -> int:
     raise RuntimeError("no free port pair")
 
 
+def _fixed_port_listeners_off(weed: str) -> list[str]:
+    """Newer SeaweedFS also serves Iceberg and Lance catalogs on fixed ports (8181, 9101): a second server on
+    the machine (another test run) would die on them. Turn them off where this `weed` has them."""
+    usage = subprocess.run([weed, "server", "-h"], capture_output=True, text=True, timeout=60)
+    text = usage.stdout + usage.stderr
+    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in text]
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A SeaweedFS master+volume+filer+S3 gateway with one admin identity; its URL."""
@@ -63,7 +71,7 @@ def s3_endpoint() -> Iterator[str]:
     args = [weed, "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={_port()}", f"-volume.port={_port()}", f"-filer.port={_port()}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={root / 's3.json'}",
-            "-volume.max=32", "-master.volumeSizeLimitMB=32"]  # fmt: skip
+            "-volume.max=32", "-master.volumeSizeLimitMB=32", *_fixed_port_listeners_off(weed)]  # fmt: skip
     with open(root / "weed.log", "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{s3_port}"
@@ -84,7 +92,10 @@ def s3_endpoint() -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it died on its own; the failure it caused is already reported
         try:
             proc.wait(2)
         except subprocess.TimeoutExpired:
