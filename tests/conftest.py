@@ -44,7 +44,7 @@ from tests.servers import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"
 
 
 @pytest.fixture(autouse=True)
@@ -356,8 +356,8 @@ def age_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 @pytest.fixture
 def vectors_dir() -> Path:
-    """The age test vectors; a missing folder is a failure, not a skip."""
-    path = SHARED / "vectors" / "age"
+    """The age test vectors kept in the repository; a missing folder is a failure, not a skip."""
+    path = VECTORS / "age"
     if not path.is_dir():
-        pytest.fail(f"age test vectors not found at {path}: the tests need ../shared/vectors/age")
+        pytest.fail(f"age test vectors not found at {path}: the checkout is incomplete (see tests/vectors/README.md)")
     return path

@@ -254,6 +254,14 @@ def _weed_port() -> int:
     raise RuntimeError("no free port pair")
 
 
+def _fixed_port_listeners_off(weed: str) -> list[str]:
+    """Newer SeaweedFS also serves Iceberg and Lance catalogs on fixed ports (8181, 9101): a second server on
+    the machine (another test run) would die on them. Turn them off where this `weed` has them."""
+    usage = subprocess.run([weed, "server", "-h"], capture_output=True, text=True, timeout=60)
+    text = usage.stdout + usage.stderr
+    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in text]
+
+
 @dataclass
 class SeaweedS3:
     """A SeaweedFS master+volume+filer+S3 gateway on loopback with one admin identity and S3_BUCKET."""
@@ -283,7 +291,7 @@ class SeaweedS3:
         args = [self.binary, "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={_weed_port()}", f"-volume.port={_weed_port()}", f"-filer.port={_weed_port()}",
                 "-s3", f"-s3.port={self.port}", f"-s3.config={self.root / 's3.json'}",
-                "-volume.max=32", "-master.volumeSizeLimitMB=32"]  # fmt: skip
+                "-volume.max=32", "-master.volumeSizeLimitMB=32", *_fixed_port_listeners_off(self.binary)]  # fmt: skip
         with open(self.root / "weed.log", "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = self.client()

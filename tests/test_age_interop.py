@@ -1,7 +1,8 @@
 """statekit.archive.age/keys against the real `age` CLI, plus streaming, memory, property and tamper tests.
 
-Interop peer: the Debian `age` and `age-keygen` binaries (CI installs them). If they are not on PATH the
-interop tests fail with a message; they never skip.
+Interop peer: the Go `age` and `age-keygen` binaries (Debian package `age`; CI installs it). When they are not
+on PATH the interop tests skip with that reason, except under STATEKIT_REQUIRE_TOOLS=1 (CI), where they fail.
+The interop with pyrage (Rust rage), which every dev install has, is in test_age_pyrage.py and always runs.
 
 Passphrases: the age CLI (1.1.1 here) reads a passphrase only from a terminal (/dev/tty, or stdin when it
 is a terminal); it has no environment variable or flag for it. The tests give it one: they run `age`
@@ -23,7 +24,6 @@ import os
 import pty
 import random
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -66,6 +66,7 @@ from statekit.archive.keys import (
     write_identity_file,
 )
 from statekit.errors import CorruptArchive, DecryptionError, KeyFileError, Refused, UsageError
+from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 ENC_CHUNK = CHUNK_SIZE + 16
@@ -76,23 +77,14 @@ PASSPHRASE = "correct horse battery staple"
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"`{name}` is not on PATH: the age interop tests need the age CLI (Debian/Ubuntu: apt-get install age)"
-        )
-    return path
-
-
 @pytest.fixture(scope="module")
 def age_bin() -> str:
-    return _tool("age")
+    return require_tool("age")["age"]
 
 
 @pytest.fixture(scope="module")
 def age_keygen_bin() -> str:
-    return _tool("age-keygen")
+    return require_tool("age-keygen")["age-keygen"]
 
 
 def _data(size: int, seed: int = 0) -> bytes:

@@ -203,8 +203,8 @@ OK_FILE = [("files/a.json", b"{}")]
 CASES: list[Case] = [
     # -- not an archive, or a damaged one ------------------------------------------------------------------------
     Case("empty-file", lambda c: c.verify(c.file("e.statekit", b"")), 3, "empty"),
-    Case("missing-file", lambda c: c.verify(str(c.work / "nope.statekit")), 9, "no such archive"),
-    Case("directory", lambda c: c.verify(str(c.work)), 9, "directory"),
+    Case("missing-file", lambda c: c.verify(str(c.work / "nope.statekit")), 2, "no such archive"),
+    Case("directory", lambda c: c.verify(str(c.work)), 2, "is a directory"),
     Case("random-bytes", lambda c: c.verify(c.file("r.statekit", os.urandom(5000))), 3, "not a statekit archive"),
     Case("text-file", lambda c: c.verify(c.file("t.statekit", "hello\n" * 100)), 3, "not a statekit archive"),
     Case("truncated-half", lambda c: c.verify(c.mutated(c.world.good, lambda d: d[: len(d) // 2])), 3, "truncated"),
@@ -388,9 +388,9 @@ def test_bad_input(
 
 def test_errors_are_json_with_json_flag(world: World, tmp_path: Path) -> None:
     proc = run_cli(["verify", str(tmp_path / "none.statekit"), "--json"], cwd=tmp_path, env={})
-    assert proc.returncode == 9
+    assert proc.returncode == 2
     doc = json.loads(proc.stdout)
-    assert doc["ok"] is False and doc["error"]["exit_code"] == 9 and "no such archive" in doc["error"]["message"]
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 2 and "no such archive" in doc["error"]["message"]
 
 
 def test_the_crafted_archive_is_itself_valid(world: World, tmp_path: Path) -> None:

@@ -97,9 +97,9 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys: pytest.Ca
 
 def test_json_error_document(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _err = cli(capsys, "verify", "missing.statekit", "--json")
-    assert code == 9
+    assert code == 2
     doc = json.loads(out)
-    assert doc["ok"] is False and doc["error"]["exit_code"] == 9 and "missing.statekit" in doc["error"]["message"]
+    assert doc["ok"] is False and doc["error"]["exit_code"] == 2 and "missing.statekit" in doc["error"]["message"]
 
 
 def test_snapshot_refuses_without_a_key(keys: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from statekit.cli import run
 from statekit.config import load_config
+from tests.tools import require_tool
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -128,6 +129,7 @@ def test_keygen_writes_0600_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
 
 
 def test_keygen_output_works_with_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_tool("age", "age-keygen")
     code, out, _ = cli(capsys, "keygen", "-o", "id.txt", "--json")
     assert code == 0
     recipient = json.loads(out)["recipient"]

@@ -142,8 +142,8 @@ def test_8_refused_without_confirmation(tmp_path: Path, env: dict[str, str]) -> 
 
 
 def test_9_storage(tmp_path: Path, env: dict[str, str]) -> None:
-    out = sk("snapshot", "--files-root", env["root"], "--to", str(tmp_path / "no" / "dir" / ""), "-r", env["rec"],
-             "--json")  # fmt: skip
+    out = sk("snapshot", "--files-root", env["root"], "--to", str(tmp_path / "no" / "dir" / "a.statekit"),
+             "-r", env["rec"], "--json")  # fmt: skip
     assert_error(out, 9, "storage")
     assert_error(sk("list", str(tmp_path / "nowhere"), "--json"), 9, "storage")
 

@@ -17,6 +17,7 @@ from statekit.archive.format import Archive
 from statekit.archive.keys import read_identity_file
 from statekit.cli import run
 from statekit.model import now_ms
+from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "fixtures" / "golden"
@@ -62,6 +63,7 @@ def test_golden_archive_restores_modes_and_mtimes(identity_file: Path, capsys: p
 
 
 def test_golden_archive_reads_with_standard_tools(identity_file: Path, tmp_path: Path) -> None:
+    require_tool("age", "zstd", "tar")
     listing = subprocess.run(
         f"age -d -i {identity_file} {GOLDEN / 'v1-files.statekit'} | zstd -d | tar -t",
         shell=True, capture_output=True, text=True, check=True,

@@ -106,10 +106,27 @@ def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
     assert m[("statekit_rehearse_checks", (("archive", "a.statekit"), ("outcome", "failed"), ("tier", "db")))] == 0
 
 
-def test_metrics_file_in_missing_directory_is_a_storage_error(tmp_path: Path, recipient: str) -> None:
+def test_metrics_file_in_missing_directory_is_a_warning_counted_next_time(tmp_path: Path, recipient: str) -> None:
+    """The backup is what the run is about: a metrics file it cannot write is a warning, not a failed backup,
+    and the next metrics file that is written counts the lost one."""
     root = tmp_path / "src"
     root.mkdir()
-    out = sk("snapshot", "--files-root", str(root), "--to", str(tmp_path), "-r", recipient,
-             "--metrics-file", str(tmp_path / "nope" / "x.prom"), "--json")  # fmt: skip
-    assert out.returncode == 9
-    assert json.loads(out.stdout)["error"]["kind"] == "storage"
+    (root / "k.json").write_text("{}")
+    repo = tmp_path / "repo"
+    missing = tmp_path / "nope" / "x.prom"
+    out = sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", recipient,
+             "--metrics-file", str(missing), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is True and any(str(missing.parent) in w for w in doc["warnings"])
+    assert len(list(repo.glob("statekit-*.statekit"))) == 1
+    plain = sk(
+        "snapshot", "--files-root", str(root), "--to", str(repo), "-r", recipient, "--metrics-file", str(missing)
+    )
+    assert plain.returncode == 0 and "warning: metrics file" in plain.stderr  # shown even without a terminal
+    good = tmp_path / "good.prom"
+    assert sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", recipient,
+              "--metrics-file", str(good)).returncode == 0  # fmt: skip
+    m = parse(good)
+    assert m[("statekit_snapshot_metrics_write_failures_total", (("name", "statekit"),))] == 2
+    assert m[("statekit_snapshot_success", (("name", "statekit"),))] == 1

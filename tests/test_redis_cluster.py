@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -16,11 +15,13 @@ import redis
 from statekit.config import RedisConfig
 from tests.redis_support import client, put_back, same_state, state, take
 from tests.servers import RedisProcess, free_port
+from tests.tools import require_tool
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-cli") is None or shutil.which("redis-server") is None,
-    reason="redis-server and redis-cli (Debian package redis-server) are needed for a local cluster",
-)
+
+@pytest.fixture(autouse=True)
+def _cluster_tools() -> None:
+    """A local cluster needs redis-server and redis-cli on PATH (skip, or fail under STATEKIT_REQUIRE_TOOLS=1)."""
+    require_tool("redis-server", "redis-cli")
 
 
 def _cluster_port() -> int:

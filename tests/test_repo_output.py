@@ -29,7 +29,7 @@ def test_cron_output_json_everywhere_and_prune_reasons(tmp_path: Path) -> None:
     assert snap.returncode == 0, snap.stderr
     assert snap.stdout.count("\n") == 1 and snap.stdout.startswith(f"snapshot {repo}/statekit-")
     assert snap.stderr == ""  # not a TTY: no progress, warnings only counted in the summary line
-    assert "1 warning(s), -v shows them" in snap.stdout
+    assert "1 warning, -v shows them" in snap.stdout
     assert "warning:" in sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", rec, "-v").stderr
     quiet = sk("snapshot", "--files-root", str(root), "--to", str(repo), "-r", rec, "-q", "--name", "other")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
@@ -53,7 +53,7 @@ def test_cron_output_json_everywhere_and_prune_reasons(tmp_path: Path) -> None:
     assert {a["name"] for a in doc["archives"]} == {"statekit", "other"}
     assert all(a["tiers"]["files"]["files"] == 1 for a in doc["archives"])
     human = sk("list", str(repo))
-    assert "2 archive(s)" in human.stdout and "files: 1 files" in human.stdout
+    assert "2 archives," in human.stdout and "files: 1 files" in human.stdout
 
     dry = sk("prune", str(repo), "--keep-daily", "1", "--dry-run", "--json")
     assert dry.returncode == 0 and json.loads(dry.stdout)["dry_run"] is True

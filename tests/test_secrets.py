@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from statekit.archive.format import Archive
 from statekit.archive.keys import ScryptIdentity, generate_identity
 from tests.servers import RedisProcess, free_port
+from tests.tools import age_decrypt, zstd_decompress
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 TOKEN = secrets.token_hex(6)
@@ -71,12 +72,8 @@ def extract(archive: Path, identity: Path, dest: Path) -> Path:
     """age -d | zstd -d | tar -x, with the standard tools, as a person would without statekit."""
     dest.mkdir(parents=True)
     head = archive.read_bytes()[:32]
-    if head.startswith(AGE_MAGIC):
-        cmd = ["age", "-d", "-i", str(identity), str(archive)]
-        dec = subprocess.run(cmd, capture_output=True, check=True).stdout
-    else:
-        dec = archive.read_bytes()
-    plain = subprocess.run(["zstd", "-d", "-c"], input=dec, capture_output=True, check=True).stdout
+    dec = age_decrypt(archive, identity) if head.startswith(AGE_MAGIC) else archive.read_bytes()
+    plain = zstd_decompress(dec)
     tar = dest / "a.tar"
     tar.write_bytes(plain)
     with tarfile.open(tar) as tf:

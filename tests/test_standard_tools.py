@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.tools import require_tool
+
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 
 
@@ -45,6 +47,7 @@ def check_extracted(out: Path) -> dict[str, Any]:
 
 
 def test_age_zstd_tar_extract_every_member(tmp_path: Path) -> None:
+    require_tool("age", "age-keygen", "zstd", "tar")
     make_key_folder(tmp_path / "keys")
     assert sh(f"{STATEKIT} keygen -o id.txt", tmp_path).returncode == 0
     recipient = sh("age-keygen -y id.txt", tmp_path).stdout.strip()
@@ -76,6 +79,7 @@ def test_age_zstd_tar_extract_every_member(tmp_path: Path) -> None:
 
 
 def test_unencrypted_archive_reads_with_zstd_and_tar(tmp_path: Path) -> None:
+    require_tool("zstd", "tar")
     make_key_folder(tmp_path / "keys")
     proc = sh(f"{STATEKIT} snapshot --files-root keys --to p.statekit --no-encryption", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import zstandard
 
 from statekit import __version__
-from statekit.errors import CorruptArchive, StorageError, UnsupportedFormat
+from statekit.errors import CorruptArchive, StorageError, UnsupportedFormat, UsageError
 from statekit.model import Member
 
 if TYPE_CHECKING:
@@ -868,9 +868,9 @@ def _open_path(path: str | Path) -> IO[bytes]:
     try:
         return open(path, "rb", buffering=1 << 20)
     except FileNotFoundError:
-        raise StorageError(f"{path}: no such archive") from None
+        raise UsageError(f"{path}: no such archive") from None
     except IsADirectoryError:
-        raise StorageError(f"{path}: is a directory, not an archive") from None
+        raise UsageError(f"{path}: is a directory, not an archive") from None
     except OSError as exc:
         raise StorageError(f"{path}: cannot read: {exc.strerror}") from None
 

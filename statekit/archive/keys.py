@@ -587,7 +587,7 @@ def write_key_file(path: str | os.PathLike[str], content: bytes, *, force: bool,
 
     p = Path(path)
     if not force and os.path.lexists(p):
-        raise Refused(f"{p} already exists; refusing to overwrite a {what} (use --force)")
+        raise Refused(f"{p} already exists; refusing to overwrite {_article(what)} {what} (use --force)")
     tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -610,10 +610,14 @@ def write_key_file(path: str | os.PathLike[str], content: bytes, *, force: bool,
         fsync_dir(p.parent)
     except FileExistsError:
         _unlink_quietly(tmp)
-        raise Refused(f"{p} already exists; refusing to overwrite a {what} (use --force)") from None
+        raise Refused(f"{p} already exists; refusing to overwrite {_article(what)} {what} (use --force)") from None
     except OSError as exc:
         _unlink_quietly(tmp)
         raise StorageError(f"cannot write {what} {p}: {exc.strerror or exc}") from None
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def _unlink_quietly(path: Path) -> None:

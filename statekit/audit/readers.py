@@ -128,8 +128,15 @@ def open_engine(url: str) -> Any:
         with engine.connect():
             pass
     except Exception as exc:
-        raise TierUnavailable(f"db {shown}: cannot connect ({type(exc).__name__})") from None
+        reason = _connect_error_text(getattr(exc, "orig", None) or exc, parsed.password)
+        raise TierUnavailable(f"db {shown}: cannot connect: {reason}") from None
     return engine
+
+
+def _connect_error_text(exc: BaseException, secret: object) -> str:
+    """The driver's own first line (as snapshot reports it), with the password masked."""
+    line = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+    return line.replace(str(secret), "***") if secret else line
 
 
 def _db_text(value: Any) -> bytes:
@@ -293,7 +300,10 @@ def open_redis(url: str) -> Any:
     except ValueError:
         raise ConfigError(f"redis url {shown}: not a valid Redis URL") from None
     except Exception as exc:
-        raise TierUnavailable(f"redis {shown}: cannot connect ({type(exc).__name__})") from None
+        from urllib.parse import unquote, urlsplit
+
+        password = unquote(urlsplit(url).password or "") or None
+        raise TierUnavailable(f"redis {shown}: cannot connect: {_connect_error_text(exc, password)}") from None
     return client
 
 

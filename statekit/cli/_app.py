@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from statekit import __version__
+from statekit import __version__, textfmt
 from statekit.config import Config, load_config
 from statekit.errors import EXIT_CODES, StatekitError
 from statekit.model import no_progress
@@ -56,8 +57,8 @@ class App:
 
     @property
     def interactive(self) -> bool:
-        """Progress bars and prompts only when a person is watching."""
-        return not self.json and not self.quiet and _isatty(sys.stderr)
+        """Progress bars and prompts only when a person is watching (and stderr is not a JSON log)."""
+        return not self.json and not self.quiet and self.log_format != "json" and _isatty(sys.stderr)
 
     def info(self, message: str) -> None:
         """A line for a person (suppressed by -q and --json)."""
@@ -67,6 +68,13 @@ class App:
     def detail(self, message: str) -> None:
         """A line shown with -v only."""
         if self.verbose and not self.json:
+            self.stderr(message)
+
+    def stderr(self, message: str, level: str = "info") -> None:
+        """A line for stderr: plain text, or a JSON log line with --log-format json."""
+        if self.log_format == "json":
+            _log_json(level, message)
+        else:
             click.echo(message, err=True)
 
     def warn(self, message: str) -> None:
@@ -108,13 +116,16 @@ class App:
 
 
 class _TtyProgress:
-    """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA."""
+    """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA. Redraws
+    are throttled, but a tier's line always ends on its final counts."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.last = 0.0
         self.tier = ""
         self.totals: dict[str, int] = {}
+        self._latest: tuple[int, int] = (0, 0)
+        self._stale = False
 
     def set_total(self, tier: str, total: int) -> None:
         self.totals[tier] = total
@@ -122,25 +133,37 @@ class _TtyProgress:
     def close(self) -> None:
         """End the live line so that what follows starts on a line of its own."""
         if self.tier:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            self._finish()
             self.tier = ""
+
+    def _finish(self) -> None:
+        if self._stale:
+            self._draw(time.monotonic(), *self._latest)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
     def __call__(self, tier: str, items: int, nbytes: int) -> None:
         now = time.monotonic()
         if tier != self.tier:
             if self.tier:
-                sys.stderr.write("\n")
+                self._finish()
             self.tier = tier
             self.start = now
+            self.last = 0.0
+        self._latest = (items, nbytes)
         if now - self.last < 0.1:
+            self._stale = True
             return
+        self._draw(now, items, nbytes)
+
+    def _draw(self, now: float, items: int, nbytes: int) -> None:
         self.last = now
+        self._stale = False
         elapsed = max(now - self.start, 1e-6)
         rate = items / elapsed
-        total = self.totals.get(tier)
-        done = f"{items:>10,}" + (f"/{total:,}" if total else "")
-        line = f"  {tier:<6} {done} items  {human_bytes(nbytes):>9}  {rate:>9,.0f}/s"
+        total = self.totals.get(self.tier)
+        done = f"{textfmt.count(items):>10}" + (f"/{textfmt.count(total)}" if total else "")
+        line = f"  {self.tier:<6} {done} items  {human_bytes(nbytes):>9}  {textfmt.count(rate):>9}/s"
         if total and rate > 0 and items < total:
             line += f"  ETA {_eta((total - items) / rate)}"
         sys.stderr.write("\r" + line + "\033[K")
@@ -155,11 +178,8 @@ def _eta(seconds: float) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Bytes in binary units (statekit.textfmt.size)."""
+    return textfmt.size(n)
 
 
 def _isatty(stream: Any) -> bool:
@@ -169,8 +189,37 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def _log_json(level: str, message: str) -> None:
-    sys.stderr.write(json.dumps({"ts": time.time(), "level": level, "message": message}) + "\n")
+def _log_json(level: str, message: str, **extra: Any) -> None:
+    """One JSON object per stderr line: with --log-format json, nothing else is written to stderr."""
+    sys.stderr.write(json.dumps({"ts": time.time(), "level": level, "message": message, **extra}) + "\n")
+    sys.stderr.flush()
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """Library log records (and Python warnings) as the same JSON lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "py.warnings":  # "file:line: Category: text\n  source line" → the text only
+            message = message.strip().splitlines()[0].split(": ", 2)[-1] if message.strip() else message
+        return json.dumps({"ts": record.created, "level": record.levelname.lower(), "message": message})
+
+
+def _json_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def _json_log_requested(args: list[str]) -> bool:
+    """--log-format json anywhere on the command line (so that even a usage error is a JSON line)."""
+    for i, arg in enumerate(args):
+        if arg == "--log-format=json" or (arg == "--log-format" and args[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
 
 
 def common_options(func: F) -> F:
@@ -210,7 +259,7 @@ def common_options(func: F) -> F:
         app.verbose = max(app.verbose, verbose)
         app.log_format = log_format or app.log_format
         if app.log_format == "json":
-            logging.basicConfig(level=logging.INFO if app.verbose else logging.WARNING, format="%(message)s")
+            _json_logging(app.verbose)
         return func(app, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -236,8 +285,22 @@ COMMAND_MODULES = {
 }
 
 
+class _OutputClosed(Exception):
+    """The reader of stdout went away (`statekit … | head -1`): the command's output was cut, nothing failed."""
+
+
 class _LazyGroup(click.Group):
     """The root group: commands are registered by their modules, imported on first use."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # click turns any EPIPE into sys.exit(1), the drift code. Only a closed stdout is the reader's choice;
+        # a broken pipe to a server that no tier translated is a bug, reported as one.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            if _stdout_closed():
+                raise _OutputClosed() from None
+            raise RuntimeError(f"broken pipe: {exc}") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMAND_MODULES})
@@ -280,25 +343,27 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code; errors become one line on stderr (or JSON with --json)."""
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    json_log = _json_log_requested(args)
     try:
         rv = cli.main(args=args, prog_name="statekit", standalone_mode=False)
     except StatekitError as exc:
-        return _report_error(exc.kind, exc.message, exc.exit_code, wants_json)
+        return _report_error(exc.kind, exc.message, exc.exit_code, wants_json, json_log)
     except _NO_ARGS_IS_HELP as exc:
         ctx = getattr(exc, "ctx", None)
         click.echo(ctx.get_help() if ctx else str(exc))
         return 2
     except click.exceptions.UsageError as exc:
-        return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json)
+        return _report_error("usage", exc.format_message().replace("\n", " "), 2, wants_json, json_log)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
-        return _report_error("interrupted", "interrupted", 130, wants_json)
+        return _report_error("interrupted", "interrupted", 130, wants_json, json_log)
     except click.ClickException as exc:
-        return _report_error("usage", exc.format_message(), 2, wants_json)
+        return _report_error("usage", exc.format_message(), 2, wants_json, json_log)
     except KeyboardInterrupt:
-        return _report_error("interrupted", "interrupted", 130, wants_json)
-    except BrokenPipeError:
+        return _report_error("interrupted", "interrupted", 130, wants_json, json_log)
+    except _OutputClosed:
+        _discard_stdout()
         return 0
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("STATEKIT_DEBUG"):
@@ -308,21 +373,42 @@ def run(argv: list[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc} (set STATEKIT_DEBUG=1 for a traceback)",
             19,
             wants_json,
+            json_log,
         )
     # in non-standalone mode click returns ctx.exit(N)'s code instead of raising
     return rv if isinstance(rv, int) else 0
 
 
-def _report_error(kind: str, message: str, code: int, wants_json: bool) -> int:
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file descriptor (tests capture it): nothing will flush to a pipe
+
+
+def _report_error(kind: str, message: str, code: int, wants_json: bool, json_log: bool = False) -> int:
     message = " ".join(message.split())
+    if wants_json:
+        doc = {"schema": JSON_SCHEMA, "ok": False, "error": {"kind": kind, "message": message, "exit_code": code}}
+        click.echo(json.dumps(doc, indent=2))
+    if json_log:
+        _log_json("error", message, kind=kind, exit_code=code)
+        return code
     if _isatty(sys.stderr):
         sys.stderr.write("\r\033[K")  # replace a live progress line, if one was being drawn
-    if wants_json:
-        doc = {
-            "schema": JSON_SCHEMA,
-            "ok": False,
-            "error": {"kind": kind, "message": message, "exit_code": code},
-        }
-        click.echo(json.dumps(doc, indent=2))
     click.echo(f"Error: {message}", err=True)
     return code

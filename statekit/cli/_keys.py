@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -70,7 +71,16 @@ def resolve_recipients(
     explicit = bool(recipients or recipients_files)
     passphrase = read_passphrase(passphrase_file, prompt=prompt)
     if passphrase is not None and not explicit:
-        # A passphrase replaces the configured recipients rather than clashing with them.
+        # A passphrase replaces the configured recipients rather than clashing with them, but never silently.
+        if cfg.recipients or cfg.recipients_file:
+            source = f"--passphrase-file {passphrase_file}" if passphrase_file else (
+                "STATEKIT_PASSPHRASE" if os.environ.get("STATEKIT_PASSPHRASE") else "the passphrase prompt"
+            )  # fmt: skip
+            configured = "recipients_file" if cfg.recipients_file and not cfg.recipients else "recipients"
+            app.warn(
+                f"{source} replaces the configured [archive] {configured}: this archive is encrypted to the "
+                "passphrase only, not to those keys"
+            )
         return load_recipients(cfg.__class__(), passphrase=passphrase)
     return load_recipients(cfg, recipients=recipients, recipients_files=recipients_files, passphrase=passphrase)
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from statekit.archive.format import Archive, ArchiveIndex
+from statekit import textfmt
+from statekit.archive.format import AGE_MAGIC, Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options
@@ -45,9 +46,28 @@ def open_verified(app: App, path: str, identities: tuple[str, ...], passphrase_f
     return result
 
 
-def summarize(index: ArchiveIndex) -> dict[str, Any]:
+def encryption_of(path: str) -> dict[str, Any]:
+    """The outer layer as the file's own header says it (for archives whose snapshot.json does not record
+    it, such as undo archives): `age-x25519`, `age-scrypt` or `none`. X25519 stanzas do not name their
+    recipients, so none are listed."""
+    with open(path, "rb") as fh:
+        head = fh.read(64 << 10)
+    if not head.startswith(AGE_MAGIC):
+        return {"type": "none"}
+    header = head.split(b"\n---", 1)[0]
+    if b"\n-> scrypt " in header:
+        return {"type": "age-scrypt"}
+    if b"\n-> X25519 " in header:
+        return {"type": "age-x25519", "stanzas": header.count(b"\n-> X25519 ")}
+    return {"type": "age"}
+
+
+def summarize(index: ArchiveIndex, path: str | None = None) -> dict[str, Any]:
     """The facts inspect shows, JSON-ready."""
     snap = index.snapshot
+    encryption = snap.get("options", {}).get("encryption")
+    if encryption is None and path is not None:
+        encryption = encryption_of(path)
     return {
         "snapshot_id": snap.get("snapshot_id"),
         "kind": snap.get("kind", "snapshot"),
@@ -55,7 +75,7 @@ def summarize(index: ArchiveIndex) -> dict[str, Any]:
         "statekit_version": snap.get("statekit_version"),
         "format_version": index.format.get("format_version"),
         "size": index.compressed_size,
-        "encryption": snap.get("options", {}).get("encryption"),
+        "encryption": encryption,
         "tier_window_s": snap.get("tier_window_s"),
         "tiers": snap.get("tiers", []),
         "members": len(index.manifest.get("members", [])),
@@ -81,7 +101,7 @@ def inspect(
     with local_archive(archive) as path:
         check_signers(path, signers)
         index = open_verified(app, path, identities, passphrase_file).index()
-    doc = summarize(index)
+    doc = summarize(index, path)
     if show_members:
         doc["member_list"] = index.manifest.get("members", [])
     lines = [
@@ -89,10 +109,10 @@ def inspect(
         f"snapshot    {doc['snapshot_id']} ({doc['kind']})",
         f"created     {doc['created_at']}  statekit {doc['statekit_version']}  format {doc['format_version']}",
         f"size        {human_bytes(doc['size'] or 0)}  encryption {(doc['encryption'] or {}).get('type', '?')}",
-        f"members     {doc['members']}  ({human_bytes(doc['totals'].get('bytes', 0))} uncompressed)",
+        f"members     {textfmt.count(doc['members'])}  ({human_bytes(doc['totals'].get('bytes', 0))} uncompressed)",
     ]
     for tier in doc["tiers"]:
-        counts = " ".join(f"{k}={v}" for k, v in tier.get("counts", {}).items())
+        counts = " ".join(f"{k}={textfmt.count(v)}" for k, v in tier.get("counts", {}).items())
         source = tier.get("details", {}).get("source") or tier.get("details", {}).get("root", "")
         lines.append(f"tier {tier.get('tier'):<6} {counts}  {source}  ({tier.get('duration_s', 0):.2f}s)")
         for w in tier.get("warnings", [])[:5]:
@@ -101,7 +121,7 @@ def inspect(
         lines.append(f"window      {doc['tier_window_s']:.3f}s between the first tier's start and the last's end")
     if show_members:
         for m in doc["member_list"]:
-            lines.append(f"  {m['size']:>12}  {m['sha256'][:16]}  {m['mode']}  {m['name']}")
+            lines.append(f"  {textfmt.count(m['size']):>13}  {m['sha256'][:16]}  {m['mode']}  {m['name']}")
     app.result(doc, lines)
 
 
@@ -136,8 +156,9 @@ def verify(
         signature = check_signers(path, signers)
         opened = open_verified(app, path, identities, passphrase_file)
         index = opened.index()
-        doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index)}
-        lines = [f"ok: {archive} verified ({doc['members']} members, {human_bytes(index.compressed_size)})"]
+        doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index, path)}
+        members = textfmt.counted(doc["members"], "member")
+        lines = [f"ok: {archive} verified ({members}, {human_bytes(index.compressed_size)})"]
         if signature is not None:
             doc["signature"] = dataclasses.asdict(signature)
             lines.append(f"ok: signed by {signature.public_key} at {signature.signed_at}")
@@ -156,8 +177,8 @@ def verify(
                 )
             if not report.ok:
                 for c in [c for c in report.checks if not c.ok][:10]:
-                    click.echo(
-                        f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}", err=True
+                    app.stderr(
+                        f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}", "error"
                     )
                 first = next(c for c in report.checks if not c.ok)
                 raise TierError(
@@ -167,7 +188,8 @@ def verify(
             doc["rehearsal"] = report.to_json()
             lines.append(
                 f"ok: rehearsal restored {', '.join(report.per_tier()) or 'nothing'}: "
-                f"{len(report.checks)} checks passed ({report.finished - report.started:.1f}s)"
+                f"{textfmt.counted(len(report.checks), 'check')} passed "
+                f"({textfmt.duration(report.finished - report.started)})"
             )
             lines += [f"  note: {n}" for n in report.notes]
     app.result(doc, lines)

@@ -9,7 +9,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, exit_status_epilog
 from statekit.config import DEFAULT_CONFIG_NAME, STARTER_CONFIG
-from statekit.errors import StorageError
+from statekit.errors import Refused, StorageError
 
 
 @cli.command(epilog=exit_status_epilog())
@@ -23,7 +23,7 @@ def init(app: App, output: str, force: bool) -> None:
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise StorageError(f"{path} already exists (use --force to overwrite)") from None
+        raise Refused(f"{path} already exists; refusing to overwrite a config file (use --force)") from None
     except OSError as exc:
         raise StorageError(f"{path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.config import RepositoryConfig
 from statekit.errors import UsageError
@@ -60,7 +61,7 @@ def _tiers_text(info: ArchiveInfo) -> str:
         return "-" if info.sidecar is None else ""
     parts = []
     for tier, counts in tiers.items():
-        shown = [f"{v} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
+        shown = [f"{textfmt.count(v)} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
         parts.append(f"{tier}: {' '.join(shown) or '-'}")
     return "; ".join(parts)
 
@@ -86,7 +87,9 @@ def list_archives(app: App, repo: str | None, name: str | None) -> None:
     for a in archives:
         created = a.to_json()["created_at"]
         lines.append(f"{created:<21} {human_bytes(a.size):>10}  {a.archive:<44} {_tiers_text(a)}")
-    lines.append(f"{len(archives)} archive(s), {human_bytes(sum(a.size for a in archives))} in {repository.url}")
+    lines.append(
+        f"{textfmt.counted(len(archives), 'archive')}, {human_bytes(sum(a.size for a in archives))} in {repository.url}"
+    )
     for lk in locks:
         state = lk.stale_reason(stale_after)
         lines.append(f"lock '{lk.name}': {lk.describe()}" + (f" - STALE: {state}" if state else ""))

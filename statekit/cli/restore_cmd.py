@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options
 from statekit.cli._signing import check_signers, signer_options
@@ -108,7 +109,7 @@ def restore(
     def ask(plan: RestoreReport) -> bool:
         if not yes and not app.json:
             for line in render_report(plan):
-                click.echo(line, err=True)
+                app.stderr(line)
         return confirm(app, f"Restore the {tier} tier from {archive}?", yes)
 
     report = restore_tier(
@@ -127,12 +128,16 @@ def restore(
 def render_report(report: RestoreReport) -> list[str]:
     """A restore plan or result for a person."""
     head = "plan" if report.dry_run else "restored"
-    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    counts = ", ".join(
+        f"took {textfmt.duration(v / 1000)}" if k == "duration_ms" else f"{k} {textfmt.count(v)}"
+        for k, v in report.counts.items()
+    )
     lines = [f"{head} ({report.tier}): {counts or 'nothing to do'}"]
-    for item in report.plan[:20]:
+    # changes first: a long plan must not hide them behind the items that stay as they are
+    for item in sorted(report.plan, key=lambda i: i.get("action") == "unchanged")[:20]:
         lines.append("  " + _plan_line(item))
     if len(report.plan) > 20:
-        lines.append(f"  … and {len(report.plan) - 20} more")
+        lines.append(f"  … and {textfmt.count(len(report.plan) - 20)} more")
     for p in report.problems:
         lines.append(f"  problem: {p}")
     if report.undo_archive:

@@ -10,14 +10,15 @@ from typing import Any
 
 import click
 
+from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import recipient_options, resolve_recipients
 from statekit.cli._signing import load_sign_key, sign_archive_file, sign_key_options
 from statekit.cli.repo_cmd import keep_options, policy_from, render_prune
 from statekit.errors import Interrupted, StatekitError, UsageError
 from statekit.repo.hooks import DEFAULT_TIMEOUT_S
-from statekit.repo.jobs import LockOptions, SnapshotJobOptions, SnapshotJobResult, snapshot_job
-from statekit.repo.metrics import read_value, snapshot_metrics, write_metrics
+from statekit.repo.jobs import LockOptions, SnapshotJobOptions, SnapshotJobResult, repository_for, snapshot_job
+from statekit.repo.metrics import read_value, snapshot_metrics, write_snapshot_metrics_file
 from statekit.snapshot import SnapshotOptions
 
 
@@ -84,6 +85,7 @@ def snapshot(
     metrics_path = metrics_file
     archive_name = name or "statekit"
     result: SnapshotJobResult | None = None
+    target: str | None = dest
     try:
         with _sigterm_interrupts():
             cfg = app.config()
@@ -135,10 +137,10 @@ def snapshot(
             code = (
                 exc.exit_code if isinstance(exc, StatekitError) else 130 if isinstance(exc, KeyboardInterrupt) else 19
             )
-            _write_snapshot_metrics(metrics_path, archive_name, started, result, code)
+            _write_snapshot_metrics(app, metrics_path, archive_name, started, result, code, target)
         raise
     if metrics_path:
-        _write_snapshot_metrics(metrics_path, archive_name, started, result, 0)
+        _write_snapshot_metrics(app, metrics_path, archive_name, started, result, 0, target)
     doc = result.to_json()
     doc["warnings"] = list(app.warnings)  # engine warnings plus the run's own (stale locks, hooks)
     app.result(doc, _summary(app, result))
@@ -160,16 +162,17 @@ def _quiet_warn(app: App) -> Any:
 def _summary(app: App, result: SnapshotJobResult) -> list[str]:
     snap = result.snapshot
     counts = ", ".join(f"{t.tier}: " + _counts(t.counts) for t in snap.tiers)
-    line = f"snapshot {result.location} ({human_bytes(snap.size)}, {snap.finished_at - snap.started_at:.1f}s) {counts}"
+    took = textfmt.duration(snap.finished_at - snap.started_at)
+    line = f"snapshot {result.location} ({human_bytes(snap.size)}, {took}) {counts}"
     extras = []
     if result.stale_locks_removed:
-        extras.append(f"removed {len(result.stale_locks_removed)} stale lock(s)")
+        extras.append(f"removed {textfmt.counted(len(result.stale_locks_removed), 'stale lock')}")
     if result.prune is not None:
         removed = sum(len(g.remove) for g in result.prune.groups)
         kept = sum(len(g.keep) for g in result.prune.groups)
         extras.append(f"pruned {removed}, kept {kept}")
     if app.warnings and not (app.interactive or app.verbose):
-        extras.append(f"{len(app.warnings)} warning(s), -v shows them")
+        extras.append(f"{textfmt.counted(len(app.warnings), 'warning')}, -v shows them")
     if extras:
         line += f" [{'; '.join(extras)}]"
     lines = [line]
@@ -179,8 +182,15 @@ def _summary(app: App, result: SnapshotJobResult) -> list[str]:
 
 
 def _write_snapshot_metrics(
-    path: str, name: str, started: float, result: SnapshotJobResult | None, exit_code: int
+    app: App,
+    path: str,
+    name: str,
+    started: float,
+    result: SnapshotJobResult | None,
+    exit_code: int,
+    target: str | None,
 ) -> None:
+    """The run's metrics file; failing to write it is a warning, never the run's result."""
     finished = time.time()
     snap = result.snapshot if result is not None else None
     if snap is not None:
@@ -197,7 +207,8 @@ def _write_snapshot_metrics(
         tiers={t.tier: t.counts for t in snap.tiers} if snap else {},
         last_success=last_success,
     )
-    write_metrics(path, metrics)
+    repository = repository_for(target) if target else None
+    write_snapshot_metrics_file(path, metrics, name=name, repository=repository, warn=app.warn)
 
 
 @contextmanager
@@ -220,5 +231,5 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    main = [f"{v} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
+    main = [f"{textfmt.count(v)} {k}" for k, v in counts.items() if k in ("rows", "tables", "keys", "files")]
     return " ".join(main) or "-"

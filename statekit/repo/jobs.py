@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from statekit.config import Config
-from statekit.errors import StatekitError, UsageError
+from statekit.errors import StatekitError, StorageError, UsageError
 from statekit.model import Progress, Warn, no_progress, no_warn, utc_stamp
 from statekit.repo.hooks import DEFAULT_TIMEOUT_S, run_hook
 from statekit.repo.lock import RepositoryLock
 from statekit.repo.retention import RetentionPolicy, apply_policy
-from statekit.repo.store import ARCHIVE_SUFFIX, SIDECAR_SUFFIX, LocalRepository, Repository, is_s3_url, open_repository
+from statekit.repo.store import (
+    ARCHIVE_SUFFIX,
+    SIDECAR_SUFFIX,
+    LocalRepository,
+    Repository,
+    is_archive_path,
+    is_s3_url,
+    open_repository,
+)
 from statekit.snapshot import SnapshotOptions, SnapshotResult, take_snapshot
 
 if TYPE_CHECKING:
@@ -150,18 +158,31 @@ class SnapshotJobResult:
 
 
 def _resolve_target(to: str) -> tuple[Repository, Path | None]:
-    """(repository, explicit archive file or None). A local path that is not a directory (and does not end
-    in '/') names the archive file itself; its directory is the repository, for locking."""
+    """(repository, explicit archive file or None). A local path ending in `.statekit` names the archive file
+    itself (its directory must exist and is the repository, for locking); any other local path is a repository
+    directory, created 0700 (parents too) on first use."""
     if is_s3_url(to):
         return open_repository(to), None
     path = Path(to)
-    if path.is_dir() or to.endswith("/"):
-        repo = LocalRepository(path)
-        repo.check()
-        return repo, None
-    repo = LocalRepository(path.parent)
-    repo.check()
-    return repo, path
+    if is_archive_path(to):
+        if not path.parent.is_dir():
+            raise StorageError(f"{to}: cannot write the archive: no such directory {path.parent}")
+        return LocalRepository(path.parent), path
+    repo = LocalRepository(path)
+    repo.ensure()
+    return repo, None
+
+
+def repository_for(to: str) -> Repository | None:
+    """The repository a `--to` value writes into, without creating anything; None if it cannot be named."""
+    try:
+        if is_s3_url(to):
+            return open_repository(to)
+        path = Path(to)
+        root = path.parent if is_archive_path(to) else path
+        return LocalRepository(root) if root.is_dir() else None
+    except StatekitError:
+        return None
 
 
 def snapshot_job(

@@ -8,14 +8,20 @@ collector directory. Values never contain secrets: labels are archive names, tie
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from statekit.archive.format import atomic_output
-from statekit.errors import StorageError
+from statekit.errors import StatekitError, StorageError
+
+if TYPE_CHECKING:
+    from statekit.repo.store import Repository
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -87,6 +93,60 @@ def write_metrics(path: str | Path, metrics: Sequence[Metric]) -> None:
             fh.write(render(metrics).encode())
     except StorageError as exc:
         raise StorageError(f"metrics file {target}: cannot write: {exc}") from None
+
+
+# Failed writes of a snapshot's metrics file are remembered in the repository (the metrics directory may be the
+# very thing that is missing), so the next file that does get written reports them.
+_FAILURES_KEY = "state/metrics-write-failures-{name}.json"
+
+
+def write_snapshot_metrics_file(
+    path: str | Path,
+    metrics: Sequence[Metric],
+    *,
+    name: str,
+    repository: Repository | None,
+    warn: Callable[[str], None],
+) -> bool:
+    """Write a snapshot run's metrics plus the count of earlier failed writes; a failure here is a warning
+    (the backup is what the run is about), counted for the next file. True when the file was written."""
+    count, last = _failures(repository, name)
+    extra = Metric(
+        "statekit_snapshot_metrics_write_failures_total",
+        "Metrics-file writes of this archive name that failed (each reported by the file written after it)",
+        type="counter",
+    ).add(count, name=name)
+    families = [*metrics, extra]
+    if last is not None:
+        families.append(
+            Metric(
+                "statekit_snapshot_metrics_last_write_failure_timestamp_seconds",
+                "When a metrics-file write of this archive name last failed",
+            ).add(last, name=name)
+        )
+    try:
+        write_metrics(path, families)
+        return True
+    except StorageError as exc:
+        warn(f"{exc}: the run's result is unchanged; the next metrics file counts this failure")
+        if repository is not None:
+            doc = {"failures": count + 1, "last_failure_ts": time.time(), "error": str(exc)}
+            try:
+                repository.write_bytes(_FAILURES_KEY.format(name=name), json.dumps(doc).encode())
+            except StatekitError:
+                pass  # nowhere to remember it either; the warning stands
+        return False
+
+
+def _failures(repository: Repository | None, name: str) -> tuple[int, float | None]:
+    if repository is None:
+        return 0, None
+    try:
+        raw = repository.read_bytes(_FAILURES_KEY.format(name=name))
+        doc = json.loads(raw) if raw else {}
+        return int(doc.get("failures", 0)), (float(doc["last_failure_ts"]) if "last_failure_ts" in doc else None)
+    except (StatekitError, ValueError, TypeError, AttributeError):
+        return 0, None
 
 
 def read_value(path: str | Path, name: str, labels: Mapping[str, str] | None = None) -> float | None:

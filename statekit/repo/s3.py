@@ -22,13 +22,21 @@ T = TypeVar("T")
 _MAX_PARTS = 10_000
 
 
+def require_boto3() -> None:
+    """Fail with one line, never a ModuleNotFoundError, when boto3 (a normal dependency) was removed."""
+    try:
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError:
+        raise UsageError("s3:// repositories need boto3, which a normal install includes: pip install boto3") from None
+
+
 def s3_client() -> Any:
     """A boto3 S3 client configured from the standard AWS environment variables and files."""
-    try:
-        import boto3
-        from botocore.config import Config as BotoConfig
-    except ImportError:
-        raise UsageError("s3:// repositories need boto3: pip install 'statekit[s3]'") from None
+    require_boto3()
+    import boto3
+    from botocore.config import Config as BotoConfig
+
     session = boto3.session.Session()
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = session.region_name or "us-east-1"
@@ -87,6 +95,7 @@ class S3Repository(Repository):
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise UsageError(f"{url}: expected s3://bucket[/prefix]")
+        require_boto3()
         return cls(url.rstrip("/"), bucket, prefix)
 
     @property
@@ -163,7 +172,7 @@ class S3Repository(Repository):
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise StorageError(f"{self.describe(key)}: no such archive") from None
+                raise UsageError(f"{self.describe(key)}: no such archive") from None
             raise _translate(self.describe(key), exc) from None
         except Exception as exc:
             raise _translate(self.describe(key), exc) from None

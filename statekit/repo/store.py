@@ -185,6 +185,38 @@ class LocalRepository(Repository):
         if not self.root.is_dir():
             raise StorageError(f"{self.root}: no such repository directory")
 
+    def ensure(self) -> None:
+        """Create the repository directory, and any missing parent, 0700; an existing one is left as it is."""
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise StorageError(
+                f"{self.root}: exists and is not a directory (an archive file name must end in {ARCHIVE_SUFFIX})"
+            )
+        missing: list[Path] = []
+        at = self.root
+        while not at.exists() and at != at.parent:
+            missing.append(at)
+            at = at.parent
+        if not at.is_dir():
+            raise StorageError(f"{self.root}: cannot create the repository directory: {at} is not a directory")
+        for folder in reversed(missing):
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise StorageError(f"{self.root}: {folder} exists and is not a directory") from None
+                continue
+            except OSError as exc:
+                raise StorageError(
+                    f"{self.root}: cannot create the repository directory: {exc.strerror or exc}"
+                ) from None
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+        try:
+            fsync_dir(at)
+        except OSError:
+            pass  # a parent we may write but not read: the archive's own fsyncs still hold
+
     def list_keys(self, folder: str = "") -> dict[str, int]:
         base = self._path(folder) if folder else self.root
         out: dict[str, int] = {}
@@ -259,7 +291,9 @@ class LocalRepository(Repository):
         try:
             return open(self._path(key), "rb", buffering=_COPY_BLOCK)
         except FileNotFoundError:
-            raise StorageError(f"{self._path(key)}: no such archive") from None
+            raise UsageError(f"{self._path(key)}: no such archive") from None
+        except IsADirectoryError:
+            raise UsageError(f"{self._path(key)}: is a directory, not an archive") from None
         except OSError as exc:
             raise StorageError(f"{self._path(key)}: cannot read: {exc.strerror}") from None
 
@@ -274,8 +308,10 @@ class LocalRepository(Repository):
     def fetched(self, archive: str) -> Iterator[Path]:
         """The archive's own path (no copy for a local repository)."""
         path = self._path(archive)
-        if not path.is_file():
-            raise StorageError(f"{path}: no such archive")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a directory, not an archive")
+        if not path.exists():
+            raise UsageError(f"{path}: no such archive")
         yield path
 
     def describe(self, key: str) -> str:
@@ -296,6 +332,11 @@ def open_repository(location: str) -> Repository:
     if "://" in location:
         raise UsageError(f"{location}: unsupported repository URL (use a directory or s3://bucket/prefix)")
     return LocalRepository(Path(location))
+
+
+def is_archive_path(location: str) -> bool:
+    """True when a local `--to` names one archive file (`….statekit`) rather than a repository directory."""
+    return location.endswith(ARCHIVE_SUFFIX) and not Path(location).is_dir()
 
 
 def split_archive_url(location: str) -> tuple[Repository, str]:

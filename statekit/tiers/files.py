@@ -412,7 +412,9 @@ def restore_files(
         if undo is not None:
             _save_undo(root, [rel for rel, *_ in staged] + doomed, undo)
         announce_total(progress, "files", len(staged))
+        written = 0
         for i, (rel, spath, mode, mtime_ns) in enumerate(staged, 1):
+            written += os.path.getsize(spath)
             dest = _safe_join(root, rel)
             existed = os.path.lexists(dest)
             make_parents(root, os.path.dirname(dest))
@@ -437,7 +439,7 @@ def restore_files(
             except OSError as exc:
                 raise StorageError(f"files restore: cannot write {rel}: {exc.strerror}") from None
             report.counts["overwritten" if existed else "created"] += 1
-            progress("files", i, 0)
+            progress("files", i, written)
         for rel in doomed:
             path = _safe_join(root, rel)
             try:

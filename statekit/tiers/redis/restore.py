@@ -310,6 +310,7 @@ class _Restorer:
     def apply(self, counts: dict[str, int]) -> list[dict[str, Any]]:
         """The writing pass; returns what happened per source database."""
         done = 0
+        nbytes = 0
         per_db: dict[int, dict[str, int]] = {}
         announce_total(self.progress, "redis", int(self.archive.manifest.get("totals", {}).get("keys", 0)))
         for name, header, body in _members(self.archive):
@@ -322,7 +323,8 @@ class _Restorer:
             mine = per_db.setdefault(header.db, dict.fromkeys(counts, 0))
             for k, v in counts.items():
                 mine[k] += v - before[k]
-            self.progress("redis", done, 0)
+            nbytes += len(body)
+            self.progress("redis", done, nbytes)
         return [{"db": db, "target_db": self.tdb(db), "counts": c} for db, c in sorted(per_db.items())]
 
     def _apply_member(

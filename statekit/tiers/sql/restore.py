@@ -94,7 +94,7 @@ def restore_db(
     except Exception as exc:
         raise ctx.target.fail("restore", exc) from None
     report.counts["rows"] = sum(loaded.values())
-    report.counts["seconds_ms"] = int((time.time() - started) * 1000)
+    report.counts["duration_ms"] = int((time.time() - started) * 1000)
     for line in report.plan:
         line["rows"] = loaded.get(line["table"], 0)
     return report
