@@ -13,7 +13,7 @@ import click
 from statekit.archive.format import Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
-from statekit.cli._signing import check_signers, signer_options
+from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.errors import TierError, UsageError
 from statekit.repo.metrics import rehearse_metrics, write_metrics
 from statekit.repo.rehearse import rehearse as run_rehearsal
@@ -114,6 +114,7 @@ def inspect(
               help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
 @signer_options
+@trust_options
 @identity_options
 @common_options
 def verify(
@@ -123,6 +124,7 @@ def verify(
     tiers: tuple[str, ...],
     metrics_file: str | None,
     signers: tuple[str, ...],
+    trust_archive_sql: bool,
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
@@ -130,10 +132,11 @@ def verify(
     s3://bucket/prefix/NAME.
 
     Exits 0 only when the whole archive is intact (and, with --rehearse, restores to identical content)."""
-    if (tiers or metrics_file) and not rehearse:
-        raise UsageError("--tier and --metrics-file go with --rehearse")
+    if (tiers or metrics_file or trust_archive_sql) and not rehearse:
+        raise UsageError("--tier, --metrics-file and --trust-archive-sql go with --rehearse")
     with local_archive(archive) as path:
-        signature = check_signers(path, signers)
+        # configured signers decide whether a rehearsal may run the archive's SQL
+        signature = check_signers(path, signers, app.config().archive.signers if rehearse else ())
         opened = open_verified(app, path, identities, passphrase_file)
         index = opened.index()
         doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index)}
@@ -142,7 +145,12 @@ def verify(
             doc["signature"] = dataclasses.asdict(signature)
             lines.append(f"ok: signed by {signature.public_key} at {signature.signed_at}")
         if rehearse:
-            report = run_rehearsal(opened, tiers=list(tiers) or None, warn=app.warn)
+            report = run_rehearsal(
+                opened,
+                tiers=list(tiers) or None,
+                trust_archive_sql=trust_archive_sql or signature is not None,
+                warn=app.warn,
+            )
             if metrics_file:
                 write_metrics(
                     metrics_file,
