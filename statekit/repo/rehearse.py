@@ -219,11 +219,15 @@ def _rehearse_db(archive: Archive, report: RehearsalReport, trusted: bool, warn:
         got_enc: dict[str, str] = {}
         restored: dict[str, _MultisetHash] = {}
 
+        # A table of another dialect's archive lands in the default schema: compare it under its archived key.
+        placed = {p["target"]: p["table"] for p in done.plan}
+
         def on_member(name: str, body: bytes, meta: dict[str, Any]) -> None:
             if "table" in meta:
-                got_rows[meta["table"]] += int(meta.get("rows", 0))
-                got_enc[meta["table"]] = name.rsplit(".", 1)[-1]
-                _line_hash(restored, meta["table"], body)
+                key = placed.get(meta["table"], meta["table"])
+                got_rows[key] += int(meta.get("rows", 0))
+                got_enc[key] = name.rsplit(".", 1)[-1]
+                _line_hash(restored, key, body)
 
         snapshot_db(DbConfig(url=url), _CollectingSink(on_member), warn=warn)
     finally:

@@ -160,6 +160,16 @@ class _Native(sa.types.UserDefinedType[Any]):
         return self.text
 
 
+class _NativeInt(_Native):
+    """A validated native integer type: SQLAlchemy may make it the table's auto-increment column."""
+
+    cache_ok = True
+
+    @property
+    def _type_affinity(self) -> type[sa.types.TypeEngine[Any]]:
+        return sa.Integer
+
+
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
 
 SchemaMap = Callable[[str | None], str | None]
@@ -413,7 +423,7 @@ def _validated_natives(table: TableDesc, dialect: str, problems: list[str]) -> d
             continue  # rebuilt from its labels
         ok = my_type_ok(c.native, what) if dialect == "mysql" else sqlite_type_ok(c.native, what)
         if ok:
-            out[c.name] = _Native(c.native)
+            out[c.name] = _NativeInt(c.native) if base_kind(c.type)["kind"] == "int" else _Native(c.native)
         else:
             problems.append(
                 f"{shown(table.key)}.{shown(c.name)}: type {shown(c.native)} is not a type statekit creates from an "

@@ -190,6 +190,11 @@ def check_type(ptype: Any, what: str, depth: int = 0) -> None:
         check_type(ptype.get("item"), what, depth + 1)
 
 
+def _kinds(ptype: dict[str, Any]) -> set[str]:
+    inner = ptype.get("base") or ptype.get("item")
+    return {str(ptype.get("kind"))} | (_kinds(inner) if isinstance(inner, dict) else set())
+
+
 def check_schema(desc: DbSchema) -> None:
     """Check every field of an archived description for the shape statekit writes; raises _Bad (a
     ValueError) naming the first field that is not. Expressions (defaults, checks, indexes, native DDL) are
@@ -221,6 +226,8 @@ def check_schema(desc: DbSchema) -> None:
                 raise _Bad(f"{cw} is listed twice")
             cols.add(c.name)
             check_type(c.type, cw)
+            if desc.dialect != "postgresql" and _kinds(c.type) & {"domain", "array"}:
+                raise _Bad(f"{cw}: a {desc.dialect} archive with PostgreSQL types")
             _opt_str(c.native, f"{cw} native type")
             if not isinstance(c.native, str):
                 raise _Bad(f"{cw} native type is not text")
@@ -272,11 +279,15 @@ def check_schema(desc: DbSchema) -> None:
             _opt_str(s.get("name"), f"{where} sequence name")
             _int(s.get("last_value"), f"{where} sequence position", -(1 << 63), (1 << 63) - 1, optional=False)
             _bool(s.get("is_called"), f"{where} sequence is_called")
+    if desc.dialect != "postgresql" and (desc.enums or desc.domains):
+        raise _Bad(f"a {desc.dialect} archive with PostgreSQL enums or domains")
     for e in desc.enums:
         if not isinstance(e, dict):
             raise _Bad("malformed enum")
         check_type({"kind": "enum", **e}, f"enum {str(e.get('name'))[:80]!r}")
         _name(e.get("name"), "enum name")
+        if any(len(x.encode()) > 63 for x in e["labels"]):
+            raise _Bad(f"enum {str(e.get('name'))[:80]!r} has a label longer than PostgreSQL allows")
     for d in desc.domains:
         if not isinstance(d, dict):
             raise _Bad("malformed domain")
