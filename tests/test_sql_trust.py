@@ -480,3 +480,71 @@ def test_rehearsal_of_another_dialect_runs_no_archive_sql(
     assert os.path.exists(tmp_path / "src.db") and sqlite3.connect(tmp_path / "src.db").execute(
         "SELECT count(*) FROM acct"
     ).fetchone() == (3,)
+
+
+# -- MySQL: a killed restore leaves no new table under its real name ---------------------------------------
+
+
+def test_killed_mysql_restore_leaves_no_new_table_under_its_name(
+    tmp_path: Path, identity_file: Path, mysql_url: str
+) -> None:
+    """MySQL commits CREATE TABLE at once. The restore creates missing tables under staging names and renames
+    them only with the data: killed while it waits for a lock held by the test (after the DDL, before the
+    data), the target has no `acct` table, `other` is unchanged, and the next restore succeeds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pymysql
+
+    _source("mysql", mysql_url)
+    _exec(mysql_url, "CREATE TABLE other (id int PRIMARY KEY, v text)", "INSERT INTO other VALUES (1, 'new')")
+    archive = snapshot(mysql_url, tmp_path / "a.statekit", IDENTITY.recipient().to_string())
+    dst = mysql_url.rsplit("/", 1)[0] + "/" + _mysql_second(mysql_url)
+    _exec(dst, "CREATE TABLE other (id int PRIMARY KEY, v text)", "INSERT INTO other VALUES (1, 'old')")
+    u = sa.engine.make_url(dst)
+    holder = pymysql.connect(host=u.host, port=u.port or 3306, user=u.username, password=u.password or "",
+                             database=u.database, autocommit=False)  # fmt: skip
+    statekit = str(Path(sys.executable).with_name("statekit"))
+    args = [statekit, "restore", str(archive), "--tier", "db", "--target-url", dst, "-i", str(identity_file),
+            "--yes", "--no-undo"]  # fmt: skip
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT * FROM other FOR UPDATE")  # the restore's DELETE FROM other waits for this
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        watcher = pymysql.connect(host=u.host, port=u.port or 3306, user=u.username, password=u.password or "")
+        try:
+            for _ in range(6000):  # until the restore waits on the lock (or gave up)
+                with watcher.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM information_schema.processlist "
+                                "WHERE db = %s AND info LIKE 'DELETE FROM%%'", (u.database,))  # fmt: skip
+                    if cur.fetchone()[0] or proc.poll() is not None:
+                        break
+                time.sleep(0.01)
+            assert proc.poll() is None, proc.communicate()
+            with watcher.cursor() as cur:
+                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                            (u.database,))  # fmt: skip
+                during = {r[0] for r in cur.fetchall()}
+        finally:
+            watcher.close()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "acct" not in during and any(t.startswith("statekit_new_") for t in during), during
+    after = _tables(dst)
+    assert "acct" not in after, after
+    engine = sa.create_engine(dst)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT v FROM other").scalar() == "old"
+    engine.dispose()
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    engine = sa.create_engine(dst)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM acct").scalar() == 3
+        assert conn.exec_driver_sql("SELECT v FROM other").scalar() == "new"
+    engine.dispose()
