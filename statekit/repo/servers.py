@@ -109,7 +109,10 @@ def sandbox_account() -> tuple[int, int]:
     """The account a rehearsal server runs as; refused when statekit cannot switch to one."""
     ids = server_account()
     if ids is None:
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
         raise Refused(
             f"a rehearsal runs its throwaway servers as the unprivileged account {SERVER_ACCOUNT}, and {user} cannot "
             "switch to it: run verify --rehearse as root"
@@ -141,8 +144,16 @@ def _reachable(base: Path, parts: list[str], name: str) -> Path:
     ids = server_account()
     if ids is None:
         return base
-    stamp = "\0".join(f"{(base / p).resolve()}\0{(base / p).stat().st_mtime_ns}" for p in parts if (base / p).exists())
-    dest = SERVER_CACHE / f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+    # keyed by what the files are (names, sizes, times: a copy keeps them), not where they were found
+    digest = hashlib.sha256()
+    for part in parts:
+        for folder, dirs, files in sorted(os.walk(base / part)):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.lstat(os.path.join(folder, f))
+                rel = os.path.relpath(os.path.join(folder, f), base)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    dest = SERVER_CACHE / f"{name}-{digest.hexdigest()[:16]}"
     if dest.is_dir():
         return dest
     try:
