@@ -219,7 +219,7 @@ def pg_plan(
             for ck in d.get("checks", []):
                 plan.prelude_skipped.append(f"check {shown(ck.get('name') or '?')} of domain {shown(d['name'])}")
         plan.prelude.append(stmt)
-        _add(plan.prelude_classes, "CREATE DOMAIN")
+        _add(plan.prelude_classes, f"CREATE DOMAIN ({ARCHIVE_SQL}: default, checks)" if trusted else "CREATE DOMAIN")
     for table, schema in create:
         if trusted:
             plan.tables[table.key] = _pg_trusted_table(table, schema)

@@ -64,7 +64,11 @@ class TablePlan:
             "mode": mode,
             "action": self.action,
             "sql": ", ".join(self.sql),
-            **({"skipped": "; ".join(self.skipped)} if self.skipped else {}),
+            **(
+                {"skipped": "; ".join(self.skipped) + " (archive SQL: --signer or --trust-archive-sql applies it)"}
+                if self.skipped
+                else {}
+            ),
         }
 
 
