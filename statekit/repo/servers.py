@@ -20,11 +20,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statekit.errors import Refused, StorageError, UsageError
+from statekit.errors import Refused, StorageError, TierError, UsageError
 
 
 def free_port() -> int:
@@ -175,6 +176,19 @@ def _reachable(base: Path, parts: list[str], name: str) -> Path:
     return dest
 
 
+@contextmanager
+def _starting(what: str) -> Iterator[None]:
+    """Turn a failed start into one line: dropping privileges refused (exit 8), anything else exit 6."""
+    try:
+        yield
+    except subprocess.SubprocessError as exc:  # raised for a failure inside preexec_fn, i.e. setgid/setuid
+        raise Refused(f"cannot start {what} as the unprivileged account {SERVER_ACCOUNT}: {exc}") from None
+    except OSError as exc:
+        raise TierError(f"cannot start {what}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        raise TierError(f"{what} did not start: {exc}") from None
+
+
 def _private_dir(prefix: str, ids: tuple[int, int] | None) -> Path:
     root = Path(tempfile.mkdtemp(prefix=prefix))
     if ids:
@@ -206,18 +220,22 @@ class EmbeddedPostgres:
             self.root = _private_dir("statekit-pg-", ids)
         data = self.root / "data"
         as_user = _as(ids)
-        subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--no-sync", "--locale=C"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=as_user,
-        )  # fmt: skip
-        with open(self.root / "log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=50"],
-                stdout=subprocess.DEVNULL, stderr=log, preexec_fn=as_user,
+        with _starting("the throwaway PostgreSQL"):
+            init = subprocess.run(
+                [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                 "--no-sync", "--locale=C"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=as_user,
             )  # fmt: skip
-        wait_port(self.port)
+            if init.returncode != 0:
+                first = (init.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[0]
+                raise TierError(f"the throwaway PostgreSQL did not initialise: {first}")
+            with open(self.root / "log", "wb") as log:
+                self.proc = subprocess.Popen(
+                    [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+                     "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=50"],
+                    stdout=subprocess.DEVNULL, stderr=log, preexec_fn=as_user,
+                )  # fmt: skip
+            wait_port(self.port)
         # accepting TCP does not mean ready for queries: retry a trivial connection
         import psycopg
 
@@ -226,9 +244,9 @@ class EmbeddedPostgres:
             try:
                 psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres").close()
                 break
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    raise TierError(f"the throwaway PostgreSQL does not answer: {str(exc).strip()[:200]}") from None
                 time.sleep(0.1)
         return self
 
@@ -287,12 +305,13 @@ class RedisProcess:
         if self.sandbox:
             for command in _SANDBOX_DISABLED:
                 extra += ["--rename-command", command, ""]
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_as(ids),
-        )  # fmt: skip
-        wait_port(self.port)
+        with _starting("the throwaway redis-server"):
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.root), *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_as(ids),
+            )  # fmt: skip
+            wait_port(self.port)
         return self
 
     def kill(self) -> None:
