@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from statekit.archive.format import RESERVED_MEMBERS, Archive, ArchiveWriter
 from statekit.archive.keys import generate_identity
@@ -547,4 +549,98 @@ def test_killed_mysql_restore_leaves_no_new_table_under_its_name(
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM acct").scalar() == 3
         assert conn.exec_driver_sql("SELECT v FROM other").scalar() == "new"
+    engine.dispose()
+
+
+# -- any value in any field: a one-line error, never an internal one -----------------------------------------
+
+_BASE_DOC: dict[str, Any] = {
+    "format": "statekit-db-schema", "format_version": 1, "dialect": "postgresql", "server_version": "15",
+    "default_schema": "public", "isolation": "",
+    "enums": [{"schema": "public", "name": "mood", "labels": ["a", "b"]}],
+    "domains": [{"schema": "public", "name": "posint", "type": "integer", "nullable": True, "default": None,
+                 "checks": [{"name": "ck", "check": "VALUE > 0"}]}],
+    "tables": [{
+        "schema": "public", "name": "acct", "member": "db/public.acct", "encoding": "copy", "partitioned": False,
+        "columns": [
+            {"name": "id", "type": {"kind": "int", "bits": 32, "unsigned": False}, "native": "integer",
+             "nullable": False, "default": "nextval('acct_id_seq'::regclass)", "generated": None, "identity": None,
+             "autoincrement": True, "sequence": "public.acct_id_seq"},
+            {"name": "m", "type": {"kind": "enum", "name": "mood", "schema": "public", "labels": ["a", "b"]},
+             "native": "mood", "nullable": True, "default": None, "generated": None, "identity": None,
+             "autoincrement": False, "sequence": None},
+            {"name": "q", "type": {"kind": "domain", "name": "posint", "schema": "public",
+                                   "base": {"kind": "int", "bits": 32}},
+             "native": "posint", "nullable": True, "default": None, "generated": None, "identity": None,
+             "autoincrement": False, "sequence": None},
+            {"name": "t", "type": {"kind": "text", "length": 20, "fixed": False}, "native": "character varying(20)",
+             "nullable": True, "default": None, "generated": None, "identity": None, "autoincrement": False,
+             "sequence": None},
+        ],
+        "primary_key": ["id"], "unique": [["t"]],
+        "foreign_keys": [{"name": "fk", "columns": ["q"], "ref_schema": "public", "ref_table": "acct",
+                          "ref_columns": ["id"], "on_delete": "CASCADE", "on_update": None}],
+        "constraints": [{"name": "ck", "type": "c", "definition": "CHECK (q > 0)"}],
+        "native_ddl": None, "indexes": ["CREATE INDEX ix ON public.acct USING btree (t)"],
+        "sequences": [{"column": "id", "name": "public.acct_id_seq", "last_value": 3, "is_called": True}],
+    }],
+}  # fmt: skip
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+_PATHS = _paths(_BASE_DOC)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _plan_everywhere(data: bytes, conn: Any) -> None:
+    """Read the description and work out its DDL for every dialect, trusted and not."""
+    from sqlalchemy.dialects import mysql, sqlite
+
+    from statekit.errors import StatekitError
+    from statekit.tiers.sql import ddl
+    from statekit.tiers.sql.schema import DbSchema
+
+    try:
+        desc = DbSchema.from_json_bytes(data)
+        for dialect in (mysql.dialect(), sqlite.dialect()):
+            for trusted in (False, True):
+                creates = [(t, None, "statekit_new_x_0" if dialect.name == "mysql" else None) for t in desc.tables]
+                ddl.generic_plan(desc, creates, dialect, {t.name for t in desc.tables}, trusted=trusted)
+        for trusted in (False, True):
+            ddl.pg_plan(conn, desc, [(t, t.schema) for t in desc.tables], trusted=trusted, map_schema=lambda s: s)
+    except StatekitError:
+        pass
+
+
+def test_any_value_in_any_schema_field_is_a_clean_error(pg_url: str) -> None:
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        _plan_everywhere(json.dumps(_BASE_DOC).encode(), conn)  # the baseline plans without error
+
+        @settings(max_examples=300, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+        @given(st.sampled_from(_PATHS), _JSON)
+        def check(path: tuple[Any, ...], value: Any) -> None:
+            doc = json.loads(json.dumps(_BASE_DOC))
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            _plan_everywhere(json.dumps(doc).encode(), conn)
+
+        check()
     engine.dispose()
