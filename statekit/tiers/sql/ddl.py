@@ -212,7 +212,7 @@ def pg_plan(
             if d.get("default") is not None:
                 stmt += f" DEFAULT {d['default']}"
             for ck in d.get("checks", []):
-                stmt += f" CONSTRAINT {qident(ck['name'])} CHECK ({ck['check']})"
+                stmt += (f" CONSTRAINT {qident(ck['name'])}" if ck.get("name") else "") + f" CHECK ({ck['check']})"
         else:
             if d.get("default") is not None:
                 plan.prelude_skipped.append(f"default of domain {shown(d['name'])}")
@@ -257,6 +257,7 @@ def _pg_untrusted_table(
     out = TableDdl()
     name = qtable(schema, table.name)
     lines: list[str] = []
+    owned: list[str] = []
     for c in table.columns:
         if c.generated is not None:
             out.skipped.append(f"generated column {shown(c.name)}")
@@ -268,7 +269,15 @@ def _pg_untrusted_table(
         if c.identity is not None:
             parts.append(f"GENERATED {'ALWAYS' if c.identity['always'] else 'BY DEFAULT'} AS IDENTITY")
         elif c.default is not None:
-            out.skipped.append(f"default of {shown(c.name)}")
+            seq = serial_sequence(c.default)
+            if seq is not None and base_kind(c.type)["kind"] == "int":
+                # a serial column: its sequence is a name, rebuilt here with our own statements
+                out.before.append(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
+                parts.append(f"DEFAULT nextval({_lit(seq)}::regclass)")
+                owned.append(f"ALTER SEQUENCE {seq} OWNED BY {name}.{qident(c.name)}")
+                _add(out.classes, "CREATE SEQUENCE (serial column)")
+            else:
+                out.skipped.append(f"default of {shown(c.name)}")
         if not c.nullable:
             parts.append("NOT NULL")
         lines.append(" ".join(parts))
@@ -288,6 +297,7 @@ def _pg_untrusted_table(
     for ix in table.indexes:
         out.skipped.append(f"index {shown(_index_name(ix))}")
     out.before.append(f"CREATE TABLE {name} (\n  " + ",\n  ".join(lines) + "\n)")
+    out.before.extend(owned)
     out.classes.append("CREATE TABLE (names, validated types, NOT NULL, identity, primary key, unique)")
     for fk in table.foreign_keys:
         if set(fk["columns"]) & omitted:
@@ -297,6 +307,20 @@ def _pg_untrusted_table(
     if out.after:
         out.classes.append("ADD FOREIGN KEY")
     return out
+
+
+_SERIAL = re.compile(r"nextval\('((?:[^'\x00]|'')+)'::regclass\)")
+_PG_NAME = re.compile(rf"{_PG_IDENT}(?:\.{_PG_IDENT})?")
+
+
+def serial_sequence(default: str) -> str | None:
+    """The sequence name of a serial column's default, `nextval('<name>'::regclass)` exactly, when the name is
+    a plain (possibly quoted, possibly qualified) identifier; None for any other default."""
+    m = _SERIAL.fullmatch(default)
+    if m is None:
+        return None
+    seq = m.group(1).replace("''", "'")
+    return seq if len(seq) <= _MAX_TYPE_TEXT and _PG_NAME.fullmatch(seq) else None
 
 
 def _pg_column_type(c: ColumnDesc, check: PgTypeCheck, problems: list[str], table: TableDesc) -> str | None:
