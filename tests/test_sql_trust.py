@@ -644,3 +644,50 @@ def test_any_value_in_any_schema_field_is_a_clean_error(pg_url: str) -> None:
 
         check()
     engine.dispose()
+
+
+def test_unsigned_archive_still_creates_a_working_table(
+    tmp_path: Path, identity_file: Path, pg_url: str, pg_url2: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the structured description keeps: types, enums, domains, keys, foreign keys, identity and serial
+    counters; what it leaves out (and the plan lists): other defaults, checks, indexes, generated columns."""
+    _exec(
+        pg_url,
+        "CREATE TYPE mood AS ENUM ('ok', 'sad')",
+        "CREATE DOMAIN posint AS integer CHECK (VALUE > 0)",
+        "CREATE TABLE parent (id serial PRIMARY KEY, code varchar(8) UNIQUE NOT NULL, m mood DEFAULT 'ok', "
+        "q posint, tags text[], g int GENERATED ALWAYS AS (id * 2) STORED, CHECK (id < 1000))",
+        "CREATE INDEX parent_lower ON parent (lower(code))",
+        "CREATE TABLE child (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "pid int REFERENCES parent (id) ON DELETE CASCADE)",
+        "INSERT INTO parent (code, m, q, tags) VALUES ('a', 'sad', 1, '{x,y}'), ('b', 'ok', 2, NULL)",
+        "INSERT INTO child (pid) VALUES (1), (2)",
+    )
+    good = snapshot(pg_url, tmp_path / "good.statekit", IDENTITY.recipient().to_string())
+    capsys.readouterr()
+    code = run(["restore", str(good), "--tier", "db", "--target-url", pg_url2, "-i", str(identity_file), "--yes",
+                "--no-undo"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for what in ("default of m", "generated column g", "constraint parent_id_check", "index parent_lower",
+                 "check posint_check of domain posint"):  # fmt: skip
+        assert what in out, out
+    _exec(pg_url2, "INSERT INTO parent (code, q) VALUES ('c', -5)", "INSERT INTO child (pid) VALUES (3)")
+    engine = sa.create_engine(pg_url2)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, code, m::text, q, tags FROM parent ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [(1, "a", "sad", 1, ["x", "y"]), (2, "b", "ok", 2, None),
+                                            (3, "c", None, -5, None)]  # fmt: skip
+        assert conn.exec_driver_sql("SELECT max(id) FROM child").scalar() == 3
+        assert "g" not in {c["name"] for c in sa.inspect(conn).get_columns("parent")}
+        assert [ix["name"] for ix in sa.inspect(conn).get_indexes("parent")] == ["parent_code_key"]  # unique only
+    engine.dispose()
+    with pytest.raises(sa.exc.IntegrityError):
+        _exec(pg_url2, "INSERT INTO parent (code) VALUES ('a')")  # unique kept
+    with pytest.raises(sa.exc.IntegrityError):
+        _exec(pg_url2, "INSERT INTO child (pid) VALUES (99)")  # foreign key kept
+    _exec(pg_url2, "DELETE FROM parent WHERE id = 1")
+    engine = sa.create_engine(pg_url2)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM child").scalar() == 2  # ON DELETE CASCADE kept
+    engine.dispose()
