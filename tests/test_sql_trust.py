@@ -30,6 +30,7 @@ from statekit.cli import run
 from statekit.tiers.sql.schema import member_prefix
 
 IDENTITY = generate_identity()
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="rehearsal servers run as their own account: needs root")
 Mutate = Callable[[dict[str, Any], "Ctx"], None]
 
 
@@ -428,6 +429,7 @@ def _all_expressions(doc: dict[str, Any], c: Ctx) -> None:
     doc["domains"][0]["default"] = f"1; {c.sql}; --"
 
 
+@needs_root
 def test_rehearsal_runs_no_archive_sql(
     tmp_path: Path, identity_file: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -464,6 +466,7 @@ def test_rehearsal_runs_no_archive_sql(
     assert not ctx.marker.exists()
 
 
+@needs_root
 def test_rehearsal_of_another_dialect_runs_no_archive_sql(
     tmp_path: Path, identity_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
