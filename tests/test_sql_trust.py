@@ -694,3 +694,41 @@ def test_unsigned_archive_still_creates_a_working_table(
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM child").scalar() == 2  # ON DELETE CASCADE kept
     engine.dispose()
+
+
+def test_unsigned_mysql_archive_still_creates_a_working_table(
+    tmp_path: Path, identity_file: Path, mysql_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MySQL from the description: native types that pass the grammar, enum labels with a backslash and a
+    quote, AUTO_INCREMENT, unique keys and foreign keys; the source's CREATE TABLE is listed as skipped."""
+    _exec(
+        mysql_url,
+        "CREATE TABLE p (id int unsigned AUTO_INCREMENT PRIMARY KEY, code varchar(10) NOT NULL UNIQUE, "
+        "amount decimal(12,3), e enum('a','b\\\\c','d''e'), flag tinyint(1) DEFAULT 1)",
+        "CREATE TABLE c (id bigint AUTO_INCREMENT PRIMARY KEY, pid int unsigned, "
+        "FOREIGN KEY (pid) REFERENCES p (id) ON DELETE CASCADE)",
+        "INSERT INTO p (code, amount, e) VALUES ('x', 1.5, 'b\\\\c'), ('y', NULL, 'd''e')",
+        "INSERT INTO c (pid) VALUES (1), (2)",
+    )
+    good = snapshot(mysql_url, tmp_path / "good.statekit", IDENTITY.recipient().to_string())
+    dst = mysql_url.rsplit("/", 1)[0] + "/" + _mysql_second(mysql_url)
+    capsys.readouterr()
+    code = run(["restore", str(good), "--tier", "db", "--target-url", dst, "-i", str(identity_file), "--yes",
+                "--no-undo"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "default of flag" in out and "the source's CREATE TABLE" in out, out
+    _exec(dst, "INSERT INTO p (code) VALUES ('z')")
+    engine = sa.create_engine(dst)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, code, e FROM p ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [(1, "x", "b\\c"), (2, "y", "d'e"), (3, "z", None)]
+        assert sorted(sa.inspect(conn).get_table_names()) == ["c", "p"]
+    engine.dispose()
+    with pytest.raises(sa.exc.IntegrityError):
+        _exec(dst, "INSERT INTO c (pid) VALUES (99)")
+    _exec(dst, "DELETE FROM p WHERE id = 1")
+    engine = sa.create_engine(dst)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM c").scalar() == 1
+    engine.dispose()

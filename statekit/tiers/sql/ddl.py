@@ -511,9 +511,8 @@ def sa_type(col: ColumnDesc, dialect: str) -> Any:
     if kind == "enum":
         labels = p.get("labels") or []
         if dialect == "mysql":
-            # SQLAlchemy doubles quotes; backslashes are doubled here so no label can end its literal early
-            # (with NO_BACKSLASH_ESCAPES such a label only reads back with its backslashes doubled)
-            return my_types.ENUM(*[x.replace("\\", "\\\\") for x in labels])
+            # SQLAlchemy doubles both quotes and backslashes in the labels: no label can end its literal early
+            return my_types.ENUM(*labels)
         return sa.String(max((len(x) for x in labels), default=1))
     if kind == "bytes":
         return my_types.LONGBLOB() if dialect == "mysql" else sa.LargeBinary()

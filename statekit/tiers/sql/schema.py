@@ -524,6 +524,9 @@ def reflect(
         for t in tables:
             row = conn.exec_driver_sql(f"SHOW CREATE TABLE {_qmy(t.name)}").fetchone()
             t.native_ddl = str(row[1]) if row else None
+            for c in t.columns:
+                if c.type.get("kind") == "enum":
+                    c.type["labels"] = [_my_unescape(x) for x in c.type["labels"]]
     else:
         for t in tables:
             ddl = conn.exec_driver_sql(
@@ -553,6 +556,22 @@ def _unique_sets(constraints: list[Any], indexes: list[Any]) -> list[list[str]]:
 
 def _pk_columns(pk: Any) -> list[str]:
     return list((pk or {}).get("constrained_columns") or [])
+
+
+_MY_ESCAPES = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _my_unescape(label: str) -> str:
+    # SQLAlchemy reads MySQL enum labels from SHOW CREATE TABLE with their backslash escapes still in
+    out: list[str] = []
+    chars = iter(label)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append(_MY_ESCAPES.get(nxt, nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _qmy(name: str) -> str:
