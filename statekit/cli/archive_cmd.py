@@ -108,8 +108,9 @@ def inspect(
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
 @click.option("--rehearse", is_flag=True,
-              help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server) and a temporary "
-                   "directory and compare row counts, content hashes and file hashes with the manifest.")  # fmt: skip
+              help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server; run as the "
+                   "unprivileged account statekit-sandbox, which needs root) and a temporary directory and compare "
+                   "row counts, content hashes and file hashes with the manifest.")  # fmt: skip
 @click.option("--tier", "tiers", multiple=True, type=click.Choice(["db", "redis", "files"]),
               help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
