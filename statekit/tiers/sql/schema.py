@@ -171,7 +171,7 @@ def check_type(ptype: Any, what: str, depth: int = 0) -> None:
     if kind not in KINDS:
         raise _Bad(f"{what}: unknown type kind {str(kind)[:40]!r}")
     _int(ptype.get("bits"), f"{what} bits", 1, 64)
-    _int(ptype.get("length"), f"{what} length", 0, 1 << 31)
+    _int(ptype.get("length"), f"{what} length", 0, 1 << 32)
     _int(ptype.get("precision"), f"{what} precision", 0, 1000)
     _int(ptype.get("scale"), f"{what} scale", -1000, 1000)
     for flag in ("unsigned", "fixed", "tz"):
@@ -216,8 +216,8 @@ def check_schema(desc: DbSchema) -> None:
         if t.encoding not in ("copy", "jsonl"):
             raise _Bad(f"{where}: unknown encoding")
         _bool(t.partitioned, f"{where} partitioned")
-        if not isinstance(t.columns, list) or not t.columns:
-            raise _Bad(f"{where} has no columns")
+        if not isinstance(t.columns, list):
+            raise _Bad(f"{where} columns are malformed")
         cols: set[str] = set()
         for c in t.columns:
             cw = f"{where} column {str(c.name)[:80]!r}"
