@@ -32,11 +32,12 @@ ARCHIVE_SQL = "archive SQL"
 
 @dataclass
 class TableDdl:
-    """How one missing table is created: statements before the data, statements after it (indexes, foreign
-    keys), the statement classes shown in the plan, and what of the archive's SQL is not applied."""
+    """How one missing table is created: statements before the data, indexes and foreign keys after it, the
+    statement classes shown in the plan, and what of the archive's SQL is not applied."""
 
     before: list[str] = field(default_factory=list)
-    after: list[str] = field(default_factory=list)
+    indexes: list[str] = field(default_factory=list)
+    foreign_keys: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -57,12 +58,8 @@ class CreatePlan:
 
     def after(self) -> list[str]:
         """Everything that runs after the data: indexes first, foreign keys last."""
-        out: list[str] = []
-        for t in self.tables.values():
-            out.extend(s for s in t.after if not s.startswith("ALTER TABLE"))
-        for t in self.tables.values():
-            out.extend(s for s in t.after if s.startswith("ALTER TABLE"))
-        return out
+        tables = list(self.tables.values())
+        return [s for t in tables for s in t.indexes] + [s for t in tables for s in t.foreign_keys]
 
 
 def shown(text: str, limit: int = 60) -> str:
@@ -73,7 +70,7 @@ def shown(text: str, limit: int = 60) -> str:
 
 def _refuse(what: str, text: str) -> CorruptArchive:
     return CorruptArchive(
-        f"archive member {SCHEMA_MEMBER}: {what} {shown(text)!r} is not a plain type name; an archive that is "
+        f"archive member {SCHEMA_MEMBER}: {what} '{shown(text)}' is not a plain type name; an archive that is "
         "not signed by a trusted key only creates tables from plain type names"
     )
 
@@ -241,11 +238,11 @@ def _pg_trusted_table(table: TableDesc, schema: str | None) -> TableDdl:
     _add(out.classes, f"CREATE TABLE ({ARCHIVE_SQL}: native types, defaults, checks, generated columns)")
     out.before.extend(owned)
     # Indexes after the data (faster to build once), foreign keys last (they may need a unique index).
-    out.after.extend(table.indexes)
+    out.indexes.extend(table.indexes)
     if table.indexes:
         _add(out.classes, f"CREATE INDEX ({ARCHIVE_SQL})")
     fks = native_foreign_keys(table, schema)
-    out.after.extend(fks)
+    out.foreign_keys.extend(fks)
     if fks:
         _add(out.classes, f"ADD FOREIGN KEY ({ARCHIVE_SQL})")
     return out
@@ -303,8 +300,8 @@ def _pg_untrusted_table(
         if set(fk["columns"]) & omitted:
             out.skipped.append(f"foreign key {shown(fk.get('name') or '?')} on a generated column")
         else:
-            out.after.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema)}")
-    if out.after:
+            out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema)}")
+    if out.foreign_keys:
         out.classes.append("ADD FOREIGN KEY")
     return out
 
