@@ -32,6 +32,7 @@ class ArchiveConfig:
     identity: str | None = None
     compression_level: int = 3
     sign_key: str | None = None
+    signers: list[str] = field(default_factory=list)  # statekit-sign1… keys whose signed archives are trusted
 
 
 @dataclass

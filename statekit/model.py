@@ -147,6 +147,7 @@ class RestoreOptions:
     # db
     tables: list[str] = field(default_factory=list)
     mode: str = "replace"  # replace | merge | append
+    trust_archive_sql: bool = False  # apply the archive's SQL expressions (a trusted signature or the flag)
     # redis
     match: list[str] = field(default_factory=list)
     db_map: dict[int, int] = field(default_factory=dict)

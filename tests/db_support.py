@@ -51,10 +51,10 @@ class FileUndo:
 
 def restore(
     archive: Archive, target: str, *, mode: str = "replace", tables: list[str] | None = None,
-    undo: FileUndo | None = None, progress: Any = None,
+    undo: FileUndo | None = None, progress: Any = None, trusted: bool = True,
 ) -> RestoreReport:  # fmt: skip
-    """restore_db with the usual options."""
-    opts = RestoreOptions(tier="db", target=target, mode=mode, tables=list(tables or []))
+    """restore_db with the usual options; the test's own archives are trusted (as a signed one would be)."""
+    opts = RestoreOptions(tier="db", target=target, mode=mode, tables=list(tables or []), trust_archive_sql=trusted)
     kw: dict[str, Any] = {}
     if progress is not None:
         kw["progress"] = progress

@@ -42,6 +42,7 @@ def test_rehearse_files_archive_with_metrics(tmp_path: Path, age_keys: tuple[str
     assert samples["statekit_rehearse_success"] == 1
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="rehearsal servers run as their own account: needs root")
 def test_rehearse_db_redis_and_files(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, redis_url: str) -> None:
     import redis
     import sqlalchemy as sa

@@ -37,14 +37,30 @@ def sign_key_options(func: F) -> F:
     )(func)
 
 
-def check_signers(archive_path: str | Path, signers: Sequence[str]) -> SignatureInfo | None:
-    """With signers given, verify `<archive>.sig` before anything else reads the archive (SignatureError,
-    exit 11, when it is missing or invalid); without signers, do nothing and return None."""
-    if not signers:
-        return None
-    from statekit.archive.signing import verify_signature
+def check_signers(
+    archive_path: str | Path, signers: Sequence[str], configured: Sequence[str] = ()
+) -> SignatureInfo | None:
+    """Verify `<archive>.sig` before anything else reads the archive. With --signer keys a signature is
+    required (SignatureError, exit 11, when it is missing or invalid). Otherwise the configured `[archive]
+    signers` are trusted: a valid signature by one of them makes the archive trusted, no signature leaves it
+    untrusted data (None), a signature that fails is refused (exit 11)."""
+    from statekit.archive.signing import signature_path, verify_signature
 
-    return verify_signature(archive_path, signers)
+    if signers:
+        return verify_signature(archive_path, signers)
+    if configured and signature_path(archive_path).exists():
+        return verify_signature(archive_path, configured)
+    return None
+
+
+def trust_options(func: F) -> F:
+    """--trust-archive-sql for commands that may create tables from an archive."""
+    return click.option(
+        "--trust-archive-sql",
+        is_flag=True,
+        help="db: apply the archive's own SQL (defaults, checks, generated columns, indexes, native DDL) to "
+        "tables it creates, although the archive is not signed by a trusted key (--signer, [archive] signers).",
+    )(func)
 
 
 def load_sign_key(sign_key: str | None, configured: str | None, warn: Warn = no_warn) -> SigningKey | None:
@@ -67,4 +83,11 @@ def sign_archive_file(archive_path: str | Path, key: SigningKey | None) -> Path 
     return sign_archive(archive_path, key)
 
 
-__all__ = ["check_signers", "load_sign_key", "sign_archive_file", "sign_key_options", "signer_options"]
+__all__ = [
+    "check_signers",
+    "load_sign_key",
+    "sign_archive_file",
+    "sign_key_options",
+    "signer_options",
+    "trust_options",
+]

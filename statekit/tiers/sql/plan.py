@@ -8,6 +8,7 @@ foreign-key parents) is reported column by column, and restore_db refuses to sta
 from __future__ import annotations
 
 import os
+import secrets
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ import sqlalchemy as sa
 
 from statekit.errors import ConfigError, CorruptArchive
 from statekit.model import RestoreOptions
+from statekit.tiers.sql import ddl
 from statekit.tiers.sql.connect import DbTarget
+from statekit.tiers.sql.ddl import CreatePlan
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     DbSchema,
@@ -41,6 +44,9 @@ class TablePlan:
     action: str  # create | replace | merge | append
     target_rows: int = 0
     archive_rows: int | None = None
+    sql: list[str] = field(default_factory=list)  # statement classes that will run for this table
+    skipped: list[str] = field(default_factory=list)  # archive SQL that is not applied
+    staging: str | None = None  # MySQL: created under this name, renamed into place with the data
 
     @property
     def target_key(self) -> str:
@@ -57,6 +63,12 @@ class TablePlan:
             "remove": self.target_rows if mode == "replace" else 0,
             "mode": mode,
             "action": self.action,
+            "sql": ", ".join(self.sql),
+            **(
+                {"skipped": "; ".join(self.skipped) + " (archive SQL: --signer or --trust-archive-sql applies it)"}
+                if self.skipped
+                else {}
+            ),
         }
 
 
@@ -70,6 +82,8 @@ class RestoreContext:
     plans: list[TablePlan]
     problems: list[str] = field(default_factory=list)
     default_schema: str | None = None
+    trusted: bool = False  # the archive's own SQL may run (trusted signature or --trust-archive-sql)
+    ddl: CreatePlan = field(default_factory=CreatePlan)
 
     @property
     def same_dialect(self) -> bool:
@@ -134,8 +148,83 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
             if have is not None and conn is not None:
                 plan.target_rows = _count(conn, schema, t.name)
             ctx.plans.append(plan)
-    ctx.problems = _problems(ctx, existing)
+    ctx.trusted = opts.trust_archive_sql
+    _plan_creates(ctx, existing)
+    ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
     return ctx
+
+
+def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
+    """Work out the DDL for the missing tables (validating every archived type name on the way) and the
+    statement classes of every table, so that the plan shows all of them."""
+    target = ctx.target
+    creates = [p for p in ctx.plans if p.existing is None]
+    native_pg = ctx.same_dialect and target.dialect == "postgresql"
+    if creates and target.dialect == "mysql":
+        token = secrets.token_hex(4)
+        for i, p in enumerate(creates):
+            p.staging = f"statekit_new_{token}_{i}"
+    if creates:
+        missing_file = target.dialect == "sqlite" and not os.path.exists(target.url.database or "")
+        opened: AbstractContextManager[sa.Connection | None] = nullcontext() if missing_file else target.connection()
+        with opened as conn:
+            try:
+                if native_pg:
+                    ctx.ddl = ddl.pg_plan(
+                        conn,
+                        ctx.desc,
+                        [(p.src, p.schema) for p in creates],
+                        trusted=ctx.trusted,
+                        map_schema=lambda s: _map_schema(s, ctx),
+                    )
+                else:
+                    dialect = conn.dialect if conn is not None else target.engine().dialect
+                    present = {p.src.name for p in ctx.plans} | {t.name for t in existing}
+                    ctx.ddl = ddl.generic_plan(
+                        ctx.desc, [(p.src, p.schema, p.staging) for p in creates], dialect, present,
+                        trusted=ctx.trusted,
+                    )  # fmt: skip
+            except sa.exc.DBAPIError as exc:
+                raise target.fail("checking the archived schema against the target", exc) from None
+    prelude_done = False
+    for p in ctx.plans:
+        table_ddl = ctx.ddl.tables.get(p.src.key)
+        if table_ddl is not None:
+            if not prelude_done:
+                p.sql.extend(ctx.ddl.prelude_classes)
+                p.skipped.extend(ctx.ddl.prelude_skipped)
+                prelude_done = True
+            p.sql.extend(table_ddl.classes)
+            p.skipped.extend(table_ddl.skipped)
+        p.sql.extend(_data_statements(p, ctx, native_pg))
+
+
+def _map_schema(schema: str | None, ctx: RestoreContext) -> str | None:
+    # a reference into the source's default schema points into the target's (as the tables themselves do)
+    if schema is None or schema == ctx.desc.default_schema:
+        return ctx.default_schema
+    return schema
+
+
+def _data_statements(p: TablePlan, ctx: RestoreContext, native_pg: bool) -> list[str]:
+    out: list[str] = []
+    existing = p.existing is not None
+    if native_pg:
+        if existing:
+            out.append("ALTER CONSTRAINT (foreign keys deferred for the transaction)")
+        if existing and ctx.mode == "replace":
+            out.append("TRUNCATE")
+        if ctx.mode == "merge" and existing:
+            out.append("COPY into a temporary table, INSERT … ON CONFLICT")
+        else:
+            out.append("COPY")
+    else:
+        if existing and ctx.mode == "replace":
+            out.append("DELETE")
+        out.append("INSERT … ON CONFLICT" if ctx.mode == "merge" else "INSERT")
+    if ctx.target.dialect == "postgresql":
+        out.append("setval (sequences)")
+    return out
 
 
 def _target_schema(t: TableDesc, desc: DbSchema, dialect: str, default_schema: str | None) -> str | None:

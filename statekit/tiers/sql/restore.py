@@ -28,7 +28,6 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.sql import ddl
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, base_kind
@@ -143,9 +142,8 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
                 cur.execute(stmt)
-            before, fks = ddl.pg_create_statements(
-                conn, ctx.desc, [(p.src, p.schema) for p in ctx.plans if p.existing is None]
-            )
+            # the DDL was worked out (and every archived type name checked) by the plan
+            before, fks = ctx.ddl.before(), ctx.ddl.after()
             for stmt in before:
                 cur.execute(stmt)
             changed = _defer_foreign_keys(cur, ctx)
@@ -245,7 +243,7 @@ def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
     for p in ctx.plans:
         archived = {s["column"]: s for s in p.src.sequences}
         table = qtable(p.schema, p.src.name)
-        for col in p.src.columns:
+        for col in p.src.data_columns:  # a generated column has no sequence (and may not have been created)
             if base_kind(col.type)["kind"] != "int":
                 continue
             cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (table, col.name))
@@ -284,8 +282,9 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
         raise TierUnavailable(f"db {target.shown}: cannot connect: {target.scrub(str(exc))}") from None
     q = conn.dialect.identifier_preparer.quote
 
-    def qname(p: TablePlan) -> str:
-        return f"{q(p.schema)}.{q(p.src.name)}" if p.schema else q(p.src.name)
+    def qname(p: TablePlan, *, final: bool = False) -> str:
+        name = p.src.name if final or p.staging is None else p.staging
+        return f"{q(p.schema)}.{q(name)}" if p.schema else q(name)
 
     try:
         if dialect == "mysql":
@@ -293,13 +292,18 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
         elif dialect == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        creates = _create_statements(ctx, conn)
-        for p, stmt in creates:
-            conn.exec_driver_sql(stmt)
-            if qname(p) not in created:
-                created.append(qname(p))
+        for p in ctx.plans:
+            table_ddl = ctx.ddl.tables.get(p.src.key)
+            if table_ddl is None:
+                continue
+            for stmt in table_ddl.before:
+                conn.exec_driver_sql(stmt)
+                if qname(p) not in created:
+                    created.append(qname(p))
         if dialect == "mysql":
-            conn.commit()  # MySQL DDL commits anyway; created tables are dropped again on failure
+            # MySQL commits DDL at once: new tables exist under staging names until the data is in, and are
+            # dropped again on failure, so no half-restored table ever carries its real name
+            conn.commit()
         if dialect == "postgresql":
             conn.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
         if ctx.mode == "replace":
@@ -325,8 +329,15 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
             with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                 _set_sequences(cur, ctx)
+        staged = [p for p in ctx.plans if p.staging is not None]
         if dialect == "sqlite":
             conn.exec_driver_sql("COMMIT")
+        elif staged:
+            # RENAME TABLE commits the data first (implicitly), then renames every staged table in one step
+            pairs = ", ".join(f"{qname(p)} TO {qname(p, final=True)}" for p in staged)
+            conn.exec_driver_sql(f"RENAME TABLE {pairs}")
+            created.clear()
+            conn.commit()
         else:
             conn.commit()
     except BaseException:
@@ -346,20 +357,6 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
         conn.close()
         engine.dispose()
     return loaded
-
-
-def _create_statements(ctx: RestoreContext, conn: sa.Connection) -> list[tuple[TablePlan, str]]:
-    todo = [p for p in ctx.plans if p.existing is None]
-    present = {p.src.name for p in ctx.plans} | set(sa.inspect(conn).get_table_names())
-    out: list[tuple[TablePlan, str]] = []
-    for p in todo:
-        stmt = ddl.native_statement(p.src, ctx.target.dialect) if ctx.same_dialect else None
-        if stmt is None:
-            stmt = ddl.sa_create_statement(p.src, conn.dialect, p.schema, present)
-        out.append((p, stmt))
-        if ctx.same_dialect and ctx.target.dialect == "sqlite":
-            out.extend((p, ix) for ix in p.src.indexes)  # MySQL's SHOW CREATE TABLE has them already
-    return out
 
 
 def _insert_sql(conn: sa.Connection, plan: TablePlan, qname: str, mode: str) -> str:

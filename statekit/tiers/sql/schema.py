@@ -98,7 +98,7 @@ class DbSchema:
             for t in doc["tables"]:
                 cols = [ColumnDesc(**c) for c in t.pop("columns")]
                 tables.append(TableDesc(columns=cols, **t))
-            return cls(
+            desc = cls(
                 dialect=str(doc["dialect"]),
                 server_version=str(doc["server_version"]),
                 default_schema=doc.get("default_schema"),
@@ -107,10 +107,205 @@ class DbSchema:
                 domains=list(doc.get("domains", [])),
                 isolation=str(doc.get("isolation", "")),
             )
+            check_schema(desc)
+            return desc
         except CorruptArchive:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptArchive(f"archive member {SCHEMA_MEMBER} is damaged: {exc}") from None
+
+
+# -- checking an archived description -----------------------------------------------------------------------
+
+# Every kind portable_type produces; a description with another one was not written by statekit.
+KINDS = {
+    "int", "bool", "numeric", "float", "text", "bytes", "date", "time", "timestamp", "timestamptz", "interval",
+    "uuid", "json", "jsonb", "enum", "array", "domain", "other",
+}  # fmt: skip
+FK_ACTIONS = {"CASCADE", "SET NULL", "SET DEFAULT", "RESTRICT", "NO ACTION"}
+_MAX_NAME = 1024
+_MAX_TYPE_DEPTH = 8
+
+
+class _Bad(ValueError):
+    """One field of db/schema.json that statekit would never have written."""
+
+
+def _name(value: Any, what: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME or "\0" in value:
+        raise _Bad(f"{what} is not a valid name")
+
+
+def _opt_str(value: Any, what: str) -> None:
+    if value is not None and (not isinstance(value, str) or "\0" in value):
+        raise _Bad(f"{what} is not text")
+
+
+def _int(value: Any, what: str, lo: int, hi: int, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _Bad(f"{what} is not an integer in [{lo}, {hi}]")
+
+
+def _bool(value: Any, what: str) -> None:
+    if not isinstance(value, bool):
+        raise _Bad(f"{what} is not true/false")
+
+
+def _names(value: Any, what: str) -> None:
+    if not isinstance(value, list):
+        raise _Bad(f"{what} is not a list of names")
+    for i, v in enumerate(value):
+        _name(v, f"{what}[{i}]")
+
+
+def check_type(ptype: Any, what: str, depth: int = 0) -> None:
+    """Refuse a portable type description that statekit would not have written (values that reach DDL
+    as numbers must be numbers, names must be names)."""
+    if depth > _MAX_TYPE_DEPTH or not isinstance(ptype, dict):
+        raise _Bad(f"{what}: malformed type")
+    kind = ptype.get("kind")
+    if kind not in KINDS:
+        raise _Bad(f"{what}: unknown type kind {str(kind)[:40]!r}")
+    _int(ptype.get("bits"), f"{what} bits", 1, 64)
+    _int(ptype.get("length"), f"{what} length", 0, 1 << 32)
+    _int(ptype.get("precision"), f"{what} precision", 0, 1000)
+    _int(ptype.get("scale"), f"{what} scale", -1000, 1000)
+    for flag in ("unsigned", "fixed", "tz"):
+        if flag in ptype and ptype[flag] is not None:
+            _bool(ptype[flag], f"{what} {flag}")
+    if kind in ("enum", "domain"):
+        _name(ptype.get("name"), f"{what} name", optional=kind == "enum")
+        _name(ptype.get("schema"), f"{what} schema", optional=True)
+    if kind == "enum":
+        labels = ptype.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) and "\0" not in x for x in labels):
+            raise _Bad(f"{what}: enum labels are not a list of text")
+    if kind == "domain":
+        check_type(ptype.get("base"), what, depth + 1)
+    if kind == "array":
+        check_type(ptype.get("item"), what, depth + 1)
+
+
+def _kinds(ptype: dict[str, Any]) -> set[str]:
+    inner = ptype.get("base") or ptype.get("item")
+    return {str(ptype.get("kind"))} | (_kinds(inner) if isinstance(inner, dict) else set())
+
+
+def check_schema(desc: DbSchema) -> None:
+    """Check every field of an archived description for the shape statekit writes; raises _Bad (a
+    ValueError) naming the first field that is not. Expressions (defaults, checks, indexes, native DDL) are
+    only checked to be text here: whether they may run at all is the restore's trust decision."""
+    _name(desc.dialect, "dialect")
+    if desc.dialect not in ("postgresql", "mysql", "sqlite"):
+        raise _Bad(f"unknown dialect {desc.dialect[:40]!r}")
+    _name(desc.default_schema, "default_schema", optional=True)
+    seen: set[tuple[str | None, str]] = set()
+    for t in desc.tables:
+        where = f"table {str(t.name)[:80]!r}"
+        _name(t.name, where)
+        _name(t.schema, f"{where} schema", optional=True)
+        if (t.schema, t.name) in seen:
+            raise _Bad(f"{where} is listed twice")
+        seen.add((t.schema, t.name))
+        if t.member != member_prefix(t.schema, t.name):
+            raise _Bad(f"{where}: member prefix does not match its name")
+        if t.encoding not in ("copy", "jsonl"):
+            raise _Bad(f"{where}: unknown encoding")
+        _bool(t.partitioned, f"{where} partitioned")
+        if not isinstance(t.columns, list):
+            raise _Bad(f"{where} columns are malformed")
+        cols: set[str] = set()
+        for c in t.columns:
+            cw = f"{where} column {str(c.name)[:80]!r}"
+            _name(c.name, cw)
+            if c.name in cols:
+                raise _Bad(f"{cw} is listed twice")
+            cols.add(c.name)
+            check_type(c.type, cw)
+            if desc.dialect != "postgresql" and _kinds(c.type) & {"domain", "array"}:
+                raise _Bad(f"{cw}: a {desc.dialect} archive with PostgreSQL types")
+            _opt_str(c.native, f"{cw} native type")
+            if not isinstance(c.native, str):
+                raise _Bad(f"{cw} native type is not text")
+            _bool(c.nullable, f"{cw} nullable")
+            _bool(c.autoincrement, f"{cw} autoincrement")
+            _opt_str(c.default, f"{cw} default")
+            _opt_str(c.generated, f"{cw} generated")
+            _opt_str(c.sequence, f"{cw} sequence")
+            if c.identity is not None and (not isinstance(c.identity, dict) or set(c.identity) != {"always"}):
+                raise _Bad(f"{cw} identity is malformed")
+            if c.identity is not None:
+                _bool(c.identity["always"], f"{cw} identity")
+        for what, group in (("primary key", [t.primary_key]), ("unique key", t.unique)):
+            if not isinstance(group, list):
+                raise _Bad(f"{where} {what} is malformed")
+            for names in group:
+                _names(names, f"{where} {what}")
+                if not set(names) <= cols:
+                    raise _Bad(f"{where} {what} names a column the table does not have")
+        if not isinstance(t.foreign_keys, list):
+            raise _Bad(f"{where} foreign keys are malformed")
+        for fk in t.foreign_keys:
+            if not isinstance(fk, dict):
+                raise _Bad(f"{where}: malformed foreign key")
+            _name(fk.get("name"), f"{where} foreign key name", optional=True)
+            _names(fk.get("columns"), f"{where} foreign key columns")
+            _names(fk.get("ref_columns"), f"{where} foreign key columns")
+            _name(fk.get("ref_table"), f"{where} foreign key table")
+            _name(fk.get("ref_schema"), f"{where} foreign key schema", optional=True)
+            if not fk["columns"] or len(fk["columns"]) != len(fk["ref_columns"]) or not set(fk["columns"]) <= cols:
+                raise _Bad(f"{where}: foreign key columns do not match")
+            for key in ("on_delete", "on_update"):
+                action = fk.get(key)
+                if action is not None and (not isinstance(action, str) or action.upper() not in FK_ACTIONS):
+                    raise _Bad(f"{where}: foreign key {key} is not one of {', '.join(sorted(FK_ACTIONS))}")
+        if not isinstance(t.constraints, list) or not all(
+            isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("name", "type", "definition"))
+            for c in t.constraints
+        ):
+            raise _Bad(f"{where} constraints are malformed")
+        _opt_str(t.native_ddl, f"{where} native DDL")
+        if not isinstance(t.indexes, list) or not all(isinstance(x, str) for x in t.indexes):
+            raise _Bad(f"{where} indexes are malformed")
+        if not isinstance(t.sequences, list):
+            raise _Bad(f"{where} sequences are malformed")
+        for s in t.sequences:
+            if not isinstance(s, dict) or s.get("column") not in cols:
+                raise _Bad(f"{where}: malformed sequence position")
+            _opt_str(s.get("name"), f"{where} sequence name")
+            _int(s.get("last_value"), f"{where} sequence position", -(1 << 63), (1 << 63) - 1, optional=False)
+            _bool(s.get("is_called"), f"{where} sequence is_called")
+    if desc.dialect != "postgresql" and (desc.enums or desc.domains):
+        raise _Bad(f"a {desc.dialect} archive with PostgreSQL enums or domains")
+    for e in desc.enums:
+        if not isinstance(e, dict):
+            raise _Bad("malformed enum")
+        check_type({"kind": "enum", **e}, f"enum {str(e.get('name'))[:80]!r}")
+        _name(e.get("name"), "enum name")
+        if any(len(x.encode()) > 63 for x in e["labels"]):
+            raise _Bad(f"enum {str(e.get('name'))[:80]!r} has a label longer than PostgreSQL allows")
+    for d in desc.domains:
+        if not isinstance(d, dict):
+            raise _Bad("malformed domain")
+        dw = f"domain {str(d.get('name'))[:80]!r}"
+        _name(d.get("name"), dw)
+        _name(d.get("schema"), f"{dw} schema", optional=True)
+        if not isinstance(d.get("type"), str):
+            raise _Bad(f"{dw} type is not text")
+        _opt_str(d.get("default"), f"{dw} default")
+        if d.get("nullable") is not None:
+            _bool(d["nullable"], f"{dw} nullable")
+        checks = d.get("checks", [])
+        if not isinstance(checks, list) or not all(
+            isinstance(ck, dict) and isinstance(ck.get("check"), str) for ck in checks
+        ):
+            raise _Bad(f"{dw} checks are malformed")
+        for ck in checks:
+            _name(ck.get("name"), f"{dw} check name", optional=True)
 
 
 # -- portable types ---------------------------------------------------------------------------------------
@@ -329,6 +524,9 @@ def reflect(
         for t in tables:
             row = conn.exec_driver_sql(f"SHOW CREATE TABLE {_qmy(t.name)}").fetchone()
             t.native_ddl = str(row[1]) if row else None
+            for c in t.columns:
+                if c.type.get("kind") == "enum":
+                    c.type["labels"] = [_my_unescape(x) for x in c.type["labels"]]
     else:
         for t in tables:
             ddl = conn.exec_driver_sql(
@@ -358,6 +556,22 @@ def _unique_sets(constraints: list[Any], indexes: list[Any]) -> list[list[str]]:
 
 def _pk_columns(pk: Any) -> list[str]:
     return list((pk or {}).get("constrained_columns") or [])
+
+
+_MY_ESCAPES = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _my_unescape(label: str) -> str:
+    # SQLAlchemy reads MySQL enum labels from SHOW CREATE TABLE with their backslash escapes still in
+    out: list[str] = []
+    chars = iter(label)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append(_MY_ESCAPES.get(nxt, nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _qmy(name: str) -> str:
