@@ -183,3 +183,6 @@ def archive_is_encrypted(archive: Archive) -> bool:
 
     with open(archive.path, "rb") as fh:
         return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
+
+
+__all__ = ["RESTORE_TIERS", "UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]
