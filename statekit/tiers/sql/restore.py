@@ -111,9 +111,17 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
         summary = snapshot_target(ctx.target, undo.sink, include=exact_patterns(keys), exclude=[], schemas=schemas)
     else:
         from statekit.model import TierSummary
+        from statekit.tiers.sql.schema import DbSchema
 
+        # Nothing existed yet: an empty db tier, so the undo archive still restores (to no change).
+        empty = DbSchema(ctx.target.dialect, "", ctx.default_schema, [])
+        undo.sink.add(SCHEMA_MEMBER, empty.to_json_bytes(), meta={"tables": 0})
         summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
         summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect, "tables": {}}
+    created = [p.target_key for p in ctx.plans if p.existing is None]
+    if created:
+        # Restoring the undo archive does not drop these: listed so a person can.
+        summary.details["created_by_restore"] = created
     return undo.seal(summary)
 
 
