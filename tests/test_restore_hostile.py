@@ -24,7 +24,6 @@ import zstandard
 from statekit.archive.age import Encryptor
 from statekit.archive.format import ArchiveWriter, atomic_output
 from statekit.archive.keys import generate_identity
-from statekit.cli import run
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.records import TYPE_ZSET, RecordWriter
 
@@ -89,6 +88,12 @@ def _restore(archive: Path, identity: Path, *extra: str) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
+def _zset_bad_score(rw: RecordWriter) -> None:
+    rw.begin_big(b"bad", TYPE_ZSET, -1)
+    rw.add_chunk(b"bad", TYPE_ZSET, [b"m", b"x1"])
+    rw.end_big(b"bad", TYPE_ZSET, 1)
+
+
 def _cases(client: redis.Redis) -> dict[str, Any]:
     good = _good_dump(client)
     good_rdb = good[-10] | (good[-9] << 8)
@@ -102,11 +107,7 @@ def _cases(client: redis.Redis) -> dict[str, Any]:
         "garbage-payload": lambda rw: rw.add_dump(b"bad", _payload(b"\x0e" + os.urandom(40), good_rdb), -1),
         "bad-crc": lambda rw: rw.add_dump(b"bad", good[:-1] + bytes([good[-1] ^ 1]), -1),
         "chunk-outside-big-key": lambda rw: rw.add_chunk(b"bad", TYPE_ZSET, [b"m", b"1"]),
-        "zset-chunk-score-not-a-number": lambda rw: (
-            rw.begin_big(b"bad", TYPE_ZSET, -1),
-            rw.add_chunk(b"bad", TYPE_ZSET, [b"m", b"x1"]),
-            rw.end_big(b"bad", TYPE_ZSET, 1),
-        ),  # fmt: skip
+        "zset-chunk-score-not-a-number": _zset_bad_score,
         "big-key-never-ends": lambda rw: (rw.begin_big(b"bad", TYPE_ZSET, -1), rw.add_chunk(b"bad", TYPE_ZSET, [])),
     }
 
@@ -277,38 +278,39 @@ def huge_member_archive(path: Path, name: str, size: int, head: bytes = b"") -> 
     entries.append({"name": name, "size": size, "sha256": digest.hexdigest(), "mode": "0600", "mtime": 0})
     manifest = json.dumps({"format": "statekit-archive", "format_version": 1, "members": entries}).encode()
     cctx = zstandard.ZstdCompressor()
-    with open(path, "wb") as fh, Encryptor(fh, [IDENTITY.recipient()]) as enc:
-        with (
-            cctx.stream_writer(enc, closefd=False) as z,
-            tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-        ):  # type: ignore[call-overload]  # noqa: E501
-            for n, d in small[:1]:
-                info = tarfile.TarInfo(n)
-                info.size, info.mode = len(d), 0o600
-                tar.addfile(info, io.BytesIO(d))
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = size, 0o600
+    with (
+        open(path, "wb") as fh,
+        Encryptor(fh, [IDENTITY.recipient()]) as enc,
+        cctx.stream_writer(enc, closefd=False) as z,
+        tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for n, d in small[:1]:
+            info = tarfile.TarInfo(n)
+            info.size, info.mode = len(d), 0o600
+            tar.addfile(info, io.BytesIO(d))
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = size, 0o600
 
-            class _Src(io.RawIOBase):
-                def __init__(self) -> None:
-                    self.head, self.zeros = head, _Zeros(size - len(head))
+        class _Src(io.RawIOBase):
+            def __init__(self) -> None:
+                self.head, self.zeros = head, _Zeros(size - len(head))
 
-                def readable(self) -> bool:
-                    return True
+            def readable(self) -> bool:
+                return True
 
-                def readinto(self, buf: Any) -> int:
-                    if self.head:
-                        n = min(len(buf), len(self.head))
-                        buf[:n] = self.head[:n]
-                        self.head = self.head[n:]
-                        return n
-                    return self.zeros.readinto(buf)
+            def readinto(self, buf: Any) -> int:
+                if self.head:
+                    n = min(len(buf), len(self.head))
+                    buf[:n] = self.head[:n]
+                    self.head = self.head[n:]
+                    return n
+                return self.zeros.readinto(buf)
 
-            tar.addfile(info, io.BufferedReader(_Src()))
-            for n, d in [small[1], ("MANIFEST.json", manifest)]:
-                info = tarfile.TarInfo(n)
-                info.size, info.mode = len(d), 0o600
-                tar.addfile(info, io.BytesIO(d))
+        tar.addfile(info, io.BufferedReader(_Src()))
+        for n, d in [small[1], ("MANIFEST.json", manifest)]:
+            info = tarfile.TarInfo(n)
+            info.size, info.mode = len(d), 0o600
+            tar.addfile(info, io.BytesIO(d))
     return path
 
 
