@@ -149,7 +149,9 @@ def test_redis_undo_goes_back_to_database_5(
     assert "--target-url" not in command and "--flush" not in command
     proc = run_printed(command, env)
     assert proc.returncode == 0, proc.stderr
-    assert "target: redis://127.0.0.1" in proc.stdout and "/5 (the target the undo archive was saved from)" in proc.stdout
+    assert (
+        "target: redis://127.0.0.1" in proc.stdout and "/5 (the target the undo archive was saved from)" in proc.stdout
+    )
     assert _redis_state(f"{dst}/5") == before
     assert _redis_state(f"{dst}/0") == live
 
@@ -332,3 +334,65 @@ def test_db_undo_goes_back_to_the_second_database(
     assert proc.returncode == 0, proc.stderr
     assert _pg_state(pg_url2) == before
     assert _pg_state(pg_url) == live
+
+
+# -- interruptions and failures after the first change -----------------------------------------------------------
+
+
+def test_sigterm_after_the_first_change_is_130_and_names_the_way_back(
+    tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]
+) -> None:
+    identity, recipient = keys
+    src, dst = two_redis
+    _fill(f"{src}/0", "k", 0, 20_000, "new")
+    archive = tmp_path / "r.statekit"
+    assert sk("snapshot", "--redis-url", f"{src}/0", "--to", str(archive), "-r", recipient).returncode == 0
+    _fill(f"{dst}/2", "k", 10_000, 20_000, "old")
+    before = _redis_state(f"{dst}/2")
+    target = redis.Redis.from_url(f"{dst}/2")
+    proc = subprocess.Popen([STATEKIT, "restore", str(archive), "--tier", "redis", "--target-url", f"{dst}/2", "-i",
+                             identity, "--yes", "--undo-dir", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_env(), text=True)  # fmt: skip
+    assert proc.stderr is not None
+    first = ""
+    for line in proc.stderr:
+        first += line
+        if "to put the target back:" in line:
+            break
+    while proc.poll() is None and int(target.dbsize()) <= 20_000:
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait() == 130, rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted; the target may be partly restored; the undo archive "), last
+    command = printed_command(first)
+    assert shlex.join(["statekit", *command[1:]]) in last
+    assert run_printed(command, _env()).returncode == 0
+    assert _redis_state(f"{dst}/2") == before
+
+
+def test_redis_restore_with_keys_it_could_not_write_exits_6(
+    tmp_path: Path, keys: tuple[str, str], two_redis: tuple[str, str]
+) -> None:
+    identity, recipient = keys
+    src, dst = two_redis
+    client = redis.Redis.from_url(f"{src}/0")
+    pipe = client.pipeline(transaction=False)
+    for i in range(2000):
+        pipe.set(f"big:{i}", "v" * 2000, ex=3600)  # with an expiry: one SET per key, each reply counted
+    pipe.execute()
+    archive = tmp_path / "r.statekit"
+    assert sk("snapshot", "--redis-url", f"{src}/0", "--to", str(archive), "-r", recipient).returncode == 0
+    full = redis.Redis.from_url(f"{dst}/0")
+    used = int(full.info("memory")["used_memory"])
+    full.config_set("maxmemory-policy", "noeviction")
+    full.config_set("maxmemory", str(used + 1_000_000))  # room for about a quarter of the keys
+    proc = sk("restore", str(archive), "--tier", "redis", "--target-url", f"{dst}/0", "-i", identity, "--yes",
+              "--undo-dir", str(tmp_path))  # fmt: skip
+    full.config_set("maxmemory", "0")
+    assert proc.returncode == 6, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "redis restore incomplete:" in last and "could not be written" in last, last
+    assert "puts the target back: statekit restore" in last
+    assert "failed" in proc.stdout and "OOM" in proc.stdout
