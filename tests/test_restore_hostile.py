@@ -347,3 +347,87 @@ def test_a_1gib_member_does_not_become_an_allocation(
     assert "Traceback" not in err
     assert code == (3 if tier == "redis" else 0), err
     assert rss < 256, f"peak RSS {rss:.0f} MiB"
+
+
+# -- db segments ---------------------------------------------------------------------------------------------------
+
+
+def rewrite(src: Path, dst: Path, change: Any) -> Path:
+    """A copy of archive `src`, validly re-encrypted with a truthful manifest, each data member passed through
+    `change(name, data) -> data`."""
+    from statekit.archive.format import Archive
+
+    archive = Archive(src, [IDENTITY])
+    metas = {m["name"]: m.get("meta") for m in archive.manifest["members"]}
+    snapshot = archive.snapshot
+    with atomic_output(dst) as fh:
+        w = ArchiveWriter(fh, recipients=[IDENTITY.recipient()])
+        for m in archive.members():
+            if m.name == "README.txt":
+                continue
+            w.add(m.name, change(m.name, m.read_all()), mode=m.mode, meta=metas.get(m.name))
+        w.finish(snapshot)
+    return dst
+
+
+def _sqlite_rows(path: Path) -> list[Any]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT * FROM t ORDER BY id").fetchall()
+
+
+DB_CASES = {
+    "copy-row-too-wide": (".copy", lambda d: d.replace(b"\n", b"\tx\n", 1)),
+    "copy-row-too-narrow": (".copy", lambda d: d.replace(b"\t", b" ", 1)),
+    "copy-cut-short": (".copy", lambda d: d[:-3]),
+    "copy-not-utf8": (".copy", lambda d: d.replace(b"\n", b"\xff\xfe\n", 1)),
+    "copy-more-rows-than-said": (".copy", lambda d: d + d.split(b"\n")[0] + b"\n"),
+    "jsonl-deeply-nested": (".jsonl", lambda d: d.replace(b"\n", b"\n" + b"[" * 100000 + b"]" * 100000 + b"\n", 1)),
+    "jsonl-row-too-wide": (".jsonl", lambda d: d.replace(b"]\n", b', "x"]\n', 1)),
+    "jsonl-not-json": (".jsonl", lambda d: d.replace(b"]\n", b"\n", 1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DB_CASES))
+def test_malformed_db_segment_is_refused_before_any_change(
+    case: str, tmp_path: Path, identity_file: Path, pg_url: str
+) -> None:
+    import sqlite3
+
+    ext, damage = DB_CASES[case]
+    recipient = IDENTITY.recipient().to_string()
+    if ext == ".copy":
+        with psycopg_connect(pg_url) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            conn.execute("INSERT INTO t SELECT g, 'new-' || g FROM generate_series(1, 500) g")
+        source = ["--db-url", pg_url]
+    else:
+        with sqlite3.connect(tmp_path / "src.db") as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"new-{i}") for i in range(500)])
+        source = ["--db-url", f"sqlite:///{tmp_path / 'src.db'}"]
+    good = tmp_path / "good.statekit"
+    snap = subprocess.run([STATEKIT, "snapshot", *source, "--to", str(good), "-r", recipient], capture_output=True,
+                          text=True)  # fmt: skip
+    assert snap.returncode == 0, snap.stderr
+    bad = rewrite(good, tmp_path / "bad.statekit", lambda n, d: damage(d) if n.endswith(ext) else d)
+    target = tmp_path / "target.db"
+    with sqlite3.connect(target) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"old-{i}") for i in range(10)])
+    before = _sqlite_rows(target)
+    for extra in (["--dry-run"], ["--yes"]):
+        code, err = _restore(bad, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", *extra)
+        assert code == 3, f"{case}: {err}"
+        assert "archive member db/" in err and err.count("\n") == 1, err
+        assert _sqlite_rows(target) == before
+    assert not list(Path().glob("undo-*.statekit"))
+    code, err = _restore(good, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", "--no-undo")
+    assert code == 0, err  # the undamaged archive restores: the damage is what was refused
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)

@@ -32,6 +32,7 @@ from statekit.tiers.sql import ddl
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, base_kind
+from statekit.tiers.sql.segments import check_segments
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
 
@@ -44,6 +45,8 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig) -> Restor
     rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
     incompatibility column by column and every non-portable column."""
     ctx = prepare(archive, opts, cfg.url, with_counts=True)
+    if not ctx.problems:
+        check_segments(archive, ctx.by_member())  # every segment it would load, before the first change
     return _report(ctx, dry_run=True)
 
 
