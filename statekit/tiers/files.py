@@ -540,7 +540,9 @@ def _mtime_ns(entry: object, mtime: float) -> int:
     value = meta.get("mtime_ns") if isinstance(meta, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63:
         return value
-    return int(mtime * 1_000_000) * 1000
+    ns = int(mtime * 1_000_000) * 1000
+    # A time the file system cannot hold (the tar header allows any number) becomes the epoch, never a crash.
+    return ns if -(1 << 63) <= ns < 1 << 63 else 0
 
 
 def make_parents(root: str, directory: str, what: str = "files restore") -> None:
