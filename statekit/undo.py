@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from statekit.archive.format import ArchiveWriter, atomic_output
 from statekit.config import Config, redact_url
-from statekit.errors import Refused, StorageError, UsageError
+from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
 
 if TYPE_CHECKING:
@@ -171,6 +171,9 @@ def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | Non
         return None
     doc = snapshot.get("restore_target")
     if isinstance(doc, dict) and doc.get("tier") == tier:
+        where = doc.get("root" if tier == "files" else "url")
+        if not isinstance(where, str) or not where or "\0" in where:
+            raise CorruptArchive("the undo archive's restore_target is damaged (no target it could go back to)")
         return doc
     tiers = snapshot.get("tiers")
     first = tiers[0] if isinstance(tiers, list) and tiers and isinstance(tiers[0], dict) else {}

@@ -875,6 +875,11 @@ def _check_snapshot(doc: Any) -> dict[str, Any]:
     tiers = doc.get("tiers", [])
     if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
         raise CorruptArchive("archive snapshot.json is damaged (tiers must be a list of objects)")
+    for t in tiers:
+        if not isinstance(t.get("tier", ""), str) or not all(
+            isinstance(t.get(k, {}), dict) for k in ("counts", "details")
+        ):
+            raise CorruptArchive("archive snapshot.json is damaged (a tier with a malformed name, counts or details)")
     return doc
 
 
