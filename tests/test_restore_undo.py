@@ -396,3 +396,30 @@ def test_redis_restore_with_keys_it_could_not_write_exits_6(
     assert "redis restore incomplete:" in last and "could not be written" in last, last
     assert "puts the target back: statekit restore" in last
     assert "failed" in proc.stdout and "OOM" in proc.stdout
+
+
+def test_the_prompt_names_the_target(tmp_path: Path, keys: tuple[str, str]) -> None:
+    import pty
+
+    identity, recipient = keys
+    src, target = tmp_path / "src", tmp_path / "target"
+    src.mkdir()
+    (src / "k.json").write_text("{}")
+    archive = tmp_path / "f.statekit"
+    assert sk("snapshot", "--files-root", str(src), "--to", str(archive), "-r", recipient).returncode == 0
+    main, child = pty.openpty()
+    proc = subprocess.Popen([STATEKIT, "restore", str(archive), "--tier", "files", "--target", str(target), "-i",
+                             identity], stdin=child, stdout=child, stderr=child, env=_env())  # fmt: skip
+    os.close(child)
+    seen = b""
+    while b"[y/N]" not in seen:
+        chunk = os.read(main, 4096)
+        assert chunk, seen
+        seen += chunk
+    os.write(main, b"n\n")
+    assert proc.wait(timeout=60) == 8
+    os.close(main)
+    text = seen.decode()
+    assert f"Restore the files tier from {archive} into {target}?" in text, text
+    assert f"target: {target}" in text
+    assert not target.exists()

@@ -125,7 +125,8 @@ def restore(
         if not yes and not app.json:
             for line in render_report(plan):
                 click.echo(line, err=True)
-        return confirm(app, f"Restore the {tier} tier from {archive} into {plan.target}?", yes)
+        where = f"{plan.target} ({plan.target_note})" if plan.target_note else plan.target
+        return confirm(app, f"Restore the {tier} tier from {archive} into {where}?", yes)
 
     def sealed(path: str, command: str) -> None:
         # Said before the first change, so that even a run killed outright leaves the way back on screen.
