@@ -110,6 +110,8 @@ class UndoArchive:
 
                 # Its members are named by the target databases they were read from.
                 dbs = {parse_member_db(e.name) for e in self._writer.entries}
+                named = tier_summary.details.get("target_dbs", [])
+                dbs |= {d for d in named if isinstance(d, int)} if isinstance(named, list) else set()
                 target["dbs"] = sorted(d for d in dbs if d is not None)
                 # With --flush the undo archive holds the whole databases: it goes back with a flush too.
                 target["flush"] = str(tier_summary.details.get("undo_of", "")).endswith("--flush")

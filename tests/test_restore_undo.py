@@ -173,6 +173,13 @@ def test_redis_undo_of_a_flush_restore_flushes_by_itself(
     proc = run_printed(printed_command(proc.stderr), _env())
     assert proc.returncode == 0, proc.stderr
     assert _redis_state(f"{dst}/3") == before
+    # into an empty database the undo archive holds nothing of it, yet empties it again
+    proc = sk("restore", str(archive), "--tier", "redis", "--target-url", f"{dst}/4", "--flush", "-i", identity,
+              "--yes", "--undo-dir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert redis.Redis.from_url(f"{dst}/4").dbsize() == 200
+    assert run_printed(printed_command(proc.stderr), _env()).returncode == 0
+    assert redis.Redis.from_url(f"{dst}/4").dbsize() == 0
 
 
 def test_undo_to_another_target_needs_the_flag_and_says_so(

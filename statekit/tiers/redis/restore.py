@@ -273,12 +273,12 @@ class _Restorer:
     def save_undo(self, undo: UndoSink) -> str:
         """Save what the restore will overwrite (or flush) into the undo archive and seal it: the old value
         of each key it replaces, and an "absent" record for each key it creates (restoring the undo archive
-        deletes those). With --flush: the whole target databases (restore that undo archive with --flush)."""
+        deletes those). With --flush: the whole target databases (restoring that undo archive flushes them first)."""
         summary = TierSummary("redis", started_at=time.time())
         cfg = RedisConfig(url=self.url)
         saved = 0
         writers: dict[int, RecordWriter] = {}
-        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+        for tdb in self.target_dbs():
             router = self.target.router(tdb)
             seq = 0
             if self.opts.flush:
@@ -314,6 +314,7 @@ class _Restorer:
             "rdb_version": self.target.info.rdb_version,
             "mode": self.target.info.mode,
             "undo_of": "redis restore" + (" --flush" if self.opts.flush else ""),
+            "target_dbs": self.target_dbs(),
             "point_in_time": False,
         }
         summary.counts = {"keys": saved, "absent": absent}
@@ -346,8 +347,17 @@ class _Restorer:
                     continue
                 writer.add_absent(key)
 
+    def target_dbs(self) -> list[int]:
+        """The target databases: those the archive's databases map to and, with --flush, also every database
+        an explicit map names (an undo archive of a --flush restore into an empty database holds no member for
+        it, yet must empty it again)."""
+        dbs = {self.tdb(db) for db in _source_dbs(self.archive)}
+        if self.opts.flush:
+            dbs |= set(self.db_map.values())
+        return sorted(dbs)
+
     def flush(self) -> None:
-        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+        for tdb in self.target_dbs():
             for conn in self.target.router(tdb).nodes():
                 conn.call(b"FLUSHDB")
 
