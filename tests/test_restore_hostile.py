@@ -314,13 +314,21 @@ def huge_member_archive(path: Path, name: str, size: int, head: bytes = b"") -> 
     return path
 
 
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+sys.stderr.buffer.write(proc.stderr)
+print(proc.returncode, __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
 def peak_rss_mib(args: list[str]) -> tuple[int, float, str]:
-    """Run statekit in a child process: (exit code, its peak RSS in MiB, stderr)."""
-    proc = subprocess.Popen([STATEKIT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, err
+    """Run statekit in a child process: (exit code, its peak RSS in MiB, stderr). A small Python process
+    starts it, because a child forked straight from the test process (hundreds of MiB by then) would count
+    those pages in its own peak before it execs."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, STATEKIT, *args], capture_output=True, text=True)
+    code, kib = proc.stdout.split()
+    return int(code), int(kib) / 1024, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -121,11 +121,12 @@ class BigKeyCheck:
             raise _malformed(member, key, f"big key of type {type_}, which cannot be rebuilt in chunks")
         self.key, self.type, self.chunks, self.member = key, type_, 0, member
 
-    def chunk(self, member: str, key: bytes, type_: int, items: list[bytes]) -> None:
+    def chunk(self, member: str, key: bytes, type_: int, count: int, items: list[bytes] | None) -> None:
+        """One chunk of `count` items; `items` themselves are needed for sorted sets and streams only."""
         if self.key != key or self.type != type_:
             raise _malformed(member, key, "chunk record outside its big key")
         self.chunks += 1
-        problem = chunk_problem(type_, items)
+        problem = chunk_problem(type_, count, items)
         if problem:
             raise _malformed(member, key, f"big key chunk {self.chunks} {problem}")
 
@@ -142,10 +143,13 @@ class BigKeyCheck:
             raise _malformed(self.member, self.key, "big key never ends (its end record is missing)")
 
 
-def chunk_problem(type_: int, items: list[bytes]) -> str | None:
-    """Why a chunk's items do not fit its key's type (None when they do)."""
-    if type_ in (TYPE_HASH, TYPE_ZSET) and len(items) % 2:
+def chunk_problem(type_: int, count: int, items: list[bytes] | None) -> str | None:
+    """Why a chunk's `count` items do not fit its key's type (None when they do); `items` are looked at
+    for sorted sets and streams."""
+    if type_ in (TYPE_HASH, TYPE_ZSET) and count % 2:
         return "holds an odd number of items for field/value or member/score pairs"
+    if items is None:
+        return None
     if type_ == TYPE_ZSET:
         for score in items[1::2]:
             try:

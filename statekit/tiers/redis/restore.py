@@ -52,6 +52,8 @@ from statekit.tiers.redis.records import (
     TAG_END,
     TAG_VALUE,
     TYPE_MODULE,
+    TYPE_STREAM,
+    TYPE_ZSET,
     MemberHeader,
     RecordWriter,
     iter_heads,
@@ -183,7 +185,11 @@ class _Restorer:
                     if tag == TAG_BEGIN:
                         big.begin(name, key, type_)
                     elif tag == TAG_CHUNK:
-                        big.chunk(name, key, type_, _chunk_items(body, vstart, vlen))
+                        # Only sorted sets (scores) and streams need their items looked at; the others
+                        # need only the item count, from the record's head.
+                        (count,) = struct.unpack_from("<I", body, vstart - len(key) - 4)
+                        items = _chunk_items(body, vstart, vlen) if type_ in (TYPE_ZSET, TYPE_STREAM) else None
+                        big.chunk(name, key, type_, count, items)
                     else:
                         big.end(name, key, vlen)
                 if tag in (TAG_CHUNK, TAG_END):
@@ -355,6 +361,10 @@ class _Restorer:
         if self.opts.flush:
             dbs |= set(self.db_map.values())
         return sorted(dbs)
+
+    def targets_empty(self) -> bool:
+        """True when every target database is empty now (or will be, with --flush)."""
+        return self.opts.flush or all(self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive))
 
     def flush(self) -> None:
         for tdb in self.target_dbs():
@@ -711,7 +721,10 @@ def restore_redis(
         # Every record is checked before the first write; the engine's planning pass (plan_redis_restore)
         # already did that for this archive and target, so only the classification is redone.
         validated = _VALIDATED.get(archive)
-        r.plan(validate=validated is None or r.validation_key() not in validated)
+        checked = validated is not None and r.validation_key() in validated
+        # Into empty databases nothing can conflict and there is nothing to save: once checked, no new pass.
+        if not (checked and r.targets_empty()):
+            r.plan(validate=not checked)
         if opts.dry_run:
             return r.plan_report()
         if opts.conflict == "fail":
