@@ -112,16 +112,22 @@ class RestoreReport:
     plan: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     undo_archive: str | None = None
+    target: str | None = None  # where the restore writes, as shown to a person (no password)
+    target_note: str | None = None  # why that target (an undo archive's own, or another chosen by flag)
+    undo_command: str | None = None  # the command that puts the target back from undo_archive
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description."""
         return {
             "tier": self.tier,
             "dry_run": self.dry_run,
+            "target": self.target,
+            "target_note": self.target_note,
             "counts": dict(self.counts),
             "plan": self.plan,
             "problems": list(self.problems),
             "undo_archive": self.undo_archive,
+            "undo_command": self.undo_command,
         }
 
 

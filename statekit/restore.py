@@ -1,85 +1,30 @@
-"""The restore engine: verify the archive, plan, confirm, save an undo archive, then apply one tier."""
+"""The restore engine: verify the archive, plan, confirm, save an undo archive, then apply one tier.
+
+Undo archives (statekit.undo) go back to the target they were saved from unless another is named."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.format import Archive
 from statekit.config import Config, redact_url
-from statekit.errors import Refused, UsageError
-from statekit.model import (
-    MemberSink,
-    Progress,
-    RestoreOptions,
-    RestoreReport,
-    TierSummary,
-    Warn,
-    no_progress,
-    no_warn,
-    utc_stamp,
+from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
+from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn
+from statekit.undo import (
+    ResolvedTarget,
+    UndoArchive,
+    configured_target,
+    describe_target,
+    resolve_target,
+    undo_command,
 )
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
 RESTORE_TIERS = ("db", "redis", "files")
-
-
-class UndoArchive:
-    """An archive of what a restore is about to replace. The tier writes into `sink`, then `seal()`
-    finishes, fsyncs and renames it — before the tier's first change."""
-
-    def __init__(
-        self,
-        directory: Path,
-        tier: str,
-        recipients: Sequence[Recipient],
-        *,
-        source: dict[str, Any],
-        allow_unencrypted: bool,
-    ) -> None:
-        if not recipients and not allow_unencrypted:
-            raise Refused(
-                "no key to encrypt the undo archive with (give --recipient, or --no-undo for a disposable target)"
-            )
-        if not directory.is_dir():
-            raise UsageError(f"undo directory {directory} does not exist")
-        self.tier = tier
-        self.started = time.time()
-        self.path = directory / f"undo-{tier}-{utc_stamp(self.started)}.statekit"
-        n = 1
-        while self.path.exists():
-            n += 1
-            self.path = directory / f"undo-{tier}-{utc_stamp(self.started)}-{n}.statekit"
-        self._source = source
-        self._stack = ExitStack()
-        fh = self._stack.enter_context(atomic_output(self.path))
-        self._writer = ArchiveWriter(fh, recipients=list(recipients), created_at=self.started)
-        # A plain attribute (not a property) so UndoArchive satisfies the UndoSink protocol's settable `sink`.
-        self.sink: MemberSink = self._writer
-        self.sealed: str | None = None
-
-    def seal(self, tier_summary: TierSummary) -> str:
-        """Finish and durably store the undo archive; returns its path."""
-        doc = {
-            "kind": "undo",
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "undo_of": self._source,
-            "tiers": [tier_summary.to_json()],
-        }
-        self._writer.finish(doc)
-        self._stack.close()
-        self.sealed = str(self.path)
-        return self.sealed
-
-    def abort(self) -> None:
-        """Drop an unsealed undo archive (its temporary file is removed)."""
-        if self.sealed is None:
-            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
 def _tier_functions(tier: str) -> tuple[Callable[..., RestoreReport], Callable[..., RestoreReport], Any]:
@@ -104,15 +49,30 @@ def archive_tiers(archive: Archive) -> list[str]:
 
 
 def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config) -> RestoreReport:
-    """Verify the archive and plan the restore of one tier (writes nothing)."""
+    """Verify the archive and plan the restore of one tier (writes nothing). An undo archive is planned
+    against the target it records, unless `opts.target` names another."""
+    return _plan(archive, _resolve(archive, opts, cfg), cfg)
+
+
+def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTarget:
     archive.index()
     if opts.tier not in archive_tiers(archive):
         raise UsageError(
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
+    return resolve_target(archive.snapshot, opts, cfg)
+
+
+def _plan(archive: Archive, resolved: ResolvedTarget, cfg: Config) -> RestoreReport:
+    opts = resolved.options
     plan_fn, _, section = _tier_functions(opts.tier)
-    report = plan_fn(archive, opts, getattr(cfg, section))
+    try:
+        report = plan_fn(archive, opts, getattr(cfg, section))
+    except RecursionError:
+        raise CorruptArchive("archive holds a document nested too deeply to be read") from None
     report.dry_run = True
+    report.target = resolved.shown
+    report.target_note = resolved.note
     return report
 
 
@@ -126,9 +86,17 @@ def restore_tier(
     confirm: Callable[[RestoreReport], bool],
     progress: Progress = no_progress,
     warn: Warn = no_warn,
+    undo_flags: Sequence[str] = (),
+    on_undo_sealed: Callable[[str, str], None] | None = None,
 ) -> RestoreReport:
-    """Plan, ask `confirm`, then restore one tier; an undo archive is sealed before the first change."""
-    plan = plan_restore(archive, opts, cfg)
+    """Plan, ask `confirm`, then restore one tier; an undo archive is sealed before the first change.
+
+    `on_undo_sealed(path, command)` is called as soon as the undo archive is durable, before the first change:
+    `command` (built with `undo_flags`, e.g. the identity options) puts the target back. Every failure or
+    interruption after that point names the undo archive and the command in its message."""
+    resolved = _resolve(archive, opts, cfg)
+    plan = _plan(archive, resolved, cfg)
+    opts = resolved.options
     if opts.dry_run:
         return plan
     if plan.problems:
@@ -140,8 +108,15 @@ def restore_tier(
         raise Refused("restore not confirmed (pass --yes to restore without a prompt)")
     _, apply_fn, section = _tier_functions(opts.tier)
     undo: UndoArchive | None = None
+    command: list[str] = []
+
+    def sealed(path: str) -> None:
+        command.append(_undo_command(path, opts, cfg, undo_flags))
+        if on_undo_sealed is not None:
+            on_undo_sealed(path, command[0])
+
     if opts.undo:
-        target = opts.target or _configured_target(cfg, opts.tier)
+        target = opts.target or configured_target(cfg, opts.tier)
         undo = UndoArchive(
             undo_dir,
             opts.tier,
@@ -152,16 +127,54 @@ def restore_tier(
                 "target": redact_url(target) if opts.tier != "files" else target,
             },
             allow_unencrypted=not archive_is_encrypted(archive),
+            target=describe_target(opts.tier, target),
+            on_sealed=sealed,
         )
     try:
         report = apply_fn(archive, opts, getattr(cfg, section), undo=undo, progress=progress, warn=warn)
-    except BaseException:
-        if undo is not None:
-            undo.abort()
-        raise
+    except BaseException as exc:
+        if undo is None or undo.sealed is None:
+            if undo is not None:
+                undo.abort()
+            raise
+        raise _after_first_change(exc, undo.sealed, command[0] if command else "", warn) from None
+    report.target = resolved.shown
+    report.target_note = resolved.note
     if undo is not None:
         report.undo_archive = undo.sealed
+        report.undo_command = command[0] if command else None
     return report
+
+
+def _undo_command(path: str, opts: RestoreOptions, cfg: Config, flags: Sequence[str]) -> str:
+    """The command that restores the undo archive at `path` into the target this restore changes."""
+    extra = list(flags)
+    target = opts.target or configured_target(cfg, opts.tier)
+    if opts.tier != "files" and target and redact_url(target) != target:
+        # The password is never stored: it comes back from the configuration, when that names this server.
+        conf = configured_target(cfg, opts.tier)
+        if not conf or redact_url(conf) is None or not _same_server_url(conf, target):
+            extra += ["--target-url", redact_url(target) or ""]
+    return undo_command(path, opts.tier, extra)
+
+
+def _same_server_url(a: str, b: str) -> bool:
+    from statekit.undo import _same_server
+
+    return _same_server(redact_url(a) or "", redact_url(b) or "")
+
+
+def _after_first_change(exc: BaseException, path: str, command: str, warn: Warn) -> BaseException:
+    """The error to raise for a failure after the restore's first change: it names the undo archive."""
+    hint = f"the target may be partly restored; the undo archive {path} puts it back: {command}"
+    if isinstance(exc, StatekitError):
+        exc.message = f"{exc.message}; {hint}"
+        exc.args = (exc.message,)
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(f"interrupted; {hint}")
+    warn(hint)
+    return exc
 
 
 def archive_is_encrypted(archive: Archive) -> bool:
@@ -172,5 +185,4 @@ def archive_is_encrypted(archive: Archive) -> bool:
         return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
 
 
-def _configured_target(cfg: Config, tier: str) -> str | None:
-    return {"db": cfg.db.url, "redis": cfg.redis.url, "files": cfg.files.root}.get(tier)
+__all__ = ["RESTORE_TIERS", "UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]

@@ -752,10 +752,7 @@ class ArchiveReader:
         if info is None or info.name != FORMAT_MEMBER or info.size > 65536:
             raise CorruptArchive("not a statekit archive (format.json is not the first member)")
         body = self._consume(info)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise CorruptArchive("archive format.json is not valid JSON") from None
+        doc = load_json(body, FORMAT_MEMBER)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise CorruptArchive("not a statekit archive (format.json names another format)")
         version = doc.get("format_version")
@@ -793,11 +790,9 @@ class ArchiveReader:
                 self._finish(info)
                 return
             if info.name == SNAPSHOT_MEMBER:
-                body = self._consume(info)
-                try:
-                    self.snapshot = json.loads(body)
-                except ValueError:
-                    raise CorruptArchive("archive snapshot.json is not valid JSON") from None
+                if info.size > _MAX_SNAPSHOT:
+                    raise CorruptArchive("archive snapshot.json is implausibly large")
+                self.snapshot = _check_snapshot(load_json(self._consume(info), SNAPSHOT_MEMBER))
                 continue
             self._register(info)
             reader = self._tar.content(info.size)
@@ -821,12 +816,16 @@ class ArchiveReader:
         reader = self._tar.content(info.size)
         body = reader.read()
         self._tar.skip_padding(info.size)
+        manifest = load_json(body, MANIFEST_MEMBER)
         try:
-            manifest = json.loads(body)
             listed = {m["name"]: m for m in manifest["members"]}
             if not all(isinstance(m, dict) for m in listed.values()) or len(listed) != len(manifest["members"]):
                 raise ValueError("members must be distinct objects")
-        except (ValueError, KeyError, TypeError):
+            if not all(isinstance(m.get("meta", {}), dict) for m in listed.values()):
+                raise ValueError("a member's meta must be an object")
+            if not isinstance(manifest.get("totals", {}), dict):
+                raise ValueError("totals must be an object")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise CorruptArchive("archive MANIFEST.json is damaged") from None
         if self._tar.next_header() is not None:
             raise CorruptArchive("archive holds members after MANIFEST.json")
@@ -854,6 +853,34 @@ class ArchiveReader:
         if missing:
             raise CorruptArchive(f"archive lacks {len(missing)} member(s) listed in MANIFEST.json: {missing[0]!r}")
         self.manifest = manifest
+
+
+# snapshot.json describes sources and tiers in a few KiB; a member this big is an attempt to exhaust memory.
+_MAX_SNAPSHOT = 16 << 20
+
+
+def load_json(body: bytes, name: str) -> Any:
+    """Parse a JSON member of the archive; anything that is not plain JSON (including nesting deep enough to
+    exhaust the parser) is a CorruptArchive naming the member."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise CorruptArchive(f"archive {name} is not valid JSON (or nested too deeply)") from None
+
+
+def _check_snapshot(doc: Any) -> dict[str, Any]:
+    """snapshot.json must be an object whose `tiers` (when present) is a list of objects: readers rely on it."""
+    if not isinstance(doc, dict):
+        raise CorruptArchive("archive snapshot.json is not a JSON object")
+    tiers = doc.get("tiers", [])
+    if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
+        raise CorruptArchive("archive snapshot.json is damaged (tiers must be a list of objects)")
+    for t in tiers:
+        if not isinstance(t.get("tier", ""), str) or not all(
+            isinstance(t.get(k, {}), dict) for k in ("counts", "details")
+        ):
+            raise CorruptArchive("archive snapshot.json is damaged (a tier with a malformed name, counts or details)")
+    return doc
 
 
 # The temporary name atomic_output gives a file while it is written (see atomic_output).

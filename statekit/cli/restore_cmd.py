@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from statekit.cli._keys import identity_options
 from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.cli.archive_cmd import local_archive, open_verified
 from statekit.credentials import undo_recipients
-from statekit.errors import UsageError
+from statekit.errors import TierError, UsageError
 from statekit.model import RestoreOptions, RestoreReport
 from statekit.restore import plan_restore, restore_tier
 
@@ -32,8 +36,16 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
 @click.option("--tier", required=True, type=click.Choice(["db", "redis", "files"]), help="The tier to restore.")
-@click.option("--target", metavar="DIR", help="files: restore into DIR instead of the configured root.")
-@click.option("--target-url", metavar="URL", help="db/redis: restore into this server instead of the configured one.")
+@click.option(
+    "--target",
+    metavar="DIR",
+    help="files: restore into DIR instead of the configured root (or an undo archive's own).",
+)
+@click.option(
+    "--target-url",
+    metavar="URL",
+    help="db/redis: restore into this server instead of the configured one (or an undo archive's own).",
+)
 @click.option("--tables", multiple=True, metavar="GLOB", help="db: only these tables (repeatable).")
 @click.option("--mode", type=click.Choice(["replace", "merge", "append"]), default="replace", show_default=True,
               help="db: replace tables, upsert by primary key, or insert only.")  # fmt: skip
@@ -79,7 +91,11 @@ def restore(
 ) -> None:
     """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
 
-    Nothing is changed before the whole archive has been verified. Without a terminal, --yes is required."""
+    Nothing is changed before the whole archive has been verified and every record it will apply has been
+    checked. Without a terminal, --yes is required. An undo archive goes back to the target it was saved
+    from; --target/--target-url send it elsewhere (the plan says so). Once the undo archive is saved, its
+    path and the command that puts the target back are printed; any later failure repeats them. A Redis
+    restore that could not write some keys exits 6."""
     if target and tier != "files":
         raise UsageError("--target is for --tier files; use --target-url for db and redis")
     if target_url and tier == "files":
@@ -113,19 +129,72 @@ def restore(
         if not yes and not app.json:
             for line in render_report(plan):
                 app.stderr(line)
-        return confirm(app, f"Restore the {tier} tier from {archive}?", yes)
+        where = f"{plan.target} ({plan.target_note})" if plan.target_note else plan.target
+        return confirm(app, f"Restore the {tier} tier from {archive} into {where}?", yes)
 
-    report = restore_tier(
-        opened,
-        opts,
-        cfg,
-        undo_dir=Path(undo_dir or "."),
-        undo_recipients=undo_recipients(opened.identities, []),
-        confirm=ask,
-        progress=app.progress(),
-        warn=app.warn,
-    )
+    def sealed(path: str, command: str) -> None:
+        # Said before the first change, so that even a run killed outright leaves the way back on screen.
+        if app.log_format == "json" or app.json:
+            app.stderr(f"undo archive saved: {path}; to put the target back: {command}")
+        elif not app.quiet:
+            app.stderr(f"undo archive saved: {path}")
+            app.stderr(f"  to put the target back: {command}")
+
+    with sigterm_interrupts():
+        report = restore_tier(
+            opened,
+            opts,
+            cfg,
+            undo_dir=Path(undo_dir or "."),
+            undo_recipients=undo_recipients(opened.identities, []),
+            confirm=ask,
+            progress=app.progress(),
+            warn=app.warn,
+            undo_flags=_undo_flags(app, identities, passphrase_file, undo_dir),
+            on_undo_sealed=sealed,
+        )
+    failed = report.counts.get("failed", 0)
+    if failed:
+        # Some keys were not written: the restore is incomplete, whatever else went well.
+        if not app.json:
+            app.result(report.to_json(), render_report(report))
+        hint = ""
+        if report.undo_archive:
+            hint = f"; the undo archive {report.undo_archive} puts the target back: {report.undo_command}"
+        raise TierError(f"{tier} restore incomplete: {failed} item(s) could not be written (listed above){hint}")
     app.result(report.to_json(), render_report(report))
+
+
+def _undo_flags(app: App, identities: tuple[str, ...], passphrase_file: str | None, undo_dir: str | None) -> list[str]:
+    """The options a later `statekit restore UNDO` needs to read the undo archive as this run read its archive."""
+    flags: list[str] = []
+    if app.config_file:
+        flags += ["--config", os.path.abspath(app.config_file)]
+    for ident in identities:
+        flags += ["-i", os.path.abspath(ident)]
+    if passphrase_file:
+        flags += ["--passphrase-file", os.path.abspath(passphrase_file)]
+    if undo_dir:
+        flags += ["--undo-dir", os.path.abspath(undo_dir)]
+    return flags
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM unwinds a restore like Ctrl-C: the error names the undo archive once the target has changed."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def render_report(report: RestoreReport) -> list[str]:
@@ -136,6 +205,8 @@ def render_report(report: RestoreReport) -> list[str]:
         for k, v in report.counts.items()
     )
     lines = [f"{head} ({report.tier}): {counts or 'nothing to do'}"]
+    if report.target:
+        lines.append(f"  target: {report.target}" + (f" ({report.target_note})" if report.target_note else ""))
     # changes first: a long plan must not hide them behind the items that stay as they are
     for item in sorted(report.plan, key=lambda i: i.get("action") == "unchanged")[:20]:
         lines.append("  " + _plan_line(item))
@@ -144,7 +215,9 @@ def render_report(report: RestoreReport) -> list[str]:
     for p in report.problems:
         lines.append(f"  problem: {p}")
     if report.undo_archive:
-        lines.append(f"undo archive: {report.undo_archive} (restore it to put the target back)")
+        lines.append(f"undo archive: {report.undo_archive}")
+        if report.undo_command:
+            lines.append(f"  to put the target back: {report.undo_command}")
     return lines
 
 

@@ -44,6 +44,8 @@ PREFIX = "files/"
 # In undo archives: the paths a restore created, which restoring the undo archive deletes again.
 ABSENT_MEMBER = "undo/files-absent.json"
 _SMALL = 4 << 20  # files below this are read whole; bigger ones stream
+_MAX_ABSENT = 64 << 20  # the list of created paths in an undo archive: far more than any root holds
+_DIR_MODE = 0o700  # directories a restore creates: private, whatever the umask
 
 
 @lru_cache(maxsize=256)
@@ -81,42 +83,93 @@ def path_selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> b
 @dataclass
 class _Entry:
     rel: str
-    path: str
+    name: str  # the file's name in its directory
+    dir_fd: int  # its directory, open while the entry is being handled
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _walk(root: str, warn: Warn, skipped: dict[str, int], skip_unreadable: bool = False) -> Iterator[_Entry]:
-    """Regular files under root in sorted order, never following symlinks."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        full_dir = os.path.join(root, rel_dir) if rel_dir else root
+    """Regular files under root: each directory's files in sorted order, then its subdirectories.
+
+    Every directory below the root is opened relative to its parent's descriptor with O_NOFOLLOW |
+    O_DIRECTORY (openat semantics), and every file relative to its directory's: a directory swapped for a
+    symlink while the walk runs is never followed, at any depth."""
+
+    def note(what: str, message: str) -> None:
+        warn(message)
+        skipped[what] = skipped.get(what, 0) + 1
+
+    def listing(fd: int, rel_dir: str) -> tuple[list[str], list[str]] | None:
         try:
-            with os.scandir(full_dir) as it:
+            with os.scandir(fd) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             if skip_unreadable and rel_dir:
-                warn(f"files tier: cannot list {rel_dir}: {exc.strerror} (skipped)")
-                skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-                continue
+                note("unreadable", f"files tier: cannot list {rel_dir}: {exc.strerror} (skipped)")
+                return None
             raise TierError(
-                f"files tier: cannot list {full_dir}: {exc.strerror} "
+                f"files tier: cannot list {rel_dir or root}: {exc.strerror} "
                 "(set [files] skip_unreadable = true to skip such directories)"
             ) from None
-        subdirs = []
+        files, subdirs = [], []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.is_symlink():
-                warn(f"files tier: {rel} is a symlink, not followed (skipped)")
-                skipped["symlinks"] = skipped.get("symlinks", 0) + 1
+                note("symlinks", f"files tier: {rel} is a symlink, not followed (skipped)")
             elif entry.is_dir(follow_symlinks=False):
                 if not entry.name.startswith(".statekit-staging-"):
-                    subdirs.append(rel)
+                    subdirs.append(entry.name)
             elif entry.is_file(follow_symlinks=False):
-                yield _Entry(rel, entry.path)
+                files.append(entry.name)
             else:
-                warn(f"files tier: {rel} is a special file (device, fifo or socket), skipped")
-                skipped["special"] = skipped.get("special", 0) + 1
-        stack.extend(reversed(subdirs))
+                note("special", f"files tier: {rel} is a special file (device, fifo or socket), skipped")
+        return files, subdirs
+
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TierError(f"files tier: cannot open {root}: {exc.strerror}") from None
+    stack: list[tuple[int, str, Iterator[str]]] = [(root_fd, "", iter(()))]
+    try:
+        listed = listing(root_fd, "")
+        files, subdirs = listed if listed else ([], [])
+        for name in files:
+            yield _Entry(name, name, root_fd)
+        stack[-1] = (root_fd, "", iter(subdirs))
+        while stack:
+            fd, rel_dir, pending = stack[-1]
+            sub = next(pending, None)
+            if sub is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            rel = f"{rel_dir}/{sub}" if rel_dir else sub
+            try:
+                child = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    note("symlinks", f"files tier: {rel} is no longer a directory (a symlink?), not followed (skipped)")
+                elif exc.errno != errno.ENOENT:  # a directory removed during the walk holds nothing
+                    if not skip_unreadable:
+                        raise TierError(
+                            f"files tier: cannot list {rel}: {exc.strerror} "
+                            "(set [files] skip_unreadable = true to skip such directories)"
+                        ) from None
+                    note("unreadable", f"files tier: cannot list {rel}: {exc.strerror} (skipped)")
+                continue
+            stack.append((child, rel, iter(())))
+            listed = listing(child, rel)
+            if listed is None:
+                continue
+            files, subdirs = listed
+            for fname in files:
+                yield _Entry(f"{rel}/{fname}", fname, child)
+            stack[-1] = (child, rel, iter(subdirs))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
 
 
 class _SourceReader(io.RawIOBase):
@@ -170,7 +223,7 @@ def snapshot_files(
         if not path_selected(entry.rel, cfg.include, cfg.exclude):
             continue
         try:
-            fd = open_for_reading(entry.path, os.O_NONBLOCK)
+            fd = open_for_reading(entry.name, os.O_NONBLOCK, dir_fd=entry.dir_fd)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 note(f"files tier: {entry.rel} vanished during the snapshot (skipped)")
@@ -260,7 +313,9 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
     root = _target_root(opts, cfg)
     report = RestoreReport("files", dry_run=True)
     counts = {"create": 0, "overwrite": 0, "unchanged": 0}
-    for m in _selected_members(archive, opts):
+    selected = _selected_members(archive, opts)
+    _check_no_file_dir_conflicts([str(m["name"])[len(PREFIX) :] for m in selected])
+    for m in selected:
         rel = str(m["name"])[len(PREFIX) :]
         path = _safe_join(root, rel)
         problem = _unsafe_destination(root, path)
@@ -290,6 +345,21 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
     return report
 
 
+def _check_no_file_dir_conflicts(rels: list[str]) -> None:
+    """Refuse an archive in which one path is a file and also a directory of another (`a` and `a/b`): no
+    restore can write both, so it is damaged or crafted, and it must fail before the first write."""
+    files = set(rels)
+    for rel in rels:
+        parent = rel
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
+            if parent in files:
+                raise CorruptArchive(
+                    f"archive member {PREFIX}{rel} needs {parent} to be a directory, but the archive also holds "
+                    f"{PREFIX}{parent} as a file"
+                )
+
+
 def _absent_paths(archive: Archive, opts: RestoreOptions) -> list[str]:
     """Paths an undo archive says did not exist before the restore it undoes (empty for snapshots)."""
     if not any(m["name"] == ABSENT_MEMBER for m in archive.manifest.get("members", [])):
@@ -298,11 +368,15 @@ def _absent_paths(archive: Archive, opts: RestoreOptions) -> list[str]:
 
     for member in archive.members(ABSENT_MEMBER):
         if member.name == ABSENT_MEMBER:
+            if member.size > _MAX_ABSENT:
+                raise CorruptArchive(f"archive member {ABSENT_MEMBER} is implausibly large")
             try:
                 paths = json.loads(member.read_all())["absent"]
-            except (ValueError, KeyError, TypeError):
+                if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+                    raise TypeError("not a list of paths")
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise CorruptArchive(f"archive member {ABSENT_MEMBER} is damaged") from None
-            return [str(p) for p in paths if not opts.match or path_selected(str(p), opts.match, ())]
+            return [p for p in paths if not opts.match or path_selected(p, opts.match, ())]
     return []
 
 
@@ -378,7 +452,7 @@ def restore_files(
     doomed = [str(p["path"]) for p in plan.plan if p["action"] == "delete"]
     report.counts["unchanged"] = plan.counts["unchanged"]
     try:
-        os.makedirs(root, exist_ok=True)
+        _make_dirs(root)
     except OSError as exc:
         raise StorageError(f"files restore: cannot create target {root}: {exc.strerror}") from None
     staging = os.path.join(root, f".statekit-staging-{uuid.uuid4().hex[:10]}")
@@ -468,7 +542,9 @@ def _mtime_ns(entry: object, mtime: float) -> int:
     value = meta.get("mtime_ns") if isinstance(meta, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63:
         return value
-    return int(mtime * 1_000_000) * 1000
+    ns = int(mtime * 1_000_000) * 1000
+    # A time the file system cannot hold (the tar header allows any number) becomes the epoch, never a crash.
+    return ns if -(1 << 63) <= ns < 1 << 63 else 0
 
 
 def make_parents(root: str, directory: str, what: str = "files restore") -> None:
@@ -482,7 +558,27 @@ def make_parents(root: str, directory: str, what: str = "files restore") -> None
         if os.path.islink(current):
             raise StorageError(f"{what}: {current} is a symlink; refusing to write through it")
         if not os.path.isdir(current):
-            os.mkdir(current, 0o700)
+            mkdir_exact(current)
+
+
+def mkdir_exact(path: str, mode: int = _DIR_MODE) -> None:
+    """Create one directory with exactly `mode` (the umask can neither widen nor narrow it)."""
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+
+
+def _make_dirs(path: str) -> None:
+    """Like os.makedirs(path, exist_ok=True), each new directory created with _DIR_MODE exactly."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _make_dirs(parent)
+    try:
+        mkdir_exact(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def _save_undo(root: str, rels: list[str], undo: UndoSink) -> None:

@@ -230,17 +230,68 @@ class MemberHeader:
     server_version: str
 
 
-def read_member(stream: IO[bytes], name: str) -> tuple[MemberHeader, bytes]:
-    """Read a whole member (bounded by MEMBER_TARGET plus one record) and parse its header."""
-    data = stream.read()
-    if len(data) < _MEMBER_HEAD.size:
-        raise CorruptArchive(f"archive member {name}: too short for a redis member")
-    magic, db, taken, n = _MEMBER_HEAD.unpack_from(data)
+# The biggest record a member may hold: a DUMP payload or string as big as Redis' largest bulk argument
+# (proto-max-bulk-len, 512 MiB), plus the record head. Bigger keys are archived in chunks (bigkeys.py).
+MAX_RECORD = (512 << 20) + 64 * 1024
+# A member is at most about MEMBER_TARGET of records plus the one that crossed it.
+MAX_MEMBER = MEMBER_TARGET + MAX_RECORD
+_READ_CHUNK = 1 << 20
+
+
+def read_member_header(stream: IO[bytes], name: str) -> MemberHeader:
+    """Read and check one member's header (the rest of the member stays in the stream)."""
+    head = _read_exact(stream, _MEMBER_HEAD.size, name)
+    magic, db, taken, n = _MEMBER_HEAD.unpack(head)
     if magic != MAGIC:
         raise CorruptArchive(f"archive member {name}: not a redis record member (bad magic)")
-    end = _MEMBER_HEAD.size + n
-    header = MemberHeader(db, taken, data[_MEMBER_HEAD.size : end].decode("ascii", "replace"))
-    return header, data[end:]
+    named = parse_member_db(name)
+    if named is not None and named != db:
+        raise CorruptArchive(f"archive member {name}: its header says database {db}, its name database {named}")
+    version = _read_exact(stream, n, name).decode("ascii", "replace")
+    return MemberHeader(db, taken, version)
+
+
+def read_member(stream: IO[bytes], name: str, size: int | None = None) -> tuple[MemberHeader, bytes]:
+    """Read one member and return its header and records. The header and the first record's head are
+    checked before anything else is read, so a foreign or damaged member costs nothing more; memory follows
+    the bytes really present (read in 1 MiB blocks), never a size the archive declares, and a member bigger
+    than any statekit writes is refused. `size` is the member's size from the archive, when known."""
+    if size is not None and size > MAX_MEMBER:
+        raise CorruptArchive(f"archive member {name}: {size} bytes, more than any redis member holds")
+    header = read_member_header(stream, name)
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        block = stream.read(_READ_CHUNK)
+        if not block:
+            break
+        if not parts:
+            _check_first_head(block, name)
+        total += len(block)
+        if total > MAX_MEMBER:
+            raise CorruptArchive(f"archive member {name}: more than any redis member holds")
+        parts.append(block)
+    return header, b"".join(parts)
+
+
+def _check_first_head(block: bytes, name: str) -> None:
+    if len(block) < _HEAD.size:
+        raise CorruptArchive(f"archive member {name}: record cut short")
+    tag, _, _, _, klen, vlen = _HEAD.unpack_from(block)
+    if tag not in (TAG_DUMP, TAG_VALUE, TAG_BEGIN, TAG_CHUNK, TAG_END, TAG_ABSENT):
+        raise CorruptArchive(f"archive member {name}: unknown record tag {tag:#x} at 0")
+    if klen + (vlen if tag in (TAG_DUMP, TAG_VALUE) else 0) > MAX_RECORD:
+        raise CorruptArchive(f"archive member {name}: a record larger than any Redis value")
+
+
+def _read_exact(stream: IO[bytes], n: int, name: str) -> bytes:
+    data = stream.read(n)
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise CorruptArchive(f"archive member {name}: too short for a redis member")
+        data += more
+    return data
 
 
 def iter_heads(body: bytes, name: str) -> Iterator[tuple[int, int, int, int, bytes, int, int]]:

@@ -4,8 +4,10 @@ Redis has no transaction to roll back, so the order is strict:
 
 1. the archive has been verified end to end (the engine runs `archive.index()`; we call it again, cached);
 2. a planning pass reads every record and asks the target which keys exist (pipelined EXISTS), giving the
-   create / replace / skip / expired / uncarriable counts; `--conflict fail` refuses here, before any write
-   (into empty target databases nothing can conflict, and a real restore skips this pass);
+   create / replace / skip / expired / uncarriable counts, and checks every record it would apply
+   (checks.py: the target loads each DUMP payload as an already expired key, newer ones are converted, big
+   keys' chunks are checked for order and shape); a malformed record is refused with exit 3 and
+   `--conflict fail` refuses here, before any write;
 3. the keys that will be replaced (or, with --flush, the whole target databases) are saved into the undo
    archive, which is sealed before the first change;
 4. the writing pass: RESTORE without REPLACE (strings: SET NX) for keys that did not exist, so a key that
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +40,7 @@ from statekit.model import (
 )
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.bigkeys import BigKeyBuilder, show_key
+from statekit.tiers.redis.checks import BigKeyCheck, TargetLoadCheck, check_conversion, check_envelope
 from statekit.tiers.redis.cluster import Pending, Router
 from statekit.tiers.redis.keyspace import compile_match, url_db
 from statekit.tiers.redis.records import (
@@ -48,6 +52,8 @@ from statekit.tiers.redis.records import (
     TAG_END,
     TAG_VALUE,
     TYPE_MODULE,
+    TYPE_STREAM,
+    TYPE_ZSET,
     MemberHeader,
     RecordWriter,
     iter_heads,
@@ -59,6 +65,8 @@ from statekit.tiers.redis.snapshot import DbScanner, ScanCounts
 from statekit.tiers.redis.target import ACTIONS, EXAMPLES, DbPlan, RestoreTarget, uncarriable_reason
 
 _BATCH = 1000
+# Archives whose records a planning pass has checked, with what it checked them for (see validation_key).
+_VALIDATED: weakref.WeakKeyDictionary[Any, set[tuple[object, ...]]] = weakref.WeakKeyDictionary()
 _ALREADY_THERE = "already present (written by someone else during the restore, or listed twice by SCAN); left as is"
 _HEAD = struct.Struct("<BBHqII")
 
@@ -72,11 +80,22 @@ def _check_opts(opts: RestoreOptions) -> None:
         raise ConfigError("redis: --db-map numbers must not be negative")
 
 
+def _chunk_items(body: bytes, start: int, length: int) -> list[bytes]:
+    """The items of a chunk record whose items span body[start:start+length] (bounds checked by iter_heads)."""
+    items = []
+    pos, end = start, start + length
+    while pos < end:
+        (n,) = struct.unpack_from("<I", body, pos)
+        items.append(body[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return items
+
+
 def _members(archive: Any) -> Iterator[tuple[str, MemberHeader, bytes]]:
     for member in archive.members("redis/"):
         if parse_member_db(member.name) is None:
             continue
-        header, body = read_member(member.stream, member.name)
+        header, body = read_member(member.stream, member.name, member.size)
         yield member.name, header, body
 
 
@@ -120,6 +139,11 @@ class _Restorer:
         self.problems: list[str] = []
         self._big: BigKeyBuilder | None = None
 
+    def validation_key(self) -> tuple[object, ...]:
+        """What a validating planning pass depended on: the same archive planned with the same key gives the
+        same verdict (a later pass only finds more keys expired, which it skips)."""
+        return (self.url, tuple(sorted(self.db_map.items())), tuple(self.opts.match), self.opts.ttl, self.target_rdb)
+
     def tdb(self, db: int) -> int:
         return self.db_map.get(db, db)
 
@@ -130,16 +154,23 @@ class _Restorer:
         return p
 
     # -- pass 1 ---------------------------------------------------------------------------------------
-    def plan(self) -> None:
-        """Classify every selected record (EXISTS on the target for the keys that are not expired)."""
+    def plan(self, *, validate: bool = True) -> None:
+        """Classify every selected record (EXISTS on the target for the keys that are not expired) and, with
+        `validate`, check every record the writing pass would apply (checks.py): a malformed one raises
+        CorruptArchive naming its member, before anything is written."""
         empty = {
             self.tdb(db): self.opts.flush or self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive)
         }
+        big = BigKeyCheck()
+        loads: dict[int, TargetLoadCheck] = {}
         for name, header, body in _members(self.archive):
             db = header.db
             tdb = self.tdb(db)
             plan = self.plan_for(db)
             router = self.target.router(tdb)
+            load = loads.get(tdb)
+            if load is None and validate:
+                load = loads[tdb] = TargetLoadCheck(router)
             conflicts = self.conflicts.setdefault(tdb, set())
             same = header.server_version == self.target.info.version
             now = now_ms()
@@ -150,6 +181,17 @@ class _Restorer:
             is_empty = empty[tdb]
             absent: list[bytes] = []
             for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
+                if tag in (TAG_BEGIN, TAG_CHUNK, TAG_END) and validate:
+                    if tag == TAG_BEGIN:
+                        big.begin(name, key, type_)
+                    elif tag == TAG_CHUNK:
+                        # Only sorted sets (scores) and streams need their items looked at; the others
+                        # need only the item count, from the record's head.
+                        (count,) = struct.unpack_from("<I", body, vstart - len(key) - 4)
+                        items = _chunk_items(body, vstart, vlen) if type_ in (TYPE_ZSET, TYPE_STREAM) else None
+                        big.chunk(name, key, type_, count, items)
+                    else:
+                        big.end(name, key, vlen)
                 if tag in (TAG_CHUNK, TAG_END):
                     continue
                 if match is not None and not match(key):
@@ -161,11 +203,20 @@ class _Restorer:
                 if expire != NO_EXPIRY and expire + shift <= now:
                     plan.note("expired", key)
                     continue
-                if tag == TAG_DUMP and (rdbv > target_rdb or type_ == TYPE_MODULE):
-                    reason = uncarriable_reason(body[vstart : vstart + vlen], rdbv, target_rdb, same)
-                    if reason:
-                        plan.note("uncarriable", key, reason)
-                        continue
+                if tag == TAG_DUMP:
+                    payload = body[vstart : vstart + vlen]
+                    if validate:
+                        check_envelope(name, key, payload, rdbv)
+                    if rdbv > target_rdb or type_ == TYPE_MODULE:
+                        reason = uncarriable_reason(payload, rdbv, target_rdb, same)
+                        if reason:
+                            plan.note("uncarriable", key, reason)
+                            continue
+                    if load is not None:
+                        if rdbv > target_rdb:
+                            check_conversion(name, key, payload, target_rdb)
+                        else:
+                            load.add(name, key, payload)
                 if is_empty:
                     if plan.shown["create"] < EXAMPLES:
                         plan.note("create", key)
@@ -180,6 +231,10 @@ class _Restorer:
                 self._exists(router, batch, plan, conflicts)
             for i in range(0, len(absent), _BATCH):
                 self._exists(router, absent[i : i + _BATCH], plan, conflicts, tombstones=True)
+        if validate:
+            big.finish()
+            for load in loads.values():
+                load.flush()
 
     def _exists(
         self, router: Router, keys: list[bytes], plan: DbPlan, conflicts: set[bytes], *, tombstones: bool = False
@@ -224,12 +279,12 @@ class _Restorer:
     def save_undo(self, undo: UndoSink) -> str:
         """Save what the restore will overwrite (or flush) into the undo archive and seal it: the old value
         of each key it replaces, and an "absent" record for each key it creates (restoring the undo archive
-        deletes those). With --flush: the whole target databases (restore that undo archive with --flush)."""
+        deletes those). With --flush: the whole target databases (restoring that undo archive flushes them first)."""
         summary = TierSummary("redis", started_at=time.time())
         cfg = RedisConfig(url=self.url)
         saved = 0
         writers: dict[int, RecordWriter] = {}
-        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+        for tdb in self.target_dbs():
             router = self.target.router(tdb)
             seq = 0
             if self.opts.flush:
@@ -265,6 +320,7 @@ class _Restorer:
             "rdb_version": self.target.info.rdb_version,
             "mode": self.target.info.mode,
             "undo_of": "redis restore" + (" --flush" if self.opts.flush else ""),
+            "target_dbs": self.target_dbs(),
             "point_in_time": False,
         }
         summary.counts = {"keys": saved, "absent": absent}
@@ -297,16 +353,25 @@ class _Restorer:
                     continue
                 writer.add_absent(key)
 
+    def target_dbs(self) -> list[int]:
+        """The target databases: those the archive's databases map to and, with --flush, also every database
+        an explicit map names (an undo archive of a --flush restore into an empty database holds no member for
+        it, yet must empty it again)."""
+        dbs = {self.tdb(db) for db in _source_dbs(self.archive)}
+        if self.opts.flush:
+            dbs |= set(self.db_map.values())
+        return sorted(dbs)
+
+    def targets_empty(self) -> bool:
+        """True when every target database is empty now (or will be, with --flush)."""
+        return self.opts.flush or all(self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive))
+
     def flush(self) -> None:
-        for tdb in sorted({self.tdb(db) for db in _source_dbs(self.archive)}):
+        for tdb in self.target_dbs():
             for conn in self.target.router(tdb).nodes():
                 conn.call(b"FLUSHDB")
 
     # -- pass 2 ---------------------------------------------------------------------------------------
-    def targets_empty(self) -> bool:
-        """True when every target database is empty now (or will be, with --flush): nothing to plan."""
-        return self.opts.flush or all(self.target.dbsize(self.tdb(db)) == 0 for db in _source_dbs(self.archive))
-
     def apply(self, counts: dict[str, int]) -> list[dict[str, Any]]:
         """The writing pass; returns what happened per source database."""
         done = 0
@@ -637,6 +702,7 @@ def plan_redis_restore(archive: Any, opts: RestoreOptions, cfg: RedisConfig) -> 
     r = _Restorer(archive, opts, cfg, no_warn, no_progress)
     try:
         r.plan()
+        _VALIDATED.setdefault(archive, set()).add(r.validation_key())
         return r.plan_report()
     finally:
         r.target.close()
@@ -654,9 +720,13 @@ def restore_redis(
     """Restore the archive's redis members into the target; returns created/replaced/skipped/expired/failed."""
     r = _Restorer(archive, opts, cfg, warn, progress)
     try:
-        # Into empty databases nothing can conflict and there is nothing to save: skip the planning pass.
-        if opts.dry_run or not r.targets_empty():
-            r.plan()
+        # Every record is checked before the first write; the engine's planning pass (plan_redis_restore)
+        # already did that for this archive and target, so only the classification is redone.
+        validated = _VALIDATED.get(archive)
+        checked = validated is not None and r.validation_key() in validated
+        # Into empty databases nothing can conflict and there is nothing to save: once checked, no new pass.
+        if not (checked and r.targets_empty()):
+            r.plan(validate=not checked)
         if opts.dry_run:
             return r.plan_report()
         if opts.conflict == "fail":

@@ -31,6 +31,7 @@ from statekit.model import (
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, base_kind
+from statekit.tiers.sql.segments import check_segments
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
 
@@ -43,6 +44,8 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig) -> Restor
     rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
     incompatibility column by column and every non-portable column."""
     ctx = prepare(archive, opts, cfg.url, with_counts=True)
+    if not ctx.problems:
+        check_segments(archive, ctx.by_member())  # every segment it would load, before the first change
     return _report(ctx, dry_run=True)
 
 
@@ -110,9 +113,17 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
         summary = snapshot_target(ctx.target, undo.sink, include=exact_patterns(keys), exclude=[], schemas=schemas)
     else:
         from statekit.model import TierSummary
+        from statekit.tiers.sql.schema import DbSchema
 
+        # Nothing existed yet: an empty db tier, so the undo archive still restores (to no change).
+        empty = DbSchema(ctx.target.dialect, "", ctx.default_schema, [])
+        undo.sink.add(SCHEMA_MEMBER, empty.to_json_bytes(), meta={"tables": 0})
         summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
         summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect, "tables": {}}
+    created = [p.target_key for p in ctx.plans if p.existing is None]
+    if created:
+        # Restoring the undo archive does not drop these: listed so a person can.
+        summary.details["created_by_restore"] = created
     return undo.seal(summary)
 
 

@@ -1,0 +1,292 @@
+"""Undo archives: what a restore is about to replace, saved before its first change, with the target it
+was taken from, so that restoring the undo archive goes back to exactly that target by default.
+
+An undo archive's snapshot.json has `"kind": "undo"` and a `restore_target` object (docs/FORMAT.md):
+
+    {"tier": "redis", "url": "redis://:***@host:6379/5", "dbs": [5], "flush": false}
+    {"tier": "db", "url": "postgresql+psycopg://app:***@host/appdb"}
+    {"tier": "files", "root": "/srv/keys"}
+
+Passwords are never stored. When the recorded URL had one, it is taken from the configured URL of the same
+server (same scheme, user, host and port), or from an explicit --target-url naming the same target.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.config import Config, redact_url
+from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
+from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
+
+if TYPE_CHECKING:
+    from statekit.archive.keys import Recipient
+
+# A callback told the undo archive's path as soon as it is sealed, before the restore's first change.
+OnSealed = Callable[[str], None]
+
+
+class _UndoOutput:
+    """The undo archive's file: a failed write (disk full, quota, read-only) is a StorageError naming it."""
+
+    def __init__(self, fh: IO[bytes], path: Path) -> None:
+        self._fh = fh
+        self._path = path
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+            raise StorageError(
+                f"cannot write the undo archive {self._path}: {what}; nothing was changed (free space or give "
+                "--undo-dir on another file system)"
+            ) from None
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+class UndoArchive:
+    """An archive of what a restore is about to replace. The tier writes into `sink`, then `seal()`
+    finishes, fsyncs and renames it — before the tier's first change."""
+
+    def __init__(
+        self,
+        directory: Path,
+        tier: str,
+        recipients: Sequence[Recipient],
+        *,
+        source: dict[str, Any],
+        allow_unencrypted: bool,
+        target: dict[str, Any] | None = None,
+        on_sealed: OnSealed | None = None,
+    ) -> None:
+        if not recipients and not allow_unencrypted:
+            raise Refused(
+                "no key to encrypt the undo archive with (give --recipient, or --no-undo for a disposable target)"
+            )
+        if not directory.is_dir():
+            raise UsageError(f"undo directory {directory} does not exist")
+        directory = Path(os.path.abspath(directory))  # printed in the command that puts the target back
+        self.tier = tier
+        self.started = time.time()
+        self.path = directory / f"undo-{tier}-{utc_stamp(self.started)}.statekit"
+        n = 1
+        while self.path.exists():
+            n += 1
+            self.path = directory / f"undo-{tier}-{utc_stamp(self.started)}-{n}.statekit"
+        self._source = source
+        self._target = target
+        self._on_sealed = on_sealed
+        self._stack = ExitStack()
+        fh = self._stack.enter_context(atomic_output(self.path))
+        out: Any = _UndoOutput(fh, self.path)
+        self._writer = ArchiveWriter(out, recipients=list(recipients), created_at=self.started)
+        # A plain attribute (not a property) so UndoArchive satisfies the UndoSink protocol's settable `sink`.
+        self.sink: MemberSink = self._writer
+        self.sealed: str | None = None
+
+    def seal(self, tier_summary: TierSummary) -> str:
+        """Finish and durably store the undo archive; returns its path."""
+        doc: dict[str, Any] = {
+            "kind": "undo",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "undo_of": self._source,
+        }
+        if self._target is not None:
+            target = dict(self._target)
+            if self.tier == "redis":
+                from statekit.tiers.redis.records import parse_member_db
+
+                # Its members are named by the target databases they were read from.
+                dbs = {parse_member_db(e.name) for e in self._writer.entries}
+                named = tier_summary.details.get("target_dbs", [])
+                dbs |= {d for d in named if isinstance(d, int)} if isinstance(named, list) else set()
+                target["dbs"] = sorted(d for d in dbs if d is not None)
+                # With --flush the undo archive holds the whole databases: it goes back with a flush too.
+                target["flush"] = str(tier_summary.details.get("undo_of", "")).endswith("--flush")
+            doc["restore_target"] = target
+        doc["tiers"] = [tier_summary.to_json()]
+        self._writer.finish(doc)
+        self._stack.close()
+        self.sealed = str(self.path)
+        if self._on_sealed is not None:
+            self._on_sealed(self.sealed)
+        return self.sealed
+
+    def abort(self) -> None:
+        """Drop an unsealed undo archive (its temporary file is removed)."""
+        if self.sealed is None:
+            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+# -- the target a restore writes to ------------------------------------------------------------------------
+
+
+def configured_target(cfg: Config, tier: str) -> str | None:
+    """The configured target of a tier: a URL for db and redis, a directory for files."""
+    return {"db": cfg.db.url, "redis": cfg.redis.url, "files": cfg.files.root}.get(tier)
+
+
+def describe_target(tier: str, target: str | None, dbs: Sequence[int] = ()) -> dict[str, Any]:
+    """The `restore_target` object recorded in an undo archive (passwords redacted)."""
+    if tier == "files":
+        return {"tier": "files", "root": os.path.abspath(target) if target else None}
+    doc: dict[str, Any] = {"tier": tier, "url": redact_url(_absolute_sqlite(target))}
+    if tier == "redis":
+        doc["dbs"] = sorted(set(dbs))
+    return doc
+
+
+def _absolute_sqlite(url: str | None) -> str | None:
+    """A SQLite URL with a relative file name names a different file in another directory: make it absolute."""
+    if not url or not url.startswith("sqlite") or ":///" not in url:
+        return url
+    head, _, rest = url.partition(":///")
+    path, sep, query = rest.partition("?")
+    if not path or path.startswith("/") or path == ":memory:":
+        return url
+    return f"{head}:///{os.path.abspath(path)}{sep}{query}"
+
+
+def show_target(tier: str, target: str | None) -> str:
+    """A target as a person reads it in a plan or a prompt (a URL without its password)."""
+    if tier == "files":
+        return os.path.abspath(target) if target else "(no target)"
+    return redact_url(target) or "(no target)"
+
+
+def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | None:
+    """The `restore_target` of an undo archive for this tier (None for a snapshot, or an undo archive of
+    another tier). Undo archives written before `restore_target` existed give their `undo_of.target`."""
+    if snapshot.get("kind") != "undo":
+        return None
+    doc = snapshot.get("restore_target")
+    if isinstance(doc, dict) and doc.get("tier") == tier:
+        where = doc.get("root" if tier == "files" else "url")
+        if not isinstance(where, str) or not where or "\0" in where:
+            raise CorruptArchive("the undo archive's restore_target is damaged (no target it could go back to)")
+        return doc
+    tiers = snapshot.get("tiers")
+    first = tiers[0] if isinstance(tiers, list) and tiers and isinstance(tiers[0], dict) else {}
+    undo_of = snapshot.get("undo_of")
+    old = undo_of.get("target") if isinstance(undo_of, dict) else None
+    if first.get("tier") != tier or not isinstance(old, str):
+        return None
+    return {"tier": tier, "root": old} if tier == "files" else {"tier": tier, "url": old}
+
+
+@dataclass
+class ResolvedTarget:
+    """Where a restore goes and why: `target` is what the tier adapter gets (a URL with its password),
+    `note` explains a target chosen for an undo archive, or one that differs from what it recorded."""
+
+    options: RestoreOptions
+    shown: str
+    note: str | None = None
+    recorded: dict[str, Any] | None = None
+
+
+def resolve_target(snapshot: dict[str, Any], opts: RestoreOptions, cfg: Config) -> ResolvedTarget:
+    """Where this restore writes. An undo archive goes back to the target it recorded unless the user named
+    another with --target/--target-url (then the plan and the prompt say so)."""
+    from dataclasses import replace
+
+    recorded = recorded_target(snapshot, opts.tier)
+    if recorded is None:
+        target = opts.target or configured_target(cfg, opts.tier)
+        return ResolvedTarget(opts, show_target(opts.tier, target))
+    if opts.tier == "files":
+        root = recorded.get("root")
+        if not isinstance(root, str) or not root:
+            raise UsageError("the undo archive records no files directory; give --target DIR")
+        if opts.target is None:
+            return ResolvedTarget(
+                replace(opts, target=root), show_target("files", root), "the directory the undo archive was saved from",
+                recorded,
+            )  # fmt: skip
+        return _explicit(opts, recorded, root)
+    url = recorded.get("url")
+    if not isinstance(url, str) or not url:
+        raise UsageError("the undo archive records no target URL; give --target-url")
+    new = replace(opts)
+    if opts.tier == "redis":
+        dbs = [d for d in recorded.get("dbs", []) if isinstance(d, int) and not isinstance(d, bool) and d >= 0]
+        if opts.target is None or _same_server(redact_url(opts.target) or "", url):
+            # Its members already carry the target's database numbers: each goes back where it came from.
+            if not opts.db_map:
+                new.db_map = {d: d for d in dbs}
+            if recorded.get("flush") is True:
+                new.flush = True
+    if opts.target is not None:
+        if _same_target(opts.tier, redact_url(opts.target) or "", url):
+            return ResolvedTarget(new, show_target(opts.tier, opts.target), None, recorded)
+        return _explicit(new, recorded, url)
+    new.target = _with_password(url, configured_target(cfg, opts.tier), opts.tier)
+    return ResolvedTarget(
+        new, show_target(opts.tier, new.target), "the target the undo archive was saved from", recorded
+    )
+
+
+def _explicit(opts: RestoreOptions, recorded: dict[str, Any], original: str) -> ResolvedTarget:
+    shown = show_target(opts.tier, opts.target)
+    return ResolvedTarget(
+        opts, shown, f"NOT the target the undo archive was saved from ({original}): chosen with the flag", recorded
+    )
+
+
+def _netloc_key(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1].lower()
+    return parts.scheme, f"{parts.username or ''}@{host}"
+
+
+def _same_server(a: str, b: str) -> bool:
+    try:
+        return _netloc_key(a) == _netloc_key(b)
+    except ValueError:
+        return False
+
+
+def _same_target(tier: str, shown: str, recorded: str) -> bool:
+    if tier == "redis":
+        from statekit.tiers.redis.keyspace import url_db
+
+        return _same_server(shown, recorded) and url_db(shown) == url_db(recorded)
+    return shown == recorded
+
+
+def _with_password(recorded: str, configured: str | None, tier: str) -> str:
+    """The recorded URL, with the password the configured URL of the same server holds (if it had one)."""
+    try:
+        parts = urlsplit(recorded)
+    except ValueError:
+        raise UsageError(f"the undo archive records an unreadable target URL {recorded!r}") from None
+    if parts.password is None and "***" not in parts.query:
+        return recorded
+    if configured and _same_server(redact_url(configured) or "", recorded):
+        conf = urlsplit(configured)
+        if tier == "redis" or redact_url(configured) == recorded:
+            return urlunsplit((conf.scheme, conf.netloc, parts.path, conf.query, parts.fragment))
+    raise UsageError(
+        f"the undo archive's target {recorded} needs its password, which is never stored: configure that "
+        "server's URL, or give the same URL with the password in --target-url"
+    )
+
+
+def undo_command(path: str, tier: str, extra: Sequence[str] = ()) -> str:
+    """The command that puts the target back from the undo archive at `path` (for a person to copy)."""
+    import shlex
+
+    words = ["statekit", "restore", path, "--tier", tier, *extra, "--yes"]
+    return " ".join(shlex.quote(w) for w in words)
