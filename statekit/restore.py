@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.onepass import snapshot_id
 from statekit.config import Config, redact_url
 from statekit.errors import Refused, UsageError
 from statekit.model import (
@@ -104,9 +105,11 @@ def archive_tiers(archive: Archive) -> list[str]:
 
 
 def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config) -> RestoreReport:
-    """Verify the archive and plan the restore of one tier (writes nothing)."""
-    archive.index()
-    if opts.tier not in archive_tiers(archive):
+    """Verify the archive and plan the restore of one tier (writes nothing). The db tier verifies the archive
+    in the same pass that loads it, inside its transaction, so it skips the separate verifying pass."""
+    if opts.tier != "db":
+        archive.index()
+    if opts.tier != "db" and opts.tier not in archive_tiers(archive):
         raise UsageError(
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
@@ -147,7 +150,7 @@ def restore_tier(
             opts.tier,
             undo_recipients,
             source={
-                "snapshot_id": archive.snapshot.get("snapshot_id"),
+                "snapshot_id": snapshot_id(archive) if opts.tier == "db" else archive.snapshot.get("snapshot_id"),
                 "archive": archive.path.name,
                 "target": redact_url(target) if opts.tier != "files" else target,
             },

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from statekit.archive.onepass import open_archive
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
-from statekit.cli._keys import identity_options
+from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options
 from statekit.cli.archive_cmd import local_archive, open_verified
 from statekit.credentials import undo_recipients
@@ -76,7 +77,8 @@ def restore(
 ) -> None:
     """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
 
-    Nothing is changed before the whole archive has been verified. Without a terminal, --yes is required."""
+    Nothing is changed before the whole archive has been verified (the db tier loads inside one transaction
+    that commits only after its single pass verified every member). Without a terminal, --yes is required."""
     if target and tier != "files":
         raise UsageError("--target is for --tier files; use --target-url for db and redis")
     if target_url and tier == "files":
@@ -85,7 +87,12 @@ def restore(
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))
     check_signers(path, signers)
-    opened = open_verified(app, path, identities, passphrase_file)
+    if tier == "db":  # verified in the same pass that loads it, inside the restore's transaction
+        opened = with_passphrase_retry(
+            app, resolve_identities(app, identities, passphrase_file), lambda ids: open_archive(path, ids)
+        )
+    else:
+        opened = open_verified(app, path, identities, passphrase_file)
     opts = RestoreOptions(
         tier=tier,
         target=target or target_url,
