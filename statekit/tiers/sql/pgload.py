@@ -9,8 +9,9 @@ Two things make a restore approach the server's own COPY speed:
 - **Indexes after the data**, as pg_restore does: in replace mode, when a big table has just been emptied,
   its indexes and its primary-key/unique/exclusion constraints are dropped inside the restore's transaction
   and created again after the load, from the target's own catalogue (`pg_get_indexdef`,
-  `pg_get_constraintdef`), never from the archive. Foreign keys that depend on a dropped key are dropped with
-  it and added back as they were. Anything this cannot put back exactly (a comment, a replica-identity or
+  `pg_get_constraintdef`), never from the archive. The table's foreign keys, and those that depend on a
+  dropped key, are dropped with it and added back as they were, each checked by one query instead of a
+  trigger per row. Anything this cannot put back exactly (a comment, a replica-identity or
   clustered index, a partition's index, a tablespace, per-column statistics) keeps its index in place.
 """
 
@@ -21,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg
 
 from statekit.errors import StatekitError
 from statekit.tiers.sql.postgres import copy_columns, qident
@@ -62,47 +65,62 @@ WHERE i.indrelid = %(t)s::regclass
 ORDER BY con.contype NULLS LAST, 5
 """
 
-_DEPENDENT_FKS_SQL = """
+_FOREIGN_KEYS_SQL = """
 SELECT DISTINCT f.oid, f.conrelid::regclass::text, f.conname, pg_get_constraintdef(f.oid)
-FROM pg_depend d JOIN pg_constraint f ON f.oid = d.objid
-WHERE d.classid = 'pg_constraint'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.refobjid = ANY(%(ix)s::oid[]) AND f.contype = 'f'
+FROM pg_constraint f
+WHERE f.contype = 'f' AND f.conparentid = 0
+  AND (f.conindid = ANY(%(ix)s::oid[]) OR f.conrelid = %(t)s::regclass)
+  AND obj_description(f.oid, 'pg_constraint') IS NULL
 ORDER BY 1
 """
 
 
 @dataclass
 class IndexRebuild:
-    """The indexes, key constraints and dependent foreign keys dropped in this transaction, with the
-    statements (read from the target's catalogue before the drop) that create them again."""
+    """The indexes, key constraints and foreign keys dropped in this transaction, with the statements (read
+    from the target's catalogue before the drop) that create them again."""
 
     tables: set[str] = field(default_factory=set)
     create: list[str] = field(default_factory=list)
     foreign_keys: list[str] = field(default_factory=list)
 
     def drop(self, cur: Any, table: str) -> None:
-        """Drop the rebuildable indexes of `table` (a quoted, qualified name) and what depends on them."""
+        """Drop the rebuildable indexes of `table` (a quoted, qualified name, just emptied), its foreign keys
+        and those that depend on its keys. Call before its first row is loaded. Nothing is dropped when a
+        table involved already holds rows waiting for a deferred foreign-key check (a child loaded before
+        its parent): that table then loads into its indexes."""
         if table in self.tables:
             return
         self.tables.add(table)
         cur.execute(_INDEXES_SQL, {"t": table})
         indexes = cur.fetchall()
-        if not indexes:
+        cur.execute(_FOREIGN_KEYS_SQL, {"ix": [int(r[0]) for r in indexes], "t": table})
+        foreign_keys = cur.fetchall()
+        create: list[str] = []
+        keys: list[str] = []
+        cur.execute("SAVEPOINT statekit_rebuild")
+        try:
+            for _oid, rel, name, definition in foreign_keys:
+                cur.execute(f"ALTER TABLE {rel} DROP CONSTRAINT {qident(name)}")
+                keys.append(f"ALTER TABLE {rel} ADD CONSTRAINT {qident(name)} {definition}")
+            for _oid, index_name, con_oid, con_name, index_def, con_def in indexes:
+                if con_oid is not None:
+                    cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {qident(con_name)}")
+                    create.append(f"ALTER TABLE {table} ADD CONSTRAINT {qident(con_name)} {con_def}")
+                else:
+                    cur.execute(f"DROP INDEX {index_name}")
+                    create.append(str(index_def))
+        except psycopg.errors.ObjectInUse:  # "pending trigger events"
+            cur.execute("ROLLBACK TO SAVEPOINT statekit_rebuild")
             return
-        cur.execute(_DEPENDENT_FKS_SQL, {"ix": [int(r[0]) for r in indexes]})
-        for _oid, rel, name, definition in cur.fetchall():
-            cur.execute(f"ALTER TABLE {rel} DROP CONSTRAINT {qident(name)}")
-            self.foreign_keys.append(f"ALTER TABLE {rel} ADD CONSTRAINT {qident(name)} {definition}")
-        for _oid, index_name, con_oid, con_name, index_def, con_def in indexes:
-            if con_oid is not None:
-                cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {qident(con_name)}")
-                self.create.append(f"ALTER TABLE {table} ADD CONSTRAINT {qident(con_name)} {con_def}")
-            else:
-                cur.execute(f"DROP INDEX {index_name}")
-                self.create.append(str(index_def))
+        cur.execute("RELEASE SAVEPOINT statekit_rebuild")
+        self.create.extend(create)
+        self.foreign_keys.extend(keys)
 
     def rebuild(self, cur: Any) -> None:
-        """Create the keys and indexes again (after the data), then the foreign keys that need them."""
+        """After the data: run the deferred foreign-key checks still pending, create the keys and indexes
+        again, then the foreign keys (each checked by one query over the loaded rows)."""
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for stmt in self.create:
             cur.execute(stmt)
         for stmt in self.foreign_keys:
