@@ -114,7 +114,10 @@ def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config) -> Restore
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
     plan_fn, _, section = _tier_functions(opts.tier)
-    report = plan_fn(archive, opts, getattr(cfg, section))
+    if opts.tier == "db":  # archive row counts need the manifest, at the end: only a dry run reads for them
+        report = plan_fn(archive, opts, getattr(cfg, section), archive_counts=opts.dry_run)
+    else:
+        report = plan_fn(archive, opts, getattr(cfg, section))
     report.dry_run = True
     return report
 

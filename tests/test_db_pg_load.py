@@ -15,8 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.format import Archive, ArchiveReader, ArchiveWriter, atomic_output
 from statekit.archive.keys import generate_identity
+from statekit.cli._app import run
 from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, TierError
 from statekit.tiers.sql import pgload, postgres, snapshot_db
@@ -157,6 +158,39 @@ def test_one_pass_rolls_back_on_a_later_segment(
     assert seen and max(seen) > 0, "no segment reached COPY before the failed check"
     assert {t: rows_as_text(pg_url2, t) for t in ("parent", "child")} == before
     assert _catalogue(pg_url2) == catalogue
+
+
+def test_cli_restore_reads_the_archive_once(
+    pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`statekit restore --tier db` makes one pass to the end of the archive (the one that loads it), where
+    the old code verified it in a pass of its own first; `--dry-run` makes its one pass for the row counts."""
+    execute(pg_url, *SCHEMA)
+    _fill(pg_url, 2_000, "new")
+    execute(pg_url2, *SCHEMA)
+    _fill(pg_url2, 30, "old")
+    path = tmp_path / "a.statekit"
+    with atomic_output(path) as fh:
+        w = ArchiveWriter(fh, recipients=None)
+        w.finish({"tiers": [snapshot_db(DbConfig(url=pg_url), w).to_json()]})
+    passes: list[str] = []
+    finish = ArchiveReader._finish
+
+    def counted(self: ArchiveReader, info: Any) -> None:
+        passes.append(info.name)
+        finish(self, info)
+
+    monkeypatch.setattr(ArchiveReader, "_finish", counted)
+    base = ["restore", str(path), "--tier", "db", "--target-url", pg_url2, "--yes", "--no-undo"]
+    assert run([*base, "--dry-run"]) == 0, capsys.readouterr().err
+    assert len(passes) == 1
+    out = capsys.readouterr()
+    assert "rows: 2000" in out.out + out.err
+    passes.clear()
+    assert run(base) == 0, capsys.readouterr().err
+    assert len(passes) == 1
+    for table in ("parent", "child"):
+        assert rows_as_text(pg_url2, table) == rows_as_text(pg_url, table)
 
 
 def _conn(url: str) -> psycopg.Connection[Any]:

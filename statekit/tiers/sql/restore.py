@@ -38,11 +38,13 @@ from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_
 BATCH_ROWS = 5000
 
 
-def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig) -> RestoreReport:
+def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archive_counts: bool = True) -> RestoreReport:
     """Dry run: read the archive and the target, write nothing. `plan` holds one dict per table (table,
     rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
-    incompatibility column by column and every non-portable column."""
-    ctx = prepare(archive, opts, cfg.url, with_counts=True)
+    incompatibility column by column and every non-portable column. The archive's row counts come from its
+    manifest, at its end, so they cost a pass over the whole archive; without `archive_counts` they are
+    left out (None) and only the head of the archive is read."""
+    ctx = prepare(archive, opts, cfg.url, with_counts=archive_counts)
     return _report(ctx, dry_run=True)
 
 
