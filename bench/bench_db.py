@@ -1,19 +1,26 @@
-"""Benchmark of the db tier against pg_dump/pg_restore, measured in one run (medians of --reps).
+"""Benchmark of the db tier against the server's own COPY, pg_dump and pg_restore, measured in one run.
 
-    python bench/bench_db.py --rows 1000000 --reps 3        # against $STATEKIT_TEST_PG_URL or 127.0.0.1:5432
+    python bench/bench_db.py                       # against $STATEKIT_TEST_PG_URL or 127.0.0.1:5432
+    python bench/bench_db.py --reps 3 --rows 2000000 --mixed-rows 1000000
 
-Two tables of mixed types (rows/2 each, about 200 bytes a row) are created in a scratch database. Printed:
-statekit snapshot vs `pg_dump -Fc` of the same tables; statekit restore vs `pg_restore --data-only` into the
-same empty schema; snapshot `--jobs 2` vs `--jobs 1`; peak RSS of a snapshot of 100k vs --rows rows. statekit
-runs in a child process (`--child`) so its RSS is its own (os.wait4); its time is measured inside the child
-around snapshot_db/restore_db. Archives are encrypted to a fresh X25519 key when statekit.archive.keys is
-available. The scratch databases are dropped at the end.
+Data sets, each in a scratch database with an empty copy of its tables as the restore target:
+  single  one table of --rows rows (int primary key, md5 text, timestamptz, float, text, bool)
+  mixed   two tables of --mixed-rows rows in all, eleven columns of mixed types (jsonb, bytea, numeric, uuid …)
+  mid     the single table at --mid-rows rows (500,000), where fixed start-up costs show
+  small   the mixed tables at --small-rows rows, for the peak-RSS ratio
+
+Every tool runs as a whole process, start-up included: `statekit snapshot` / `statekit restore` (the CLI, an
+X25519-encrypted archive, restore with --yes --no-undo in replace mode), `pg_dump -Fc`, `pg_restore
+--data-only`, and the floor: `psql -c "COPY t TO STDOUT" > /dev/null` and `psql -c "\\copy t FROM file"`. Each
+restore starts from emptied tables after a CHECKPOINT. Within a repetition the tools take turns going first
+(alternating runs), and a ratio is taken per repetition between runs made next to each other; the median
+and the range over repetitions are printed, so the noise of a shared machine shows. Peak RSS comes from
+os.wait4. The scratch databases are dropped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -22,25 +29,40 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TABLE_DDL = """CREATE TABLE {name} (
+SINGLE_DDL = "CREATE TABLE {name} (id int PRIMARY KEY, h text, ts timestamptz, f float8, t text, b bool)"
+SINGLE_FILL = """INSERT INTO {name} SELECT g, md5(g::text), timestamptz '2024-01-01' + g * interval '1 second',
+    g / 7.0, 'row text ' || (g % 1000) || repeat('x', g % 40), g % 2 = 0 FROM generate_series({lo}, {hi}) g"""
+MIXED_DDL = """CREATE TABLE {name} (
     id bigint PRIMARY KEY, account int NOT NULL, label text, note varchar(120), amount numeric(14,2),
     ratio double precision, active boolean, created timestamptz, ref uuid, attrs jsonb, blob bytea)"""
-FILL = """INSERT INTO {name} SELECT g, g % 100000, 'label ' || md5(g::text), repeat(chr(97 + g % 26), g % 60),
+MIXED_FILL = """INSERT INTO {name} SELECT g, g % 100000, 'label ' || md5(g::text), repeat(chr(97 + g % 26), g % 60),
     (g * 1.37)::numeric(14,2), g / 7.0, g % 3 = 0, timestamptz '2024-01-01' + g * interval '1 second',
     md5(g::text)::uuid, jsonb_build_object('k', g, 'tag', md5((g * 3)::text)),
     decode(md5((g * 7)::text), 'hex')
     FROM generate_series({lo}, {hi}) g"""
-TABLES = ("bench_a", "bench_b")
+STATEKIT = str(Path(sys.executable).parent / "statekit")
 
 
-def _pg(url: str) -> tuple[str, dict[str, str]]:
-    """conninfo and the environment for the pg_* tools."""
+class Dataset:
+    """A scratch source database with its tables filled, and an empty target with the same tables."""
+
+    def __init__(self, label: str, tables: list[str], ddl: str, fill: str, rows: int, tag: str) -> None:
+        self.label = label
+        self.tables = tables
+        self.ddl = ddl
+        self.fill = fill
+        self.rows = rows
+        self.src = f"statekit_bench_{label}_src_{tag}"
+        self.dst = f"statekit_bench_{label}_dst_{tag}"
+
+
+def _pg_env(url: str) -> dict[str, str]:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
@@ -48,21 +70,13 @@ def _pg(url: str) -> tuple[str, dict[str, str]]:
     env.update(PGHOST=u.host or "127.0.0.1", PGPORT=str(u.port or 5432), PGUSER=u.username or "postgres")
     if u.password:
         env["PGPASSWORD"] = str(u.password)
-    return f"host={env['PGHOST']} port={env['PGPORT']} user={env['PGUSER']}", env
+    return env
 
 
 def _db_url(url: str, name: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def _admin(url: str, sql: str) -> None:
-    import psycopg
-
-    conninfo, env = _pg(url)
-    with psycopg.connect(conninfo + " dbname=postgres", autocommit=True, password=env.get("PGPASSWORD")) as c:
-        c.execute(sql)
 
 
 def _run(url: str, *sql: str) -> None:
@@ -75,169 +89,207 @@ def _run(url: str, *sql: str) -> None:
             c.execute(s)
 
 
-def _fresh_target(url: str) -> None:
-    """Empty the restore target's tables and write out every dirty buffer (CHECKPOINT needs a superuser or
-    pg_checkpoint; without it the figures still come, with more noise)."""
-    _run(url, f"TRUNCATE {', '.join(TABLES)}")
+def _make(url: str, ds: Dataset) -> None:
+    _run(url, f'CREATE DATABASE "{ds.src}"', f'CREATE DATABASE "{ds.dst}"')
+    per = ds.rows // len(ds.tables)
+    src = [ds.ddl.format(name=t) for t in ds.tables]
+    src += [ds.fill.format(name=t, lo=i * per + 1, hi=(i + 1) * per) for i, t in enumerate(ds.tables)]
+    _run(_db_url(url, ds.src), *src, "VACUUM ANALYZE")
+    _run(_db_url(url, ds.dst), *[ds.ddl.format(name=t) for t in ds.tables])
+
+
+def _fresh_target(url: str, ds: Dataset) -> None:
+    """Empty the target's tables and write out every dirty buffer, so no run pays for the one before."""
+    _run(_db_url(url, ds.dst), f"TRUNCATE {', '.join(ds.tables)}")
     try:
         _run(url, "CHECKPOINT")
-    except Exception as exc:  # a benchmark goes on without it
+    except Exception as exc:  # CHECKPOINT needs a superuser or pg_checkpoint; the figures still come
         print(f"note: CHECKPOINT failed ({exc}); restore timings include earlier writes", file=sys.stderr)
 
 
-def make_dataset(url: str, rows: int, with_data: bool = True) -> None:
-    half = rows // 2
-    stmts = []
-    for i, name in enumerate(TABLES):
-        stmts.append(TABLE_DDL.format(name=name))
-        if with_data:
-            stmts.append(FILL.format(name=name, lo=i * half + 1, hi=(i + 1) * half))
-    stmts.append("VACUUM ANALYZE" if with_data else "SELECT 1")
-    _run(url, *stmts)
-
-
-# -- child: one statekit operation, timed inside the process -------------------------------------------
-
-
-def child(args: argparse.Namespace) -> None:
-    from statekit.archive.format import Archive, ArchiveWriter, atomic_output
-    from statekit.config import DbConfig
-    from statekit.model import RestoreOptions
-    from statekit.tiers.sql import restore_db, snapshot_db
-
-    secret = os.environ.get("BENCH_IDENTITY")
-    identity: Any = None
-    if secret:
-        from statekit.archive.keys import X25519Identity
-
-        identity = X25519Identity.from_string(secret)
-    path = Path(args.archive)
+def timed(cmd: list[str], env: dict[str, str], stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
+    """(wall seconds, peak RSS in bytes) of one whole process."""
     t0 = time.perf_counter()
-    if args.child == "snapshot":
-        path.unlink(missing_ok=True)
-        with atomic_output(path) as fh:
-            w = ArchiveWriter(fh, recipients=[identity.recipient()] if identity else None)
-            summary = snapshot_db(DbConfig(url=args.url), w, jobs=args.jobs)
-            w.finish({"tiers": [summary.to_json()]})
-        extra = {"rows": summary.counts["rows"], "size": path.stat().st_size}
-    else:
-        archive = Archive(path, [identity] if identity else [])
-        report = restore_db(archive, RestoreOptions(tier="db", target=args.url), DbConfig(), undo=None)
-        extra = {"rows": report.counts.get("rows", 0)}
-    print(json.dumps({"seconds": time.perf_counter() - t0, **extra}))
-
-
-def run_child(op: str, url: str, archive: Path, jobs: int = 1) -> tuple[float, int, dict[str, Any]]:
-    """(seconds measured in the child, peak RSS in bytes, child's JSON)."""
-    cmd = [sys.executable, __file__, "--child", op, "--url", url, "--archive", str(archive), "--jobs", str(jobs)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=os.environ.copy())
-    assert proc.stdout is not None
-    out = proc.stdout.read()
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"statekit {op} failed (exit {proc.returncode})")
-    doc = json.loads(out.decode().strip().splitlines()[-1])
-    return float(doc["seconds"]), int(usage.ru_maxrss) * 1024, doc
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise SystemExit(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed (exit {code}): {err.strip()[:500]}")
+    return wall, int(usage.ru_maxrss) * 1024
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+class Bench:
+    """The tools, run as whole processes against one data set."""
+
+    def __init__(self, url: str, tmp: Path, recipient: str, identity: Path) -> None:
+        self.url = url
+        self.env = _pg_env(url)
+        self.tmp = tmp
+        self.recipient = recipient
+        self.identity = identity
+
+    def snapshot(self, ds: Dataset, archive: Path) -> tuple[float, int]:
+        archive.unlink(missing_ok=True)
+        cmd = [STATEKIT, "snapshot", "--tier", "db", "--db-url", _db_url(self.url, ds.src), "--to", str(archive),
+               "-r", self.recipient]  # fmt: skip
+        return timed(cmd, self.env)
+
+    def restore(self, ds: Dataset, archive: Path) -> float:
+        _fresh_target(self.url, ds)
+        cmd = [STATEKIT, "restore", str(archive), "--tier", "db", "--target-url", _db_url(self.url, ds.dst),
+               "-i", str(self.identity), "--yes", "--no-undo"]  # fmt: skip
+        return timed(cmd, self.env)[0]
+
+    def pg_dump(self, ds: Dataset, out: Path) -> float:
+        flags = [x for t in ds.tables for x in ("-t", t)]
+        return timed(["pg_dump", "-Fc", *flags, "-f", str(out), ds.src], self.env)[0]
+
+    def pg_restore(self, ds: Dataset, dump: Path) -> float:
+        _fresh_target(self.url, ds)
+        return timed(["pg_restore", "--data-only", "-d", ds.dst, str(dump)], self.env)[0]
+
+    def copy_out(self, ds: Dataset) -> float:
+        cmds = [x for t in ds.tables for x in ("-c", f"COPY {t} TO STDOUT")]
+        return timed(["psql", "-X", "-q", "-d", ds.src, *cmds], self.env)[0]
+
+    def copy_in(self, ds: Dataset, files: dict[str, Path]) -> float:
+        _fresh_target(self.url, ds)
+        cmds = [x for t in ds.tables for x in ("-c", f"\\copy {t} FROM '{files[t]}'")]
+        return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", ds.dst, *cmds], self.env)[0]
+
+    def repetition(
+        self, ds: Dataset, rep: int, archive: Path, dump: Path, files: dict[str, Path], rss: dict[str, int]
+    ) -> dict[str, float]:
+        """One repetition on a data set: seconds by tool; the tools take turns going first."""
+        now: dict[str, float] = {}
+
+        def snap() -> None:
+            now["snapshot"], peak = self.snapshot(ds, archive)
+            rss[ds.label] = max(rss.get(ds.label, 0), peak)
+
+        if ds.label == "small":
+            snap()
+            return now
+        _alternate(rep, [snap, lambda: now.__setitem__("copy_out", self.copy_out(ds)),
+                         lambda: now.__setitem__("pg_dump", self.pg_dump(ds, dump))])  # fmt: skip
+        if files:
+            _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive)),
+                             lambda: now.__setitem__("pg_restore", self.pg_restore(ds, dump)),
+                             lambda: now.__setitem__("copy_in", self.copy_in(ds, files))])  # fmt: skip
+        return now
+
+    def copy_files(self, ds: Dataset) -> dict[str, Path]:
+        files = {}
+        for t in ds.tables:
+            files[t] = self.tmp / f"{ds.label}.{t}.copy"
+            with open(files[t], "wb") as fh:
+                subprocess.run(["psql", "-X", "-q", "-d", ds.src, "-c", f"COPY {t} TO STDOUT"], env=self.env,
+                               stdout=fh, check=True)  # fmt: skip
+        return files
+
+
+def _alternate(rep: int, steps: list[Callable[[], None]]) -> None:
+    for step in steps if rep % 2 == 0 else reversed(steps):
+        step()
+
+
+def _spread(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:5.2f}  (range {min(values):.2f}–{max(values):.2f})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--small-rows", type=int, default=100_000)
+    ap.add_argument("--rows", type=int, default=2_000_000, help="rows of the single-table set")
+    ap.add_argument("--mixed-rows", type=int, default=1_000_000, help="rows of the mixed set (two tables)")
+    ap.add_argument("--mid-rows", type=int, default=500_000, help="rows of the single table where start-up shows")
+    ap.add_argument("--small-rows", type=int, default=100_000, help="rows of the small mixed set (RSS ratio)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--url", default=os.environ.get("STATEKIT_TEST_PG_URL")
+    ap.add_argument("--url", default=os.environ.get("STATEKIT_BENCH_PG_URL") or os.environ.get("STATEKIT_TEST_PG_URL")
                     or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")  # fmt: skip
-    ap.add_argument("--child", choices=["snapshot", "restore"])
-    ap.add_argument("--archive")
-    ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()
-    if args.child:
-        child(args)
-        return
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows as it happens
-    for tool in ("pg_dump", "pg_restore"):
+    for tool in ("pg_dump", "pg_restore", "psql", STATEKIT):
         if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found on PATH")
-    try:
-        from statekit.archive.keys import generate_identity
+            raise SystemExit(f"{tool} not found")
+    from statekit.archive.keys import generate_identity
 
-        os.environ["BENCH_IDENTITY"] = generate_identity().to_string()
-        crypto = "age X25519"
-    except ImportError:
-        crypto = "none (statekit.archive.keys missing)"
     tag = uuid.uuid4().hex[:8]
-    names = {k: f"statekit_bench_{k}_{tag}" for k in ("src", "small", "dst")}
-    _, env = _pg(args.url)
+    sets = [
+        Dataset("single", ["big"], SINGLE_DDL, SINGLE_FILL, args.rows, tag),
+        Dataset("mixed", ["bench_a", "bench_b"], MIXED_DDL, MIXED_FILL, args.mixed_rows, tag),
+        Dataset("mid", ["big"], SINGLE_DDL, SINGLE_FILL, args.mid_rows, tag),
+        Dataset("small", ["bench_a", "bench_b"], MIXED_DDL, MIXED_FILL, args.small_rows, tag),
+    ]
     tmp = Path(tempfile.mkdtemp(prefix="statekit-bench-"))
+    identity = generate_identity()
+    id_file = tmp / "identity.txt"
+    id_file.write_text(identity.to_string() + "\n")
+    id_file.chmod(0o600)
+    bench = Bench(args.url, tmp, identity.recipient().to_string(), id_file)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
     try:
-        for n in names.values():
-            _admin(args.url, f'CREATE DATABASE "{n}"')
-        src, small, dst = (_db_url(args.url, names[k]) for k in ("src", "small", "dst"))
         t0 = time.perf_counter()
-        make_dataset(src, args.rows)
-        make_dataset(small, args.small_rows)
-        make_dataset(dst, 0, with_data=False)
-        print(f"dataset: {args.rows} rows in {TABLES} ({time.perf_counter() - t0:.1f}s), encryption: {crypto}")
-        tflags = [x for t in TABLES for x in ("-t", t)]
-        snap1, snap2, dump, rest, prest = [], [], [], [], []
-        rss_big = rss_small = 0
-        archive = tmp / "bench.statekit"
-        dumpfile = tmp / "bench.dump"
-        for rep in range(args.reps):
-            s, rss, doc = run_child("snapshot", src, archive, jobs=1)
-            snap1.append(s)
-            rss_big = max(rss_big, rss)
-            s, _, _ = run_child("snapshot", src, tmp / "bench2.statekit", jobs=2)
-            snap2.append(s)
-            dump.append(timed(["pg_dump", "-Fc", *tflags, "-f", str(dumpfile), names["src"]], env))
+        for ds in sets:
+            _make(args.url, ds)
+        print(f"datasets made in {time.perf_counter() - t0:.0f}s")
+        ratios: dict[str, list[float]] = {}
+        rss: dict[str, int] = {}
 
-            # Each restore starts from an empty target and a clean buffer cache (CHECKPOINT), and the two
-            # take turns going first, so neither pays for the writes of the one before it.
-            def ours() -> None:
-                _fresh_target(dst)
-                rest.append(run_child("restore", dst, archive)[0])
+        def ratio(name: str, value: float) -> None:
+            ratios.setdefault(name, []).append(value)
 
-            def theirs() -> None:
-                _fresh_target(dst)
-                prest.append(timed(["pg_restore", "--data-only", "-d", names["dst"], str(dumpfile)], env))
-
-            for step in (ours, theirs) if rep % 2 == 0 else (theirs, ours):
-                step()
-            print(f"rep {rep + 1}: snapshot {snap1[-1]:.2f}s (jobs 2: {snap2[-1]:.2f}s), pg_dump {dump[-1]:.2f}s, "
-                  f"restore {rest[-1]:.2f}s, pg_restore {prest[-1]:.2f}s")  # fmt: skip
-        for _ in range(args.reps):
-            _, rss, _ = run_child("snapshot", small, tmp / "small.statekit")
-            rss_small = max(rss_small, rss)
-        med = statistics.median
+        for ds in sets:
+            archive = tmp / f"{ds.label}.statekit"
+            dump = tmp / f"{ds.label}.dump"
+            files = bench.copy_files(ds) if ds.label in ("single", "mixed") else {}
+            times: dict[str, list[float]] = {}
+            for rep in range(args.reps):
+                now = bench.repetition(ds, rep, archive, dump, files, rss)
+                if ds.label == "small":
+                    continue
+                for k, v in now.items():
+                    times.setdefault(k, []).append(v)
+                ratio(f"{ds.label}: snapshot / COPY TO STDOUT", now["snapshot"] / now["copy_out"])
+                ratio(f"{ds.label}: snapshot / pg_dump -Fc", now["snapshot"] / now["pg_dump"])
+                if "restore" in now:
+                    ratio(f"{ds.label}: restore / pg_restore --data-only", now["restore"] / now["pg_restore"])
+                    ratio(f"{ds.label}: restore / \\copy FROM", now["restore"] / now["copy_in"])
+                print(f"{ds.label} rep {rep + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()))
+            if times:
+                print(f"{ds.label} medians: " + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in times.items()))
+                mb = 1 << 20
+                print(f"{ds.label} sizes: archive {archive.stat().st_size / mb:.1f} MiB, pg_dump -Fc "
+                      f"{dump.stat().st_size / mb:.1f} MiB")  # fmt: skip
+        load = os.getloadavg()[0]
+        print(f"\nload average {load:.2f} at the end; ratios over {args.reps} repetitions (median, range):")
+        targets = {"snapshot / COPY TO STDOUT": 1.5, "snapshot / pg_dump -Fc": 0.5, "restore / pg_restore": 0.8}
+        for name, values in ratios.items():
+            target = next((v for k, v in targets.items() if k in name), None)
+            verdict = (
+                ""
+                if target is None
+                else f"  target <= {target}: " + ("ok" if statistics.median(values) <= target else "MISSED")
+            )
+            print(f"  {name:<44} {_spread(values)}{verdict}")
         mb = 1 << 20
-        print(f"archive {doc['size'] / mb:.1f} MiB, pg_dump -Fc {dumpfile.stat().st_size / mb:.1f} MiB")
-        results = [
-            ("snapshot / pg_dump -Fc", med(snap1) / med(dump), 0.5),
-            ("restore / pg_restore --data-only", med(rest) / med(prest), 1.0),
-            ("snapshot jobs 2 / jobs 1", med(snap2) / med(snap1), 1.0),
-            (f"peak RSS {args.rows} / {args.small_rows} rows", rss_big / rss_small, 1.3),
-        ]
-        print(f"medians: snapshot {med(snap1):.2f}s, jobs 2 {med(snap2):.2f}s, pg_dump {med(dump):.2f}s, "
-              f"restore {med(rest):.2f}s, pg_restore {med(prest):.2f}s")  # fmt: skip
-        print(f"peak RSS: {rss_small / mb:.0f} MiB at {args.small_rows} rows, {rss_big / mb:.0f} MiB at "
-              f"{args.rows} rows (target < 250 MiB: {'ok' if rss_big < 250 * mb else 'MISSED'})")  # fmt: skip
-        for label, ratio, target in results:
-            verdict = "ok" if ratio <= target else "MISSED"
-            print(f"{label:<40} {ratio:6.2f}  (target <= {target}: {verdict})")
+        big, small = rss["mixed"], rss["small"]
+        print(
+            f"  peak RSS mixed {args.mixed_rows} / {args.small_rows} rows          {big / small:5.2f}  "
+            f"({big / mb:.0f} MiB vs {small / mb:.0f} MiB; target <= 1.3: {'ok' if big / small <= 1.3 else 'MISSED'})"
+        )
+        print(f"  peak RSS single {args.rows} rows: {rss['single'] / mb:.0f} MiB")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for n in names.values():
-            try:
-                _admin(args.url, f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-            except Exception as exc:  # keep cleaning up the others
-                print(f"could not drop {n}: {exc}", file=sys.stderr)
+        for ds in sets:
+            for name in (ds.src, ds.dst):
+                try:
+                    _run(args.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                except Exception as exc:  # keep cleaning up the others
+                    print(f"could not drop {name}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

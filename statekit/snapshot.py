@@ -32,7 +32,7 @@ class SnapshotOptions:
 
     tiers: list[str] | None = None  # None: every configured tier
     jobs: int | None = None
-    level: int = 3
+    level: int = 1
     name: str = "statekit"
     allow_unencrypted: bool = False
 

@@ -108,7 +108,7 @@ def test_init_writes_a_starter_that_loads(tmp_path: Path, capsys: pytest.Capture
     code, _, err = cli(capsys, "init")
     assert code == 0, err
     cfg = load_config()
-    assert cfg.source == Path("statekit.toml") and cfg.archive.compression_level == 3
+    assert cfg.source == Path("statekit.toml") and cfg.archive.compression_level == 1
     assert Path("statekit.toml").stat().st_mode & 0o777 == 0o600
     code, _, err = cli(capsys, "init")
     assert code != 0 and "already exists" in err

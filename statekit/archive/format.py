@@ -144,7 +144,7 @@ class ArchiveWriter:
         out: IO[bytes],
         *,
         recipients: Sequence[Recipient] | None,
-        level: int = 3,
+        level: int = 1,
         snapshot_id: str | None = None,
         created_at: float | None = None,
     ) -> None:

@@ -235,7 +235,7 @@ def _plan_line(item: dict[str, Any]) -> str:
     }.get(action, "*")
     parts = []
     for key, value in item.items():
-        if key == "action":
+        if key == "action" or value is None:  # e.g. archive rows, known only after the pass
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "nothing"

@@ -32,7 +32,7 @@ from statekit.snapshot import SnapshotOptions
 @click.option("--redis-url", help="Redis URL (overrides [redis] url).")
 @click.option("--files-root", metavar="DIR", help="Key-file root (overrides [files] root).")
 @click.option("--jobs", type=click.IntRange(1, 64), help="Parallel PostgreSQL workers (one shared snapshot).")
-@click.option("--level", type=click.IntRange(1, 22), help="zstd level (default 3).")
+@click.option("--level", type=click.IntRange(1, 22), help="zstd level (default 1).")
 @click.option("--name", help="Archive name prefix (default [archive] name or 'statekit'); also names the lock.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Wait this long for another run's lock, then exit 7 (default [repository] lock_wait).")  # fmt: skip

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from itertools import chain, groupby, islice
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
 
 from statekit.config import DbConfig
-from statekit.errors import Refused, StatekitError, TierUnavailable
+from statekit.errors import CorruptArchive, Refused, StatekitError, TierUnavailable
 from statekit.model import (
     Progress,
     RestoreOptions,
@@ -28,22 +28,24 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
+from statekit.tiers.sql import pgload
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
-from statekit.tiers.sql.schema import SCHEMA_MEMBER, base_kind
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
 from statekit.tiers.sql.segments import check_segments
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
 
 BATCH_ROWS = 5000
-_CHUNK = 1 << 20
 
 
-def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig) -> RestoreReport:
+def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archive_counts: bool = True) -> RestoreReport:
     """Dry run: read the archive and the target, write nothing. `plan` holds one dict per table (table,
     rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
-    incompatibility column by column and every non-portable column."""
-    ctx = prepare(archive, opts, cfg.url, with_counts=True)
+    incompatibility column by column and every non-portable column. Every data segment it would load is
+    read and checked here, before the first change. The archive's row counts come from its manifest; without
+    `archive_counts` they are left out (None)."""
+    ctx = prepare(archive, opts, cfg.url, with_counts=archive_counts)
     if not ctx.problems:
         check_segments(archive, ctx.by_member())  # every segment it would load, before the first change
     return _report(ctx, dry_run=True)
@@ -129,10 +131,13 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
 
 def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
     """(plan, encoding, member) for every data segment of a selected table, in archive order. The pass
-    ends with the manifest check, so a caller commits only after this iterator is exhausted."""
+    ends with the manifest check, so a caller commits only after this iterator is exhausted. The pass must
+    meet the db/schema.json the plan was made from: the file may have been replaced since."""
     by_member = ctx.by_member()
     for m in archive.members("db/"):
         if m.name == SCHEMA_MEMBER:
+            if m.size > 256 << 20 or DbSchema.from_json_bytes(m.read_all()) != ctx.desc:
+                raise CorruptArchive(f"{SCHEMA_MEMBER} differs from the one the restore was planned with")
             continue
         prefix, _, ext = m.name.rpartition(".")
         prefix = prefix.rpartition(".")[0]
@@ -148,7 +153,6 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
 def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[str, int]:
     conn = ctx.target.psycopg_connect("statekit-restore")
     loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
-    nbytes = 0
     try:
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
@@ -165,29 +169,28 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
                     # One TRUNCATE for all: the tables may reference each other. Transactional in PostgreSQL.
                     cur.execute(f"TRUNCATE TABLE {', '.join(names)}")
             merge_tmp: dict[str, str] = {}
-            # Consecutive segments of one table go through one COPY: ending a COPY waits for the server to
-            # finish it, and a table is written in many segments.
-            for _, run in groupby(_segments(ctx, archive), key=lambda seg: seg[0].src.key):
-                first = next(run)
-                plan = first[0]
+            rebuild = pgload.IndexRebuild()
+            pgload.raise_maintenance_memory(cur)
+
+            def destination(plan: TablePlan, first_size: int) -> str:
                 table = qtable(plan.schema, plan.src.name)
-                dest = table
                 if ctx.mode == "merge" and plan.existing is not None:
-                    dest = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
-                    merge_tmp[plan.src.key] = dest
-                with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN") as cp:
-                    for _, ext, member in chain([first], run):
-                        if ext != "copy":
-                            raise StatekitError(f"archive member {member.name}: unexpected encoding for PostgreSQL")
-                        rows = 0
-                        while chunk := member.stream.read(_CHUNK):
-                            cp.write(chunk)
-                            nbytes += len(chunk)
-                            rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
-                        loaded[plan.src.key] += rows
-                        progress("db", sum(loaded.values()), nbytes)
-                if dest != table:
+                    merge_tmp[plan.src.key] = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
+                    return merge_tmp[plan.src.key]
+                if ctx.mode == "replace" and plan.existing is not None and first_size >= pgload.REBUILD_FROM_BYTES:
+                    rebuild.drop(cur, table)  # emptied above: its keys and indexes are built after the data
+                return table
+
+            def finished(plan: TablePlan, dest: str) -> None:
+                if dest != qtable(plan.schema, plan.src.name):
                     _merge_into(cur, plan, dest)
+
+            def tick(done: dict[str, int], nbytes: int) -> None:
+                progress("db", sum(done.values()), nbytes)
+
+            segments = _segments(ctx, archive)
+            loaded.update(pgload.copy_segments(cur, segments, destination=destination, finished=finished, tick=tick))
+            rebuild.rebuild(cur)
             # The archive pass is complete and verified: finish constraints, counters, then commit.
             for stmt in fks:
                 cur.execute(stmt)

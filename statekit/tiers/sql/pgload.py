@@ -1,0 +1,249 @@
+"""PostgreSQL bulk loading for a restore: one pass over the archive, keys and indexes built after the data.
+
+Two things make a restore approach the server's own COPY speed:
+
+- **One pass.** A thread reads the archive (decrypts, decompresses, hashes) while the main thread streams
+  the segments into `COPY … FROM STDIN`; a small queue between them bounds the memory. The pass ends with
+  the check of every member against MANIFEST.json; the caller commits only after it, so a failed check
+  (or a killed process) rolls the whole transaction back.
+- **Indexes after the data**, as pg_restore does: in replace mode, when a big table has just been emptied,
+  its indexes and its primary-key/unique/exclusion constraints are dropped inside the restore's transaction
+  and created again after the load, from the target's own catalogue (`pg_get_indexdef`,
+  `pg_get_constraintdef`), never from the archive. The table's foreign keys, and those that depend on a
+  dropped key, are dropped with it and added back as they were, each checked by one query instead of a
+  trigger per row. Anything this cannot put back exactly (a comment, a replica-identity or
+  clustered index, a partition's index, a tablespace, per-column statistics) keeps its index in place.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from statekit.errors import StatekitError
+from statekit.tiers.sql.postgres import copy_columns, qident
+
+# A table whose first archived segment is at least this big gets its indexes rebuilt after the load;
+# smaller ones load faster into their indexes than a rebuild would cost.
+REBUILD_FROM_BYTES = 1 << 20
+# Memory for the index builds of this transaction (never lowered below the server's setting).
+MAINTENANCE_WORK_MEM_MB = 512
+CHUNK_BYTES = 1 << 20
+_QUEUE_CHUNKS = 8  # decoded chunks waiting for COPY: at most this many MiB in memory
+
+_INDEXES_SQL = """
+SELECT i.indexrelid, i.indexrelid::regclass::text, con.oid, con.conname, pg_get_indexdef(i.indexrelid),
+       pg_get_constraintdef(con.oid)
+FROM pg_index i
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_class ic ON ic.oid = i.indexrelid
+LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+     AND con.contype IN ('p', 'u', 'x')
+WHERE i.indrelid = %(t)s::regclass
+  AND t.relkind = 'r' AND NOT t.relispartition
+  AND i.indisvalid AND i.indisready AND i.indislive
+  AND NOT i.indisreplident AND NOT i.indisclustered
+  AND ic.reltablespace = 0
+  AND obj_description(i.indexrelid, 'pg_class') IS NULL
+  AND (con.oid IS NULL OR obj_description(con.oid, 'pg_constraint') IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid OR h.inhparent = i.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0)
+  -- only foreign keys of plain tables may depend on the index: nothing else is put back
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d
+      WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indexrelid
+        AND NOT EXISTS (
+            SELECT 1 FROM pg_constraint f JOIN pg_class fc ON fc.oid = f.conrelid
+            WHERE d.classid = 'pg_constraint'::regclass AND f.oid = d.objid AND f.contype = 'f'
+              AND f.conparentid = 0 AND fc.relkind = 'r' AND NOT fc.relispartition
+              AND obj_description(f.oid, 'pg_constraint') IS NULL))
+ORDER BY con.contype NULLS LAST, 5
+"""
+
+_FOREIGN_KEYS_SQL = """
+SELECT DISTINCT f.oid, f.conrelid::regclass::text, f.conname, pg_get_constraintdef(f.oid)
+FROM pg_constraint f
+WHERE f.contype = 'f' AND f.conparentid = 0
+  AND (f.conindid = ANY(%(ix)s::oid[]) OR f.conrelid = %(t)s::regclass)
+  AND obj_description(f.oid, 'pg_constraint') IS NULL
+ORDER BY 1
+"""
+
+
+@dataclass
+class IndexRebuild:
+    """The indexes, key constraints and foreign keys dropped in this transaction, with the statements (read
+    from the target's catalogue before the drop) that create them again."""
+
+    tables: set[str] = field(default_factory=set)
+    create: list[str] = field(default_factory=list)
+    foreign_keys: list[str] = field(default_factory=list)
+
+    def drop(self, cur: Any, table: str) -> None:
+        """Drop the rebuildable indexes of `table` (a quoted, qualified name, just emptied), its foreign keys
+        and those that depend on its keys. Call before its first row is loaded. Nothing is dropped when a
+        table involved already holds rows waiting for a deferred foreign-key check (a child loaded before
+        its parent): that table then loads into its indexes."""
+        if table in self.tables:
+            return
+        self.tables.add(table)
+        cur.execute(_INDEXES_SQL, {"t": table})
+        indexes = cur.fetchall()
+        cur.execute(_FOREIGN_KEYS_SQL, {"ix": [int(r[0]) for r in indexes], "t": table})
+        foreign_keys = cur.fetchall()
+        create: list[str] = []
+        keys: list[str] = []
+        cur.execute("SAVEPOINT statekit_rebuild")
+        try:
+            for _oid, rel, name, definition in foreign_keys:
+                cur.execute(f"ALTER TABLE {rel} DROP CONSTRAINT {qident(name)}")
+                keys.append(f"ALTER TABLE {rel} ADD CONSTRAINT {qident(name)} {definition}")
+            for _oid, index_name, con_oid, con_name, index_def, con_def in indexes:
+                if con_oid is not None:
+                    cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {qident(con_name)}")
+                    create.append(f"ALTER TABLE {table} ADD CONSTRAINT {qident(con_name)} {con_def}")
+                else:
+                    cur.execute(f"DROP INDEX {index_name}")
+                    create.append(str(index_def))
+        except psycopg.errors.ObjectInUse:  # "pending trigger events"
+            cur.execute("ROLLBACK TO SAVEPOINT statekit_rebuild")
+            return
+        cur.execute("RELEASE SAVEPOINT statekit_rebuild")
+        self.create.extend(create)
+        self.foreign_keys.extend(keys)
+
+    def rebuild(self, cur: Any) -> None:
+        """After the data: run the deferred foreign-key checks still pending, create the keys and indexes
+        again, then the foreign keys (each checked by one query over the loaded rows)."""
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        for stmt in self.create:
+            cur.execute(stmt)
+        for stmt in self.foreign_keys:
+            cur.execute(stmt)
+
+
+def raise_maintenance_memory(cur: Any) -> None:
+    """SET LOCAL maintenance_work_mem for the index builds of this transaction (never lower than it is)."""
+    cur.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")  # in kB
+    row = cur.fetchone()
+    current_kb = int(row[0]) if row and row[0] is not None else 0
+    if current_kb < MAINTENANCE_WORK_MEM_MB * 1024:
+        cur.execute(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM_MB}MB'")
+
+
+# -- one pass: the archive read in a thread, COPY fed in the caller's ---------------------------------------
+
+
+class _Stopped(Exception):
+    """The consumer went away: the reading thread ends quietly."""
+
+
+_END_MEMBER = object()
+_DONE = object()
+
+
+class _Feed:
+    """Reads (plan, ext, member) segments in a thread of its own and hands over their bytes in order:
+    ("start", plan, ext, name, size), chunks, _END_MEMBER … then _DONE once the archive pass has ended and
+    verified, or the exception that ended it."""
+
+    def __init__(self, segments: Iterator[tuple[Any, str, Any]]) -> None:
+        self._segments = segments
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="statekit-restore-read", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            for plan, ext, member in self._segments:
+                self._put(("start", plan, ext, member.name, member.size))
+                while chunk := member.stream.read(CHUNK_BYTES):
+                    self._put(chunk)
+                self._put(_END_MEMBER)
+            self._put(_DONE)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the consumer, which raises it
+            try:
+                self._put(exc)
+            except _Stopped:
+                pass
+        finally:
+            close = getattr(self._segments, "close", None)
+            if close is not None:
+                close()
+
+    def get(self) -> Any:
+        """The next item; an exception raised by the reading thread is raised here."""
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the reading thread (if it still runs) and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def copy_segments(
+    cur: Any,
+    segments: Iterator[tuple[Any, str, Any]],
+    *,
+    destination: Callable[[Any, int], str],
+    finished: Callable[[Any, str], None],
+    tick: Callable[[dict[str, int], int], None],
+) -> dict[str, int]:
+    """Stream every segment into COPY, consecutive segments of one table through one COPY, and return rows
+    loaded per table key. `destination(plan, first_segment_size)` names the table a run of segments goes
+    into, `finished(plan, destination)` runs after its COPY. Returns only after the archive pass verified
+    everything; any failure (the archive's included) raises, and the caller rolls back."""
+    feed = _Feed(segments)
+    loaded: dict[str, int] = {}
+    nbytes = 0
+    try:
+        item = feed.get()
+        while item is not _DONE:
+            _, plan, ext, name, size = item
+            key = plan.src.key
+            dest = destination(plan, size)
+            with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN") as cp:
+                while True:
+                    if ext != "copy":
+                        raise StatekitError(f"archive member {name}: unexpected encoding for PostgreSQL")
+                    rows = 0
+                    while (chunk := feed.get()) is not _END_MEMBER:
+                        cp.write(chunk)
+                        nbytes += len(chunk)
+                        rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                    loaded[key] = loaded.get(key, 0) + rows
+                    tick(loaded, nbytes)
+                    item = feed.get()
+                    if item is _DONE or item[1].src.key != key:
+                        break
+                    _, plan, ext, name, size = item
+            finished(plan, dest)
+    finally:
+        feed.close()
+    return loaded
