@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,45 @@ def audit_live(
             warn(f"{tier} tier not configured: not audited (set [{tier}] in the config or pass its flag)")
         if len(live.sources) < 2 and not model.checks:
             warn("fewer than two tiers to compare: only names and values within one tier are checked")
-        return run_audit(model, live.sources, opts, refresh=live.refresh, progress=progress)
+        result = run_audit(model, live.sources, opts, refresh=live.refresh, progress=progress)
+        redis_src = live.sources.get("redis")
+        if redis_src is not None and model.modes is not None:
+            note = prefix_note(model, redis_src.client, result)
+            if note:
+                result.notes.append(note)
+        return result
     finally:
         live.close()
+
+
+def prefix_note(model: Model, client: Any, result: AuditResult) -> str | None:
+    """When the root entity's key template matches no key but the same shape exists under another prefix
+    (`<other>:instance:<uuid>`), say so: the configured prefix is probably not the server's."""
+    root = next((e for e in model.entities.values() if e.parent is None and "redis" in e.locators), None)
+    if root is None or result.entity_counts.get((root.name, "redis")):
+        return None
+    tpl = root.locators["redis"].template
+    if tpl is None or not tpl.text.startswith("{") or tpl.text.count("{") < 2:
+        return None
+    middle = tpl.text[tpl.text.index("}") + 1 : tpl.text.index("{", 1)]
+    if not middle:
+        return None
+    shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    others: dict[str, int] = {}
+    for i, key in enumerate(client.scan_iter(match=f"*{middle}*", count=1000)):
+        if i >= 100_000:
+            break
+        prefix, _, rest = key.decode("utf-8", "replace").partition(middle)
+        if shape.fullmatch(rest):
+            others[prefix] = others.get(prefix, 0) + 1
+    if not others:
+        return None
+    ours = tpl.literal_prefix()[: -len(middle)] if tpl.literal_prefix().endswith(middle) else tpl.literal_prefix()
+    shown = ", ".join(f"{p!r} ({n:,})" for p, n in sorted(others.items(), key=lambda x: -x[1])[:5])
+    return (
+        f"no {ours}{middle}<id> key in Redis, but {shown} use the same shape: is the prefix right? "
+        "(set profile_options.prefix, Evolution's CACHE_REDIS_PREFIX_KEY, or profile_options.env_file)"
+    )
 
 
 def plan_reconcile(model: Model, where: Locations, opts: ReconcileOptions) -> ReconcilePlan:
