@@ -340,10 +340,13 @@ def apply_cmd(
 @click.option("--env-file", metavar="FILE", default=".env", show_default=True, help="Evolution API's .env file.")
 @click.option("--db-url", metavar="URL", help="Database URL (default: [db] url, else DATABASE_CONNECTION_URI).")
 @click.option("--redis-url", metavar="URL", help="Redis URL (default: [redis] url, else CACHE_REDIS_URI).")
+@click.option("--files-root", metavar="DIR", help="Evolution's instances/ directory (default: [files] root).")
 @common_options
-def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -> None:
-    """Check an Evolution API deployment for settings that lose sessions: reads its .env and the live servers
-    and prints each warning with the reason and the fix. Exit status 1 when there are warnings."""
+def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None, files_root: str | None) -> None:
+    """Check an Evolution API deployment for settings that lose sessions: reads its .env (mode, prefix and
+    client name as Evolution reads them) and the live servers, and prints each warning with the reason and the
+    fix. When the .env's mode disagrees with where the instances' auth state is, it prints the exact statekit
+    commands to run, in order, before restarting Evolution. Exit status 1 when there are warnings."""
     from statekit.audit.doctor import db_url_from_env, diagnose, read_env_file
     from statekit.audit.readers import open_engine, open_redis
 
@@ -351,13 +354,13 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -
         raise UsageError(f"no Evolution .env at {env_file} (give --env-file)")
     env = read_env_file(env_file)
     cfg = app.config()
-    redis_on = env.get("CACHE_REDIS_ENABLED", "").strip().lower() in ("true", "1", "yes", "on")
+    redis_on = env.get("CACHE_REDIS_ENABLED") == "true"
     rurl = redis_url or cfg.redis.url or (env.get("CACHE_REDIS_URI") if redis_on else None)
     durl = db_url or cfg.db.url or db_url_from_env(env)
     client = open_redis(rurl) if rurl else None
     engine = open_engine(durl) if durl else None
     try:
-        found = diagnose(env, redis_client=client, db_engine=engine)
+        found = diagnose(env, redis_client=client, db_engine=engine, files_root=files_root or cfg.files.root)
     finally:
         if client is not None:
             client.close()
@@ -368,8 +371,10 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -
         lines.append(f"{d.status.upper():<5} {d.check}: {d.reason}")
         if d.fix and d.status == "warn":
             lines.append(f"      fix: {d.fix}")
+        for i, command in enumerate(d.commands, 1):
+            lines.append(f"        {i}. {command}")
     warns = sum(d.status == "warn" for d in found)
-    lines.append(f"{warns} warning(s)" if warns else "no warnings")
+    lines.append(f"{warns} warning{'s' if warns != 1 else ''}" if warns else "no warnings")
     app.result({"checks": [d.to_json() for d in found], "warnings_found": warns}, lines)
     if warns:
         raise SystemExit(1)  # run() ignores click.Exit codes in non-standalone mode
