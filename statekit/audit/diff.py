@@ -161,10 +161,13 @@ def concrete_where(ent: Entity, tier: str, scope: str, rest: RecordKey = ()) -> 
                 return name
             return name
         if not all(v in values for v in loc.template.vars):
-            return (
-                loc.template.render({ent.scope_var: scope, **{v: "" for v in loc.template.vars[1:]}}).rsplit("/", 1)[0]
-                + "/"
-            )
+            # the scope's directory: the path components that need nothing but the scope
+            head = []
+            for part in loc.template.text.split("/"):
+                if "{" in part.replace("{" + ent.scope_var + "}", ""):
+                    break
+                head.append(part.replace("{" + ent.scope_var + "}", scope))
+            return "/".join(head) + "/"
         return loc.template.render(values)
     except (ValueError, KeyError):
         return loc.describe()
@@ -569,7 +572,11 @@ def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
 
 
 def _unparseable_findings(items: Iterable[Unparseable]) -> list[Finding]:
-    return [Finding("unparseable", u.entity, u.scope, None, u.tier, u.where, [], u.detail) for u in items]
+    return [
+        Finding("unparseable", u.entity, u.scope, None, u.tier, u.where, [], u.detail,
+                f"remove {u.where} (a name the application never reads) or extend the entity model")
+        for u in items
+    ]  # fmt: skip
 
 
 def compare_scopes(
