@@ -239,14 +239,21 @@ class _Planner:
                 self.target_records += len(dst)
                 yield from self.orphan(ent, root, scope, dst)
                 continue
-            if not writable(ent, t) or ent.presence or self.opts.source not in ent.locators:
+            if not writable(ent, t) or ent.presence:
+                continue
+            self.target_records += len(dst)
+            if self.opts.source not in ent.locators:
                 continue
             if server is not None and ent.modes:
                 skip = self.live_guard(ent, scope, server)
                 if skip is not None:
-                    self.skipped.append(skip)
+                    kept = self.kept
+                    would = list(self.entity(ent, scope, dst))
+                    self.kept = kept
+                    if would:  # listed only where the requested direction would have written something
+                        skip.reason += f" ({len(would)} change{'s' if len(would) != 1 else ''} not made)"
+                        self.skipped.append(skip)
                     continue
-            self.target_records += len(dst)
             yield from self.entity(ent, scope, dst)
 
     def live_guard(self, ent: Entity, scope: str, server: Any) -> Skipped | None:
@@ -264,8 +271,6 @@ class _Planner:
         else:
             command = f"statekit reconcile --from {live} --to {t} --entity {ent.name}"
             reason = f"{s} is not its live copy ({server.mode} mode reads {live})"
-        if not self.records(ent, s, scope) and not self.records(ent, t, scope):
-            return None  # nothing on either side: nothing skipped
         return Skipped(ent.name, scope, server.name, server.mode, reason, command)
 
     def orphan(self, ent: Entity, root: Entity, scope: str, dst: dict[RecordKey, Record]) -> Iterator[Operation]:
