@@ -118,7 +118,7 @@ def test_every_mode_change_migrates_without_a_new_qr_code(
     steps = [c for c in commands if c.startswith("statekit reconcile")]
     assert steps
     for command in steps:
-        args = command.split()[1:-3] + ["--yes", "--no-encryption"]  # the command without "--yes -r AGE1…"
+        args = [*command.split()[1:-3], "--yes", "--no-encryption"]  # the command without "--yes -r AGE1…"
         res = invoke(*args)
         assert res.code == 0, (command, res.out, res.err)
         assert "skipped" not in res.out
