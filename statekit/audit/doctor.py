@@ -107,7 +107,9 @@ def data_mode_check(
     sess = sa.table("Session", sa.column("sessionId"), sa.column("creds"))
     try:
         with engine.connect() as conn:
-            ids = [str(r[0]) for r in conn.execute(sa.select(inst.c.id).where(inst.c.clientName == client_name))]
+            rows = conn.execute(sa.select(inst.c.id, inst.c.connectionStatus).where(inst.c.clientName == client_name))
+            status = {str(r[0]): str(r[1]) for r in rows}
+            ids = list(status)
             with_creds = {str(r[0]) for r in conn.execute(sa.select(sess.c.sessionId).where(sess.c.creds.is_not(None)))}
     except Exception as exc:
         raise StatekitError(f'doctor: cannot read "Instance"/"Session" ({type(exc).__name__})') from None
@@ -136,7 +138,8 @@ def data_mode_check(
                     where[i].keys.add("files")
             except OSError:
                 pass
-    paired = [w for w in where.values() if w.creds or w.keys]
+    # Paired: creds somewhere, or open. A logged-out instance (cache mode keeps its keys in the hash) is not.
+    paired = [w for i, w in where.items() if w.creds or status.get(i) == "open"]
     if not paired:
         return Diagnosis("mode-vs-data", "ok", f"no auth state yet for clientName {client_name!r}")
     lost = [w for w in paired if LIVE_CREDS[mode] not in w.creds or LIVE_KEYS[mode] not in w.keys]

@@ -12,7 +12,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options, recipient_options, resolve_recipients
-from statekit.errors import Refused, UsageError
+from statekit.errors import Refused, TierUnavailable, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -355,9 +355,16 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None, f
     env = read_env_file(env_file)
     cfg = app.config()
     redis_on = env.get("CACHE_REDIS_ENABLED") == "true"
-    rurl = redis_url or cfg.redis.url or (env.get("CACHE_REDIS_URI") if redis_on else None)
+    # With Redis turned off in the .env, its URI still tells where earlier modes left auth state.
+    rurl = redis_url or cfg.redis.url or env.get("CACHE_REDIS_URI")
     durl = db_url or cfg.db.url or db_url_from_env(env)
-    client = open_redis(rurl) if rurl else None
+    client = None
+    if rurl:
+        try:
+            client = open_redis(rurl)
+        except TierUnavailable:
+            if redis_on or redis_url or cfg.redis.url:
+                raise
     engine = open_engine(durl) if durl else None
     try:
         found = diagnose(env, redis_client=client, db_engine=engine, files_root=files_root or cfg.files.root)
