@@ -95,7 +95,7 @@ def header_lines(result: AuditResult) -> list[str]:
         lines.append(f"  server {t.name} ({where}): {_plural(t.instances, 'instance')}, "
                      f"{t.sessions:,} with a session, {t.ready:,} ready to boot without a QR code")  # fmt: skip
     counts = tier_counts(result)
-    if counts:
+    if counts and result.entity_counts:
         parts = []
         for tier, per in counts.items():
             inner = ", ".join(f"{e} {n:,}" for e, n in per.items()) or "nothing"
