@@ -92,7 +92,7 @@ def test_diff_without_a_model_compares_what_is_stored(pg_url: str, redis_url: st
     _snapshot("a.statekit")
     iid = gen.ids[0]
     redis.Redis.from_url(redis_url).hset(f"evolution:instance:{iid}", "pre-key-1", '"{}"')
-    (root / iid / "pre-key-2.json").write_text("{}")
+    (root / iid / "pre-key-1.json").write_text("{}")
     import sqlalchemy as sa
 
     engine = sa.create_engine(pg_url)
