@@ -98,7 +98,7 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     run("verify", str(archive), "-i", "identity.txt", env=env)
 
     say("The audit reads each instance the way its server's mode reads it: creds and keys in the hash. An "
-        "empty \"Session\" table and no folders are normal in redis mode; the logged-out instance is clean.")  # fmt: skip
+        "empty \"Session\" table and no folders are normal in redis mode; the logged-out one is clean.")  # fmt: skip
     run("audit", env=env)
 
     say("A deployment with some history: one instance still has an old \"Session\" row from before "
@@ -110,7 +110,7 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
 
     say("Repairing the wrong way round would overwrite live creds with the stale row (and that instance would "
         "need a new QR code). reconcile decides per instance from its server's mode: the live creds are "
-        "never written, those instances are listed as skipped with the right command; only the orphan goes.")  # fmt: skip
+        "never written, those instances are listed as skipped with the right command; the orphan goes.")  # fmt: skip
     run("reconcile", "--from", "db", "--to", "redis", "--prune-orphans", "--yes", "-r", recipient, env=env)
 
     say("The fix the Evolution community recommends: CACHE_REDIS_SAVE_INSTANCES=false, the database as the "
