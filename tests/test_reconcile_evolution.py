@@ -374,3 +374,32 @@ def test_a_value_changed_between_plan_and_write_is_skipped(pg_url: str, redis_ur
     assert result.counts["update"] == 1
     assert len(result.conflicts) == 1 and victim in result.conflicts[0]
     assert client.hget(victim, "creds") == b'"{\\"someone\\":\\"else\\"}"'  # never forced
+
+
+@pytest.mark.parametrize("mode", ["redis", "cache", "files"])
+def test_no_direction_ever_writes_a_live_copy(mode: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """Every pair and entity, with --prune-orphans and --force, on state with stale copies and orphans: what
+    each instance loads at boot under its mode is the same before and after."""
+    from statekit.audit.plan import RECONCILE_PAIRS
+
+    root = tmp_path / "instances"
+    faults = {"stale_creds": 2, "orphan_hash": 1, "orphan_folder": 1, "orphan_session": 1}
+    gen = _setup(pg_url, redis_url, root, mode, history="files" if mode == "cache" else None, instances=6,
+                 logged_out=1, inject=faults)  # fmt: skip
+
+    def boot() -> dict[str, object]:
+        return {
+            i: read_as_evolution(pg_url, redis_url, root, mode, i, list(gen.keys[i]))  # type: ignore[attr-defined]
+            for i in gen.ids  # type: ignore[attr-defined]
+        }
+
+    before = boot()
+    assert all(creds is not None for creds, _ in before.values())
+    for source, target in sorted(RECONCILE_PAIRS):
+        for entity in ("instance", "creds", "keys", None):
+            args = ["reconcile", "--from", source, "--to", target, "--prune-orphans", "--force", *NOENC]
+            res = invoke(*args, *(["--entity", entity] if entity else []))
+            assert res.code in (0, 2, 8), res.err  # 2/8: a pair or entity that cannot be written there
+            assert "Traceback" not in res.err
+            assert boot() == before, (source, target, entity)
+    assert _audit_classes() == []  # and every stale copy and orphan was repaired from the live side
