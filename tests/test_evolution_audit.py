@@ -75,12 +75,15 @@ def test_healthy_state_in_each_mode_audits_clean(mode: str, pg_url: str, redis_u
     assert res.out.rstrip().endswith("clean")
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_every_cell_of_the_table_in_each_mode(mode: str, pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    """Each fault that applies to the mode, once, on an otherwise healthy set: found with its class, entity,
-    tier and field, and nothing else (no finding on the healthy and logged-out instances)."""
+@pytest.mark.parametrize("mode,history", [(m, h) for m in MODES for h in (None, *MODES) if h != m])
+def test_every_cell_of_the_table_in_each_mode(
+    mode: str, history: str | None, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Each fault that applies to the mode, once, on an otherwise healthy set (fresh, or migrated from
+    another mode and holding its leftovers): found with its class, entity, tier and field, and nothing else
+    (no finding on the healthy and logged-out instances)."""
     root = tmp_path / "instances"
-    gen = generate(pg_url, redis_url, root, mode=mode, instances=14, logged_out=2,
+    gen = generate(pg_url, redis_url, root, mode=mode, history=history, instances=14, logged_out=2,
                    inject=dict.fromkeys(INJECTABLE[mode], 1))  # fmt: skip
     _config(pg_url, redis_url, root, f'mode = "{mode}"')
     doc = _audit()
@@ -181,13 +184,14 @@ def test_three_servers_share_one_database_redis_and_volume(pg_url: str, redis_ur
     with no configured server and a provider-mode server are listed as not audited, never audited as if
     they were another mode."""
     root = tmp_path / "instances"
+    # each server also has a history: it ran in another mode before and was migrated
     gens = [
-        generate(pg_url, redis_url, root, mode="redis", client_name="evo_redis", instances=8,
+        generate(pg_url, redis_url, root, mode="redis", history="cache", client_name="evo_redis", instances=8,
                  inject={"stale_creds": 1, "keys_lost": 1, "orphan_session": 1}),
-        generate(pg_url, redis_url, root, mode="cache", client_name="evo_cache", instances=8, logged_out=1,
-                 inject={"keys_lost": 1, "stale_creds": 1, "orphan_hash": 1}),
-        generate(pg_url, redis_url, root, mode="files", client_name="evo_files", instances=8,
-                 inject={"truncated_key": 1, "open_no_creds": 1, "orphan_folder": 1}),
+        generate(pg_url, redis_url, root, mode="cache", history="redis", client_name="evo_cache", instances=8,
+                 logged_out=1, inject={"keys_lost": 1, "stale_creds": 1, "orphan_hash": 1, "open_no_creds": 1}),
+        generate(pg_url, redis_url, root, mode="files", history="cache", client_name="evo_files", instances=8,
+                 inject={"truncated_key": 1, "open_no_creds": 1, "orphan_folder": 1, "stray_file": 1}),
     ]  # fmt: skip
     generate(pg_url, redis_url, root, mode="cache", client_name="evo_provider", instances=2)
     generate(pg_url, redis_url, root, mode="cache", client_name="stranger", instances=2,
