@@ -285,7 +285,7 @@ def test_an_emptied_tier_is_one_finding_naming_it(
     assert f"{tier} holds no {noun} at all; the authority has 50 instances" in res.out
     assert "drift: 1 finding" in res.out
     assert f"repair: statekit restore ARCHIVE --tier {tier}" in res.out
-    counts = next(ln for ln in res.out.splitlines() if "records (ids per tier)" in ln)
+    counts = next(ln for ln in res.out.splitlines() if "records per tier" in ln)
     assert f"{tier} nothing" in counts
     assert ("db creds 50" in counts) == (mode != "redis")
 
@@ -312,7 +312,11 @@ def test_a_real_key_set_is_read_as_evolution_names_it(mode: str, pg_url: str, re
     _config(pg_url, redis_url, root, f'mode = "{mode}"')
     doc = _audit()
     assert doc["clean"] is True, doc["findings"]
-    assert doc["tier_counts"]["redis" if mode == "cache" else "files"]["keys"] == 2  # type: ignore[index]
+    live = "redis" if mode == "cache" else "files"
+    assert doc["tier_counts"][live]["keys"] == 2  # type: ignore[index]
+    assert doc["tier_records"][live]["keys"] == sum(len(k) for k in gen.keys.values())  # type: ignore[index]
+    human = invoke("audit", "--recheck-rounds", "0")
+    assert f"keys {sum(len(k) for k in gen.keys.values()):,} in 2 ids" in human.out
 
 
 # -- output, re-checks, metrics, other databases ---------------------------------------------------------

@@ -104,6 +104,8 @@ class AuditResult:
     keys_only: bool = False
     # (entity, tier) -> ids with at least one non-null record there
     entity_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (entity, tier) -> records there (a key set counts each key)
+    record_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     # ids whose root exists in the authority, and of those the ones complete in every entity's authority
     roots: int = 0
     complete: int = 0
@@ -286,14 +288,21 @@ class _ScopeComparer:
         self.view = view
         return True
 
-    def tally(self, scope: str, counts: dict[tuple[str, str], int]) -> tuple[bool, bool]:
-        """Count where this id has records, and whether its state is complete in each entity's authority."""
+    def tally(
+        self, scope: str, counts: dict[tuple[str, str], int], records: dict[tuple[str, str], int] | None = None
+    ) -> tuple[bool, bool]:
+        """Count where this id has records (and how many), and whether its state is complete in each
+        entity's authority."""
         rooted = complete = False
         for ent in self.model.entities.values():
             present_in_authority = False
             for tier in ent.locators:
-                if any(not r.null for r in self.records(ent, tier, scope).values()):
-                    counts[(ent.name, tier)] = counts.get((ent.name, tier), 0) + 1
+                recs = self.records(ent, tier, scope)
+                if any(not r.null for r in recs.values()):
+                    key = (ent.name, tier)
+                    counts[key] = counts.get(key, 0) + 1
+                    if records is not None:
+                        records[key] = records.get(key, 0) + sum(not r.null for r in recs.values())
                     present_in_authority = present_in_authority or tier == ent.authority
             if ent.parent is None and present_in_authority:
                 rooted = complete = True
@@ -665,13 +674,15 @@ def _compare_in_workers(
     for result in results:
         if result[0] == "error":
             raise result[1]
-        _, found, count, counts, roots, complete, servers = result
+        _, found, count, counts, roots, complete, servers, records = result
         findings.extend(found)
         values += count
         if tally is not None:
             tally.merge_servers(servers)
             for key, n in counts.items():
                 tally.entity_counts[key] = tally.entity_counts.get(key, 0) + n
+            for key, n in records.items():
+                tally.record_counts[key] = tally.record_counts.get(key, 0) + n
             tally.roots += roots
             tally.complete += complete
     return findings, values
@@ -689,7 +700,7 @@ def _worker(
                 after_fork()
         sub = AuditResult([], [], [])
         found, count = _compare_batches(model, sources, batches, opts, sub if tally else None)
-        result = ("ok", found, count, sub.entity_counts, sub.roots, sub.complete, sub.servers)
+        result = ("ok", found, count, sub.entity_counts, sub.roots, sub.complete, sub.servers, sub.record_counts)
     except BaseException as exc:
         result = ("error", exc if isinstance(exc, StatekitError) else TierError(f"audit worker: {exc!r}"))
     try:
@@ -731,7 +742,7 @@ def _compare_batches(
             for scope in batch:
                 findings.extend(comparer.scope(scope))
                 if tally is not None:
-                    rooted, complete = comparer.tally(scope, tally.entity_counts)
+                    rooted, complete = comparer.tally(scope, tally.entity_counts, tally.record_counts)
                     tally.roots += rooted
                     tally.complete += complete
             values += comparer.values
@@ -777,6 +788,7 @@ def run_audit(
         duration_s=time.monotonic() - started,
         keys_only=opts.keys_only,
         entity_counts=tally.entity_counts,
+        record_counts=tally.record_counts,
         roots=tally.roots,
         complete=tally.complete,
         servers=tally.servers,

@@ -25,10 +25,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def tier_counts(result: AuditResult) -> dict[str, dict[str, int]]:
-    """tier → entity → ids with a record there."""
+def tier_counts(result: AuditResult, counts: dict[tuple[str, str], int] | None = None) -> dict[str, dict[str, int]]:
+    """tier → entity → ids with a record there (or, given `counts`, those counts)."""
     out: dict[str, dict[str, int]] = {t: {} for t in result.tiers}
-    for (entity, tier), n in sorted(result.entity_counts.items()):
+    for (entity, tier), n in sorted((result.entity_counts if counts is None else counts).items()):
         if tier in out:
             out[tier][entity] = n
     return out
@@ -54,6 +54,7 @@ def audit_document(result: AuditResult, *, extra: dict[str, Any] | None = None) 
         "duration_s": round(result.duration_s, 3),
         "summary": summary(result),
         "tier_counts": tier_counts(result),
+        "tier_records": tier_counts(result, result.record_counts),
         "tier_ids": dict(result.tier_ids),
         **modes,
         "notes": list(result.notes),
@@ -98,9 +99,12 @@ def header_lines(result: AuditResult) -> list[str]:
     if counts and result.entity_counts:
         parts = []
         for tier, per in counts.items():
-            inner = ", ".join(f"{e} {n:,}" for e, n in per.items()) or "nothing"
-            parts.append(f"{tier} {inner}")
-        lines.append("  records (ids per tier): " + " · ".join(parts))
+            shown = []
+            for e, n in per.items():
+                total = result.record_counts.get((e, tier), n)
+                shown.append(f"{e} {n:,}" if total == n else f"{e} {total:,} in {n:,} ids")
+            parts.append(f"{tier} {', '.join(shown) or 'nothing'}")
+        lines.append("  records per tier: " + " · ".join(parts))
     ready, sessions = result.readiness
     if result.servers:
         lines.append(f"  readiness: {ready:,} of {sessions:,} instances with a session would boot without a QR code")
