@@ -298,11 +298,13 @@ class _ScopeComparer:
             present_in_authority = False
             for tier in ent.locators:
                 recs = self.records(ent, tier, scope)
-                if any(not r.null for r in recs.values()):
+                # only db rows can be NULL: elsewhere every record counts
+                n = len(recs) if tier != "db" else sum(not r.null for r in recs.values())
+                if n:
                     key = (ent.name, tier)
                     counts[key] = counts.get(key, 0) + 1
                     if records is not None:
-                        records[key] = records.get(key, 0) + sum(not r.null for r in recs.values())
+                        records[key] = records.get(key, 0) + n
                     present_in_authority = present_in_authority or tier == ent.authority
             if ent.parent is None and present_in_authority:
                 rooted = complete = True
