@@ -91,8 +91,9 @@ def resolve_modes(
         if "prefix" not in user and main.prefix:
             options["prefix"] = main.prefix
     else:
+        origin = "profile_options.mode" if "mode" in user else "the profile's default mode"
         main = Server(options.get("client_name", "evolution"), check(options.get("mode", names[0]),
-                      "profile_options.mode"), "profile_options.mode")  # fmt: skip
+                      "profile_options.mode"), origin)  # fmt: skip
     main.prefix = options.get("prefix")
     servers: dict[str, Server] = {}
     table = user.get("servers", {})
