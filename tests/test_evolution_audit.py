@@ -234,6 +234,27 @@ def test_env_file_gives_mode_prefix_and_client_name_with_evolutions_defaults(
     assert res.code == 2 and "keeps no auth state" in res.err
 
 
+def test_servers_with_their_own_env_files(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """Each server's .env gives its mode; the prefix (unset: evolution-cache) is theirs; servers whose .env
+    files name different prefixes cannot be audited together."""
+    root = tmp_path / "instances"
+    a = generate(pg_url, redis_url, root, mode="redis", client_name="a", prefix="evolution-cache", instances=3,
+                 inject={"stale_creds": 1})  # fmt: skip
+    b = generate(pg_url, redis_url, root, mode="files", client_name="b", prefix="evolution-cache", instances=3,
+                 inject={"truncated_key": 1})  # fmt: skip
+    (tmp_path / "a.env").write_text("CACHE_REDIS_ENABLED=true\nCACHE_REDIS_SAVE_INSTANCES=true\n")
+    (tmp_path / "b.env").write_text("DATABASE_SAVE_DATA_INSTANCE=true\n")
+    _config(pg_url, redis_url, root, f'[profile_options.servers]\na = {{ env_file = "{tmp_path / "a.env"}" }}\n'
+            f'b = {{ env_file = "{tmp_path / "b.env"}" }}\n')  # fmt: skip
+    doc = _audit()
+    assert _found(doc) == _expected(a, b)
+    assert {(s["server"], s["mode"], s["prefix"]) for s in doc["servers"]} == {  # type: ignore[union-attr]
+        ("a", "redis", "evolution-cache"), ("b", "files", "evolution-cache")}  # fmt: skip
+    (tmp_path / "b.env").write_text("DATABASE_SAVE_DATA_INSTANCE=true\nCACHE_REDIS_PREFIX_KEY=other\n")
+    res = invoke("audit")
+    assert res.code == 2 and "audit servers with different prefixes with one config each" in res.err
+
+
 def test_a_prefix_that_matches_nothing_is_named(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     root = tmp_path / "instances"
     generate(pg_url, redis_url, root, mode="cache", prefix="evolution", instances=3)

@@ -111,12 +111,18 @@ def resolve_modes(
             servers[str(server_name)] = Server(str(server_name), check(value["mode"], where), "profile_options.servers")
         else:
             raise ConfigError(f"{where} must be a mode or {{ mode = ..., env_file = ... }}")
-        if servers[str(server_name)].prefix not in (None, options.get("prefix")):
+    # One prefix for all: the user's, else the main server's .env, else the first server .env's.
+    if "prefix" not in user and not options.get("env_file"):
+        from_envs = [sv.prefix for sv in servers.values() if sv.prefix]
+        if from_envs:
+            options["prefix"] = main.prefix = from_envs[0]
+    for server_name, sv in servers.items():
+        if sv.prefix not in (None, options.get("prefix")):
             raise ConfigError(
-                f"{where}: CACHE_REDIS_PREFIX_KEY {servers[str(server_name)].prefix!r} differs from "
+                f"profile_options.servers.{server_name}: CACHE_REDIS_PREFIX_KEY {sv.prefix!r} differs from "
                 f"{options.get('prefix')!r}; audit servers with different prefixes with one config each"
             )
-        servers[str(server_name)].prefix = options.get("prefix")
+        sv.prefix = options.get("prefix")
     explicit_main = bool(user.get("mode") or user.get("env_file"))
     default: Server | None = None
     if not servers:
