@@ -347,6 +347,20 @@ def test_apply_takes_its_guards_from_its_own_options(pg_url: str, redis_url: str
     assert _audit_classes() == []
 
 
+def test_apply_needs_the_modes_the_plan_was_made_with(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "i"
+    _setup(pg_url, redis_url, root, "redis", instances=3)
+    made = invoke("reconcile", "--mode", "evolution=redis", "--from", "redis", "--to", "db", "--entity", "creds",
+                  "--plan-out", "plan.json")  # fmt: skip
+    assert made.code == 0, made.err
+    _config(pg_url, redis_url, root, 'mode = "cache"')  # the flag flipped in the configuration meanwhile
+    refused = invoke("apply", "plan.json", *NOENC)
+    assert refused.code == 8 and "--mode evolution=redis" in refused.err
+    ok = invoke("apply", "plan.json", "--mode", "evolution=redis", *NOENC)
+    assert ok.code == 0, ok.err
+    assert _audit_classes() == []  # cache mode now: every instance has its creds in "Session"
+
+
 def test_undo_needs_a_key_and_instance_rows_are_never_written(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     _setup(pg_url, redis_url, tmp_path / "i", "cache", instances=2, inject={"stale_creds": 1})
     res = invoke("reconcile", "--from", "redis", "--to", "db", "--entity", "instance")

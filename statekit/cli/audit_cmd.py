@@ -283,7 +283,7 @@ def reconcile(
             app.info(line)
     guard(plan, max_change_ratio, force)
     if plan_out:
-        doc = {**plan.to_json(), "target_location": where.shown(target)}
+        doc = {**plan.to_json(), "target_location": where.shown(target), "modes": list(modes)}
         fd = os.open(plan_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
@@ -327,6 +327,9 @@ def apply_cmd(
     from statekit.audit.engine import guard, load_plan_file, replan_saved
 
     saved = load_plan_file(plan_file)
+    if sorted(map(str, saved.get("modes") or [])) != sorted(modes):
+        shown = " ".join(f"--mode {m}" for m in saved.get("modes") or []) or "no --mode"
+        raise Refused(f"the plan was made with {shown}: give `statekit apply` the same")
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     plan = replan_saved(model, where, saved, prune_orphans=prune_orphans)
     guard(plan, max_change_ratio, force)
