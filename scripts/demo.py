@@ -1,10 +1,11 @@
 """`make demo`: the whole statekit story on embedded servers, narrated for a person reading along.
 
-Evolution API keeps one WhatsApp session in three places: the instance list and creds in a SQL database, the
-Signal keys in a Redis hash, and the same keys as files under instances/<id>/. This demo seeds that state
-(a SQLite file, a private Redis, a temp instances/ folder), takes a snapshot, simulates the restart that loses
-sessions, lets `statekit audit` find the damage, repairs it with `statekit reconcile`, and finally restores
-from the snapshot.
+An Evolution API server keeps its WhatsApp sessions in a SQL database, a Redis hash or key files, depending on
+its .env (three modes). This demo seeds a server in redis mode (CACHE_REDIS_SAVE_INSTANCES=true: creds and keys
+only in Redis) on a SQLite file and a private Redis, takes a snapshot, audits it, shows that reconcile never
+overwrites live creds from a stale copy, lets `statekit doctor` print the migration for the recommended flip to
+SAVE_INSTANCES=false, runs it, checks that every instance would boot without a QR code in cache mode, and
+finally restores the Redis tier from the snapshot.
 """
 
 from __future__ import annotations
@@ -66,35 +67,25 @@ def main() -> None:
 
 
 def story(work: Path, port: int, env: dict[str, str]) -> None:
-    from fixtures.evolution.demo import break_redis
+    from fixtures.evolution.demo import leave_drift, write_config, write_env
     from fixtures.evolution.generate import generate
 
     db = work / "evolution.sqlite"
     files = work / "instances"
     redis_url = f"redis://127.0.0.1:{port}/0"
-    say(f"statekit demo in {work}. Three tiers, like an Evolution API deployment: a SQLite database "
-        f"({db.name}), a private Redis on port {port}, and the key-file folder instances/.")  # fmt: skip
+    say(f"statekit demo in {work}. An Evolution API server keeps its WhatsApp sessions in up to three places: a "
+        f"SQL database ({db.name}), Redis (a private server on port {port}) and key files under instances/. "
+        "Which place is live depends on the server's .env: this one runs with CACHE_REDIS_SAVE_INSTANCES=true "
+        "(redis mode), so each instance's creds and Signal keys live only in its Redis hash.")  # fmt: skip
 
-    ids = generate(f"sqlite:///{db}", redis_url, files, instances=INSTANCES, keys_per_instance=8).ids
-    say(f"Seeded {len(ids)} WhatsApp instances: rows in \"Instance\" and \"Session\", one Redis hash "
-        "evolution:instance:<id> each, and the same Signal keys as files.")  # fmt: skip
-    for p in sorted(files.rglob("*"))[:6]:
-        print("  " + str(p.relative_to(work)))
-
-    (work / "statekit.toml").write_text(
-        textwrap.dedent(f"""\
-        profile = "evolution-api"
-
-        [db]
-        url = "sqlite:///{db}"
-
-        [redis]
-        url = "{redis_url}"
-
-        [files]
-        root = "{files}"
-        """)
-    )
+    ids = generate(f"sqlite:///{db}", redis_url, files, mode="redis", instances=INSTANCES, logged_out=1).ids
+    env_file = write_env(work / ".env", redis_url, save_instances=True)
+    write_config(work / "statekit.toml", f"sqlite:///{db}", redis_url, files, env_file)
+    say(f"Seeded {len(ids)} paired instances and one logged-out one: \"Instance\" rows, and one Redis hash "
+        "evolution:instance:<id> each holding `creds` and the Signal keys (pre-keys, sessions, sender keys, "
+        "app-state keys), every value JSON-encoded twice as Evolution writes it. statekit.toml reads the "
+        "mode, prefix and client name from Evolution's own .env:")  # fmt: skip
+    print(textwrap.indent((work / "statekit.toml").read_text(), "  "))
     say("A key pair: the identity stays with the operator; the backup job needs only the public key.")
     out = run("keygen", "-o", "identity.txt", env=env)
     recipient = out.split()[-1]
@@ -106,77 +97,63 @@ def story(work: Path, port: int, env: dict[str, str]) -> None:
     run("inspect", str(archive), "-i", "identity.txt", env=env)
     run("verify", str(archive), "-i", "identity.txt", env=env)
 
-    say("The audit on healthy state: the database, Redis and the files agree, so it exits 0.")
+    say("The audit reads each instance the way its server's mode reads it: creds and keys in the hash. An "
+        "empty \"Session\" table and no folders are normal in redis mode; the logged-out one is clean.")  # fmt: skip
     run("audit", env=env)
 
-    say("Now the classic failure: Redis (no persistence, SAVE_INSTANCES=true) drifts from the database: two "
-        "instances hold other creds in Redis than in \"Session\", one lost a Signal key, and a deleted "
-        "instance left its hash behind. After a restart Evolution would ask for new QR codes.")  # fmt: skip
-    broken = break_redis(redis_url, ids)
-    for line in broken:
+    say("A deployment with some history: one instance still has an old \"Session\" row from before "
+        "SAVE_INSTANCES was turned on, and a deleted instance left its hash behind.")  # fmt: skip
+    for line in leave_drift(f"sqlite:///{db}", redis_url, ids):
         print("  " + line)
-
-    say("statekit audit finds every disagreement, names the entity and field, and exits 1 (drift).")
+    say("The audit names the stale copy and which copy is live, and ends each finding with its repair.")
     run("audit", expect=1, env=env)
 
-    say("Plan the repair first: rebuild Redis from the database (the authority for creds and the instance "
-        "list). The plan is saved; nothing is written yet.")  # fmt: skip
-    run("reconcile", "--from", "db", "--to", "redis", "--prune-orphans", "--plan-out", "plan.json", env=env)
-    say("Apply the saved plan. It is refused if the tiers changed since it was made; everything it overwrites "
-        "or deletes goes into an undo archive first.")  # fmt: skip
-    run("apply", "plan.json", "--yes", "-r", recipient, env=env)
-    say("The lost Signal key still exists in the files tier: copy it back into the Redis hash.")
-    run("reconcile", "--from", "files", "--to", "redis", "--entity", "keys", "--yes", "-r", recipient, env=env)
+    say("Repairing the wrong way round would overwrite live creds with the stale row (and that instance would "
+        "need a new QR code). reconcile decides per instance from its server's mode: the live creds are "
+        "never written, those instances are listed as skipped with the right command; the orphan goes.")  # fmt: skip
+    run("reconcile", "--from", "db", "--to", "redis", "--prune-orphans", "--yes", "-r", recipient, env=env)
 
-    say("The audit is clean again.")
+    say("The fix the Evolution community recommends: CACHE_REDIS_SAVE_INSTANCES=false, the database as the "
+        "source of truth. But flipping the flag alone loses every session: cache mode reads creds from "
+        "\"Session\", which a redis-mode server never wrote. statekit doctor, given the new .env, sees that "
+        "and prints the commands to run first, in order.")  # fmt: skip
+    new_env = write_env(work / ".env.new", redis_url, save_instances=False)
+    run("doctor", "--env-file", str(new_env), expect=1, env=env)
+
+    say("Copy the creds from the live hash into \"Session\", exactly as Evolution's saveKey writes them (one "
+        "transaction, compare-and-set per row, the old table saved in an undo archive first). It rewrites the "
+        "one existing (stale) row, 100% of the table's rows, hence --force.")  # fmt: skip
+    run("reconcile", "--from", "redis", "--to", "db", "--entity", "creds", "--force", "--yes", "-r", recipient,
+        env=env)  # fmt: skip
+
+    say("Now flip the flag and restart Evolution. The boot check: the audit, now in cache mode, says every "
+        "instance would load identical creds from \"Session\" and its keys from the hash.")  # fmt: skip
+    env_file.write_text(new_env.read_text())
     run("audit", env=env)
 
-    say("Finally, restore from the snapshot: the key files into a fresh folder, compared byte for byte.")
-    restored = work / "restored"
-    run("restore", str(archive), "-i", "identity.txt", "--tier", "files", "--target", str(restored), "--yes",
-        "--no-undo", env=env)  # fmt: skip
-    same = _identical(files, restored)
-    count = sum(1 for p in files.rglob("*") if p.is_file())
-    print(
-        f"  {'identical' if same else 'DIFFERENT'}: {count} files, content and mode, {files.name}/ vs {restored.name}/"
-    )
-    if not same:
-        sys.exit(1)
-    say("And the Redis tier into an empty database (db 5), planned first with --dry-run.")
+    say("Finally, restore the Redis tier of the snapshot into an empty database (db 5), planned first with "
+        "--dry-run: it matches the repaired db 0 exactly.")  # fmt: skip
     target = f"redis://127.0.0.1:{port}/5"
     run("restore", str(archive), "-i", "identity.txt", "--tier", "redis", "--target-url", target, "--dry-run", env=env)
     run("restore", str(archive), "-i", "identity.txt", "--tier", "redis", "--target-url", target, "--yes",
         "--no-undo", env=env)  # fmt: skip
     same = _same_redis(redis_url, target)
-    print(
-        f"  {'identical' if same else 'DIFFERENT'}: db 5 (restored from the snapshot) vs db 0 (repaired by reconcile)"
-    )
+    print(f"  {'identical' if same else 'DIFFERENT'}: db 5 (restored from the snapshot) vs db 0 (repaired)")
     if not same:
         sys.exit(1)
-    say("Done: one archive held all three tiers; the audit found the restart damage; reconcile repaired it "
-        "from the authoritative tier; the restores reproduced the snapshot exactly.")  # fmt: skip
+    say("Done: the audit followed the server's mode, no repair ever wrote onto a live copy, and the "
+        "SAVE_INSTANCES flip kept every session.")  # fmt: skip
 
 
 def _same_redis(url_a: str, url_b: str) -> bool:
     import redis
 
-    def dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
+    def dump(url: str) -> dict[bytes, object]:
+        # the instance hashes and the cache's string keys (baileys message retries, group metadata)
         with redis.Redis.from_url(url) as r:
-            return {k: r.hgetall(k) for k in r.scan_iter(count=1000)}
+            return {k: r.hgetall(k) if r.type(k) == b"hash" else r.get(k) for k in r.scan_iter(count=1000)}
 
     return dump(url_a) == dump(url_b)
-
-
-def _identical(a: Path, b: Path) -> bool:
-    left = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    right = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    if left != right:
-        return False
-    for rel in left:
-        pa, pb = a / rel, b / rel
-        if pa.read_bytes() != pb.read_bytes() or (pa.stat().st_mode & 0o7777) != (pb.stat().st_mode & 0o7777):
-            return False
-    return True
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def _classes(doc: dict[str, Any]) -> set[tuple[object, ...]]:
 
 def test_against_and_diff_find_what_changed(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     root = tmp_path / "i"
-    gen = generate(pg_url, redis_url, root, instances=5, keys_per_instance=6)
+    # files mode after redis mode: creds and keys in all three tiers
+    gen = generate(pg_url, redis_url, root, mode="files", history="redis", instances=5, keys_per_instance=6)
     write_config(Path("statekit.toml"), db_url=pg_url, redis_url=redis_url, files_root=str(root))
     _snapshot("a.statekit")
     clean = invoke("audit", "--against", "a.statekit")
@@ -74,14 +75,14 @@ def test_diff_of_a_damaged_archive_is_an_error(pg_url: str, redis_url: str, tmp_
 
 def test_diff_without_a_model_compares_what_is_stored(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     root = tmp_path / "i"
-    gen = generate(pg_url, redis_url, root, instances=3, keys_per_instance=3)
+    gen = generate(pg_url, redis_url, root, mode="files", history="redis", instances=3, keys_per_instance=3)
     Path("statekit.toml").write_text(
         f'[db]\nurl = "{pg_url}"\n[redis]\nurl = "{redis_url}"\n[files]\nroot = "{root}"\n'
     )
     _snapshot("a.statekit")
     iid = gen.ids[0]
     redis.Redis.from_url(redis_url).hset(f"evolution:instance:{iid}", "pre-key-1", '"{}"')
-    (root / iid / "creds.json").write_text("{}")
+    (root / iid / "pre-key-1.json").write_text("{}")
     import sqlalchemy as sa
 
     engine = sa.create_engine(pg_url)

@@ -234,8 +234,8 @@ def compare_states(
             da, db = a[t].load(batch), b[t].load(batch)
             findings += _unparseable_findings(list(da.unparseable) + list(db.unparseable))
             for ent in model.entities.values():
-                if t not in ent.locators:
-                    continue
+                if t not in ent.locators or ent.locators[t].is_directory:
+                    continue  # (a folder's presence is not archived: the tar holds regular files only)
                 codec = ent.locators[t].codec
                 for scope in batch:
                     ra = {k: r for k, r in (da.scope_records(ent.name, scope) or {}).items() if not r.null}

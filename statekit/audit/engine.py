@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +55,51 @@ def audit_live(
             warn(f"{tier} tier not configured: not audited (set [{tier}] in the config or pass its flag)")
         if len(live.sources) < 2 and not model.checks:
             warn("fewer than two tiers to compare: only names and values within one tier are checked")
-        return run_audit(model, live.sources, opts, refresh=live.refresh, progress=progress)
+        result = run_audit(model, live.sources, opts, refresh=live.refresh, progress=progress)
+        redis_src = live.sources.get("redis")
+        if redis_src is not None and model.modes is not None:
+            note = prefix_note(model, redis_src.client, result)
+            if note:
+                result.notes.append(note)
+        return result
     finally:
         live.close()
+
+
+def prefix_note(model: Model, client: Any, result: AuditResult) -> str | None:
+    """When the root entity's key template matches no key but the same shape exists under another prefix
+    (`<other>:instance:<uuid>`), say so: the configured prefix is probably not the server's."""
+    root = next((e for e in model.entities.values() if e.parent is None and "redis" in e.locators), None)
+    if root is None or result.entity_counts.get((root.name, "redis")):
+        return None
+    tpl = root.locators["redis"].template
+    if tpl is None or not tpl.text.startswith("{") or tpl.text.count("{") < 2:
+        return None
+    middle = tpl.text[tpl.text.index("}") + 1 : tpl.text.index("{", 1)]
+    if not middle:
+        return None
+    shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    others: dict[str, int] = {}
+    for i, key in enumerate(client.scan_iter(match=f"*{middle}*", count=1000)):
+        if i >= 100_000:
+            break
+        prefix, _, rest = key.decode("utf-8", "replace").partition(middle)
+        if shape.fullmatch(rest):
+            others[prefix] = others.get(prefix, 0) + 1
+    if not others:
+        return None
+    ours = tpl.literal_prefix()[: -len(middle)] if tpl.literal_prefix().endswith(middle) else tpl.literal_prefix()
+    shown = ", ".join(f"{p!r} ({n:,})" for p, n in sorted(others.items(), key=lambda x: -x[1])[:5])
+    return (
+        f"no {ours}{middle}<id> key in Redis, but {shown} use the same shape: is the prefix right? "
+        "(set profile_options.prefix, Evolution's CACHE_REDIS_PREFIX_KEY, or profile_options.env_file)"
+    )
 
 
 def plan_reconcile(model: Model, where: Locations, opts: ReconcileOptions) -> ReconcilePlan:
     """Read the source, the target and the root authority, and plan the rebuild of the target."""
     model = model.select(opts.entities)
-    check_pair(opts.source, opts.target, model)
+    check_pair(opts.source, opts.target, model, opts.entities)
     roots = {e.authority for e in model.entities.values() if e.parent is None}
     tiers = {opts.source, opts.target} | roots
     live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root, tiers=tiers)
@@ -83,8 +120,10 @@ def reconcile(
     undo_recipients: Sequence[Recipient],
     allow_unencrypted_undo: bool = False,
     progress: Progress = no_progress,
+    model: Model | None = None,
 ) -> ApplyResult:
-    """Apply a plan: seal the undo archive (unless undo_dir is None), then compare-and-set each operation."""
+    """Apply a plan: seal the undo archive (unless undo_dir is None), then compare-and-set each operation
+    (the db tier needs the model: which columns a new row gets)."""
     from statekit.audit.readers import open_redis
     from statekit.restore import UndoArchive
 
@@ -93,6 +132,8 @@ def reconcile(
         undo = UndoArchive(undo_dir, plan.target, undo_recipients,
                            source={"reconcile": f"{plan.source}->{plan.target}", "target": where.shown(plan.target)},
                            allow_unencrypted=allow_unencrypted_undo)  # fmt: skip
+    if plan.target == "db":
+        return _reconcile_db(plan, where, model, undo, progress)
     client = open_redis(where.redis_url) if plan.target == "redis" and where.redis_url else None
     if client is not None:
         client.statekit_url = where.redis_url
@@ -105,6 +146,26 @@ def reconcile(
     finally:
         if client is not None:
             client.close()
+
+
+def _reconcile_db(
+    plan: ReconcilePlan, where: Locations, model: Model | None, undo: Any, progress: Progress
+) -> ApplyResult:
+    from statekit.audit.db_apply import apply_db, save_db_undo
+
+    if model is None or not where.db_url:
+        raise UsageError("reconcile --to db needs the entity model and a database URL")
+    result = ApplyResult()
+    if not plan.ops:
+        return result
+    try:
+        if undo is not None:
+            result.undo_archive = save_db_undo(where.db_url, model, plan, undo)
+    except BaseException:
+        undo.abort()
+        raise
+    apply_db(plan, model, where.db_url, result.conflicts, result.counts, progress)
+    return result
 
 
 def load_plan_file(path: str) -> dict[str, Any]:
@@ -121,14 +182,20 @@ def load_plan_file(path: str) -> dict[str, Any]:
     return doc
 
 
-def replan_saved(model: Model, where: Locations, saved: dict[str, Any]) -> ReconcilePlan:
-    """Plan again from the live tiers with the saved plan's options; Refused when anything changed."""
+def replan_saved(model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool) -> ReconcilePlan:
+    """Plan again from the live tiers with the saved plan's direction and entities; Refused when anything
+    changed. The guards (prune_orphans here, max_change_ratio and force at the caller) come from the
+    command line and config of `statekit apply`, never from the plan file: a plan saved with
+    --prune-orphans is refused unless apply is given --prune-orphans too."""
     opts = ReconcileOptions(
         source=str(saved.get("from")),
         target=str(saved.get("to")),
         entities=list(saved.get("entities", [])),
-        prune_orphans=bool(saved.get("prune_orphans")),
+        prune_orphans=prune_orphans,
     )
+    if bool(saved.get("prune_orphans")) != prune_orphans:
+        flag = "with" if saved.get("prune_orphans") else "without"
+        raise Refused(f"the plan was made {flag} --prune-orphans: give `statekit apply` the same option")
     if saved.get("target_location") not in (None, where.shown(opts.target)):
         raise Refused(f"plan was made for {saved.get('target_location')}, not {where.shown(opts.target)}")
     fresh = plan_reconcile(model, where, opts)

@@ -4,7 +4,7 @@ statekit.toml or a profile) and validated with errors that name the entity and t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from statekit.audit.codecs import CODEC_NAMES, Codec, get_codec
@@ -16,6 +16,10 @@ ROLES = ("required", "optional", "cache")
 """required: every authority record must be here · optional: a scope (e.g. an instance) may be absent from the
 tier as a whole, but where the tier holds the scope it must hold every record · cache: may lack anything,
 what it holds must agree."""
+MODE_ROLES = ("stale", "cache", "ignored")
+"""Roles of the non-live tiers in one mode: stale (a copy nothing reads; a differing value is a mismatch that
+names the live copy, and records only here are missing from the live place) · cache (as above) · ignored (not
+read in that mode: never compared). The mode's live tier has the role `live`."""
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Locator:
     value_column: str | None = None
     columns: list[str] = field(default_factory=list)
     filter: str | None = None
+    insert: dict[str, str] = field(default_factory=dict)  # db: column -> one of INSERT_VALUES for new rows
 
     @property
     def is_directory(self) -> bool:
@@ -65,11 +70,31 @@ class Entity:
     require_any: list[str] = field(default_factory=list)
     normalizers: dict[str, NameTransform] = field(default_factory=dict)
     inverses: dict[str, NameTransform] = field(default_factory=dict)
+    # mode -> (live tier, tier -> role of the other tiers); see Modes.
+    modes: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # The live place must hold the entity when the root's db row has column = value, or when one of the
+    # `expect_with` entities has a record in its live place (none of both: always).
+    expect_when: tuple[str, str] | None = None
+    expect_with: list[str] = field(default_factory=list)
 
     @property
     def scope_var(self) -> str:
         """The variable naming the scope (e.g. the instance id)."""
         return self.vars[0]
+
+    def in_mode(self, mode: str) -> Entity:
+        """The entity as one mode sees it: the mode's live tier is the authority, the other tiers take the
+        mode's roles, ignored tiers are left out."""
+        spec = self.modes.get(mode)
+        if spec is None:
+            return self
+        live, roles = spec
+        locators = {}
+        for tier, loc in self.locators.items():
+            role = "live" if tier == live else roles.get(tier, "ignored")
+            if role != "ignored":
+                locators[tier] = replace(loc, role=role)
+        return replace(self, authority=live, locators=locators)
 
 
 @dataclass
@@ -85,12 +110,57 @@ class Check:
 
 
 @dataclass
+class Server:
+    """One application server sharing the tiers: its name (the value of the modes column), the mode it runs
+    in and where that was read from."""
+
+    name: str
+    mode: str
+    origin: str = "profile_options"
+    prefix: str | None = None
+
+
+@dataclass
+class Modes:
+    """Per-scope modes: the root entity's db column `column` names the server that owns a scope; the
+    server's mode says which tier is live for each entity. Servers are configuration, never guessed."""
+
+    names: list[str]
+    not_covered: list[str]
+    entity: str
+    column: str
+    servers: dict[str, Server] = field(default_factory=dict)
+    default: Server | None = None  # the mode of every scope whose server is not listed (single-server setup)
+    ready_needs: list[str] = field(default_factory=list)
+    tier_nouns: dict[str, str] = field(default_factory=dict)  # e.g. redis -> "instance hash"
+    root_noun: str = "ids"
+
+    def server_of(self, name: str | None) -> Server | None:
+        """The server owning a scope whose column holds `name` (None: no configured server)."""
+        if name is not None and name in self.servers:
+            return self.servers[name]
+        return self.default
+
+
+@dataclass
 class Model:
     """All entities of one audit, in dependency order (parents first)."""
 
     entities: dict[str, Entity]
     checks: list[Check] = field(default_factory=list)
     source: str = "config"
+    modes: Modes | None = None
+    mode: str | None = None  # set on the view of one mode (see in_mode)
+    _views: dict[str, Model] = field(default_factory=dict, repr=False, compare=False)
+
+    def in_mode(self, mode: str) -> Model:
+        """The model as the scopes of one mode see it (cached)."""
+        view = self._views.get(mode)
+        if view is None:
+            ents = {name: ent.in_mode(mode) for name, ent in self.entities.items()}
+            view = Model(ents, self.checks, self.source, self.modes, mode)
+            self._views[mode] = view
+        return view
 
     def select(self, names: list[str]) -> Model:
         """The model limited to these entities (and the parents they need)."""
@@ -105,7 +175,7 @@ class Model:
             while p:
                 wanted.add(p)
                 p = self.entities[p].parent
-        return Model({k: v for k, v in self.entities.items() if k in wanted}, self.checks, self.source)
+        return Model({k: v for k, v in self.entities.items() if k in wanted}, self.checks, self.source, self.modes)
 
 
 def _str_list(value: Any, where: str) -> list[str]:
@@ -124,11 +194,24 @@ def _opt_str(table: Mapping[str, Any], key: str, where: str) -> str | None:
 
 
 _LOCATOR_KEYS = {
-    "db": {"table", "schema", "key", "value", "columns", "filter", "codec", "role"},
+    "db": {"table", "schema", "key", "value", "columns", "filter", "codec", "role", "insert"},
     "redis": {"key", "field", "codec", "role"},
     "files": {"path", "codec", "role"},
 }
-_ENTITY_KEYS = {"authority", "presence", "parent", "id", "patterns", "require_any", *TIERS}
+_ENTITY_KEYS = {
+    "authority",
+    "presence",
+    "parent",
+    "id",
+    "patterns",
+    "require_any",
+    "modes",
+    "expect_when",
+    "expect_with",
+    *TIERS,
+}
+INSERT_VALUES = ("cuid", "uuid", "now")
+"""Values reconcile can give the other columns of a row it creates: a Prisma-style cuid, a UUID v4, the time."""
 
 
 def build_model(
@@ -139,6 +222,7 @@ def build_model(
     inverses: Mapping[str, NameTransform] | None = None,
     checks: list[Mapping[str, Any]] | None = None,
     source: str = "config",
+    modes: Modes | None = None,
 ) -> Model:
     """Validate `[entity.NAME]` tables and compile their templates; ConfigError names the offending key."""
     entities: dict[str, Entity] = {}
@@ -147,6 +231,19 @@ def build_model(
     for ent in entities.values():
         if ent.parent is not None and ent.parent not in entities:
             raise ConfigError(f"entity.{ent.name}.parent: no entity called {ent.parent!r}")
+        for other in ent.expect_with:
+            if other not in entities:
+                raise ConfigError(f"entity.{ent.name}.expect_with: no entity called {other!r}")
+        if ent.modes:
+            if modes is None:
+                raise ConfigError(f"entity.{ent.name}.modes: the model has no [modes] section")
+            for mode in ent.modes:
+                if mode not in modes.names:
+                    raise ConfigError(f"entity.{ent.name}.modes.{mode}: not a mode ({', '.join(modes.names)})")
+    if modes is not None:
+        root = entities.get(modes.entity)
+        if root is None or "db" not in root.locators or modes.column not in root.locators["db"].columns:
+            raise ConfigError(f"modes: entity {modes.entity!r} needs a db locator with column {modes.column!r}")
     ordered: dict[str, Entity] = {}
 
     def visit(ent: Entity, seen: tuple[str, ...]) -> None:
@@ -161,7 +258,7 @@ def build_model(
     for ent in entities.values():
         visit(ent, ())
     built_checks = [_build_check(c, ordered) for c in checks or []]
-    return Model(ordered, built_checks, source)
+    return Model(ordered, built_checks, source, modes)
 
 
 def _build_entity(
@@ -231,7 +328,36 @@ def _build_entity(
             raise ConfigError(f"{where}.require_any: {t!r} is not one of its tiers")
     parent = _opt_str(table, "parent", where)
     del auth
-    return Entity(name, authority, locators, vars_ or [scope], presence, parent, require_any, normalizers, inv)
+    ent = Entity(name, authority, locators, vars_ or [scope], presence, parent, require_any, normalizers, inv)
+    ent.modes = _build_modes(table.get("modes", {}), locators, where)
+    when = table.get("expect_when")
+    if when is not None:
+        if not isinstance(when, dict) or set(when) != {"column", "equals"}:
+            raise ConfigError(f"{where}.expect_when must be {{ column = ..., equals = ... }}")
+        ent.expect_when = (str(when["column"]), str(when["equals"]))
+    ent.expect_with = _str_list(table.get("expect_with", []), f"{where}.expect_with")
+    return ent
+
+
+def _build_modes(spec: Any, locators: Mapping[str, Locator], where: str) -> dict[str, tuple[str, dict[str, str]]]:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}.modes must be a table of modes")
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for mode, table in spec.items():
+        w = f"{where}.modes.{mode}"
+        if not isinstance(table, dict) or table.get("live") not in locators:
+            raise ConfigError(f"{w}.live must name one of the entity's tiers ({', '.join(locators)})")
+        roles: dict[str, str] = {}
+        for tier, role in table.items():
+            if tier == "live":
+                continue
+            if tier not in locators:
+                raise ConfigError(f"{w}: {tier!r} is not one of the entity's tiers")
+            if role not in MODE_ROLES:
+                raise ConfigError(f"{w}.{tier}: {role!r} is not one of {', '.join(MODE_ROLES)}")
+            roles[tier] = str(role)
+        out[str(mode)] = (str(table["live"]), roles)
+    return out
 
 
 def _build_locator(
@@ -276,6 +402,10 @@ def _build_locator(
             raise ConfigError(f"{where}.value is required (or set presence = true on the entity)")
         loc.columns = _str_list(spec.get("columns", []), f"{where}.columns")
         loc.filter = _opt_str(spec, "filter", where)
+        insert = spec.get("insert", {})
+        if not isinstance(insert, dict) or not all(v in INSERT_VALUES for v in insert.values()):
+            raise ConfigError(f"{where}.insert must map columns to one of {', '.join(INSERT_VALUES)}")
+        loc.insert = {str(k): str(v) for k, v in insert.items()}
     elif tier == "redis":
         loc.template = tpl("key")
         if "field" in spec:

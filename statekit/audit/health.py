@@ -57,7 +57,11 @@ def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations,
         findings[(f.entity, f.cls)] = findings.get((f.entity, f.cls), 0) + 1
     status = None
     if evolution:
-        status = EvolutionStatus(readiness=result.complete / result.roots if result.roots else None)
+        ready, sessions = result.readiness
+        if result.servers:
+            status = EvolutionStatus(readiness=ready / sessions if sessions else None, ready=ready, sessions=sessions)
+        else:
+            status = EvolutionStatus(readiness=result.complete / result.roots if result.roots else None)
         try:
             status.db_latency_seconds = db_roundtrip_seconds(where.db_url)
             status.redis_hit_ratio = redis_hit_ratio(where.redis_url)

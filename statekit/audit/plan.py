@@ -19,7 +19,7 @@ from statekit.audit.readers import Record, RecordKey, TierData
 from statekit.errors import Refused, UsageError
 
 PLAN_SCHEMA = "statekit.reconcile-plan/v1"
-RECONCILE_PAIRS = {("db", "redis"), ("db", "files"), ("files", "redis"), ("redis", "files")}
+RECONCILE_PAIRS = {("db", "redis"), ("db", "files"), ("files", "redis"), ("redis", "files"), ("redis", "db")}
 _MARKS = {"create": "+", "update": "~", "delete": "-"}
 
 
@@ -43,6 +43,8 @@ class Operation:
 
     def where(self) -> str:
         """The target location for a person."""
+        if self.loc[0] == "db":
+            return f'"{self.loc[1]}" {self.loc[2]}={self.id}'
         if self.loc[0] == "redis":
             return self.loc[1] + (f" [{self.loc[2]}]" if len(self.loc) > 2 else "")
         return self.loc[1]
@@ -90,6 +92,8 @@ class ReconcilePlan:
     target_records: int
     kept: int = 0  # target records absent from the source, kept because --prune-orphans was not given
     skipped: list[str] = field(default_factory=list)
+    skipped_items: list[Skipped] = field(default_factory=list)
+    not_covered: dict[str, int] = field(default_factory=dict)  # server -> instances never written
 
     @property
     def counts(self) -> dict[str, int]:
@@ -117,19 +121,34 @@ class ReconcilePlan:
             "target_records": self.target_records,
             "change_ratio": round(self.change_ratio, 6),
             "kept_without_prune": self.kept,
-            "skipped": self.skipped,
+            "skipped": [x.to_json() for x in self.skipped_items] or self.skipped,
+            "not_covered": self.not_covered,
             "ops": [op.to_json() for op in self.ops],
         }
 
 
-def check_pair(source: str, target: str, model: Model) -> None:
+def writable(ent: Entity, target: str) -> bool:
+    """Can reconcile write this entity into the target tier? Never a root entity's authority; in the db tier
+    only a record that is one row's value column."""
+    loc = ent.locators.get(target)
+    if loc is None or (ent.parent is None and ent.authority == target):
+        return False
+    return target != "db" or (loc.value_column is not None and not ent.presence and len(loc.key_columns) == 1)
+
+
+def check_pair(source: str, target: str, model: Model, requested: list[str] | None = None) -> None:
     """Refuse pairs reconcile does not do, and writing the model's authority."""
     if (source, target) not in RECONCILE_PAIRS:
         pairs = ", ".join(f"{a}->{b}" for a, b in sorted(RECONCILE_PAIRS))
         raise UsageError(f"reconcile --from {source} --to {target} is not supported (supported: {pairs})")
-    for ent in model.entities.values():
-        if ent.parent is None and ent.authority == target:
-            raise Refused(f"reconcile never writes the authority: {target} is the authority of entity {ent.name}")
+    wanted = [model.entities[n] for n in requested] if requested else list(model.entities.values())
+    if any(writable(ent, target) for ent in wanted):
+        return
+    roots = [e.name for e in model.entities.values() if e.parent is None and e.authority == target]
+    if roots:
+        raise Refused(f"reconcile never writes the authority: {target} is the authority of entity {roots[0]}")
+    names = ", ".join(e.name for e in wanted)
+    raise UsageError(f"reconcile --to {target}: no entity ({names}) maps a record to one {target} value")
 
 
 def _render(ent: Entity, loc: Locator, scope: str, rest: RecordKey, src: Record) -> tuple[str, ...]:
@@ -151,6 +170,30 @@ def _has_transform(loc: Locator, var: str) -> bool:
     return any(t is not None and var in t.transforms for t in (loc.template, loc.hash_field))
 
 
+@dataclass
+class Skipped:
+    """An instance left out of a plan because the requested direction would write onto its live copy (or
+    copy from a copy its mode does not read), with the command that repairs it the right way."""
+
+    entity: str
+    id: str
+    server: str
+    mode: str
+    reason: str
+    command: str
+
+    def line(self) -> str:
+        """For a person."""
+        return (
+            f"{self.entity} {self.id} (server {self.server}, {self.mode} mode): {self.reason}; instead: {self.command}"
+        )
+
+    def to_json(self) -> dict[str, str]:
+        """A JSON-ready description."""
+        return {"entity": self.entity, "id": self.id, "server": self.server, "mode": self.mode,
+                "reason": self.reason, "command": self.command}  # fmt: skip
+
+
 class _Planner:
     def __init__(self, model: Model, opts: ReconcileOptions, data: dict[str, TierData]) -> None:
         self.model = model
@@ -158,32 +201,110 @@ class _Planner:
         self.data = data
         self.kept = 0
         self.target_records = 0
+        self.skipped: list[Skipped] = []
+        self.not_covered: dict[str, int] = {}
 
     def records(self, ent: Entity, tier: str, scope: str) -> dict[RecordKey, Record]:
         d = self.data.get(tier)
         return (d.scope_records(ent.name, scope) if d else None) or {}
 
+    def _server(self, scope: str) -> tuple[Any, bool]:
+        """(server, root present) of a scope; server None without modes or for an orphan scope."""
+        modes = self.model.modes
+        root = next(e for e in self.model.entities.values() if e.parent is None)
+        if modes is not None:
+            root = self.model.entities.get(modes.entity, root)
+        rows = [r for r in self.records(root, root.authority, scope).values() if not r.null]
+        if not rows or modes is None:
+            return None, bool(rows)
+        name = rows[0].extra.get(modes.column) if rows[0].extra else None
+        server = modes.server_of(None if name is None else str(name))
+        if server is None or server.mode not in modes.names:
+            key = str(name) if server is None else f"{server.name} ({server.mode} mode)"
+            self.not_covered[key] = self.not_covered.get(key, 0) + 1
+            return False, True
+        return server, True
+
     def scope(self, scope: str) -> Iterator[Operation]:
         t = self.opts.target
+        server, root_ok = self._server(scope)
+        if server is False:
+            return  # a server not configured, or a mode statekit does not cover: never written
         for ent in self.model.entities.values():
             if t not in ent.locators:
                 continue
             root = _root(self.model, ent)
-            root_ok = any(not r.null for r in self.records(root, root.authority, scope).values())
             dst = self.records(ent, t, scope)
-            self.target_records += len(dst)
             if not root_ok:
-                # An orphan scope: the root entity deletes what the target holds there (children go with it).
-                if ent is root and self.opts.prune_orphans:
-                    for rest, rec in dst.items():
-                        before = rec.stored if rec.stored is not None and not ent.presence else b""
-                        yield Operation("delete", ent.name, scope, "/".join(rest) or None, rec.loc, before, None, None)
-                elif ent is root:
-                    self.kept += len(dst)
+                self.target_records += len(dst)
+                yield from self.orphan(ent, root, scope, dst)
                 continue
-            if ent.presence or self.opts.source not in ent.locators:
+            if not writable(ent, t) or ent.presence:
                 continue
+            self.target_records += len(dst)
+            if self.opts.source not in ent.locators:
+                continue
+            if server is not None and ent.modes:
+                skip = self.live_guard(ent, scope, server)
+                if skip is not None:
+                    kept = self.kept
+                    would = list(self.entity(ent, scope, dst))
+                    self.kept = kept
+                    if would:  # listed only where the requested direction would have written something
+                        skip.reason += f" ({len(would)} change{'s' if len(would) != 1 else ''} not made)"
+                        self.skipped.append(skip)
+                    continue
             yield from self.entity(ent, scope, dst)
+
+    def live_guard(self, ent: Entity, scope: str, server: Any) -> Skipped | None:
+        """Refuse, for one instance, a direction that writes onto its live copy or copies from a copy its mode
+        does not read."""
+        s, t = self.opts.source, self.opts.target
+        live, _roles = ent.modes.get(server.mode, (ent.authority, {}))
+        if t != live and s == live:
+            return None
+        if t == live:
+            others = [o for o in ent.locators if o != live and (live, o) in RECONCILE_PAIRS]
+            command = (f"statekit reconcile --from {live} --to {others[0]} --entity {ent.name}" if others
+                       else "none needed: the live copy is the one the server reads")  # fmt: skip
+            reason = f"{t} holds its live {ent.name}, which reconcile never overwrites"
+        else:
+            command = f"statekit reconcile --from {live} --to {t} --entity {ent.name}"
+            reason = f"{s} is not its live copy ({server.mode} mode reads {live})"
+        return Skipped(ent.name, scope, server.name, server.mode, reason, command)
+
+    def orphan(self, ent: Entity, root: Entity, scope: str, dst: dict[RecordKey, Record]) -> Iterator[Operation]:
+        """An orphan scope: with --prune-orphans, the root deletes what the target holds there (a whole hash or
+        folder, children with it); a child deletes its own records where the root has nothing to delete (a
+        "Session" row whose instance is gone)."""
+        t = self.opts.target
+        if ent is root:
+            if t == root.authority:
+                return
+            if self.opts.prune_orphans:
+                for rest, rec in dst.items():
+                    before = rec.stored if rec.stored is not None and not ent.presence else b""
+                    yield Operation("delete", ent.name, scope, "/".join(rest) or None, rec.loc, before, None, None)
+            else:
+                self.kept += len(dst)
+            return
+        if t in root.locators and t != root.authority:
+            return  # deleted with the root's record
+        if not writable(ent, t):
+            return
+        if self.opts.prune_orphans:
+            for rest, rec in dst.items():
+                yield Operation("delete", ent.name, scope, "/".join(rest) or None, self._loc(ent, t, scope, rest, rec),
+                                rec.stored, None, None)  # fmt: skip
+        else:
+            self.kept += len(dst)
+
+    def _loc(self, ent: Entity, tier: str, scope: str, rest: RecordKey, rec: Record | None) -> tuple[str, ...]:
+        if tier == "db":
+            loc = ent.locators["db"]
+            return ("db", loc.table or "", loc.key_columns[0])
+        assert rec is not None
+        return rec.loc
 
     def entity(self, ent: Entity, scope: str, dst: dict[RecordKey, Record]) -> Iterator[Operation]:
         s, t = self.opts.source, self.opts.target
@@ -198,9 +319,13 @@ class _Planner:
             except CodecError:
                 continue  # the audit reports it as unparseable; never copy a value that does not decode
             have = dst.get(rest)
+            if t == "db" and have is not None and have.null:
+                yield Operation("update", ent.name, scope, key, self._loc(ent, t, scope, rest, have), None, after,
+                                rec.where)  # fmt: skip
+                continue
             if have is None or have.stored is None:
                 try:
-                    loc = _render(ent, dst_loc, scope, rest, rec)
+                    loc = self._loc(ent, t, scope, rest, None) if t == "db" else _render(ent, dst_loc, scope, rest, rec)
                 except ValueError:
                     continue
                 yield Operation("create", ent.name, scope, key, loc, None, after, rec.where)
@@ -210,12 +335,14 @@ class _Planner:
             except CodecError:
                 same = False
             if not same:
-                yield Operation("update", ent.name, scope, key, have.loc, have.stored, after, rec.where)
+                yield Operation("update", ent.name, scope, key, self._loc(ent, t, scope, rest, have), have.stored,
+                                after, rec.where)  # fmt: skip
         for rest, have in sorted(dst.items()):
             if rest in src:
                 continue
             if self.opts.prune_orphans and have.stored is not None:
-                yield Operation("delete", ent.name, scope, "/".join(rest) or None, have.loc, have.stored, None, None)
+                yield Operation("delete", ent.name, scope, "/".join(rest) or None,
+                                self._loc(ent, t, scope, rest, have), have.stored, None, None)  # fmt: skip
             else:
                 self.kept += 1
 
@@ -224,7 +351,7 @@ def build_plan(model: Model, sources: dict[str, Source], opts: ReconcileOptions)
     """Plan the rebuild of `opts.target` from `opts.source` (reads only; the root authority is read too, to
     tell instances from orphans)."""
     model = model.select(opts.entities)
-    check_pair(opts.source, opts.target, model)
+    check_pair(opts.source, opts.target, model, opts.entities)
     scopes: set[str] = set()
     for src in sources.values():
         scopes |= src.list_scopes()
@@ -238,6 +365,9 @@ def build_plan(model: Model, sources: dict[str, Source], opts: ReconcileOptions)
             ops.extend(planner.scope(scope))
     plan = ReconcilePlan(opts.source, opts.target, list(model.entities), opts.prune_orphans, ops,
                          planner.target_records, planner.kept)  # fmt: skip
+    plan.skipped = [x.line() for x in planner.skipped]
+    plan.skipped_items = planner.skipped
+    plan.not_covered = dict(planner.not_covered)
     return plan
 
 
@@ -269,6 +399,18 @@ def plan_lines(plan: ReconcilePlan, examples: int = 5) -> list[str]:
             lines.append(f"    … and {more} more {kind}s")
     if plan.kept:
         lines.append(f"  {plan.kept} {plan.target} records without a source record kept (--prune-orphans deletes them)")
+    if plan.skipped_items:
+        lines.append(
+            f"  skipped {len(plan.skipped_items)} (never written from a copy that is not live, or onto a live one):"
+        )
+        for item in plan.skipped_items[:examples]:
+            lines.append(f"    {item.line()}")
+        if len(plan.skipped_items) > examples:
+            lines.append(f"    … and {len(plan.skipped_items) - examples} more skipped")
+        commands = list(dict.fromkeys(item.command for item in plan.skipped_items))
+        lines.extend(f"  to repair the skipped ones: {c}" for c in commands[:4])
+    for server, n in plan.not_covered.items():
+        lines.append(f"  {n} instances of server {server} not written (no configured server, or a mode not covered)")
     if not plan.ops:
         lines.append("  nothing to do: the target already matches")
     return lines

@@ -43,6 +43,11 @@ class _KeyGroup:
                 self.pattern_fields.append((ent, loc, direct))
 
     @property
+    def has_presence(self) -> bool:
+        """A member is the key itself (no hash field), e.g. the instance hash as a presence record."""
+        return any(loc.hash_field is None for _, loc in self.members)
+
+    @property
     def hashed(self) -> bool:
         return bool(self.literal_fields or self.pattern_fields)
 
@@ -159,9 +164,13 @@ class RedisReader:
                 )
                 continue
             if group.literal_only and isinstance(reply, list):
-                if all(v is None for v in reply):
+                present = [(f.encode(), v) for f, v in zip(group.literal_fields, reply) if v is not None]
+                if not present and not group.has_presence:
                     continue
-                reply = {f.encode(): v for f, v in zip(group.literal_fields, reply) if v is not None}
+                # HMGET cannot tell a hash without these fields from a deleted key: the SCAN saw the key, so
+                # a presence entity (the instance hash itself) still has its record
+                self._records(out, group, values, scope, name, dict(present))
+                continue
             if not reply:
                 continue  # deleted since the SCAN
             self._records(out, group, values, scope, name, reply)

@@ -12,7 +12,7 @@ import click
 
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options, recipient_options, resolve_recipients
-from statekit.errors import Refused, UsageError
+from statekit.errors import Refused, TierUnavailable, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +23,14 @@ def _location_options(func: F) -> F:
     for deco in reversed(
         [
             click.option("--profile", metavar="NAME", help="Built-in entity model (e.g. evolution-api)."),
+            click.option(
+                "--mode",
+                "modes",
+                multiple=True,
+                metavar="[SERVER=]MODE",
+                help="Evolution: treat every server (or SERVER, an Instance clientName) as running in MODE "
+                "(redis, cache, files), overriding profile_options. Repeatable.",
+            ),
             click.option("--db-url", metavar="URL", help="Database URL (default: [db] url)."),
             click.option("--redis-url", metavar="URL", help="Redis URL (default: [redis] url)."),
             click.option("--files-root", metavar="DIR", help="Key files root (default: [files] root)."),
@@ -33,13 +41,18 @@ def _location_options(func: F) -> F:
 
 
 def _model_and_locations(
-    app: App, profile: str | None, db_url: str | None, redis_url: str | None, files_root: str | None
+    app: App,
+    profile: str | None,
+    db_url: str | None,
+    redis_url: str | None,
+    files_root: str | None,
+    modes: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
     from statekit.audit.engine import Locations
     from statekit.profiles import load_model
 
     cfg = app.config()
-    model = load_model(cfg, profile)
+    model = load_model(cfg, profile, modes)
     where = Locations(db_url or cfg.db.url, redis_url or cfg.redis.url, files_root or cfg.files.root)
     return model, where
 
@@ -77,6 +90,7 @@ def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str,
 def audit(
     app: App,
     profile: str | None,
+    modes: tuple[str, ...],
     db_url: str | None,
     redis_url: str | None,
     files_root: str | None,
@@ -99,7 +113,7 @@ def audit(
     from statekit.audit.diff import AuditOptions
     from statekit.audit.engine import audit_live
 
-    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root)
+    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     model = model.select(list(entities))
     opts = AuditOptions(
         keys_only=keys_only,
@@ -188,7 +202,7 @@ def _undo_options(func: F) -> F:
 
 
 def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: str | None,
-           keys: tuple[Any, ...]) -> None:  # fmt: skip
+           keys: tuple[Any, ...], model: Any = None) -> None:  # fmt: skip
     from statekit.audit.engine import reconcile
 
     if not plan.ops:
@@ -203,7 +217,7 @@ def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: 
             raise Refused("no key to encrypt the undo archive with (give -r AGE1…, configure [archive] "
                           "recipients, or pass --no-encryption / --no-undo)")  # fmt: skip
     result = reconcile(plan, where, undo_dir=None if no_undo else Path(undo_dir or "."), undo_recipients=recipients,
-                       allow_unencrypted_undo=no_encryption, progress=app.progress())  # fmt: skip
+                       allow_unencrypted_undo=no_encryption, progress=app.progress(), model=model)  # fmt: skip
     c = result.counts
     lines = [f"applied: +{c['create']} created  ~{c['update']} updated  -{c['delete']} deleted"]
     lines += [f"  conflict: {text}" for text in result.conflicts[:20]]
@@ -218,7 +232,8 @@ def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: 
 @_location_options
 @click.option("--from", "source", required=True, type=click.Choice(["db", "redis", "files"]),
               help="The tier to copy from.")  # fmt: skip
-@click.option("--to", "target", required=True, type=click.Choice(["redis", "files"]), help="The tier to rebuild.")
+@click.option("--to", "target", required=True, type=click.Choice(["db", "redis", "files"]),
+              help="The tier to rebuild (db: only entities stored as one row's column, e.g. creds).")  # fmt: skip
 @click.option("--entity", "entities", multiple=True, metavar="NAME", help="Only this entity (repeatable).")
 @click.option("--prune-orphans", is_flag=True, help="Also delete target records the source does not have.")
 @click.option("--max-change-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -231,6 +246,7 @@ def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: 
 def reconcile(
     app: App,
     profile: str | None,
+    modes: tuple[str, ...],
     db_url: str | None,
     redis_url: str | None,
     files_root: str | None,
@@ -256,7 +272,7 @@ def reconcile(
     from statekit.audit.engine import ReconcileOptions, guard, plan_reconcile
     from statekit.audit.plan import plan_lines
 
-    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root)
+    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     opts = ReconcileOptions(source, target, list(entities), prune_orphans, max_change_ratio, force)
     plan = plan_reconcile(model, where, opts)
     lines = plan_lines(plan, examples)
@@ -267,29 +283,36 @@ def reconcile(
             app.info(line)
     guard(plan, max_change_ratio, force)
     if plan_out:
-        doc = {**plan.to_json(), "target_location": where.shown(target), "force": force,
-               "max_change_ratio": max_change_ratio}  # fmt: skip
+        doc = {**plan.to_json(), "target_location": where.shown(target), "modes": list(modes)}
         fd = os.open(plan_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
         app.info(f"plan saved to {plan_out}; apply it with: statekit apply {plan_out}")
         return
     _apply(app, plan, where, yes, no_undo, undo_dir,
-           (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption))  # fmt: skip
+           (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption), model)  # fmt: skip
 
 
 @cli.command(name="apply", epilog=exit_status_epilog())
 @click.argument("plan_file", metavar="PLAN")
 @_location_options
+@click.option("--prune-orphans", is_flag=True, help="The plan deletes orphans (must match how it was made).")
+@click.option("--max-change-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Refuse a plan overwriting or deleting more than this share of the target.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Ignore --max-change-ratio.")
 @_undo_options
 @common_options
 def apply_cmd(
     app: App,
     plan_file: str,
     profile: str | None,
+    modes: tuple[str, ...],
     db_url: str | None,
     redis_url: str | None,
     files_root: str | None,
+    prune_orphans: bool,
+    max_change_ratio: float,
+    force: bool,
     yes: bool,
     no_undo: bool,
     undo_dir: str | None,
@@ -299,15 +322,19 @@ def apply_cmd(
     ask_passphrase: bool,
     no_encryption: bool,
 ) -> None:
-    """Apply a plan saved with `statekit reconcile --plan-out`; refused (exit 8) if the tiers changed since."""
+    """Apply a plan saved with `statekit reconcile --plan-out`; refused (exit 8) if the tiers changed since.
+    The guards (--prune-orphans, --max-change-ratio, --force) are this command's own, never the plan file's."""
     from statekit.audit.engine import guard, load_plan_file, replan_saved
 
     saved = load_plan_file(plan_file)
-    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root)
-    plan = replan_saved(model, where, saved)
-    guard(plan, float(saved.get("max_change_ratio", 0.5)), bool(saved.get("force")))
+    if sorted(map(str, saved.get("modes") or [])) != sorted(modes):
+        shown = " ".join(f"--mode {m}" for m in saved.get("modes") or []) or "no --mode"
+        raise Refused(f"the plan was made with {shown}: give `statekit apply` the same")
+    model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
+    plan = replan_saved(model, where, saved, prune_orphans=prune_orphans)
+    guard(plan, max_change_ratio, force)
     _apply(app, plan, where, yes, no_undo, undo_dir,
-           (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption))  # fmt: skip
+           (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption), model)  # fmt: skip
     if not plan.ops:
         app.result({"plan": plan.to_json()}, ["nothing to do: the target already matches"])
 
@@ -316,10 +343,13 @@ def apply_cmd(
 @click.option("--env-file", metavar="FILE", default=".env", show_default=True, help="Evolution API's .env file.")
 @click.option("--db-url", metavar="URL", help="Database URL (default: [db] url, else DATABASE_CONNECTION_URI).")
 @click.option("--redis-url", metavar="URL", help="Redis URL (default: [redis] url, else CACHE_REDIS_URI).")
+@click.option("--files-root", metavar="DIR", help="Evolution's instances/ directory (default: [files] root).")
 @common_options
-def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -> None:
-    """Check an Evolution API deployment for settings that lose sessions: reads its .env and the live servers
-    and prints each warning with the reason and the fix. Exit status 1 when there are warnings."""
+def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None, files_root: str | None) -> None:
+    """Check an Evolution API deployment for settings that lose sessions: reads its .env (mode, prefix and
+    client name as Evolution reads them) and the live servers, and prints each warning with the reason and the
+    fix. When the .env's mode disagrees with where the instances' auth state is, it prints the exact statekit
+    commands to run, in order, before restarting Evolution. Exit status 1 when there are warnings."""
     from statekit.audit.doctor import db_url_from_env, diagnose, read_env_file
     from statekit.audit.readers import open_engine, open_redis
 
@@ -327,13 +357,20 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -
         raise UsageError(f"no Evolution .env at {env_file} (give --env-file)")
     env = read_env_file(env_file)
     cfg = app.config()
-    redis_on = env.get("CACHE_REDIS_ENABLED", "").strip().lower() in ("true", "1", "yes", "on")
-    rurl = redis_url or cfg.redis.url or (env.get("CACHE_REDIS_URI") if redis_on else None)
+    redis_on = env.get("CACHE_REDIS_ENABLED") == "true"
+    # With Redis turned off in the .env, its URI still tells where earlier modes left auth state.
+    rurl = redis_url or cfg.redis.url or env.get("CACHE_REDIS_URI")
     durl = db_url or cfg.db.url or db_url_from_env(env)
-    client = open_redis(rurl) if rurl else None
+    client = None
+    if rurl:
+        try:
+            client = open_redis(rurl)
+        except TierUnavailable:
+            if redis_on or redis_url or cfg.redis.url:
+                raise
     engine = open_engine(durl) if durl else None
     try:
-        found = diagnose(env, redis_client=client, db_engine=engine)
+        found = diagnose(env, redis_client=client, db_engine=engine, files_root=files_root or cfg.files.root)
     finally:
         if client is not None:
             client.close()
@@ -344,8 +381,10 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None) -
         lines.append(f"{d.status.upper():<5} {d.check}: {d.reason}")
         if d.fix and d.status == "warn":
             lines.append(f"      fix: {d.fix}")
+        for i, command in enumerate(d.commands, 1):
+            lines.append(f"        {i}. {command}")
     warns = sum(d.status == "warn" for d in found)
-    lines.append(f"{warns} warning(s)" if warns else "no warnings")
+    lines.append(f"{warns} warning{'s' if warns != 1 else ''}" if warns else "no warnings")
     app.result({"checks": [d.to_json() for d in found], "warnings_found": warns}, lines)
     if warns:
         raise SystemExit(1)  # run() ignores click.Exit codes in non-standalone mode

@@ -255,6 +255,8 @@ class EvolutionStatus:
     readiness: float | None = None
     db_latency_seconds: float | None = None
     redis_hit_ratio: float | None = None
+    ready: int | None = None  # instances that would boot without a new QR code under their server's mode
+    sessions: int | None = None  # instances that should boot paired (open, or with creds in the live place)
 
 
 def audit_metrics(
@@ -283,8 +285,18 @@ def audit_metrics(
         for name, help_text, value in (
             (
                 "statekit_evolution_session_restore_readiness_ratio",
-                "Share of instances whose auth state is complete in the authoritative tier",
+                "Share of the instances with a session that would boot without a new QR code",
                 evolution.readiness,
+            ),
+            (
+                "statekit_evolution_instances_ready",
+                "Instances whose creds and keys are in the live place of their server's mode",
+                evolution.ready,
+            ),
+            (
+                "statekit_evolution_instances_with_session",
+                "Instances that should boot paired (open, or with creds in the live place)",
+                evolution.sessions,
             ),
             ("statekit_db_roundtrip_seconds", "Database round-trip time (SELECT 1)", evolution.db_latency_seconds),
             (
