@@ -226,8 +226,6 @@ def test_db_undo_restores(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text(q)).all() != before
     restored = invoke("restore", res.json()["undo_archive"], "--tier", "db", "--yes", "--no-undo")
-    if restored.code != 0 and "no db tier" in restored.err:
-        pytest.xfail("restoring a db-tier undo archive is not supported by this restore yet")
     assert restored.code == 0, restored.err
     with engine.connect() as conn:
         assert conn.execute(sa.text(q)).all() == before
