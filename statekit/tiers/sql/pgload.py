@@ -1,10 +1,10 @@
-"""PostgreSQL bulk loading for a restore: one pass over the archive, keys and indexes built after the data.
+"""PostgreSQL bulk loading for a restore: the load pass streamed into COPY, keys and indexes built after the data.
 
-Two things make a restore approach the server's own COPY speed:
+Two things bring a restore's load close to the server's own COPY speed:
 
-- **One pass.** A thread reads the archive (decrypts, decompresses, hashes) while the main thread streams
-  the segments into `COPY … FROM STDIN`; a small queue between them bounds the memory. The pass ends with
-  the check of every member against MANIFEST.json; the caller commits only after it, so a failed check
+- **A streamed load pass.** A thread reads the archive (decrypts, decompresses, hashes) while the main thread
+  streams the segments into `COPY … FROM STDIN`; a small queue between them bounds the memory. The pass ends
+  with the check of every member against MANIFEST.json; the caller commits only after it, so a failed check
   (or a killed process) rolls the whole transaction back.
 - **Indexes after the data**, as pg_restore does: in replace mode, when a big table has just been emptied,
   its indexes and its primary-key/unique/exclusion constraints are dropped inside the restore's transaction
@@ -136,7 +136,7 @@ def raise_maintenance_memory(cur: Any) -> None:
         cur.execute(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM_MB}MB'")
 
 
-# -- one pass: the archive read in a thread, COPY fed in the caller's ---------------------------------------
+# -- the load pass: the archive read in a thread, COPY fed in the caller's ---------------------------------------
 
 
 class _Stopped(Exception):
