@@ -50,8 +50,8 @@ NOT_RUN = {
     "systemctl": "needs systemd",
     "kubectl": "needs a Kubernetes cluster",
     "docker compose": "needs the Evolution API images",
-    "statekit reconcile --profile evolution-api": "needs Evolution state in redis mode: tests/test_reconcile_evolution.py"
-    " (test_every_mode_change_migrates_without_a_new_qr_code) runs these commands as doctor prints them",
+    "statekit reconcile --profile evolution-api": "needs Evolution state in redis mode: "
+    "test_reconcile_evolution.py::test_every_mode_change_migrates_without_a_new_qr_code runs them as printed",
     "cd /opt/evolution": "the host's crontab for docker compose: test_compose_service runs the service's command",
 }
 
