@@ -124,7 +124,9 @@ def test_dry_run_plan_lists_changes_first(world: dict[str, str], tmp_path: Path)
     shutil.copytree(world["root"], target)
     (target / "instances" / "i1199" / "creds.json").write_text("changed")
     proc = sk("restore", world["archive"], "-i", world["id"], "--tier", "files", "--target", str(target), "--dry-run")
-    items = [ln.strip() for ln in proc.stdout.splitlines()[1:] if ln.startswith("  ") and "more" not in ln]
+    lines = proc.stdout.splitlines()[1:]
+    assert lines[0].strip() == f"target: {target}", proc.stdout  # the plan names its target first
+    items = [ln.strip() for ln in lines[1:] if ln.startswith("  ") and "more" not in ln]
     assert items[0].startswith("~") and "i1199" in items[0], proc.stdout
     assert all(i.startswith("=") for i in items[1:])
 
