@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from statekit.errors import LockHeld, StorageError
+from statekit.errors import LockHeld, UsageError
 from statekit.repo.lock import LockInfo, RepositoryLock, list_locks
 from statekit.repo.store import Repository, open_repository
 from tests.servers import S3_BUCKET, SeaweedS3
@@ -117,7 +117,7 @@ def test_streamed_objects(backend: Backend, tmp_path: Path) -> None:
         assert b"".join(chunks) == data
     with repo.fetched("big.bin") as path:
         assert path.read_bytes() == data
-    with pytest.raises(StorageError, match="no such archive"):
+    with pytest.raises(UsageError, match="no such archive"):  # a missing ARCHIVE is a usage error (exit 2)
         repo.open_read("missing.bin")
 
 
@@ -284,7 +284,7 @@ def test_a_write_killed_half_way_leaves_nothing_that_reads_as_an_archive(
     assert key not in repo.list_keys()
     assert repo.list_archives() == []
     assert repo.read_bytes(key) is None
-    with pytest.raises(StorageError):
+    with pytest.raises(UsageError, match="no such archive"):
         repo.open_read(key)
     listed = sk("list", backend.url, "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["archives"] == [], listed.stderr
