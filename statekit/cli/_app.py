@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import select
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -412,3 +414,22 @@ def _report_error(kind: str, message: str, code: int, wants_json: bool, json_log
         sys.stderr.write("\r\033[K")  # replace a live progress line, if one was being drawn
     click.echo(f"Error: {message}", err=True)
     return code
+
+
+@contextmanager
+def sigterm_raises(make: Callable[[], BaseException]) -> Iterator[None]:
+    """While the block runs, SIGTERM (systemd stop, Kubernetes eviction) raises `make()` in the main thread, so
+    the command unwinds as it does on Ctrl-C: locks released, temporary files removed, exit 130."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise make()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

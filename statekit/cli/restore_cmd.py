@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from statekit import textfmt
-from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
+from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog, sigterm_raises
 from statekit.cli._keys import identity_options
 from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.cli.archive_cmd import local_archive, open_verified
@@ -140,7 +137,7 @@ def restore(
             app.stderr(f"undo archive saved: {path}")
             app.stderr(f"  to put the target back: {command}")
 
-    with sigterm_interrupts():
+    with sigterm_raises(KeyboardInterrupt):
         report = restore_tier(
             opened,
             opts,
@@ -177,24 +174,6 @@ def _undo_flags(app: App, identities: tuple[str, ...], passphrase_file: str | No
     if undo_dir:
         flags += ["--undo-dir", os.path.abspath(undo_dir)]
     return flags
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM unwinds a restore like Ctrl-C: the error names the undo archive once the target has changed."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def render_report(report: RestoreReport) -> list[str]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from statekit import textfmt
-from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
+from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes, sigterm_raises
 from statekit.cli._keys import recipient_options, resolve_recipients
 from statekit.cli._signing import load_sign_key, sign_archive_file, sign_key_options
 from statekit.cli.repo_cmd import keep_options, policy_from, render_prune
@@ -87,7 +84,7 @@ def snapshot(
     result: SnapshotJobResult | None = None
     target: str | None = dest
     try:
-        with _sigterm_interrupts():
+        with sigterm_raises(lambda: Interrupted("terminated by SIGTERM")):
             cfg = app.config()
             rcfg = cfg.repository
             metrics_path = metrics_file or rcfg.metrics_file
@@ -209,25 +206,6 @@ def _write_snapshot_metrics(
     )
     repository = repository_for(target) if target else None
     write_snapshot_metrics_file(path, metrics, name=name, repository=repository, warn=app.warn)
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (systemd stop, Kubernetes eviction) unwinds like Ctrl-C: lock released, temp files removed,
-    metrics written, exit 130."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted("terminated by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _counts(counts: dict[str, int]) -> str:
