@@ -112,10 +112,12 @@ class Session:
         return self.root / "work"
 
     def localize(self, text: str) -> str:
-        text = text.replace("/usr/local/bin/statekit", STATEKIT)
+        # the statekit under test goes in last: a clone under /root or /var must not be moved by the other rules
+        text = text.replace("/usr/local/bin/statekit", "\0statekit\0")
         text = _ROOT_HOME.sub(f"{self.home}/", text)
         text = _SYSTEM_PATH.sub(lambda m: f"{self.root}/{m.group(1)}/", text)
-        return re.sub(r"s3://[a-z0-9.-]+/", f"s3://{BUCKET}/{self.prefix}/", text)
+        text = re.sub(r"s3://[a-z0-9.-]+/", f"s3://{BUCKET}/{self.prefix}/", text)
+        return text.replace("\0statekit\0", STATEKIT)
 
     def recipient(self) -> str | None:
         for name in ("statekit-identity.txt", "identity.txt"):
