@@ -211,6 +211,7 @@ def _plan_line(item: dict[str, Any]) -> str:
         "unchanged": "=",
         "refused": "!",
         "delete": "-",
+        "drop": "-",
     }.get(action, "*")
     parts = []
     for key, value in item.items():

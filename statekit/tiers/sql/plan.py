@@ -20,6 +20,7 @@ from statekit.errors import ConfigError, CorruptArchive
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import ddl
 from statekit.tiers.sql.connect import DbTarget
+from statekit.tiers.sql.created import created_by_restore
 from statekit.tiers.sql.ddl import CreatePlan
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
@@ -84,6 +85,28 @@ class RestoreContext:
     default_schema: str | None = None
     trusted: bool = False  # the archive's own SQL may run (trusted signature or --trust-archive-sql)
     ddl: CreatePlan = field(default_factory=CreatePlan)
+    # Restoring a db undo archive: target tables the restore it undoes created, dropped (see created.py)
+    drops: list[TableDesc] = field(default_factory=list)
+    drop_rows: dict[str, int] = field(default_factory=dict)
+
+    def drop_key(self, t: TableDesc) -> str:
+        """A dropped table's name in the target, for messages (as TablePlan.target_key)."""
+        return t.key if self.target.dialect == "postgresql" else t.name
+
+    def drop_json(self, t: TableDesc) -> dict[str, Any]:
+        """The plan line of a table the restore drops."""
+        rows = self.drop_rows.get(t.key, 0)
+        key = self.drop_key(t)
+        return {
+            "table": key,
+            "target": key,
+            "rows": None,
+            "target_rows": rows,
+            "remove": rows,
+            "mode": self.mode,
+            "action": "drop",
+            "sql": "DROP TABLE (created by the restore this undo archive undoes)",
+        }
 
     @property
     def same_dialect(self) -> bool:
@@ -148,10 +171,41 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
             if have is not None and conn is not None:
                 plan.target_rows = _count(conn, schema, t.name)
             ctx.plans.append(plan)
+        ctx.drops = _undo_drops(archive, opts, ctx, found)
+        for d in ctx.drops:
+            if conn is not None:
+                ctx.drop_rows[d.key] = _count(conn, d.schema if target.dialect == "postgresql" else None, d.name)
     ctx.trusted = opts.trust_archive_sql
     _plan_creates(ctx, existing)
     ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
     return ctx
+
+
+def _undo_drops(
+    archive: Any, opts: RestoreOptions, ctx: RestoreContext, found: dict[tuple[str | None, str], TableDesc]
+) -> list[TableDesc]:
+    """Restoring a db undo archive in replace mode: the tables its restore created that exist on the target,
+    are not held by the undo archive, and match --tables. Every other archive: none."""
+    snapshot = getattr(archive, "snapshot", None)
+    listed = created_by_restore(snapshot, ctx.target.dialect) if isinstance(snapshot, dict) else []
+    if not listed or ctx.mode != "replace":
+        return []
+    default = ctx.default_schema
+    held = {(p.schema if p.schema is not None else default, p.src.name) for p in ctx.plans}
+    for t in ctx.desc.tables:  # also the archived tables --tables left out: never dropped
+        schema = _target_schema(t, ctx.desc, ctx.target.dialect, default)
+        held.add((schema if schema is not None else default, t.name))
+    drops: list[TableDesc] = []
+    for schema, name in listed:
+        if ctx.target.dialect != "postgresql":
+            schema = None
+        have = found.get((schema if schema is not None else default, name))
+        if have is None or (have.schema, have.name) in held or have in drops:
+            continue
+        if opts.tables and not matches(ctx.drop_key(have), name, opts.tables):
+            continue
+        drops.append(have)
+    return drops
 
 
 def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
@@ -349,7 +403,16 @@ def _problems(ctx: RestoreContext, existing: list[TableDesc]) -> list[str]:
                 out.append(f"{p.target_key}: merge key ({', '.join(pk)}) is not in the archived columns")
     if ctx.mode == "replace":
         restored = {(p.schema if p.schema is not None else ctx.default_schema, p.src.name) for p in ctx.plans}
+        dropped = {(t.schema, t.name) for t in ctx.drops}
         for t in existing:
+            if (t.schema, t.name) in dropped:
+                continue
+            for fk in t.foreign_keys:
+                if (fk["ref_schema"], fk["ref_table"]) in dropped:
+                    out.append(
+                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which restoring this undo "
+                        "archive drops (its restore created it); drop or change that foreign key first"
+                    )
             if (t.schema, t.name) in restored:
                 continue
             for fk in t.foreign_keys:

@@ -5,6 +5,10 @@ with the snapshot code), then one transaction: create missing tables, empty (rep
 every segment as the archive streams past, and commit only after the archive pass ended without
 CorruptArchive. PostgreSQL→PostgreSQL loads with `COPY … FROM STDIN` straight from the archive stream;
 everything else decodes rows and inserts them in large executemany batches.
+
+Restoring a db undo archive also drops the tables the restore it undoes created (statekit.tiers.sql.created):
+PostgreSQL first thing in the one transaction; SQLite after the load, before its COMMIT; MySQL/MariaDB after
+the load committed, in the same run (their DDL commits at once, so it cannot share the load's transaction).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from statekit.model import (
     no_warn,
 )
 from statekit.tiers.sql import pgload
+from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
@@ -53,12 +58,15 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archiv
 
 def _report(ctx: RestoreContext, *, dry_run: bool) -> RestoreReport:
     report = RestoreReport(tier="db", dry_run=dry_run)
-    report.plan = [p.to_json(ctx.mode) for p in ctx.plans]
+    report.plan = [p.to_json(ctx.mode) for p in ctx.plans] + [ctx.drop_json(t) for t in ctx.drops]
     report.problems = list(ctx.problems)
     report.counts = {
         "tables": len(ctx.plans),
         "remove": sum(p.target_rows for p in ctx.plans) if ctx.mode == "replace" else 0,
     }
+    if ctx.drops:
+        report.counts["drop"] = len(ctx.drops)
+        report.counts["remove"] += sum(ctx.drop_rows.values())
     if all(p.archive_rows is not None for p in ctx.plans):
         report.counts["rows"] = sum(p.archive_rows or 0 for p in ctx.plans)
     return report
@@ -100,15 +108,17 @@ def restore_db(
     report.counts["rows"] = sum(loaded.values())
     report.counts["duration_ms"] = int((time.time() - started) * 1000)
     for line in report.plan:
-        line["rows"] = loaded.get(line["table"], 0)
+        line["rows"] = loaded.get(line["table"], 0) if line["action"] != "drop" else None
     return report
 
 
 def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
     # The tables as they are now, written by the snapshot code: restoring this archive (mode replace)
-    # puts them back. Tables the restore creates did not exist before and are not in it.
-    keys = [p.existing.key for p in ctx.plans if p.existing is not None]
-    schemas = sorted({p.existing.schema for p in ctx.plans if p.existing is not None and p.existing.schema})
+    # puts them back. Tables the restore creates did not exist before and are not in it; tables it drops
+    # (restoring an undo archive) are, so that they come back too.
+    existing = [p.existing for p in ctx.plans if p.existing is not None] + ctx.drops
+    keys = [t.key for t in existing]
+    schemas = sorted({t.schema for t in existing if t.schema})
     if ctx.target.dialect != "postgresql":
         schemas = []
     if keys:
@@ -123,10 +133,26 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
         summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
         summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect, "tables": {}}
     created = [p.target_key for p in ctx.plans if p.existing is None]
-    if created:
-        # Restoring the undo archive does not drop these: listed so a person can.
-        summary.details["created_by_restore"] = created
+    plain = [k for k in created if plain_key(k, ctx.target.dialect)]
+    if plain:
+        # Restoring the undo archive drops these again (statekit.tiers.sql.created reads them back strictly).
+        summary.details["created_by_restore"] = plain
+    if len(plain) < len(created):
+        # Names an undo archive may not list for dropping: kept by the undo, listed so a person can drop them.
+        summary.details["created_by_restore_kept"] = [k for k in created if k not in plain]
     return undo.seal(summary)
+
+
+def _drop_sql(ctx: RestoreContext, quote: Any) -> str | None:
+    """One DROP TABLE for every table the restore of an undo archive drops (RESTRICT: a table some other
+    table still references is never dropped; the statement fails and the transaction with it)."""
+    if not ctx.drops:
+        return None
+    if ctx.target.dialect == "postgresql":
+        names = [f"{quote(t.schema)}.{quote(t.name)}" if t.schema else quote(t.name) for t in ctx.drops]
+    else:
+        names = [quote(t.name) for t in ctx.drops]  # the URL's database / file: never another one
+    return f"DROP TABLE {', '.join(names)}"
 
 
 def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
@@ -157,6 +183,11 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
                 cur.execute(stmt)
+            drop = _drop_sql(ctx, qident)
+            if drop is not None:
+                # Restoring an undo archive: the tables its restore created go first, in this one transaction
+                # (before any foreign key of theirs is deferred or a table they reference is emptied).
+                cur.execute(drop)
             # the DDL was worked out (and every archived type name checked) by the plan
             before, fks = ctx.ddl.before(), ctx.ddl.after()
             for stmt in before:
@@ -306,6 +337,9 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
         elif dialect == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        drop = _drop_sql(ctx, q)
+        if drop is not None and dialect == "postgresql":
+            conn.exec_driver_sql(drop)  # in the one transaction, as in _restore_pg
         for p in ctx.plans:
             table_ddl = ctx.ddl.tables.get(p.src.key)
             if table_ddl is None:
@@ -345,6 +379,8 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 _set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
         if dialect == "sqlite":
+            if drop is not None:
+                conn.exec_driver_sql(drop)  # after the load, still inside the one transaction (SQLite DDL is)
             conn.exec_driver_sql("COMMIT")
         elif staged:
             # RENAME TABLE commits the data first (implicitly), then renames every staged table in one step
@@ -354,6 +390,15 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             conn.commit()
         else:
             conn.commit()
+        if drop is not None and dialect == "mysql":
+            # MySQL/MariaDB commit DDL at once: the drop can share no transaction with the load. It runs after the
+            # load committed, in the same run; should it fail, the data is restored and the error (naming the
+            # undo archive of this run) says so.
+            try:
+                conn.exec_driver_sql(drop)
+                conn.commit()
+            except Exception as exc:
+                raise target.fail("dropping the created tables (the data is restored)", exc) from None
     except BaseException:
         try:
             if dialect == "sqlite":
