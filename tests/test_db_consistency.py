@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from statekit.errors import CorruptArchive, TierError, TierUnavailable
 from statekit.tiers.sql.connect import DbTarget
@@ -126,6 +127,8 @@ def test_restore_whose_connection_is_killed_leaves_the_target_unchanged(
     before = _contents(pg_url2)
     killed: list[int] = []
 
+    target_db = make_url(pg_url2).database
+
     def kill(tier: str, rows: int, nbytes: int) -> None:
         if killed:
             return
@@ -134,7 +137,8 @@ def test_restore_whose_connection_is_killed_leaves_the_target_unchanged(
             for r in fetch(
                 pg_url,
                 "SELECT pg_terminate_backend(pid)::int FROM pg_stat_activity "
-                "WHERE application_name = 'statekit-restore' AND pid <> pg_backend_pid()",
+                "WHERE application_name = 'statekit-restore' AND pid <> pg_backend_pid() "
+                f"AND datname = '{target_db}'",  # this test's restore only, not another one on the same server
             )
         )
 
