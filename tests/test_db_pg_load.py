@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from statekit.archive.format import Archive, ArchiveReader, ArchiveWriter, atomic_output
-from statekit.archive.keys import generate_identity
+from statekit.archive.keys import X25519Identity, generate_identity
 from statekit.cli._app import run
 from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, TierError
@@ -117,11 +117,11 @@ def test_rebuilt_key_that_the_data_breaks_rolls_back(pg_url: str, pg_url2: str, 
     assert fetch(pg_url2, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint ORDER BY 1") == before
 
 
-def _tampered_archive(url: str, path: Path, how: str) -> tuple[Archive, int]:
+def _tampered_archive(url: str, path: Path, how: str, identity: X25519Identity | None = None) -> tuple[Archive, int]:
     """A snapshot of `url` in small segments whose last data segment fails its check: its sha256 in the
-    manifest is wrong ("manifest"), or its encrypted bytes are damaged ("ciphertext"). Returns the archive
-    and the number of segments."""
-    identity = generate_identity()
+    manifest is wrong ("manifest"), or its encrypted bytes are damaged ("ciphertext"); "none" leaves it
+    whole. Returns the archive and the number of segments."""
+    identity = identity or generate_identity()
     with atomic_output(path) as fh:
         w = ArchiveWriter(fh, recipients=[identity.recipient()])
         summary = snapshot_db(DbConfig(url=url), w)
@@ -140,7 +140,8 @@ def _tampered_archive(url: str, path: Path, how: str) -> tuple[Archive, int]:
 def test_one_pass_rolls_back_on_a_later_segment(
     pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """Segments go into COPY as they are read; a segment near the end that fails its check (wrong sha256
+    """Segments go into COPY as they are read. The archive verifies before the load, so the damage is swapped
+    in between the verifying pass and the load: a segment near the end that fails its check (wrong sha256
     in the manifest, or damaged ciphertext) ends the restore with CorruptArchive after earlier segments
     were loaded, and the transaction rolls back: rows, keys and indexes stay as they were."""
     monkeypatch.setattr(postgres, "SEGMENT_BYTES", 256 << 10)
@@ -149,8 +150,19 @@ def test_one_pass_rolls_back_on_a_later_segment(
     _fill(pg_url, 20_000, "new")
     execute(pg_url2, *SCHEMA)
     _fill(pg_url2, 300, "old")
-    archive, count = _tampered_archive(pg_url, tmp_path / "a.statekit", how)
+    identity = generate_identity()
+    archive, count = _tampered_archive(pg_url, tmp_path / "a.statekit", "none", identity)
+    tampered, _ = _tampered_archive(pg_url, tmp_path / "b.statekit", how, identity)
     assert count >= 4
+    verify = Archive.index
+
+    def verify_then_swap(self: Archive) -> Any:
+        index = verify(self)
+        if tampered.path.exists():
+            os.replace(tampered.path, archive.path)  # after the verifying pass, before the load
+        return index
+
+    monkeypatch.setattr(Archive, "index", verify_then_swap)
     before = {t: rows_as_text(pg_url2, t) for t in ("parent", "child")}
     catalogue = _catalogue(pg_url2)
     seen: list[int] = []
