@@ -36,6 +36,7 @@ from statekit.model import (
 from statekit.tiers.sql import pgload
 from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.dialects import Dialect
+from statekit.tiers.sql.dialects.base import driver_sql
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
@@ -45,6 +46,7 @@ from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser
 
 BATCH_ROWS = 5000
+_MARK = "\0"  # a value's place in an INSERT until the driver's mark goes in (no name holds a NUL)
 
 
 def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archive_counts: bool = True) -> RestoreReport:
@@ -322,17 +324,18 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
     except Exception as exc:
         engine.dispose()
         raise TierUnavailable(f"db {target.shown}: cannot connect: {target.scrub(str(exc))}") from None
-    q = conn.dialect.identifier_preparer.quote
 
     def qname(p: TablePlan, *, final: bool = False) -> str:
-        name = p.src.name if final or p.staging is None else p.staging
-        return f"{q(p.schema)}.{q(name)}" if p.schema else q(name)
+        return dialect.qualified(p.schema, p.src.name if final or p.staging is None else p.staging)
+
+    def run(text: str) -> None:
+        conn.exec_driver_sql(driver_sql(conn, text))
 
     try:
         dialect.begin_load(conn)
         drop = _drop_sql(ctx)
         if drop is not None and dialect.drop_at == "first":
-            conn.exec_driver_sql(drop)  # in the one transaction, as in _restore_pg
+            run(drop)  # in the one transaction, as in _restore_pg
         for p in ctx.plans:
             table_ddl = ctx.ddl.tables.get(p.src.key)
             if table_ddl is None:
@@ -350,7 +353,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
         if ctx.mode == "replace":
             for p in reversed(ctx.plans):
                 if p.existing is not None:
-                    conn.exec_driver_sql(f"DELETE FROM {qname(p)}")
+                    run(f"DELETE FROM {qname(p)}")
         nbytes = 0
         for plan, ext, member in _segments(ctx, archive):
             cols = plan.src.data_columns
@@ -373,11 +376,11 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 _set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
         if drop is not None and dialect.drop_at == "before_commit":
-            conn.exec_driver_sql(drop)  # after the load, still inside the one transaction
+            run(drop)  # after the load, still inside the one transaction
         if staged:
             # RENAME TABLE commits the data first (implicitly), then renames every staged table in one step
             pairs = ", ".join(f"{qname(p)} TO {qname(p, final=True)}" for p in staged)
-            conn.exec_driver_sql(f"RENAME TABLE {pairs}")
+            run(f"RENAME TABLE {pairs}")
             created.clear()
             conn.commit()
         else:
@@ -387,7 +390,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             # load committed, in the same run; should it fail, the data is restored and the error (naming the
             # undo archive of this run) says so.
             try:
-                conn.exec_driver_sql(drop)
+                run(drop)
                 conn.commit()
             except Exception as exc:
                 raise target.fail("dropping the created tables (the data is restored)", exc) from None
@@ -396,7 +399,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             dialect.rollback(conn)
             if not dialect.transactional_ddl:
                 for name in created:
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                    run(f"DROP TABLE IF EXISTS {name}")
                 conn.commit()
         except Exception:
             pass
@@ -410,10 +413,9 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
 def _insert_sql(conn: sa.Connection, dialect: Dialect, plan: TablePlan, qname: str, mode: str) -> str:
     q = dialect.quote
     cols = [c.name for c in plan.src.data_columns]
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     head = f"INSERT INTO {qname} ({', '.join(q(c) for c in cols)}) " + dialect.overriding_identity(plan.src)
-    sql = head + f"VALUES ({', '.join([mark] * len(cols))})"
-    if mode != "merge":
-        return sql
-    pk = plan.existing.primary_key if plan.existing is not None else plan.src.primary_key
-    return dialect.upsert(sql, pk, [c for c in cols if c not in pk])
+    sql = head + f"VALUES ({', '.join([_MARK] * len(cols))})"
+    if mode == "merge":
+        pk = plan.existing.primary_key if plan.existing is not None else plan.src.primary_key
+        sql = dialect.upsert(sql, pk, [c for c in cols if c not in pk])
+    return driver_sql(conn, sql).replace(_MARK, "?" if conn.dialect.paramstyle == "qmark" else "%s")

@@ -246,6 +246,12 @@ class Dialect:
         return row
 
 
+def driver_sql(conn: sa.Connection, text: str) -> str:
+    """A statement for exec_driver_sql: drivers whose placeholders start with % (psycopg, pymysql) take a
+    literal % (in a quoted name, say) only doubled."""
+    return text.replace("%", "%%") if conn.dialect.paramstyle in ("format", "pyformat") else text
+
+
 def utc_naive(v: dt.datetime) -> dt.datetime:
     """An aware instant as a naive UTC datetime (naive ones as they are)."""
     return v.astimezone(dt.UTC).replace(tzinfo=None) if v.tzinfo is not None else v

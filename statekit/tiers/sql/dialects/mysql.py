@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as my_types
 
-from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, Dialect, DropAt, Extras, refuse_type, utc_naive
+from statekit.tiers.sql.dialects.base import (
+    MAX_TYPE_TEXT,
+    Dialect,
+    DropAt,
+    Extras,
+    driver_sql,
+    refuse_type,
+    utc_naive,
+)
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
 
 _CHARS = re.compile(r"[A-Za-z0-9_ (),]*")
@@ -47,6 +55,19 @@ def _unescape(label: str) -> str:
     return "".join(out)
 
 
+def _unquote_names(t: TableDesc) -> None:
+    # SQLAlchemy reads column names out of SHOW CREATE TABLE and leaves a backtick in a name doubled
+    def fix(names: list[str]) -> list[str]:
+        return [n.replace("``", "`") for n in names]
+
+    for c in t.columns:
+        c.name = c.name.replace("``", "`")
+    t.primary_key = fix(t.primary_key)
+    t.unique = [fix(u) for u in t.unique]
+    for fk in t.foreign_keys:
+        fk["columns"], fk["ref_columns"] = fix(fk["columns"]), fix(fk["ref_columns"])
+
+
 class MySQL(Dialect):
     """MySQL and MariaDB: tables of the URL's database, DDL outside transactions (new tables are staged)."""
 
@@ -67,7 +88,8 @@ class MySQL(Dialect):
 
     def reflect_extras(self, conn: sa.Connection, tables: list[TableDesc], *, with_sequences: bool) -> Extras:
         for t in tables:
-            row = conn.exec_driver_sql(f"SHOW CREATE TABLE {self.quote(t.name)}").fetchone()
+            _unquote_names(t)
+            row = conn.exec_driver_sql(driver_sql(conn, f"SHOW CREATE TABLE {self.quote(t.name)}")).fetchone()
             t.native_ddl = str(row[1]) if row else None
             for c in t.columns:
                 if c.type.get("kind") == "enum":
@@ -101,7 +123,8 @@ class MySQL(Dialect):
         return bool(base_kind(col.type)["kind"] != "enum")  # rebuilt from its labels
 
     def native_statement(self, table: TableDesc, staging: str | None = None) -> str | None:
-        """Without the AUTO_INCREMENT position (the inserted ids advance it anyway), under `staging` if given."""
+        """Without the AUTO_INCREMENT position (the inserted ids advance it anyway), under `staging` if given,
+        ready for pymysql (whose placeholders start with %: a literal % doubled)."""
         if not table.native_ddl:
             return None
         stmt = _AUTO_INC.sub("", table.native_ddl)
@@ -109,7 +132,7 @@ class MySQL(Dialect):
             stmt, n = _CREATE_HEAD.subn(f"CREATE TABLE `{staging}`", stmt, count=1)
             if not n:
                 return None
-        return stmt
+        return stmt.replace("%", "%%")
 
     def begin_load(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")

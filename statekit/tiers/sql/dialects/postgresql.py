@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from statekit.tiers.sql.dialects.base import Dialect, DropAt, Extras
+from statekit.tiers.sql.dialects.base import Dialect, DropAt, Extras, driver_sql
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
 
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -87,7 +87,9 @@ def pg_extras(
         if with_sequences:
             for col in t.columns:
                 if col.sequence:
-                    last, called = conn.exec_driver_sql(f"SELECT last_value, is_called FROM {col.sequence}").one()
+                    last, called = conn.exec_driver_sql(
+                        driver_sql(conn, f"SELECT last_value, is_called FROM {col.sequence}")
+                    ).one()
                     t.sequences.append(
                         {"column": col.name, "name": col.sequence, "last_value": int(last),
                          "is_called": bool(called)}
