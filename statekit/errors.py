@@ -13,6 +13,8 @@ class StatekitError(Exception):
 
     exit_code = 19
     kind = "error"
+    # Set by a restore that failed after its first change but rolled every change back (one transaction).
+    target_unchanged = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

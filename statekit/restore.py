@@ -167,6 +167,10 @@ def _same_server_url(a: str, b: str) -> bool:
 def _after_first_change(exc: BaseException, path: str, command: str, warn: Warn) -> BaseException:
     """The error to raise for a failure after the restore's first change: it names the undo archive."""
     hint = f"the target may be partly restored; the undo archive {path} puts it back: {command}"
+    if isinstance(exc, StatekitError) and exc.target_unchanged:
+        exc.message = f"{exc.message}; nothing was changed (rolled back), the undo archive {path} is not needed"
+        exc.args = (exc.message,)
+        return exc
     if isinstance(exc, StatekitError):
         exc.message = f"{exc.message}; {hint}"
         exc.args = (exc.message,)

@@ -399,7 +399,7 @@ DB_CASES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(DB_CASES))
-def test_malformed_db_segment_is_refused_before_any_change(
+def test_malformed_db_segment_is_refused_and_changes_nothing(
     case: str, tmp_path: Path, identity_file: Path, pg_url: str
 ) -> None:
     import sqlite3
@@ -426,12 +426,17 @@ def test_malformed_db_segment_is_refused_before_any_change(
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"old-{i}") for i in range(10)])
     before = _sqlite_rows(target)
-    for extra in (["--dry-run"], ["--yes"]):
-        code, err = _restore(bad, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", *extra)
-        assert code == 3, f"{case}: {err}"
-        assert "archive member db/" in err and err.count("\n") == 1, err
-        assert _sqlite_rows(target) == before
+    code, err = _restore(bad, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", "--dry-run")
+    assert code == 3, f"{case}: {err}"
+    assert "archive member db/" in err and err.count("\n") == 1, err
+    assert _sqlite_rows(target) == before
     assert not list(Path().glob("undo-*.statekit"))
+    # The restore checks each segment as it loads it, inside its one transaction: the damage rolls it back.
+    code, err = _restore(bad, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", "--yes")
+    assert code == 3, f"{case}: {err}"
+    last = err.strip().splitlines()[-1]  # after the lines naming the undo archive, sealed before the load
+    assert "archive member db/" in last and "nothing was changed" in last, err
+    assert _sqlite_rows(target) == before
     code, err = _restore(good, identity_file, "--tier", "db", "--target-url", f"sqlite:///{target}", "--no-undo")
     assert code == 0, err  # the undamaged archive restores: the damage is what was refused
 

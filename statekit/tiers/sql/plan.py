@@ -87,6 +87,7 @@ class RestoreContext:
     # Restoring a db undo archive: target tables the restore it undoes created, dropped (see created.py)
     drops: list[TableDesc] = field(default_factory=list)
     drop_rows: dict[str, int] = field(default_factory=dict)
+    rolled_back: bool = False  # the load failed and its transaction was rolled back: the target is as it was
 
     def drop_key(self, t: TableDesc) -> str:
         """A dropped table's name in the target, for messages (as TablePlan.target_key)."""

@@ -13,6 +13,8 @@ the load committed, in the same run (their DDL commits at once, so it cannot sha
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import time
 from collections.abc import Iterator
 from itertools import islice
@@ -41,23 +43,25 @@ from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
-from statekit.tiers.sql.segments import check_segments
+from statekit.tiers.sql.segments import CheckedSegment, check_segments, manifest_rows, segment_check
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser
 
 BATCH_ROWS = 5000
+_CHECK_BLOCK = 1 << 20
 _MARK = "\0"  # a value's place in an INSERT until the driver's mark goes in (no name holds a NUL)
 
 
 def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archive_counts: bool = True) -> RestoreReport:
     """Dry run: read the archive and the target, write nothing. `plan` holds one dict per table (table,
     rows in the archive, rows in the target that would be removed, mode, action); `problems` lists every
-    incompatibility column by column and every non-portable column. Every data segment it would load is
-    read and checked here, before the first change. The archive's row counts come from its manifest; without
-    `archive_counts` they are left out (None)."""
+    incompatibility column by column and every non-portable column. With `opts.dry_run` every data segment
+    it would load is read and checked here; a restore (no dry run) checks each one as it loads it, inside its
+    transaction. The archive's row counts come from its manifest; without `archive_counts` they are left out
+    (None)."""
     ctx = prepare(archive, opts, cfg.url, with_counts=archive_counts)
-    if not ctx.problems:
-        check_segments(archive, ctx.by_member())  # every segment it would load, before the first change
+    if not ctx.problems and opts.dry_run:
+        check_segments(archive, ctx.by_member())  # every segment it would load (a restore checks them as it loads)
     return _report(ctx, dry_run=True)
 
 
@@ -106,10 +110,13 @@ def restore_db(
             loaded = _restore_pg(ctx, archive, progress)
         else:
             loaded = _restore_generic(ctx, archive, progress)
-    except StatekitError:
+    except StatekitError as exc:
+        exc.target_unchanged = ctx.rolled_back
         raise
     except Exception as exc:
-        raise ctx.target.fail("restore", exc) from None
+        err = ctx.target.fail("restore", exc)
+        err.target_unchanged = ctx.rolled_back
+        raise err from None
     report.counts["rows"] = sum(loaded.values())
     report.counts["duration_ms"] = int((time.time() - started) * 1000)
     for line in report.plan:
@@ -155,10 +162,13 @@ def _drop_sql(ctx: RestoreContext) -> str | None:
 
 
 def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
-    """(plan, encoding, member) for every data segment of a selected table, in archive order. The pass
-    ends with the manifest check, so a caller commits only after this iterator is exhausted. The pass must
-    meet the db/schema.json the plan was made from: the file may have been replaced since."""
+    """(plan, encoding, member) for every data segment of a selected table, in archive order, each member's
+    stream checked as it is read (segments.CheckedSegment: a bad segment raises before its bytes go on, a
+    segment whose rows differ from MANIFEST.json's at its end). The pass ends with the manifest check, so a
+    caller commits only after this iterator is exhausted. The pass must meet the db/schema.json the plan was
+    made from: the file may have been replaced since."""
     by_member = ctx.by_member()
+    said = manifest_rows(archive.manifest)
     for m in archive.members("db/"):
         if m.name == SCHEMA_MEMBER:
             if m.size > 256 << 20 or DbSchema.from_json_bytes(m.read_all()) != ctx.desc:
@@ -169,7 +179,11 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
         plan = by_member.get(prefix)
         if plan is None:
             continue
-        yield plan, ext, m
+        check = segment_check(m.name, ext, len(plan.src.data_columns))
+        checked = io.BufferedReader(CheckedSegment(m.stream, check, said.get(m.name)), _CHECK_BLOCK)
+        yield plan, ext, dataclasses.replace(m, stream=checked)
+        while checked.read(_CHECK_BLOCK):  # whatever the consumer left: checked too
+            pass
 
 
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
@@ -178,6 +192,7 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
 def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[str, int]:
     conn = ctx.target.psycopg_connect("statekit-restore")
     loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
+    committing = False
     try:
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
@@ -228,10 +243,12 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
             for stmt in changed:
                 cur.execute(stmt)
             _set_sequences(cur, ctx)
+        committing = True
         conn.commit()
     except BaseException:
         try:
             conn.rollback()
+            ctx.rolled_back = not committing
         except Exception:
             pass
         raise
@@ -319,6 +336,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
     loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
     engine = target.engine()
     created: list[str] = []
+    committing = False
     try:
         conn = engine.connect()
     except Exception as exc:
@@ -375,6 +393,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                 _set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
+        committing = True
         if drop is not None and dialect.drop_at == "before_commit":
             run(drop)  # after the load, still inside the one transaction
         if staged:
@@ -401,6 +420,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 for name in created:
                     run(f"DROP TABLE IF EXISTS {name}")
                 conn.commit()
+            ctx.rolled_back = not committing
         except Exception:
             pass
         raise

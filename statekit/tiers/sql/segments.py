@@ -1,12 +1,14 @@
-"""The planning pass over a db restore's data segments: every segment that would be loaded is read and checked
-before the first change, so a damaged or crafted one is refused (exit 3, naming the member) instead of being
-found half-way through the load.
+"""The checks of a db restore's data segments, made as the bytes go by: a damaged or crafted segment is refused
+(CorruptArchive, exit 3, naming the member) and the restore's transaction rolls back, so the target is left as
+it was. The load runs them on every segment it reads (`CheckedSegment`), before the bytes reach the database;
+a dry run runs them over every segment it would load (`check_segments`).
 
 - COPY text (`.copy`): valid UTF-8, every line ends with a newline and holds exactly one field per column
-  (a tab inside a value is always escaped, so raw tabs are the separators), as many lines as the manifest
-  says. Counted with bytes methods, in 1 MiB blocks, at memory speed.
+  (a tab inside a value is always escaped, so raw tabs are the separators). Counted with bytes methods, in
+  blocks, at memory speed.
 - JSON lines (`.jsonl`): every line a JSON array of one value per column (nesting deep enough to exhaust
-  the parser included), as many lines as the manifest says.
+  the parser included).
+- Rows: as many lines as MANIFEST.json says.
 
 The values' types are checked by the target inside the restore's one transaction.
 """
@@ -14,6 +16,7 @@ The values' types are checked by the target inside the restore's one transaction
 from __future__ import annotations
 
 import codecs
+import io
 import json
 from itertools import repeat
 from typing import IO, Any
@@ -26,10 +29,148 @@ _BLOCK = 1 << 20
 _MAX_LINE = (1 << 30) + (1 << 20)
 
 
+class SegmentCheck:
+    """Checks one segment fed in blocks of any size; `end()` returns its rows or raises CorruptArchive."""
+
+    def __init__(self, name: str, width: int) -> None:
+        self.name = name
+        self.width = width
+        self.rows = 0
+
+    def feed(self, block: bytes) -> None:
+        raise NotImplementedError
+
+    def end(self) -> int:
+        raise NotImplementedError
+
+
+class CopyCheck(SegmentCheck):
+    """COPY text: UTF-8, one field per column on every line, a newline at the end."""
+
+    def __init__(self, name: str, width: int) -> None:
+        super().__init__(name, width)
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._tabs = width - 1
+        self._open_tabs = 0  # separators seen so far in a line that continues in the next block
+        self._open_line = False
+
+    def feed(self, block: bytes) -> None:
+        try:
+            self._decoder.decode(block)
+        except UnicodeDecodeError:
+            raise CorruptArchive(f"archive member {self.name}: COPY data is not valid UTF-8") from None
+        lines = block.split(b"\n")
+        last = lines.pop()
+        if lines:
+            counts = list(map(bytes.count, lines, repeat(b"\t")))
+            counts[0] += self._open_tabs
+            if any(n != self._tabs for n in counts):
+                raise CorruptArchive(f"archive member {self.name}: a COPY row does not have {self.width} fields")
+            self.rows += len(lines)
+            self._open_tabs, self._open_line = last.count(b"\t"), bool(last)
+        else:
+            self._open_tabs += last.count(b"\t")
+            self._open_line = self._open_line or bool(last)
+
+    def end(self) -> int:
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise CorruptArchive(f"archive member {self.name}: COPY data is not valid UTF-8") from None
+        if self._open_line:
+            raise CorruptArchive(f"archive member {self.name}: COPY data does not end with a newline (cut short)")
+        return self.rows
+
+
+class JsonlCheck(SegmentCheck):
+    """JSON lines: every non-blank line a JSON array of one value per column."""
+
+    def __init__(self, name: str, width: int) -> None:
+        super().__init__(name, width)
+        self._parts: list[bytes] = []  # a line that continues in the next block
+        self._held = 0
+
+    def feed(self, block: bytes) -> None:
+        lines = block.split(b"\n")
+        last = lines.pop()
+        if lines:
+            lines[0] = b"".join([*self._parts, lines[0]])
+            for line in lines:
+                if line.strip():
+                    _json_row(line, self.width, self.name)
+                    self.rows += 1
+            self._parts, self._held = [last], len(last)
+        else:
+            self._parts.append(last)
+            self._held += len(last)
+        if self._held > _MAX_LINE:
+            raise CorruptArchive(f"archive member {self.name}: a JSON line longer than any row")
+
+    def end(self) -> int:
+        tail = b"".join(self._parts)
+        self._parts = []
+        if tail.strip():
+            _json_row(tail, self.width, self.name)
+            self.rows += 1
+        return self.rows
+
+
+def segment_check(name: str, ext: str, width: int) -> SegmentCheck:
+    """The check for a segment of encoding `ext` (its member name's extension); CorruptArchive for another."""
+    if ext == "copy":
+        return CopyCheck(name, width)
+    if ext == "jsonl":
+        return JsonlCheck(name, width)
+    raise CorruptArchive(f"archive member {name}: unknown db segment encoding {ext!r}")
+
+
+class CheckedSegment(io.RawIOBase):
+    """A segment's stream that checks every block it hands on, and at its end the rows against `rows` (what
+    MANIFEST.json says, None if it says nothing). A check that fails raises before the block is handed on."""
+
+    def __init__(self, stream: IO[bytes], check: SegmentCheck, rows: int | None) -> None:
+        self._src = stream
+        self._check = check
+        self._rows = rows
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._src.read(size if size and size > 0 else _BLOCK)
+        if block:
+            self._check.feed(block)
+        elif not self._ended:
+            self._ended = True
+            _same_rows(self._check.name, self._check.end(), self._rows)
+        return block
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def manifest_rows(manifest: dict[str, Any]) -> dict[str, int]:
+    """Rows by member name, as MANIFEST.json gives them."""
+    out: dict[str, int] = {}
+    for m in manifest.get("members", []):
+        rows = (m.get("meta") or {}).get("rows") if isinstance(m, dict) else None
+        if isinstance(rows, int):
+            out[str(m.get("name"))] = rows
+    return out
+
+
+def _same_rows(name: str, found: int, said: int | None) -> None:
+    if said is not None and said != found:
+        raise CorruptArchive(f"archive member {name}: holds {found} rows, MANIFEST.json says {said}")
+
+
 def check_segments(archive: Any, by_member: dict[str, Any]) -> int:
     """Check every data segment of the planned tables (`by_member`: plan by member prefix, as
     RestoreContext.by_member() gives); returns the rows found. Raises CorruptArchive on the first bad one."""
-    sizes = {m["name"]: m for m in archive.manifest.get("members", [])}
+    said = manifest_rows(archive.manifest)
     rows = 0
     for m in archive.members("db/"):
         if m.name == SCHEMA_MEMBER:
@@ -38,82 +179,12 @@ def check_segments(archive: Any, by_member: dict[str, Any]) -> int:
         plan = by_member.get(prefix.rpartition(".")[0])
         if plan is None:
             continue
-        width = len(plan.src.data_columns)
-        if ext == "copy":
-            found = _copy_rows(m.stream, width, m.name)
-        elif ext == "jsonl":
-            found = _jsonl_rows(m.stream, width, m.name)
-        else:
-            raise CorruptArchive(f"archive member {m.name}: unknown db segment encoding {ext!r}")
-        meta = sizes.get(m.name, {}).get("meta") or {}
-        said = meta.get("rows")
-        if isinstance(said, int) and said != found:
-            raise CorruptArchive(f"archive member {m.name}: holds {found} rows, MANIFEST.json says {said}")
+        check = segment_check(m.name, ext, len(plan.src.data_columns))
+        while block := m.stream.read(_BLOCK):
+            check.feed(block)
+        found = check.end()
+        _same_rows(m.name, found, said.get(m.name))
         rows += found
-    return rows
-
-
-def _copy_rows(stream: IO[bytes], width: int, name: str) -> int:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    tabs = width - 1
-    rows = 0
-    open_tabs = 0  # separators seen so far in a line that continues in the next block
-    open_line = False
-    while True:
-        block = stream.read(_BLOCK)
-        if not block:
-            break
-        try:
-            decoder.decode(block)
-        except UnicodeDecodeError:
-            raise CorruptArchive(f"archive member {name}: COPY data is not valid UTF-8") from None
-        lines = block.split(b"\n")
-        last = lines.pop()
-        if lines:
-            counts = list(map(bytes.count, lines, repeat(b"\t")))
-            counts[0] += open_tabs
-            if any(n != tabs for n in counts):
-                raise CorruptArchive(f"archive member {name}: a COPY row does not have {width} fields")
-            rows += len(lines)
-            open_tabs, open_line = last.count(b"\t"), bool(last)
-        else:
-            open_tabs += last.count(b"\t")
-            open_line = open_line or bool(last)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise CorruptArchive(f"archive member {name}: COPY data is not valid UTF-8") from None
-    if open_line:
-        raise CorruptArchive(f"archive member {name}: COPY data does not end with a newline (cut short)")
-    return rows
-
-
-def _jsonl_rows(stream: IO[bytes], width: int, name: str) -> int:
-    rows = 0
-    parts: list[bytes] = []  # a line that continues in the next block
-    held = 0
-    while True:
-        block = stream.read(_BLOCK)
-        if not block:
-            break
-        lines = block.split(b"\n")
-        last = lines.pop()
-        if lines:
-            lines[0] = b"".join([*parts, lines[0]])
-            for line in lines:
-                if line.strip():
-                    _json_row(line, width, name)
-                    rows += 1
-            parts, held = [last], len(last)
-        else:
-            parts.append(last)
-            held += len(last)
-        if held > _MAX_LINE:
-            raise CorruptArchive(f"archive member {name}: a JSON line longer than any row")
-    tail = b"".join(parts)
-    if tail.strip():
-        _json_row(tail, width, name)
-        rows += 1
     return rows
 
 
