@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from statekit.errors import LockHeld, UsageError
+from statekit.repo import Repository, open_repository
 from statekit.repo.lock import LockInfo, RepositoryLock, list_locks
-from statekit.repo.store import Repository, open_repository
 from tests.servers import S3_BUCKET, SeaweedS3
 
 STATEKIT = str(Path(sys.executable).with_name("statekit"))
@@ -243,7 +243,7 @@ def test_snapshot_list_verify_restore_prune(backend: Backend, tmp_path: Path, ag
 _UPLOAD = """
 import sys
 from pathlib import Path
-from statekit.repo.store import open_repository
+from statekit.repo import open_repository
 repo = open_repository(sys.argv[1])
 if hasattr(repo, "part_size"):
     repo.part_size = 5 << 20  # S3's smallest part: the first one goes out after 5 MiB

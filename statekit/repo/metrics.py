@@ -21,7 +21,7 @@ from statekit.archive.format import atomic_output
 from statekit.errors import StatekitError, StorageError
 
 if TYPE_CHECKING:
-    from statekit.repo.store import Repository
+    from statekit.repo.base import Repository
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

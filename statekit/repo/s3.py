@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from statekit.errors import StorageError, UsageError
-from statekit.repo.store import _MIN_PART_SIZE, DEFAULT_PART_SIZE, Repository
+from statekit.repo.base import Repository
 
 T = TypeVar("T")
 _MAX_PARTS = 10_000
+# S3 allows at most 10,000 parts; 16 MiB parts cover 160 GiB, and the part size grows past that.
+DEFAULT_PART_SIZE = 16 << 20
+_MIN_PART_SIZE = 5 << 20
 
 
 def require_boto3() -> None:
