@@ -189,7 +189,7 @@ def main() -> int:
     if args.url:
         base = args.url
     else:
-        from statekit.repo.servers import RedisProcess
+        from statekit.servers import RedisProcess
 
         server = RedisProcess(binary=shutil.which("redis-server") or "redis-server").start()
         base = server.url

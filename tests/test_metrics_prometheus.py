@@ -80,7 +80,7 @@ def test_snapshot_metrics_on_success_then_failure(tmp_path: Path, recipient: str
 
 
 def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
-    from statekit.repo.metrics import EvolutionStatus, audit_metrics, rehearse_metrics, write_metrics
+    from statekit.ops.metrics import EvolutionStatus, audit_metrics, rehearse_metrics, write_metrics
 
     path = tmp_path / "audit.prom"
     write_metrics(

@@ -50,7 +50,7 @@ def redis_hit_ratio(url: str | None) -> float | None:
 
 def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations, *, evolution: bool) -> None:
     """Write the audit's Prometheus metrics; the Evolution figures only for the evolution-api profile."""
-    from statekit.repo.metrics import EvolutionStatus, audit_metrics, write_metrics
+    from statekit.ops.metrics import EvolutionStatus, audit_metrics, write_metrics
 
     findings: dict[tuple[str, str], int] = {}
     for f in result.findings:

