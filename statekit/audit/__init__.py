@@ -3,7 +3,7 @@ tiers entity by entity, and reconcile rebuilds one tier from another through the
 
 Modules: `templates` (names that render and parse both ways), `codecs` (value normalisation), `entities`
 (the model and its validation), `readers` (live tiers), `archive_reader` (snapshots), `diff` (findings),
-`plan` and `apply` (reconcile), `report` (rendering), `doctor` (Evolution deployment checks).
+`plan` and `apply` (reconcile), `report` (rendering).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def audit(
         return
     result = audit_live(model, where, opts, progress=app.progress(), warn=app.warn)
     if metrics_file:
-        from statekit.audit.health import write_audit_metrics
+        from statekit.profiles.evolution.health import write_audit_metrics
 
         write_audit_metrics(metrics_file, result, where, evolution=model.source == "profile evolution-api")
     _finish_audit(app, result, jsonl, examples, "audit", {"model": model.source})
@@ -350,8 +350,8 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None, f
     client name as Evolution reads them) and the live servers, and prints each warning with the reason and the
     fix. When the .env's mode disagrees with where the instances' auth state is, it prints the exact statekit
     commands to run, in order, before restarting Evolution. Exit status 1 when there are warnings."""
-    from statekit.audit.doctor import db_url_from_env, diagnose, read_env_file
     from statekit.audit.readers import open_engine, open_redis
+    from statekit.profiles.evolution.doctor import db_url_from_env, diagnose, read_env_file
 
     if not os.path.exists(env_file):
         raise UsageError(f"no Evolution .env at {env_file} (give --env-file)")
