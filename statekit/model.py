@@ -7,11 +7,24 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 # Callbacks the engines take instead of UI objects.
-Progress = Callable[[str, int, int], None]  # (tier, items done, bytes done)
 Warn = Callable[[str], None]
+
+
+class Progress(Protocol):
+    """A progress callback: called as a tier's work advances with (tier, items done, bytes done). Any function
+    of three positional arguments is one."""
+
+    def __call__(self, tier: str, items: int, nbytes: int, /) -> None: ...
+
+
+@runtime_checkable
+class ProgressWithTotals(Progress, Protocol):
+    """A progress callback that also wants to know how many items a tier expects (to show an ETA)."""
+
+    def set_total(self, tier: str, total: int, /) -> None: ...
 
 
 def no_progress(tier: str, items: int, nbytes: int) -> None:
@@ -22,12 +35,15 @@ def no_warn(message: str) -> None:
     """A warning callback that ignores its argument."""
 
 
+def wants_totals(progress: Progress) -> bool:
+    """True when `progress` takes totals (worth counting them only then)."""
+    return isinstance(progress, ProgressWithTotals)
+
+
 def announce_total(progress: Progress, tier: str, total: int) -> None:
-    """Tell a progress display how many items a tier expects (so it can show an ETA). A progress callback
-    that wants totals has a `set_total(tier, total)` method; plain callables are left alone."""
-    set_total = getattr(progress, "set_total", None)
-    if callable(set_total):
-        set_total(tier, total)
+    """Tell a progress display how many items a tier expects; a plain progress function is left alone."""
+    if isinstance(progress, ProgressWithTotals):
+        progress.set_total(tier, total)
 
 
 def now_ms() -> int:
