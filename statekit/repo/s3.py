@@ -128,7 +128,9 @@ class S3Repository(Repository):
         def run() -> None:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
                 for obj in page.get("Contents", []):
-                    out[obj["Key"][len(start) :]] = int(obj["Size"])
+                    name = obj["Key"][len(start) :]
+                    if name:  # not the folder's own marker (SeaweedFS lists one once a folder is emptied)
+                        out[name] = int(obj["Size"])
 
         self._call(self.describe(folder), run)
         return out
