@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.format import Archive, ArchiveWriter
 from statekit.config import FilesConfig
+from statekit.fsio import atomic_output
 from statekit.tiers.files import snapshot_files
 
 

@@ -278,7 +278,8 @@ def test_big_stream_in_chunks_with_groups_and_pending(
 
 _RSS_CHILD = """
 import json, resource, sys
-from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.archive.format import ArchiveWriter
+from statekit.fsio import atomic_output
 from statekit.archive.format import Archive
 from statekit.config import RedisConfig
 from statekit.tiers.redis import snapshot_redis

@@ -23,8 +23,9 @@ import redis
 import zstandard
 
 from statekit.archive.age import Encryptor
-from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.archive.format import ArchiveWriter
 from statekit.archive.keys import generate_identity
+from statekit.fsio import atomic_output
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.records import TYPE_ZSET, RecordWriter
 

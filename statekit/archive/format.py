@@ -13,12 +13,10 @@ import json
 import math
 import os
 import posixpath
-import re
 import tarfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -27,6 +25,7 @@ import zstandard
 
 from statekit import __version__
 from statekit.errors import CorruptArchive, StorageError, UnsupportedFormat, UsageError
+from statekit.fsio import ATOMIC_TEMP_NAME
 from statekit.model import Member
 
 if TYPE_CHECKING:
@@ -361,55 +360,6 @@ def check_member_name(name: str) -> None:
         raise CorruptArchive(f"unsafe archive member name {name!r}")
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise CorruptArchive(f"unsafe archive member name {name!r}")
-
-
-# -- writing a file atomically --------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_output(path: Path, *, overwrite: bool = False, mode: int = 0o600) -> Iterator[IO[bytes]]:
-    """Open a temporary file (`mode`, 0600 unless asked) next to `path`; on success fsync it, rename it to
-    `path` and fsync the directory. On any error the temporary file is removed, so nothing that looks
-    finished is left behind."""
-    directory = path.parent
-    if not overwrite and path.exists():
-        raise StorageError(f"{path}: already exists, not overwritten")
-    tmp = directory / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        if mode != 0o600:
-            os.fchmod(fd, mode)  # exact, whatever the umask
-    except OSError as exc:
-        raise StorageError(f"{directory}: cannot create {path.name}: {exc.strerror}") from None
-    fh = os.fdopen(fd, "wb", buffering=1 << 20)
-    try:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    except BaseException as exc:
-        try:
-            fh.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise StorageError(f"{path}: write failed: {exc.strerror or exc}") from None
-        raise
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """fsync a directory so a rename in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -883,12 +833,8 @@ def _check_snapshot(doc: Any) -> dict[str, Any]:
     return doc
 
 
-# The temporary name atomic_output gives a file while it is written (see atomic_output).
-_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
-
-
 def _open_path(path: str | Path) -> IO[bytes]:
-    if _TEMP_NAME.match(Path(path).name):
+    if ATOMIC_TEMP_NAME.match(Path(path).name):
         # A run killed after its last fsync but before the rename leaves a complete-looking file under this
         # name; it never became an archive, so it is never read as one.
         raise CorruptArchive(f"{path}: an unfinished temporary file of an interrupted run, not an archive")

@@ -583,7 +583,7 @@ def write_key_file(path: str | os.PathLike[str], content: bytes, *, force: bool,
     """Write a secret key file: mode 0600, under a temporary name, fsynced, then renamed (`force`) or linked
     into place, so a key appears whole or not at all and, without `force`, never replaces an existing file
     (link() fails if the name appeared meanwhile)."""
-    from statekit.archive.format import fsync_dir
+    from statekit.fsio import fsync_dir
 
     p = Path(path)
     if not force and os.path.lexists(p):

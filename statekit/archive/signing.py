@@ -229,7 +229,7 @@ def sign_archive(archive_path: str | os.PathLike[str], key: SigningKey) -> Path:
     """Write the detached signature ``<archive>.sig`` (0600, atomic) and return its path.
 
     The archive is hashed from disk, so the signature covers exactly the bytes that were stored."""
-    from statekit.archive.format import atomic_output
+    from statekit.fsio import atomic_output
 
     path = Path(archive_path)
     sha, size = _hash_file(path, StorageError)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from statekit.archive.format import atomic_output, fsync_dir
 from statekit.errors import StorageError, UsageError
+from statekit.fsio import atomic_output, fsync_dir
 
 ARCHIVE_SUFFIX = ".statekit"
 SIDECAR_SUFFIX = ".meta.json"
