@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from statekit import __version__
-from statekit.archive.format import ArchiveWriter
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import Config
 from statekit.errors import Refused, StorageError, UsageError
 from statekit.fsio import atomic_output

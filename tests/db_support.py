@@ -9,7 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from statekit.archive.format import Archive, ArchiveWriter
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import DbConfig
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, Progress, RestoreOptions, RestoreReport, TierSummary, no_progress

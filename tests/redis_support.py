@@ -9,7 +9,8 @@ from typing import Any
 
 import redis
 
-from statekit.archive.format import Archive, ArchiveWriter
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import RedisConfig
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary, now_ms

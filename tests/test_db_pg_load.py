@@ -15,8 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from statekit.archive.format import Archive, ArchiveReader, ArchiveWriter
 from statekit.archive.keys import X25519Identity, generate_identity
+from statekit.archive.reader import Archive, ArchiveReader
+from statekit.archive.writer import ArchiveWriter
 from statekit.cli._app import run
 from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, TierError

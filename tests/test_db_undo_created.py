@@ -132,8 +132,10 @@ def test_mysql_undo_drops_the_tables_its_restore_created(
 
 def _rewrite(path: Path, out: Path, age_keys: tuple[str, str], change: Callable[[dict[str, Any]], None]) -> Path:
     """A copy of the archive at `path` (same members) with its snapshot.json changed by `change`."""
-    from statekit.archive.format import RESERVED_MEMBERS, Archive, ArchiveWriter
+    from statekit.archive.format import RESERVED_MEMBERS
     from statekit.archive.keys import X25519Identity, X25519Recipient
+    from statekit.archive.reader import Archive
+    from statekit.archive.writer import ArchiveWriter
     from statekit.fsio import atomic_output
 
     identity, recipient = age_keys

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from statekit.archive.format import Archive, ArchiveWriter
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import FilesConfig
 from statekit.fsio import atomic_output
 from statekit.tiers.files import snapshot_files

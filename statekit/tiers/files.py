@@ -37,7 +37,7 @@ from statekit.model import (
 )
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 PREFIX = "files/"
 # In undo archives: the paths a restore created, which restoring the undo archive deletes again.
