@@ -37,7 +37,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from statekit.archive.keys import Bech32Error, bech32_decode, bech32_encode, write_key_file
+from statekit.archive.encoding import Bech32Error, bech32_decode, bech32_encode
+from statekit.archive.keys import write_key_file
 from statekit.errors import KeyFileError, SignatureError, StorageError
 
 PUBLIC_HRP = "statekit-sign"
