@@ -72,8 +72,10 @@ def _identity(archive: Path) -> Any:
 
 def child(mode: str, src: str, dst: str, archive: Path) -> dict[str, Any]:
     """Runs in the child process: one statekit snapshot or restore, timed around the library call."""
-    from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+    from statekit.archive.reader import Archive
+    from statekit.archive.writer import ArchiveWriter
     from statekit.config import RedisConfig
+    from statekit.fsio import atomic_output
     from statekit.model import RestoreOptions, tune_gc
     from statekit.tiers.redis import restore_redis, snapshot_redis
 

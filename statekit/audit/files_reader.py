@@ -12,7 +12,7 @@ from statekit.audit.entities import Entity, Locator, Model
 from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _normalise, _raw_vars
 from statekit.audit.templates import transform_all
 from statekit.errors import TierError, TierUnavailable
-from statekit.tiers.fsread import open_for_reading
+from statekit.fsio import open_for_reading
 
 
 class FilesReader:

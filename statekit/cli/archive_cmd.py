@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from statekit import textfmt
-from statekit.archive.format import AGE_MAGIC, Archive, ArchiveIndex
+from statekit.archive.format import AGE_MAGIC
+from statekit.archive.reader import Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options, trust_options

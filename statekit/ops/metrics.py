@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statekit.archive.format import atomic_output
 from statekit.errors import StatekitError, StorageError
+from statekit.fsio import atomic_output
 
 if TYPE_CHECKING:
     from statekit.repo.base import Repository

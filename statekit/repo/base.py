@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from statekit.archive.format import atomic_output
+from statekit.fsio import atomic_output
 
 ARCHIVE_SUFFIX = ".statekit"
 SIDECAR_SUFFIX = ".meta.json"

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from statekit.archive.format import atomic_output, fsync_dir
 from statekit.errors import StorageError, UsageError
+from statekit.fsio import atomic_output, fsync_dir
 from statekit.repo.base import ARCHIVE_SUFFIX, COPY_BLOCK, Repository
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import DbConfig, FilesConfig, RedisConfig
 from statekit.model import RestoreOptions, Warn, no_warn, now_ms
 

@@ -15,14 +15,14 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any
 
-from statekit.archive.format import fsync_dir
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError, TierError, TierUnavailable
+from statekit.fsio import fsync_dir, open_for_reading, write_file_atomic
 from statekit.model import (
     MemberSink,
     Progress,
@@ -35,10 +35,9 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.fsread import open_for_reading
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 PREFIX = "files/"
 # In undo archives: the paths a restore created, which restoring the undo archive deletes again.
@@ -406,31 +405,6 @@ def _sha256_file(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_file_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: int | None = None) -> None:
-    """Write a file as temp (0600) → `src(fd)` → fsync → chmod/utime → rename → fsync the directory, so the
-    path holds either its old or its new content, never a partial one."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        src(fd)
-        os.fsync(fd)
-        os.fchmod(fd, mode & 0o7777)
-        if mtime_ns is not None:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(directory)
 
 
 def restore_files(
