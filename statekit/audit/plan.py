@@ -8,14 +8,14 @@ Its JSON form carries only SHA-256 digests, never values, so a saved plan holds 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.codecs import CodecError, compare, convert
-from statekit.audit.diff import Source, _root
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, RecordKey, TierData
+from statekit.audit.findings import root_of
+from statekit.audit.sources.records import Record, RecordKey, Source, TierData
 from statekit.errors import Refused, UsageError
 
 PLAN_SCHEMA = "statekit.reconcile-plan/v1"
@@ -233,7 +233,7 @@ class _Planner:
         for ent in self.model.entities.values():
             if t not in ent.locators:
                 continue
-            root = _root(self.model, ent)
+            root = root_of(self.model, ent)
             dst = self.records(ent, t, scope)
             if not root_ok:
                 self.target_records += len(dst)
@@ -347,7 +347,7 @@ class _Planner:
                 self.kept += 1
 
 
-def build_plan(model: Model, sources: dict[str, Source], opts: ReconcileOptions) -> ReconcilePlan:
+def build_plan(model: Model, sources: Mapping[str, Source], opts: ReconcileOptions) -> ReconcilePlan:
     """Plan the rebuild of `opts.target` from `opts.source` (reads only; the root authority is read too, to
     tell instances from orphans)."""
     model = model.select(opts.entities)

@@ -4,12 +4,12 @@ then file contents per batch of scopes, read on a few threads."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _normalise, _raw_vars
+from statekit.audit.sources.records import Record, RecordKey, TierData, Unparseable, normalise, raw_vars
 from statekit.audit.templates import transform_all
 from statekit.errors import TierError, TierUnavailable
 from statekit.tiers.fsread import open_for_reading
@@ -74,6 +74,19 @@ class FilesReader:
                 scope_re = pattern.fullmatch
         return scope_re, literal, suffixed, True
 
+    @classmethod
+    def open(cls, root: str, model: Model, *, keys_only: bool = False) -> FilesReader:
+        """A reader of the files under this root."""
+        return cls(root, model, keys_only=keys_only)
+
+    def notes(self, model: Model, entity_counts: Mapping[tuple[str, str], int]) -> list[str]:
+        """Nothing to add to the audit's header."""
+        return []
+
+    def refresh(self, scopes: list[str]) -> None:
+        """Re-walk before a re-check (the whole root: the templates need not say where a scope's files are)."""
+        self.list_scopes()
+
     def list_scopes(self) -> set[str]:
         """Walk the root, naming every record; returns the scopes present. In the usual `{id}/<name>` layout
         only the root is listed here: each `{id}/` folder is listed when its batch loads, so that work is
@@ -105,7 +118,7 @@ class FilesReader:
                 assert loc.template is not None
                 values = loc.template.parse(rel + "/")
                 if values is not None:
-                    scope, _ = _normalise(ent, values)
+                    scope, _ = normalise(ent, values)
                     found.setdefault(scope, []).append((ent.name, (), rel + "/", None))
             return
         for ent, name, match in files:
@@ -113,8 +126,8 @@ class FilesReader:
             if m is None:
                 continue
             values = m.groupdict()
-            scope, rest = _normalise(ent, values)
-            found.setdefault(scope, []).append((name, rest, rel, _raw_vars(ent, values)))
+            scope, rest = normalise(ent, values)
+            found.setdefault(scope, []).append((name, rest, rel, raw_vars(ent, values)))
             return
         self.unparseable.append(self._unparseable(rel))
 
@@ -175,7 +188,7 @@ class FilesReader:
             assert loc.template is not None
             values = loc.template.parse(parent) if parent else None
             if values is not None:
-                return Unparseable("files", ent.name, _normalise(ent, values)[0], rel, "file name fits no template")
+                return Unparseable("files", ent.name, normalise(ent, values)[0], rel, "file name fits no template")
         name = self.files[0][0].name if self.files else (self.dirs[0][0].name if self.dirs else "")
         return Unparseable("files", name, None, rel, "path fits no template")
 
