@@ -9,7 +9,7 @@ from json.encoder import encode_basestring as _encode_basestring
 
 from statekit.audit.codecs import CodecError, Comparison, canonical, compare
 from statekit.audit.entities import TIERS, Entity, Model
-from statekit.audit.findings import Finding, ServerTally, concrete_where, key_text, root_of
+from statekit.audit.findings import Finding, ServerTally, key_text, root_of
 from statekit.audit.repairs import repair_command
 from statekit.audit.sources.records import Record, RecordKey, TierData
 
@@ -43,6 +43,12 @@ class ScopeComparer:
         self._server: ServerTally | None = None
         self._repair_cache: dict[tuple[str | None, str | None], dict[tuple[str, str, str], str]] = {}
         self._repairs: dict[tuple[str, str, str], str] = {}
+        # with modes: the tier of the root's row whose column names the scope's server
+        self._modes_tier: str | None = None
+        modes = model.modes
+        root = model.entities.get(modes.entity) if modes is not None else None
+        if modes is not None and root is not None:
+            self._modes_tier = next((t for t, loc in root.locators.items() if modes.column in loc.columns), None)
 
     def has_scope(self, tier: str, scope: str) -> bool:
         d = self.data.get(tier)
@@ -59,9 +65,10 @@ class ScopeComparer:
         modes = self.model.modes
         assert modes is not None
         root = self.model.entities.get(modes.entity)
-        if root is None:
+        tier = self._modes_tier
+        if root is None or tier is None:
             return None
-        for rec in self.records(root, "db", scope).values():
+        for rec in self.records(root, tier, scope).values():
             if not rec.null:
                 return rec
         return None
@@ -109,8 +116,8 @@ class ScopeComparer:
             present_in_authority = False
             for tier in ent.locators:
                 recs = self.records(ent, tier, scope)
-                # only db rows can be NULL: elsewhere every record counts
-                n = len(recs) if tier != "db" else sum(not r.null for r in recs.values())
+                # only rows can be NULL: elsewhere every record counts
+                n = sum(not r.null for r in recs.values()) if ent.locators[tier].nullable else len(recs)
                 if n:
                     key = (ent.name, tier)
                     counts[key] = counts.get(key, 0) + 1
@@ -170,7 +177,7 @@ class ScopeComparer:
                 continue
             if t in root.locators and self.records(root, t, scope):
                 continue
-            recs = {k: r for k, r in self.records(ent, t, scope).items() if not r.null or t == "db"}
+            recs = self.records(ent, t, scope)
             if recs:
                 first = recs[min(recs)]
                 yield Finding("orphan", ent.name, scope, None, t, first.where, [],
@@ -226,7 +233,7 @@ class ScopeComparer:
         # db rows with a NULL value count as absent (they are reported as such).
         nulls: dict[str, dict[RecordKey, Record]] = {}
         for t in tiers:
-            if t == "db" and any(r.null for r in per[t].values()):
+            if ent.locators[t].nullable and any(r.null for r in per[t].values()):
                 nulls[t] = {k: r for k, r in per[t].items() if r.null}
                 per[t] = {k: r for k, r in per[t].items() if not r.null}
         keys: set[RecordKey] = set()
@@ -259,7 +266,7 @@ class ScopeComparer:
             if whole:
                 # The live place holds nothing for the scope: one finding, not one per record found elsewhere.
                 elsewhere = ", ".join(f"{len(per[o])} in {o}" for o in tiers if o != t and per[o])
-                yield Finding("missing", ent.name, scope, None, t, concrete_where(ent, t, scope), [],
+                yield Finding("missing", ent.name, scope, None, t, ent.locators[t].where_of(ent, scope), [],
                               f"none in the live place ({mode} mode reads {t})"
                               + (f"; {elsewhere}, not read in {mode} mode" if elsewhere else ""))  # fmt: skip
                 continue
@@ -275,14 +282,14 @@ class ScopeComparer:
                 else:
                     detail = f"absent from {t}"
                 yield Finding("missing", ent.name, scope, key_text(rest), t,
-                              rec.where if rec else concrete_where(ent, t, scope, rest), [], detail)  # fmt: skip
+                              rec.where if rec else ent.locators[t].where_of(ent, scope, rest), [], detail)  # fmt: skip
         if ent.require_any and not any(per[t] for t in ent.require_any if t in per):
             for rest in sorted(auth_recs):
                 yield Finding("missing", ent.name, scope, key_text(rest), "+".join(ent.require_any), None, [],
                               f"in neither {' nor '.join(ent.require_any)}")  # fmt: skip
         if ent.presence:
             return
-        if auth == "files" and ent.locators[auth].role == "live" and not self.keys_only:
+        if ent.locators[auth].torn_writes and ent.locators[auth].role == "live" and not self.keys_only:
             yield from self.check_decodes(ent, scope, auth, per[auth], tiers, per)
         if self.keys_only:
             return

@@ -247,12 +247,14 @@ def _collapse_empty_tiers(
                   f"{affected:,} of them expect records in {tier} ({len(gone):,} missing records)")  # fmt: skip
         out = [f for f in out if not (f.cls == "missing" and f.tier == tier and f.id is not None)]
         repair = f"statekit restore ARCHIVE --tier {tier} (from the last good snapshot)"
-        out.insert(0, Finding("missing", root_name, None, None, tier, _tier_location(tier), [], detail, repair))
+        out.insert(0, Finding("missing", root_name, None, None, tier, _tier_location(model, tier), [], detail, repair))
     return out
 
 
-def _tier_location(tier: str) -> str:
-    return {"db": "the database", "redis": "the Redis database", "files": "the files root"}.get(tier, tier)
+def _tier_location(model: Model, tier: str) -> str:
+    """The whole tier for a person, e.g. "the database"."""
+    loc = next((e.locators[tier] for e in model.entities.values() if tier in e.locators), None)
+    return loc.place if loc is not None and loc.place else tier
 
 
 def _recheck(

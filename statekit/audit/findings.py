@@ -155,35 +155,6 @@ def key_text(rest: RecordKey) -> str | None:
     return "/".join(rest) if rest else None
 
 
-def concrete_where(ent: Entity, tier: str, scope: str, rest: RecordKey = ()) -> str:
-    """The location of one record (or, without `rest`, of the scope) in a tier: the key, path or row, not
-    the template."""
-    loc = ent.locators[tier]
-    values = dict(zip(ent.vars, (scope, *rest)))
-    if tier == "db":
-        return f'"{loc.table}" {loc.key_columns[0]}={scope}' + (f".{loc.value_column}" if loc.value_column else "")
-    assert loc.template is not None
-    try:
-        if tier == "redis":
-            name = loc.template.render({v: values.get(v, "*") for v in loc.template.vars})
-            if loc.hash_field is not None:
-                if all(v in values for v in loc.hash_field.vars):
-                    return f"{name} [{loc.hash_field.render(values)}]"
-                return name
-            return name
-        if not all(v in values for v in loc.template.vars):
-            # the scope's directory: the path components that need nothing but the scope
-            head = []
-            for part in loc.template.text.split("/"):
-                if "{" in part.replace("{" + ent.scope_var + "}", ""):
-                    break
-                head.append(part.replace("{" + ent.scope_var + "}", scope))
-            return "/".join(head) + "/"
-        return loc.template.render(values)
-    except (ValueError, KeyError):
-        return loc.describe()
-
-
 def chunks(items: list[str], n: int) -> Iterator[list[str]]:
     """The items in consecutive batches of n."""
     for i in range(0, len(items), n):

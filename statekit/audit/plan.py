@@ -133,7 +133,7 @@ def writable(ent: Entity, target: str) -> bool:
     loc = ent.locators.get(target)
     if loc is None or (ent.parent is None and ent.authority == target):
         return False
-    return target != "db" or (loc.value_column is not None and not ent.presence and len(loc.key_columns) == 1)
+    return loc.holds_one_value(ent)
 
 
 def check_pair(source: str, target: str, model: Model, requested: list[str] | None = None) -> None:
@@ -161,9 +161,7 @@ def _render(ent: Entity, loc: Locator, scope: str, rest: RecordKey, src: Record)
             values[var] = ent.inverses[var](values[var])
     assert loc.template is not None
     name = loc.template.render(values)
-    if loc.tier == "redis":
-        return ("redis", name, loc.hash_field.render(values)) if loc.hash_field else ("redis", name)
-    return ("files", name)
+    return (loc.tier, name, loc.hash_field.render(values)) if loc.hash_field else (loc.tier, name)
 
 
 def _has_transform(loc: Locator, var: str) -> bool:
@@ -300,9 +298,9 @@ class _Planner:
             self.kept += len(dst)
 
     def _loc(self, ent: Entity, tier: str, scope: str, rest: RecordKey, rec: Record | None) -> tuple[str, ...]:
-        if tier == "db":
-            loc = ent.locators["db"]
-            return ("db", loc.table or "", loc.key_columns[0])
+        row = ent.locators[tier].row_loc()
+        if row is not None:
+            return row
         assert rec is not None
         return rec.loc
 
@@ -319,13 +317,13 @@ class _Planner:
             except CodecError:
                 continue  # the audit reports it as unparseable; never copy a value that does not decode
             have = dst.get(rest)
-            if t == "db" and have is not None and have.null:
+            if have is not None and have.null:
                 yield Operation("update", ent.name, scope, key, self._loc(ent, t, scope, rest, have), None, after,
                                 rec.where)  # fmt: skip
                 continue
             if have is None or have.stored is None:
                 try:
-                    loc = self._loc(ent, t, scope, rest, None) if t == "db" else _render(ent, dst_loc, scope, rest, rec)
+                    loc = dst_loc.row_loc() or _render(ent, dst_loc, scope, rest, rec)
                 except ValueError:
                     continue
                 yield Operation("create", ent.name, scope, key, loc, None, after, rec.where)

@@ -68,7 +68,7 @@ class DbReader:
         self.engine = engine
         self.model = model
         self.keys_only = keys_only
-        self.data = TierData("db")
+        self.data = TierData(self.tier)
         self.unparseable: list[Unparseable] = []
 
     @classmethod
@@ -80,10 +80,10 @@ class DbReader:
         """Stream every row once; returns the scopes present."""
         import sqlalchemy as sa
 
-        self.data = TierData("db")
+        self.data = TierData(self.tier)
         scopes: set[str] = set()
         for ent in self.model.entities.values():
-            loc = ent.locators.get("db")
+            loc = ent.locators.get(self.tier)
             if loc is None:
                 continue
             for scope, rest, rec in self._rows(ent, loc, sa):
@@ -105,6 +105,7 @@ class DbReader:
         has_value = loc.value_column is not None
         keep_value = has_value and not (self.keys_only and not ent.presence)
         table_text = f'"{loc.table}" '
+        tier = self.tier
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=2000).execute(stmt)
@@ -118,7 +119,7 @@ class DbReader:
                     where = table_text + ", ".join([f"{c}={k}" for c, k in zip(loc.key_columns, keys)])
                     rec = Record(
                         db_text(raw) if keep_value and raw is not None else None,
-                        ("db", loc.table, where),
+                        (tier, loc.table, where),
                         {c: row[i] for c, i in extra_at} if extra_at else None,
                         has_value and raw is None,
                     )

@@ -30,7 +30,7 @@ class FilesReader:
         self.files: list[tuple[Entity, Locator]] = []
         self.dirs: list[tuple[Entity, Locator]] = []
         for ent in model.entities.values():
-            loc = ent.locators.get("files")
+            loc = ent.locators.get(self.tier)
             if loc is not None:
                 (self.dirs if loc.is_directory else self.files).append((ent, loc))
         self.files.sort(key=lambda m: m[1].template.specificity if m[1].template else (0, 0))
@@ -188,16 +188,17 @@ class FilesReader:
             assert loc.template is not None
             values = loc.template.parse(parent) if parent else None
             if values is not None:
-                return Unparseable("files", ent.name, normalise(ent, values)[0], rel, "file name fits no template")
+                return Unparseable(self.tier, ent.name, normalise(ent, values)[0], rel, "file name fits no template")
         name = self.files[0][0].name if self.files else (self.dirs[0][0].name if self.dirs else "")
-        return Unparseable("files", name, None, rel, "path fits no template")
+        return Unparseable(self.tier, name, None, rel, "path fits no template")
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """Read the files of these scopes (contents unless keys-only); reads run on a few threads, since
         open/read/close release the GIL and the syscalls, not Python, are the cost."""
-        out = TierData("files")
+        out = TierData(self.tier)
         presence = {ent.name for ent in self.model.entities.values() if ent.presence}
         records = out.records
+        tier = self.tier
         wanted = [sc for sc in scopes if sc in self.found]
         for sc in wanted:
             if sc in self._pending:
@@ -221,7 +222,7 @@ class FilesReader:
                 if per is None:
                     per = pers[name] = records.setdefault(name, {}).setdefault(scope, {})
                 if rest not in per:
-                    per[rest] = Record(stored, ("files", rel), None, False, rv)
+                    per[rest] = Record(stored, (tier, rel), None, False, rv)
         return out
 
     def _read_scope(self, scope: str, presence: set[str]) -> list[bytes | None]:

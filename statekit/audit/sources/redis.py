@@ -98,7 +98,7 @@ class RedisReader:
         self.scan_count = scan_count
         groups: dict[str, _KeyGroup] = {}
         for ent in model.entities.values():
-            loc = ent.locators.get("redis")
+            loc = ent.locators.get(self.tier)
             if loc is not None and loc.template is not None:
                 groups.setdefault(loc.template.text, _KeyGroup(loc.template, [])).members.append((ent, loc))
         self.groups = sorted(groups.values(), key=lambda g: g.template.specificity)
@@ -206,7 +206,7 @@ class RedisReader:
                     break
                 else:
                     self.unparseable.append(
-                        Unparseable("redis", group.members[0][0].name, None, name,
+                        Unparseable(self.tier, group.members[0][0].name, None, name,
                                     f"key fits no template ({group.template.text})")
                     )  # fmt: skip
         return set(self.keys)
@@ -230,7 +230,7 @@ class RedisReader:
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """Fetch the keys of these scopes in one pipelined round trip and map them to records."""
-        out = TierData("redis")
+        out = TierData(self.tier)
         work = [(scope, item) for scope in scopes for item in self.keys.get(scope, [])]
         if not work:
             return out
@@ -244,7 +244,7 @@ class RedisReader:
             if isinstance(reply, ReplyError):
                 # WRONGTYPE and the like: the key exists but not as the model expects.
                 out.unparseable.append(
-                    Unparseable("redis", group.members[0][0].name, scope, name, f"unexpected type ({reply})")
+                    Unparseable(self.tier, group.members[0][0].name, scope, name, f"unexpected type ({reply})")
                 )
                 continue
             if group.literal_only and isinstance(reply, list):
@@ -285,8 +285,9 @@ class RedisReader:
         norm = ent.normalizers.get(fvar)
         idents = transform_all(norm, fnames) if norm else fnames
         stored: Iterable[bytes | None] = repeat(None) if self.keys_only or values is None else values
+        tier = self.tier
         recs = [
-            Record(v, ("redis", name, n), None, False, None if i == n else {fvar: n})
+            Record(v, (tier, name, n), None, False, None if i == n else {fvar: n})
             for v, n, i in zip(stored, fnames, idents)
         ]
         per = out.records.setdefault(ent.name, {}).setdefault(scope, {})
@@ -301,11 +302,12 @@ class RedisReader:
     def _records(
         self, out: TierData, group: _KeyGroup, values: dict[str, str], scope: str, name: str, reply: Any
     ) -> None:
+        tier = self.tier
         for ent, loc in group.members:
             if loc.hash_field is None:
                 _, rest = normalise(ent, values)
                 stored = None if ent.presence or self.keys_only or not isinstance(reply, bytes) else reply
-                out.add(ent.name, scope, rest, Record(stored, ("redis", name)))
+                out.add(ent.name, scope, rest, Record(stored, (tier, name)))
         if not group.hashed or not isinstance(reply, (list, dict)):
             return
         keys_only = self.keys_only
@@ -330,7 +332,7 @@ class RedisReader:
             hit = literal.get(fname)
             if hit is not None:
                 ent, loc = hit
-                out.add(ent.name, scope, (), Record(None if keys_only else value, ("redis", name, fname)))
+                out.add(ent.name, scope, (), Record(None if keys_only else value, (tier, name, fname)))
                 continue
             for ent, loc, direct in patterns:
                 assert loc.hash_field is not None
@@ -340,7 +342,7 @@ class RedisReader:
                     ident = norm(fname) if norm else fname
                     rv = {fvar: fname} if ident != fname else None
                     per = records.setdefault(ent.name, {}).setdefault(scope, {})
-                    per.setdefault((ident,), Record(None if keys_only else value, ("redis", name, fname), None,
+                    per.setdefault((ident,), Record(None if keys_only else value, (tier, name, fname), None,
                                                     False, rv))  # fmt: skip
                     break
                 fvalues = loc.hash_field.parse(fname)
@@ -348,11 +350,11 @@ class RedisReader:
                     continue
                 _, rest = normalise(ent, {**values, **fvalues})
                 rv = raw_vars(ent, fvalues)
-                out.add(ent.name, scope, rest, Record(None if keys_only else value, ("redis", name, fname),
+                out.add(ent.name, scope, rest, Record(None if keys_only else value, (tier, name, fname),
                                                       raw_vars=rv))  # fmt: skip
                 break
             else:
                 out.unparseable.append(
-                    Unparseable("redis", group.members[0][0].name, scope, f"{name} [{fname}]",
+                    Unparseable(tier, group.members[0][0].name, scope, f"{name} [{fname}]",
                                 "hash field fits no template")
                 )  # fmt: skip
