@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from statekit.audit.diff import AuditResult, Finding
+from statekit.audit.findings import AuditResult, Finding
 
 _Digests = dict[str, dict[str, Any]]  # entity → record id → digest (or field → digest for hashes)
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from statekit.audit.diff import AuditResult
 from statekit.audit.engine import Locations
+from statekit.audit.findings import AuditResult
 from statekit.errors import StatekitError
 
 
