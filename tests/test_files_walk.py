@@ -10,7 +10,7 @@ from typing import Any
 
 from statekit.archive.format import Archive, ArchiveWriter, atomic_output
 from statekit.config import FilesConfig
-from statekit.tiers.files import snapshot_files
+from statekit.tiers.files.snapshot import snapshot_files
 
 
 def _snapshot(root: Path, out: Path, on_progress: Any) -> dict[str, bytes]:

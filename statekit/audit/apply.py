@@ -18,7 +18,7 @@ from statekit.audit.files_reader import read_file
 from statekit.audit.plan import Operation, ReconcilePlan
 from statekit.errors import StorageError, TierError
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
-from statekit.tiers.files import make_parents, write_file_atomic
+from statekit.tiers.files.restore import make_parents, write_file_atomic
 from statekit.tiers.fsread import open_for_reading
 
 

@@ -1,0 +1,1 @@
+"""Operations above the engines: jobs, hooks, metrics and restore rehearsal."""
