@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ from statekit.config import RedisConfig
 from statekit.model import Member, RestoreOptions, Warn, no_warn, now_ms
 from statekit.tiers.base import decode
 from statekit.tiers.redis.members import RedisDecoder, RedisKey
-from statekit.tiers.redis.records import NO_EXPIRY
+from statekit.tiers.redis.records import NO_EXPIRY, TYPE_HASH, TYPE_LIST, TYPE_SET, TYPE_STRING, TYPE_ZSET
 from statekit.tiers.rehearsal import Check, CollectingSink, MultisetHash, RehearsalReport
 
 if TYPE_CHECKING:
@@ -42,6 +42,20 @@ def _canonical(payload: bytes) -> bytes:
     return repr(items).encode()
 
 
+def _pairs(items: list[bytes]) -> list[tuple[bytes, bytes]]:
+    return list(zip(items[::2], items[1::2]))
+
+
+# What `_canonical` makes of a whole key, made from a big key's elements (a zset's scores come as text).
+_CHUNKED_CANONICAL: dict[int, Callable[[list[bytes]], bytes]] = {
+    TYPE_STRING: lambda items: b"".join(items),
+    TYPE_LIST: lambda items: repr(items).encode(),
+    TYPE_SET: lambda items: repr(sorted(items)).encode(),
+    TYPE_HASH: lambda items: repr(sorted(_pairs(items))).encode(),
+    TYPE_ZSET: lambda items: repr(sorted((m, float(score)) for m, score in _pairs(items))).encode(),
+}
+
+
 @dataclass
 class _RedisSide:
     counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -63,7 +77,11 @@ def _redis_hashes(keys: Iterable[RedisKey], now: int) -> _RedisSide:
         h = side.hashes[k.db]
         if k.items is None:
             h.add(b"%s\0%d\0%d\0%s" % (k.key, k.type, volatile, _canonical(k.payload or b"")))
-        else:  # a big key: its header, then each of its elements
+        elif k.type in _CHUNKED_CANONICAL:
+            # The same form as the whole key's: a key chunked on one side (over the archive's big-key threshold)
+            # and whole on the other (the rehearsal's own snapshot) compares equal.
+            h.add(b"%s\0%d\0%d\0%s" % (k.key, k.type, volatile, _CHUNKED_CANONICAL[k.type](k.items)))
+        else:  # a big stream: its header, then each of its elements
             h.add(b"%s\0%d\0%d\0big" % (k.key, k.type, volatile))
             for item in k.items:
                 h.add(b"%s\0item\0%s" % (k.key, item))
