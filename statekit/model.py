@@ -90,7 +90,8 @@ class MemberSource(Protocol):
     rest in archive order and raises CorruptArchive at the end if anything disagrees with MANIFEST.json, so a
     consumer that applies changes must only commit after the iteration has finished."""
 
-    snapshot: dict[str, Any]
+    @property
+    def snapshot(self) -> dict[str, Any]: ...
 
     def members(self, prefix: str | None = None) -> Iterator[Member]: ...
 

@@ -18,7 +18,7 @@ from statekit.audit.sources.files import read_file
 from statekit.errors import StorageError, TierError
 from statekit.fsio import fsync_dir, open_for_reading, write_file_atomic
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
-from statekit.tiers.files import make_parents
+from statekit.tiers.files.restore import make_parents
 
 
 @dataclass

@@ -13,6 +13,7 @@ import click
 from statekit.cli._app import App, cli, common_options, confirm, exit_status_epilog
 from statekit.cli._keys import identity_options, recipient_options, resolve_recipients
 from statekit.errors import Refused, TierUnavailable, UsageError
+from statekit.tiers import names as tier_names
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -230,9 +231,9 @@ def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: 
 
 @cli.command(epilog=exit_status_epilog())
 @_location_options
-@click.option("--from", "source", required=True, type=click.Choice(["db", "redis", "files"]),
+@click.option("--from", "source", required=True, type=click.Choice(tier_names()),
               help="The tier to copy from.")  # fmt: skip
-@click.option("--to", "target", required=True, type=click.Choice(["db", "redis", "files"]),
+@click.option("--to", "target", required=True, type=click.Choice(tier_names()),
               help="The tier to rebuild (db: only entities stored as one row's column, e.g. creds).")  # fmt: skip
 @click.option("--entity", "entities", multiple=True, metavar="NAME", help="Only this entity (repeatable).")
 @click.option("--prune-orphans", is_flag=True, help="Also delete target records the source does not have.")
