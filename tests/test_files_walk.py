@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import FilesConfig
-from statekit.tiers.files import snapshot_files
+from statekit.fsio import atomic_output
+from statekit.tiers.files.snapshot import snapshot_files
 
 
 def _snapshot(root: Path, out: Path, on_progress: Any) -> dict[str, bytes]:

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import DbConfig
 from statekit.errors import Refused, StatekitError
 from statekit.model import RestoreOptions
