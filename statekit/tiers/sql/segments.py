@@ -18,13 +18,14 @@ from __future__ import annotations
 import codecs
 import io
 import json
-from itertools import repeat
 from typing import IO, Any
 
 from statekit.errors import CorruptArchive
 from statekit.tiers.sql.schema import SCHEMA_MEMBER
 
 _BLOCK = 1 << 20
+# Every byte but tab and newline: what bytes.translate deletes to leave a segment's field and row marks.
+_NOT_MARKS = bytes(b for b in range(256) if b not in (9, 10))
 # A JSON line holds one row; bigger than this is not a row statekit wrote (a value of at most 1 GiB, encoded).
 _MAX_LINE = (1 << 30) + (1 << 20)
 
@@ -45,32 +46,36 @@ class SegmentCheck:
 
 
 class CopyCheck(SegmentCheck):
-    """COPY text: UTF-8, one field per column on every line, a newline at the end."""
+    """COPY text: UTF-8, one field per column on every line, a newline at the end.
+
+    Fields are counted without splitting lines: all bytes but tab and newline are deleted (bytes.translate),
+    and what is left must be the line pattern (width-1 tabs, a newline) repeated, the open line of the block
+    before included. ASCII blocks skip the UTF-8 decoder."""
 
     def __init__(self, name: str, width: int) -> None:
         super().__init__(name, width)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._tabs = width - 1
+        self._unit = b"\t" * (width - 1) + b"\n"
         self._open_tabs = 0  # separators seen so far in a line that continues in the next block
         self._open_line = False
 
     def feed(self, block: bytes) -> None:
-        try:
-            self._decoder.decode(block)
-        except UnicodeDecodeError:
-            raise CorruptArchive(f"archive member {self.name}: COPY data is not valid UTF-8") from None
-        lines = block.split(b"\n")
-        last = lines.pop()
-        if lines:
-            counts = list(map(bytes.count, lines, repeat(b"\t")))
-            counts[0] += self._open_tabs
-            if any(n != self._tabs for n in counts):
-                raise CorruptArchive(f"archive member {self.name}: a COPY row does not have {self.width} fields")
-            self.rows += len(lines)
-            self._open_tabs, self._open_line = last.count(b"\t"), bool(last)
-        else:
-            self._open_tabs += last.count(b"\t")
-            self._open_line = self._open_line or bool(last)
+        if not block:
+            return
+        if not block.isascii() or self._decoder.getstate()[0]:
+            try:
+                self._decoder.decode(block)
+            except UnicodeDecodeError:
+                raise CorruptArchive(f"archive member {self.name}: COPY data is not valid UTF-8") from None
+        marks = b"\t" * self._open_tabs + block.translate(None, _NOT_MARKS)
+        lines = marks.count(b"\n")
+        whole = lines * len(self._unit)
+        tail = marks[whole:]
+        if marks[:whole] != self._unit * lines or len(tail) >= self.width or tail.count(b"\n"):
+            raise CorruptArchive(f"archive member {self.name}: a COPY row does not have {self.width} fields")
+        self.rows += lines
+        self._open_tabs = len(tail)
+        self._open_line = not block.endswith(b"\n")
 
     def end(self) -> int:
         try:
