@@ -148,3 +148,72 @@ def test_a_tier_section_is_checked_by_its_own_kind(table: dict[str, object], tex
     with pytest.raises(ConfigError) as err:
         build_model({"x": table})
     assert text in str(err.value)
+
+
+def test_the_audit_reads_the_registered_tiers_in_their_order() -> None:
+    """Every registered tier the audit can read live has a locator kind, every locator kind is a registered
+    tier, and the audit's list of tiers is the registry's, in its order."""
+    from statekit.audit.entities import LOCATOR_KINDS, TIERS
+    from statekit.tiers import TIERS as REGISTRY
+
+    registered = [t.name for t in REGISTRY]
+    assert [t.name for t in REGISTRY if t.live_audit] == [t for t in registered if t in LOCATOR_KINDS]
+    assert set(LOCATOR_KINDS) <= set(registered)
+    assert list(TIERS) == [t for t in registered if t in LOCATOR_KINDS]
+    assert all(kind.kind == name for name, kind in LOCATOR_KINDS.items())
+
+
+def test_every_locator_kind_has_its_reader_writer_and_archive_collector() -> None:
+    """The live reader, the reconcile writer and the archive collector of each tier are found by the tier's
+    name, and each says it is that tier's."""
+    from statekit.audit.engine import WRITERS
+    from statekit.audit.entities import LOCATOR_KINDS, TIERS
+    from statekit.audit.plan import RECONCILE_PAIRS
+    from statekit.audit.sources import LIVE_SOURCES
+    from statekit.audit.sources.archive import _COLLECTORS
+
+    for table in (LIVE_SOURCES, _COLLECTORS):
+        assert set(table) == set(TIERS)
+        assert all(kind.tier == name for name, kind in table.items())
+    assert set(WRITERS) == {target for _, target in RECONCILE_PAIRS}
+    assert all(w.tier == name for name, w in WRITERS.items())
+    assert {t for pair in RECONCILE_PAIRS for t in pair} <= set(LOCATOR_KINDS)
+    supported = {("db", "redis"), ("db", "files"), ("files", "redis"), ("redis", "files"), ("redis", "db")}
+    assert supported == RECONCILE_PAIRS
+
+
+def test_each_locator_kind_writes_its_own_locations() -> None:
+    from statekit.audit.plan import Operation
+    from statekit.audit.repairs import _other_source
+    from statekit.audit.sources.records import Record
+
+    assert Record(None, ("db", "users", '"users" id=7')).where == '"users" id=7'
+    assert Record(None, ("redis", "app:keys:7", "a")).where == "app:keys:7 [a]"
+    assert Record(None, ("redis", "app:user:7")).where == "app:user:7"
+    assert Record(None, ("files", "users/7.json")).where == "users/7.json"
+
+    def op(loc: tuple[str, ...]) -> str:
+        return Operation("update", "user", "7", None, loc, None, b"x").where()
+
+    assert op(("db", "users", "id")) == '"users" id=7'
+    assert op(("redis", "app:keys:7", "a")) == "app:keys:7 [a]"
+    assert op(("files", "keys/7/")) == "keys/7/"
+    # an orphan whose root lives in the target itself is pruned from another tier
+    assert [_other_source(t, t) for t in ("db", "redis", "files")] == ["redis", "db", "redis"]
+    assert _other_source("files", "db") == "db"
+
+
+def test_locations_come_from_each_tier_and_show_no_password(tmp_path: Path) -> None:
+    from statekit.audit.engine import Locations
+    from statekit.config import Config
+
+    cfg = Config()
+    cfg.db.url = "postgresql://app:secret@host/appdb"
+    cfg.redis.url = "redis://:secret@host:6379/5"
+    cfg.files.root = str(tmp_path)
+    where = Locations.from_config(cfg)
+    assert dict(where) == {"db": cfg.db.url, "redis": cfg.redis.url, "files": str(tmp_path)}
+    assert where.shown("db") == "postgresql://app:***@host/appdb"
+    assert where.shown("redis") == "redis://:***@host:6379/5"
+    assert where.shown("files") == str(tmp_path)
+    assert Locations.from_config(Config()).get("redis") is None

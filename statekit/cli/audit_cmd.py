@@ -49,13 +49,17 @@ def _model_and_locations(
     files_root: str | None,
     modes: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
+    from dataclasses import replace
+
     from statekit.audit.engine import Locations
     from statekit.profiles import load_model
 
     cfg = app.config()
     model = load_model(cfg, profile, modes)
-    where = Locations(db_url or cfg.db.url, redis_url or cfg.redis.url, files_root or cfg.files.root)
-    return model, where
+    given = replace(cfg, db=replace(cfg.db, url=db_url or cfg.db.url),
+                    redis=replace(cfg.redis, url=redis_url or cfg.redis.url),
+                    files=replace(cfg.files, root=files_root or cfg.files.root))  # fmt: skip
+    return model, Locations.from_config(given)
 
 
 def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str, extra: dict[str, Any]) -> None:

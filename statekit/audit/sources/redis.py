@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.entities import Entity, Locator, Model, RedisLocator
 from statekit.audit.sources.records import (
     Record,
     RecordKey,
@@ -89,7 +89,7 @@ class RedisReader:
     """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip
     of packed commands (HGETALL, HMGET when only literal fields are wanted, GET, or EXISTS)."""
 
-    tier = "redis"
+    tier = RedisLocator.kind
 
     def __init__(self, client: Any, model: Model, *, keys_only: bool = False, scan_count: int = 1000) -> None:
         self.client = client
