@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from statekit.audit.entities import DbLocator, FilesLocator, RedisLocator
 from statekit.audit.findings import AuditResult, Finding
+from statekit.audit.sources.redis import url_db
 
 if TYPE_CHECKING:
     from statekit.tiers.base import MemberDecoder
@@ -29,7 +31,7 @@ class _TierDigests:
 
     tier: str
 
-    def __init__(self, archive: Any, redis_db: int | None) -> None:
+    def __init__(self, archive: Any, location: str | None) -> None:
         self.out: _Digests = {}
         self.tiers: dict[str, str] = {}
 
@@ -49,10 +51,10 @@ class _FileDigests(_TierDigests):
 
     tier = FilesLocator.kind
 
-    def __init__(self, archive: Any, redis_db: int | None) -> None:
+    def __init__(self, archive: Any, location: str | None) -> None:
         from statekit.tiers.files.members import FileRecord
 
-        super().__init__(archive, redis_db)
+        super().__init__(archive, location)
         self.kind = FileRecord
 
     def add(self, rec: object) -> bool:
@@ -65,19 +67,20 @@ class _FileDigests(_TierDigests):
 
 
 class _KeyDigests(_TierDigests):
-    """Keys of one Redis database (`redis_db` when the archive holds it, else its first one) by name and
-    value; a hash field by field."""
+    """Keys of one Redis database (the one the configured URL selects when the archive holds it, else its
+    first one) by name and value; a hash field by field."""
 
     tier = RedisLocator.kind
 
-    def __init__(self, archive: Any, redis_db: int | None) -> None:
+    def __init__(self, archive: Any, location: str | None) -> None:
         from statekit.tiers.redis.members import RedisKey
         from statekit.tiers.redis.records import parse_member_db
 
-        super().__init__(archive, redis_db)
+        super().__init__(archive, location)
         self.kind = RedisKey
         dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
-        self.want = redis_db if redis_db in dbs else (dbs[0] if dbs else None)
+        wanted = url_db(location)
+        self.want = wanted if wanted in dbs else (dbs[0] if dbs else None)
 
     def decoder(self) -> MemberDecoder[object]:
         """The redis tier's decoder, limited to the one database."""
@@ -121,10 +124,10 @@ class _RowDigests(_TierDigests):
 
     tier = DbLocator.kind
 
-    def __init__(self, archive: Any, redis_db: int | None) -> None:
+    def __init__(self, archive: Any, location: str | None) -> None:
         from statekit.tiers.sql.members import TableSegment
 
-        super().__init__(archive, redis_db)
+        super().__init__(archive, location)
         self.kind = TableSegment
 
     def add(self, rec: object) -> bool:
@@ -140,12 +143,12 @@ class _RowDigests(_TierDigests):
 _DIGESTS: dict[str, type[_TierDigests]] = {d.tier: d for d in (_RowDigests, _KeyDigests, _FileDigests)}
 
 
-def archive_digests(archive: Any, *, redis_db: int | None = None) -> tuple[_Digests, dict[str, str]]:
-    """One pass over an archive: entity → id → digest, and entity → tier."""
+def archive_digests(archive: Any, where: Mapping[str, str | None]) -> tuple[_Digests, dict[str, str]]:
+    """One pass over an archive: entity → id → digest, and entity → tier (`where`: the configured tiers)."""
     from statekit.tiers import TIERS as REGISTRY
     from statekit.tiers.base import decode_tiers
 
-    parts = [_DIGESTS[t.name](archive, redis_db) for t in REGISTRY if t.name in _DIGESTS]
+    parts = [_DIGESTS[t.name](archive, where.get(t.name)) for t in REGISTRY if t.name in _DIGESTS]
     out: _Digests = {}
     tiers: dict[str, str] = {}
     for rec in decode_tiers(archive, [p.decoder() for p in parts]):
@@ -169,11 +172,11 @@ def _table_digests(segment: TableSegment, out: dict[str, Any]) -> None:
             out[_h(text.encode())[:16]] = "row"
 
 
-def raw_diff(a: Any, b: Any, *, redis_db: int | None = None) -> AuditResult:
-    """Archive B against archive A without an entity model."""
+def raw_diff(a: Any, b: Any, where: Mapping[str, str | None]) -> AuditResult:
+    """Archive B against archive A without an entity model (`where`: the configured tiers)."""
     started = time.monotonic()
-    da, ta = archive_digests(a, redis_db=redis_db)
-    db, tb = archive_digests(b, redis_db=redis_db)
+    da, ta = archive_digests(a, where)
+    db, tb = archive_digests(b, where)
     tier_of = {**ta, **tb}
     findings: list[Finding] = []
     values = 0

@@ -21,7 +21,7 @@ from statekit.audit.sources import open_live
 from statekit.audit.sources.db import DbReader, db_text
 from statekit.audit.sources.files import FilesReader
 from statekit.audit.sources.records import Record, RecordKey, Source, TierData, Unparseable, normalise
-from statekit.audit.sources.redis import RedisReader
+from statekit.audit.sources.redis import RedisReader, url_db
 from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
 
@@ -114,7 +114,7 @@ class _Collector:
 
     tier: str
 
-    def __init__(self, archive: Any, model: Model, *, redis_db: int | None, keys_only: bool) -> None:
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
         self.model = model
         self.keys_only = keys_only
 
@@ -138,10 +138,10 @@ class _DbRows(_Collector):
 
     tier = DbReader.tier
 
-    def __init__(self, archive: Any, model: Model, *, redis_db: int | None, keys_only: bool) -> None:
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
         from statekit.tiers.sql.members import TableSegment
 
-        super().__init__(archive, model, redis_db=redis_db, keys_only=keys_only)
+        super().__init__(archive, model, location, keys_only=keys_only)
         self.kind = TableSegment
         self.data = TierData(self.tier)
         self.tables: dict[str, list[_DbTable]] = {}
@@ -165,18 +165,20 @@ class _DbRows(_Collector):
 
 class _RedisValues(_Collector):
     """Hash and string keys of one database (DUMP payloads decoded by the redis tier's portable decoder, big
-    keys from their chunks): the database of `redis_db` when the archive holds it, else its first one."""
+    keys from their chunks): the database the live URL selects when the archive holds it, else its first
+    one."""
 
     tier = RedisReader.tier
 
-    def __init__(self, archive: Any, model: Model, *, redis_db: int | None, keys_only: bool) -> None:
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
         from statekit.tiers.redis.members import RedisKey
         from statekit.tiers.redis.records import parse_member_db
 
-        super().__init__(archive, model, redis_db=redis_db, keys_only=keys_only)
+        super().__init__(archive, model, location, keys_only=keys_only)
         self.kind = RedisKey
         dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
-        self.want = redis_db if redis_db in dbs else (dbs[0] if dbs else None)
+        wanted = url_db(location)
+        self.want = wanted if wanted in dbs else (dbs[0] if dbs else None)
         self.values: dict[bytes, Any] = {}
 
     def decoder(self) -> MemberDecoder[object]:
@@ -217,10 +219,10 @@ class _FileContents(_Collector):
 
     tier = FilesReader.tier
 
-    def __init__(self, archive: Any, model: Model, *, redis_db: int | None, keys_only: bool) -> None:
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
         from statekit.tiers.files.members import FileRecord
 
-        super().__init__(archive, model, redis_db=redis_db, keys_only=keys_only)
+        super().__init__(archive, model, location, keys_only=keys_only)
         self.kind = FileRecord
         self.contents: dict[str, bytes] = {}
 
@@ -240,13 +242,16 @@ class _FileContents(_Collector):
 _COLLECTORS: dict[str, type[_Collector]] = {c.tier: c for c in (_DbRows, _RedisValues, _FileContents)}
 
 
-def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only: bool = False) -> dict[str, Source]:
-    """One pass over an archive, returning a source per tier it holds that the model uses."""
+def read_archive(
+    archive: Any, model: Model, where: Mapping[str, str | None], *, keys_only: bool = False
+) -> dict[str, Source]:
+    """One pass over an archive, returning a source per tier it holds that the model uses (`where`: the live
+    tiers' locations, which say what part of a tier to read, e.g. which Redis database)."""
     from statekit.tiers.base import decode_tiers
 
     held = [t.get("tier") for t in archive.snapshot.get("tiers", []) if isinstance(t, dict)]
     used = {t for ent in model.entities.values() for t in ent.locators}
-    collectors = [_COLLECTORS[t](archive, model, redis_db=redis_db, keys_only=keys_only) for t in TIERS if t in used]
+    collectors = [_COLLECTORS[t](archive, model, where.get(t), keys_only=keys_only) for t in TIERS if t in used]
     for rec in decode_tiers(archive, [c.decoder() for c in collectors]):
         for c in collectors:
             if c.add(rec):
@@ -373,8 +378,7 @@ def audit_against(
     had and the live tier lacks, etc.)."""
     from statekit.tiers.redis.records import parse_member_db  # noqa: F401  (fail early if the tier is absent)
 
-    redis_db = _url_db(where.get(RedisReader.tier))
-    snap = read_archive(archive, model, redis_db=redis_db, keys_only=opts.keys_only)
+    snap = read_archive(archive, model, where, keys_only=opts.keys_only)
     live = open_live(model, where, keys_only=opts.keys_only, tiers=list(snap))
     try:
         for t in snap:
@@ -385,10 +389,11 @@ def audit_against(
         live.close()
 
 
-def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, *, redis_url: str | None = None) -> AuditResult:
-    """Archive B against archive A, tier by tier (Redis: the database of `redis_url`, else the first one)."""
-    sa = read_archive(a, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
-    sb = read_archive(b, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
+def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, where: Mapping[str, str | None]) -> AuditResult:
+    """Archive B against archive A, tier by tier (`where`: the configured tiers, e.g. which Redis database to
+    read, else the first one)."""
+    sa = read_archive(a, model, where, keys_only=opts.keys_only)
+    sb = read_archive(b, model, where, keys_only=opts.keys_only)
     return compare_states(model, sa, sb, opts, ("A", "B"))
 
 
@@ -407,10 +412,3 @@ def _redis_glob(pattern: str) -> Any:
         out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
         i += 1
     return re.compile("".join(out), re.DOTALL).fullmatch
-
-
-def _url_db(url: str | None) -> int | None:
-    if not url:
-        return None
-    tail = url.split("?", 1)[0].rsplit("/", 1)[-1]
-    return int(tail) if tail.isdigit() and url.count("/") > 2 else 0

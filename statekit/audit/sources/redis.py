@@ -25,6 +25,15 @@ from statekit.config import redact_url
 from statekit.errors import ConfigError, TierError, TierUnavailable
 
 
+def url_db(url: str | None) -> int | None:
+    """The database an audit reads of an archive for the Redis URL `url`: the one it names, 0 when it names
+    none, None without a URL (then an archive's first database)."""
+    if not url:
+        return None
+    tail = url.split("?", 1)[0].rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() and url.count("/") > 2 else 0
+
+
 def open_redis(url: str) -> Any:
     """A redis-py client for a URL (bytes replies); TierUnavailable when the server does not answer."""
     import redis
