@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -164,15 +166,17 @@ def test_the_audit_reads_the_registered_tiers_in_their_order() -> None:
 
 
 def test_every_locator_kind_has_its_reader_writer_and_archive_collector() -> None:
-    """The live reader, the reconcile writer and the archive collector of each tier are found by the tier's
-    name, and each says it is that tier's."""
+    """The live reader, the reconcile writer, the archive collector and the raw digester of each tier are
+    found by the tier's name, and each says it is that tier's."""
     from statekit.audit.engine import WRITERS
     from statekit.audit.entities import LOCATOR_KINDS, TIERS
     from statekit.audit.plan import RECONCILE_PAIRS
+    from statekit.audit.raw_diff import _DIGESTS
     from statekit.audit.sources import LIVE_SOURCES
     from statekit.audit.sources.archive import _COLLECTORS
 
-    for table in (LIVE_SOURCES, _COLLECTORS):
+    tables: tuple[Mapping[str, Any], ...] = (LIVE_SOURCES, _COLLECTORS, _DIGESTS)
+    for table in tables:
         assert set(table) == set(TIERS)
         assert all(kind.tier == name for name, kind in table.items())
     assert set(WRITERS) == {target for _, target in RECONCILE_PAIRS}
