@@ -18,6 +18,7 @@ from statekit.undo import (
     configured_target,
     describe_target,
     resolve_target,
+    target_record,
     undo_command,
 )
 
@@ -44,7 +45,10 @@ def _tier_functions(tier: str) -> tuple[Callable[..., RestoreReport], Callable[.
 
 
 def archive_tiers(archive: Archive) -> list[str]:
-    """The tiers an archive holds (from snapshot.json)."""
+    """The tiers an archive holds: from its head when it lists them, else from snapshot.json."""
+    listed = archive.head().get("tiers")
+    if isinstance(listed, list):
+        return [str(t) for t in listed]
     return [t.get("tier", "") for t in archive.snapshot.get("tiers", [])]
 
 
@@ -60,7 +64,7 @@ def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTar
         raise UsageError(
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
-    return resolve_target(archive.snapshot, opts, cfg)
+    return resolve_target(target_record(archive), opts, cfg)
 
 
 def _plan(archive: Archive, resolved: ResolvedTarget, cfg: Config) -> RestoreReport:
@@ -122,7 +126,7 @@ def restore_tier(
             opts.tier,
             undo_recipients,
             source={
-                "snapshot_id": archive.snapshot.get("snapshot_id"),
+                "snapshot_id": archive.head().get("snapshot_id"),
                 "archive": archive.path.name,
                 "target": redact_url(target) if opts.tier != "files" else target,
             },

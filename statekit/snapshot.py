@@ -142,7 +142,8 @@ def take_snapshot(
     summaries: list[TierSummary] = []
     with atomic_output(path) as raw:
         out = _HashingFile(raw)
-        writer = ArchiveWriter(out, recipients=list(recipients), level=opts.level, created_at=started)  # type: ignore[arg-type]
+        writer = ArchiveWriter(out, recipients=list(recipients), level=opts.level, created_at=started,  # type: ignore[arg-type]
+                               head={"kind": "snapshot", "tiers": list(tiers)})  # fmt: skip
         for tier in tiers:
             summaries.append(_snapshot_tier(tier, cfg, writer, opts, progress, _warn))
         finished = time.time()
