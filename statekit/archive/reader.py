@@ -384,9 +384,9 @@ class Archive:
         if self._index is None:
             with _open_path(self.path) as fh:
                 reader = ArchiveReader(fh, self.identities)
-                self._same_head(reader)
                 for _ in reader.members(prefix="\0"):
                     pass
+                self._same_head(reader)
                 self._index = ArchiveIndex(
                     reader.format, reader.snapshot, reader.manifest, os.fstat(fh.fileno()).st_size
                 )
@@ -409,11 +409,12 @@ class Archive:
         been swapped since."""
         with _open_path(self.path) as fh:
             reader = ArchiveReader(fh, self.identities)
-            self._same_head(reader)
             yield from reader.members(prefix)
+            self._same_head(reader)
             if self._index is not None and reader.manifest != self._index.manifest:
                 raise CorruptArchive(f"{self.path}: the archive changed while it was being read")
 
     def _same_head(self, reader: ArchiveReader) -> None:
+        # At the end of the pass, like the manifest check: a consumer commits only after the pass ended.
         if self._head is not None and reader.format != self._head:
             raise CorruptArchive(f"{self.path}: the archive changed while it was being read")
