@@ -30,6 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from statekit.model import steady_clock  # noqa: E402
+
+steady_clock()  # as the statekit command does at start, before redis-py loads OpenSSL (the child inherits it)
+
 import redis  # noqa: E402
 
 
@@ -191,7 +195,7 @@ def main() -> int:
     if args.url:
         base = args.url
     else:
-        from statekit.repo.servers import RedisProcess
+        from statekit.servers import RedisProcess
 
         server = RedisProcess(binary=shutil.which("redis-server") or "redis-server").start()
         base = server.url

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from statekit.archive.reader import Archive
 from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
 from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn
+from statekit.tiers import get as get_tier
+from statekit.tiers import names as tier_names
+from statekit.tiers.base import same_server
 from statekit.undo import (
     ResolvedTarget,
     UndoArchive,
     configured_target,
-    describe_target,
     resolve_target,
     target_record,
     undo_command,
@@ -25,23 +27,7 @@ from statekit.undo import (
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
-RESTORE_TIERS = ("db", "redis", "files")
-
-
-def _tier_functions(tier: str) -> tuple[Callable[..., RestoreReport], Callable[..., RestoreReport], Any]:
-    if tier == "files":
-        from statekit.tiers.files import plan_files_restore, restore_files
-
-        return plan_files_restore, restore_files, "files"
-    if tier == "db":
-        from statekit.tiers.sql import plan_db_restore, restore_db
-
-        return plan_db_restore, restore_db, "db"
-    if tier == "redis":
-        from statekit.tiers.redis import plan_redis_restore, restore_redis
-
-        return plan_redis_restore, restore_redis, "redis"
-    raise UsageError(f"unknown tier {tier!r} (choose from {', '.join(RESTORE_TIERS)})")
+RESTORE_TIERS = tier_names()
 
 
 def archive_tiers(archive: Archive) -> list[str]:
@@ -69,9 +55,9 @@ def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTar
 
 def _plan(archive: Archive, resolved: ResolvedTarget, cfg: Config) -> RestoreReport:
     opts = resolved.options
-    plan_fn, _, section = _tier_functions(opts.tier)
+    tier = get_tier(opts.tier)
     try:
-        report = plan_fn(archive, opts, getattr(cfg, section))
+        report = tier.plan_restore(archive, opts, cfg)
     except RecursionError:
         raise CorruptArchive("archive holds a document nested too deeply to be read") from None
     report.dry_run = True
@@ -110,7 +96,7 @@ def restore_tier(
         )
     if not confirm(plan):
         raise Refused("restore not confirmed (pass --yes to restore without a prompt)")
-    _, apply_fn, section = _tier_functions(opts.tier)
+    tier = get_tier(opts.tier)
     undo: UndoArchive | None = None
     command: list[str] = []
 
@@ -128,14 +114,14 @@ def restore_tier(
             source={
                 "snapshot_id": archive.head().get("snapshot_id"),
                 "archive": archive.path.name,
-                "target": redact_url(target) if opts.tier != "files" else target,
+                "target": redact_url(target) if tier.url_target else target,
             },
             allow_unencrypted=not archive_is_encrypted(archive),
-            target=describe_target(opts.tier, target),
+            target=tier.describe_target(target),
             on_sealed=sealed,
         )
     try:
-        report = apply_fn(archive, opts, getattr(cfg, section), undo=undo, progress=progress, warn=warn)
+        report = tier.restore(archive, opts, cfg, undo=undo, progress=progress, warn=warn)
     except BaseException as exc:
         if undo is None or undo.sealed is None:
             if undo is not None:
@@ -154,7 +140,7 @@ def _undo_command(path: str, opts: RestoreOptions, cfg: Config, flags: Sequence[
     """The command that restores the undo archive at `path` into the target this restore changes."""
     extra = list(flags)
     target = opts.target or configured_target(cfg, opts.tier)
-    if opts.tier != "files" and target and redact_url(target) != target:
+    if get_tier(opts.tier).url_target and target and redact_url(target) != target:
         # The password is never stored: it comes back from the configuration, when that names this server.
         conf = configured_target(cfg, opts.tier)
         if not conf or redact_url(conf) is None or not _same_server_url(conf, target):
@@ -163,9 +149,7 @@ def _undo_command(path: str, opts: RestoreOptions, cfg: Config, flags: Sequence[
 
 
 def _same_server_url(a: str, b: str) -> bool:
-    from statekit.undo import _same_server
-
-    return _same_server(redact_url(a) or "", redact_url(b) or "")
+    return same_server(redact_url(a) or "", redact_url(b) or "")
 
 
 def _after_first_change(exc: BaseException, path: str, command: str, warn: Warn) -> BaseException:

@@ -18,11 +18,14 @@ from statekit.config import Config
 from statekit.errors import Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import Progress, TierSummary, Warn, no_progress, no_warn, utc_stamp
+from statekit.tiers import TIERS as REGISTRY
+from statekit.tiers import get as get_tier
+from statekit.tiers import names as tier_names
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
-TIERS = ("db", "redis", "files")
+TIERS = tier_names()
 ARCHIVE_SUFFIX = ".statekit"
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -72,14 +75,7 @@ class SnapshotResult:
 
 def configured_tiers(cfg: Config) -> list[str]:
     """The tiers that have a source configured, in snapshot order."""
-    out = []
-    if cfg.db.url:
-        out.append("db")
-    if cfg.redis.url:
-        out.append("redis")
-    if cfg.files.root:
-        out.append("files")
-    return out
+    return [t.name for t in REGISTRY if t.configured(cfg)]
 
 
 def archive_path_for(dest: Path, name: str, now: float) -> Path:
@@ -190,17 +186,7 @@ def _describe_recipients(recipients: Sequence[Recipient]) -> dict[str, Any]:
 def _snapshot_tier(
     tier: str, cfg: Config, writer: ArchiveWriter, opts: SnapshotOptions, progress: Progress, warn: Warn
 ) -> TierSummary:
-    if tier == "files":
-        from statekit.tiers.files import snapshot_files
-
-        return snapshot_files(cfg.files, writer, progress=progress, warn=warn)
-    if tier == "db":
-        from statekit.tiers.sql import snapshot_db
-
-        return snapshot_db(cfg.db, writer, jobs=opts.jobs or cfg.db.jobs, progress=progress, warn=warn)
-    from statekit.tiers.redis import snapshot_redis
-
-    return snapshot_redis(cfg.redis, writer, progress=progress, warn=warn)
+    return get_tier(tier).snapshot(cfg, writer, jobs=opts.jobs, progress=progress, warn=warn)
 
 
 def _iso(ts: float) -> str:

@@ -29,6 +29,8 @@ from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
+from statekit.tiers import get as get_tier
+from statekit.tiers.base import same_server
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
@@ -111,18 +113,8 @@ class UndoArchive:
             "undo_of": self._source,
         }
         if self._target is not None:
-            target = dict(self._target)
-            if self.tier == "redis":
-                from statekit.tiers.redis.records import parse_member_db
-
-                # Its members are named by the target databases they were read from.
-                dbs = {parse_member_db(e.name) for e in self._writer.entries}
-                named = tier_summary.details.get("target_dbs", [])
-                dbs |= {d for d in named if isinstance(d, int)} if isinstance(named, list) else set()
-                target["dbs"] = sorted(d for d in dbs if d is not None)
-                # With --flush the undo archive holds the whole databases: it goes back with a flush too.
-                target["flush"] = str(tier_summary.details.get("undo_of", "")).endswith("--flush")
-            doc["restore_target"] = target
+            members = [e.name for e in self._writer.entries]
+            doc["restore_target"] = get_tier(self.tier).undo_target(dict(self._target), members, tier_summary)
         doc["tiers"] = [tier_summary.to_json()]
         self._writer.finish(doc)
         self._stack.close()
@@ -141,36 +133,18 @@ class UndoArchive:
 
 
 def configured_target(cfg: Config, tier: str) -> str | None:
-    """The configured target of a tier: a URL for db and redis, a directory for files."""
-    return {"db": cfg.db.url, "redis": cfg.redis.url, "files": cfg.files.root}.get(tier)
+    """The configured target of a tier: a URL, or a directory for a tier restored into one."""
+    return get_tier(tier).target(cfg)
 
 
-def describe_target(tier: str, target: str | None, dbs: Sequence[int] = ()) -> dict[str, Any]:
+def describe_target(tier: str, target: str | None) -> dict[str, Any]:
     """The `restore_target` object recorded in an undo archive (passwords redacted)."""
-    if tier == "files":
-        return {"tier": "files", "root": os.path.abspath(target) if target else None}
-    doc: dict[str, Any] = {"tier": tier, "url": redact_url(_absolute_sqlite(target))}
-    if tier == "redis":
-        doc["dbs"] = sorted(set(dbs))
-    return doc
-
-
-def _absolute_sqlite(url: str | None) -> str | None:
-    """A SQLite URL with a relative file name names a different file in another directory: make it absolute."""
-    if not url or not url.startswith("sqlite") or ":///" not in url:
-        return url
-    head, _, rest = url.partition(":///")
-    path, sep, query = rest.partition("?")
-    if not path or path.startswith("/") or path == ":memory:":
-        return url
-    return f"{head}:///{os.path.abspath(path)}{sep}{query}"
+    return get_tier(tier).describe_target(target)
 
 
 def show_target(tier: str, target: str | None) -> str:
     """A target as a person reads it in a plan or a prompt (a URL without its password)."""
-    if tier == "files":
-        return os.path.abspath(target) if target else "(no target)"
-    return redact_url(target) or "(no target)"
+    return get_tier(tier).show_target(target)
 
 
 def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | None:
@@ -179,8 +153,9 @@ def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | Non
     if snapshot.get("kind") != "undo":
         return None
     doc = snapshot.get("restore_target")
+    url_target = get_tier(tier).url_target
     if isinstance(doc, dict) and doc.get("tier") == tier:
-        where = doc.get("root" if tier == "files" else "url")
+        where = doc.get("url" if url_target else "root")
         if not isinstance(where, str) or not where or "\0" in where:
             raise CorruptArchive("the undo archive's restore_target is damaged (no target it could go back to)")
         return doc
@@ -190,7 +165,7 @@ def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | Non
     old = undo_of.get("target") if isinstance(undo_of, dict) else None
     if first.get("tier") != tier or not isinstance(old, str):
         return None
-    return {"tier": tier, "root": old} if tier == "files" else {"tier": tier, "url": old}
+    return {"tier": tier, "url": old} if url_target else {"tier": tier, "root": old}
 
 
 def target_record(archive: Archive) -> dict[str, Any]:
@@ -225,30 +200,23 @@ def resolve_target(snapshot: dict[str, Any], opts: RestoreOptions, cfg: Config) 
     if recorded is None:
         target = opts.target or configured_target(cfg, opts.tier)
         return ResolvedTarget(opts, show_target(opts.tier, target))
-    if opts.tier == "files":
+    tier = get_tier(opts.tier)
+    if not tier.url_target:
         root = recorded.get("root")
         if not isinstance(root, str) or not root:
-            raise UsageError("the undo archive records no files directory; give --target DIR")
+            raise UsageError(f"the undo archive records no {tier.title} directory; give --target DIR")
         if opts.target is None:
             return ResolvedTarget(
-                replace(opts, target=root), show_target("files", root), "the directory the undo archive was saved from",
+                replace(opts, target=root), tier.show_target(root), "the directory the undo archive was saved from",
                 recorded,
             )  # fmt: skip
         return _explicit(opts, recorded, root)
     url = recorded.get("url")
     if not isinstance(url, str) or not url:
         raise UsageError("the undo archive records no target URL; give --target-url")
-    new = replace(opts)
-    if opts.tier == "redis":
-        dbs = [d for d in recorded.get("dbs", []) if isinstance(d, int) and not isinstance(d, bool) and d >= 0]
-        if opts.target is None or _same_server(redact_url(opts.target) or "", url):
-            # Its members already carry the target's database numbers: each goes back where it came from.
-            if not opts.db_map:
-                new.db_map = {d: d for d in dbs}
-            if recorded.get("flush") is True:
-                new.flush = True
+    new = tier.undo_options(opts, recorded, opts.target is not None and same_server(redact_url(opts.target) or "", url))
     if opts.target is not None:
-        if _same_target(opts.tier, redact_url(opts.target) or "", url):
+        if tier.same_target(redact_url(opts.target) or "", url):
             return ResolvedTarget(new, show_target(opts.tier, opts.target), None, recorded)
         return _explicit(new, recorded, url)
     new.target = _with_password(url, configured_target(cfg, opts.tier), opts.tier)
@@ -264,27 +232,6 @@ def _explicit(opts: RestoreOptions, recorded: dict[str, Any], original: str) -> 
     )
 
 
-def _netloc_key(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1].lower()
-    return parts.scheme, f"{parts.username or ''}@{host}"
-
-
-def _same_server(a: str, b: str) -> bool:
-    try:
-        return _netloc_key(a) == _netloc_key(b)
-    except ValueError:
-        return False
-
-
-def _same_target(tier: str, shown: str, recorded: str) -> bool:
-    if tier == "redis":
-        from statekit.tiers.redis.keyspace import url_db
-
-        return _same_server(shown, recorded) and url_db(shown) == url_db(recorded)
-    return shown == recorded
-
-
 def _with_password(recorded: str, configured: str | None, tier: str) -> str:
     """The recorded URL, with the password the configured URL of the same server holds (if it had one)."""
     try:
@@ -293,9 +240,9 @@ def _with_password(recorded: str, configured: str | None, tier: str) -> str:
         raise UsageError(f"the undo archive records an unreadable target URL {recorded!r}") from None
     if parts.password is None and "***" not in parts.query:
         return recorded
-    if configured and _same_server(redact_url(configured) or "", recorded):
+    if configured and same_server(redact_url(configured) or "", recorded):
         conf = urlsplit(configured)
-        if tier == "redis" or redact_url(configured) == recorded:
+        if get_tier(tier).password_per_server or redact_url(configured) == recorded:
             return urlunsplit((conf.scheme, conf.netloc, parts.path, conf.query, parts.fragment))
     raise UsageError(
         f"the undo archive's target {recorded} needs its password, which is never stored: configure that "

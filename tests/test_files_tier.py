@@ -102,7 +102,8 @@ def _unreadable_as_nobody(tmp: Path, skip: bool) -> tuple[int, str]:
     drops to uid/gid 65534 in the child; the child runs the CLI entry point and reports its exit code."""
     import statekit.archive.age
     import statekit.snapshot
-    import statekit.tiers.files  # noqa: F401 - loaded before the child loses access to the interpreter's files
+    import statekit.tiers.files.paths
+    import statekit.tiers.files.snapshot  # noqa: F401 - loaded before the child loses access to the interpreter's files
 
     root = tmp / "keys"
     make_keys(root)

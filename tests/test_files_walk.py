@@ -12,7 +12,7 @@ from statekit.archive.reader import Archive
 from statekit.archive.writer import ArchiveWriter
 from statekit.config import FilesConfig
 from statekit.fsio import atomic_output
-from statekit.tiers.files import snapshot_files
+from statekit.tiers.files.snapshot import snapshot_files
 
 
 def _snapshot(root: Path, out: Path, on_progress: Any) -> dict[str, bytes]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from statekit.audit.diff import AuditResult, Finding
+from statekit.audit.findings import AuditResult, Finding
+
+if TYPE_CHECKING:
+    from statekit.tiers.sql.members import TableSegment
 
 _Digests = dict[str, dict[str, Any]]  # entity → record id → digest (or field → digest for hashes)
 
@@ -21,78 +23,57 @@ def _h(data: bytes) -> str:
 
 def archive_digests(archive: Any, *, redis_db: int | None = None) -> tuple[_Digests, dict[str, str]]:
     """One pass over an archive: entity → id → digest, and entity → tier."""
+    from statekit.tiers import TIERS as REGISTRY
+    from statekit.tiers.base import MemberDecoder, decode_tiers
+    from statekit.tiers.files.members import FileRecord
     from statekit.tiers.redis import portable
-    from statekit.tiers.redis.records import (
-        TAG_BEGIN,
-        TAG_CHUNK,
-        TAG_DUMP,
-        TYPE_HASH,
-        iter_records,
-        parse_member_db,
-        read_member,
-    )
+    from statekit.tiers.redis.members import RedisDecoder, RedisKey
+    from statekit.tiers.redis.records import TYPE_HASH, parse_member_db
+    from statekit.tiers.sql.members import TableSegment
 
     out: _Digests = {}
     tiers: dict[str, str] = {}
-    tables: dict[str, dict[str, Any]] = {}
-    big: dict[bytes, tuple[int, list[bytes]]] = {}
     dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
     want_db = redis_db if redis_db in dbs else (dbs[0] if dbs else None)
-    for member in archive.members():
-        name = member.name
-        if name.startswith("files/"):
-            out.setdefault("files", {})[name[len("files/") :]] = _h(member.read_all())
+    only_db = RedisDecoder({want_db} if want_db is not None else set())
+    decoders: list[MemberDecoder[object]] = [only_db if t.name == "redis" else t.decoder() for t in REGISTRY]
+    for rec in decode_tiers(archive, decoders):
+        if isinstance(rec, FileRecord):
+            out.setdefault("files", {})[rec.rel] = _h(rec.data)
             tiers["files"] = "files"
-        elif name.startswith("redis/") and parse_member_db(name) == want_db:
+        elif isinstance(rec, RedisKey):
             tiers["redis"] = "redis"
             keys = out.setdefault("redis", {})
-            _, body = read_member(member.stream, name)
-            for rec in iter_records(body, name):
-                key = rec.key.decode("utf-8", "surrogateescape")
-                if rec.tag == TAG_DUMP:
-                    try:
-                        rtype, value = portable.decode(rec.value)
-                    except portable.Uncarriable:  # streams (as every version keeps them), module types
-                        keys[key] = _h(portable.comparable(rec.value))
-                        continue
-                    if rtype == TYPE_HASH:
-                        keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]
-                    else:
-                        keys[key] = _h(repr((rtype, value)).encode())
-                elif rec.tag == TAG_BEGIN:
-                    big[rec.key] = (rec.type, [])
-                elif rec.tag == TAG_CHUNK and rec.key in big:
-                    big[rec.key][1].extend(rec.items or [])
-        elif name == "db/schema.json":
-            for t in json.loads(member.read_all()).get("tables", []):
-                tables[t["member"]] = t
-        elif name.startswith("db/"):
-            prefix = name.rpartition(".")[0].rpartition(".")[0]
-            table = tables.get(prefix)
-            if table is not None:
-                entity = f"db:{table['name']}"
-                tiers[entity] = "db"
-                _table_digests(member.stream, name.rpartition(".")[2], table, out.setdefault(entity, {}))
-    for bkey, (type_, items) in big.items():
-        k = bkey.decode("utf-8", "surrogateescape")
-        if type_ == TYPE_HASH:
-            out["redis"][k] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in zip(items[::2], items[1::2])}
-        else:
-            out["redis"][k] = _h(b"\0".join(items))
+            key = rec.key.decode("utf-8", "surrogateescape")
+            if rec.items is not None:  # a big key, from its chunks
+                if rec.type == TYPE_HASH:
+                    keys[key] = {
+                        f.decode("utf-8", "surrogateescape"): _h(v) for f, v in zip(rec.items[::2], rec.items[1::2])
+                    }
+                else:
+                    keys[key] = _h(b"\0".join(rec.items))
+                continue
+            payload = rec.payload or b""
+            try:
+                rtype, value = portable.decode(payload)
+            except portable.Uncarriable:  # streams (as every version keeps them), module types
+                keys[key] = _h(portable.comparable(payload))
+                continue
+            if rtype == TYPE_HASH:
+                keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]
+            else:
+                keys[key] = _h(repr((rtype, value)).encode())
+        elif isinstance(rec, TableSegment):
+            entity = f"db:{rec.table['name']}"
+            tiers[entity] = "db"
+            _table_digests(rec, out.setdefault(entity, {}))
     return out, tiers
 
 
-def _table_digests(stream: Any, encoding: str, table: dict[str, Any], out: dict[str, Any]) -> None:
-    from statekit.tiers.sql.values import iter_jsonl, split_copy_line
-
-    cols = [c["name"] for c in table.get("columns", []) if not c.get("generated")]
-    pk = [cols.index(c) for c in table.get("primary_key", []) if c in cols]
-    rows: Iterable[list[Any]]
-    if encoding == "copy":
-        rows = (split_copy_line(line.rstrip(b"\n")) for line in stream)
-    else:
-        rows = iter_jsonl(stream, len(cols))
-    for row in rows:
+def _table_digests(segment: TableSegment, out: dict[str, Any]) -> None:
+    cols = segment.columns
+    pk = [cols.index(c) for c in segment.table.get("primary_key", []) if c in cols]
+    for row in segment.rows():
         text = json.dumps([None if v is None else str(v) for v in row], ensure_ascii=False)
         if pk:
             out[", ".join(f"{cols[i]}={row[i]}" for i in pk)] = _h(text.encode())

@@ -17,9 +17,10 @@ from statekit.cli._app import App, cli, common_options, exit_status_epilog, huma
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.errors import TierError, UsageError
-from statekit.repo.metrics import rehearse_metrics, write_metrics
-from statekit.repo.rehearse import rehearse as run_rehearsal
-from statekit.repo.store import is_s3_url, split_archive_url
+from statekit.ops.metrics import rehearse_metrics, write_metrics
+from statekit.ops.rehearse import rehearse as run_rehearsal
+from statekit.repo import is_s3_url, split_archive_url
+from statekit.tiers import names as tier_names
 
 
 @contextmanager
@@ -132,7 +133,7 @@ def inspect(
               help="Also restore into throwaway local servers (embedded PostgreSQL, redis-server; run as the "
                    "unprivileged account statekit-sandbox, which needs root) and a temporary directory and compare "
                    "row counts, content hashes and file hashes with the manifest.")  # fmt: skip
-@click.option("--tier", "tiers", multiple=True, type=click.Choice(["db", "redis", "files"]),
+@click.option("--tier", "tiers", multiple=True, type=click.Choice(tier_names()),
               help="--rehearse only these tiers (repeatable; default: every tier in the archive).")  # fmt: skip
 @click.option("--metrics-file", metavar="PATH", help="Write the rehearsal result as Prometheus text metrics.")
 @signer_options

@@ -17,6 +17,9 @@ from statekit.credentials import undo_recipients
 from statekit.errors import TierError, UsageError
 from statekit.model import RestoreOptions, RestoreReport
 from statekit.restore import plan_restore, restore_tier
+from statekit.tiers import TIERS
+from statekit.tiers import get as get_tier
+from statekit.tiers import names as tier_names
 
 
 def _db_map(values: tuple[str, ...]) -> dict[int, int]:
@@ -32,7 +35,7 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 
 @cli.command(epilog=exit_status_epilog())
 @click.argument("archive", metavar="ARCHIVE")
-@click.option("--tier", required=True, type=click.Choice(["db", "redis", "files"]), help="The tier to restore.")
+@click.option("--tier", required=True, type=click.Choice(tier_names()), help="The tier to restore.")
 @click.option(
     "--target",
     metavar="DIR",
@@ -93,10 +96,12 @@ def restore(
     from; --target/--target-url send it elsewhere (the plan says so). Once the undo archive is saved, its
     path and the command that puts the target back are printed; any later failure repeats them. A Redis
     restore that could not write some keys exits 6."""
-    if target and tier != "files":
-        raise UsageError("--target is for --tier files; use --target-url for db and redis")
-    if target_url and tier == "files":
-        raise UsageError("--target-url is for db and redis; use --target DIR for files")
+    url_tiers = " and ".join(t.name for t in TIERS if t.url_target)
+    dir_tiers = " and ".join(t.name for t in TIERS if not t.url_target)
+    if target and get_tier(tier).url_target:
+        raise UsageError(f"--target is for --tier {dir_tiers}; use --target-url for {url_tiers}")
+    if target_url and not get_tier(tier).url_target:
+        raise UsageError(f"--target-url is for {url_tiers}; use --target DIR for {dir_tiers}")
     cfg = app.config()
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))

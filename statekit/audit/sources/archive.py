@@ -9,20 +9,24 @@ archive, which is what an audit compares anyway.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statekit.audit.codecs import CodecError, canonical
-from statekit.audit.diff import AuditOptions, AuditResult, Finding, Source, _chunks, _unparseable_findings
 from statekit.audit.entities import TIERS, Entity, Model
-from statekit.audit.files_reader import FilesReader
-from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _db_text, _normalise, open_live
-from statekit.audit.redis_reader import RedisReader
+from statekit.audit.findings import AuditOptions, AuditResult, Finding, chunks, unparseable_findings
+from statekit.audit.sources import open_live
+from statekit.audit.sources.db import db_text
+from statekit.audit.sources.files import FilesReader
+from statekit.audit.sources.records import Record, RecordKey, Source, TierData, Unparseable, normalise
+from statekit.audit.sources.redis import RedisReader
 from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
+
+if TYPE_CHECKING:
+    from statekit.tiers.sql.members import TableSegment
 
 
 class ArchiveFiles(FilesReader):
@@ -106,17 +110,13 @@ class _DbTable:
 
 def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only: bool = False) -> dict[str, Source]:
     """One pass over an archive, returning a source per tier it holds that the model uses."""
+    from statekit.tiers import get as get_tier
+    from statekit.tiers.base import MemberDecoder, decode_tiers
+    from statekit.tiers.files.members import FileRecord
     from statekit.tiers.redis import portable
-    from statekit.tiers.redis.records import (
-        TAG_BEGIN,
-        TAG_CHUNK,
-        TAG_DUMP,
-        TYPE_HASH,
-        TYPE_STRING,
-        iter_records,
-        parse_member_db,
-        read_member,
-    )
+    from statekit.tiers.redis.members import RedisDecoder, RedisKey
+    from statekit.tiers.redis.records import TYPE_HASH, TYPE_STRING, parse_member_db
+    from statekit.tiers.sql.members import TableSegment
 
     held = [t.get("tier") for t in archive.snapshot.get("tiers", []) if isinstance(t, dict)]
     used = {t for ent in model.entities.values() for t in ent.locators}
@@ -124,42 +124,40 @@ def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only:
     redis_values: dict[bytes, Any] = {}
     db_data = TierData("db")
     tables: dict[str, list[_DbTable]] = {}
+    schema: object = None
     redis_dbs = sorted(
         {d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None}
     )
     want_db = redis_db if redis_db in redis_dbs else (redis_dbs[0] if redis_dbs else None)
-    big: dict[bytes, tuple[int, list[bytes]]] = {}
-    for member in archive.members():
-        name = member.name
-        if name.startswith("files/") and "files" in used:
-            files[name[len("files/") :]] = member.read_all()
-        elif name.startswith("redis/") and "redis" in used and parse_member_db(name) == want_db:
-            _, body = read_member(member.stream, name)
-            for rec in iter_records(body, name):
-                if rec.tag == TAG_DUMP:
-                    try:
-                        rtype, value = portable.decode(rec.value)
-                    except portable.Uncarriable:
-                        continue
-                    if rtype == TYPE_HASH:
-                        redis_values[rec.key] = dict(value)  # type: ignore[call-overload]
-                    elif rtype == TYPE_STRING:
-                        redis_values[rec.key] = value
-                elif rec.tag == TAG_BEGIN:
-                    big[rec.key] = (rec.type, [])
-                elif rec.tag == TAG_CHUNK and rec.key in big:
-                    big[rec.key][1].extend(rec.items or [])
-        elif name == "db/schema.json" and "db" in used:
-            tables = _db_tables(json.loads(member.read_all()), model)
-        elif name.startswith("db/") and "db" in used:
-            prefix = name.rpartition(".")[0].rpartition(".")[0]
-            for table in tables.get(prefix, []):
-                _db_rows(member, name.rpartition(".")[2], table, db_data, keys_only)
-    for key, (type_, items) in big.items():
-        if type_ == TYPE_HASH:
-            redis_values[key] = dict(zip(items[::2], items[1::2]))
-        elif type_ == TYPE_STRING:
-            redis_values[key] = b"".join(items)
+    decoders: list[MemberDecoder[object]] = []
+    for t in TIERS:
+        if t in used:
+            decoders.append(
+                RedisDecoder({want_db} if want_db is not None else set()) if t == "redis" else get_tier(t).decoder()
+            )
+    for rec in decode_tiers(archive, decoders):
+        if isinstance(rec, FileRecord):
+            files[rec.rel] = rec.data
+        elif isinstance(rec, RedisKey):
+            if rec.items is None:
+                try:
+                    rtype, value = portable.decode(rec.payload or b"")
+                except portable.Uncarriable:
+                    continue
+                if rtype == TYPE_HASH:
+                    redis_values[rec.key] = dict(value)  # type: ignore[call-overload]
+                elif rtype == TYPE_STRING:
+                    redis_values[rec.key] = value
+            elif rec.type == TYPE_HASH:
+                redis_values[rec.key] = dict(zip(rec.items[::2], rec.items[1::2]))
+            elif rec.type == TYPE_STRING:
+                redis_values[rec.key] = b"".join(rec.items)
+        elif isinstance(rec, TableSegment):
+            if rec.schema is not schema:
+                schema = rec.schema
+                tables = _db_tables(dict(rec.schema), model)
+            for table in tables.get(str(rec.table["member"]), []):
+                _db_rows(rec, table, db_data, keys_only)
     sources: dict[str, Source] = {}
     if "db" in held and "db" in used:
         sources["db"] = ArchiveDb(db_data)
@@ -186,9 +184,7 @@ def _db_tables(schema: dict[str, Any], model: Model) -> dict[str, list[_DbTable]
     return out
 
 
-def _db_rows(member: Any, encoding: str, table: _DbTable, data: TierData, keys_only: bool) -> None:
-    from statekit.tiers.sql.values import iter_jsonl, split_copy_line
-
+def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: bool) -> None:
     ent = table.entity
     loc = ent.locators["db"]
     try:
@@ -197,17 +193,13 @@ def _db_rows(member: Any, encoding: str, table: _DbTable, data: TierData, keys_o
         idx_extra = {c: table.columns.index(c) for c in loc.columns if c in table.columns}
     except ValueError:
         raise CorruptArchive(f'archive table "{loc.table}" lacks a column the entity model names') from None
-    if encoding == "copy":
-        rows: Iterable[list[Any]] = (split_copy_line(line.rstrip(b"\n")) for line in member.stream)
-    else:
-        rows = iter_jsonl(member.stream, len(table.columns))
-    for row in rows:
+    for row in segment.rows():
         values = {ent.vars[i]: str(row[j]) for i, j in enumerate(idx_keys)}
-        scope, rest = _normalise(ent, values)
+        scope, rest = normalise(ent, values)
         raw = row[idx_val] if idx_val is not None else None
         where = f'"{loc.table}" ' + ", ".join(f"{c}={row[j]}" for c, j in zip(loc.key_columns, idx_keys))
         extra = {c: row[j] for c, j in idx_extra.items()} or None
-        stored = None if raw is None or (keys_only and not ent.presence) else _db_text(raw)
+        stored = None if raw is None or (keys_only and not ent.presence) else db_text(raw)
         data.add(ent.name, scope, rest, Record(stored, ("db", str(loc.table), where), extra,
                                                null=idx_val is not None and raw is None))  # fmt: skip
 
@@ -216,7 +208,7 @@ def _db_rows(member: Any, encoding: str, table: _DbTable, data: TierData, keys_o
 
 
 def compare_states(
-    model: Model, a: dict[str, Source], b: dict[str, Source], opts: AuditOptions, names: tuple[str, str]
+    model: Model, a: Mapping[str, Source], b: Mapping[str, Source], opts: AuditOptions, names: tuple[str, str]
 ) -> AuditResult:
     """Each tier of `b` against the same tier of `a`: `missing` (in A only), `orphan` (in B only), `mismatch`
     (values differ after canonicalisation)."""
@@ -227,12 +219,12 @@ def compare_states(
     scopes: set[str] = set()
     for t in tiers:
         scopes |= a[t].list_scopes() | b[t].list_scopes()
-        findings += _unparseable_findings(list(a[t].unparseable) + list(b[t].unparseable))
+        findings += unparseable_findings(list(a[t].unparseable) + list(b[t].unparseable))
     ordered = sorted(scopes)
-    for batch in _chunks(ordered, max(1, opts.batch)):
+    for batch in chunks(ordered, max(1, opts.batch)):
         for t in tiers:
             da, db = a[t].load(batch), b[t].load(batch)
-            findings += _unparseable_findings(list(da.unparseable) + list(db.unparseable))
+            findings += unparseable_findings(list(da.unparseable) + list(db.unparseable))
             for ent in model.entities.values():
                 if t not in ent.locators or ent.locators[t].is_directory:
                     continue  # (a folder's presence is not archived: the tar holds regular files only)
