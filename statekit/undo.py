@@ -30,7 +30,7 @@ from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
 from statekit.tiers import get as get_tier
-from statekit.tiers.base import same_server
+from statekit.tiers.base import Tier, same_server
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
@@ -97,8 +97,9 @@ class UndoArchive:
         fh = self._stack.enter_context(atomic_output(self.path))
         out: Any = _UndoOutput(fh, self.path)
         head: dict[str, Any] = {"kind": "undo", "tiers": [tier]}
-        if target is not None and tier != "redis":
-            # Complete now, so it goes in the head too (a redis target's databases and flush are settled by seal).
+        if target is not None and type(get_tier(tier)).undo_target is Tier.undo_target:
+            # Complete now, so the head carries it too; a tier that adds to it when sealed (Redis: the databases
+            # and flush) leaves it to snapshot.json.
             head["restore_target"] = target
         self._writer = ArchiveWriter(out, recipients=list(recipients), created_at=self.started, head=head)
         # A plain attribute (not a property) so UndoArchive satisfies the UndoSink protocol's settable `sink`.

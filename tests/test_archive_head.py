@@ -163,3 +163,30 @@ def test_an_archive_swapped_after_its_head_was_read_is_refused(tmp_path: Path) -
         list(archive.members())
     with pytest.raises(CorruptArchive, match="changed while it was being read"):
         archive.index()
+
+
+@pytest.mark.parametrize(
+    ("tier", "target", "in_head"),
+    [
+        ("db", {"tier": "db", "url": "postgresql+psycopg://app:***@db/app"}, True),
+        ("files", {"tier": "files", "root": "/srv/keys"}, True),
+        ("redis", {"tier": "redis", "url": "redis://h:6379/0", "dbs": []}, False),  # settled when sealed
+    ],
+)
+def test_an_undo_archive_carries_its_target_at_the_head_when_complete_at_the_start(
+    tier: str, target: dict[str, Any], in_head: bool, tmp_path: Path
+) -> None:
+    from statekit.model import TierSummary
+    from statekit.undo import UndoArchive
+
+    undo = UndoArchive(tmp_path, tier, [], source={"snapshot_id": "x"}, allow_unencrypted=True, target=target)
+    path = Path(undo.seal(TierSummary(tier)))
+    index = Archive(path).index()
+    assert (index.format["kind"], index.format["tiers"]) == ("undo", [tier])
+    assert ("restore_target" in index.format) is in_head
+    assert index.snapshot["restore_target"]["tier"] == tier
+    if in_head:
+        assert index.format["restore_target"] == index.snapshot["restore_target"] == target
+    else:
+        assert "dbs" in index.snapshot["restore_target"] and "flush" in index.snapshot["restore_target"]
+    assert target_record(Archive(path)) == (index.format if in_head else index.snapshot)
