@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from fixtures.evolution.generate import generate  # noqa: E402
 from fixtures.evolution.harness import write_config  # noqa: E402
 
-STATEKIT = [sys.executable, "-m", "statekit.cli"] if not (REPO / ".venv/bin/statekit").exists() else [
+STATEKIT = [sys.executable, "-m", "statekit"] if not (REPO / ".venv/bin/statekit").exists() else [
     str(REPO / ".venv/bin/statekit")
 ]  # fmt: skip
 

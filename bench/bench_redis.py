@@ -30,6 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from statekit.model import steady_clock  # noqa: E402
+
+steady_clock()  # as the statekit command does at start, before redis-py loads OpenSSL (the child inherits it)
+
 import redis  # noqa: E402
 
 
@@ -68,8 +72,10 @@ def _identity(archive: Path) -> Any:
 
 def child(mode: str, src: str, dst: str, archive: Path) -> dict[str, Any]:
     """Runs in the child process: one statekit snapshot or restore, timed around the library call."""
-    from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+    from statekit.archive.reader import Archive
+    from statekit.archive.writer import ArchiveWriter
     from statekit.config import RedisConfig
+    from statekit.fsio import atomic_output
     from statekit.model import RestoreOptions, tune_gc
     from statekit.tiers.redis import restore_redis, snapshot_redis
 
@@ -189,7 +195,7 @@ def main() -> int:
     if args.url:
         base = args.url
     else:
-        from statekit.repo.servers import RedisProcess
+        from statekit.servers import RedisProcess
 
         server = RedisProcess(binary=shutil.which("redis-server") or "redis-server").start()
         base = server.url

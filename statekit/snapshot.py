@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from statekit import __version__
-from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import Config
 from statekit.errors import Refused, StorageError, UsageError
+from statekit.fsio import atomic_output
 from statekit.model import Progress, TierSummary, Warn, no_progress, no_warn, utc_stamp
 from statekit.tiers import TIERS as REGISTRY
 from statekit.tiers import get as get_tier

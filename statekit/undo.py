@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from statekit.archive.format import ArchiveWriter, atomic_output
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
+from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
 from statekit.tiers import get as get_tier
 from statekit.tiers.base import same_server

@@ -9,8 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import DbConfig
+from statekit.fsio import atomic_output
 from statekit.model import MemberSink, Progress, RestoreOptions, RestoreReport, TierSummary, no_progress
 from statekit.tiers.sql import restore_db, snapshot_db
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import redis
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import RedisConfig
+from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, RestoreReport, TierSummary, now_ms
 from statekit.tiers.redis import restore_redis, snapshot_redis
 

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from statekit.repo.servers import (
+from statekit.servers import (
     EmbeddedPostgres,
     RedisProcess,
     _demote,

@@ -49,15 +49,13 @@ from statekit.archive.age import (
     encrypt_bytes,
     is_age_file,
 )
+from statekit.archive.encoding import Bech32Error, bech32_decode, bech32_encode
 from statekit.archive.keys import (
-    Bech32Error,
     Identity,
     ScryptIdentity,
     ScryptRecipient,
     X25519Identity,
     X25519Recipient,
-    bech32_decode,
-    bech32_encode,
     generate_identity,
     parse_identities,
     parse_recipient,

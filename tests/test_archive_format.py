@@ -15,8 +15,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statekit.archive.format import Archive, ArchiveWriter
 from statekit.archive.keys import ScryptIdentity, ScryptRecipient, X25519Identity, generate_identity
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.cli import run
 from statekit.errors import CorruptArchive, DecryptionError, StatekitError
 

@@ -16,8 +16,8 @@ import pytest
 import zstandard
 
 from statekit.archive.age import Encryptor
-from statekit.archive.format import Archive
 from statekit.archive.keys import generate_identity
+from statekit.archive.reader import Archive
 from statekit.cli import run
 from statekit.errors import CorruptArchive, UnsupportedFormat
 

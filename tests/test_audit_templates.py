@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statekit.audit.codecs import CODECS, CodecError, canonical, compare, convert, get_codec
-from statekit.audit.files_reader import _strip_suffix
+from statekit.audit.sources.files import _strip_suffix
 from statekit.audit.templates import compile_template, decode_all, transform_all
 from statekit.errors import ConfigError
-from statekit.profiles.evolution import fix_file_name, unfix_file_name
+from statekit.profiles.evolution.profile import fix_file_name, unfix_file_name
 
 _text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
 _json = st.recursive(

@@ -162,16 +162,43 @@ def test_no_args_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Usage" in out + err and "Traceback" not in out + err
 
 
-def _ia32cap_after_import(env_value: str | None) -> str:
+_OPENSSL_MODULES = ("_ssl", "_hashlib", "cryptography")
+
+
+def _ia32cap_of_the_command(env_value: str | None) -> list[str]:
+    """In a fresh interpreter: OPENSSL_ia32cap after `import statekit.cli`, which OpenSSL modules that import
+    loaded, and (whether OpenSSL is loaded, OPENSSL_ia32cap) once the entry point ran a command that loads it."""
     env = {k: v for k, v in os.environ.items() if k != "OPENSSL_ia32cap"}
     if env_value is not None:
         env["OPENSSL_ia32cap"] = env_value
-    code = "import os, statekit.archive.format; print(os.environ.get('OPENSSL_ia32cap', '<unset>'))"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    code = (
+        "import os, sys\n"
+        "import statekit, statekit.cli\n"
+        "print(os.environ.get('OPENSSL_ia32cap', '<unset>'))\n"
+        f"print(','.join(m for m in {_OPENSSL_MODULES!r} if m in sys.modules) or '<none>')\n"
+        "sys.argv = ['statekit', 'inspect', '--help']\n"
+        "try:\n"
+        "    statekit.cli.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"loaded = any(m in sys.modules for m in {_OPENSSL_MODULES!r})\n"
+        "print(loaded, os.environ.get('OPENSSL_ia32cap', '<unset>'), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return [*proc.stdout.splitlines()[:2], proc.stderr.strip()]
 
 
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"), reason="x86-64 only")
 def test_openssl_stays_off_avx512_unless_the_user_says_otherwise() -> None:
-    # set before OpenSSL is loaded (statekit.archive.format imports cryptography)
-    assert _ia32cap_after_import(None).strip() == ":~0xd0230000"
-    assert _ia32cap_after_import("~0x200000000000000").strip() == "~0x200000000000000"
+    # importing statekit changes nothing; the command's entry point sets the variable before OpenSSL is loaded
+    assert _ia32cap_of_the_command(None) == ["<unset>", "<none>", "True :~0xd0230000"]
+    assert _ia32cap_of_the_command("~0x200000000000000") == [
+        "~0x200000000000000",
+        "<none>",
+        "True ~0x200000000000000",
+    ]
+
+
+def test_python_dash_m_statekit_is_the_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "statekit", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("statekit"), proc.stdout + proc.stderr

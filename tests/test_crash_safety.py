@@ -27,7 +27,7 @@ import psycopg
 import pytest
 import redis
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.errors import StatekitError
 from tests.servers import RedisProcess
 

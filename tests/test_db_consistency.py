@@ -156,7 +156,9 @@ def test_archive_damaged_at_its_end_rolls_the_restore_back(pg_url: str, pg_url2:
     archive, _ = snap(pg_url, tmp_path / "a.statekit")
     before = _contents(pg_url2)
     # Rewrite the archive with a bad manifest hash: data reads fine, the pass fails only at its end.
-    from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+    from statekit.archive.reader import Archive
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
 
     bad = tmp_path / "bad.statekit"
     with atomic_output(bad) as fh:

@@ -169,7 +169,7 @@ def test_non_portable_columns_are_refused_before_writing(pg_url: str, mysql_url:
 
 
 def test_mariadb_undo_archive_puts_the_target_back(mysql_url: str, mysql_url2: str, tmp_path: Path) -> None:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
     from tests.db_support import FileUndo
 
     ddl = "CREATE TABLE kv (k INT PRIMARY KEY, v VARCHAR(20))"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import DbConfig
 from statekit.errors import ConfigError, Refused, TierUnavailable
 from statekit.model import RestoreOptions
@@ -292,7 +292,8 @@ def test_dry_run_through_restore_db_writes_nothing(pg_url: str, pg_url2: str, tm
 def test_child_segments_before_parent_segments_still_restore(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
     """Parallel snapshots interleave tables, so a child's rows may come first: the restore defers the
     (non-deferrable) foreign keys for its transaction and puts them back afterwards."""
-    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
 
     ddl = [
         "CREATE TABLE parent (id int PRIMARY KEY)",
@@ -347,7 +348,8 @@ def test_a_table_in_many_segments_interleaved_with_another(
 ) -> None:
     """Consecutive segments of one table load through one COPY; a table whose segments are interleaved with
     another's (a parallel snapshot) still gets every row once, in replace and in merge mode."""
-    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
 
     ddl = ["CREATE TABLE kv (k int PRIMARY KEY, v text)", "CREATE TABLE other (id int PRIMARY KEY)"]
     execute(pg_url, *ddl, "INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 3000) g",

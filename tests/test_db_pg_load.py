@@ -15,11 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from statekit.archive.format import Archive, ArchiveReader, ArchiveWriter, atomic_output
 from statekit.archive.keys import X25519Identity, generate_identity
+from statekit.archive.reader import Archive, ArchiveReader
+from statekit.archive.writer import ArchiveWriter
 from statekit.cli._app import run
 from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, TierError
+from statekit.fsio import atomic_output
 from statekit.tiers.sql import pgload, postgres, snapshot_db
 from tests.db_support import execute, fetch, restore, rows_as_text, snap
 

@@ -132,8 +132,11 @@ def test_mysql_undo_drops_the_tables_its_restore_created(
 
 def _rewrite(path: Path, out: Path, age_keys: tuple[str, str], change: Callable[[dict[str, Any]], None]) -> Path:
     """A copy of the archive at `path` (same members) with its snapshot.json changed by `change`."""
-    from statekit.archive.format import RESERVED_MEMBERS, Archive, ArchiveWriter, atomic_output
+    from statekit.archive.format import RESERVED_MEMBERS
     from statekit.archive.keys import X25519Identity, X25519Recipient
+    from statekit.archive.reader import Archive
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
 
     identity, recipient = age_keys
     source = Archive(path, [X25519Identity.from_string(Path(identity).read_text().split()[0])])

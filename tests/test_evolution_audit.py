@@ -444,8 +444,8 @@ def test_audit_metrics_file(pg_url: str, redis_url: str, tmp_path: Path) -> None
 
 
 def _live_audit(pg_url: str, redis_url: str, root: Path, **opts: Any) -> object:
-    from statekit.audit.diff import AuditOptions
     from statekit.audit.engine import Locations, audit_live
+    from statekit.audit.findings import AuditOptions
     from statekit.config import load_config
     from statekit.profiles import load_model
 
@@ -459,7 +459,8 @@ def _live_audit(pg_url: str, redis_url: str, root: Path, **opts: Any) -> object:
 def test_worker_processes_find_exactly_what_one_process_finds(
     pg_url: str, redis_url: str, tmp_path: Path, keys_only: bool
 ) -> None:
-    from statekit.audit.diff import AuditOptions, _worker_count
+    from statekit.audit.diff import _worker_count
+    from statekit.audit.findings import AuditOptions
 
     gen = generate(pg_url, redis_url, tmp_path / "instances", mode="files", instances=30, keys_per_instance=6,
                    logged_out=2, inject=dict.fromkeys(INJECTABLE["files"], 1))  # fmt: skip
@@ -477,9 +478,10 @@ def test_worker_processes_find_exactly_what_one_process_finds(
 
 
 def test_an_error_in_a_worker_is_raised_with_its_exit_code(tmp_path: Path) -> None:
-    from statekit.audit.diff import AuditOptions, compare_scopes
+    from statekit.audit.diff import compare_scopes
     from statekit.audit.entities import build_model
-    from statekit.audit.readers import TierData
+    from statekit.audit.findings import AuditOptions
+    from statekit.audit.sources.records import TierData
     from statekit.errors import TierError
 
     class Failing:
@@ -506,7 +508,7 @@ def test_a_folder_removed_after_the_root_was_listed_holds_nothing(tmp_path: Path
     # Folders are listed when their batch loads: one deleted in between is simply empty, not an error.
     import shutil
 
-    from statekit.audit.files_reader import FilesReader
+    from statekit.audit.sources.files import FilesReader
     from statekit.config import load_config
     from statekit.profiles import load_model
 

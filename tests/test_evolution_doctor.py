@@ -109,7 +109,7 @@ def test_a_mode_change_prints_the_migration_in_order(
 
 
 def test_the_env_is_read_as_evolution_reads_it(tmp_path: Path) -> None:
-    from statekit.profiles.evolution import mode_of_env, prefix_of_env, read_env_file
+    from statekit.profiles.evolution.profile import mode_of_env, prefix_of_env, read_env_file
 
     env = tmp_path / ".env"
     env.write_text(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from statekit.archive.format import Archive
 from statekit.archive.keys import generate_identity
+from statekit.archive.reader import Archive
 from statekit.cli import run
 
 IDENTITY = generate_identity()

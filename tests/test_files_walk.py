@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import FilesConfig
+from statekit.fsio import atomic_output
 from statekit.tiers.files.snapshot import snapshot_files
 
 

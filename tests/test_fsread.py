@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit.tiers.fsread import O_NOATIME, open_for_reading
+from statekit.fsio import O_NOATIME, open_for_reading
 
 pytestmark = pytest.mark.skipif(not O_NOATIME, reason="no O_NOATIME on this platform")
 

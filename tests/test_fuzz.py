@@ -19,8 +19,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statekit.archive.format import ArchiveReader, ArchiveWriter
 from statekit.archive.keys import X25519Identity
+from statekit.archive.reader import ArchiveReader
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import _SECTIONS, apply_environment, config_from_mapping, load_config
 from statekit.errors import ConfigError, StatekitError
 

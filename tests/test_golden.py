@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from fixtures.golden.make_golden import pg_rows, redis_heads, redis_state, sqlite_rows
-from statekit.archive.format import Archive
 from statekit.archive.keys import read_identity_file
+from statekit.archive.reader import Archive
 from statekit.cli import run
 from statekit.model import now_ms
 from tests.tools import require_tool

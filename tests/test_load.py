@@ -205,8 +205,8 @@ def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: s
     and anything else it caught mid-write, as transient, and no drift."""
     import redis
 
-    from statekit.audit.diff import AuditOptions
     from statekit.audit.engine import Locations, audit_live
+    from statekit.audit.findings import AuditOptions
     from statekit.config import load_config
     from statekit.profiles import load_model
 

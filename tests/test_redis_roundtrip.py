@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.config import RedisConfig
 from statekit.model import now_ms
 from tests.redis_support import client, put_back, same_state, state, take
@@ -278,8 +278,9 @@ def test_big_stream_in_chunks_with_groups_and_pending(
 
 _RSS_CHILD = """
 import json, resource, sys
-from statekit.archive.format import ArchiveWriter, atomic_output
-from statekit.archive.format import Archive
+from statekit.archive.writer import ArchiveWriter
+from statekit.fsio import atomic_output
+from statekit.archive.reader import Archive
 from statekit.config import RedisConfig
 from statekit.tiers.redis import snapshot_redis
 from pathlib import Path

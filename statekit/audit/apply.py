@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from statekit.archive.format import fsync_dir
-from statekit.audit.files_reader import read_file
 from statekit.audit.plan import Operation, ReconcilePlan
+from statekit.audit.sources.files import read_file
 from statekit.errors import StorageError, TierError
+from statekit.fsio import fsync_dir, open_for_reading, write_file_atomic
 from statekit.model import Progress, TierSummary, UndoSink, no_progress, now_ms
-from statekit.tiers.files.restore import make_parents, write_file_atomic
-from statekit.tiers.fsread import open_for_reading
+from statekit.tiers.files.restore import make_parents
 
 
 @dataclass

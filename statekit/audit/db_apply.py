@@ -59,7 +59,7 @@ def apply_db(
     whose parent row is gone) is skipped and listed in `conflicts`, the others commit together."""
     import sqlalchemy as sa
 
-    from statekit.audit.readers import open_engine
+    from statekit.audit.sources.db import open_engine
 
     engine = open_engine(url)
     try:

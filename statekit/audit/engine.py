@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from statekit.audit.apply import ApplyResult, apply_plan
-from statekit.audit.diff import AuditOptions, AuditResult, run_audit
+from statekit.audit.diff import run_audit
 from statekit.audit.entities import Model
+from statekit.audit.findings import AuditOptions, AuditResult
 from statekit.audit.plan import ReconcileOptions, ReconcilePlan, build_plan, check_pair, guard, same_plan
-from statekit.audit.readers import open_live
+from statekit.audit.sources import open_live
 from statekit.config import redact_url
 from statekit.errors import Refused, UsageError
 from statekit.model import Progress, Warn, no_progress, no_warn
@@ -56,44 +56,12 @@ def audit_live(
         if len(live.sources) < 2 and not model.checks:
             warn("fewer than two tiers to compare: only names and values within one tier are checked")
         result = run_audit(model, live.sources, opts, refresh=live.refresh, progress=progress)
-        redis_src = live.sources.get("redis")
-        if redis_src is not None and model.modes is not None:
-            note = prefix_note(model, redis_src.client, result)
-            if note:
-                result.notes.append(note)
+        if model.modes is not None:
+            for src in live.sources.values():
+                result.notes.extend(src.notes(model, result.entity_counts))
         return result
     finally:
         live.close()
-
-
-def prefix_note(model: Model, client: Any, result: AuditResult) -> str | None:
-    """When the root entity's key template matches no key but the same shape exists under another prefix
-    (`<other>:instance:<uuid>`), say so: the configured prefix is probably not the server's."""
-    root = next((e for e in model.entities.values() if e.parent is None and "redis" in e.locators), None)
-    if root is None or result.entity_counts.get((root.name, "redis")):
-        return None
-    tpl = root.locators["redis"].template
-    if tpl is None or not tpl.text.startswith("{") or tpl.text.count("{") < 2:
-        return None
-    middle = tpl.text[tpl.text.index("}") + 1 : tpl.text.index("{", 1)]
-    if not middle:
-        return None
-    shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-    others: dict[str, int] = {}
-    for i, key in enumerate(client.scan_iter(match=f"*{middle}*", count=1000)):
-        if i >= 100_000:
-            break
-        prefix, _, rest = key.decode("utf-8", "replace").partition(middle)
-        if shape.fullmatch(rest):
-            others[prefix] = others.get(prefix, 0) + 1
-    if not others:
-        return None
-    ours = tpl.literal_prefix()[: -len(middle)] if tpl.literal_prefix().endswith(middle) else tpl.literal_prefix()
-    shown = ", ".join(f"{p!r} ({n:,})" for p, n in sorted(others.items(), key=lambda x: -x[1])[:5])
-    return (
-        f"no {ours}{middle}<id> key in Redis, but {shown} use the same shape: is the prefix right? "
-        "(set profile_options.prefix, Evolution's CACHE_REDIS_PREFIX_KEY, or profile_options.env_file)"
-    )
 
 
 def plan_reconcile(model: Model, where: Locations, opts: ReconcileOptions) -> ReconcilePlan:
@@ -124,7 +92,7 @@ def reconcile(
 ) -> ApplyResult:
     """Apply a plan: seal the undo archive (unless undo_dir is None), then compare-and-set each operation
     (the db tier needs the model: which columns a new row gets)."""
-    from statekit.audit.readers import open_redis
+    from statekit.audit.sources.redis import open_redis
     from statekit.restore import UndoArchive
 
     undo = None

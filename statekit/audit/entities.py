@@ -3,15 +3,14 @@ statekit.toml or a profile) and validated with errors that name the entity and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from statekit.audit.codecs import CODEC_NAMES, Codec, get_codec
 from statekit.audit.templates import NameTransform, Template, compile_template
 from statekit.errors import ConfigError
 
-TIERS = ("db", "redis", "files")
 ROLES = ("required", "optional", "cache")
 """required: every authority record must be here · optional: a scope (e.g. an instance) may be absent from the
 tier as a whole, but where the tier holds the scope it must hold every record · cache: may lack anything,
@@ -24,7 +23,8 @@ read in that mode: never compared). The mode's live tier has the role `live`."""
 
 @dataclass
 class Locator:
-    """Where an entity lives in one tier."""
+    """Where an entity lives in one tier. Each tier has its own kind (DbLocator, RedisLocator, FilesLocator):
+    what its section of an `[entity.NAME]` table takes, how it names a record, and what its records are like."""
 
     tier: str
     role: str
@@ -41,6 +41,11 @@ class Locator:
     filter: str | None = None
     insert: dict[str, str] = field(default_factory=dict)  # db: column -> one of INSERT_VALUES for new rows
 
+    keys: ClassVar[frozenset[str]] = frozenset({"codec", "role"})  # what the tier's section may hold
+    nullable: ClassVar[bool] = False  # a record can exist without a value (a row whose value column is NULL)
+    torn_writes: ClassVar[bool] = False  # a plain write cut short by a crash leaves a truncated value
+    place: ClassVar[str] = ""  # the whole tier for a person
+
     @property
     def is_directory(self) -> bool:
         """A files locator naming a directory (presence only)."""
@@ -48,13 +53,149 @@ class Locator:
 
     def describe(self) -> str:
         """A short human description, e.g. `db "Session".creds` or `redis evolution:instance:{id} [creds]`."""
-        if self.tier == "db":
-            col = f".{self.value_column}" if self.value_column else ""
-            return f'db "{self.table}"{col}'
         assert self.template is not None
-        if self.tier == "redis":
-            return f"redis {self.template.text}" + (f" [{self.hash_field.text}]" if self.hash_field else "")
-        return f"files {self.template.text}"
+        return f"{self.tier} {self.template.text}"
+
+    def where_of(self, ent: Entity, scope: str, rest: tuple[str, ...] = ()) -> str:
+        """The location of one record (or, without `rest`, of the scope): the key, path or row, not the
+        template."""
+        assert self.template is not None
+        values = dict(zip(ent.vars, (scope, *rest)))
+        try:
+            return self._where(ent, scope, values)
+        except (ValueError, KeyError):
+            return self.describe()
+
+    def _where(self, ent: Entity, scope: str, values: dict[str, str]) -> str:
+        assert self.template is not None
+        return self.template.render(values)
+
+    def holds_one_value(self, ent: Entity) -> bool:
+        """Does one of the entity's records here stand for one value reconcile can write?"""
+        return True
+
+    def row_loc(self) -> tuple[str, ...] | None:
+        """Where reconcile writes in this tier when records are rows of one table (None: at the record's
+        own name)."""
+        return None
+
+    def configure(self, spec: Mapping[str, Any], where: str, tpl: Callable[[str], Template], presence: bool) -> None:
+        """Fill in the tier's own part from its section of the entity table."""
+
+    def check_vars(self, vars_: list[str], scope: str, where: str) -> None:
+        """Refuse a locator that cannot name every record of the entity (vars_: its variables, scope first)."""
+        have = set(self.template.vars if self.template else []) | set(self.hash_field.vars if self.hash_field else [])
+        if set(vars_) - have and not (self.is_directory and have == {scope}):
+            missing = sorted(set(vars_) - have)[0]
+            raise ConfigError(f"{where}: the template does not use {{{missing}}}")
+
+
+@dataclass
+class DbLocator(Locator):
+    """A table: key columns name the record, the value column holds it."""
+
+    keys: ClassVar[frozenset[str]] = frozenset(
+        {"table", "schema", "key", "value", "columns", "filter", "codec", "role", "insert"}
+    )
+    nullable: ClassVar[bool] = True
+    place: ClassVar[str] = "the database"
+
+    def describe(self) -> str:
+        """E.g. `db "Session".creds`."""
+        col = f".{self.value_column}" if self.value_column else ""
+        return f'{self.tier} "{self.table}"{col}'
+
+    def where_of(self, ent: Entity, scope: str, rest: tuple[str, ...] = ()) -> str:
+        """The row of the scope (and its value column)."""
+        return f'"{self.table}" {self.key_columns[0]}={scope}' + (f".{self.value_column}" if self.value_column else "")
+
+    def holds_one_value(self, ent: Entity) -> bool:
+        """Only a record that is one row's value column."""
+        return self.value_column is not None and not ent.presence and len(self.key_columns) == 1
+
+    def row_loc(self) -> tuple[str, ...] | None:
+        """The table and its key column."""
+        return (self.tier, self.table or "", self.key_columns[0])
+
+    def configure(self, spec: Mapping[str, Any], where: str, tpl: Callable[[str], Template], presence: bool) -> None:
+        """Table, key and value columns, extra columns, filter and the values of new rows."""
+        table = _opt_str(spec, "table", where)
+        if not table:
+            raise ConfigError(f"{where}.table is required")
+        self.table = table
+        self.schema = _opt_str(spec, "schema", where)
+        self.key_columns = _str_list(spec.get("key", []), f"{where}.key")
+        if not self.key_columns:
+            raise ConfigError(f"{where}.key (the key column or columns) is required")
+        self.value_column = _opt_str(spec, "value", where)
+        if self.value_column is None and not presence:
+            raise ConfigError(f"{where}.value is required (or set presence = true on the entity)")
+        self.columns = _str_list(spec.get("columns", []), f"{where}.columns")
+        self.filter = _opt_str(spec, "filter", where)
+        insert = spec.get("insert", {})
+        if not isinstance(insert, dict) or not all(v in INSERT_VALUES for v in insert.values()):
+            raise ConfigError(f"{where}.insert must map columns to one of {', '.join(INSERT_VALUES)}")
+        self.insert = {str(k): str(v) for k, v in insert.items()}
+
+    def check_vars(self, vars_: list[str], scope: str, where: str) -> None:
+        """The key columns name the record: no more of them than variables."""
+        if len(self.key_columns) > len(vars_):
+            raise ConfigError(f"{where}.key: more key columns than template variables ({', '.join(vars_)})")
+
+
+@dataclass
+class RedisLocator(Locator):
+    """A key template, and a hash field template when the records are fields of a hash."""
+
+    keys: ClassVar[frozenset[str]] = frozenset({"key", "field", "codec", "role"})
+    place: ClassVar[str] = "the Redis database"
+
+    def describe(self) -> str:
+        """E.g. `redis evolution:instance:{id} [creds]`."""
+        assert self.template is not None
+        return f"{self.tier} {self.template.text}" + (f" [{self.hash_field.text}]" if self.hash_field else "")
+
+    def _where(self, ent: Entity, scope: str, values: dict[str, str]) -> str:
+        assert self.template is not None
+        name = self.template.render({v: values.get(v, "*") for v in self.template.vars})
+        if self.hash_field is not None and all(v in values for v in self.hash_field.vars):
+            return f"{name} [{self.hash_field.render(values)}]"
+        return name
+
+    def configure(self, spec: Mapping[str, Any], where: str, tpl: Callable[[str], Template], presence: bool) -> None:
+        """The key template and the optional hash field template."""
+        self.template = tpl("key")
+        if "field" in spec:
+            self.hash_field = tpl("field")
+
+
+@dataclass
+class FilesLocator(Locator):
+    """A path template relative to the files root (a trailing "/": a directory whose presence is the record)."""
+
+    keys: ClassVar[frozenset[str]] = frozenset({"path", "codec", "role"})
+    torn_writes: ClassVar[bool] = True
+    place: ClassVar[str] = "the files root"
+
+    def _where(self, ent: Entity, scope: str, values: dict[str, str]) -> str:
+        assert self.template is not None
+        if not all(v in values for v in self.template.vars):
+            # the scope's directory: the path components that need nothing but the scope
+            head = []
+            for part in self.template.text.split("/"):
+                if "{" in part.replace("{" + ent.scope_var + "}", ""):
+                    break
+                head.append(part.replace("{" + ent.scope_var + "}", scope))
+            return "/".join(head) + "/"
+        return self.template.render(values)
+
+    def configure(self, spec: Mapping[str, Any], where: str, tpl: Callable[[str], Template], presence: bool) -> None:
+        """The path template: relative, without `..`; a directory only for a presence entity."""
+        self.template = tpl("path")
+        if self.template.text.startswith("/") or ".." in self.template.text.split("/"):
+            raise ConfigError(f"{where}.path must be relative to the files root, without '..'")
+        if self.is_directory and not presence:
+            raise ConfigError(f"{where}.path: a directory (trailing '/') needs presence = true on the entity")
 
 
 @dataclass
@@ -193,11 +334,9 @@ def _opt_str(table: Mapping[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-_LOCATOR_KEYS = {
-    "db": {"table", "schema", "key", "value", "columns", "filter", "codec", "role", "insert"},
-    "redis": {"key", "field", "codec", "role"},
-    "files": {"path", "codec", "role"},
-}
+LOCATOR_KINDS: dict[str, type[Locator]] = {"db": DbLocator, "redis": RedisLocator, "files": FilesLocator}
+"""The sections an `[entity.NAME]` table may have, one per tier, in the order the audit reads the tiers."""
+TIERS = tuple(LOCATOR_KINDS)
 _ENTITY_KEYS = {
     "authority",
     "presence",
@@ -242,7 +381,7 @@ def build_model(
                     raise ConfigError(f"entity.{ent.name}.modes.{mode}: not a mode ({', '.join(modes.names)})")
     if modes is not None:
         root = entities.get(modes.entity)
-        if root is None or "db" not in root.locators or modes.column not in root.locators["db"].columns:
+        if root is None or not any(modes.column in loc.columns for loc in root.locators.values()):
             raise ConfigError(f"modes: entity {modes.entity!r} needs a db locator with column {modes.column!r}")
     ordered: dict[str, Entity] = {}
 
@@ -304,14 +443,7 @@ def _build_entity(
         raise ConfigError(f"{where}.id: {scope!r} is not a template variable ({', '.join(vars_)})")
     vars_ = [scope] + [v for v in vars_ if v != scope]
     for tier, loc in locators.items():
-        if tier == "db":
-            if len(loc.key_columns) > len(vars_):
-                raise ConfigError(f"{where}.db.key: more key columns than template variables ({', '.join(vars_)})")
-            continue
-        have = set(loc.template.vars if loc.template else []) | set(loc.hash_field.vars if loc.hash_field else [])
-        if set(vars_) - have and not (loc.is_directory and have == {scope}):
-            missing = sorted(set(vars_) - have)[0]
-            raise ConfigError(f"{where}.{tier}: the template does not use {{{missing}}}")
+        loc.check_vars(vars_, scope, f"{where}.{tier}")
     normalizers: dict[str, NameTransform] = {}
     inv: dict[str, NameTransform] = {}
     for loc in locators.values():
@@ -369,18 +501,17 @@ def _build_locator(
     patterns: Mapping[str, str],
     presence: bool,
 ) -> Locator:
-    unknown = set(spec) - _LOCATOR_KEYS[tier]
+    kind = LOCATOR_KINDS[tier]
+    unknown = set(spec) - kind.keys
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_LOCATOR_KEYS[tier]))})"
-        )
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(kind.keys))})")
     role = spec.get("role", "required")
     if role not in ROLES:
         raise ConfigError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
     codec_name = spec.get("codec", "raw")
     if codec_name not in CODEC_NAMES:
         raise ConfigError(f"{where}.codec: {codec_name!r} is not one of {', '.join(CODEC_NAMES)}")
-    loc = Locator(tier, role, get_codec(codec_name))
+    loc = kind(tier, role, get_codec(codec_name))
 
     def tpl(key: str) -> Template:
         text = spec.get(key)
@@ -388,34 +519,7 @@ def _build_locator(
             raise ConfigError(f"{where}.{key} must be a non-empty template string")
         return compile_template(text, constants=constants, functions=functions, patterns=patterns)
 
-    if tier == "db":
-        table = _opt_str(spec, "table", where)
-        if not table:
-            raise ConfigError(f"{where}.table is required")
-        loc.table = table
-        loc.schema = _opt_str(spec, "schema", where)
-        loc.key_columns = _str_list(spec.get("key", []), f"{where}.key")
-        if not loc.key_columns:
-            raise ConfigError(f"{where}.key (the key column or columns) is required")
-        loc.value_column = _opt_str(spec, "value", where)
-        if loc.value_column is None and not presence:
-            raise ConfigError(f"{where}.value is required (or set presence = true on the entity)")
-        loc.columns = _str_list(spec.get("columns", []), f"{where}.columns")
-        loc.filter = _opt_str(spec, "filter", where)
-        insert = spec.get("insert", {})
-        if not isinstance(insert, dict) or not all(v in INSERT_VALUES for v in insert.values()):
-            raise ConfigError(f"{where}.insert must map columns to one of {', '.join(INSERT_VALUES)}")
-        loc.insert = {str(k): str(v) for k, v in insert.items()}
-    elif tier == "redis":
-        loc.template = tpl("key")
-        if "field" in spec:
-            loc.hash_field = tpl("field")
-    else:
-        loc.template = tpl("path")
-        if loc.template.text.startswith("/") or ".." in loc.template.text.split("/"):
-            raise ConfigError(f"{where}.path must be relative to the files root, without '..'")
-        if loc.is_directory and not presence:
-            raise ConfigError(f"{where}.path: a directory (trailing '/') needs presence = true on the entity")
+    loc.configure(spec, where, tpl, presence)
     return loc
 
 

@@ -8,14 +8,14 @@ Its JSON form carries only SHA-256 digests, never values, so a saved plan holds 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.codecs import CodecError, compare, convert
-from statekit.audit.diff import Source, _root
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, RecordKey, TierData
+from statekit.audit.findings import root_of
+from statekit.audit.sources.records import Record, RecordKey, Source, TierData
 from statekit.errors import Refused, UsageError
 
 PLAN_SCHEMA = "statekit.reconcile-plan/v1"
@@ -133,7 +133,7 @@ def writable(ent: Entity, target: str) -> bool:
     loc = ent.locators.get(target)
     if loc is None or (ent.parent is None and ent.authority == target):
         return False
-    return target != "db" or (loc.value_column is not None and not ent.presence and len(loc.key_columns) == 1)
+    return loc.holds_one_value(ent)
 
 
 def check_pair(source: str, target: str, model: Model, requested: list[str] | None = None) -> None:
@@ -161,9 +161,7 @@ def _render(ent: Entity, loc: Locator, scope: str, rest: RecordKey, src: Record)
             values[var] = ent.inverses[var](values[var])
     assert loc.template is not None
     name = loc.template.render(values)
-    if loc.tier == "redis":
-        return ("redis", name, loc.hash_field.render(values)) if loc.hash_field else ("redis", name)
-    return ("files", name)
+    return (loc.tier, name, loc.hash_field.render(values)) if loc.hash_field else (loc.tier, name)
 
 
 def _has_transform(loc: Locator, var: str) -> bool:
@@ -233,7 +231,7 @@ class _Planner:
         for ent in self.model.entities.values():
             if t not in ent.locators:
                 continue
-            root = _root(self.model, ent)
+            root = root_of(self.model, ent)
             dst = self.records(ent, t, scope)
             if not root_ok:
                 self.target_records += len(dst)
@@ -300,9 +298,9 @@ class _Planner:
             self.kept += len(dst)
 
     def _loc(self, ent: Entity, tier: str, scope: str, rest: RecordKey, rec: Record | None) -> tuple[str, ...]:
-        if tier == "db":
-            loc = ent.locators["db"]
-            return ("db", loc.table or "", loc.key_columns[0])
+        row = ent.locators[tier].row_loc()
+        if row is not None:
+            return row
         assert rec is not None
         return rec.loc
 
@@ -319,13 +317,13 @@ class _Planner:
             except CodecError:
                 continue  # the audit reports it as unparseable; never copy a value that does not decode
             have = dst.get(rest)
-            if t == "db" and have is not None and have.null:
+            if have is not None and have.null:
                 yield Operation("update", ent.name, scope, key, self._loc(ent, t, scope, rest, have), None, after,
                                 rec.where)  # fmt: skip
                 continue
             if have is None or have.stored is None:
                 try:
-                    loc = self._loc(ent, t, scope, rest, None) if t == "db" else _render(ent, dst_loc, scope, rest, rec)
+                    loc = dst_loc.row_loc() or _render(ent, dst_loc, scope, rest, rec)
                 except ValueError:
                     continue
                 yield Operation("create", ent.name, scope, key, loc, None, after, rec.where)
@@ -347,7 +345,7 @@ class _Planner:
                 self.kept += 1
 
 
-def build_plan(model: Model, sources: dict[str, Source], opts: ReconcileOptions) -> ReconcilePlan:
+def build_plan(model: Model, sources: Mapping[str, Source], opts: ReconcileOptions) -> ReconcilePlan:
     """Plan the rebuild of `opts.target` from `opts.source` (reads only; the root authority is read too, to
     tell instances from orphans)."""
     model = model.select(opts.entities)

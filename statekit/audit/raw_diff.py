@@ -9,7 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from statekit.audit.diff import AuditResult, Finding
+from statekit.audit.findings import AuditResult, Finding
 
 if TYPE_CHECKING:
     from statekit.tiers.sql.members import TableSegment

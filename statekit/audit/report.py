@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from statekit.audit.diff import FINDING_CLASSES, AuditResult, Finding
+from statekit.audit.findings import FINDING_CLASSES, AuditResult, Finding
 
 AUDIT_SCHEMA = "statekit.audit/v1"
 

@@ -22,7 +22,7 @@ import click
 from statekit import __version__, textfmt
 from statekit.config import Config, load_config
 from statekit.errors import EXIT_CODES, StatekitError
-from statekit.model import no_progress
+from statekit.model import Progress, ProgressWithTotals, no_progress
 
 JSON_SCHEMA = "statekit.cli/v1"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,7 +104,7 @@ class App:
             for line in human:
                 click.echo(line)
 
-    def progress(self) -> Callable[[str, int, int], None]:
+    def progress(self) -> Progress:
         """A progress callback: a live line per tier on a TTY, nothing otherwise."""
         if not self.interactive:
             return no_progress
@@ -117,7 +117,7 @@ class App:
             self._live = None
 
 
-class _TtyProgress:
+class _TtyProgress(ProgressWithTotals):
     """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA. Redraws
     are throttled, but a tier's line always ends on its final counts."""
 

@@ -11,14 +11,15 @@ from typing import Any
 import click
 
 from statekit import textfmt
-from statekit.archive.format import AGE_MAGIC, Archive, ArchiveIndex
+from statekit.archive.format import AGE_MAGIC
+from statekit.archive.reader import Archive, ArchiveIndex
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.cli._keys import identity_options, resolve_identities, with_passphrase_retry
 from statekit.cli._signing import check_signers, signer_options, trust_options
 from statekit.errors import TierError, UsageError
+from statekit.ops.metrics import rehearse_metrics, write_metrics
 from statekit.ops.rehearse import rehearse as run_rehearsal
-from statekit.repo.metrics import rehearse_metrics, write_metrics
-from statekit.repo.store import is_s3_url, split_archive_url
+from statekit.repo import is_s3_url, split_archive_url
 from statekit.tiers import names as tier_names
 
 

@@ -111,8 +111,8 @@ def audit(
 
     Findings: missing, orphan, mismatch (with the differing JSON paths), unparseable, transient. Exit status 1
     when there is drift (transient findings are not drift)."""
-    from statekit.audit.diff import AuditOptions
     from statekit.audit.engine import audit_live
+    from statekit.audit.findings import AuditOptions
 
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     model = model.select(list(entities))
@@ -124,7 +124,7 @@ def audit(
         jobs=jobs,
     )
     if against:
-        from statekit.audit.archive_reader import audit_against
+        from statekit.audit.sources.archive import audit_against
         from statekit.cli.archive_cmd import open_verified
 
         archive = open_verified(app, against, identities, passphrase_file)
@@ -134,7 +134,7 @@ def audit(
         return
     result = audit_live(model, where, opts, progress=app.progress(), warn=app.warn)
     if metrics_file:
-        from statekit.audit.health import write_audit_metrics
+        from statekit.profiles.evolution.health import write_audit_metrics
 
         write_audit_metrics(metrics_file, result, where, evolution=model.source == "profile evolution-api")
     _finish_audit(app, result, jsonl, examples, "audit", {"model": model.source})
@@ -167,9 +167,9 @@ def diff(
 ) -> None:
     """Compare two archives (B against A, tier by tier): entity by entity with an entity model, else files,
     Redis keys (hashes field by field) and rows (by primary key) as stored. Exit status 1 when they differ."""
-    from statekit.audit.archive_reader import _url_db, diff_archives
-    from statekit.audit.diff import AuditOptions
+    from statekit.audit.findings import AuditOptions
     from statekit.audit.raw_diff import raw_diff
+    from statekit.audit.sources.archive import _url_db, diff_archives
     from statekit.cli.archive_cmd import open_verified
     from statekit.profiles import load_model
 
@@ -351,8 +351,9 @@ def doctor(app: App, env_file: str, db_url: str | None, redis_url: str | None, f
     client name as Evolution reads them) and the live servers, and prints each warning with the reason and the
     fix. When the .env's mode disagrees with where the instances' auth state is, it prints the exact statekit
     commands to run, in order, before restarting Evolution. Exit status 1 when there are warnings."""
-    from statekit.audit.doctor import db_url_from_env, diagnose, read_env_file
-    from statekit.audit.readers import open_engine, open_redis
+    from statekit.audit.sources.db import open_engine
+    from statekit.audit.sources.redis import open_redis
+    from statekit.profiles.evolution.doctor import db_url_from_env, diagnose, read_env_file
 
     if not os.path.exists(env_file):
         raise UsageError(f"no Evolution .env at {env_file} (give --env-file)")

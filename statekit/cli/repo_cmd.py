@@ -11,10 +11,11 @@ from statekit import textfmt
 from statekit.cli._app import App, cli, common_options, exit_status_epilog, human_bytes
 from statekit.config import RepositoryConfig
 from statekit.errors import UsageError
-from statekit.repo.jobs import LockOptions, PruneReport, prune_repository
+from statekit.ops.jobs import LockOptions, PruneReport, prune_repository
+from statekit.repo import LocalRepository, open_repository
+from statekit.repo.base import ArchiveInfo, Repository
 from statekit.repo.lock import list_locks, remove_stale_locks
 from statekit.repo.retention import RetentionPolicy
-from statekit.repo.store import ArchiveInfo, LocalRepository, Repository, open_repository
 
 F = TypeVar("F", bound=Callable[..., Any])
 _KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

@@ -13,9 +13,9 @@ from statekit.cli._keys import recipient_options, resolve_recipients
 from statekit.cli._signing import load_sign_key, sign_archive_file, sign_key_options
 from statekit.cli.repo_cmd import keep_options, policy_from, render_prune
 from statekit.errors import Interrupted, StatekitError, UsageError
-from statekit.repo.hooks import DEFAULT_TIMEOUT_S
-from statekit.repo.jobs import LockOptions, SnapshotJobOptions, SnapshotJobResult, repository_for, snapshot_job
-from statekit.repo.metrics import read_value, snapshot_metrics, write_snapshot_metrics_file
+from statekit.ops.hooks import DEFAULT_TIMEOUT_S
+from statekit.ops.jobs import LockOptions, SnapshotJobOptions, SnapshotJobResult, repository_for, snapshot_job
+from statekit.ops.metrics import read_value, snapshot_metrics, write_snapshot_metrics_file
 from statekit.snapshot import SnapshotOptions
 from statekit.tiers import names as tier_names
 

@@ -1,1 +1,2 @@
-"""Operations above the engines: jobs, hooks, metrics and restore rehearsal."""
+"""Scheduled operations above the engines: snapshot jobs (lock, upload, prune), hooks, Prometheus metrics and
+restore rehearsals."""

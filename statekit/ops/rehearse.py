@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from statekit.archive.format import Archive
+from statekit.archive.reader import Archive
 from statekit.model import Warn, no_warn
 from statekit.tiers import TIERS
 from statekit.tiers.rehearsal import Check, RehearsalReport

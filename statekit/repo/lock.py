@@ -24,7 +24,7 @@ from typing import Any
 
 from statekit.errors import LockHeld, StorageError
 from statekit.model import Warn, no_warn
-from statekit.repo.store import LOCK_DIR, Repository
+from statekit.repo.base import LOCK_DIR, Repository
 
 LOCK_SUFFIX = ".lock"
 _BROKEN = ".broken-"

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from statekit.errors import StorageError, UsageError
-from statekit.repo.store import _MIN_PART_SIZE, DEFAULT_PART_SIZE, Repository
+from statekit.repo.base import Repository
 
 T = TypeVar("T")
 _MAX_PARTS = 10_000
+# S3 allows at most 10,000 parts; 16 MiB parts cover 160 GiB, and the part size grows past that.
+DEFAULT_PART_SIZE = 16 << 20
+_MIN_PART_SIZE = 5 << 20
 
 
 def require_boto3() -> None:
@@ -125,7 +128,9 @@ class S3Repository(Repository):
         def run() -> None:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
                 for obj in page.get("Contents", []):
-                    out[obj["Key"][len(start) :]] = int(obj["Size"])
+                    name = obj["Key"][len(start) :]
+                    if name:  # not the folder's own marker (SeaweedFS lists one once a folder is emptied)
+                        out[name] = int(obj["Size"])
 
         self._call(self.describe(folder), run)
         return out

@@ -27,7 +27,7 @@ from statekit.model import (
 )
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
     from statekit.config import Config
     from statekit.tiers.rehearsal import RehearsalReport
 

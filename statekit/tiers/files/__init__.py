@@ -13,7 +13,7 @@ from statekit.model import MemberSink, Progress, RestoreOptions, RestoreReport, 
 from statekit.tiers.base import Tier
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
     from statekit.config import Config
     from statekit.tiers.files.members import FilesDecoder
     from statekit.tiers.rehearsal import RehearsalReport

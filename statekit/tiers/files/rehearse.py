@@ -16,7 +16,7 @@ from statekit.tiers.files.paths import PREFIX
 from statekit.tiers.rehearsal import Check, RehearsalReport
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 
 def rehearse_files(archive: Archive, report: RehearsalReport, *, warn: Warn = no_warn) -> None:

@@ -12,12 +12,11 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from statekit.archive.format import fsync_dir
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError
+from statekit.fsio import fsync_dir, open_for_reading, write_file_atomic
 from statekit.model import (
     Progress,
     RestoreOptions,
@@ -30,10 +29,9 @@ from statekit.model import (
     no_warn,
 )
 from statekit.tiers.files.paths import ABSENT_MEMBER, PREFIX, path_selected
-from statekit.tiers.fsread import open_for_reading
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 _MAX_ABSENT = 64 << 20  # the list of created paths in an undo archive: far more than any root holds
 _DIR_MODE = 0o700  # directories a restore creates: private, whatever the umask
@@ -164,31 +162,6 @@ def _sha256_file(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_file_atomic(path: str, src: Callable[[int], None], mode: int, mtime_ns: int | None = None) -> None:
-    """Write a file as temp (0600) → `src(fd)` → fsync → chmod/utime → rename → fsync the directory, so the
-    path holds either its old or its new content, never a partial one."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:10]}.statekit-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        src(fd)
-        os.fsync(fd)
-        os.fchmod(fd, mode & 0o7777)
-        if mtime_ns is not None:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(directory)
 
 
 def restore_files(

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, TierError, TierUnavailable
+from statekit.fsio import open_for_reading
 from statekit.model import (
     MemberSink,
     Progress,
@@ -24,7 +25,6 @@ from statekit.model import (
     no_warn,
 )
 from statekit.tiers.files.paths import PREFIX, path_selected
-from statekit.tiers.fsread import open_for_reading
 
 _SMALL = 4 << 20  # files below this are read whole; bigger ones stream
 

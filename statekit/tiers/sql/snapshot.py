@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from statekit.config import DbConfig
 from statekit.errors import StatekitError
-from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn
+from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn, wants_totals
 from statekit.tiers.sql.connect import DbTarget, server_version
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc, reflect
 
@@ -109,7 +109,7 @@ def snapshot_target(
     def write_schema(desc: DbSchema) -> None:
         # First member of the tier: a restore knows every table's columns before it meets any data segment.
         sink.add(SCHEMA_MEMBER, desc.to_json_bytes(), meta={"tables": len(desc.tables)})
-        if dialect == "postgresql" and getattr(progress, "set_total", None):
+        if dialect == "postgresql" and wants_totals(progress):
             announce_total(progress, "db", _pg_row_estimate(target, desc))
 
     with target.connection() as conn, warnings.catch_warnings():

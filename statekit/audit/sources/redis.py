@@ -3,15 +3,44 @@ trip of packed commands parsed by hiredis (the redis tier's RespConnection)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _first_line, _normalise, _raw_vars
+from statekit.audit.sources.records import (
+    Record,
+    RecordKey,
+    TierData,
+    Unparseable,
+    connect_error_text,
+    first_line,
+    normalise,
+    raw_vars,
+)
 from statekit.audit.templates import Template, decode_all, transform_all
-from statekit.errors import TierError
+from statekit.config import redact_url
+from statekit.errors import ConfigError, TierError, TierUnavailable
+
+
+def open_redis(url: str) -> Any:
+    """A redis-py client for a URL (bytes replies); TierUnavailable when the server does not answer."""
+    import redis
+
+    shown = redact_url(url)
+    try:
+        client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=60)
+        client.ping()
+    except ValueError:
+        raise ConfigError(f"redis url {shown}: not a valid Redis URL") from None
+    except Exception as exc:
+        from urllib.parse import unquote, urlsplit
+
+        password = unquote(urlsplit(url).password or "") or None
+        raise TierUnavailable(f"redis {shown}: cannot connect: {connect_error_text(exc, password)}") from None
+    return client
 
 
 @dataclass
@@ -69,7 +98,7 @@ class RedisReader:
         self.scan_count = scan_count
         groups: dict[str, _KeyGroup] = {}
         for ent in model.entities.values():
-            loc = ent.locators.get("redis")
+            loc = ent.locators.get(self.tier)
             if loc is not None and loc.template is not None:
                 groups.setdefault(loc.template.text, _KeyGroup(loc.template, [])).members.append((ent, loc))
         self.groups = sorted(groups.values(), key=lambda g: g.template.specificity)
@@ -78,6 +107,13 @@ class RedisReader:
         self.keys: dict[str, list[tuple[_KeyGroup, dict[str, str], bytes]]] = {}
         self.unparseable: list[Unparseable] = []
         self._resp: Any = None
+
+    @classmethod
+    def open(cls, url: str, model: Model, *, keys_only: bool = False) -> RedisReader:
+        """A reader of the Redis database at this URL."""
+        client = open_redis(url)
+        client.statekit_url = url
+        return cls(client, model, keys_only=keys_only)
 
     def _conn(self) -> Any:
         if self._resp is None:
@@ -99,6 +135,54 @@ class RedisReader:
         if self._resp is not None:
             self._resp.close()
         self.client.close()
+
+    def refresh(self, scopes: list[str]) -> None:
+        """Re-derive the keys of these scopes (before a re-check) from the templates that need nothing but
+        the scope."""
+        for scope in scopes:
+            entries = []
+            for g in self.groups:
+                ent = g.members[0][0]
+                if set(g.template.vars) == {ent.scope_var} and ent.scope_var not in ent.normalizers:
+                    try:
+                        name = g.template.render({ent.scope_var: scope})
+                    except ValueError:
+                        continue
+                    entries.append((g, {ent.scope_var: scope}, name.encode("utf-8", "surrogateescape")))
+                else:
+                    entries.extend(e for e in self.keys.get(scope, []) if e[0] is g)
+            self.keys[scope] = entries
+
+    def notes(self, model: Model, entity_counts: Mapping[tuple[str, str], int]) -> list[str]:
+        """When the root entity's key template matches no key but the same shape exists under another prefix
+        (`<other>:instance:<uuid>`), say so: the configured prefix is probably not the server's."""
+        tier = self.tier
+        root = next((e for e in model.entities.values() if e.parent is None and tier in e.locators), None)
+        if root is None or entity_counts.get((root.name, tier)):
+            return []
+        tpl = root.locators[tier].template
+        if tpl is None or not tpl.text.startswith("{") or tpl.text.count("{") < 2:
+            return []
+        middle = tpl.text[tpl.text.index("}") + 1 : tpl.text.index("{", 1)]
+        if not middle:
+            return []
+        shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+        others: dict[str, int] = {}
+        for i, key in enumerate(self.client.scan_iter(match=f"*{middle}*", count=1000)):
+            if i >= 100_000:
+                break
+            prefix, _, rest = key.decode("utf-8", "replace").partition(middle)
+            if shape.fullmatch(rest):
+                others[prefix] = others.get(prefix, 0) + 1
+        if not others:
+            return []
+        lit = tpl.literal_prefix()
+        ours = lit[: -len(middle)] if lit.endswith(middle) else lit
+        shown = ", ".join(f"{p!r} ({n:,})" for p, n in sorted(others.items(), key=lambda x: -x[1])[:5])
+        return [
+            f"no {ours}{middle}<id> key in Redis, but {shown} use the same shape: is the prefix right? "
+            "(set profile_options.prefix, Evolution's CACHE_REDIS_PREFIX_KEY, or profile_options.env_file)"
+        ]
 
     def list_scopes(self) -> set[str]:
         """SCAN every key template's pattern; returns the scopes present."""
@@ -122,7 +206,7 @@ class RedisReader:
                     break
                 else:
                     self.unparseable.append(
-                        Unparseable("redis", group.members[0][0].name, None, name,
+                        Unparseable(self.tier, group.members[0][0].name, None, name,
                                     f"key fits no template ({group.template.text})")
                     )  # fmt: skip
         return set(self.keys)
@@ -131,7 +215,7 @@ class RedisReader:
         try:
             yield from self.client.scan_iter(match=pattern, count=self.scan_count)
         except Exception as exc:
-            raise TierError(f"redis: SCAN failed ({type(exc).__name__}: {_first_line(exc)})") from None
+            raise TierError(f"redis: SCAN failed ({type(exc).__name__}: {first_line(exc)})") from None
 
     def _command(self, group: _KeyGroup, raw: bytes) -> bytes:
         from statekit.tiers.redis.resp import pack
@@ -146,7 +230,7 @@ class RedisReader:
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """Fetch the keys of these scopes in one pipelined round trip and map them to records."""
-        out = TierData("redis")
+        out = TierData(self.tier)
         work = [(scope, item) for scope in scopes for item in self.keys.get(scope, [])]
         if not work:
             return out
@@ -160,7 +244,7 @@ class RedisReader:
             if isinstance(reply, ReplyError):
                 # WRONGTYPE and the like: the key exists but not as the model expects.
                 out.unparseable.append(
-                    Unparseable("redis", group.members[0][0].name, scope, name, f"unexpected type ({reply})")
+                    Unparseable(self.tier, group.members[0][0].name, scope, name, f"unexpected type ({reply})")
                 )
                 continue
             if group.literal_only and isinstance(reply, list):
@@ -201,8 +285,9 @@ class RedisReader:
         norm = ent.normalizers.get(fvar)
         idents = transform_all(norm, fnames) if norm else fnames
         stored: Iterable[bytes | None] = repeat(None) if self.keys_only or values is None else values
+        tier = self.tier
         recs = [
-            Record(v, ("redis", name, n), None, False, None if i == n else {fvar: n})
+            Record(v, (tier, name, n), None, False, None if i == n else {fvar: n})
             for v, n, i in zip(stored, fnames, idents)
         ]
         per = out.records.setdefault(ent.name, {}).setdefault(scope, {})
@@ -217,11 +302,12 @@ class RedisReader:
     def _records(
         self, out: TierData, group: _KeyGroup, values: dict[str, str], scope: str, name: str, reply: Any
     ) -> None:
+        tier = self.tier
         for ent, loc in group.members:
             if loc.hash_field is None:
-                _, rest = _normalise(ent, values)
+                _, rest = normalise(ent, values)
                 stored = None if ent.presence or self.keys_only or not isinstance(reply, bytes) else reply
-                out.add(ent.name, scope, rest, Record(stored, ("redis", name)))
+                out.add(ent.name, scope, rest, Record(stored, (tier, name)))
         if not group.hashed or not isinstance(reply, (list, dict)):
             return
         keys_only = self.keys_only
@@ -246,7 +332,7 @@ class RedisReader:
             hit = literal.get(fname)
             if hit is not None:
                 ent, loc = hit
-                out.add(ent.name, scope, (), Record(None if keys_only else value, ("redis", name, fname)))
+                out.add(ent.name, scope, (), Record(None if keys_only else value, (tier, name, fname)))
                 continue
             for ent, loc, direct in patterns:
                 assert loc.hash_field is not None
@@ -256,19 +342,19 @@ class RedisReader:
                     ident = norm(fname) if norm else fname
                     rv = {fvar: fname} if ident != fname else None
                     per = records.setdefault(ent.name, {}).setdefault(scope, {})
-                    per.setdefault((ident,), Record(None if keys_only else value, ("redis", name, fname), None,
+                    per.setdefault((ident,), Record(None if keys_only else value, (tier, name, fname), None,
                                                     False, rv))  # fmt: skip
                     break
                 fvalues = loc.hash_field.parse(fname)
                 if fvalues is None:
                     continue
-                _, rest = _normalise(ent, {**values, **fvalues})
-                rv = _raw_vars(ent, fvalues)
-                out.add(ent.name, scope, rest, Record(None if keys_only else value, ("redis", name, fname),
+                _, rest = normalise(ent, {**values, **fvalues})
+                rv = raw_vars(ent, fvalues)
+                out.add(ent.name, scope, rest, Record(None if keys_only else value, (tier, name, fname),
                                                       raw_vars=rv))  # fmt: skip
                 break
             else:
                 out.unparseable.append(
-                    Unparseable("redis", group.members[0][0].name, scope, f"{name} [{fname}]",
+                    Unparseable(tier, group.members[0][0].name, scope, f"{name} [{fname}]",
                                 "hash field fits no template")
                 )  # fmt: skip

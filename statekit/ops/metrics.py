@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statekit.archive.format import atomic_output
 from statekit.errors import StatekitError, StorageError
+from statekit.fsio import atomic_output
 
 if TYPE_CHECKING:
-    from statekit.repo.store import Repository
+    from statekit.repo.base import Repository
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -247,28 +247,17 @@ def rehearse_metrics(
 # -- audit (called by the audit engine's CLI) ------------------------------------------------------------
 
 
-@dataclass
-class EvolutionStatus:
-    """Evolution API health as the audit sees it: the share of instances whose auth state is complete in the
-    authority (session-restore readiness), the database round-trip time and Redis's keyspace hit ratio."""
-
-    readiness: float | None = None
-    db_latency_seconds: float | None = None
-    redis_hit_ratio: float | None = None
-    ready: int | None = None  # instances that would boot without a new QR code under their server's mode
-    sessions: int | None = None  # instances that should boot paired (open, or with creds in the live place)
-
-
 def audit_metrics(
     *,
     findings: Mapping[tuple[str, str], int],
     entity_counts: Mapping[tuple[str, str], int],
     drift: bool,
     finished: float,
-    evolution: EvolutionStatus | None = None,
+    gauges: Sequence[Metric] = (),
 ) -> list[Metric]:
     """The families an audit reports. `findings` maps (entity, class) to a count (class: missing, orphan,
-    mismatch, unparseable, transient); `entity_counts` maps (entity, tier) to how many were seen."""
+    mismatch, unparseable, transient); `entity_counts` maps (entity, tier) to how many were seen; `gauges` are
+    further families a profile supplies (its health figures), appended as they are."""
     out = [
         Metric("statekit_audit_drift", "1 if the last audit found drift, else 0").add(1 if drift else 0),
         Metric("statekit_audit_last_run_timestamp_seconds", "When the last audit ended").add(finished),
@@ -281,30 +270,5 @@ def audit_metrics(
     for (entity, tier), n in sorted(entity_counts.items()):
         e.add(n, entity=entity, tier=tier)
     out.append(e)
-    if evolution is not None:
-        for name, help_text, value in (
-            (
-                "statekit_evolution_session_restore_readiness_ratio",
-                "Share of the instances with a session that would boot without a new QR code",
-                evolution.readiness,
-            ),
-            (
-                "statekit_evolution_instances_ready",
-                "Instances whose creds and keys are in the live place of their server's mode",
-                evolution.ready,
-            ),
-            (
-                "statekit_evolution_instances_with_session",
-                "Instances that should boot paired (open, or with creds in the live place)",
-                evolution.sessions,
-            ),
-            ("statekit_db_roundtrip_seconds", "Database round-trip time (SELECT 1)", evolution.db_latency_seconds),
-            (
-                "statekit_redis_keyspace_hit_ratio",
-                "Redis keyspace_hits / (hits + misses) from INFO stats",
-                evolution.redis_hit_ratio,
-            ),
-        ):
-            if value is not None:
-                out.append(Metric(name, help_text).add(value))
+    out.extend(gauges)
     return out

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from statekit.errors import StatekitError
-from statekit.profiles.evolution import client_name_of_env, mode_of_env, prefix_of_env
-from statekit.profiles.evolution import read_env_file as read_env_file
+from statekit.profiles.evolution.profile import client_name_of_env, mode_of_env, prefix_of_env
+from statekit.profiles.evolution.profile import read_env_file as read_env_file
 
 LIVE_CREDS = {"redis": "redis", "cache": "db", "files": "db"}
 LIVE_KEYS = {"redis": "redis", "cache": "redis", "files": "files"}

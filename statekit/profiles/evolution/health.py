@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from statekit.audit.diff import AuditResult
 from statekit.audit.engine import Locations
+from statekit.audit.findings import AuditResult
 from statekit.errors import StatekitError
 
 
@@ -50,7 +50,8 @@ def redis_hit_ratio(url: str | None) -> float | None:
 
 def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations, *, evolution: bool) -> None:
     """Write the audit's Prometheus metrics; the Evolution figures only for the evolution-api profile."""
-    from statekit.repo.metrics import EvolutionStatus, audit_metrics, write_metrics
+    from statekit.ops.metrics import audit_metrics, write_metrics
+    from statekit.profiles.evolution.metrics import EvolutionStatus
 
     findings: dict[tuple[str, str], int] = {}
     for f in result.findings:
@@ -72,6 +73,6 @@ def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations,
         entity_counts=result.entity_counts,
         drift=result.drift,
         finished=time.time(),
-        evolution=status,
+        gauges=status.gauges() if status is not None else (),
     )
     write_metrics(path, metrics)

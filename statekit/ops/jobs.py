@@ -19,18 +19,11 @@ from typing import TYPE_CHECKING, Any
 from statekit.config import Config
 from statekit.errors import StatekitError, StorageError, UsageError
 from statekit.model import Progress, Warn, no_progress, no_warn, utc_stamp
-from statekit.repo.hooks import DEFAULT_TIMEOUT_S, run_hook
+from statekit.ops.hooks import DEFAULT_TIMEOUT_S, run_hook
+from statekit.repo import LocalRepository, is_archive_path, is_s3_url, open_repository
+from statekit.repo.base import ARCHIVE_SUFFIX, SIDECAR_SUFFIX, Repository
 from statekit.repo.lock import RepositoryLock
 from statekit.repo.retention import RetentionPolicy, apply_policy
-from statekit.repo.store import (
-    ARCHIVE_SUFFIX,
-    SIDECAR_SUFFIX,
-    LocalRepository,
-    Repository,
-    is_archive_path,
-    is_s3_url,
-    open_repository,
-)
 from statekit.snapshot import SnapshotOptions, SnapshotResult, take_snapshot
 
 if TYPE_CHECKING:

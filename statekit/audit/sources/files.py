@@ -4,15 +4,15 @@ then file contents per batch of scopes, read on a few threads."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import Any
 
 from statekit.audit.entities import Entity, Locator, Model
-from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _normalise, _raw_vars
+from statekit.audit.sources.records import Record, RecordKey, TierData, Unparseable, normalise, raw_vars
 from statekit.audit.templates import transform_all
 from statekit.errors import TierError, TierUnavailable
-from statekit.tiers.fsread import open_for_reading
+from statekit.fsio import open_for_reading
 
 
 class FilesReader:
@@ -30,7 +30,7 @@ class FilesReader:
         self.files: list[tuple[Entity, Locator]] = []
         self.dirs: list[tuple[Entity, Locator]] = []
         for ent in model.entities.values():
-            loc = ent.locators.get("files")
+            loc = ent.locators.get(self.tier)
             if loc is not None:
                 (self.dirs if loc.is_directory else self.files).append((ent, loc))
         self.files.sort(key=lambda m: m[1].template.specificity if m[1].template else (0, 0))
@@ -74,6 +74,19 @@ class FilesReader:
                 scope_re = pattern.fullmatch
         return scope_re, literal, suffixed, True
 
+    @classmethod
+    def open(cls, root: str, model: Model, *, keys_only: bool = False) -> FilesReader:
+        """A reader of the files under this root."""
+        return cls(root, model, keys_only=keys_only)
+
+    def notes(self, model: Model, entity_counts: Mapping[tuple[str, str], int]) -> list[str]:
+        """Nothing to add to the audit's header."""
+        return []
+
+    def refresh(self, scopes: list[str]) -> None:
+        """Re-walk before a re-check (the whole root: the templates need not say where a scope's files are)."""
+        self.list_scopes()
+
     def list_scopes(self) -> set[str]:
         """Walk the root, naming every record; returns the scopes present. In the usual `{id}/<name>` layout
         only the root is listed here: each `{id}/` folder is listed when its batch loads, so that work is
@@ -105,7 +118,7 @@ class FilesReader:
                 assert loc.template is not None
                 values = loc.template.parse(rel + "/")
                 if values is not None:
-                    scope, _ = _normalise(ent, values)
+                    scope, _ = normalise(ent, values)
                     found.setdefault(scope, []).append((ent.name, (), rel + "/", None))
             return
         for ent, name, match in files:
@@ -113,8 +126,8 @@ class FilesReader:
             if m is None:
                 continue
             values = m.groupdict()
-            scope, rest = _normalise(ent, values)
-            found.setdefault(scope, []).append((name, rest, rel, _raw_vars(ent, values)))
+            scope, rest = normalise(ent, values)
+            found.setdefault(scope, []).append((name, rest, rel, raw_vars(ent, values)))
             return
         self.unparseable.append(self._unparseable(rel))
 
@@ -175,16 +188,17 @@ class FilesReader:
             assert loc.template is not None
             values = loc.template.parse(parent) if parent else None
             if values is not None:
-                return Unparseable("files", ent.name, _normalise(ent, values)[0], rel, "file name fits no template")
+                return Unparseable(self.tier, ent.name, normalise(ent, values)[0], rel, "file name fits no template")
         name = self.files[0][0].name if self.files else (self.dirs[0][0].name if self.dirs else "")
-        return Unparseable("files", name, None, rel, "path fits no template")
+        return Unparseable(self.tier, name, None, rel, "path fits no template")
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """Read the files of these scopes (contents unless keys-only); reads run on a few threads, since
         open/read/close release the GIL and the syscalls, not Python, are the cost."""
-        out = TierData("files")
+        out = TierData(self.tier)
         presence = {ent.name for ent in self.model.entities.values() if ent.presence}
         records = out.records
+        tier = self.tier
         wanted = [sc for sc in scopes if sc in self.found]
         for sc in wanted:
             if sc in self._pending:
@@ -208,7 +222,7 @@ class FilesReader:
                 if per is None:
                     per = pers[name] = records.setdefault(name, {}).setdefault(scope, {})
                 if rest not in per:
-                    per[rest] = Record(stored, ("files", rel), None, False, rv)
+                    per[rest] = Record(stored, (tier, rel), None, False, rv)
         return out
 
     def _read_scope(self, scope: str, presence: set[str]) -> list[bytes | None]:

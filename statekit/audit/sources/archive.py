@@ -10,16 +10,18 @@ archive, which is what an audit compares anyway.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from statekit.audit.codecs import CodecError, canonical
-from statekit.audit.diff import AuditOptions, AuditResult, Finding, Source, _chunks, _unparseable_findings
 from statekit.audit.entities import TIERS, Entity, Model
-from statekit.audit.files_reader import FilesReader
-from statekit.audit.readers import Record, RecordKey, TierData, Unparseable, _db_text, _normalise, open_live
-from statekit.audit.redis_reader import RedisReader
+from statekit.audit.findings import AuditOptions, AuditResult, Finding, chunks, unparseable_findings
+from statekit.audit.sources import open_live
+from statekit.audit.sources.db import db_text
+from statekit.audit.sources.files import FilesReader
+from statekit.audit.sources.records import Record, RecordKey, Source, TierData, Unparseable, normalise
+from statekit.audit.sources.redis import RedisReader
 from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
 
@@ -193,11 +195,11 @@ def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: 
         raise CorruptArchive(f'archive table "{loc.table}" lacks a column the entity model names') from None
     for row in segment.rows():
         values = {ent.vars[i]: str(row[j]) for i, j in enumerate(idx_keys)}
-        scope, rest = _normalise(ent, values)
+        scope, rest = normalise(ent, values)
         raw = row[idx_val] if idx_val is not None else None
         where = f'"{loc.table}" ' + ", ".join(f"{c}={row[j]}" for c, j in zip(loc.key_columns, idx_keys))
         extra = {c: row[j] for c, j in idx_extra.items()} or None
-        stored = None if raw is None or (keys_only and not ent.presence) else _db_text(raw)
+        stored = None if raw is None or (keys_only and not ent.presence) else db_text(raw)
         data.add(ent.name, scope, rest, Record(stored, ("db", str(loc.table), where), extra,
                                                null=idx_val is not None and raw is None))  # fmt: skip
 
@@ -206,7 +208,7 @@ def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: 
 
 
 def compare_states(
-    model: Model, a: dict[str, Source], b: dict[str, Source], opts: AuditOptions, names: tuple[str, str]
+    model: Model, a: Mapping[str, Source], b: Mapping[str, Source], opts: AuditOptions, names: tuple[str, str]
 ) -> AuditResult:
     """Each tier of `b` against the same tier of `a`: `missing` (in A only), `orphan` (in B only), `mismatch`
     (values differ after canonicalisation)."""
@@ -217,12 +219,12 @@ def compare_states(
     scopes: set[str] = set()
     for t in tiers:
         scopes |= a[t].list_scopes() | b[t].list_scopes()
-        findings += _unparseable_findings(list(a[t].unparseable) + list(b[t].unparseable))
+        findings += unparseable_findings(list(a[t].unparseable) + list(b[t].unparseable))
     ordered = sorted(scopes)
-    for batch in _chunks(ordered, max(1, opts.batch)):
+    for batch in chunks(ordered, max(1, opts.batch)):
         for t in tiers:
             da, db = a[t].load(batch), b[t].load(batch)
-            findings += _unparseable_findings(list(da.unparseable) + list(db.unparseable))
+            findings += unparseable_findings(list(da.unparseable) + list(db.unparseable))
             for ent in model.entities.values():
                 if t not in ent.locators or ent.locators[t].is_directory:
                     continue  # (a folder's presence is not archived: the tar holds regular files only)

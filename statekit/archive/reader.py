@@ -1,0 +1,385 @@
+"""Reading a statekit archive, never trusting it: only regular files with safe relative names, each listed
+in MANIFEST.json with the size, sha256 and mode it really has; the end of every layer is checked. The layout
+is documented in docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from statekit.archive.format import (
+    FORMAT_MEMBER,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_MEMBER,
+    READ_BLOCK,
+    SNAPSHOT_MEMBER,
+    TAR_BLOCK,
+    check_member_name,
+    load_json,
+    tar_padding,
+)
+from statekit.archive.layers import open_layers
+from statekit.errors import CorruptArchive, StorageError, UnsupportedFormat, UsageError
+from statekit.fsio import ATOMIC_TEMP_NAME
+from statekit.model import Member
+
+if TYPE_CHECKING:
+    from statekit.archive.keys import Identity
+
+_MAX_PAX = 1 << 20
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads one member's content, hashing every byte that passes."""
+
+    def __init__(self, src: IO[bytes], size: int) -> None:
+        self._src = src
+        self.remaining = size
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.remaining <= 0:
+            return 0
+        want = min(len(buf), self.remaining)
+        data = self._src.read(want)
+        if not data:
+            raise CorruptArchive("archive ends in the middle of a member (truncated)")
+        n = len(data)
+        buf[:n] = data
+        self.digest.update(data)
+        self.remaining -= n
+        return n
+
+    def drain(self) -> None:
+        """Hash the rest of the member without copying it anywhere (the verifying pass reads mostly this way)."""
+        while self.remaining > 0:
+            data = self._src.read(min(self.remaining, READ_BLOCK))
+            if not data:
+                raise CorruptArchive("archive ends in the middle of a member (truncated)")
+            self.digest.update(data)
+            self.remaining -= len(data)
+
+
+class _TarStream:
+    """A minimal, strict reader for the pax tar stream statekit writes (regular files plus pax headers)."""
+
+    def __init__(self, src: IO[bytes]) -> None:
+        self._src = src
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            data = self._src.read(n)
+            if not data:
+                raise CorruptArchive("archive ends in the middle of a member (truncated)")
+            chunks.append(data)
+            n -= len(data)
+        return b"".join(chunks)
+
+    def next_header(self) -> tarfile.TarInfo | None:
+        """Return the next regular-file header, or None at the end-of-archive marker."""
+        pax: dict[str, str] = {}
+        while True:
+            block = self._read_exact(TAR_BLOCK)
+            if block == b"\0" * TAR_BLOCK:
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise CorruptArchive(f"archive holds a damaged tar header: {exc}") from None
+            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+                # statekit's pax headers are a few hundred bytes; a huge one is an attempt to exhaust memory.
+                if info.size > _MAX_PAX:
+                    raise CorruptArchive(f"archive holds an implausibly large pax header ({info.size} bytes)")
+                data = self._read_exact(info.size + len(tar_padding(info.size)))[: info.size]
+                if info.type == tarfile.XHDTYPE:
+                    pax.update(_parse_pax(data))
+                continue
+            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                kind = {
+                    tarfile.SYMTYPE: "a symlink",
+                    tarfile.LNKTYPE: "a hard link",
+                    tarfile.CHRTYPE: "a character device",
+                    tarfile.BLKTYPE: "a block device",
+                    tarfile.DIRTYPE: "a directory",
+                    tarfile.FIFOTYPE: "a fifo",
+                }.get(info.type, f"type {info.type!r}")
+                raise CorruptArchive(f"archive member {info.name!r} is {kind}; only regular files are allowed")
+            if "path" in pax:
+                info.name = pax["path"]
+            if "size" in pax:
+                try:
+                    info.size = int(pax["size"])
+                except ValueError:
+                    raise CorruptArchive("archive holds a damaged pax size record") from None
+            if "mtime" in pax:
+                try:
+                    info.mtime = float(pax["mtime"])
+                except ValueError:
+                    raise CorruptArchive("archive holds a damaged pax mtime record") from None
+            if info.size < 0:
+                raise CorruptArchive(f"archive member {info.name!r} has a negative size")
+            if not math.isfinite(info.mtime):
+                raise CorruptArchive(f"archive member {info.name!r} has an invalid mtime")
+            return info
+
+    def content(self, size: int) -> _HashingReader:
+        return _HashingReader(self._src, size)
+
+    def skip_padding(self, size: int) -> None:
+        pad = len(tar_padding(size))
+        if pad:
+            self._read_exact(pad)
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    binary = False
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise CorruptArchive("archive holds a damaged pax header")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise CorruptArchive("archive holds a damaged pax header") from None
+        if length <= 0 or pos + length > len(data):
+            raise CorruptArchive("archive holds a damaged pax header")
+        record = data[space + 1 : pos + length - 1]
+        key, eq, value = record.partition(b"=")
+        if not eq:
+            raise CorruptArchive("archive holds a damaged pax header")
+        if key == b"hdrcharset" and value == b"BINARY":
+            binary = True
+        out[key.decode("utf-8", "surrogateescape")] = value.decode(
+            "utf-8", "surrogateescape" if binary or key == b"path" else "replace"
+        )
+        pos += length
+    return out
+
+
+@dataclass
+class ArchiveIndex:
+    """What a full verifying pass learned: format.json, snapshot.json and MANIFEST.json."""
+
+    format: dict[str, Any]
+    snapshot: dict[str, Any]
+    manifest: dict[str, Any]
+    compressed_size: int = 0
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Manifest members by name."""
+        return {m["name"]: m for m in self.manifest.get("members", [])}
+
+
+class ArchiveReader:
+    """One sequential pass over an archive. Iterate `members()` once; at its end everything has been
+    checked against MANIFEST.json (else CorruptArchive was raised)."""
+
+    def __init__(self, src: IO[bytes], identities: Sequence[Identity]) -> None:
+        self._tar = _TarStream(open_layers(src, identities))
+        self._plain = self._tar._src
+        self.format: dict[str, Any] = {}
+        self.snapshot: dict[str, Any] = {}
+        self.manifest: dict[str, Any] = {}
+        self._seen: dict[str, tuple[int, str]] = {}
+        self._modes: dict[str, int] = {}
+        self._read_format()
+
+    def _read_format(self) -> None:
+        try:
+            info = self._tar.next_header()
+        except CorruptArchive as exc:
+            raise CorruptArchive(f"not a statekit archive or damaged at the start: {exc}") from None
+        if info is None or info.name != FORMAT_MEMBER or info.size > 65536:
+            raise CorruptArchive("not a statekit archive (format.json is not the first member)")
+        body = self._consume(info)
+        doc = load_json(body, FORMAT_MEMBER)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise CorruptArchive("not a statekit archive (format.json names another format)")
+        version = doc.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise CorruptArchive("archive format.json has no valid format_version")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"archive format version {version} is newer than this statekit supports "
+                f"({FORMAT_VERSION}); upgrade statekit to read it"
+            )
+        self.format = doc
+
+    def _consume(self, info: tarfile.TarInfo) -> bytes:
+        self._register(info)
+        reader = self._tar.content(info.size)
+        body = reader.read()
+        self._tar.skip_padding(info.size)
+        self._seen[info.name] = (info.size, reader.digest.hexdigest())
+        self._modes[info.name] = info.mode & 0o7777
+        return body
+
+    def _register(self, info: tarfile.TarInfo) -> None:
+        check_member_name(info.name)
+        if info.name in self._seen:
+            raise CorruptArchive(f"archive holds member {info.name!r} twice")
+
+    def members(self, prefix: str | None = None) -> Iterator[Member]:
+        """Yield data members in archive order (those under `prefix` only, if given); the others are read
+        and hashed but not yielded. Raises CorruptArchive at the end on any disagreement with the manifest."""
+        while True:
+            info = self._tar.next_header()
+            if info is None:
+                raise CorruptArchive("archive ends without MANIFEST.json (truncated or not finished)")
+            if info.name == MANIFEST_MEMBER:
+                self._finish(info)
+                return
+            if info.name == SNAPSHOT_MEMBER:
+                if info.size > _MAX_SNAPSHOT:
+                    raise CorruptArchive("archive snapshot.json is implausibly large")
+                self.snapshot = _check_snapshot(load_json(self._consume(info), SNAPSHOT_MEMBER))
+                continue
+            self._register(info)
+            reader = self._tar.content(info.size)
+            if prefix is None or info.name.startswith(prefix):
+                yield Member(
+                    info.name,
+                    info.size,
+                    info.mode,
+                    info.mtime,
+                    io.BufferedReader(reader, READ_BLOCK),
+                )
+            reader.drain()
+            self._tar.skip_padding(info.size)
+            self._seen[info.name] = (info.size, reader.digest.hexdigest())
+            self._modes[info.name] = info.mode & 0o7777
+
+    def _finish(self, info: tarfile.TarInfo) -> None:
+        if info.size > 256 << 20:
+            raise CorruptArchive("archive MANIFEST.json is implausibly large")
+        self._register(info)
+        reader = self._tar.content(info.size)
+        body = reader.read()
+        self._tar.skip_padding(info.size)
+        manifest = load_json(body, MANIFEST_MEMBER)
+        try:
+            listed = {m["name"]: m for m in manifest["members"]}
+            if not all(isinstance(m, dict) for m in listed.values()) or len(listed) != len(manifest["members"]):
+                raise ValueError("members must be distinct objects")
+            if not all(isinstance(m.get("meta", {}), dict) for m in listed.values()):
+                raise ValueError("a member's meta must be an object")
+            if not isinstance(manifest.get("totals", {}), dict):
+                raise ValueError("totals must be an object")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CorruptArchive("archive MANIFEST.json is damaged") from None
+        if self._tar.next_header() is not None:
+            raise CorruptArchive("archive holds members after MANIFEST.json")
+        # Read to the real end so the encryption layer checks its final chunk (truncation, trailing data).
+        while True:
+            rest = self._plain.read(READ_BLOCK)
+            if not rest:
+                break
+            if rest.strip(b"\0"):
+                raise CorruptArchive("archive holds data after the end of the tar stream")
+        for name, (size, digest) in self._seen.items():
+            entry = listed.get(name)
+            if entry is None:
+                raise CorruptArchive(f"archive member {name!r} is not listed in MANIFEST.json")
+            if entry.get("size") != size:
+                raise CorruptArchive(f"archive member {name!r} is {size} bytes, MANIFEST.json says {entry.get('size')}")
+            if entry.get("sha256") != digest:
+                raise CorruptArchive(f"archive member {name!r} does not match its sha256 in MANIFEST.json")
+            # The tar header's mode is what a restore applies, so it must be the one the manifest records.
+            if entry.get("mode") != f"{self._modes[name]:04o}":
+                raise CorruptArchive(
+                    f"archive member {name!r} has mode {self._modes[name]:04o}, MANIFEST.json says {entry.get('mode')}"
+                )
+        missing = sorted(set(listed) - set(self._seen))
+        if missing:
+            raise CorruptArchive(f"archive lacks {len(missing)} member(s) listed in MANIFEST.json: {missing[0]!r}")
+        self.manifest = manifest
+
+
+# snapshot.json describes sources and tiers in a few KiB; a member this big is an attempt to exhaust memory.
+_MAX_SNAPSHOT = 16 << 20
+
+
+def _check_snapshot(doc: Any) -> dict[str, Any]:
+    """snapshot.json must be an object whose `tiers` (when present) is a list of objects: readers rely on it."""
+    if not isinstance(doc, dict):
+        raise CorruptArchive("archive snapshot.json is not a JSON object")
+    tiers = doc.get("tiers", [])
+    if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
+        raise CorruptArchive("archive snapshot.json is damaged (tiers must be a list of objects)")
+    for t in tiers:
+        if not isinstance(t.get("tier", ""), str) or not all(
+            isinstance(t.get(k, {}), dict) for k in ("counts", "details")
+        ):
+            raise CorruptArchive("archive snapshot.json is damaged (a tier with a malformed name, counts or details)")
+    return doc
+
+
+def _open_path(path: str | Path) -> IO[bytes]:
+    if ATOMIC_TEMP_NAME.match(Path(path).name):
+        # A run killed after its last fsync but before the rename leaves a complete-looking file under this
+        # name; it never became an archive, so it is never read as one.
+        raise CorruptArchive(f"{path}: an unfinished temporary file of an interrupted run, not an archive")
+    try:
+        return open(path, "rb", buffering=1 << 20)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such archive") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not an archive") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+class Archive:
+    """An archive on disk opened for reading: `index()` does one full verifying pass; `members()` starts a
+    new pass each time it is called (each re-verified against the manifest at its end)."""
+
+    def __init__(self, path: str | Path, identities: Sequence[Identity] = ()) -> None:
+        self.path = Path(path)
+        self.identities = list(identities)
+        self._index: ArchiveIndex | None = None
+
+    def index(self) -> ArchiveIndex:
+        """format.json, snapshot.json and MANIFEST.json, after checking every member's hash."""
+        if self._index is None:
+            with _open_path(self.path) as fh:
+                reader = ArchiveReader(fh, self.identities)
+                for _ in reader.members(prefix="\0"):
+                    pass
+                self._index = ArchiveIndex(
+                    reader.format, reader.snapshot, reader.manifest, os.fstat(fh.fileno()).st_size
+                )
+        return self._index
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        """snapshot.json (runs the verifying pass if it has not run yet)."""
+        return self.index().snapshot
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """MANIFEST.json (runs the verifying pass if it has not run yet)."""
+        return self.index().manifest
+
+    def members(self, prefix: str | None = None) -> Iterator[Member]:
+        """A new pass over the data members (filtered by prefix). If `index()` ran before, the pass must find
+        the same MANIFEST.json: a consumer planned on that one, and the file may have been swapped since."""
+        with _open_path(self.path) as fh:
+            reader = ArchiveReader(fh, self.identities)
+            yield from reader.members(prefix)
+            if self._index is not None and reader.manifest != self._index.manifest:
+                raise CorruptArchive(f"{self.path}: the archive changed while it was being read")
