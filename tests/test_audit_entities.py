@@ -87,3 +87,64 @@ def test_bad_models_are_config_errors(toml: str, text: str) -> None:
     res = invoke("audit")
     assert res.code == 2
     assert text in res.err
+
+
+def test_each_tier_locator_names_its_records() -> None:
+    from statekit.audit.entities import build_model
+
+    model = build_model(
+        {
+            "user": {
+                "authority": "db",
+                "db": {"table": "users", "key": "id", "value": "profile"},
+                "redis": {"key": "app:user:{id}", "role": "cache"},
+                "files": {"path": "users/{id}.json", "role": "optional"},
+            },
+            "key": {
+                "authority": "redis",
+                "parent": "user",
+                "redis": {"key": "app:keys:{id}", "field": "{name}"},
+                "files": {"path": "keys/{id}/{name}.json", "role": "cache"},
+            },
+        }
+    )
+    user, key = model.entities["user"], model.entities["key"]
+    db, cache, file = user.locators["db"], user.locators["redis"], user.locators["files"]
+    assert (db.describe(), cache.describe(), file.describe()) == (
+        'db "users".profile',
+        "redis app:user:{id}",
+        "files users/{id}.json",
+    )
+    assert db.where_of(user, "7") == '"users" id=7.profile'
+    assert cache.where_of(user, "7") == "app:user:7"
+    assert file.where_of(user, "7") == "users/7.json"
+    assert key.locators["redis"].describe() == "redis app:keys:{id} [{name}]"
+    assert key.locators["redis"].where_of(key, "7", ("a",)) == "app:keys:7 [a]"
+    assert key.locators["redis"].where_of(key, "7") == "app:keys:7"  # the field needs its name
+    assert key.locators["files"].where_of(key, "7", ("a",)) == "keys/7/a.json"
+    assert key.locators["files"].where_of(key, "7") == "keys/7/"  # the scope's directory
+    # only rows can hold a NULL value; only reconcile into the db writes rows of one table
+    assert [loc.nullable for loc in (db, cache, file)] == [True, False, False]
+    assert (db.row_loc(), cache.row_loc(), file.row_loc()) == (("db", "users", "id"), None, None)
+    assert db.holds_one_value(user) and key.locators["redis"].holds_one_value(key)
+
+
+@pytest.mark.parametrize(
+    "table,text",
+    [
+        (
+            {"files": {"path": "{id}.json", "field": "x"}},
+            "entity.x.files: unknown key 'field' (known: codec, path, role)",
+        ),
+        ({"db": {"table": "t", "key": ["a", "b"], "value": "v"}}, "entity.x.db.key: more key columns than"),
+        ({"redis": {"key": "k:{id}", "field": "{f}"}, "files": {"path": "{id}.json"}}, "entity.x.files: the template"),
+        ({"files": {"path": "{id}/"}}, "needs presence = true"),
+    ],
+)
+def test_a_tier_section_is_checked_by_its_own_kind(table: dict[str, object], text: str) -> None:
+    from statekit.audit.entities import build_model
+    from statekit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_model({"x": table})
+    assert text in str(err.value)

@@ -617,6 +617,7 @@ def _plan_everywhere(data: bytes, conn: Any) -> None:
 
     from statekit.errors import StatekitError
     from statekit.tiers.sql import ddl
+    from statekit.tiers.sql.dialects import dialect_for
     from statekit.tiers.sql.schema import DbSchema, TableDesc
 
     try:
@@ -626,7 +627,10 @@ def _plan_everywhere(data: bytes, conn: Any) -> None:
                 creates: list[tuple[TableDesc, str | None, str | None]] = [
                     (t, None, "statekit_new_x_0" if dialect.name == "mysql" else None) for t in desc.tables
                 ]
-                ddl.generic_plan(desc, creates, dialect, {t.name for t in desc.tables}, trusted=trusted)
+                ddl.generic_plan(
+                    desc, creates, dialect, {t.name for t in desc.tables}, trusted=trusted,
+                    target=dialect_for(dialect.name),
+                )  # fmt: skip
         for trusted in (False, True):
             ddl.pg_plan(conn, desc, [(t, t.schema) for t in desc.tables], trusted=trusted, map_schema=lambda s: s)
     except StatekitError:

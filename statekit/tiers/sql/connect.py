@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,10 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from statekit.config import redact_url
 from statekit.errors import ConfigError, StatekitError, TierError, TierUnavailable
-
-# Default drivers: SQLAlchemy's own defaults (psycopg2, mysqlclient) are not installed with statekit.
-_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql", "sqlite": "pysqlite"}
-DIALECTS = ("postgresql", "mysql", "sqlite")
+from statekit.tiers.sql.dialects import Dialect, dialect_for
 
 
 class DbTarget:
@@ -36,27 +32,22 @@ class DbTarget:
         except Exception:
             raise ConfigError(f"db url {self.shown}: not a valid database URL") from None
         backend = parsed.get_backend_name()
-        if backend not in _DRIVERS:
-            raise ConfigError(
-                f"db url {self.shown}: unsupported database '{backend}' (postgresql, mysql, mariadb, sqlite)"
-            )
-        driver = parsed.get_driver_name()
+        try:
+            dialect = dialect_for(backend)
+        except ConfigError as exc:
+            raise ConfigError(f"db url {self.shown}: {exc}") from None
         if "+" not in parsed.drivername:
-            parsed = parsed.set(drivername=f"{backend}+{_DRIVERS[backend]}")
-        elif backend == "postgresql" and driver != "psycopg":
+            # SQLAlchemy's own default drivers (psycopg2, mysqlclient) are not installed with statekit
+            parsed = parsed.set(drivername=f"{backend}+{dialect.driver}")
+        elif dialect.native_copy and parsed.get_driver_name() != dialect.driver:
             raise ConfigError(f"db url {self.shown}: use postgresql+psycopg:// (psycopg 3) for PostgreSQL")
         password = os.environ.get("STATEKIT_DB_PASSWORD")
-        if parsed.password is None and password and backend != "sqlite":
+        if parsed.password is None and password and dialect.uses_password():
             parsed = parsed.set(password=password)
         self.url: URL = parsed
-        self.dialect: str = "mysql" if backend == "mariadb" else backend
+        self.dialect: Dialect = dialect
         self._secret = str(parsed.password) if parsed.password else None
-        if self.dialect == "sqlite":
-            db = parsed.database or ""
-            if db in ("", ":memory:"):
-                raise ConfigError(f"db url {self.shown}: an in-memory SQLite database cannot be backed up")
-            if must_exist and not Path(db).is_file():
-                raise TierUnavailable(f"db {self.shown}: SQLite file {db} does not exist")
+        dialect.check_url(parsed.database, self.shown, must_exist=must_exist)
 
     def scrub(self, text: str) -> str:
         """The first line of a driver message with the password (if any) masked."""
@@ -67,12 +58,7 @@ class DbTarget:
 
     def engine(self) -> sa.Engine:
         """A pool-less engine: statekit opens a few long connections, never many short ones."""
-        kwargs: dict[str, Any] = {"poolclass": NullPool}
-        if self.dialect == "sqlite":
-            # Transactions are begun explicitly (BEGIN / BEGIN IMMEDIATE): pysqlite's implicit ones do not
-            # cover SELECTs, so a snapshot would not be one read transaction.
-            kwargs["isolation_level"] = "AUTOCOMMIT"
-        return sa.create_engine(self.url, **kwargs)
+        return sa.create_engine(self.url, poolclass=NullPool, **self.dialect.engine_options())
 
     def psycopg_conninfo(self) -> str:
         """libpq connection string for psycopg (libpq itself reads ~/.pgpass when no password is set)."""
@@ -146,12 +132,3 @@ def _is_disconnect(exc: BaseException) -> bool:
         text = str(orig).lower()
         return any(w in text for w in ("terminat", "connection", "server closed", "lost", "broken pipe"))
     return False
-
-
-def server_version(conn: sa.Connection, dialect: str) -> str:
-    """The server's version string (PostgreSQL server_version, MySQL VERSION(), SQLite library version)."""
-    if dialect == "postgresql":
-        return str(conn.exec_driver_sql("SHOW server_version").scalar())
-    if dialect == "mysql":
-        return str(conn.exec_driver_sql("SELECT VERSION()").scalar())
-    return str(conn.exec_driver_sql("SELECT sqlite_version()").scalar())

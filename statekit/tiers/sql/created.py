@@ -12,29 +12,30 @@ import re
 from typing import Any
 
 from statekit.errors import CorruptArchive
+from statekit.tiers.sql.dialects import Dialect
 
 MAX_TABLES = 10_000
 MAX_NAME = 64
 _PLAIN = re.compile(rf"[\w$-]{{1,{MAX_NAME}}}")
 
 
-def plain_key(key: str, dialect: str) -> bool:
+def plain_key(key: str, dialect: Dialect) -> bool:
     """Whether a target table key is one an undo archive may list in `created_by_restore`."""
     return _parse(key, dialect) is not None
 
 
-def _parse(entry: object, dialect: str) -> tuple[str | None, str] | None:
+def _parse(entry: object, dialect: Dialect) -> tuple[str | None, str] | None:
     if not isinstance(entry, str) or len(entry) > 2 * MAX_NAME + 1:
         return None
     parts = entry.split(".")
-    if len(parts) > (2 if dialect == "postgresql" else 1):
+    if len(parts) > dialect.key_parts():
         return None
     if not all(_PLAIN.fullmatch(part) for part in parts):
         return None
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-def created_by_restore(snapshot: dict[str, Any], dialect: str) -> list[tuple[str | None, str]]:
+def created_by_restore(snapshot: dict[str, Any], dialect: Dialect) -> list[tuple[str | None, str]]:
     """The (schema, table) pairs a db undo archive lists as created by the restore it undoes; [] for any other
     archive. A malformed list (wrong type, too long, a name that is not plain) is CorruptArchive: nothing
     is dropped, nothing restored."""
@@ -55,7 +56,7 @@ def created_by_restore(snapshot: dict[str, Any], dialect: str) -> list[tuple[str
         if parsed is None:
             shown = repr(entry)[:80] if isinstance(entry, str) else type(entry).__name__
             raise CorruptArchive(
-                f"the undo archive's created_by_restore names {shown}, not a plain {dialect} table name; "
+                f"the undo archive's created_by_restore names {shown}, not a plain {dialect.name} table name; "
                 "nothing was changed"
             )
         if parsed not in out:

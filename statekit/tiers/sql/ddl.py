@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as my_types
 from sqlalchemy.schema import CreateTable
 
-from statekit.errors import CorruptArchive
-from statekit.tiers.sql.postgres import native_create_table, native_foreign_keys, qident, qtable
-from statekit.tiers.sql.schema import SCHEMA_MEMBER, ColumnDesc, DbSchema, TableDesc, base_kind
+from statekit.tiers.sql.dialects import Dialect
+from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, refuse_type, shown
+from statekit.tiers.sql.dialects.postgresql import native_create_table, native_foreign_keys, qident, qtable
+from statekit.tiers.sql.schema import ColumnDesc, DbSchema, TableDesc, base_kind
 
 ARCHIVE_SQL = "archive SQL"
 
@@ -62,19 +62,6 @@ class CreatePlan:
         return [s for t in tables for s in t.indexes] + [s for t in tables for s in t.foreign_keys]
 
 
-def shown(text: str, limit: int = 60) -> str:
-    """An archive-supplied name made safe to print: control characters escaped, long names cut."""
-    out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[: limit + 1])
-    return out if len(text) <= limit else out[:limit] + "…"
-
-
-def _refuse(what: str, text: str) -> CorruptArchive:
-    return CorruptArchive(
-        f"archive member {SCHEMA_MEMBER}: {what} '{shown(text)}' is not a plain type name; an archive that is "
-        "not signed by a trusted key only creates tables from plain type names"
-    )
-
-
 # -- type names -------------------------------------------------------------------------------------------
 
 _PG_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"\x00]|"")+")'
@@ -85,22 +72,6 @@ _PG_TYPE = re.compile(
     r"(?: ?\[\d{0,9}\])*"  # array dimensions
 )
 _ARRAY_DIMS = re.compile(r"(?: ?\[\d{0,9}\])+$")
-
-_MY_CHARS = re.compile(r"[A-Za-z0-9_ (),]*")
-_MY_TYPE = re.compile(
-    r"(?:TINYINT|SMALLINT|MEDIUMINT|INT|INTEGER|BIGINT|DECIMAL|NUMERIC|DEC|FIXED|FLOAT|DOUBLE|DOUBLE PRECISION"
-    r"|REAL|BIT|BOOL|BOOLEAN|DATE|DATETIME|TIMESTAMP|TIME|YEAR|CHAR|VARCHAR|NCHAR|NVARCHAR|BINARY|VARBINARY"
-    r"|TINYBLOB|BLOB|MEDIUMBLOB|LONGBLOB|TINYTEXT|TEXT|MEDIUMTEXT|LONGTEXT|JSON|UUID|INET4|INET6|GEOMETRY|POINT"
-    r"|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION)"
-    r"(?: ?\(\d{1,5}(?:, ?\d{1,3})?\))?(?: UNSIGNED)?(?: ZEROFILL)?"
-    r"(?: CHARACTER SET [A-Za-z0-9_]{1,64})?(?: COLLATE [A-Za-z0-9_]{1,64})?",
-    re.IGNORECASE,
-)
-# SQLite's own type-name grammar, restricted to unquoted identifiers and plain numbers.
-_SQLITE_TYPE = re.compile(
-    r"(?:[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)*(?: ?\( ?[+-]?\d{1,9} ?(?:, ?[+-]?\d{1,9} ?)?\))?)?"
-)
-_MAX_TYPE_TEXT = 200
 
 
 class PgTypeCheck:
@@ -115,8 +86,8 @@ class PgTypeCheck:
 
     def known(self, text: str, what: str) -> bool:
         """True when `text` names a type on the target (or one this restore creates)."""
-        if len(text) > _MAX_TYPE_TEXT or not _PG_TYPE.fullmatch(text):
-            raise _refuse(what, text)
+        if len(text) > MAX_TYPE_TEXT or not _PG_TYPE.fullmatch(text):
+            raise refuse_type(what, text)
         bare = _ARRAY_DIMS.sub("", text)
         if bare in self._will_exist:
             return True
@@ -129,20 +100,6 @@ class PgTypeCheck:
             finally:
                 self._conn.rollback()
         return self._cache[text]
-
-
-def my_type_ok(text: str, what: str) -> bool:
-    """MySQL/MariaDB: True for a plain built-in type name; CorruptArchive for anything that is not a name."""
-    if len(text) > _MAX_TYPE_TEXT or not _MY_CHARS.fullmatch(text):
-        raise _refuse(what, text)
-    return bool(_MY_TYPE.fullmatch(text))
-
-
-def sqlite_type_ok(text: str, what: str) -> bool:
-    """SQLite: its type-name grammar (any names, numeric arguments); CorruptArchive otherwise."""
-    if len(text) > _MAX_TYPE_TEXT or not _SQLITE_TYPE.fullmatch(text):
-        raise _refuse(what, text)
-    return True
 
 
 class _Native(sa.types.UserDefinedType[Any]):
@@ -317,7 +274,7 @@ def serial_sequence(default: str) -> str | None:
     if m is None:
         return None
     seq = m.group(1).replace("''", "'")
-    return seq if len(seq) <= _MAX_TYPE_TEXT and _PG_NAME.fullmatch(seq) else None
+    return seq if len(seq) <= MAX_TYPE_TEXT and _PG_NAME.fullmatch(seq) else None
 
 
 def _pg_column_type(c: ColumnDesc, check: PgTypeCheck, problems: list[str], table: TableDesc) -> str | None:
@@ -394,8 +351,6 @@ def _add(classes: list[str], what: str) -> None:
 
 # -- every other combination: MySQL, SQLite, and across dialects -----------------------------------------
 
-_CREATE_HEAD = re.compile(r"CREATE TABLE `(?:[^`]|``)+`")
-
 
 def generic_plan(
     desc: DbSchema,
@@ -404,25 +359,28 @@ def generic_plan(
     present: set[str],
     *,
     trusted: bool,
+    target: Dialect,
 ) -> CreatePlan:
     """CREATE TABLE statements for MySQL and SQLite targets (and PostgreSQL from another dialect). Each entry
     of `create` is (table, target schema, staging name or None); foreign keys go only to tables in `present`."""
     plan = CreatePlan()
-    same = desc.dialect == dialect.name
+    same = desc.dialect == target.name
     for table, schema, staging in create:
         out = TableDdl()
-        stmt = native_statement(table, dialect.name, staging) if trusted and same else None
+        stmt = target.native_statement(table, staging) if trusted and same else None
         if stmt is not None:
             out.before.append(stmt)
             out.classes.append(f"CREATE TABLE ({ARCHIVE_SQL}: the source's own statement)")
-            if dialect.name == "sqlite":
-                out.before.extend(table.indexes)  # MySQL's SHOW CREATE TABLE has them already
+            if not target.native_ddl_has_indexes:
+                out.before.extend(table.indexes)
                 if table.indexes:
                     out.classes.append(f"CREATE INDEX ({ARCHIVE_SQL})")
         else:
-            natives = _validated_natives(table, dialect.name, plan.problems) if same and not trusted else {}
+            natives = _validated_natives(table, target, plan.problems) if same and not trusted else {}
             out.before.append(
-                sa_create_statement(table, dialect, schema, present, name=staging, natives=natives, trusted=trusted)
+                sa_create_statement(
+                    table, dialect, target, schema, present, name=staging, natives=natives, trusted=trusted
+                )
             )
             what = "validated types" if same else "portable types"
             out.classes.append(f"CREATE TABLE (names, {what}, NOT NULL, primary key, unique, foreign keys)")
@@ -436,14 +394,13 @@ def generic_plan(
     return plan
 
 
-def _validated_natives(table: TableDesc, dialect: str, problems: list[str]) -> dict[str, Any]:
+def _validated_natives(table: TableDesc, target: Dialect, problems: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in table.data_columns:
         what = f"column {table.key}.{c.name} type"
-        if dialect == "mysql" and base_kind(c.type)["kind"] == "enum":
-            continue  # rebuilt from its labels
-        ok = my_type_ok(c.native, what) if dialect == "mysql" else sqlite_type_ok(c.native, what)
-        if ok:
+        if not target.validates_native(c):
+            continue
+        if target.native_type_ok(c.native, what):
             out[c.name] = _NativeInt(c.native) if base_kind(c.type)["kind"] == "int" else _Native(c.native)
         else:
             problems.append(
@@ -463,74 +420,10 @@ def _untrusted_skips(table: TableDesc, same: bool) -> list[str]:
     return out
 
 
-def native_statement(table: TableDesc, dialect: str, staging: str | None = None) -> str | None:
-    """The source's own CREATE TABLE for the same dialect (MySQL: without the AUTO_INCREMENT position, which
-    the inserted ids advance anyway, and under `staging` when given). Only for a trusted archive."""
-    if not table.native_ddl:
-        return None
-    if dialect == "mysql":
-        stmt = _AUTO_INC.sub("", table.native_ddl)
-        if staging:
-            stmt, n = _CREATE_HEAD.subn(f"CREATE TABLE `{staging}`", stmt, count=1)
-            if not n:
-                return None
-        return stmt
-    return table.native_ddl
-
-
-_AUTO_INC = re.compile(r"\s+AUTO_INCREMENT=\d+")
-
-
-def sa_type(col: ColumnDesc, dialect: str) -> Any:
-    """A SQLAlchemy type that stores this portable type exactly in `dialect` (wide enough on MySQL, whose
-    TEXT/BLOB stop at 64 KiB and whose DECIMAL defaults to (10,0))."""
-    p = base_kind(col.type)
-    kind = p["kind"]
-    if kind == "int":
-        bits = int(p.get("bits") or 64)
-        return sa.SmallInteger() if bits <= 16 else sa.Integer() if bits <= 32 else sa.BigInteger()
-    if kind == "bool":
-        return sa.Boolean()
-    if kind == "numeric":
-        if dialect == "sqlite":
-            return sa.Text()  # NUMERIC affinity would turn long decimals into lossy REALs
-        prec, scale = p.get("precision"), p.get("scale")
-        if prec:
-            return sa.Numeric(min(int(prec), 65) if dialect == "mysql" else int(prec), scale)
-        return sa.Numeric(65, 30) if dialect == "mysql" else sa.Numeric()
-    if kind == "float":
-        return sa.REAL() if p.get("bits") == 32 else sa.Double()
-    if kind == "text":
-        length = p.get("length")
-        if length:
-            return sa.CHAR(length) if p.get("fixed") else sa.String(length)
-        return my_types.LONGTEXT() if dialect == "mysql" else sa.Text()
-    if kind == "enum":
-        labels = p.get("labels") or []
-        if dialect == "mysql":
-            # SQLAlchemy doubles both quotes and backslashes in the labels: no label can end its literal early
-            return my_types.ENUM(*labels)
-        return sa.String(max((len(x) for x in labels), default=1))
-    if kind == "bytes":
-        return my_types.LONGBLOB() if dialect == "mysql" else sa.LargeBinary()
-    if kind == "date":
-        return sa.Date()
-    if kind == "time":
-        return my_types.TIME(fsp=6) if dialect == "mysql" else sa.Time()
-    if kind in ("timestamp", "timestamptz"):
-        if dialect == "mysql":
-            return my_types.DATETIME(fsp=6)
-        return sa.DateTime(timezone=kind == "timestamptz" and dialect == "postgresql")
-    if kind == "uuid":
-        return sa.Uuid() if dialect == "postgresql" else sa.String(36)
-    if kind in ("json", "jsonb"):
-        return sa.JSON()
-    return sa.Text()
-
-
 def sa_create_statement(
     table: TableDesc,
     dialect: sa.Dialect,
+    target: Dialect,
     schema: str | None,
     present: set[str],
     *,
@@ -556,7 +449,7 @@ def sa_create_statement(
         args: list[Any] = []
         if c.generated is not None:
             args.append(sa.Computed(sa.text(c.generated), persisted=True))
-        cols.append(sa.Column(c.name, natives.get(c.name) or sa_type(c, dialect.name), *args, **kw))
+        cols.append(sa.Column(c.name, natives.get(c.name) or target.sa_type(c), *args, **kw))
     kept = {c.name for c in cols}
     constraints: list[Any] = [
         sa.UniqueConstraint(*u) for u in table.unique if u != table.primary_key and set(u) <= kept

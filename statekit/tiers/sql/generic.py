@@ -20,25 +20,6 @@ FETCH_ROWS = 5000
 AddSegment = Callable[[TableDesc, int, bytes | bytearray, int], None]
 
 
-def begin_snapshot(conn: sa.Connection, dialect: str) -> str:
-    """Open the read transaction every table will be read in; returns its description for snapshot.json."""
-    if dialect == "mysql":
-        conn.exec_driver_sql("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        return "REPEATABLE READ, WITH CONSISTENT SNAPSHOT"
-    # SQLite (engine in autocommit): BEGIN defers the lock to the first read, which then holds one snapshot.
-    conn.exec_driver_sql("BEGIN")
-    return "one read transaction"
-
-
-def end_snapshot(conn: sa.Connection, dialect: str) -> None:
-    """Close the read transaction (nothing was written)."""
-    if dialect == "sqlite":
-        conn.exec_driver_sql("ROLLBACK")
-    else:
-        conn.rollback()
-
-
 def select_sql(conn: sa.Connection, table: TableDesc, schema: str | None) -> str:
     """SELECT of the archived columns, identifiers quoted by the dialect."""
     q = conn.dialect.identifier_preparer.quote

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from statekit.errors import StatekitError
-from statekit.tiers.sql.postgres import copy_columns, qident
+from statekit.tiers.sql.dialects.postgresql import copy_columns, qident
 
 # A table whose first archived segment is at least this big gets its indexes rebuilt after the load;
 # smaller ones load faster into their indexes than a rebuild would cost.

@@ -7,7 +7,6 @@ foreign-key parents) is reported column by column, and restore_db refuses to sta
 
 from __future__ import annotations
 
-import os
 import secrets
 import warnings
 from contextlib import AbstractContextManager, nullcontext
@@ -22,6 +21,7 @@ from statekit.tiers.sql import ddl
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.created import created_by_restore
 from statekit.tiers.sql.ddl import CreatePlan
+from statekit.tiers.sql.dialects import Dialect, dialect_for
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     DbSchema,
@@ -29,7 +29,6 @@ from statekit.tiers.sql.schema import (
     base_kind,
     matches,
     non_portable_reason,
-    reflect,
 )
 
 MODES = ("replace", "merge", "append")
@@ -91,7 +90,7 @@ class RestoreContext:
 
     def drop_key(self, t: TableDesc) -> str:
         """A dropped table's name in the target, for messages (as TablePlan.target_key)."""
-        return t.key if self.target.dialect == "postgresql" else t.name
+        return t.key if self.target.dialect.named_schemas else t.name
 
     def drop_json(self, t: TableDesc) -> dict[str, Any]:
         """The plan line of a table the restore drops."""
@@ -111,7 +110,7 @@ class RestoreContext:
     @property
     def same_dialect(self) -> bool:
         """Whether the archive came from the target's dialect (native DDL and, for PostgreSQL, COPY)."""
-        return self.desc.dialect == self.target.dialect
+        return self.desc.dialect == self.target.dialect.name
 
     def by_member(self) -> dict[str, TablePlan]:
         """Plans keyed by the archived member prefix."""
@@ -174,7 +173,7 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
         ctx.drops = _undo_drops(archive, opts, ctx, found)
         for d in ctx.drops:
             if conn is not None:
-                ctx.drop_rows[d.key] = _count(conn, d.schema if target.dialect == "postgresql" else None, d.name)
+                ctx.drop_rows[d.key] = _count(conn, d.schema if target.dialect.named_schemas else None, d.name)
     ctx.trusted = opts.trust_archive_sql
     _plan_creates(ctx, existing)
     ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
@@ -197,7 +196,7 @@ def _undo_drops(
         held.add((schema if schema is not None else default, t.name))
     drops: list[TableDesc] = []
     for schema, name in listed:
-        if ctx.target.dialect != "postgresql":
+        if not ctx.target.dialect.named_schemas:
             schema = None
         have = found.get((schema if schema is not None else default, name))
         if have is None or (have.schema, have.name) in held or have in drops:
@@ -213,13 +212,13 @@ def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
     statement classes of every table, so that the plan shows all of them."""
     target = ctx.target
     creates = [p for p in ctx.plans if p.existing is None]
-    native_pg = ctx.same_dialect and target.dialect == "postgresql"
-    if creates and target.dialect == "mysql":
+    native_pg = ctx.same_dialect and target.dialect.native_copy
+    if creates and target.dialect.stages_new_tables:
         token = secrets.token_hex(4)
         for i, p in enumerate(creates):
             p.staging = f"statekit_new_{token}_{i}"
     if creates:
-        missing_file = target.dialect == "sqlite" and not os.path.exists(target.url.database or "")
+        missing_file = target.dialect.missing_database(target.url.database)
         opened: AbstractContextManager[sa.Connection | None] = nullcontext() if missing_file else target.connection()
         with opened as conn:
             try:
@@ -236,7 +235,7 @@ def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
                     present = {p.src.name for p in ctx.plans} | {t.name for t in existing}
                     ctx.ddl = ddl.generic_plan(
                         ctx.desc, [(p.src, p.schema, p.staging) for p in creates], dialect, present,
-                        trusted=ctx.trusted,
+                        trusted=ctx.trusted, target=target.dialect,
                     )  # fmt: skip
             except sa.exc.DBAPIError as exc:
                 raise target.fail("checking the archived schema against the target", exc) from None
@@ -276,29 +275,29 @@ def _data_statements(p: TablePlan, ctx: RestoreContext, native_pg: bool) -> list
         if existing and ctx.mode == "replace":
             out.append("DELETE")
         out.append("INSERT … ON CONFLICT" if ctx.mode == "merge" else "INSERT")
-    if ctx.target.dialect == "postgresql":
+    if ctx.target.dialect.sets_sequences:
         out.append("setval (sequences)")
     return out
 
 
-def _target_schema(t: TableDesc, desc: DbSchema, dialect: str, default_schema: str | None) -> str | None:
+def _target_schema(t: TableDesc, desc: DbSchema, dialect: Dialect, default_schema: str | None) -> str | None:
     # MySQL databases and SQLite files are named by the URL: tables go into the target's own. PostgreSQL
     # keeps non-default schemas, and the source's default schema becomes the target's.
-    if dialect != "postgresql":
+    if not dialect.named_schemas:
         return None
-    if desc.dialect != "postgresql" or t.schema == desc.default_schema:
+    if not dialect_for(desc.dialect).named_schemas or t.schema == desc.default_schema:
         return default_schema
     return t.schema
 
 
 def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
-    if target.dialect == "sqlite" and not os.path.exists(target.url.database or ""):
+    if target.dialect.missing_database(target.url.database):
         return [], "main"
     with target.connection() as conn:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", sa.exc.SAWarning)
-                tables, _, _, default_schema = reflect(conn, target.dialect, [], ["*"], [], with_sequences=False)
+                tables, _, _, default_schema = target.dialect.reflect(conn, [], ["*"], [], with_sequences=False)
             conn.rollback()
         except Exception as exc:
             raise target.fail("reading the target's schema", exc) from None
@@ -329,16 +328,16 @@ _ALSO_FITS = {
 }  # fmt: skip
 
 
-def column_problem(src: Any, dst: Any, src_dialect: str, dst_dialect: str) -> str | None:
+def column_problem(src: Any, dst: Any, same_dialect: bool, target: Dialect) -> str | None:
     """Why values of archived column `src` would not fit target column `dst` (None if they do)."""
-    if dst_dialect == "sqlite":
-        return None  # dynamic typing: any value goes into any column
+    if target.dynamic_typing:
+        return None  # any value goes into any column
     a, b = base_kind(src.type), base_kind(dst.type)
     ka, kb = a["kind"], b["kind"]
     if ka in ("other", "array", "interval") or kb in ("other", "array", "interval"):
-        if src_dialect == dst_dialect and src.native == dst.native:
+        if same_dialect and src.native == dst.native:
             return None
-        if ka == kb == "array" and src_dialect == dst_dialect:
+        if ka == kb == "array" and same_dialect:
             return None
         if ka == kb and ka != "other":
             return None
@@ -366,14 +365,14 @@ def column_problem(src: Any, dst: Any, src_dialect: str, dst_dialect: str) -> st
 
 def _problems(ctx: RestoreContext, existing: list[TableDesc]) -> list[str]:
     out: list[str] = []
-    sd, td = ctx.desc.dialect, ctx.target.dialect
+    td = ctx.target.dialect
     for p in ctx.plans:
         src = p.src
         if not ctx.same_dialect:
             for c in src.data_columns:
-                why = non_portable_reason(c.type, td)
+                why = non_portable_reason(c.type, td.name)
                 if why:
-                    out.append(f"{src.key}.{c.name} ({c.native}): not portable to {td}: {why}")
+                    out.append(f"{src.key}.{c.name} ({c.native}): not portable to {td.name}: {why}")
         if p.existing is not None:
             dst_cols = {c.name: c for c in p.existing.columns}
             for c in src.data_columns:
@@ -384,7 +383,7 @@ def _problems(ctx: RestoreContext, existing: list[TableDesc]) -> list[str]:
                 if d.generated is not None:
                     out.append(f"{p.target_key}.{c.name}: generated in the target, plain in the archive")
                     continue
-                why = column_problem(c, d, sd, td)
+                why = column_problem(c, d, ctx.same_dialect, td)
                 if why:
                     out.append(f"{p.target_key}.{c.name}: {why}")
                 if c.nullable and not d.nullable:

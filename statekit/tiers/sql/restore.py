@@ -26,6 +26,7 @@ from statekit.model import (
     Progress,
     RestoreOptions,
     RestoreReport,
+    TierSummary,
     UndoSink,
     Warn,
     announce_total,
@@ -34,14 +35,18 @@ from statekit.model import (
 )
 from statekit.tiers.sql import pgload
 from statekit.tiers.sql.created import plain_key
+from statekit.tiers.sql.dialects import Dialect
+from statekit.tiers.sql.dialects.base import driver_sql
+from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
-from statekit.tiers.sql.postgres import SESSION_SETTINGS, copy_columns, qident, qtable
+from statekit.tiers.sql.postgres import SESSION_SETTINGS
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
 from statekit.tiers.sql.segments import check_segments
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
-from statekit.tiers.sql.values import adapt_for, iter_copy_rows, iter_jsonl, pg_text_parser
+from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser
 
 BATCH_ROWS = 5000
+_MARK = "\0"  # a value's place in an INSERT until the driver's mark goes in (no name holds a NUL)
 
 
 def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archive_counts: bool = True) -> RestoreReport:
@@ -97,7 +102,7 @@ def restore_db(
     announce_total(progress, "db", sum(p.archive_rows or 0 for p in ctx.plans))
     started = time.time()
     try:
-        if ctx.same_dialect and ctx.target.dialect == "postgresql":
+        if ctx.same_dialect and ctx.target.dialect.native_copy:
             loaded = _restore_pg(ctx, archive, progress)
         else:
             loaded = _restore_generic(ctx, archive, progress)
@@ -119,19 +124,16 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
     existing = [p.existing for p in ctx.plans if p.existing is not None] + ctx.drops
     keys = [t.key for t in existing]
     schemas = sorted({t.schema for t in existing if t.schema})
-    if ctx.target.dialect != "postgresql":
+    if not ctx.target.dialect.named_schemas:
         schemas = []
     if keys:
         summary = snapshot_target(ctx.target, undo.sink, include=exact_patterns(keys), exclude=[], schemas=schemas)
     else:
-        from statekit.model import TierSummary
-        from statekit.tiers.sql.schema import DbSchema
-
         # Nothing existed yet: an empty db tier, so the undo archive still restores (to no change).
-        empty = DbSchema(ctx.target.dialect, "", ctx.default_schema, [])
+        empty = DbSchema(ctx.target.dialect.name, "", ctx.default_schema, [])
         undo.sink.add(SCHEMA_MEMBER, empty.to_json_bytes(), meta={"tables": 0})
         summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
-        summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect, "tables": {}}
+        summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect.name, "tables": {}}
     created = [p.target_key for p in ctx.plans if p.existing is None]
     plain = [k for k in created if plain_key(k, ctx.target.dialect)]
     if plain:
@@ -143,16 +145,13 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
     return undo.seal(summary)
 
 
-def _drop_sql(ctx: RestoreContext, quote: Any) -> str | None:
+def _drop_sql(ctx: RestoreContext) -> str | None:
     """One DROP TABLE for every table the restore of an undo archive drops (RESTRICT: a table some other
-    table still references is never dropped; the statement fails and the transaction with it)."""
+    table still references is never dropped; the statement fails and the transaction with it). Without
+    named schemas, only names in the URL's database / file: never another one."""
     if not ctx.drops:
         return None
-    if ctx.target.dialect == "postgresql":
-        names = [f"{quote(t.schema)}.{quote(t.name)}" if t.schema else quote(t.name) for t in ctx.drops]
-    else:
-        names = [quote(t.name) for t in ctx.drops]  # the URL's database / file: never another one
-    return f"DROP TABLE {', '.join(names)}"
+    return f"DROP TABLE {', '.join(ctx.target.dialect.qualified(t.schema, t.name) for t in ctx.drops)}"
 
 
 def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
@@ -183,7 +182,7 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
                 cur.execute(stmt)
-            drop = _drop_sql(ctx, qident)
+            drop = _drop_sql(ctx)
             if drop is not None:
                 # Restoring an undo archive: the tables its restore created go first, in this one transaction
                 # (before any foreign key of theirs is deferred or a table they reference is emptied).
@@ -325,21 +324,18 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
     except Exception as exc:
         engine.dispose()
         raise TierUnavailable(f"db {target.shown}: cannot connect: {target.scrub(str(exc))}") from None
-    q = conn.dialect.identifier_preparer.quote
 
     def qname(p: TablePlan, *, final: bool = False) -> str:
-        name = p.src.name if final or p.staging is None else p.staging
-        return f"{q(p.schema)}.{q(name)}" if p.schema else q(name)
+        return dialect.qualified(p.schema, p.src.name if final or p.staging is None else p.staging)
+
+    def run(text: str) -> None:
+        conn.exec_driver_sql(driver_sql(conn, text))
 
     try:
-        if dialect == "mysql":
-            conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
-            conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
-        elif dialect == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        drop = _drop_sql(ctx, q)
-        if drop is not None and dialect == "postgresql":
-            conn.exec_driver_sql(drop)  # in the one transaction, as in _restore_pg
+        dialect.begin_load(conn)
+        drop = _drop_sql(ctx)
+        if drop is not None and dialect.drop_at == "first":
+            run(drop)  # in the one transaction, as in _restore_pg
         for p in ctx.plans:
             table_ddl = ctx.ddl.tables.get(p.src.key)
             if table_ddl is None:
@@ -348,16 +344,16 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 conn.exec_driver_sql(stmt)
                 if qname(p) not in created:
                     created.append(qname(p))
-        if dialect == "mysql":
-            # MySQL commits DDL at once: new tables exist under staging names until the data is in, and are
+        if not dialect.transactional_ddl:
+            # DDL commits at once: new tables exist under staging names until the data is in, and are
             # dropped again on failure, so no half-restored table ever carries its real name
             conn.commit()
-        if dialect == "postgresql":
+        if dialect.defers_constraints:
             conn.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
         if ctx.mode == "replace":
             for p in reversed(ctx.plans):
                 if p.existing is not None:
-                    conn.exec_driver_sql(f"DELETE FROM {qname(p)}")
+                    run(f"DELETE FROM {qname(p)}")
         nbytes = 0
         for plan, ext, member in _segments(ctx, archive):
             cols = plan.src.data_columns
@@ -366,48 +362,44 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 rows = iter_copy_rows(member.stream, [pg_text_parser(c.type) for c in cols])
             else:
                 rows = iter_jsonl(member.stream, len(cols))
-            fit = adapt_for(dialect, [base_kind(c.type)["kind"] for c in cols])
-            sql = _insert_sql(conn, plan, qname(plan), ctx.mode)
+            fit = dialect.row_adapter([base_kind(c.type)["kind"] for c in cols])
+            sql = _insert_sql(conn, dialect, plan, qname(plan), ctx.mode)
             while batch := [fit(r) for r in islice(rows, BATCH_ROWS)]:
                 conn.exec_driver_sql(sql, batch)
                 loaded[plan.src.key] += len(batch)
             nbytes += member.size
             progress("db", sum(loaded.values()), nbytes)
-        if dialect == "postgresql":
+        if dialect.defers_constraints:
             conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+        if dialect.sets_sequences:
             with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                 _set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
-        if dialect == "sqlite":
-            if drop is not None:
-                conn.exec_driver_sql(drop)  # after the load, still inside the one transaction (SQLite DDL is)
-            conn.exec_driver_sql("COMMIT")
-        elif staged:
+        if drop is not None and dialect.drop_at == "before_commit":
+            run(drop)  # after the load, still inside the one transaction
+        if staged:
             # RENAME TABLE commits the data first (implicitly), then renames every staged table in one step
             pairs = ", ".join(f"{qname(p)} TO {qname(p, final=True)}" for p in staged)
-            conn.exec_driver_sql(f"RENAME TABLE {pairs}")
+            run(f"RENAME TABLE {pairs}")
             created.clear()
             conn.commit()
         else:
-            conn.commit()
-        if drop is not None and dialect == "mysql":
+            dialect.commit(conn)
+        if drop is not None and dialect.drop_at == "after_commit":
             # MySQL/MariaDB commit DDL at once: the drop can share no transaction with the load. It runs after the
             # load committed, in the same run; should it fail, the data is restored and the error (naming the
             # undo archive of this run) says so.
             try:
-                conn.exec_driver_sql(drop)
+                run(drop)
                 conn.commit()
             except Exception as exc:
                 raise target.fail("dropping the created tables (the data is restored)", exc) from None
     except BaseException:
         try:
-            if dialect == "sqlite":
-                conn.exec_driver_sql("ROLLBACK")
-            else:
-                conn.rollback()
-            if dialect == "mysql":
+            dialect.rollback(conn)
+            if not dialect.transactional_ddl:
                 for name in created:
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                    run(f"DROP TABLE IF EXISTS {name}")
                 conn.commit()
         except Exception:
             pass
@@ -418,21 +410,12 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
     return loaded
 
 
-def _insert_sql(conn: sa.Connection, plan: TablePlan, qname: str, mode: str) -> str:
-    q = conn.dialect.identifier_preparer.quote
-    dialect = conn.dialect.name
+def _insert_sql(conn: sa.Connection, dialect: Dialect, plan: TablePlan, qname: str, mode: str) -> str:
+    q = dialect.quote
     cols = [c.name for c in plan.src.data_columns]
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    head = f"INSERT INTO {qname} ({', '.join(q(c) for c in cols)}) "
-    if dialect == "postgresql" and any(c.identity for c in plan.src.data_columns):
-        head += "OVERRIDING SYSTEM VALUE "
-    sql = head + f"VALUES ({', '.join([mark] * len(cols))})"
-    if mode != "merge":
-        return sql
-    pk = plan.existing.primary_key if plan.existing is not None else plan.src.primary_key
-    rest = [c for c in cols if c not in pk]
-    if dialect == "mysql":
-        upd = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in (rest or pk[:1]))
-        return f"{sql} ON DUPLICATE KEY UPDATE {upd}"
-    action = "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in rest) if rest else "DO NOTHING"
-    return f"{sql} ON CONFLICT ({', '.join(q(c) for c in pk)}) {action}"
+    head = f"INSERT INTO {qname} ({', '.join(q(c) for c in cols)}) " + dialect.overriding_identity(plan.src)
+    sql = head + f"VALUES ({', '.join([_MARK] * len(cols))})"
+    if mode == "merge":
+        pk = plan.existing.primary_key if plan.existing is not None else plan.src.primary_key
+        sql = dialect.upsert(sql, pk, [c for c in cols if c not in pk])
+    return driver_sql(conn, sql).replace(_MARK, "?" if conn.dialect.paramstyle == "qmark" else "%s")

@@ -1,9 +1,7 @@
-"""The portable schema description the db tier archives (db/schema.json), and reflection that builds it.
+"""The portable schema description the db tier archives (db/schema.json): its shape, its checks, portable types.
 
-Reflection goes through SQLAlchemy's Inspector for every dialect, so the portable part (columns, kinds,
-nullability, defaults, keys, enums) has one code path; each dialect adds what only it knows: PostgreSQL exact
-native types (format_type), constraint definitions, domains and sequence positions; MySQL `SHOW CREATE TABLE`;
-SQLite the CREATE statement from sqlite_master.
+Reflection that builds it lives with the dialects (statekit.tiers.sql.dialects): the portable part goes through
+SQLAlchemy's Inspector for every dialect, and each dialect adds what only it knows.
 """
 
 from __future__ import annotations
@@ -21,7 +19,9 @@ from statekit.errors import CorruptArchive
 
 SCHEMA_MEMBER = "db/schema.json"
 SCHEMA_FORMAT = 1
-_PG_SYSTEM = ("pg_catalog", "information_schema", "pg_toast")
+# The dialects an archive may name, and whether its columns may use PostgreSQL's own types (enums, domains,
+# arrays); statekit.tiers.sql.dialects holds one Dialect for each (a test keeps the two lists equal).
+ARCHIVE_DIALECTS: dict[str, bool] = {"postgresql": True, "mysql": False, "sqlite": False}
 
 
 @dataclass
@@ -200,8 +200,9 @@ def check_schema(desc: DbSchema) -> None:
     ValueError) naming the first field that is not. Expressions (defaults, checks, indexes, native DDL) are
     only checked to be text here: whether they may run at all is the restore's trust decision."""
     _name(desc.dialect, "dialect")
-    if desc.dialect not in ("postgresql", "mysql", "sqlite"):
+    if desc.dialect not in ARCHIVE_DIALECTS:
         raise _Bad(f"unknown dialect {desc.dialect[:40]!r}")
+    extended_types = ARCHIVE_DIALECTS[desc.dialect]
     _name(desc.default_schema, "default_schema", optional=True)
     seen: set[tuple[str | None, str]] = set()
     for t in desc.tables:
@@ -226,7 +227,7 @@ def check_schema(desc: DbSchema) -> None:
                 raise _Bad(f"{cw} is listed twice")
             cols.add(c.name)
             check_type(c.type, cw)
-            if desc.dialect != "postgresql" and _kinds(c.type) & {"domain", "array"}:
+            if not extended_types and _kinds(c.type) & {"domain", "array"}:
                 raise _Bad(f"{cw}: a {desc.dialect} archive with PostgreSQL types")
             _opt_str(c.native, f"{cw} native type")
             if not isinstance(c.native, str):
@@ -279,7 +280,7 @@ def check_schema(desc: DbSchema) -> None:
             _opt_str(s.get("name"), f"{where} sequence name")
             _int(s.get("last_value"), f"{where} sequence position", -(1 << 63), (1 << 63) - 1, optional=False)
             _bool(s.get("is_called"), f"{where} sequence is_called")
-    if desc.dialect != "postgresql" and (desc.enums or desc.domains):
+    if not extended_types and (desc.enums or desc.domains):
         raise _Bad(f"a {desc.dialect} archive with PostgreSQL enums or domains")
     for e in desc.enums:
         if not isinstance(e, dict):
@@ -436,150 +437,3 @@ def fk_order(tables: list[TableDesc]) -> list[TableDesc]:
     for k in sorted(by_key, key=lambda x: (x[0] or "", x[1])):
         visit(k)
     return out
-
-
-# -- reflection ------------------------------------------------------------------------------------------
-
-
-def list_schemas(conn: sa.Connection, dialect: str, wanted: list[str]) -> list[str | None]:
-    """Schemas to reflect: the configured ones, else (PostgreSQL) every user schema, else the default."""
-    if dialect != "postgresql":
-        return [None] if not wanted else list(wanted)
-    if wanted:
-        return list(wanted)
-    names = sa.inspect(conn).get_schema_names()
-    return [n for n in names if not n.startswith(_PG_SYSTEM)]
-
-
-def reflect(
-    conn: sa.Connection,
-    dialect: str,
-    schemas: list[str],
-    include: list[str],
-    exclude: list[str],
-    *,
-    with_sequences: bool = True,
-) -> tuple[list[TableDesc], list[dict[str, Any]], list[dict[str, Any]], str | None]:
-    """Reflect the selected tables (FK order), enums, domains and the default schema, on `conn` (so inside
-    the caller's snapshot transaction)."""
-    insp = sa.inspect(conn)
-    default_schema = insp.default_schema_name
-    tables: list[TableDesc] = []
-    for schema in list_schemas(conn, dialect, schemas):
-        real_schema = schema if schema is not None else default_schema
-        names = insp.get_table_names(schema=schema)
-        keys = [n for n in names if matches(f"{real_schema}.{n}" if real_schema else n, n, include or ["*"])]
-        keys = [n for n in keys if not matches(f"{real_schema}.{n}" if real_schema else n, n, exclude)]
-        if not keys:
-            continue
-        cols = insp.get_multi_columns(schema=schema, filter_names=keys)
-        pks = insp.get_multi_pk_constraint(schema=schema, filter_names=keys)
-        fks = insp.get_multi_foreign_keys(schema=schema, filter_names=keys)
-        uqs = insp.get_multi_unique_constraints(schema=schema, filter_names=keys)
-        idx = insp.get_multi_indexes(schema=schema, filter_names=keys)
-        for name in keys:
-            k = (schema, name)
-            columns = [
-                ColumnDesc(
-                    name=c["name"],
-                    type=portable_type(c["type"]),
-                    native=_native(c["type"], conn),
-                    nullable=bool(c["nullable"]),
-                    default=None if c.get("default") is None else str(c["default"]),
-                    generated=str(c["computed"]["sqltext"]) if c.get("computed") else None,
-                    identity={"always": bool(c["identity"].get("always"))} if c.get("identity") else None,
-                    autoincrement=c.get("autoincrement") is True,
-                )
-                for c in cols.get(k, [])
-            ]
-            tables.append(
-                TableDesc(
-                    schema=real_schema,
-                    name=name,
-                    member=member_prefix(real_schema, name),
-                    columns=columns,
-                    primary_key=list(_pk_columns(pks.get(k))),
-                    unique=_unique_sets(uqs.get(k, []), idx.get(k, [])),
-                    foreign_keys=[
-                        {
-                            "name": fk.get("name"),
-                            "columns": list(fk["constrained_columns"]),
-                            "ref_schema": fk.get("referred_schema") or real_schema,
-                            "ref_table": fk["referred_table"],
-                            "ref_columns": list(fk["referred_columns"]),
-                            "on_delete": (fk.get("options") or {}).get("ondelete"),
-                            "on_update": (fk.get("options") or {}).get("onupdate"),
-                        }
-                        for fk in fks.get(k, [])
-                    ],
-                )
-            )
-    enums: list[dict[str, Any]] = []
-    domains: list[dict[str, Any]] = []
-    if dialect == "postgresql":
-        from statekit.tiers.sql.postgres import pg_extras
-
-        enums, domains = pg_extras(conn, tables, with_sequences=with_sequences)
-    elif dialect == "mysql":
-        for t in tables:
-            row = conn.exec_driver_sql(f"SHOW CREATE TABLE {_qmy(t.name)}").fetchone()
-            t.native_ddl = str(row[1]) if row else None
-            for c in t.columns:
-                if c.type.get("kind") == "enum":
-                    c.type["labels"] = [_my_unescape(x) for x in c.type["labels"]]
-    else:
-        for t in tables:
-            ddl = conn.exec_driver_sql(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t.name,)
-            ).scalar()
-            t.native_ddl = str(ddl) if ddl else None
-            t.indexes = [
-                str(r[0])
-                for r in conn.exec_driver_sql(
-                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
-                    (t.name,),
-                )
-            ]
-    return fk_order(tables), enums, domains, default_schema
-
-
-def _unique_sets(constraints: list[Any], indexes: list[Any]) -> list[list[str]]:
-    # Unique indexes count as unique keys too (Prisma, for one, makes indexes rather than constraints);
-    # expression indexes have None among their columns and stay native-only.
-    out = [list(u["column_names"]) for u in constraints]
-    for ix in indexes:
-        cols = list(ix.get("column_names") or [])
-        if ix.get("unique") and cols and None not in cols and cols not in out:
-            out.append(cols)
-    return out
-
-
-def _pk_columns(pk: Any) -> list[str]:
-    return list((pk or {}).get("constrained_columns") or [])
-
-
-_MY_ESCAPES = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a", "\\": "\\", "'": "'", '"': '"'}
-
-
-def _my_unescape(label: str) -> str:
-    # SQLAlchemy reads MySQL enum labels from SHOW CREATE TABLE with their backslash escapes still in
-    out: list[str] = []
-    chars = iter(label)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, "")
-            out.append(_MY_ESCAPES.get(nxt, nxt))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _qmy(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _native(t: Any, conn: sa.Connection) -> str:
-    try:
-        return str(t.compile(dialect=conn.dialect))
-    except Exception:
-        return str(getattr(t, "__visit_name__", "unknown"))

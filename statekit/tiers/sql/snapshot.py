@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from statekit.config import DbConfig
 from statekit.errors import StatekitError
 from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn, wants_totals
-from statekit.tiers.sql.connect import DbTarget, server_version
-from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc, reflect
+from statekit.tiers.sql.connect import DbTarget
+from statekit.tiers.sql.dialects import Dialect
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc
 
 
 def snapshot_db(
@@ -58,9 +59,7 @@ def exact_patterns(keys: list[str]) -> list[str]:
 def _pg_row_estimate(target: DbTarget, desc: DbSchema) -> int:
     """The planner's row estimate (pg_class.reltuples) of the selected tables, for a progress ETA only. It
     runs on a connection of its own so that it can never disturb the snapshot's transaction."""
-    from statekit.tiers.sql.postgres import qtable
-
-    names = [qtable(t.schema, t.name) for t in desc.tables]
+    names = [target.dialect.qualified(t.schema, t.name) for t in desc.tables]
     if not names:
         return 0
     try:
@@ -109,14 +108,14 @@ def snapshot_target(
     def write_schema(desc: DbSchema) -> None:
         # First member of the tier: a restore knows every table's columns before it meets any data segment.
         sink.add(SCHEMA_MEMBER, desc.to_json_bytes(), meta={"tables": len(desc.tables)})
-        if dialect == "postgresql" and wants_totals(progress):
+        if dialect.native_copy and wants_totals(progress):
             announce_total(progress, "db", _pg_row_estimate(target, desc))
 
     with target.connection() as conn, warnings.catch_warnings():
         # SQLAlchemy warns about types it does not know (point, tsvector…); they are archived as "other".
         warnings.simplefilter("ignore", sa.exc.SAWarning)
         try:
-            if dialect == "postgresql":
+            if dialect.native_copy:
                 desc, counts = _snapshot_pg(target, conn, include, exclude, schemas, jobs, add, write_schema)
             else:
                 desc, counts = _snapshot_generic(conn, dialect, include, exclude, schemas, add, write_schema)
@@ -128,11 +127,11 @@ def snapshot_target(
     summary.counts = {"tables": len(desc.tables), "rows": sum(counts.values())}
     summary.details = {
         "source": target.shown,
-        "dialect": dialect,
+        "dialect": dialect.name,
         "server_version": desc.server_version,
         "isolation": desc.isolation,
-        "jobs": jobs if dialect == "postgresql" else 1,
-        "encoding": "copy" if dialect == "postgresql" else "jsonl",
+        "jobs": jobs if dialect.native_copy else 1,
+        "encoding": "copy" if dialect.native_copy else "jsonl",
         "tables": {t.key: counts.get(t.key, 0) for t in desc.tables},
     }
     if not desc.tables:
@@ -154,23 +153,24 @@ def _snapshot_pg(
 ) -> tuple[DbSchema, dict[str, int]]:
     from statekit.tiers.sql.postgres import copy_out_parallel, fold_partitions, prepare_session
 
-    conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    dialect = target.dialect
+    isolation = dialect.begin_snapshot(conn)  # opens the transaction (and fixes its snapshot)
     pg = conn.connection.driver_connection
-    version = server_version(conn, "postgresql")  # also opens the transaction (and fixes its snapshot)
+    version = dialect.server_version(conn)
     prepare_session(pg)
     snapshot_id = None
     if jobs > 1:
         snapshot_id = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
-    tables, enums, domains, default_schema = reflect(conn, "postgresql", schemas, include, exclude)
+    tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
     tables = fold_partitions(conn, tables)
     desc = DbSchema(
-        dialect="postgresql",
+        dialect=dialect.name,
         server_version=version,
         default_schema=default_schema,
         tables=tables,
         enums=enums,
         domains=domains,
-        isolation="REPEATABLE READ" + (" (exported snapshot shared by workers)" if jobs > 1 else ""),
+        isolation=isolation + (" (exported snapshot shared by workers)" if jobs > 1 else ""),
     )
     # Largest tables first so parallel workers finish together; one worker keeps foreign-key order.
     work = list(tables)
@@ -191,21 +191,21 @@ def _snapshot_pg(
 
 def _snapshot_generic(
     conn: sa.Connection,
-    dialect: str,
+    dialect: Dialect,
     include: list[str],
     exclude: list[str],
     schemas: list[str],
     add: Any,
     write_schema: Callable[[DbSchema], None],
 ) -> tuple[DbSchema, dict[str, int]]:
-    from statekit.tiers.sql.generic import begin_snapshot, copy_out_rows, end_snapshot
+    from statekit.tiers.sql.generic import copy_out_rows
 
-    isolation = begin_snapshot(conn, dialect)
+    isolation = dialect.begin_snapshot(conn)
     try:
-        version = server_version(conn, dialect)
-        tables, enums, domains, default_schema = reflect(conn, dialect, schemas, include, exclude)
+        version = dialect.server_version(conn)
+        tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
         desc = DbSchema(
-            dialect=dialect,
+            dialect=dialect.name,
             server_version=version,
             default_schema=default_schema,
             tables=tables,
@@ -216,5 +216,5 @@ def _snapshot_generic(
         write_schema(desc)
         counts = copy_out_rows(conn, tables, add, lambda t: t.schema)
     finally:
-        end_snapshot(conn, dialect)
+        dialect.end_snapshot(conn)
     return desc, counts

@@ -9,7 +9,7 @@ the type, so a value keeps its exact type even in a column without one (SQLite):
     {"$td": [days, seconds, microseconds]} {"$u": uuid}          {"$j": JSON text}
 
 PostgreSQL `copy` members hold COPY text; `parse_copy_row` turns one line into typed values (for restores
-into another dialect), `adapt_for` fits typed values to what the target driver stores exactly.
+into another dialect); each dialect's `row_adapter` fits typed values to what its driver stores exactly.
 """
 
 from __future__ import annotations
@@ -192,43 +192,3 @@ def iter_copy_rows(stream: IO[bytes], parsers: list[Callable[[str], Any]]) -> It
             yield [None if f is None else p(f) for p, f in zip(parsers, fields)]
         except (ValueError, decimal.InvalidOperation) as exc:
             raise CorruptArchive(f"db COPY segment holds a value that does not parse: {exc}") from None
-
-
-# -- fitting values to a target ---------------------------------------------------------------------------
-
-
-def adapt_for(dialect: str, kinds: list[str]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """A row converter for the target driver: MySQL DATETIME has no zone (instants go in as UTC), SQLite
-    stores decimals as text (exact) and dates as ISO text (as SQLAlchemy does), JSON goes as text."""
-
-    def conv(v: Any, kind: str) -> Any:
-        if v is None:
-            return None
-        if isinstance(v, uuid.UUID):
-            return str(v)
-        if isinstance(v, (dict, list)):
-            return json.dumps(v, ensure_ascii=False)
-        if dialect == "mysql":
-            if isinstance(v, dt.datetime) and v.tzinfo is not None:
-                return v.astimezone(dt.UTC).replace(tzinfo=None)
-            return v
-        if dialect == "sqlite":
-            if isinstance(v, bool):
-                return int(v)
-            if isinstance(v, decimal.Decimal):
-                return str(v)
-            if isinstance(v, dt.datetime):
-                if v.tzinfo is not None:
-                    v = v.astimezone(dt.UTC).replace(tzinfo=None)
-                return v.isoformat(" ")
-            if isinstance(v, (dt.date, dt.time)):
-                return v.isoformat()
-            if isinstance(v, dt.timedelta):
-                return v.total_seconds()
-            return v
-        return v
-
-    def row(values: list[Any]) -> tuple[Any, ...]:
-        return tuple(conv(v, k) for v, k in zip(values, kinds))
-
-    return row
