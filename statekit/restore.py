@@ -13,7 +13,6 @@ from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
 from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn
 from statekit.tiers import get as get_tier
-from statekit.tiers import names as tier_names
 from statekit.tiers.base import same_server
 from statekit.undo import (
     ResolvedTarget,
@@ -26,8 +25,6 @@ from statekit.undo import (
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
-
-RESTORE_TIERS = tier_names()
 
 
 def archive_tiers(archive: Archive) -> list[str]:
@@ -173,4 +170,4 @@ def archive_is_encrypted(archive: Archive) -> bool:
         return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
 
 
-__all__ = ["RESTORE_TIERS", "UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]
+__all__ = ["UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]
