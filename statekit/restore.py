@@ -13,24 +13,25 @@ from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
 from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn
 from statekit.tiers import get as get_tier
-from statekit.tiers import names as tier_names
 from statekit.tiers.base import same_server
 from statekit.undo import (
     ResolvedTarget,
     UndoArchive,
     configured_target,
     resolve_target,
+    target_record,
     undo_command,
 )
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
-RESTORE_TIERS = tier_names()
-
 
 def archive_tiers(archive: Archive) -> list[str]:
-    """The tiers an archive holds (from snapshot.json)."""
+    """The tiers an archive holds: from its head when it lists them, else from snapshot.json."""
+    listed = archive.head().get("tiers")
+    if isinstance(listed, list):
+        return [str(t) for t in listed]
     return [t.get("tier", "") for t in archive.snapshot.get("tiers", [])]
 
 
@@ -46,7 +47,7 @@ def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTar
         raise UsageError(
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
-    return resolve_target(archive.snapshot, opts, cfg)
+    return resolve_target(target_record(archive), opts, cfg)
 
 
 def _plan(archive: Archive, resolved: ResolvedTarget, cfg: Config) -> RestoreReport:
@@ -108,7 +109,7 @@ def restore_tier(
             opts.tier,
             undo_recipients,
             source={
-                "snapshot_id": archive.snapshot.get("snapshot_id"),
+                "snapshot_id": archive.head().get("snapshot_id"),
                 "archive": archive.path.name,
                 "target": redact_url(target) if tier.url_target else target,
             },
@@ -173,4 +174,4 @@ def archive_is_encrypted(archive: Archive) -> bool:
         return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
 
 
-__all__ = ["RESTORE_TIERS", "UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]
+__all__ = ["UndoArchive", "archive_tiers", "plan_restore", "restore_tier"]

@@ -18,14 +18,12 @@ from statekit.config import Config
 from statekit.errors import Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import Progress, TierSummary, Warn, no_progress, no_warn, utc_stamp
-from statekit.tiers import TIERS as REGISTRY
+from statekit.tiers import TIERS
 from statekit.tiers import get as get_tier
-from statekit.tiers import names as tier_names
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
-TIERS = tier_names()
 ARCHIVE_SUFFIX = ".statekit"
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -75,7 +73,7 @@ class SnapshotResult:
 
 def configured_tiers(cfg: Config) -> list[str]:
     """The tiers that have a source configured, in snapshot order."""
-    return [t.name for t in REGISTRY if t.configured(cfg)]
+    return [t.name for t in TIERS if t.configured(cfg)]
 
 
 def archive_path_for(dest: Path, name: str, now: float) -> Path:
@@ -118,8 +116,7 @@ def take_snapshot(
     if not tiers:
         raise UsageError("nothing to snapshot: configure [db] url, [redis] url or [files] root (or pass flags)")
     for t in tiers:
-        if t not in TIERS:
-            raise UsageError(f"unknown tier {t!r} (choose from {', '.join(TIERS)})")
+        get_tier(t)  # an unknown name is a UsageError naming the choices
     if not recipients and not opts.allow_unencrypted:
         raise Refused(
             "no recipient or passphrase: refusing to write an unencrypted archive "
@@ -138,7 +135,8 @@ def take_snapshot(
     summaries: list[TierSummary] = []
     with atomic_output(path) as raw:
         out = _HashingFile(raw)
-        writer = ArchiveWriter(out, recipients=list(recipients), level=opts.level, created_at=started)  # type: ignore[arg-type]
+        writer = ArchiveWriter(out, recipients=list(recipients), level=opts.level, created_at=started,  # type: ignore[arg-type]
+                               head={"kind": "snapshot", "tiers": list(tiers)})  # fmt: skip
         for tier in tiers:
             summaries.append(_snapshot_tier(tier, cfg, writer, opts, progress, _warn))
         finished = time.time()

@@ -1,7 +1,8 @@
 """Undo archives: what a restore is about to replace, saved before its first change, with the target it
 was taken from, so that restoring the undo archive goes back to exactly that target by default.
 
-An undo archive's snapshot.json has `"kind": "undo"` and a `restore_target` object (docs/FORMAT.md):
+An undo archive's snapshot.json has `"kind": "undo"` and a `restore_target` object (docs/FORMAT.md), which
+its format.json repeats at the head of the archive when the target is complete before the first member:
 
     {"tier": "redis", "url": "redis://:***@host:6379/5", "dbs": [5], "flush": false}
     {"tier": "db", "url": "postgresql+psycopg://app:***@host/appdb"}
@@ -29,10 +30,11 @@ from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
 from statekit.tiers import get as get_tier
-from statekit.tiers.base import same_server
+from statekit.tiers.base import Tier, same_server
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
+    from statekit.archive.reader import Archive
 
 # A callback told the undo archive's path as soon as it is sealed, before the restore's first change.
 OnSealed = Callable[[str], None]
@@ -94,7 +96,12 @@ class UndoArchive:
         self._stack = ExitStack()
         fh = self._stack.enter_context(atomic_output(self.path))
         out: Any = _UndoOutput(fh, self.path)
-        self._writer = ArchiveWriter(out, recipients=list(recipients), created_at=self.started)
+        head: dict[str, Any] = {"kind": "undo", "tiers": [tier]}
+        if target is not None and type(get_tier(tier)).undo_target is Tier.undo_target:
+            # Complete now, so the head carries it too; a tier that adds to it when sealed (Redis: the databases
+            # and flush) leaves it to snapshot.json.
+            head["restore_target"] = target
+        self._writer = ArchiveWriter(out, recipients=list(recipients), created_at=self.started, head=head)
         # A plain attribute (not a property) so UndoArchive satisfies the UndoSink protocol's settable `sink`.
         self.sink: MemberSink = self._writer
         self.sealed: str | None = None
@@ -160,6 +167,18 @@ def recorded_target(snapshot: dict[str, Any], tier: str) -> dict[str, Any] | Non
     if first.get("tier") != tier or not isinstance(old, str):
         return None
     return {"tier": tier, "url": old} if url_target else {"tier": tier, "root": old}
+
+
+def target_record(archive: Archive) -> dict[str, Any]:
+    """The document an archive's recorded target is read from: its head (format.json) when that says what the
+    archive is and, for an undo archive, holds the whole target, so no pass over the archive is needed; else
+    snapshot.json (archives written before the head carried these; undo archives whose target is settled
+    only when they are sealed), which takes a verifying pass. Every pass checks the head against snapshot.json."""
+    head = archive.head()
+    kind = head.get("kind")
+    if kind == "snapshot" or (kind == "undo" and isinstance(head.get("restore_target"), dict)):
+        return head
+    return archive.snapshot
 
 
 @dataclass

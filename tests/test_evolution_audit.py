@@ -452,7 +452,9 @@ def _live_audit(pg_url: str, redis_url: str, root: Path, **opts: Any) -> object:
     model = load_model(load_config(str(write_config(root / "statekit.toml", db_url=pg_url, redis_url=redis_url,
                                                     files_root=str(root / "instances"),
                                                     extra='[profile_options]\nmode = "files"'))))  # fmt: skip
-    return audit_live(model, Locations(pg_url, redis_url, str(root / "instances")), AuditOptions(**opts))
+    return audit_live(
+        model, Locations({"db": pg_url, "redis": redis_url, "files": str(root / "instances")}), AuditOptions(**opts)
+    )
 
 
 @pytest.mark.parametrize("keys_only", [False, True])

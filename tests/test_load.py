@@ -253,7 +253,7 @@ def test_audit_under_load_reports_transients_not_drift(tmp_path: Path, pg_url: s
 
     try:
         load.wait_warm()
-        result = audit_live(model, Locations(db_url=pg_url, redis_url=own_redis.url),
+        result = audit_live(model, Locations({"db": pg_url, "redis": own_redis.url}),
                             AuditOptions(recheck_rounds=3, pause=between_pass_and_recheck))  # fmt: skip
     finally:
         if pauses:

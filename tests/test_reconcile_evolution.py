@@ -192,7 +192,7 @@ def test_db_rows_compare_and_set(pg_url: str, redis_url: str, tmp_path: Path) ->
     root = tmp_path / "instances"
     gen = _setup(pg_url, redis_url, root, "redis", instances=4, inject={"stale_creds": 2})
     cfg = load_config(None)
-    where = Locations(cfg.db.url, cfg.redis.url, cfg.files.root)
+    where = Locations.from_config(cfg)
     model = load_model(cfg)
     plan = plan_reconcile(model, where, ReconcileOptions("redis", "db", ["creds"]))
     assert plan.counts == {"create": 2, "update": 2, "delete": 0}
@@ -363,7 +363,7 @@ def test_a_value_changed_between_plan_and_write_is_skipped(pg_url: str, redis_ur
 
     gen = _setup(pg_url, redis_url, tmp_path / "i", "cache", history="redis", instances=3, inject={"stale_creds": 2})
     cfg = load_config(None)
-    where = Locations(cfg.db.url, cfg.redis.url, cfg.files.root)
+    where = Locations.from_config(cfg)
     plan = plan_reconcile(load_model(cfg), where, ReconcileOptions("db", "redis"))
     assert plan.counts["update"] == 2
     victim = f"evolution:instance:{gen.injected['stale_creds'][0]}"  # type: ignore[attr-defined]

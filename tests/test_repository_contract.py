@@ -372,6 +372,14 @@ def killed_mid_write(backend: Backend, tmp_path: Path) -> Iterator[str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # empty the pipe so that the feeding thread finishes its write and ends: a thread left blocked would
+        # outlive the test (and a process with a second thread never forks audit workers)
+        os.set_blocking(fd, False)
+        while feeder.is_alive():
+            try:
+                os.read(fd, 1 << 20)
+            except BlockingIOError:
+                feeder.join(0.01)
         os.close(fd)
 
 

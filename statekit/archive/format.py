@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 
 from statekit.errors import CorruptArchive
@@ -22,6 +23,11 @@ MANIFEST_MEMBER = "MANIFEST.json"
 RESERVED_MEMBERS = (FORMAT_MEMBER, README_MEMBER, SNAPSHOT_MEMBER, MANIFEST_MEMBER)
 # Member meta keys that MANIFEST.json's "totals" sums over all members.
 COUNT_KEYS = ("rows", "keys", "files", "tables")
+
+# Fields format.json may carry besides its own, so that a reader learns them from the head of the archive,
+# before any member: `kind` ("snapshot" or "undo"), `tiers` (the tier names in snapshot.json's order) and, for
+# an undo archive whose target is complete when it starts, `restore_target`. Each equals snapshot.json's.
+HEAD_FIELDS = ("kind", "tiers", "restore_target")
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -63,3 +69,28 @@ def load_json(body: bytes, name: str) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise CorruptArchive(f"archive {name} is not valid JSON (or nested too deeply)") from None
+
+
+def check_head(head: Mapping[str, Any]) -> str | None:
+    """What is wrong with the head fields of format.json (None when they are well-formed or absent)."""
+    if "kind" in head and not isinstance(head["kind"], str):
+        return "kind must be text"
+    tiers = head.get("tiers", [])
+    if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
+        return "tiers must be a list of tier names"
+    if "restore_target" in head and not isinstance(head["restore_target"], dict):
+        return "restore_target must be an object"
+    return None
+
+
+def head_mismatch(head: Mapping[str, Any], snapshot: Mapping[str, Any]) -> str | None:
+    """The first head field of format.json that snapshot.json contradicts (None when they agree)."""
+    if "kind" in head and snapshot.get("kind") != head["kind"]:
+        return "kind"
+    if "tiers" in head:
+        tiers = snapshot.get("tiers")
+        if not isinstance(tiers, list) or [t.get("tier") if isinstance(t, dict) else t for t in tiers] != head["tiers"]:
+            return "tiers"
+    if "restore_target" in head and snapshot.get("restore_target") != head["restore_target"]:
+        return "restore_target"
+    return None

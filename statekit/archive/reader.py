@@ -23,7 +23,9 @@ from statekit.archive.format import (
     READ_BLOCK,
     SNAPSHOT_MEMBER,
     TAR_BLOCK,
+    check_head,
     check_member_name,
+    head_mismatch,
     load_json,
     tar_padding,
 )
@@ -218,6 +220,9 @@ class ArchiveReader:
                 f"archive format version {version} is newer than this statekit supports "
                 f"({FORMAT_VERSION}); upgrade statekit to read it"
             )
+        wrong = check_head(doc)
+        if wrong:
+            raise CorruptArchive(f"archive format.json is damaged ({wrong})")
         self.format = doc
 
     def _consume(self, info: tarfile.TarInfo) -> bytes:
@@ -307,6 +312,11 @@ class ArchiveReader:
         missing = sorted(set(listed) - set(self._seen))
         if missing:
             raise CorruptArchive(f"archive lacks {len(missing)} member(s) listed in MANIFEST.json: {missing[0]!r}")
+        # What format.json said before any member (a consumer may have acted on it: an undo archive's target)
+        # must be what the verified snapshot.json says.
+        wrong = head_mismatch(self.format, self.snapshot)
+        if wrong:
+            raise CorruptArchive(f"archive format.json and snapshot.json disagree on {wrong}")
         self.manifest = manifest
 
 
@@ -345,13 +355,29 @@ def _open_path(path: str | Path) -> IO[bytes]:
 
 
 class Archive:
-    """An archive on disk opened for reading: `index()` does one full verifying pass; `members()` starts a
-    new pass each time it is called (each re-verified against the manifest at its end)."""
+    """An archive on disk opened for reading: `head()` reads format.json alone; `index()` does one full
+    verifying pass; `members()` starts a new pass each time it is called (each re-verified against the manifest
+    at its end)."""
 
     def __init__(self, path: str | Path, identities: Sequence[Identity] = ()) -> None:
         self.path = Path(path)
         self.identities = list(identities)
         self._index: ArchiveIndex | None = None
+        self._head: dict[str, Any] | None = None
+
+    def head(self) -> dict[str, Any]:
+        """format.json, the first member, read without a verifying pass (only the start of the file is read):
+        what the archive says it is before any member — `kind`, `tiers` and an undo archive's `restore_target`
+        when it was written with them (HEAD_FIELDS). Not verified yet: every pass checks that it finds this same
+        format.json, listed in MANIFEST.json with its sha256 and agreeing with snapshot.json, or raises
+        CorruptArchive at its end."""
+        if self._head is None:
+            if self._index is not None:
+                self._head = self._index.format
+            else:
+                with _open_path(self.path) as fh:
+                    self._head = ArchiveReader(fh, self.identities).format
+        return self._head
 
     def index(self) -> ArchiveIndex:
         """format.json, snapshot.json and MANIFEST.json, after checking every member's hash."""
@@ -360,9 +386,11 @@ class Archive:
                 reader = ArchiveReader(fh, self.identities)
                 for _ in reader.members(prefix="\0"):
                     pass
+                self._same_head(reader)
                 self._index = ArchiveIndex(
                     reader.format, reader.snapshot, reader.manifest, os.fstat(fh.fileno()).st_size
                 )
+                self._head = reader.format
         return self._index
 
     @property
@@ -376,10 +404,17 @@ class Archive:
         return self.index().manifest
 
     def members(self, prefix: str | None = None) -> Iterator[Member]:
-        """A new pass over the data members (filtered by prefix). If `index()` ran before, the pass must find
-        the same MANIFEST.json: a consumer planned on that one, and the file may have been swapped since."""
+        """A new pass over the data members (filtered by prefix). If `index()` or `head()` ran before, the pass
+        must find the same format.json and MANIFEST.json: a consumer planned on those, and the file may have
+        been swapped since."""
         with _open_path(self.path) as fh:
             reader = ArchiveReader(fh, self.identities)
             yield from reader.members(prefix)
+            self._same_head(reader)
             if self._index is not None and reader.manifest != self._index.manifest:
                 raise CorruptArchive(f"{self.path}: the archive changed while it was being read")
+
+    def _same_head(self, reader: ArchiveReader) -> None:
+        # At the end of the pass, like the manifest check: a consumer commits only after the pass ended.
+        if self._head is not None and reader.format != self._head:
+            raise CorruptArchive(f"{self.path}: the archive changed while it was being read")

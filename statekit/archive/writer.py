@@ -21,13 +21,16 @@ from statekit.archive.format import (
     FORMAT_MEMBER,
     FORMAT_NAME,
     FORMAT_VERSION,
+    HEAD_FIELDS,
     MANIFEST_MEMBER,
     READ_BLOCK,
     README_MEMBER,
     RESERVED_MEMBERS,
     SNAPSHOT_MEMBER,
     TAR_BLOCK,
+    check_head,
     check_member_name,
+    head_mismatch,
     json_bytes,
     tar_padding,
 )
@@ -119,7 +122,9 @@ class ArchiveWriter:
     """Writes one archive to `out` (which it does not close). Implements the MemberSink protocol.
 
     Use `finish(snapshot)` once every tier has written its members; it appends snapshot.json and MANIFEST.json
-    and closes the compression and encryption layers.
+    and closes the compression and encryption layers. `head` (the HEAD_FIELDS an archive knows when it starts)
+    goes into format.json, the first member, so that a reader learns them without reading to the end; `finish`
+    refuses a snapshot.json that contradicts them.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class ArchiveWriter:
         level: int = 1,
         snapshot_id: str | None = None,
         created_at: float | None = None,
+        head: Mapping[str, Any] | None = None,
     ) -> None:
         if recipients:
             from statekit.archive.age import Encryptor
@@ -150,7 +156,10 @@ class ArchiveWriter:
         self.plain_bytes = 0
         self._finished = False
         self._local = threading.local()
-        fmt = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "snapshot_id": self.snapshot_id}
+        self.head = dict(head or {})
+        if set(self.head) - set(HEAD_FIELDS) or check_head(self.head):
+            raise ValueError(f"format.json cannot carry {self.head!r}")
+        fmt = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "snapshot_id": self.snapshot_id, **self.head}
         self._add_internal(FORMAT_MEMBER, json_bytes(fmt), None)
         self._add_internal(README_MEMBER, README_TEXT.encode(), None)
 
@@ -301,6 +310,9 @@ class ArchiveWriter:
         doc.setdefault("format_version", FORMAT_VERSION)
         doc.setdefault("snapshot_id", self.snapshot_id)
         doc.setdefault("statekit_version", __version__)
+        wrong = head_mismatch(self.head, doc)
+        if wrong:
+            raise ValueError(f"snapshot.json's {wrong} differs from what format.json said at the start")
         self._add_internal(SNAPSHOT_MEMBER, json_bytes(doc), None)
         with self._lock:
             members = [e.to_json() for e in self.entries]

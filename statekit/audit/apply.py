@@ -11,8 +11,9 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from statekit.audit.entities import FilesLocator, Model, RedisLocator
 from statekit.audit.plan import Operation, ReconcilePlan
 from statekit.audit.sources.files import read_file
 from statekit.errors import StorageError, TierError
@@ -34,32 +35,83 @@ class ApplyResult:
         return {"applied": dict(self.counts), "conflicts": list(self.conflicts), "undo_archive": self.undo_archive}
 
 
-def apply_plan(
-    plan: ReconcilePlan,
-    *,
-    redis_client: Any = None,
-    files_root: str | None = None,
-    undo: UndoSink | None = None,
-    progress: Progress = no_progress,
-) -> ApplyResult:
-    """Apply a plan to its target tier; the undo archive (if any) is sealed before the first change."""
-    result = ApplyResult()
-    if not plan.ops:
-        return result
-    if plan.target == "redis":
-        if redis_client is None:
-            raise TierError("reconcile: no Redis connection for the target")
-        if undo is not None:
-            result.undo_archive = _save_redis_undo(redis_client, plan.ops, undo)
-        _apply_redis(redis_client, plan.ops, result, progress)
-    else:
-        if files_root is None:
+class Writer(Protocol):
+    """How reconcile writes into one tier: `apply` seals the undo archive (if any) before the first change,
+    then applies each operation with compare-and-set."""
+
+    tier: str
+
+    def apply(
+        self,
+        plan: ReconcilePlan,
+        location: str | None,
+        *,
+        model: Model | None,
+        undo: UndoSink | None,
+        progress: Progress = no_progress,
+    ) -> ApplyResult: ...
+
+
+class RedisWriter:
+    """Reconcile into a Redis database: WATCH/MULTI/EXEC per batch of keys."""
+
+    tier = RedisLocator.kind
+
+    def apply(
+        self,
+        plan: ReconcilePlan,
+        location: str | None,
+        *,
+        model: Model | None,
+        undo: UndoSink | None,
+        progress: Progress = no_progress,
+    ) -> ApplyResult:
+        """Apply the plan to the Redis database at `location` (a URL)."""
+        from statekit.audit.sources.redis import open_redis
+
+        client = open_redis(location) if location else None
+        if client is not None:
+            client.statekit_url = location
+        try:
+            result = ApplyResult()
+            if not plan.ops:
+                return result
+            if client is None:
+                raise TierError("reconcile: no Redis connection for the target")
+            if undo is not None:
+                result.undo_archive = _save_redis_undo(client, plan.ops, undo)
+            _apply_redis(client, plan.ops, result, progress)
+            return result
+        finally:
+            if client is not None:
+                client.close()
+
+
+class FilesWriter:
+    """Reconcile into a files root: check-then-replace per file."""
+
+    tier = FilesLocator.kind
+
+    def apply(
+        self,
+        plan: ReconcilePlan,
+        location: str | None,
+        *,
+        model: Model | None,
+        undo: UndoSink | None,
+        progress: Progress = no_progress,
+    ) -> ApplyResult:
+        """Apply the plan under the files root `location`."""
+        result = ApplyResult()
+        if not plan.ops:
+            return result
+        if location is None:
             raise TierError("reconcile: no files root for the target")
-        root = os.path.abspath(files_root)
+        root = os.path.abspath(location)
         if undo is not None:
             result.undo_archive = _save_files_undo(root, plan.ops, undo)
         _apply_files(root, plan.ops, result, progress)
-    return result
+        return result
 
 
 # -- redis ------------------------------------------------------------------------------------------------
@@ -76,7 +128,7 @@ def _save_redis_undo(client: Any, ops: list[Operation], undo: UndoSink) -> str:
     """DUMP every existing key the plan touches into redis tier records (restorable with replace)."""
     from statekit.tiers.redis.records import NO_EXPIRY, RecordWriter, payload_rdb_version
 
-    summary = TierSummary("redis", started_at=time.time())
+    summary = TierSummary(RedisWriter.tier, started_at=time.time())
     keys = [k.encode("utf-8", "surrogateescape") for k in _by_key(ops)]
     info = client.info("server")
     db = int(client.connection_pool.connection_kwargs.get("db", 0))
@@ -128,7 +180,7 @@ def _apply_redis(client: Any, ops: list[Operation], result: ApplyResult, progres
                     if not _cas_batch(conn, [item], result):
                         result.conflicts.extend(f"{op.where()}: changed while applying, skipped" for op in item[1])
             done += sum(len(g) for _, g in batch)
-            progress("redis", done, 0)
+            progress(RedisWriter.tier, done, 0)
     finally:
         conn.close()
 
@@ -211,7 +263,7 @@ def _dir_files(root: str, rel_dir: str) -> Iterator[str]:
 
 def _save_files_undo(root: str, ops: list[Operation], undo: UndoSink) -> str:
     """Every file the plan overwrites or deletes, as files/<relative path> members with mode and mtime."""
-    summary = TierSummary("files", started_at=time.time())
+    summary = TierSummary(FilesWriter.tier, started_at=time.time())
     rels: list[str] = []
     for op in ops:
         if op.op == "create":
@@ -229,7 +281,7 @@ def _save_files_undo(root: str, ops: list[Operation], undo: UndoSink) -> str:
             if not stat.S_ISREG(st.st_mode):
                 continue
             data = fh.read()
-        undo.sink.add("files/" + rel, data, mode=st.st_mode & 0o7777, mtime=st.st_mtime,
+        undo.sink.add(f"{FilesWriter.tier}/{rel}", data, mode=st.st_mode & 0o7777, mtime=st.st_mtime,
                       meta={"files": 1, "mtime_ns": st.st_mtime_ns})  # fmt: skip
         n += 1
     summary.finished_at = time.time()
@@ -264,7 +316,7 @@ def _apply_files(root: str, ops: list[Operation], result: ApplyResult, progress:
         except OSError as exc:
             raise StorageError(f"reconcile: cannot write {rel}: {exc.strerror}") from None
         result.counts[op.op] += 1
-        progress("files", i, 0)
+        progress(FilesWriter.tier, i, 0)
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:

@@ -11,9 +11,10 @@ import string
 import uuid
 from typing import Any
 
-from statekit.audit.entities import Entity, Model
+from statekit.audit.apply import ApplyResult
+from statekit.audit.entities import DbLocator, Entity, Model
 from statekit.audit.plan import Operation, ReconcilePlan
-from statekit.errors import StatekitError, TierError
+from statekit.errors import StatekitError, TierError, UsageError
 from statekit.model import Progress, TierSummary, UndoSink, no_progress
 
 _CUID_ALPHABET = string.digits + string.ascii_lowercase
@@ -33,6 +34,32 @@ def _insert_value(kind: str) -> Any:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+class DbWriter:
+    """Reconcile into a database: one transaction of compare-and-set row writes."""
+
+    tier = DbLocator.kind
+
+    def apply(
+        self,
+        plan: ReconcilePlan,
+        location: str | None,
+        *,
+        model: Model | None,
+        undo: UndoSink | None,
+        progress: Progress = no_progress,
+    ) -> ApplyResult:
+        """Apply the plan to the database at `location` (a URL); the model says which columns a new row gets."""
+        if model is None or not location:
+            raise UsageError(f"reconcile --to {self.tier} needs the entity model and a database URL")
+        result = ApplyResult()
+        if not plan.ops:
+            return result
+        if undo is not None:
+            result.undo_archive = save_db_undo(location, model, plan, undo)
+        apply_db(plan, model, location, result.conflicts, result.counts, progress)
+        return result
+
+
 def save_db_undo(url: str, model: Model, plan: ReconcilePlan, undo: UndoSink) -> str:
     """The tables the plan writes, as they are now, in the db tier's snapshot format."""
     from statekit.tiers.sql.connect import DbTarget
@@ -40,7 +67,9 @@ def save_db_undo(url: str, model: Model, plan: ReconcilePlan, undo: UndoSink) ->
 
     tables = sorted({op.loc[1] for op in plan.ops})
     target = DbTarget(url)
-    schemas = sorted({s for e in model.entities.values() if (loc := e.locators.get("db")) and (s := loc.schema)})
+    schemas = sorted(
+        {s for e in model.entities.values() if (loc := e.locators.get(DbWriter.tier)) and (s := loc.schema)}
+    )
     summary: TierSummary = snapshot_target(target, undo.sink, include=exact_patterns(tables), exclude=[],
                                            schemas=schemas)  # fmt: skip
     summary.details["undo_of"] = "statekit reconcile"
@@ -70,7 +99,7 @@ def apply_db(
                     counts[op.op] += 1
                 else:
                     conflicts.append(f"{op.where()}: changed since the plan, skipped")
-                progress("db", i, 0)
+                progress(DbWriter.tier, i, 0)
     except StatekitError:
         raise
     except Exception as exc:
@@ -83,11 +112,11 @@ def _parent(model: Model, ent: Entity) -> Entity | None:
     root = ent
     while root.parent is not None:
         root = model.entities[root.parent]
-    return root if root is not ent and "db" in root.locators else None
+    return root if root is not ent and DbWriter.tier in root.locators else None
 
 
 def _apply_one(conn: Any, sa: Any, ent: Entity, parent: Entity | None, op: Operation) -> bool:
-    loc = ent.locators["db"]
+    loc = ent.locators[DbWriter.tier]
     assert loc.table is not None and loc.value_column is not None
     key, value = loc.key_columns[0], loc.value_column
     cols = [key, value, *loc.insert]
@@ -98,7 +127,7 @@ def _apply_one(conn: Any, sa: Any, ent: Entity, parent: Entity | None, op: Opera
         if conn.execute(sa.select(sa.literal(1)).select_from(t).where(t.c[key] == op.id)).first() is not None:
             return False
         if parent is not None:
-            ploc = parent.locators["db"]
+            ploc = parent.locators[DbWriter.tier]
             pt = sa.table(ploc.table, sa.column(ploc.key_columns[0]), schema=ploc.schema)
             found = conn.execute(sa.select(sa.literal(1)).select_from(pt).where(pt.c[ploc.key_columns[0]] == op.id))
             if found.first() is None:
@@ -119,4 +148,4 @@ def _apply_one(conn: Any, sa: Any, ent: Entity, parent: Entity | None, op: Opera
     return bool(conn.execute(sa.delete(t).where(cond)).rowcount == 1)
 
 
-__all__ = ["apply_db", "new_cuid", "save_db_undo"]
+__all__ = ["DbWriter", "apply_db", "new_cuid", "save_db_undo"]

@@ -3,40 +3,55 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from statekit.audit.apply import ApplyResult, apply_plan
+from statekit.audit.apply import ApplyResult, FilesWriter, RedisWriter, Writer
+from statekit.audit.db_apply import DbWriter
 from statekit.audit.diff import run_audit
-from statekit.audit.entities import Model
+from statekit.audit.entities import TIERS, Model
 from statekit.audit.findings import AuditOptions, AuditResult
 from statekit.audit.plan import ReconcileOptions, ReconcilePlan, build_plan, check_pair, guard, same_plan
 from statekit.audit.sources import open_live
-from statekit.config import redact_url
+from statekit.config import Config, redact_url
 from statekit.errors import Refused, UsageError
 from statekit.model import Progress, Warn, no_progress, no_warn
+from statekit.tiers import TIERS as REGISTRY
+from statekit.tiers import get as get_tier
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
 
+WRITERS: dict[str, Writer] = {w.tier: w for w in (DbWriter(), RedisWriter(), FilesWriter())}
+"""How reconcile writes into each tier it can rebuild."""
 
-@dataclass
-class Locations:
-    """Where the live tiers are."""
 
-    db_url: str | None = None
-    redis_url: str | None = None
-    files_root: str | None = None
+class Locations(Mapping[str, str | None]):
+    """Where the live tiers are: tier name -> its URL or root (None: not configured)."""
+
+    def __init__(self, targets: Mapping[str, str | None] | None = None) -> None:
+        self.targets: dict[str, str | None] = dict(targets or {})
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Locations:
+        """Every tier the audit reads, at its configured target."""
+        return cls({name: get_tier(name).target(cfg) for name in TIERS})
+
+    def __getitem__(self, tier: str) -> str | None:
+        return self.targets[tier]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
     def shown(self, tier: str) -> str | None:
-        """The tier's location, safe to print."""
-        if tier == "db":
-            return redact_url(self.db_url)
-        if tier == "redis":
-            return redact_url(self.redis_url)
-        return self.files_root
+        """The tier's location, safe to print (a URL without its password)."""
+        target = self.targets.get(tier)
+        url = any(t.name == tier and t.url_target for t in REGISTRY)
+        return redact_url(target) if url else target
 
 
 def audit_live(
@@ -48,8 +63,7 @@ def audit_live(
     warn: Warn = no_warn,
 ) -> AuditResult:
     """Audit the live tiers against each other (tiers the configuration does not name are skipped)."""
-    live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root,
-                     keys_only=opts.keys_only)  # fmt: skip
+    live = open_live(model, where, keys_only=opts.keys_only)
     try:
         for tier in live.skipped:
             warn(f"{tier} tier not configured: not audited (set [{tier}] in the config or pass its flag)")
@@ -70,7 +84,7 @@ def plan_reconcile(model: Model, where: Locations, opts: ReconcileOptions) -> Re
     check_pair(opts.source, opts.target, model, opts.entities)
     roots = {e.authority for e in model.entities.values() if e.parent is None}
     tiers = {opts.source, opts.target} | roots
-    live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root, tiers=tiers)
+    live = open_live(model, where, tiers=tiers)
     try:
         for tier in (opts.source, opts.target):
             if tier not in live.sources:
@@ -91,49 +105,21 @@ def reconcile(
     model: Model | None = None,
 ) -> ApplyResult:
     """Apply a plan: seal the undo archive (unless undo_dir is None), then compare-and-set each operation
-    (the db tier needs the model: which columns a new row gets)."""
-    from statekit.audit.sources.redis import open_redis
+    (a database target needs the model: which columns a new row gets)."""
     from statekit.restore import UndoArchive
 
+    writer = WRITERS[plan.target]  # a plan's target is one of RECONCILE_PAIRS (check_pair)
     undo = None
     if plan.ops and undo_dir is not None:
         undo = UndoArchive(undo_dir, plan.target, undo_recipients,
                            source={"reconcile": f"{plan.source}->{plan.target}", "target": where.shown(plan.target)},
                            allow_unencrypted=allow_unencrypted_undo)  # fmt: skip
-    if plan.target == "db":
-        return _reconcile_db(plan, where, model, undo, progress)
-    client = open_redis(where.redis_url) if plan.target == "redis" and where.redis_url else None
-    if client is not None:
-        client.statekit_url = where.redis_url
     try:
-        return apply_plan(plan, redis_client=client, files_root=where.files_root, undo=undo, progress=progress)
+        return writer.apply(plan, where.get(plan.target), model=model, undo=undo, progress=progress)
     except BaseException:
         if undo is not None:
             undo.abort()
         raise
-    finally:
-        if client is not None:
-            client.close()
-
-
-def _reconcile_db(
-    plan: ReconcilePlan, where: Locations, model: Model | None, undo: Any, progress: Progress
-) -> ApplyResult:
-    from statekit.audit.db_apply import apply_db, save_db_undo
-
-    if model is None or not where.db_url:
-        raise UsageError("reconcile --to db needs the entity model and a database URL")
-    result = ApplyResult()
-    if not plan.ops:
-        return result
-    try:
-        if undo is not None:
-            result.undo_archive = save_db_undo(where.db_url, model, plan, undo)
-    except BaseException:
-        undo.abort()
-        raise
-    apply_db(plan, model, where.db_url, result.conflicts, result.counts, progress)
-    return result
 
 
 def load_plan_file(path: str) -> dict[str, Any]:

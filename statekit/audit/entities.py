@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from statekit.audit.codecs import CODEC_NAMES, Codec, get_codec
 from statekit.audit.templates import NameTransform, Template, compile_template
 from statekit.errors import ConfigError
+from statekit.tiers import TIERS as REGISTRY
 
 ROLES = ("required", "optional", "cache")
 """required: every authority record must be here · optional: a scope (e.g. an instance) may be absent from the
@@ -41,7 +42,10 @@ class Locator:
     filter: str | None = None
     insert: dict[str, str] = field(default_factory=dict)  # db: column -> one of INSERT_VALUES for new rows
 
+    kind: ClassVar[str] = ""  # the tier's name: its section in an `[entity.NAME]` table
     keys: ClassVar[frozenset[str]] = frozenset({"codec", "role"})  # what the tier's section may hold
+    # The kinds reconcile can rebuild this tier from (the first: the source a repair of an orphan names).
+    fills_from: ClassVar[tuple[type[Locator], ...]] = ()
     nullable: ClassVar[bool] = False  # a record can exist without a value (a row whose value column is NULL)
     torn_writes: ClassVar[bool] = False  # a plain write cut short by a crash leaves a truncated value
     place: ClassVar[str] = ""  # the whole tier for a person
@@ -70,6 +74,16 @@ class Locator:
         assert self.template is not None
         return self.template.render(values)
 
+    @classmethod
+    def loc_text(cls, loc: tuple[str, ...]) -> str:
+        """A record's location tuple (`(tier, name, …)`, see Record.loc) for a person."""
+        return loc[1]
+
+    @classmethod
+    def op_text(cls, loc: tuple[str, ...], ident: str) -> str:
+        """Where a reconcile operation on record `ident` writes (its `loc`, see `row_loc`), for a person."""
+        return cls.loc_text(loc)
+
     def holds_one_value(self, ent: Entity) -> bool:
         """Does one of the entity's records here stand for one value reconcile can write?"""
         return True
@@ -94,6 +108,7 @@ class Locator:
 class DbLocator(Locator):
     """A table: key columns name the record, the value column holds it."""
 
+    kind: ClassVar[str] = "db"
     keys: ClassVar[frozenset[str]] = frozenset(
         {"table", "schema", "key", "value", "columns", "filter", "codec", "role", "insert"}
     )
@@ -108,6 +123,16 @@ class DbLocator(Locator):
     def where_of(self, ent: Entity, scope: str, rest: tuple[str, ...] = ()) -> str:
         """The row of the scope (and its value column)."""
         return f'"{self.table}" {self.key_columns[0]}={scope}' + (f".{self.value_column}" if self.value_column else "")
+
+    @classmethod
+    def loc_text(cls, loc: tuple[str, ...]) -> str:
+        """`(tier, table, row description)`: the row description."""
+        return loc[-1]
+
+    @classmethod
+    def op_text(cls, loc: tuple[str, ...], ident: str) -> str:
+        """`(tier, table, key column)`: the row, e.g. `"Session" sessionId=…`."""
+        return f'"{loc[1]}" {loc[2]}={ident}'
 
     def holds_one_value(self, ent: Entity) -> bool:
         """Only a record that is one row's value column."""
@@ -147,8 +172,14 @@ class DbLocator(Locator):
 class RedisLocator(Locator):
     """A key template, and a hash field template when the records are fields of a hash."""
 
+    kind: ClassVar[str] = "redis"
     keys: ClassVar[frozenset[str]] = frozenset({"key", "field", "codec", "role"})
     place: ClassVar[str] = "the Redis database"
+
+    @classmethod
+    def loc_text(cls, loc: tuple[str, ...]) -> str:
+        """`(tier, key[, field])`: the key, and the field in brackets."""
+        return f"{loc[1]} [{loc[2]}]" if len(loc) > 2 else loc[1]
 
     def describe(self) -> str:
         """E.g. `redis evolution:instance:{id} [creds]`."""
@@ -173,6 +204,7 @@ class RedisLocator(Locator):
 class FilesLocator(Locator):
     """A path template relative to the files root (a trailing "/": a directory whose presence is the record)."""
 
+    kind: ClassVar[str] = "files"
     keys: ClassVar[frozenset[str]] = frozenset({"path", "codec", "role"})
     torn_writes: ClassVar[bool] = True
     place: ClassVar[str] = "the files root"
@@ -334,9 +366,14 @@ def _opt_str(table: Mapping[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-LOCATOR_KINDS: dict[str, type[Locator]] = {"db": DbLocator, "redis": RedisLocator, "files": FilesLocator}
-"""The sections an `[entity.NAME]` table may have, one per tier, in the order the audit reads the tiers."""
-TIERS = tuple(LOCATOR_KINDS)
+DbLocator.fills_from = (RedisLocator,)
+RedisLocator.fills_from = (DbLocator, FilesLocator)
+FilesLocator.fills_from = (RedisLocator, DbLocator)
+
+LOCATOR_KINDS: dict[str, type[Locator]] = {k.kind: k for k in (DbLocator, RedisLocator, FilesLocator)}
+"""The sections an `[entity.NAME]` table may have: one kind of locator per tier the audit reads."""
+TIERS = tuple(t.name for t in REGISTRY if t.name in LOCATOR_KINDS)
+"""The tiers the audit reads, in the registry's order."""
 _ENTITY_KEYS = {
     "authority",
     "presence",

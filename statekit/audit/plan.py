@@ -13,19 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.codecs import CodecError, compare, convert
-from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.entities import LOCATOR_KINDS, Entity, Locator, Model
 from statekit.audit.findings import root_of
 from statekit.audit.sources.records import Record, RecordKey, Source, TierData
 from statekit.errors import Refused, UsageError
 
 PLAN_SCHEMA = "statekit.reconcile-plan/v1"
-RECONCILE_PAIRS = {("db", "redis"), ("db", "files"), ("files", "redis"), ("redis", "files"), ("redis", "db")}
+RECONCILE_PAIRS = {(src.kind, kind.kind) for kind in LOCATOR_KINDS.values() for src in kind.fills_from}
+"""Every (source, target) pair of tiers reconcile can rebuild."""
 _MARKS = {"create": "+", "update": "~", "delete": "-"}
 
 
 @dataclass
 class Operation:
-    """One change to the target tier. `loc` is ("redis", key[, field]) or ("files", relative path[/])."""
+    """One change to the target tier. `loc` is the tier's name and the place written, as in Record.loc (a
+    relative path ending in "/" is a whole directory)."""
 
     op: str
     entity: str
@@ -43,11 +45,7 @@ class Operation:
 
     def where(self) -> str:
         """The target location for a person."""
-        if self.loc[0] == "db":
-            return f'"{self.loc[1]}" {self.loc[2]}={self.id}'
-        if self.loc[0] == "redis":
-            return self.loc[1] + (f" [{self.loc[2]}]" if len(self.loc) > 2 else "")
-        return self.loc[1]
+        return LOCATOR_KINDS[self.loc[0]].op_text(self.loc, self.id)
 
     def to_json(self) -> dict[str, Any]:
         """Digests only: a plan file never holds a value."""

@@ -7,11 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from statekit.audit.entities import DbLocator, FilesLocator, RedisLocator
 from statekit.audit.findings import AuditResult, Finding
+from statekit.audit.sources.redis import url_db
 
 if TYPE_CHECKING:
+    from statekit.tiers.base import MemberDecoder
     from statekit.tiers.sql.members import TableSegment
 
 _Digests = dict[str, dict[str, Any]]  # entity → record id → digest (or field → digest for hashes)
@@ -21,52 +25,139 @@ def _h(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def archive_digests(archive: Any, *, redis_db: int | None = None) -> tuple[_Digests, dict[str, str]]:
-    """One pass over an archive: entity → id → digest, and entity → tier."""
-    from statekit.tiers import TIERS as REGISTRY
-    from statekit.tiers.base import MemberDecoder, decode_tiers
-    from statekit.tiers.files.members import FileRecord
-    from statekit.tiers.redis import portable
-    from statekit.tiers.redis.members import RedisDecoder, RedisKey
-    from statekit.tiers.redis.records import TYPE_HASH, parse_member_db
-    from statekit.tiers.sql.members import TableSegment
+class _TierDigests:
+    """What one pass over an archive keeps of one tier: a digest per record, by entity (a tier's own name, or
+    `<tier>:<table>` for rows), and each entity's tier."""
 
+    tier: str
+
+    def __init__(self, archive: Any, location: str | None) -> None:
+        self.out: _Digests = {}
+        self.tiers: dict[str, str] = {}
+
+    def decoder(self) -> MemberDecoder[object]:
+        """A decoder of the tier's members."""
+        from statekit.tiers import get as get_tier
+
+        return get_tier(self.tier).decoder()
+
+    def add(self, rec: object) -> bool:
+        """Digest a decoded record; False when the record is another tier's."""
+        raise NotImplementedError
+
+
+class _FileDigests(_TierDigests):
+    """Files by path and content."""
+
+    tier = FilesLocator.kind
+
+    def __init__(self, archive: Any, location: str | None) -> None:
+        from statekit.tiers.files.members import FileRecord
+
+        super().__init__(archive, location)
+        self.kind = FileRecord
+
+    def add(self, rec: object) -> bool:
+        """One digest per file."""
+        if not isinstance(rec, self.kind):
+            return False
+        self.out.setdefault(self.tier, {})[rec.rel] = _h(rec.data)
+        self.tiers[self.tier] = self.tier
+        return True
+
+
+class _KeyDigests(_TierDigests):
+    """Keys of one Redis database (the one the configured URL selects when the archive holds it, else its
+    first one) by name and value; a hash field by field."""
+
+    tier = RedisLocator.kind
+
+    def __init__(self, archive: Any, location: str | None) -> None:
+        from statekit.tiers.redis.members import RedisKey
+        from statekit.tiers.redis.records import parse_member_db
+
+        super().__init__(archive, location)
+        self.kind = RedisKey
+        dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
+        wanted = url_db(location)
+        self.want = wanted if wanted in dbs else (dbs[0] if dbs else None)
+
+    def decoder(self) -> MemberDecoder[object]:
+        """The redis tier's decoder, limited to the one database."""
+        from statekit.tiers.redis.members import RedisDecoder
+
+        return RedisDecoder({self.want} if self.want is not None else set())
+
+    def add(self, rec: object) -> bool:
+        """One digest per key (per field of a hash)."""
+        from statekit.tiers.redis import portable
+        from statekit.tiers.redis.records import TYPE_HASH
+
+        if not isinstance(rec, self.kind):
+            return False
+        self.tiers[self.tier] = self.tier
+        keys = self.out.setdefault(self.tier, {})
+        key = rec.key.decode("utf-8", "surrogateescape")
+        if rec.items is not None:  # a big key, from its chunks
+            if rec.type == TYPE_HASH:
+                keys[key] = {
+                    f.decode("utf-8", "surrogateescape"): _h(v) for f, v in zip(rec.items[::2], rec.items[1::2])
+                }
+            else:
+                keys[key] = _h(b"\0".join(rec.items))
+            return True
+        payload = rec.payload or b""
+        try:
+            rtype, value = portable.decode(payload)
+        except portable.Uncarriable:  # streams (as every version keeps them), module types
+            keys[key] = _h(portable.comparable(payload))
+            return True
+        if rtype == TYPE_HASH:
+            keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]
+        else:
+            keys[key] = _h(repr((rtype, value)).encode())
+        return True
+
+
+class _RowDigests(_TierDigests):
+    """Database rows by primary key, one entity per table."""
+
+    tier = DbLocator.kind
+
+    def __init__(self, archive: Any, location: str | None) -> None:
+        from statekit.tiers.sql.members import TableSegment
+
+        super().__init__(archive, location)
+        self.kind = TableSegment
+
+    def add(self, rec: object) -> bool:
+        """One digest per row."""
+        if not isinstance(rec, self.kind):
+            return False
+        entity = f"{self.tier}:{rec.table['name']}"
+        self.tiers[entity] = self.tier
+        _table_digests(rec, self.out.setdefault(entity, {}))
+        return True
+
+
+_DIGESTS: dict[str, type[_TierDigests]] = {d.tier: d for d in (_RowDigests, _KeyDigests, _FileDigests)}
+
+
+def archive_digests(archive: Any, where: Mapping[str, str | None]) -> tuple[_Digests, dict[str, str]]:
+    """One pass over an archive: entity → id → digest, and entity → tier (`where`: the configured tiers)."""
+    from statekit.tiers import TIERS as REGISTRY
+    from statekit.tiers.base import decode_tiers
+
+    parts = [_DIGESTS[t.name](archive, where.get(t.name)) for t in REGISTRY if t.name in _DIGESTS]
     out: _Digests = {}
     tiers: dict[str, str] = {}
-    dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
-    want_db = redis_db if redis_db in dbs else (dbs[0] if dbs else None)
-    only_db = RedisDecoder({want_db} if want_db is not None else set())
-    decoders: list[MemberDecoder[object]] = [only_db if t.name == "redis" else t.decoder() for t in REGISTRY]
-    for rec in decode_tiers(archive, decoders):
-        if isinstance(rec, FileRecord):
-            out.setdefault("files", {})[rec.rel] = _h(rec.data)
-            tiers["files"] = "files"
-        elif isinstance(rec, RedisKey):
-            tiers["redis"] = "redis"
-            keys = out.setdefault("redis", {})
-            key = rec.key.decode("utf-8", "surrogateescape")
-            if rec.items is not None:  # a big key, from its chunks
-                if rec.type == TYPE_HASH:
-                    keys[key] = {
-                        f.decode("utf-8", "surrogateescape"): _h(v) for f, v in zip(rec.items[::2], rec.items[1::2])
-                    }
-                else:
-                    keys[key] = _h(b"\0".join(rec.items))
-                continue
-            payload = rec.payload or b""
-            try:
-                rtype, value = portable.decode(payload)
-            except portable.Uncarriable:  # streams (as every version keeps them), module types
-                keys[key] = _h(portable.comparable(payload))
-                continue
-            if rtype == TYPE_HASH:
-                keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]
-            else:
-                keys[key] = _h(repr((rtype, value)).encode())
-        elif isinstance(rec, TableSegment):
-            entity = f"db:{rec.table['name']}"
-            tiers[entity] = "db"
-            _table_digests(rec, out.setdefault(entity, {}))
+    for rec in decode_tiers(archive, [p.decoder() for p in parts]):
+        for part in parts:
+            if part.add(rec):
+                break
+    for part in parts:
+        out.update(part.out)
+        tiers.update(part.tiers)
     return out, tiers
 
 
@@ -81,11 +172,11 @@ def _table_digests(segment: TableSegment, out: dict[str, Any]) -> None:
             out[_h(text.encode())[:16]] = "row"
 
 
-def raw_diff(a: Any, b: Any, *, redis_db: int | None = None) -> AuditResult:
-    """Archive B against archive A without an entity model."""
+def raw_diff(a: Any, b: Any, where: Mapping[str, str | None]) -> AuditResult:
+    """Archive B against archive A without an entity model (`where`: the configured tiers)."""
     started = time.monotonic()
-    da, ta = archive_digests(a, redis_db=redis_db)
-    db, tb = archive_digests(b, redis_db=redis_db)
+    da, ta = archive_digests(a, where)
+    db, tb = archive_digests(b, where)
     tier_of = {**ta, **tb}
     findings: list[Finding] = []
     values = 0

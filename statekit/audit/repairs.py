@@ -4,7 +4,7 @@ from a stale one unless the user declares the mode that copy was written in (`--
 
 from __future__ import annotations
 
-from statekit.audit.entities import Entity, Model
+from statekit.audit.entities import LOCATOR_KINDS, Entity, Model
 
 RESTORE = "statekit restore ARCHIVE --tier {tier}"
 
@@ -34,7 +34,7 @@ def repair_command(cls: str, ent: Entity, tier: str, base: Model, view: Model, s
 def _other_source(target: str, authority: str) -> str:
     if authority != target:
         return authority
-    return "redis" if target != "redis" else "db"
+    return LOCATOR_KINDS[target].fills_from[0].kind
 
 
 def _refill_live(ent: Entity, tier: str, base: Model, view: Model, server: str | None) -> str:

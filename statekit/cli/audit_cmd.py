@@ -49,13 +49,17 @@ def _model_and_locations(
     files_root: str | None,
     modes: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
+    from dataclasses import replace
+
     from statekit.audit.engine import Locations
     from statekit.profiles import load_model
 
     cfg = app.config()
     model = load_model(cfg, profile, modes)
-    where = Locations(db_url or cfg.db.url, redis_url or cfg.redis.url, files_root or cfg.files.root)
-    return model, where
+    given = replace(cfg, db=replace(cfg.db, url=db_url or cfg.db.url),
+                    redis=replace(cfg.redis, url=redis_url or cfg.redis.url),
+                    files=replace(cfg.files, root=files_root or cfg.files.root))  # fmt: skip
+    return model, Locations.from_config(given)
 
 
 def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str, extra: dict[str, Any]) -> None:
@@ -167,9 +171,10 @@ def diff(
 ) -> None:
     """Compare two archives (B against A, tier by tier): entity by entity with an entity model, else files,
     Redis keys (hashes field by field) and rows (by primary key) as stored. Exit status 1 when they differ."""
+    from statekit.audit.engine import Locations
     from statekit.audit.findings import AuditOptions
     from statekit.audit.raw_diff import raw_diff
-    from statekit.audit.sources.archive import _url_db, diff_archives
+    from statekit.audit.sources.archive import diff_archives
     from statekit.cli.archive_cmd import open_verified
     from statekit.profiles import load_model
 
@@ -177,15 +182,14 @@ def diff(
     modelled = bool(profile or cfg.profile or cfg.entities) and not raw
     a = open_verified(app, archive_a, identities, passphrase_file)
     b = open_verified(app, archive_b, identities, passphrase_file)
+    where = Locations.from_config(cfg)
     if modelled:
         model = load_model(cfg, profile).select(list(entities))
-        result = diff_archives(
-            model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), redis_url=cfg.redis.url
-        )
+        result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), where)
     else:
         if entities:
             raise UsageError("--entity needs an entity model (--profile or [entity.NAME] in the config)")
-        result = raw_diff(a, b, redis_db=_url_db(cfg.redis.url))
+        result = raw_diff(a, b, where)
     names = f"{os.path.basename(archive_a)} → {os.path.basename(archive_b)}"
     _finish_audit(app, result, jsonl, examples, f"diff {names}", {"a": archive_a, "b": archive_b})
 

@@ -11,6 +11,7 @@ import importlib
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from statekit.audit.entities import Model, Modes, Server, build_model
@@ -19,20 +20,27 @@ from statekit.config import Config
 from statekit.errors import ConfigError
 
 
+def _profile_files() -> dict[str, Traversable]:
+    """Every built-in profile file by profile name: `<name>.toml` in this package or in one of its
+    sub-packages (an application's profile sits beside its code, e.g. `evolution/evolution_api.toml`)."""
+    found: dict[str, Traversable] = {}
+    top = resources.files(__name__)
+    for folder in [top, *(d for d in top.iterdir() if d.is_dir() and d.joinpath("__init__.py").is_file())]:
+        for item in folder.iterdir():
+            if item.name.endswith(".toml") and item.is_file():
+                found[item.name[: -len(".toml")].replace("_", "-")] = item
+    return found
+
+
 def available_profiles() -> list[str]:
     """Names of the built-in profiles."""
-    names = []
-    for item in resources.files(__name__).iterdir():
-        if item.name.endswith(".toml"):
-            names.append(item.name[: -len(".toml")].replace("_", "-"))
-    return sorted(names)
+    return sorted(_profile_files())
 
 
 def profile_document(name: str) -> dict[str, Any]:
     """The parsed TOML of a built-in profile; ConfigError for an unknown name."""
-    filename = name.replace("-", "_") + ".toml"
-    item = resources.files(__name__).joinpath(filename)
-    if not item.is_file():
+    item = _profile_files().get(name)
+    if item is None:
         raise ConfigError(f"unknown profile {name!r} (available: {', '.join(available_profiles())})")
     return tomllib.loads(item.read_text("utf-8"))
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from statekit.audit.entities import Model
+from statekit.audit.entities import TIERS, Model
 from statekit.audit.sources.db import DbReader
 from statekit.audit.sources.files import FilesReader
 from statekit.audit.sources.records import Source
@@ -35,8 +35,8 @@ class _Opener(Protocol):
     def open(self, location: str, model: Model, *, keys_only: bool = False) -> LiveSource: ...
 
 
-# The live source of each tier, in the order the audit opens them.
-LIVE_SOURCES: tuple[_Opener, ...] = (DbReader, RedisReader, FilesReader)
+# The live source of each tier the audit reads (opened in the order of statekit.audit.entities.TIERS).
+LIVE_SOURCES: dict[str, _Opener] = {kind.tier: kind for kind in (DbReader, RedisReader, FilesReader)}
 
 
 @dataclass
@@ -59,26 +59,24 @@ class LiveTiers:
 
 def open_live(
     model: Model,
+    where: Mapping[str, str | None],
     *,
-    db_url: str | None,
-    redis_url: str | None,
-    files_root: str | None,
     keys_only: bool = False,
     tiers: Iterable[str] | None = None,
 ) -> LiveTiers:
-    """Sources for every tier the model uses and the configuration names; the rest are listed as skipped."""
-    where = {DbReader.tier: db_url, RedisReader.tier: redis_url, FilesReader.tier: files_root}
+    """Sources for every tier the model uses and `where` locates (tier name -> URL or root); the rest are
+    listed as skipped."""
     used = {t for ent in model.entities.values() for t in ent.locators}
     if tiers is not None:
         used &= set(tiers)
     sources: dict[str, LiveSource] = {}
     skipped: list[str] = []
-    for kind in LIVE_SOURCES:
-        if kind.tier not in used:
+    for tier in TIERS:
+        if tier not in used:
             continue
-        location = where.get(kind.tier)
+        location = where.get(tier)
         if location:
-            sources[kind.tier] = kind.open(location, model, keys_only=keys_only)
+            sources[tier] = LIVE_SOURCES[tier].open(location, model, keys_only=keys_only)
         else:
-            skipped.append(kind.tier)
+            skipped.append(tier)
     return LiveTiers(sources, skipped)

@@ -18,14 +18,15 @@ from statekit.audit.codecs import CodecError, canonical
 from statekit.audit.entities import TIERS, Entity, Model
 from statekit.audit.findings import AuditOptions, AuditResult, Finding, chunks, unparseable_findings
 from statekit.audit.sources import open_live
-from statekit.audit.sources.db import db_text
+from statekit.audit.sources.db import DbReader, db_text
 from statekit.audit.sources.files import FilesReader
 from statekit.audit.sources.records import Record, RecordKey, Source, TierData, Unparseable, normalise
-from statekit.audit.sources.redis import RedisReader
+from statekit.audit.sources.redis import RedisReader, url_db
 from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
 
 if TYPE_CHECKING:
+    from statekit.tiers.base import MemberDecoder
     from statekit.tiers.sql.members import TableSegment
 
 
@@ -68,7 +69,7 @@ class ArchiveRedis(RedisReader):
 
     def load(self, scopes: Iterable[str]) -> TierData:
         """Map the archived keys of these scopes to records."""
-        out = TierData("redis")
+        out = TierData(self.tier)
         for scope in scopes:
             for group, values, raw in self.keys.get(scope, []):
                 reply = self.values[raw]
@@ -86,7 +87,7 @@ class ArchiveRedis(RedisReader):
 class ArchiveDb:
     """The db tier of an archive: rows of the model's tables."""
 
-    tier = "db"
+    tier = DbReader.tier
 
     def __init__(self, data: TierData) -> None:
         self.data = data
@@ -108,70 +109,160 @@ class _DbTable:
     kinds: list[str]
 
 
-def read_archive(archive: Any, model: Model, *, redis_db: int | None, keys_only: bool = False) -> dict[str, Source]:
-    """One pass over an archive, returning a source per tier it holds that the model uses."""
-    from statekit.tiers import get as get_tier
-    from statekit.tiers.base import MemberDecoder, decode_tiers
-    from statekit.tiers.files.members import FileRecord
-    from statekit.tiers.redis import portable
-    from statekit.tiers.redis.members import RedisDecoder, RedisKey
-    from statekit.tiers.redis.records import TYPE_HASH, TYPE_STRING, parse_member_db
-    from statekit.tiers.sql.members import TableSegment
+class _Collector:
+    """What one pass over an archive keeps of one tier's records, and the audit source made of them."""
+
+    tier: str
+
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
+        self.model = model
+        self.keys_only = keys_only
+
+    def decoder(self) -> MemberDecoder[object]:
+        """A decoder of the tier's members."""
+        from statekit.tiers import get as get_tier
+
+        return get_tier(self.tier).decoder()
+
+    def add(self, rec: object) -> bool:
+        """Keep what the model needs of a decoded record; False when the record is another tier's."""
+        raise NotImplementedError
+
+    def source(self) -> Source:
+        """The tier as the audit reads it."""
+        raise NotImplementedError
+
+
+class _DbRows(_Collector):
+    """Rows of the model's tables, from `.copy` or `.jsonl` segments described by db/schema.json."""
+
+    tier = DbReader.tier
+
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
+        from statekit.tiers.sql.members import TableSegment
+
+        super().__init__(archive, model, location, keys_only=keys_only)
+        self.kind = TableSegment
+        self.data = TierData(self.tier)
+        self.tables: dict[str, list[_DbTable]] = {}
+        self.schema: object = None
+
+    def add(self, rec: object) -> bool:
+        """Map a table segment's rows of the model's tables to records."""
+        if not isinstance(rec, self.kind):
+            return False
+        if rec.schema is not self.schema:
+            self.schema = rec.schema
+            self.tables = _db_tables(dict(rec.schema), self.model)
+        for table in self.tables.get(str(rec.table["member"]), []):
+            _db_rows(rec, table, self.data, self.keys_only)
+        return True
+
+    def source(self) -> Source:
+        """The rows, by scope."""
+        return ArchiveDb(self.data)
+
+
+class _RedisValues(_Collector):
+    """Hash and string keys of one database (DUMP payloads decoded by the redis tier's portable decoder, big
+    keys from their chunks): the database the live URL selects when the archive holds it, else its first
+    one."""
+
+    tier = RedisReader.tier
+
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
+        from statekit.tiers.redis.members import RedisKey
+        from statekit.tiers.redis.records import parse_member_db
+
+        super().__init__(archive, model, location, keys_only=keys_only)
+        self.kind = RedisKey
+        dbs = sorted({d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None})
+        wanted = url_db(location)
+        self.want = wanted if wanted in dbs else (dbs[0] if dbs else None)
+        self.values: dict[bytes, Any] = {}
+
+    def decoder(self) -> MemberDecoder[object]:
+        """The redis tier's decoder, limited to the one database."""
+        from statekit.tiers.redis.members import RedisDecoder
+
+        return RedisDecoder({self.want} if self.want is not None else set())
+
+    def add(self, rec: object) -> bool:
+        """Keep a hash or string key's value."""
+        from statekit.tiers.redis import portable
+        from statekit.tiers.redis.records import TYPE_HASH, TYPE_STRING
+
+        if not isinstance(rec, self.kind):
+            return False
+        if rec.items is None:
+            try:
+                rtype, value = portable.decode(rec.payload or b"")
+            except portable.Uncarriable:
+                return True
+            if rtype == TYPE_HASH:
+                self.values[rec.key] = dict(value)  # type: ignore[call-overload]
+            elif rtype == TYPE_STRING:
+                self.values[rec.key] = value
+        elif rec.type == TYPE_HASH:
+            self.values[rec.key] = dict(zip(rec.items[::2], rec.items[1::2]))
+        elif rec.type == TYPE_STRING:
+            self.values[rec.key] = b"".join(rec.items)
+        return True
+
+    def source(self) -> Source:
+        """The keys, read like the live database."""
+        return ArchiveRedis(self.model, self.values, keys_only=self.keys_only)
+
+
+class _FileContents(_Collector):
+    """Every archived file's content by its relative path."""
+
+    tier = FilesReader.tier
+
+    def __init__(self, archive: Any, model: Model, location: str | None, *, keys_only: bool) -> None:
+        from statekit.tiers.files.members import FileRecord
+
+        super().__init__(archive, model, location, keys_only=keys_only)
+        self.kind = FileRecord
+        self.contents: dict[str, bytes] = {}
+
+    def add(self, rec: object) -> bool:
+        """Keep the file's content."""
+        if not isinstance(rec, self.kind):
+            return False
+        self.contents[rec.rel] = rec.data
+        return True
+
+    def source(self) -> Source:
+        """The files, read like the live root."""
+        return ArchiveFiles(self.model, self.contents, keys_only=self.keys_only)
+
+
+# What an archive's pass keeps of each tier the audit reads.
+_COLLECTORS: dict[str, type[_Collector]] = {c.tier: c for c in (_DbRows, _RedisValues, _FileContents)}
+
+
+def read_archive(
+    archive: Any, model: Model, where: Mapping[str, str | None], *, keys_only: bool = False
+) -> dict[str, Source]:
+    """One pass over an archive, returning a source per tier it holds that the model uses (`where`: the live
+    tiers' locations, which say what part of a tier to read, e.g. which Redis database)."""
+    from statekit.tiers.base import decode_tiers
 
     held = [t.get("tier") for t in archive.snapshot.get("tiers", []) if isinstance(t, dict)]
     used = {t for ent in model.entities.values() for t in ent.locators}
-    files: dict[str, bytes] = {}
-    redis_values: dict[bytes, Any] = {}
-    db_data = TierData("db")
-    tables: dict[str, list[_DbTable]] = {}
-    schema: object = None
-    redis_dbs = sorted(
-        {d for m in archive.manifest.get("members", []) if (d := parse_member_db(m["name"])) is not None}
-    )
-    want_db = redis_db if redis_db in redis_dbs else (redis_dbs[0] if redis_dbs else None)
-    decoders: list[MemberDecoder[object]] = []
-    for t in TIERS:
-        if t in used:
-            decoders.append(
-                RedisDecoder({want_db} if want_db is not None else set()) if t == "redis" else get_tier(t).decoder()
-            )
-    for rec in decode_tiers(archive, decoders):
-        if isinstance(rec, FileRecord):
-            files[rec.rel] = rec.data
-        elif isinstance(rec, RedisKey):
-            if rec.items is None:
-                try:
-                    rtype, value = portable.decode(rec.payload or b"")
-                except portable.Uncarriable:
-                    continue
-                if rtype == TYPE_HASH:
-                    redis_values[rec.key] = dict(value)  # type: ignore[call-overload]
-                elif rtype == TYPE_STRING:
-                    redis_values[rec.key] = value
-            elif rec.type == TYPE_HASH:
-                redis_values[rec.key] = dict(zip(rec.items[::2], rec.items[1::2]))
-            elif rec.type == TYPE_STRING:
-                redis_values[rec.key] = b"".join(rec.items)
-        elif isinstance(rec, TableSegment):
-            if rec.schema is not schema:
-                schema = rec.schema
-                tables = _db_tables(dict(rec.schema), model)
-            for table in tables.get(str(rec.table["member"]), []):
-                _db_rows(rec, table, db_data, keys_only)
-    sources: dict[str, Source] = {}
-    if "db" in held and "db" in used:
-        sources["db"] = ArchiveDb(db_data)
-    if "redis" in held and "redis" in used:
-        sources["redis"] = ArchiveRedis(model, redis_values, keys_only=keys_only)
-    if "files" in held and "files" in used:
-        sources["files"] = ArchiveFiles(model, files, keys_only=keys_only)
-    return sources
+    collectors = [_COLLECTORS[t](archive, model, where.get(t), keys_only=keys_only) for t in TIERS if t in used]
+    for rec in decode_tiers(archive, [c.decoder() for c in collectors]):
+        for c in collectors:
+            if c.add(rec):
+                break
+    return {c.tier: c.source() for c in collectors if c.tier in held}
 
 
 def _db_tables(schema: dict[str, Any], model: Model) -> dict[str, list[_DbTable]]:
     out: dict[str, list[_DbTable]] = {}
     for ent in model.entities.values():
-        loc = ent.locators.get("db")
+        loc = ent.locators.get(DbReader.tier)
         if loc is None:
             continue
         for t in schema.get("tables", []):
@@ -186,7 +277,7 @@ def _db_tables(schema: dict[str, Any], model: Model) -> dict[str, list[_DbTable]
 
 def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: bool) -> None:
     ent = table.entity
-    loc = ent.locators["db"]
+    loc = ent.locators[DbReader.tier]
     try:
         idx_keys = [table.columns.index(c) for c in loc.key_columns]
         idx_val = table.columns.index(loc.value_column) if loc.value_column else None
@@ -200,7 +291,7 @@ def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: 
         where = f'"{loc.table}" ' + ", ".join(f"{c}={row[j]}" for c, j in zip(loc.key_columns, idx_keys))
         extra = {c: row[j] for c, j in idx_extra.items()} or None
         stored = None if raw is None or (keys_only and not ent.presence) else db_text(raw)
-        data.add(ent.name, scope, rest, Record(stored, ("db", str(loc.table), where), extra,
+        data.add(ent.name, scope, rest, Record(stored, (DbReader.tier, str(loc.table), where), extra,
                                                null=idx_val is not None and raw is None))  # fmt: skip
 
 
@@ -280,14 +371,15 @@ def _two_sided(
     return out
 
 
-def audit_against(model: Model, where: Any, archive: Any, opts: AuditOptions, *, warn: Warn = no_warn) -> AuditResult:
-    """The live tiers against a snapshot (tier by tier: what the snapshot had and the live tier lacks, etc.)."""
+def audit_against(
+    model: Model, where: Mapping[str, str | None], archive: Any, opts: AuditOptions, *, warn: Warn = no_warn
+) -> AuditResult:
+    """The live tiers (`where`: tier name -> URL or root) against a snapshot (tier by tier: what the snapshot
+    had and the live tier lacks, etc.)."""
     from statekit.tiers.redis.records import parse_member_db  # noqa: F401  (fail early if the tier is absent)
 
-    redis_db = _url_db(where.redis_url)
-    snap = read_archive(archive, model, redis_db=redis_db, keys_only=opts.keys_only)
-    live = open_live(model, db_url=where.db_url, redis_url=where.redis_url, files_root=where.files_root,
-                     keys_only=opts.keys_only, tiers=list(snap))  # fmt: skip
+    snap = read_archive(archive, model, where, keys_only=opts.keys_only)
+    live = open_live(model, where, keys_only=opts.keys_only, tiers=list(snap))
     try:
         for t in snap:
             if t not in live.sources:
@@ -297,10 +389,11 @@ def audit_against(model: Model, where: Any, archive: Any, opts: AuditOptions, *,
         live.close()
 
 
-def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, *, redis_url: str | None = None) -> AuditResult:
-    """Archive B against archive A, tier by tier (Redis: the database of `redis_url`, else the first one)."""
-    sa = read_archive(a, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
-    sb = read_archive(b, model, redis_db=_url_db(redis_url), keys_only=opts.keys_only)
+def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, where: Mapping[str, str | None]) -> AuditResult:
+    """Archive B against archive A, tier by tier (`where`: the configured tiers, e.g. which Redis database to
+    read, else the first one)."""
+    sa = read_archive(a, model, where, keys_only=opts.keys_only)
+    sb = read_archive(b, model, where, keys_only=opts.keys_only)
     return compare_states(model, sa, sb, opts, ("A", "B"))
 
 
@@ -319,10 +412,3 @@ def _redis_glob(pattern: str) -> Any:
         out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
         i += 1
     return re.compile("".join(out), re.DOTALL).fullmatch
-
-
-def _url_db(url: str | None) -> int | None:
-    if not url:
-        return None
-    tail = url.split("?", 1)[0].rsplit("/", 1)[-1]
-    return int(tail) if tail.isdigit() and url.count("/") > 2 else 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.entities import DbLocator, Entity, Locator, Model
 from statekit.audit.sources.records import (
     Record,
     RecordKey,
@@ -62,7 +62,7 @@ class DbReader:
     """Reads every db locator of a model with one streamed SELECT per entity (values kept in memory: the
     db side of an audit is the authority and is small next to the key material)."""
 
-    tier = "db"
+    tier = DbLocator.kind
 
     def __init__(self, engine: Any, model: Model, *, keys_only: bool = False) -> None:
         self.engine = engine

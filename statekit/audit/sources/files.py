@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import Any
 
-from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.entities import Entity, FilesLocator, Locator, Model
 from statekit.audit.sources.records import Record, RecordKey, TierData, Unparseable, normalise, raw_vars
 from statekit.audit.templates import transform_all
 from statekit.errors import TierError, TierUnavailable
@@ -19,7 +19,7 @@ class FilesReader:
     """Reads the files locators of a model: one scandir walk (symlinks never followed) that names every
     record, then file contents per batch of scopes."""
 
-    tier = "files"
+    tier = FilesLocator.kind
 
     def __init__(self, root: str, model: Model, *, keys_only: bool = False, check_root: bool = True) -> None:
         if check_root and not os.path.isdir(root):

@@ -11,14 +11,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from statekit.audit.entities import Entity
+from statekit.audit.entities import LOCATOR_KINDS, Entity
 
 RecordKey = tuple[str, ...]
 
 
 class Record:
     """One record in one tier. `stored` is None in keys-only mode and for presence-only entities. `loc` is
-    ("redis", key[, field]), ("files", relative path) or ("db", table, row description)."""
+    the tier's name and the record's place there: a key and field, a relative path, a table and row
+    description (each locator kind's `loc_text` reads its own)."""
 
     __slots__ = ("extra", "loc", "null", "raw_vars", "stored")
 
@@ -38,10 +39,8 @@ class Record:
 
     @property
     def where(self) -> str:
-        """The record's location for a person."""
-        if self.loc[0] == "redis" and len(self.loc) > 2:
-            return f"{self.loc[1]} [{self.loc[2]}]"
-        return self.loc[-1] if self.loc[0] == "db" else self.loc[1]
+        """The record's location for a person (as its tier's locator kind writes it)."""
+        return LOCATOR_KINDS[self.loc[0]].loc_text(self.loc)
 
 
 @dataclass

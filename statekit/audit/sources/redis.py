@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from statekit.audit.entities import Entity, Locator, Model
+from statekit.audit.entities import Entity, Locator, Model, RedisLocator
 from statekit.audit.sources.records import (
     Record,
     RecordKey,
@@ -23,6 +23,15 @@ from statekit.audit.sources.records import (
 from statekit.audit.templates import Template, decode_all, transform_all
 from statekit.config import redact_url
 from statekit.errors import ConfigError, TierError, TierUnavailable
+
+
+def url_db(url: str | None) -> int | None:
+    """The database an audit reads of an archive for the Redis URL `url`: the one it names, 0 when it names
+    none, None without a URL (then an archive's first database)."""
+    if not url:
+        return None
+    tail = url.split("?", 1)[0].rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() and url.count("/") > 2 else 0
 
 
 def open_redis(url: str) -> Any:
@@ -89,7 +98,7 @@ class RedisReader:
     """Reads the redis locators of a model: SCAN per key template, then per batch one pipelined round trip
     of packed commands (HGETALL, HMGET when only literal fields are wanted, GET, or EXISTS)."""
 
-    tier = "redis"
+    tier = RedisLocator.kind
 
     def __init__(self, client: Any, model: Model, *, keys_only: bool = False, scan_count: int = 1000) -> None:
         self.client = client

@@ -64,8 +64,8 @@ def write_audit_metrics(path: str | Path, result: AuditResult, where: Locations,
         else:
             status = EvolutionStatus(readiness=result.complete / result.roots if result.roots else None)
         try:
-            status.db_latency_seconds = db_roundtrip_seconds(where.db_url)
-            status.redis_hit_ratio = redis_hit_ratio(where.redis_url)
+            status.db_latency_seconds = db_roundtrip_seconds(where.get("db"))
+            status.redis_hit_ratio = redis_hit_ratio(where.get("redis"))
         except StatekitError:
             pass  # the audit itself already reported an unreachable tier
     metrics = audit_metrics(
