@@ -42,12 +42,19 @@ def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config) -> Restore
 
 
 def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTarget:
-    archive.index()
+    if not (get_tier(opts.tier).verifies_while_loading and _head_suffices(archive)):
+        archive.index()
     if opts.tier not in archive_tiers(archive):
         raise UsageError(
             f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
         )
     return resolve_target(target_record(archive), opts, cfg)
+
+
+def _head_suffices(archive: Archive) -> bool:
+    """Whether the head names the tiers and the target (a snapshot's, or an undo archive's recorded one)."""
+    head = archive.head()
+    return isinstance(head.get("tiers"), list) and target_record(archive) is head
 
 
 def _plan(archive: Archive, resolved: ResolvedTarget, cfg: Config) -> RestoreReport:

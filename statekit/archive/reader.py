@@ -357,7 +357,7 @@ def _open_path(path: str | Path) -> IO[bytes]:
 class Archive:
     """An archive on disk opened for reading: `head()` reads format.json alone; `index()` does one full
     verifying pass; `members()` starts a new pass each time it is called (each re-verified against the manifest
-    at its end)."""
+    at its end; the first one read to its end stands for index())."""
 
     def __init__(self, path: str | Path, identities: Sequence[Identity] = ()) -> None:
         self.path = Path(path)
@@ -394,6 +394,11 @@ class Archive:
         return self._index
 
     @property
+    def verified(self) -> bool:
+        """Whether a whole pass has verified the archive (index(), or members() read to its end)."""
+        return self._index is not None
+
+    @property
     def snapshot(self) -> dict[str, Any]:
         """snapshot.json (runs the verifying pass if it has not run yet)."""
         return self.index().snapshot
@@ -413,6 +418,10 @@ class Archive:
             self._same_head(reader)
             if self._index is not None and reader.manifest != self._index.manifest:
                 raise CorruptArchive(f"{self.path}: the archive changed while it was being read")
+            if self._index is None:  # a pass read to its end verifies as much as index() does
+                self._index = ArchiveIndex(
+                    reader.format, reader.snapshot, reader.manifest, os.fstat(fh.fileno()).st_size
+                )
 
     def _same_head(self, reader: ArchiveReader) -> None:
         # At the end of the pass, like the manifest check: a consumer commits only after the pass ended.

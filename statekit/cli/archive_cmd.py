@@ -35,13 +35,19 @@ def local_archive(location: str) -> Iterator[str]:
         yield str(path)
 
 
-def open_verified(app: App, path: str, identities: tuple[str, ...], passphrase_file: str | None) -> Archive:
-    """Open an archive and run its full verifying pass (asks for a passphrase on a TTY if needed)."""
+def open_verified(
+    app: App, path: str, identities: tuple[str, ...], passphrase_file: str | None, *, full: bool = True
+) -> Archive:
+    """Open an archive and run its full verifying pass (asks for a passphrase on a TTY if needed); without
+    `full`, read its head only (which decrypts too), for a restore that verifies while it loads."""
     keys = resolve_identities(app, identities, passphrase_file)
 
     def attempt(ids: list[Any]) -> Archive:
         archive = Archive(path, ids)
-        archive.index()
+        if full:
+            archive.index()
+        else:
+            archive.head()
         return archive
 
     result: Archive = with_passphrase_retry(app, keys, attempt)

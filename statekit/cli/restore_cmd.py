@@ -106,7 +106,7 @@ def restore(
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))
     signature = check_signers(path, signers, cfg.archive.signers)
-    opened = open_verified(app, path, identities, passphrase_file)
+    opened = open_verified(app, path, identities, passphrase_file, full=not get_tier(tier).verifies_while_loading)
     opts = RestoreOptions(
         tier=tier,
         target=target or target_url,

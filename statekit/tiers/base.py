@@ -73,6 +73,10 @@ class Tier(ABC):
     title: str  # how a person calls it
     url_target: bool = True  # a restore target is a URL (--target-url); otherwise a directory (--target)
     live_audit: bool = True  # `statekit audit` can read this tier live
+    # The restore reads and verifies the whole archive in its load pass and changes nothing unless that pass
+    # verified (one transaction): the engine then needs no verifying pass of its own when the head names the
+    # tiers and the target.
+    verifies_while_loading: bool = False
 
     @property
     def prefix(self) -> str:

@@ -29,6 +29,7 @@ class DbTier(Tier):
     name = "db"
     section = "db"
     title = "database"
+    verifies_while_loading = True
 
     def target(self, cfg: Config) -> str | None:
         return cfg.db.url

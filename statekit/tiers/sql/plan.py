@@ -143,6 +143,13 @@ def archive_row_counts(archive: Any) -> dict[str, int]:
     return counts
 
 
+def fill_row_counts(ctx: RestoreContext, archive: Any) -> None:
+    """The archive's row counts (from its manifest) into the plan."""
+    counts = archive_row_counts(archive)
+    for p in ctx.plans:
+        p.archive_rows = counts.get(p.src.key)
+
+
 def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts: bool) -> RestoreContext:
     """Read the archived schema, reflect the target and build the plan with its problems."""
     mode = opts.mode or "replace"
@@ -186,7 +193,9 @@ def _undo_drops(
 ) -> list[TableDesc]:
     """Restoring a db undo archive in replace mode: the tables its restore created that exist on the target,
     are not held by the undo archive, and match --tables. Every other archive: none."""
-    snapshot = getattr(archive, "snapshot", None)
+    if archive.head().get("kind") == "snapshot":  # the head says it is no undo archive: no pass needed
+        return []
+    snapshot = archive.snapshot
     listed = created_by_restore(snapshot, ctx.target.dialect) if isinstance(snapshot, dict) else []
     if not listed or ctx.mode != "replace":
         return []

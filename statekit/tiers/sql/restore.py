@@ -40,10 +40,10 @@ from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.dialects.base import driver_sql
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
-from statekit.tiers.sql.plan import RestoreContext, TablePlan, prepare
+from statekit.tiers.sql.plan import RestoreContext, TablePlan, fill_row_counts, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
-from statekit.tiers.sql.segments import CheckedSegment, check_segments, manifest_rows, segment_check
+from statekit.tiers.sql.segments import CheckedSegment, check_rows, check_segments, manifest_rows, segment_check
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser
 
@@ -59,9 +59,12 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archiv
     it would load is read and checked here; a restore (no dry run) checks each one as it loads it, inside its
     transaction. The archive's row counts come from its manifest; without `archive_counts` they are left out
     (None)."""
-    ctx = prepare(archive, opts, cfg.url, with_counts=archive_counts)
+    ctx = prepare(archive, opts, cfg.url, with_counts=False)
     if not ctx.problems and opts.dry_run:
-        check_segments(archive, ctx.by_member())  # every segment it would load (a restore checks them as it loads)
+        # every segment it would load (a restore checks them as it loads); the pass verifies the whole archive
+        check_segments(archive, ctx.by_member())
+    if archive_counts and (opts.dry_run or archive.verified):  # a restore does not read the archive for them
+        fill_row_counts(ctx, archive)
     return _report(ctx, dry_run=True)
 
 
@@ -168,7 +171,9 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
     caller commits only after this iterator is exhausted. The pass must meet the db/schema.json the plan was
     made from: the file may have been replaced since."""
     by_member = ctx.by_member()
-    said = manifest_rows(archive.manifest)
+    # The manifest's row counts: known now if the archive was verified before, else checked at the pass's end
+    said = manifest_rows(archive.manifest) if archive.verified else None
+    found: dict[str, int] = {}
     for m in archive.members("db/"):
         if m.name == SCHEMA_MEMBER:
             if m.size > 256 << 20 or DbSchema.from_json_bytes(m.read_all()) != ctx.desc:
@@ -180,10 +185,13 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
         if plan is None:
             continue
         check = segment_check(m.name, ext, len(plan.src.data_columns))
-        checked = io.BufferedReader(CheckedSegment(m.stream, check, said.get(m.name)), _CHECK_BLOCK)
+        expected = said.get(m.name) if said is not None else None
+        checked = io.BufferedReader(CheckedSegment(m.stream, check, expected, found), _CHECK_BLOCK)
         yield plan, ext, dataclasses.replace(m, stream=checked)
         while checked.read(_CHECK_BLOCK):  # whatever the consumer left: checked too
             pass
+    if said is None:
+        check_rows(archive.manifest, found)  # the pass just ended: its manifest is verified, and known
 
 
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------

@@ -131,12 +131,14 @@ def segment_check(name: str, ext: str, width: int) -> SegmentCheck:
 
 class CheckedSegment(io.RawIOBase):
     """A segment's stream that checks every block it hands on, and at its end the rows against `rows` (what
-    MANIFEST.json says, None if it says nothing). A check that fails raises before the block is handed on."""
+    MANIFEST.json says; None if it says nothing or is not known yet), recording them in `found` (member name →
+    rows) for `check_rows`. A check that fails raises before the block is handed on."""
 
-    def __init__(self, stream: IO[bytes], check: SegmentCheck, rows: int | None) -> None:
+    def __init__(self, stream: IO[bytes], check: SegmentCheck, rows: int | None, found: dict[str, int]) -> None:
         self._src = stream
         self._check = check
         self._rows = rows
+        self._found = found
         self._ended = False
 
     def readable(self) -> bool:
@@ -148,7 +150,8 @@ class CheckedSegment(io.RawIOBase):
             self._check.feed(block)
         elif not self._ended:
             self._ended = True
-            _same_rows(self._check.name, self._check.end(), self._rows)
+            self._found[self._check.name] = self._check.end()
+            _same_rows(self._check.name, self._found[self._check.name], self._rows)
         return block
 
     def readinto(self, buf: Any) -> int:
@@ -167,6 +170,13 @@ def manifest_rows(manifest: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def check_rows(manifest: dict[str, Any], found: dict[str, int]) -> None:
+    """Every segment in `found` (member name → rows) holds the rows MANIFEST.json gives it."""
+    said = manifest_rows(manifest)
+    for name, rows in found.items():
+        _same_rows(name, rows, said.get(name))
+
+
 def _same_rows(name: str, found: int, said: int | None) -> None:
     if said is not None and said != found:
         raise CorruptArchive(f"archive member {name}: holds {found} rows, MANIFEST.json says {said}")
@@ -174,9 +184,11 @@ def _same_rows(name: str, found: int, said: int | None) -> None:
 
 def check_segments(archive: Any, by_member: dict[str, Any]) -> int:
     """Check every data segment of the planned tables (`by_member`: plan by member prefix, as
-    RestoreContext.by_member() gives); returns the rows found. Raises CorruptArchive on the first bad one."""
-    said = manifest_rows(archive.manifest)
-    rows = 0
+    RestoreContext.by_member() gives); returns the rows found. Raises CorruptArchive on the first bad one. The
+    rows are checked against the manifest as each segment ends when the archive was verified before, else at
+    the end of this pass (which verifies it)."""
+    said = manifest_rows(archive.manifest) if archive.verified else None
+    found: dict[str, int] = {}
     for m in archive.members("db/"):
         if m.name == SCHEMA_MEMBER:
             continue
@@ -187,10 +199,12 @@ def check_segments(archive: Any, by_member: dict[str, Any]) -> int:
         check = segment_check(m.name, ext, len(plan.src.data_columns))
         while block := m.stream.read(_BLOCK):
             check.feed(block)
-        found = check.end()
-        _same_rows(m.name, found, said.get(m.name))
-        rows += found
-    return rows
+        found[m.name] = check.end()
+        if said is not None:
+            _same_rows(m.name, found[m.name], said.get(m.name))
+    if said is None:
+        check_rows(archive.manifest, found)
+    return sum(found.values())
 
 
 def _json_row(line: bytes, width: int, name: str) -> None:
