@@ -302,6 +302,36 @@ def test_wrong_identity_is_a_key_error_not_corruption(
     assert_refused_without_writes(capsys, archive, other, tmp_path, 4)
 
 
+def test_a_passphrase_is_stretched_once_per_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass opens the archive anew (its head, the verifying pass, the load): scrypt runs only for the
+    first; another archive (another salt) and a wrong passphrase are derived on their own."""
+    from statekit.archive import keys
+
+    calls: list[int] = []
+    real = keys._scrypt
+
+    def counting(passphrase: bytes, salt: bytes, work_factor: int) -> bytes:
+        calls.append(work_factor)
+        return real(passphrase, salt, work_factor)
+
+    monkeypatch.setattr(keys, "_scrypt", counting)
+    first, second = tmp_path / "1.statekit", tmp_path / "2.statekit"
+    write_archive(first, [("a", b"one", None)], [ScryptRecipient(b"pw", 2)])
+    write_archive(second, [("a", b"two", None)], [ScryptRecipient(b"pw", 2)])
+    calls.clear()  # writing stretches too (one per archive)
+    identity = ScryptIdentity(b"pw")
+    archive = Archive(first, [identity])
+    archive.head()
+    archive.index()
+    assert {m.name: m.read_all() for m in archive.members() if m.name == "a"} == {"a": b"one"}
+    assert len(calls) == 1
+    assert read_back(second, [identity]) == {"a": b"two"}
+    assert len(calls) == 2
+    with pytest.raises(DecryptionError):
+        Archive(first, [ScryptIdentity(b"wrong")]).index()
+    assert len(calls) == 3
+
+
 def test_wrong_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "pw.statekit"
     write_archive(path, [("a", b"secret", None)], [ScryptRecipient(b"right", 2)])

@@ -299,14 +299,20 @@ class ScryptRecipient:
         return f"ScryptRecipient(work_factor={self.work_factor})"
 
 
+_DERIVED_KEPT = 16  # archives one process reads with one passphrase: a restore reads two (archive and undo)
+
+
 class ScryptIdentity:
     """Decrypt with a passphrase; refuses work factors above `max_work_factor` (a CPU/memory bomb)."""
 
-    __slots__ = ("_passphrase", "max_work_factor")
+    __slots__ = ("_derived", "_passphrase", "max_work_factor")
 
     def __init__(self, passphrase: bytes, max_work_factor: int = 22) -> None:
         self._passphrase = bytes(passphrase)
         self.max_work_factor = max_work_factor
+        # scrypt output by (salt, work factor): every pass over one archive (its head, the load, a rehearsal)
+        # opens it anew, and the derivation is the slow part of opening it, by design.
+        self._derived: dict[tuple[bytes, int], bytes] = {}
 
     @property
     def passphrase(self) -> bytes:
@@ -334,7 +340,14 @@ class ScryptIdentity:
             raise MalformedStanza(f"the scrypt work factor {shown} exceeds the allowed maximum {self.max_work_factor}")
         if len(stanza.body) != _WRAPPED_KEY_SIZE:
             raise MalformedStanza("the scrypt stanza body is not 32 bytes")
-        return _aead_unwrap(_scrypt(self._passphrase, salt, int(text)), stanza.body)
+        work_factor = int(text)
+        derived = self._derived.get((salt, work_factor))
+        if derived is None:
+            derived = _scrypt(self._passphrase, salt, work_factor)
+            if len(self._derived) >= _DERIVED_KEPT:
+                self._derived.clear()
+            self._derived[(salt, work_factor)] = derived
+        return _aead_unwrap(derived, stanza.body)
 
     def __repr__(self) -> str:
         return f"ScryptIdentity(max_work_factor={self.max_work_factor})"
