@@ -1,5 +1,5 @@
 """File-system primitives every layer shares: writing a file atomically, making a rename durable, and
-opening files for reading without following a symlink or changing them.
+opening files for reading without following a symlink or changing them, hashing a file.
 
 Atomic writes go to a dot-prefixed temporary name in the target directory, are fsynced, renamed into place
 and the directory fsynced, so a crash leaves either the old file or the new one, never a partial one.
@@ -14,6 +14,7 @@ CAP_FOWNER), so for anyone else the open is retried without it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import uuid
@@ -117,3 +118,9 @@ def open_for_reading(path: str, flags: int = 0, *, dir_fd: int | None = None) ->
             if exc.errno != errno.EPERM:
                 raise
     return os.open(path, _BASE | flags, dir_fd=dir_fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's content, read in blocks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

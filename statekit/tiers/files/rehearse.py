@@ -3,7 +3,6 @@ compared with MANIFEST.json, and the number of files on disk with the number arc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from statekit.config import FilesConfig
+from statekit.fsio import sha256_file
 from statekit.model import RestoreOptions, Warn, no_warn
 from statekit.tiers.files.paths import PREFIX
 from statekit.tiers.rehearsal import Check, RehearsalReport
@@ -34,17 +34,9 @@ def rehearse_files(archive: Archive, report: RehearsalReport, *, warn: Warn = no
         }
         for rel, entry in sorted(expected.items()):
             path = target / rel
-            actual = _sha256_file(path) if path.is_file() else None
+            actual = sha256_file(path) if path.is_file() else None
             report.checks.append(Check("files", rel, "sha256", entry["sha256"], actual))
         on_disk = sum(len(files) for _, _, files in os.walk(target))
         report.checks.append(Check("files", "*", "files", len(expected), on_disk))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError
-from statekit.fsio import fsync_dir, open_for_reading, write_file_atomic
+from statekit.fsio import fsync_dir, open_for_reading, sha256_file, write_file_atomic
 from statekit.model import (
     Progress,
     RestoreOptions,
@@ -87,7 +87,7 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
                 os.path.isfile(path)
                 and not os.path.islink(path)
                 and os.path.getsize(path) == m["size"]
-                and _sha256_file(path) == m["sha256"]
+                and sha256_file(path) == m["sha256"]
             ):
                 action = "unchanged"
         counts[action] += 1
@@ -152,16 +152,6 @@ def _unsafe_destination(root: str, path: str) -> str | None:
     if os.path.lexists(path) and not os.path.isfile(path):
         return "the target exists and is not a regular file"
     return None
-
-
-def _sha256_file(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def restore_files(
