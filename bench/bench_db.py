@@ -11,7 +11,8 @@ Data sets, each in a scratch database with an empty copy of its tables as the re
 
 Every tool runs as a whole process, start-up included: `statekit snapshot` / `statekit restore` (the CLI, an
 X25519-encrypted archive, restore with --yes --no-undo in replace mode), `pg_dump -Fc`, `pg_restore
---data-only`, and the floor: `psql -c "COPY t TO STDOUT" > /dev/null` and `psql -c "\\copy t FROM file"`. Each
+--data-only`, and the floors: `psql -c "COPY t TO STDOUT" > /dev/null`, `psql -c "\\copy t FROM file"`, and the
+server floor of a restore (one psql transaction: TRUNCATE, drop the primary keys, `\\copy`, add the keys). Each
 restore starts from emptied tables after a CHECKPOINT. Within a repetition the tools take turns going first
 (alternating runs), and a ratio is taken per repetition between runs made next to each other; the median
 and the range over repetitions are printed, so the noise of a shared machine shows. Peak RSS comes from
@@ -136,11 +137,14 @@ class Bench:
                "-r", self.recipient]  # fmt: skip
         return timed(cmd, self.env)
 
-    def restore(self, ds: Dataset, archive: Path) -> float:
+    def restore(self, ds: Dataset, archive: Path, rss: dict[str, int] | None = None) -> float:
         _fresh_target(self.url, ds)
         cmd = [STATEKIT, "restore", str(archive), "--tier", "db", "--target-url", _db_url(self.url, ds.dst),
                "-i", str(self.identity), "--yes", "--no-undo"]  # fmt: skip
-        return timed(cmd, self.env)[0]
+        wall, peak = timed(cmd, self.env)
+        if rss is not None:
+            rss[f"{ds.label} restore"] = max(rss.get(f"{ds.label} restore", 0), peak)
+        return wall
 
     def pg_dump(self, ds: Dataset, out: Path) -> float:
         flags = [x for t in ds.tables for x in ("-t", t)]
@@ -159,6 +163,17 @@ class Bench:
         cmds = [x for t in ds.tables for x in ("-c", f"\\copy {t} FROM '{files[t]}'")]
         return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", ds.dst, *cmds], self.env)[0]
 
+    def floor_in(self, ds: Dataset, files: dict[str, Path]) -> float:
+        """The server's floor for a one-transaction load with the keys rebuilt (what a restore does):
+        TRUNCATE, drop the primary keys, `\\copy` each file, add the keys back, COMMIT — all in psql."""
+        _fresh_target(self.url, ds)
+        sql = ["BEGIN", "SET LOCAL maintenance_work_mem = '512MB'", f"TRUNCATE {', '.join(ds.tables)}"]
+        sql += [f"ALTER TABLE {t} DROP CONSTRAINT {t}_pkey" for t in ds.tables]
+        sql += [f"\\copy {t} FROM '{files[t]}'" for t in ds.tables]
+        sql += [f"ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (id)" for t in ds.tables]
+        cmds = [x for s in [*sql, "COMMIT"] for x in ("-c", s)]
+        return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", ds.dst, *cmds], self.env)[0]
+
     def repetition(
         self, ds: Dataset, rep: int, archive: Path, dump: Path, files: dict[str, Path], rss: dict[str, int]
     ) -> dict[str, float]:
@@ -171,13 +186,15 @@ class Bench:
 
         if ds.label == "small":
             snap()
+            self.restore(ds, archive, rss)
             return now
         _alternate(rep, [snap, lambda: now.__setitem__("copy_out", self.copy_out(ds)),
                          lambda: now.__setitem__("pg_dump", self.pg_dump(ds, dump))])  # fmt: skip
         if files:
-            _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive)),
+            _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive, rss)),
                              lambda: now.__setitem__("pg_restore", self.pg_restore(ds, dump)),
-                             lambda: now.__setitem__("copy_in", self.copy_in(ds, files))])  # fmt: skip
+                             lambda: now.__setitem__("copy_in", self.copy_in(ds, files)),
+                             lambda: now.__setitem__("floor_in", self.floor_in(ds, files))])  # fmt: skip
         return now
 
     def copy_files(self, ds: Dataset) -> dict[str, Path]:
@@ -261,6 +278,8 @@ def main() -> None:
                 if "restore" in now:
                     ratio(f"{ds.label}: restore / pg_restore --data-only", now["restore"] / now["pg_restore"])
                     ratio(f"{ds.label}: restore / \\copy FROM", now["restore"] / now["copy_in"])
+                    ratio(f"{ds.label}: restore / server floor", now["restore"] / now["floor_in"])
+                    ratio(f"{ds.label}: server floor / pg_restore", now["floor_in"] / now["pg_restore"])
                 when = f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%H:%M UTC', time.gmtime())}"
                 print(f"{ds.label} rep {rep + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()) + f"; {when}")
             if times:
@@ -285,6 +304,13 @@ def main() -> None:
             verdict = "ok" if big / small <= 1.3 else "MISSED"
             print(
                 f"  peak RSS mixed {args.mixed_rows} / {args.small_rows} rows          {big / small:5.2f}  "
+                f"({big / mb:.0f} MiB vs {small / mb:.0f} MiB; target <= 1.3: {verdict})"
+            )
+        if "mixed restore" in rss and "small restore" in rss:
+            big, small = rss["mixed restore"], rss["small restore"]
+            verdict = "ok" if big / small <= 1.3 else "MISSED"
+            print(
+                f"  peak RSS restore mixed / small               {big / small:5.2f}  "
                 f"({big / mb:.0f} MiB vs {small / mb:.0f} MiB; target <= 1.3: {verdict})"
             )
         if "single" in rss:
