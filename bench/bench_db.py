@@ -299,20 +299,13 @@ def main() -> None:
             )
             print(f"  {name:<44} {_spread(values)}{verdict}")
         mb = 1 << 20
-        if "mixed" in rss and "small" in rss:
-            big, small = rss["mixed"], rss["small"]
-            verdict = "ok" if big / small <= 1.3 else "MISSED"
-            print(
-                f"  peak RSS mixed {args.mixed_rows} / {args.small_rows} rows          {big / small:5.2f}  "
-                f"({big / mb:.0f} MiB vs {small / mb:.0f} MiB; target <= 1.3: {verdict})"
-            )
-        if "mixed restore" in rss and "small restore" in rss:
-            big, small = rss["mixed restore"], rss["small restore"]
-            verdict = "ok" if big / small <= 1.3 else "MISSED"
-            print(
-                f"  peak RSS restore mixed / small               {big / small:5.2f}  "
-                f"({big / mb:.0f} MiB vs {small / mb:.0f} MiB; target <= 1.3: {verdict})"
-            )
+        for what in ("", " restore"):
+            if f"mixed{what}" in rss and f"small{what}" in rss:
+                big, small = rss[f"mixed{what}"], rss[f"small{what}"]
+                verdict = "ok" if big / small <= 1.3 else "MISSED"
+                label = f"peak RSS{what or ' snapshot'}, mixed {args.mixed_rows} / {args.small_rows} rows"
+                print(f"  {label:<44} {big / small:5.2f}  ({big / mb:.0f} MiB vs {small / mb:.0f} MiB; "
+                      f"target <= 1.3: {verdict})")  # fmt: skip
         if "single" in rss:
             print(f"  peak RSS single {args.rows} rows: {rss['single'] / mb:.0f} MiB")
     finally:
