@@ -12,7 +12,8 @@ Data sets, each in a scratch database with an empty copy of its tables as the re
 Every tool runs as a whole process, start-up included: `statekit snapshot` / `statekit restore` (the CLI, an
 X25519-encrypted archive, restore with --yes --no-undo in replace mode), `pg_dump -Fc`, `pg_restore
 --data-only`, and the floors: `psql -c "COPY t TO STDOUT" > /dev/null`, `psql -c "\\copy t FROM file"`, and the
-server floor of a restore (one psql transaction: TRUNCATE, drop the primary keys, `\\copy`, add the keys). Each
+server floor of a restore (one psql transaction: TRUNCATE, drop the primary keys, `\\copy`, add the keys); the
+COPY out and the server floor also in binary COPY (the format statekit archives tables of these types in). Each
 restore starts from emptied tables after a CHECKPOINT. Within a repetition the tools take turns going first
 (alternating runs), and a ratio is taken per repetition between runs made next to each other; the median
 and the range over repetitions are printed, so the noise of a shared machine shows. Peak RSS comes from
@@ -48,6 +49,7 @@ MIXED_FILL = """INSERT INTO {name} SELECT g, g % 100000, 'label ' || md5(g::text
     decode(md5((g * 7)::text), 'hex')
     FROM generate_series({lo}, {hi}) g"""
 STATEKIT = str(Path(sys.executable).parent / "statekit")
+BINARY = " (FORMAT binary)"
 
 
 class Dataset:
@@ -154,8 +156,8 @@ class Bench:
         _fresh_target(self.url, ds)
         return timed(["pg_restore", "--data-only", "-d", ds.dst, str(dump)], self.env)[0]
 
-    def copy_out(self, ds: Dataset) -> float:
-        cmds = [x for t in ds.tables for x in ("-c", f"COPY {t} TO STDOUT")]
+    def copy_out(self, ds: Dataset, fmt: str = "") -> float:
+        cmds = [x for t in ds.tables for x in ("-c", f"COPY {t} TO STDOUT{fmt}")]
         return timed(["psql", "-X", "-q", "-d", ds.src, *cmds], self.env)[0]
 
     def copy_in(self, ds: Dataset, files: dict[str, Path]) -> float:
@@ -163,19 +165,26 @@ class Bench:
         cmds = [x for t in ds.tables for x in ("-c", f"\\copy {t} FROM '{files[t]}'")]
         return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", ds.dst, *cmds], self.env)[0]
 
-    def floor_in(self, ds: Dataset, files: dict[str, Path]) -> float:
+    def floor_in(self, ds: Dataset, files: dict[str, Path], fmt: str = "") -> float:
         """The server's floor for a one-transaction load with the keys rebuilt (what a restore does):
         TRUNCATE, drop the primary keys, `\\copy` each file, add the keys back, COMMIT — all in psql."""
         _fresh_target(self.url, ds)
         sql = ["BEGIN", "SET LOCAL maintenance_work_mem = '512MB'", f"TRUNCATE {', '.join(ds.tables)}"]
         sql += [f"ALTER TABLE {t} DROP CONSTRAINT {t}_pkey" for t in ds.tables]
-        sql += [f"\\copy {t} FROM '{files[t]}'" for t in ds.tables]
+        sql += [f"\\copy {t} FROM '{files[t]}'{fmt}" for t in ds.tables]
         sql += [f"ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (id)" for t in ds.tables]
         cmds = [x for s in [*sql, "COMMIT"] for x in ("-c", s)]
         return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", ds.dst, *cmds], self.env)[0]
 
     def repetition(
-        self, ds: Dataset, rep: int, archive: Path, dump: Path, files: dict[str, Path], rss: dict[str, int]
+        self,
+        ds: Dataset,
+        rep: int,
+        archive: Path,
+        dump: Path,
+        files: dict[str, Path],
+        bfiles: dict[str, Path],
+        rss: dict[str, int],
     ) -> dict[str, float]:
         """One repetition on a data set: seconds by tool; the tools take turns going first."""
         now: dict[str, float] = {}
@@ -189,20 +198,22 @@ class Bench:
             self.restore(ds, archive, rss)
             return now
         _alternate(rep, [snap, lambda: now.__setitem__("copy_out", self.copy_out(ds)),
+                         lambda: now.__setitem__("copy_out_bin", self.copy_out(ds, BINARY)),
                          lambda: now.__setitem__("pg_dump", self.pg_dump(ds, dump))])  # fmt: skip
         if files:
             _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive, rss)),
                              lambda: now.__setitem__("pg_restore", self.pg_restore(ds, dump)),
                              lambda: now.__setitem__("copy_in", self.copy_in(ds, files)),
-                             lambda: now.__setitem__("floor_in", self.floor_in(ds, files))])  # fmt: skip
+                             lambda: now.__setitem__("floor_in", self.floor_in(ds, files)),
+                             lambda: now.__setitem__("floor_in_bin", self.floor_in(ds, bfiles, BINARY))])  # fmt: skip
         return now
 
-    def copy_files(self, ds: Dataset) -> dict[str, Path]:
+    def copy_files(self, ds: Dataset, fmt: str = "") -> dict[str, Path]:
         files = {}
         for t in ds.tables:
-            files[t] = self.tmp / f"{ds.label}.{t}.copy"
+            files[t] = self.tmp / f"{ds.label}.{t}.{'bin' if fmt else 'copy'}"
             with open(files[t], "wb") as fh:
-                subprocess.run(["psql", "-X", "-q", "-d", ds.src, "-c", f"COPY {t} TO STDOUT"], env=self.env,
+                subprocess.run(["psql", "-X", "-q", "-d", ds.src, "-c", f"COPY {t} TO STDOUT{fmt}"], env=self.env,
                                stdout=fh, check=True)  # fmt: skip
         return files
 
@@ -266,20 +277,24 @@ def main() -> None:
             archive = tmp / f"{ds.label}.statekit"
             dump = tmp / f"{ds.label}.dump"
             files = bench.copy_files(ds) if ds.label in ("single", "mixed") else {}
+            bfiles = bench.copy_files(ds, BINARY) if files else {}
             times: dict[str, list[float]] = {}
             for rep in range(args.reps):
-                now = bench.repetition(ds, rep, archive, dump, files, rss)
+                now = bench.repetition(ds, rep, archive, dump, files, bfiles, rss)
                 if ds.label == "small":
                     continue
                 for k, v in now.items():
                     times.setdefault(k, []).append(v)
                 ratio(f"{ds.label}: snapshot / COPY TO STDOUT", now["snapshot"] / now["copy_out"])
+                ratio(f"{ds.label}: snapshot / binary COPY TO STDOUT", now["snapshot"] / now["copy_out_bin"])
                 ratio(f"{ds.label}: snapshot / pg_dump -Fc", now["snapshot"] / now["pg_dump"])
                 if "restore" in now:
                     ratio(f"{ds.label}: restore / pg_restore --data-only", now["restore"] / now["pg_restore"])
                     ratio(f"{ds.label}: restore / \\copy FROM", now["restore"] / now["copy_in"])
                     ratio(f"{ds.label}: restore / server floor", now["restore"] / now["floor_in"])
                     ratio(f"{ds.label}: server floor / pg_restore", now["floor_in"] / now["pg_restore"])
+                    ratio(f"{ds.label}: restore / binary server floor", now["restore"] / now["floor_in_bin"])
+                    ratio(f"{ds.label}: binary server floor / pg_restore", now["floor_in_bin"] / now["pg_restore"])
                 when = f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%H:%M UTC', time.gmtime())}"
                 print(f"{ds.label} rep {rep + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()) + f"; {when}")
             if times:
@@ -289,7 +304,7 @@ def main() -> None:
                       f"{dump.stat().st_size / mb:.1f} MiB")  # fmt: skip
         load = os.getloadavg()[0]
         print(f"\nload average {load:.2f} at the end; ratios over {args.reps} repetitions (median, range):")
-        targets = {"snapshot / COPY TO STDOUT": 1.5, "snapshot / pg_dump -Fc": 0.5, "restore / pg_restore": 0.8}
+        targets = {": snapshot / COPY TO STDOUT": 1.5, "snapshot / pg_dump -Fc": 0.5, "restore / pg_restore": 0.8}
         for name, values in ratios.items():
             target = next((v for k, v in targets.items() if k in name), None)
             verdict = (

@@ -54,6 +54,7 @@ class DbConfig:
     exclude: list[str] = field(default_factory=list)
     schemas: list[str] = field(default_factory=list)
     jobs: int = 1
+    copy_format: str = "binary"  # PostgreSQL: "binary" (tables whose types allow it) or "text" COPY
 
 
 @dataclass
@@ -355,6 +356,7 @@ exclude = []
 include = ["*"]                   # table globs (schema.table or table)
 exclude = []
 jobs = 1                          # parallel PostgreSQL workers sharing one snapshot
+copy_format = "binary"            # PostgreSQL rows as binary COPY where every column's type allows, or "text"
 
 [redis]
 # url = "redis://127.0.0.1:6379/0"   # redis://, rediss://, unix://; password: URL or STATEKIT_REDIS_PASSWORD

@@ -21,14 +21,15 @@ START = 100
 
 
 def _sum_archive(archive: Any) -> dict[str, int]:
-    """Sum of the amount column per table, read straight from the archived COPY segments."""
+    """Sum of the amount column per table, read straight from the archived data segments."""
+    from statekit.tiers.base import decode
+    from statekit.tiers.sql.members import DbDecoder
+
     totals: dict[str, int] = {}
-    for m in archive.members("db/"):
-        if not m.name.endswith(".copy"):
-            continue
-        table = m.name.split(".")[1]
-        for line in m.read_all().splitlines():
-            totals[table] = totals.get(table, 0) + int(line.split(b"\t")[1])
+    for segment in decode(archive, DbDecoder()):
+        table = str(segment.table["name"])
+        for row in segment.rows():
+            totals[table] = totals.get(table, 0) + int(str(row[1]))
     return totals
 
 

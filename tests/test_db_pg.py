@@ -4,7 +4,9 @@ targets."""
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -304,8 +306,8 @@ def test_child_segments_before_parent_segments_still_restore(pg_url: str, pg_url
     members = [(m.name, m.read_all()) for m in archive.members("db/")]
     assert [n for n, _ in members] == [
         "db/schema.json",
-        "db/public.parent.000000.copy",
-        "db/public.child.000000.copy",
+        "db/public.parent.000000.pgbinary",
+        "db/public.child.000000.pgbinary",
     ]
     swapped = tmp_path / "swapped.statekit"
     with atomic_output(swapped) as fh:
@@ -342,9 +344,24 @@ def test_partitioned_table_is_read_through_its_parent(pg_url: str, pg_url2: str,
     ]
 
 
+def _thirds(data: bytes, ext: str) -> list[bytes]:
+    """A segment of 3000 rows of (int, text) cut into three of 1000 rows each."""
+    if ext == "copy":
+        rows = data.splitlines(keepends=True)
+    else:
+        from statekit.tiers.sql.pgbinary import iter_tuples
+
+        def field(f: bytes | None) -> bytes:
+            return struct.pack(">i", -1) if f is None else struct.pack(">i", len(f)) + f
+
+        rows = [struct.pack(">h", 2) + b"".join(map(field, t)) for t in iter_tuples(io.BytesIO(data), 2, "kv")]
+    return [b"".join(rows[i : i + 1000]) for i in range(0, 3000, 1000)]
+
+
+@pytest.mark.parametrize("copy_format", ["binary", "text"])
 @pytest.mark.parametrize("mode", ["replace", "merge"])
 def test_a_table_in_many_segments_interleaved_with_another(
-    pg_url: str, pg_url2: str, tmp_path: Path, mode: str
+    pg_url: str, pg_url2: str, tmp_path: Path, mode: str, copy_format: str
 ) -> None:
     """Consecutive segments of one table load through one COPY; a table whose segments are interleaved with
     another's (a parallel snapshot) still gets every row once, in replace and in merge mode."""
@@ -354,18 +371,18 @@ def test_a_table_in_many_segments_interleaved_with_another(
     ddl = ["CREATE TABLE kv (k int PRIMARY KEY, v text)", "CREATE TABLE other (id int PRIMARY KEY)"]
     execute(pg_url, *ddl, "INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 3000) g",
             "INSERT INTO other SELECT generate_series(1, 10)")  # fmt: skip
-    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit", copy_format=copy_format)
     members = dict((m.name, m.read_all()) for m in archive.members("db/"))
-    lines = members.pop("db/public.kv.000000.copy").splitlines(keepends=True)
-    parts = [b"".join(lines[i : i + 1000]) for i in range(0, 3000, 1000)]
+    ext = "copy" if copy_format == "text" else "pgbinary"
+    parts = _thirds(members.pop(f"db/public.kv.000000.{ext}"), ext)
     split = tmp_path / "split.statekit"
     with atomic_output(split) as fh:
         w = ArchiveWriter(fh, recipients=None)
         w.add("db/schema.json", members["db/schema.json"])
-        w.add("db/public.kv.000000.copy", parts[0])
-        w.add("db/public.kv.000001.copy", parts[1])
-        w.add("db/public.other.000000.copy", members["db/public.other.000000.copy"])
-        w.add("db/public.kv.000002.copy", parts[2])
+        w.add(f"db/public.kv.000000.{ext}", parts[0])
+        w.add(f"db/public.kv.000001.{ext}", parts[1])
+        w.add(f"db/public.other.000000.{ext}", members[f"db/public.other.000000.{ext}"])
+        w.add(f"db/public.kv.000002.{ext}", parts[2])
         w.finish({})
     execute(pg_url2, *ddl, "INSERT INTO kv VALUES (1, 'old'), (5000, 'kept in merge')", "INSERT INTO other VALUES (99)")
     report = restore(Archive(split), pg_url2, mode=mode)

@@ -22,7 +22,7 @@ class TableSegment:
     schema: Mapping[str, Any]  # the whole db/schema.json
     table: Mapping[str, Any]  # its entry for this segment's table
     member: str
-    encoding: str  # "copy" (PostgreSQL COPY text) or "jsonl"
+    encoding: str  # "copy" / "pgbinary" (PostgreSQL COPY text / binary) or "jsonl"
     stream: IO[bytes]
 
     @property
@@ -37,15 +37,24 @@ class TableSegment:
         return [c["name"] for c in self.table.get("columns", []) if not c.get("generated")]
 
     def rows(self) -> Iterator[list[Any]]:
-        """The segment's rows, one value per column (None for NULL; COPY text values as strings)."""
+        """The segment's rows, one value per column (None for NULL; COPY values as the strings COPY text
+        gives, binary ones decoded to them)."""
+        from statekit.tiers.sql.pgbinary import iter_text_rows
         from statekit.tiers.sql.values import iter_jsonl, split_copy_line
 
         if self.encoding == "copy":
             return (split_copy_line(line.rstrip(b"\n")) for line in self.stream)
+        if self.encoding == "pgbinary":
+            wire = self.table.get("wire")
+            return iter_text_rows(self.stream, wire if isinstance(wire, list) else [], self.member)
         return iter_jsonl(self.stream, len(self.columns))
 
     def lines(self) -> list[bytes]:
-        """The segment's encoded lines, as archived."""
+        """The segment's rows as lines: as archived, binary COPY ones as COPY text."""
+        if self.encoding == "pgbinary":
+            from statekit.tiers.sql.pgbinary import copy_text_line
+
+            return [copy_text_line(r)[:-1] for r in self.rows()]
         return self.stream.read().splitlines()
 
 

@@ -17,6 +17,7 @@ Two things bring a restore's load close to the server's own COPY speed:
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -25,8 +26,10 @@ from typing import Any
 
 import psycopg
 
-from statekit.errors import StatekitError
+from statekit.errors import CorruptArchive
+from statekit.tiers.sql import pgbinary
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident
+from statekit.tiers.sql.segments import manifest_rows
 
 # A table whose first archived segment is at least this big gets its indexes rebuilt after the load;
 # smaller ones load faster into their indexes than a rebuild would cost.
@@ -207,6 +210,56 @@ class _Feed:
         self._thread.join()
 
 
+_WIRE_SQL = """
+SELECT ty.typname, tn.nspname, ty.typtype::text
+FROM unnest(%(cols)s::text[]) WITH ORDINALITY AS u(name, i)
+LEFT JOIN pg_attribute a ON a.attrelid = %(t)s::regclass AND a.attname = u.name AND NOT a.attisdropped
+LEFT JOIN pg_type ty ON ty.oid = a.atttypid
+LEFT JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+ORDER BY u.i
+"""
+
+
+# What the server says of binary COPY data it cannot read as tuples (a field count or size that does not fit, data
+# cut short, a value of the wrong length for its type).
+_NOT_BINARY_COPY = (
+    psycopg.errors.BadCopyFileFormat,
+    psycopg.errors.InvalidBinaryRepresentation,
+    psycopg.errors.ProtocolViolation,
+)
+
+
+def target_wire(cur: Any, table: str, columns: list[str]) -> list[str | None]:
+    """The binary wire token (tiers.sql.pgbinary) of each of `columns` of `table` (a quoted name) as the
+    target's catalogue has them, None for a column whose type has none."""
+    cur.execute(_WIRE_SQL, {"t": table, "cols": columns})
+    return [None if n is None else pgbinary.wire_token(str(n), str(s), str(k)) for n, s, k in cur.fetchall()]
+
+
+class _Chunks(io.RawIOBase):
+    """The chunks of the member being loaded, as a stream (for the segments decoded row by row)."""
+
+    def __init__(self, feed: _Feed) -> None:
+        self.feed = feed
+        self.ended = False
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while not self._rest and not self.ended:
+            chunk = self.feed.get()
+            if chunk is _END_MEMBER:
+                self.ended = True
+            else:
+                self._rest = chunk
+        n = min(len(buf), len(self._rest))
+        buf[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
 def copy_segments(
     cur: Any,
     segments: Iterator[tuple[Any, str, Any]],
@@ -214,36 +267,90 @@ def copy_segments(
     destination: Callable[[Any, int], str],
     finished: Callable[[Any, str], None],
     tick: Callable[[dict[str, int], int], None],
-) -> dict[str, int]:
-    """Stream every segment into COPY, consecutive segments of one table through one COPY, and return rows
-    loaded per table key. `destination(plan, first_segment_size)` names the table a run of segments goes
-    into, `finished(plan, destination)` runs after its COPY. Returns only after the archive pass verified
-    everything; any failure (the archive's included) raises, and the caller rolls back."""
+) -> tuple[dict[str, int], list[tuple[list[str], int]]]:
+    """Stream every segment into COPY, consecutive segments of one table through one COPY. Returns the rows
+    loaded per table key, and for the binary segments (whose rows the server counts, not the archive pass)
+    each COPY's member names with the rows the server reported, for `check_server_counts`. `destination(plan,
+    first_segment_size)` names the table a run of segments goes into, `finished(plan, destination)` runs after
+    its COPY. Returns only after the archive pass verified everything; any failure (the archive's included)
+    raises, and the caller rolls back.
+
+    Binary COPY segments go to the server as they are when the destination's columns have the archive's wire
+    tokens (the same binary format); otherwise each row is decoded to COPY text (tiers.sql.pgbinary) and the
+    target's own input functions convert it, as they would a COPY text archive."""
     feed = _Feed(segments)
     loaded: dict[str, int] = {}
+    counted: list[tuple[list[str], int]] = []
     nbytes = 0
     try:
         item = feed.get()
         while item is not _DONE:
             _, plan, ext, name, size = item
             key = plan.src.key
+            _same_encoding(plan, ext, name)
             dest = destination(plan, size)
-            with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN") as cp:
-                while True:
-                    if ext != "copy":
-                        raise StatekitError(f"archive member {name}: unexpected encoding for PostgreSQL")
-                    rows = 0
-                    while (chunk := feed.get()) is not _END_MEMBER:
-                        cp.write(chunk)
-                        nbytes += len(chunk)
-                        rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
-                    loaded[key] = loaded.get(key, 0) + rows
-                    tick(loaded, nbytes)
-                    item = feed.get()
-                    if item is _DONE or item[1].src.key != key:
-                        break
-                    _, plan, ext, name, size = item
+            binary = ext == "pgbinary"
+            as_is = binary and target_wire(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
+            fmt = " (FORMAT binary)" if as_is else ""
+            members: list[str] = []
+            try:
+                with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN{fmt}") as cp:
+                    if as_is:
+                        cp.write(pgbinary.HEADER)
+                    while True:
+                        _same_encoding(plan, ext, name)
+                        members.append(name)
+                        rows = 0
+                        if binary and not as_is:
+                            stream = io.BufferedReader(_Chunks(feed), CHUNK_BYTES)
+                            for fields in pgbinary.iter_text_rows(stream, plan.src.wire, name):
+                                cp.write(pgbinary.copy_text_line(fields))
+                            nbytes += size
+                        else:
+                            while (chunk := feed.get()) is not _END_MEMBER:
+                                cp.write(chunk)
+                                nbytes += len(chunk)
+                                if not binary:
+                                    rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                        loaded[key] = loaded.get(key, 0) + rows
+                        tick(loaded, nbytes)
+                        item = feed.get()
+                        if item is _DONE or item[1].src.key != key:
+                            break
+                        _, plan, ext, name, size = item
+                    if as_is:
+                        cp.write(pgbinary.TRAILER)
+            except _NOT_BINARY_COPY as exc:
+                if not as_is:
+                    raise
+                # binary tuples the server cannot read: the archive's fault, not the target's
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed binary COPY data"
+                raise CorruptArchive(f"archive member {members[-1] if members else name}: {detail}") from None
+            if binary:
+                server_rows = int(cur.rowcount)
+                loaded[key] = loaded.get(key, 0) + server_rows
+                counted.append((members, server_rows))
+                tick(loaded, nbytes)
             finished(plan, dest)
     finally:
         feed.close()
-    return loaded
+    return loaded, counted
+
+
+def _same_encoding(plan: Any, ext: str, name: str) -> None:
+    if ext != plan.src.encoding or ext not in ("copy", "pgbinary"):
+        raise CorruptArchive(f"archive member {name}: not the encoding db/schema.json gives its table")
+
+
+def check_server_counts(manifest: dict[str, Any], counted: list[tuple[list[str], int]]) -> None:
+    """Each binary COPY loaded as many rows as MANIFEST.json gives its segments (call after the archive pass,
+    which verified the manifest)."""
+    said = manifest_rows(manifest)
+    for members, rows in counted:
+        if not all(m in said for m in members):  # a manifest that gives no rows checks none (as for COPY text)
+            continue
+        expected = sum(said[m] for m in members)
+        if expected != rows:
+            raise CorruptArchive(
+                f"archive member {members[-1]}: the server loaded {rows} rows, MANIFEST.json says {expected}"
+            )

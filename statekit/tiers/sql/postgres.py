@@ -19,6 +19,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import pq
 
+from statekit.tiers.sql import pgbinary
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qtable
 from statekit.tiers.sql.schema import TableDesc
@@ -115,7 +116,11 @@ class _SegmentWriter:
 
 
 def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
-    """COPY one table out in segments; returns its row count (newlines: COPY text escapes embedded ones).
+    """COPY one table out in segments; returns its row count.
+
+    COPY text rows are counted by their newlines (embedded ones are escaped). A binary COPY ("pgbinary") sends
+    one CopyData message per row: the first also carries the file header, which is not archived, and the
+    last message is the trailer, which is not either; a segment is a run of whole tuples.
 
     Talks to libpq through psycopg's `pq` layer: one non-blocking PQgetCopyData per row and a select() only
     when libpq has no complete row buffered. psycopg's Copy.read() costs several Python frames per row and
@@ -123,10 +128,13 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
     the compression thread and the other workers."""
     if not table.data_columns:
         return 0
+    binary = table.encoding == "pgbinary"
     if table.partitioned:  # COPY cannot read a partitioned table directly, a query over it can
         sql = f"COPY (SELECT {copy_columns(table)} FROM {qtable(table.schema, table.name)}) TO STDOUT"
     else:
         sql = f"COPY {qtable(table.schema, table.name)} ({copy_columns(table)}) TO STDOUT"
+    if binary:
+        sql += " (FORMAT binary)"
     pg = pgconn.pgconn
     pg.send_query(sql.encode("utf-8"))
     _await_result(pg)
@@ -140,16 +148,25 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
     buf = bytearray()
     get = pg.get_copy_data
     sock = pg.socket
+    messages = 0  # binary: CopyData messages, one per row (the trailer's included)
+    first = binary
     while True:
         n, data = get(1)
         if n > 0:
+            if first:
+                first = False
+                data = bytes(data)[pgbinary.strip_header(bytes(data)) :]
+                if not data:  # the header in a message of its own
+                    continue
             buf += data
+            messages += 1
             if len(buf) >= SEGMENT_BYTES:
-                count = buf.count(b"\n")
+                count = messages if binary else buf.count(b"\n")
                 rows += count
                 writer.put(table, seq, buf, count)
                 seq += 1
                 buf = bytearray()
+                messages = 0
         elif n == 0:
             select.select([sock], [], [])
             pg.consume_input()
@@ -161,11 +178,19 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
         message = _error_text(pg, res)
         _drain(pg)
         raise psycopg.OperationalError(message)
+    sent = res.command_tuples
     _drain(pg)
+    if binary:
+        if not buf.endswith(pgbinary.TRAILER):
+            raise psycopg.OperationalError(f"binary COPY of {table.key} did not end with its trailer")
+        del buf[-len(pgbinary.TRAILER) :]
+        messages -= 1
     if buf:
-        count = buf.count(b"\n")
+        count = messages if binary else buf.count(b"\n")
         rows += count
         writer.put(table, seq, buf, count)
+    if sent is not None and sent != rows:  # the segments' row counts would not match MANIFEST.json's
+        raise psycopg.OperationalError(f"COPY of {table.key} sent {sent} rows, {rows} were counted")
     return rows
 
 

@@ -5,6 +5,7 @@ rows does not matter) on both sides. An archive that is not trusted gets no stat
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,8 @@ from statekit.model import RestoreOptions, Warn, no_warn
 from statekit.tiers.base import decode
 from statekit.tiers.rehearsal import Check, CollectingSink, MultisetHash, RehearsalReport
 from statekit.tiers.sql.members import DbDecoder
+from statekit.tiers.sql.pgbinary import copy_text_line, iter_text_rows
+from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema
 
 if TYPE_CHECKING:
     from statekit.archive.reader import Archive
@@ -22,6 +25,12 @@ def _line_hash(hashes: dict[str, MultisetHash], key: str, lines: list[bytes]) ->
     h = hashes.setdefault(key, MultisetHash())
     for line in lines:
         h.add(line)
+
+
+def _family(name: str) -> str:
+    # Binary COPY segments are compared as the COPY text lines they decode to.
+    ext = name.rsplit(".", 1)[-1]
+    return "copy" if ext == "pgbinary" else ext
 
 
 def rehearse_db(archive: Archive, report: RehearsalReport, *, trusted: bool = False, warn: Warn = no_warn) -> None:
@@ -36,7 +45,7 @@ def rehearse_db(archive: Archive, report: RehearsalReport, *, trusted: bool = Fa
         meta = m.get("meta") or {}
         if m["name"].startswith("db/") and "table" in meta:
             rows[meta["table"]] += int(meta.get("rows", 0))
-            enc[meta["table"]] = m["name"].rsplit(".", 1)[-1]
+            enc[meta["table"]] = _family(m["name"])
     archived: dict[str, MultisetHash] = {}
     for segment in decode(archive, DbDecoder()):
         _line_hash(archived, segment.key, segment.lines())
@@ -58,12 +67,21 @@ def rehearse_db(archive: Archive, report: RehearsalReport, *, trusted: bool = Fa
         # A table of another dialect's archive lands in the default schema: compare it under its archived key.
         placed = {p["target"]: p["table"] for p in done.plan}
 
+        wire: dict[str, list[str]] = {}
+
         def on_member(name: str, body: bytes, meta: dict[str, Any]) -> None:
+            if name == SCHEMA_MEMBER:
+                wire.update((t.member, t.wire) for t in DbSchema.from_json_bytes(body).tables)
             if "table" in meta:
                 key = placed.get(meta["table"], meta["table"])
                 got_rows[key] += int(meta.get("rows", 0))
-                got_enc[key] = name.rsplit(".", 1)[-1]
-                _line_hash(restored, key, body.splitlines())
+                got_enc[key] = _family(name)
+                if name.endswith(".pgbinary"):
+                    tokens = wire[name.rpartition(".")[0].rpartition(".")[0]]
+                    lines = [copy_text_line(r)[:-1] for r in iter_text_rows(io.BytesIO(body), tokens, name)]
+                else:
+                    lines = body.splitlines()
+                _line_hash(restored, key, lines)
 
         snapshot_db(DbConfig(url=url), CollectingSink(on_member), warn=warn)
     finally:

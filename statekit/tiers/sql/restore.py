@@ -35,7 +35,7 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.sql import pgload
+from statekit.tiers.sql import pgbinary, pgload
 from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.dialects.base import driver_sql
@@ -45,7 +45,7 @@ from statekit.tiers.sql.postgres import SESSION_SETTINGS
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
 from statekit.tiers.sql.segments import CheckedSegment, check_rows, check_segments, manifest_rows, segment_check
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
-from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser
+from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser, typed_rows
 
 BATCH_ROWS = 5000
 _CHECK_BLOCK = 1 << 20
@@ -164,12 +164,15 @@ def _drop_sql(ctx: RestoreContext) -> str | None:
     return f"DROP TABLE {', '.join(ctx.target.dialect.qualified(t.schema, t.name) for t in ctx.drops)}"
 
 
-def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, str, Any]]:
+def _segments(
+    ctx: RestoreContext, archive: Any, *, server_counts: bool = False
+) -> Iterator[tuple[TablePlan, str, Any]]:
     """(plan, encoding, member) for every data segment of a selected table, in archive order, each member's
     stream checked as it is read (segments.CheckedSegment: a bad segment raises before its bytes go on, a
     segment whose rows differ from MANIFEST.json's at its end). The pass ends with the manifest check, so a
     caller commits only after this iterator is exhausted. The pass must meet the db/schema.json the plan was
-    made from: the file may have been replaced since."""
+    made from: the file may have been replaced since. With `server_counts`, the rows of binary COPY segments
+    are left to the PostgreSQL COPY that loads them (pgload.check_server_counts)."""
     by_member = ctx.by_member()
     # The manifest's row counts: known now if the archive was verified before, else checked at the pass's end
     said = manifest_rows(archive.manifest) if archive.verified else None
@@ -184,7 +187,7 @@ def _segments(ctx: RestoreContext, archive: Any) -> Iterator[tuple[TablePlan, st
         plan = by_member.get(prefix)
         if plan is None:
             continue
-        check = segment_check(m.name, ext, len(plan.src.data_columns))
+        check = segment_check(m.name, ext, len(plan.src.data_columns), server_counts=server_counts)
         expected = said.get(m.name) if said is not None else None
         checked = io.BufferedReader(CheckedSegment(m.stream, check, expected, found), _CHECK_BLOCK)
         yield plan, ext, dataclasses.replace(m, stream=checked)
@@ -241,8 +244,10 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
             def tick(done: dict[str, int], nbytes: int) -> None:
                 progress("db", sum(done.values()), nbytes)
 
-            segments = _segments(ctx, archive)
-            loaded.update(pgload.copy_segments(cur, segments, destination=destination, finished=finished, tick=tick))
+            segments = _segments(ctx, archive, server_counts=True)
+            rows, counted = pgload.copy_segments(cur, segments, destination=destination, finished=finished, tick=tick)
+            pgload.check_server_counts(archive.manifest, counted)  # the pass ended: its manifest is verified
+            loaded.update(rows)
             rebuild.rebuild(cur)
             # The archive pass is complete and verified: finish constraints, counters, then commit.
             for stmt in fks:
@@ -386,6 +391,9 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             rows: Iterator[list[Any]]
             if ext == "copy":
                 rows = iter_copy_rows(member.stream, [pg_text_parser(c.type) for c in cols])
+            elif ext == "pgbinary":
+                fields = pgbinary.iter_text_rows(member.stream, plan.src.wire, member.name)
+                rows = typed_rows(fields, [pg_text_parser(c.type) for c in cols])
             else:
                 rows = iter_jsonl(member.stream, len(cols))
             fit = dialect.row_adapter([base_kind(c.type)["kind"] for c in cols])

@@ -18,7 +18,10 @@ from sqlalchemy.dialects import postgresql as pg_types
 from statekit.errors import CorruptArchive
 
 SCHEMA_MEMBER = "db/schema.json"
-SCHEMA_FORMAT = 1
+# 2: PostgreSQL tables may be archived as binary COPY ("pgbinary", with a wire token per column); a document
+# without such a table is still written as version 1
+SCHEMA_FORMAT = 2
+ENCODINGS = ("copy", "pgbinary", "jsonl")
 # The dialects an archive may name, and whether its columns may use PostgreSQL's own types (enums, domains,
 # arrays); statekit.tiers.sql.dialects holds one Dialect for each (a test keeps the two lists equal).
 ARCHIVE_DIALECTS: dict[str, bool] = {"postgresql": True, "mysql": False, "sqlite": False}
@@ -53,7 +56,8 @@ class TableDesc:
     constraints: list[dict[str, str]] = field(default_factory=list)  # PG: name, type, definition
     native_ddl: str | None = None
     indexes: list[str] = field(default_factory=list)  # native CREATE INDEX not backing a constraint
-    encoding: str = "jsonl"  # "copy" (PostgreSQL COPY text) or "jsonl" (portable typed rows)
+    encoding: str = "jsonl"  # "copy" / "pgbinary" (PostgreSQL COPY text / binary) or "jsonl" (portable rows)
+    wire: list[str] = field(default_factory=list)  # "pgbinary": each data column's token (tiers.sql.pgbinary)
     partitioned: bool = False  # PostgreSQL partitioned table: its rows include every partition's
     sequences: list[dict[str, Any]] = field(default_factory=list)  # name, last_value, is_called
 
@@ -81,8 +85,14 @@ class DbSchema:
     isolation: str = ""
 
     def to_json_bytes(self) -> bytes:
-        """db/schema.json content."""
-        doc = {"format": "statekit-db-schema", "format_version": SCHEMA_FORMAT, **asdict(self)}
+        """db/schema.json content. Without a binary COPY table it is a version 1 document (no `wire` keys), which
+        statekit releases before binary COPY read too."""
+        body = asdict(self)
+        binary = any(t.encoding == "pgbinary" for t in self.tables)
+        if not binary:
+            for t in body["tables"]:
+                del t["wire"]
+        doc = {"format": "statekit-db-schema", "format_version": SCHEMA_FORMAT if binary else 1, **body}
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
     @classmethod
@@ -195,6 +205,19 @@ def _kinds(ptype: dict[str, Any]) -> set[str]:
     return {str(ptype.get("kind"))} | (_kinds(inner) if isinstance(inner, dict) else set())
 
 
+def _check_wire(t: TableDesc, where: str) -> None:
+    from statekit.tiers.sql.pgbinary import TOKENS
+
+    if not isinstance(t.wire, list):
+        raise _Bad(f"{where} wire types are malformed")
+    if t.encoding != "pgbinary":
+        if t.wire:
+            raise _Bad(f"{where}: wire types for a table not archived as binary COPY")
+        return
+    if len(t.wire) != len(t.data_columns) or not all(isinstance(w, str) and w in TOKENS for w in t.wire):
+        raise _Bad(f"{where}: wire types are not one known token per archived column")
+
+
 def check_schema(desc: DbSchema) -> None:
     """Check every field of an archived description for the shape statekit writes; raises _Bad (a
     ValueError) naming the first field that is not. Expressions (defaults, checks, indexes, native DDL) are
@@ -214,7 +237,7 @@ def check_schema(desc: DbSchema) -> None:
         seen.add((t.schema, t.name))
         if t.member != member_prefix(t.schema, t.name):
             raise _Bad(f"{where}: member prefix does not match its name")
-        if t.encoding not in ("copy", "jsonl"):
+        if t.encoding not in ENCODINGS or (t.encoding != "jsonl" and desc.dialect != "postgresql"):
             raise _Bad(f"{where}: unknown encoding")
         _bool(t.partitioned, f"{where} partitioned")
         if not isinstance(t.columns, list):
@@ -269,6 +292,7 @@ def check_schema(desc: DbSchema) -> None:
             for c in t.constraints
         ):
             raise _Bad(f"{where} constraints are malformed")
+        _check_wire(t, where)
         _opt_str(t.native_ddl, f"{where} native DDL")
         if not isinstance(t.indexes, list) or not all(isinstance(x, str) for x in t.indexes):
             raise _Bad(f"{where} indexes are malformed")

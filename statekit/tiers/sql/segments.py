@@ -6,6 +6,10 @@ a dry run runs them over every segment it would load (`check_segments`).
 - COPY text (`.copy`): valid UTF-8, every line ends with a newline and holds exactly one field per column
   (a tab inside a value is always escaped, so raw tabs are the separators). Counted with bytes methods, in
   blocks, at memory speed.
+- Binary COPY (`.pgbinary`): whole tuples, each with one field per column and every field length -1 (NULL) or
+  0 … 1 GiB. A PostgreSQL target counts the rows itself as it loads them (the values go to its binary input
+  functions, which check them), so the load pass does not walk the tuples; a dry run and a restore into
+  another dialect do.
 - JSON lines (`.jsonl`): every line a JSON array of one value per column (nesting deep enough to exhaust
   the parser included).
 - Rows: as many lines as MANIFEST.json says.
@@ -18,9 +22,11 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import struct
 from typing import IO, Any
 
 from statekit.errors import CorruptArchive
+from statekit.tiers.sql.pgbinary import MAX_FIELD, iter_text_rows
 from statekit.tiers.sql.schema import SCHEMA_MEMBER
 
 _BLOCK = 1 << 20
@@ -28,6 +34,8 @@ _BLOCK = 1 << 20
 _NOT_MARKS = bytes(b for b in range(256) if b not in (9, 10))
 # A JSON line holds one row; bigger than this is not a row statekit wrote (a value of at most 1 GiB, encoded).
 _MAX_LINE = (1 << 30) + (1 << 20)
+_COUNT = struct.Struct(">h").unpack_from
+_LENGTH = struct.Struct(">i").unpack_from
 
 
 class SegmentCheck:
@@ -41,7 +49,8 @@ class SegmentCheck:
     def feed(self, block: bytes) -> None:
         raise NotImplementedError
 
-    def end(self) -> int:
+    def end(self) -> int | None:
+        """The rows found, or None when the consumer counts them."""
         raise NotImplementedError
 
 
@@ -87,6 +96,66 @@ class CopyCheck(SegmentCheck):
         return self.rows
 
 
+class BinaryCheck(SegmentCheck):
+    """Binary COPY tuples, walked field by field: a count equal to the width, then per field its length and
+    bytes; the segment ends where a tuple does. Nothing is buffered beyond the 4 bytes of a cut length."""
+
+    def __init__(self, name: str, width: int) -> None:
+        super().__init__(name, width)
+        self._pending = b""  # the start of a count or length cut by the end of a block
+        self._skip = 0  # bytes of the current field still to come
+        self._left = 0  # fields of the current tuple still to come; 0: a tuple's count comes next
+
+    def feed(self, block: bytes) -> None:
+        data = self._pending + block if self._pending else block
+        end = len(data)
+        pos, skip, left, width = 0, self._skip, self._left, self.width
+        while True:
+            if skip:
+                step = min(skip, end - pos)
+                pos += step
+                skip -= step
+                if skip:
+                    break
+            if not left:
+                if end - pos < 2:
+                    break
+                if _COUNT(data, pos)[0] != width:
+                    raise CorruptArchive(f"archive member {self.name}: a binary COPY tuple without {width} fields")
+                pos += 2
+                left = width
+                self.rows += 1
+                continue
+            if end - pos < 4:
+                break
+            length = _LENGTH(data, pos)[0]
+            pos += 4
+            left -= 1
+            if length == -1:
+                continue
+            if not 0 <= length <= MAX_FIELD:
+                raise CorruptArchive(f"archive member {self.name}: a binary COPY field of length {length}")
+            skip = length
+        self._pending = bytes(data[pos:])
+        self._skip, self._left = skip, left
+
+    def end(self) -> int:
+        if self._pending or self._skip or self._left:
+            raise CorruptArchive(f"archive member {self.name}: binary COPY data ends inside a tuple (cut short)")
+        return self.rows
+
+
+class ServerCounted(SegmentCheck):
+    """A binary COPY segment loaded as it is into PostgreSQL: the server checks the tuples and counts them
+    (pgload.check_server_counts holds the count against MANIFEST.json)."""
+
+    def feed(self, block: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        return None
+
+
 class JsonlCheck(SegmentCheck):
     """JSON lines: every non-blank line a JSON array of one value per column."""
 
@@ -120,10 +189,13 @@ class JsonlCheck(SegmentCheck):
         return self.rows
 
 
-def segment_check(name: str, ext: str, width: int) -> SegmentCheck:
-    """The check for a segment of encoding `ext` (its member name's extension); CorruptArchive for another."""
+def segment_check(name: str, ext: str, width: int, *, server_counts: bool = False) -> SegmentCheck:
+    """The check for a segment of encoding `ext` (its member name's extension); CorruptArchive for another.
+    `server_counts`: binary segments go to a PostgreSQL COPY, which checks and counts them."""
     if ext == "copy":
         return CopyCheck(name, width)
+    if ext == "pgbinary":
+        return ServerCounted(name, width) if server_counts else BinaryCheck(name, width)
     if ext == "jsonl":
         return JsonlCheck(name, width)
     raise CorruptArchive(f"archive member {name}: unknown db segment encoding {ext!r}")
@@ -150,8 +222,10 @@ class CheckedSegment(io.RawIOBase):
             self._check.feed(block)
         elif not self._ended:
             self._ended = True
-            self._found[self._check.name] = self._check.end()
-            _same_rows(self._check.name, self._found[self._check.name], self._rows)
+            rows = self._check.end()
+            if rows is not None:
+                self._found[self._check.name] = rows
+                _same_rows(self._check.name, rows, self._rows)
         return block
 
     def readinto(self, buf: Any) -> int:
@@ -196,10 +270,13 @@ def check_segments(archive: Any, by_member: dict[str, Any]) -> int:
         plan = by_member.get(prefix.rpartition(".")[0])
         if plan is None:
             continue
-        check = segment_check(m.name, ext, len(plan.src.data_columns))
-        while block := m.stream.read(_BLOCK):
-            check.feed(block)
-        found[m.name] = check.end()
+        if ext == "pgbinary" and plan.src.encoding == ext:  # every value decoded: its length and content checked
+            found[m.name] = sum(1 for _ in iter_text_rows(m.stream, plan.src.wire, m.name))
+        else:
+            check = segment_check(m.name, ext, len(plan.src.data_columns))
+            while block := m.stream.read(_BLOCK):
+                check.feed(block)
+            found[m.name] = int(check.end() or 0)
         if said is not None:
             _same_rows(m.name, found[m.name], said.get(m.name))
     if said is None:

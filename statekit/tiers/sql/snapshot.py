@@ -2,7 +2,7 @@
 
 Members written (docs/FORMAT.md ("db members")): `db/schema.json` first (all tables in foreign-key order, types, enums,
 domains, sequences, dialect, server version), then per table data segments
-`<member>.<NNNNNN>.copy` (PostgreSQL COPY text) or `<member>.<NNNNNN>.jsonl` (portable rows), where `<member>`
+`<member>.<NNNNNN>.pgbinary` / `.copy` (PostgreSQL binary / text COPY) or `.jsonl` (portable rows), where `<member>`
 is the table's percent-encoded `db/<schema>.<table>` prefix recorded in schema.json.
 """
 
@@ -35,9 +35,9 @@ def snapshot_db(
 ) -> TierSummary:
     """Archive the tables selected by cfg (include/exclude globs, schemas) from one consistent snapshot.
 
-    PostgreSQL streams COPY text with `jobs` connections sharing one exported snapshot; MySQL/MariaDB and
-    SQLite stream rows through a server-side cursor. Raises TierUnavailable when the database cannot be
-    reached and TierError when it fails mid-way."""
+    PostgreSQL streams COPY (binary where every column's type has a wire token, else text) with `jobs`
+    connections sharing one exported snapshot; MySQL/MariaDB and SQLite stream rows through a server-side
+    cursor. Raises TierUnavailable when the database cannot be reached and TierError when it fails mid-way."""
     target = DbTarget(cfg.url)
     return snapshot_target(
         target,
@@ -46,6 +46,7 @@ def snapshot_db(
         exclude=list(cfg.exclude),
         schemas=list(cfg.schemas),
         jobs=jobs if jobs is not None else cfg.jobs,
+        copy_format=cfg.copy_format,
         progress=progress,
         warn=warn,
     )
@@ -84,22 +85,24 @@ def snapshot_target(
     exclude: list[str],
     schemas: list[str],
     jobs: int = 1,
+    copy_format: str = "binary",
     progress: Progress = no_progress,
     warn: Warn = no_warn,
 ) -> TierSummary:
     """snapshot_db on an already parsed target (the restore uses it for its undo archive)."""
-    if jobs < 1:
-        from statekit.errors import ConfigError
+    from statekit.errors import ConfigError
 
+    if jobs < 1:
         raise ConfigError("db jobs must be at least 1")
+    if copy_format not in ("binary", "text"):
+        raise ConfigError(f"db copy_format must be 'binary' or 'text', not {copy_format[:40]!r}")
     summary = TierSummary(tier="db", started_at=time.time())
     dialect = target.dialect
     done = {"rows": 0, "bytes": 0}
     lock = threading.Lock()  # segments arrive from several worker threads
 
     def add(table: TableDesc, seq: int, data: bytes | bytearray, rows: int) -> None:
-        ext = "copy" if table.encoding == "copy" else "jsonl"
-        sink.add(f"{table.member}.{seq:06d}.{ext}", bytes(data), meta={"rows": rows, "table": table.key})
+        sink.add(f"{table.member}.{seq:06d}.{table.encoding}", bytes(data), meta={"rows": rows, "table": table.key})
         with lock:
             done["rows"] += rows
             done["bytes"] += len(data)
@@ -116,7 +119,9 @@ def snapshot_target(
         warnings.simplefilter("ignore", sa.exc.SAWarning)
         try:
             if dialect.native_copy:
-                desc, counts = _snapshot_pg(target, conn, include, exclude, schemas, jobs, add, write_schema)
+                desc, counts = _snapshot_pg(
+                    target, conn, include, exclude, schemas, jobs, add, write_schema, binary=copy_format == "binary"
+                )
             else:
                 desc, counts = _snapshot_generic(conn, dialect, include, exclude, schemas, add, write_schema)
         except StatekitError:
@@ -131,7 +136,7 @@ def snapshot_target(
         "server_version": desc.server_version,
         "isolation": desc.isolation,
         "jobs": jobs if dialect.native_copy else 1,
-        "encoding": "copy" if dialect.native_copy else "jsonl",
+        "encoding": "+".join(sorted({t.encoding for t in desc.tables})) or ("copy" if dialect.native_copy else "jsonl"),
         "tables": {t.key: counts.get(t.key, 0) for t in desc.tables},
     }
     if not desc.tables:
@@ -150,6 +155,8 @@ def _snapshot_pg(
     jobs: int,
     add: Any,
     write_schema: Callable[[DbSchema], None],
+    *,
+    binary: bool,
 ) -> tuple[DbSchema, dict[str, int]]:
     from statekit.tiers.sql.postgres import copy_out_parallel, fold_partitions, prepare_session
 
@@ -163,6 +170,9 @@ def _snapshot_pg(
         snapshot_id = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
     tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
     tables = fold_partitions(conn, tables)
+    if not binary:
+        for t in tables:
+            t.encoding, t.wire = "copy", []
     desc = DbSchema(
         dialect=dialect.name,
         server_version=version,

@@ -21,7 +21,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from statekit.errors import CorruptArchive
@@ -181,11 +181,13 @@ def pg_text_parser(ptype: dict[str, Any]) -> Callable[[str], Any]:
 
 def iter_copy_rows(stream: IO[bytes], parsers: list[Callable[[str], Any]]) -> Iterator[list[Any]]:
     """Typed rows of one COPY text segment."""
+    return typed_rows((split_copy_line(line[:-1] if line.endswith(b"\n") else line) for line in stream), parsers)
+
+
+def typed_rows(rows: Iterable[list[str | None]], parsers: list[Callable[[str], Any]]) -> Iterator[list[Any]]:
+    """Typed rows from rows of COPY text values (None for NULL), one parser per column."""
     width = len(parsers)
-    for line in stream:
-        if line.endswith(b"\n"):
-            line = line[:-1]
-        fields = split_copy_line(line)
+    for fields in rows:
         if len(fields) != width:
             raise CorruptArchive(f"db COPY segment holds a row of {len(fields)} fields, expected {width}")
         try:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 
 from statekit.tiers.sql.dialects.base import Dialect, DropAt, Extras, driver_sql
+from statekit.tiers.sql.pgbinary import wire_token
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
 
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -35,10 +36,13 @@ def copy_columns(table: TableDesc) -> str:
 
 _COLUMNS_SQL = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated::text, a.attidentity::text,
-       pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname)
+       pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname),
+       ty.typname, tn.nspname, ty.typtype::text
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type ty ON ty.oid = a.atttypid
+JOIN pg_namespace tn ON tn.oid = ty.typnamespace
 WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
@@ -67,15 +71,19 @@ ORDER BY 1
 def pg_extras(
     conn: sa.Connection, tables: list[TableDesc], *, with_sequences: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Add exact native types, constraint definitions, owned sequences (with their position) and a native
-    CREATE TABLE to each table; return the enums and domains the tables use."""
+    """Add exact native types, constraint definitions, owned sequences (with their position), a native
+    CREATE TABLE and the data encoding to each table; return the enums and domains the tables use. A table
+    whose every archived column has a binary wire token (tiers.sql.pgbinary) is archived as binary COPY, any
+    other as COPY text."""
     for t in tables:
         rows = conn.execute(sa.text(_COLUMNS_SQL), {"s": t.schema, "t": t.name}).fetchall()
         by_name = {c.name: c for c in t.columns}
-        for name, native, _generated, identity, seq in rows:
+        wire: dict[str, str | None] = {}
+        for name, native, _generated, identity, seq, typname, typschema, typtype in rows:
             col = by_name.get(name)
             if col is None:
                 continue
+            wire[name] = wire_token(str(typname), str(typschema), str(typtype))
             col.native = str(native)
             if identity in ("a", "d"):
                 col.identity = {"always": identity == "a"}
@@ -94,7 +102,11 @@ def pg_extras(
                         {"column": col.name, "name": col.sequence, "last_value": int(last),
                          "is_called": bool(called)}
                     )  # fmt: skip
-        t.encoding = "copy"
+        tokens = [wire.get(c.name) for c in t.data_columns]
+        if tokens and all(tokens):
+            t.encoding, t.wire = "pgbinary", [str(w) for w in tokens]
+        else:
+            t.encoding, t.wire = "copy", []
         t.indexes = [str(r[0]) for r in conn.execute(sa.text(_INDEXES_SQL), {"s": t.schema, "t": t.name})]
         t.native_ddl = native_create_table(t)
     used_enums: set[str] = set()
