@@ -14,7 +14,9 @@ import pytest
 
 from statekit.tiers.sql import pgbinary
 from tests.db_support import execute, fetch, restore, rows_as_text, snap
-from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, rewrite
+from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, identity_file, rewrite
+
+__all__ = ["identity_file"]  # the fixture, shared with the hostile-archive tests (same identity)
 
 EVERY_TYPE = """CREATE TYPE mood AS ENUM ('ok', 'sad', 'très bien');
 CREATE TABLE every (
@@ -38,14 +40,6 @@ EVERY_ROWS = [
     timestamptz '2024-01-01 00:00:00+00' + g * interval '1 microsecond'
     FROM generate_series(4, 5000) g""",
 ]
-
-
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def _members(archive: Any) -> dict[str, bytes]:
