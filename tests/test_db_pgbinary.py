@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from statekit.tiers.sql import pgbinary
+from statekit.config import DbConfig
+from statekit.model import RestoreOptions
+from statekit.tiers.sql import pgbinary, plan_db_restore
 from tests.db_support import execute, fetch, restore, rows_as_text, snap
 from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, identity_file, rewrite
 
@@ -100,6 +102,8 @@ def test_round_trip_loads_binary_as_is(
         return real(stream, tokens, name)
 
     monkeypatch.setattr(pgbinary, "iter_text_rows", counting)
+    plan = plan_db_restore(archive, RestoreOptions(tier="db", target=pg_url2), DbConfig())
+    assert "COPY (binary)" in plan.plan[0]["sql"]
     report = restore(archive, pg_url2)
     assert report.counts["rows"] == 5000
     assert decoded == [], "the same wire types load as they are, without decoding"
@@ -119,6 +123,8 @@ def test_changed_column_types_load_as_text_would(pg_url: str, pg_url2: str, tmp_
     execute(pg_url2, *dst)
     binary, _ = snap(pg_url, tmp_path / "b.statekit")
     text, _ = snap(pg_url, tmp_path / "t.statekit", copy_format="text")
+    plan = plan_db_restore(binary, RestoreOptions(tier="db", target=pg_url2), DbConfig())
+    assert "COPY (binary rows loaded as text: column types differ)" in plan.plan[0]["sql"]
     assert restore(binary, pg_url2).counts["rows"] == 3000
     from_binary = rows_as_text(pg_url2, "t")
     assert restore(text, pg_url2).counts["rows"] == 3000

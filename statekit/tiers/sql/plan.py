@@ -269,6 +269,19 @@ def _map_schema(schema: str | None, ctx: RestoreContext) -> str | None:
     return schema
 
 
+def _binary_load(p: TablePlan) -> str:
+    """How binary COPY segments will load, as the load decides it (pgload.target_wire: the target's own column
+    types against the archive's wire tokens). A table the restore creates gets the archive's types."""
+    if p.existing is None:
+        return "binary"
+    if not p.existing.wire:  # a column of the target's table has no wire token: its tokens are not all known
+        return "binary where the column types match the archive's, else as text"
+    target = dict(zip([c.name for c in p.existing.data_columns], p.existing.wire))
+    if [target.get(c.name) for c in p.src.data_columns] == p.src.wire:
+        return "binary"
+    return "binary rows loaded as text: column types differ"
+
+
 def _data_statements(p: TablePlan, ctx: RestoreContext, native_pg: bool) -> list[str]:
     out: list[str] = []
     existing = p.existing is not None
@@ -277,10 +290,13 @@ def _data_statements(p: TablePlan, ctx: RestoreContext, native_pg: bool) -> list
             out.append("ALTER CONSTRAINT (foreign keys deferred for the transaction)")
         if existing and ctx.mode == "replace":
             out.append("TRUNCATE")
+        copy = "COPY"
+        if p.src.encoding == "pgbinary":
+            copy = f"COPY ({_binary_load(p)})"
         if ctx.mode == "merge" and existing:
-            out.append("COPY into a temporary table, INSERT … ON CONFLICT")
+            out.append(f"{copy} into a temporary table, INSERT … ON CONFLICT")
         else:
-            out.append("COPY")
+            out.append(copy)
     else:
         if existing and ctx.mode == "replace":
             out.append("DELETE")
