@@ -182,3 +182,18 @@ def test_crafted_binary_segment_changes_nothing(
     code, err = _restore(good, identity_file, "--tier", "db", "--target-url", pg_url2, "--no-undo")
     assert code == 0, err
     assert fetch(pg_url2, "SELECT count(*) FROM t") == [(2000,)]
+
+
+def test_progress_counts_rows_while_a_binary_table_loads(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    """The server counts a binary COPY's rows when it ends; until then the progress estimates them from the
+    bytes sent and the size of the first tuples, and it ends on the exact count."""
+    execute(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            "INSERT INTO t SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 200000) g")  # fmt: skip
+    execute(pg_url2, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    assert len([m for m in archive.manifest["members"] if m["name"].endswith(".pgbinary")]) >= 2
+    seen: list[int] = []
+    restore(archive, pg_url2, progress=lambda tier, rows, nbytes: seen.append(rows))
+    assert seen[-1] == 200_000
+    during = [r for r in seen[:-1] if 0 < r < 200_000]
+    assert len(during) >= 5 and during == sorted(during) and max(seen) <= 200_000 * 1.05, seen

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import queue
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ REBUILD_FROM_BYTES = 1 << 20
 # Memory for the index builds of this transaction (never lowered below the server's setting).
 MAINTENANCE_WORK_MEM_MB = 512
 CHUNK_BYTES = 1 << 20
+_I16 = struct.Struct(">h").unpack_from
+_I32 = struct.Struct(">i").unpack_from
 _QUEUE_CHUNKS = 8  # decoded chunks waiting for COPY: at most this many MiB in memory
 
 _INDEXES_SQL = """
@@ -293,6 +296,7 @@ def copy_segments(
             as_is = binary and target_wire(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
             fmt = " (FORMAT binary)" if as_is else ""
             members: list[str] = []
+            run_bytes = per_row = 0
             try:
                 with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN{fmt}") as cp:
                     if as_is:
@@ -312,6 +316,11 @@ def copy_segments(
                                 nbytes += len(chunk)
                                 if not binary:
                                     rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
+                                elif as_is:
+                                    run_bytes += len(chunk)
+                                    per_row = per_row or _tuple_bytes(chunk)
+                                    if per_row:  # the server counts the rows at the end: an estimate until then
+                                        tick({**loaded, key: loaded.get(key, 0) + run_bytes // per_row}, nbytes)
                         loaded[key] = loaded.get(key, 0) + rows
                         tick(loaded, nbytes)
                         item = feed.get()
@@ -335,6 +344,27 @@ def copy_segments(
     finally:
         feed.close()
     return loaded, counted
+
+
+def _tuple_bytes(chunk: bytes) -> int:
+    """The average size of the whole binary COPY tuples at the start of a chunk (0 when none is whole there): a
+    progress estimate of rows from bytes, never a check."""
+    pos = rows = 0
+    end = len(chunk)
+    while pos + 2 <= end and rows < 10_000:
+        (count,) = _I16(chunk, pos)
+        at = pos + 2
+        for _ in range(max(count, 0)):
+            if at + 4 > end:
+                break
+            (length,) = _I32(chunk, at)
+            at += 4 + max(length, 0)
+        else:
+            if at <= end and count > 0:
+                pos, rows = at, rows + 1
+                continue
+        break
+    return pos // rows if rows else 0
 
 
 def _same_encoding(plan: Any, ext: str, name: str) -> None:
