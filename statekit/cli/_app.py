@@ -117,6 +117,9 @@ class App:
             self._live = None
 
 
+_RATE_AFTER = 0.2  # seconds into a tier before its rate is shown
+
+
 class _TtyProgress(ProgressWithTotals):
     """One self-overwriting stderr line per tier: items (of the total when known), bytes, rate, ETA. Redraws
     are throttled, but a tier's line always ends on its final counts."""
@@ -162,10 +165,11 @@ class _TtyProgress(ProgressWithTotals):
         self.last = now
         self._stale = False
         elapsed = max(now - self.start, 1e-6)
-        rate = items / elapsed
+        rate = items / elapsed if elapsed >= _RATE_AFTER else 0.0  # no rate from the first instants
         total = self.totals.get(self.tier)
         done = f"{textfmt.count(items):>10}" + (f"/{textfmt.count(total)}" if total else "")
-        line = f"  {self.tier:<6} {done} items  {human_bytes(nbytes):>9}  {textfmt.count(rate):>9}/s"
+        speed = f"{textfmt.count(rate):>9}/s" if rate else " " * 11
+        line = f"  {self.tier:<6} {done} items  {human_bytes(nbytes):>9}  {speed}"
         if total and rate > 0 and items < total:
             line += f"  ETA {_eta((total - items) / rate)}"
         sys.stderr.write("\r" + line + "\033[K")

@@ -296,7 +296,7 @@ def copy_segments(
             as_is = binary and target_wire(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
             fmt = " (FORMAT binary)" if as_is else ""
             members: list[str] = []
-            run_bytes = per_row = 0
+            run_bytes = per_row = decoded = 0
             try:
                 with cur.copy(f"COPY {dest} ({copy_columns(plan.src)}) FROM STDIN{fmt}") as cp:
                     if as_is:
@@ -309,6 +309,7 @@ def copy_segments(
                             stream = io.BufferedReader(_Chunks(feed), CHUNK_BYTES)
                             for fields in pgbinary.iter_text_rows(stream, plan.src.wire, name):
                                 cp.write(pgbinary.copy_text_line(fields))
+                                decoded += 1
                             nbytes += size
                         else:
                             while (chunk := feed.get()) is not _END_MEMBER:
@@ -316,13 +317,17 @@ def copy_segments(
                                 nbytes += len(chunk)
                                 if not binary:
                                     rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
-                                elif as_is:
+                                else:
                                     run_bytes += len(chunk)
                                     per_row = per_row or _tuple_bytes(chunk)
-                                    if per_row:  # the server counts the rows at the end: an estimate until then
+                                    if per_row:
                                         tick({**loaded, key: loaded.get(key, 0) + run_bytes // per_row}, nbytes)
-                        loaded[key] = loaded.get(key, 0) + rows
-                        tick(loaded, nbytes)
+                        if binary:  # the server counts the rows when the COPY ends: an estimate until then
+                            est = decoded or (run_bytes // per_row if per_row else 0)
+                            tick({**loaded, key: loaded.get(key, 0) + est}, nbytes)
+                        else:
+                            loaded[key] = loaded.get(key, 0) + rows
+                            tick(loaded, nbytes)
                         item = feed.get()
                         if item is _DONE or item[1].src.key != key:
                             break
