@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import queue
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import psycopg
 from statekit.errors import CorruptArchive
 from statekit.tiers.sql import pgbinary
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident
-from statekit.tiers.sql.segments import manifest_rows
+from statekit.tiers.sql.segments import BinaryCheck, manifest_rows
 
 # A table whose first archived segment is at least this big gets its indexes rebuilt after the load;
 # smaller ones load faster into their indexes than a rebuild would cost.
@@ -38,8 +37,6 @@ REBUILD_FROM_BYTES = 1 << 20
 # Memory for the index builds of this transaction (never lowered below the server's setting).
 MAINTENANCE_WORK_MEM_MB = 512
 CHUNK_BYTES = 1 << 20
-_I16 = struct.Struct(">h").unpack_from
-_I32 = struct.Struct(">i").unpack_from
 _QUEUE_CHUNKS = 8  # decoded chunks waiting for COPY: at most this many MiB in memory
 
 _INDEXES_SQL = """
@@ -319,7 +316,7 @@ def copy_segments(
                                     rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
                                 else:
                                     run_bytes += len(chunk)
-                                    per_row = per_row or _tuple_bytes(chunk)
+                                    per_row = per_row or _tuple_bytes(chunk, len(plan.src.data_columns), name)
                                     if per_row:
                                         tick({**loaded, key: loaded.get(key, 0) + run_bytes // per_row}, nbytes)
                         if binary:  # the server counts the rows when the COPY ends: an estimate until then
@@ -351,25 +348,15 @@ def copy_segments(
     return loaded, counted
 
 
-def _tuple_bytes(chunk: bytes) -> int:
-    """The average size of the whole binary COPY tuples at the start of a chunk (0 when none is whole there): a
-    progress estimate of rows from bytes, never a check."""
-    pos = rows = 0
-    end = len(chunk)
-    while pos + 2 <= end and rows < 10_000:
-        (count,) = _I16(chunk, pos)
-        at = pos + 2
-        for _ in range(max(count, 0)):
-            if at + 4 > end:
-                break
-            (length,) = _I32(chunk, at)
-            at += 4 + max(length, 0)
-        else:
-            if at <= end and count > 0:
-                pos, rows = at, rows + 1
-                continue
-        break
-    return pos // rows if rows else 0
+def _tuple_bytes(chunk: bytes, width: int, name: str) -> int:
+    """The average size of the binary COPY tuples a chunk starts with (0 when it holds no tuple start or is
+    damaged): a progress estimate of rows from bytes, never a check (the server's COPY checks the tuples)."""
+    check = BinaryCheck(name, width)
+    try:
+        check.feed(chunk)
+    except CorruptArchive:
+        return 0
+    return len(chunk) // check.rows if check.rows else 0
 
 
 def _same_encoding(plan: Any, ext: str, name: str) -> None:

@@ -155,7 +155,8 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
         if n > 0:
             if first:
                 first = False
-                data = bytes(data)[pgbinary.strip_header(bytes(data)) :]
+                data = bytes(data)
+                data = data[pgbinary.strip_header(data) :]
                 if not data:  # the header in a message of its own
                     continue
             buf += data
