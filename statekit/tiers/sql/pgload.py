@@ -38,6 +38,9 @@ REBUILD_FROM_BYTES = 1 << 20
 MAINTENANCE_WORK_MEM_MB = 512
 CHUNK_BYTES = 1 << 20
 _QUEUE_CHUNKS = 8  # decoded chunks waiting for COPY: at most this many MiB in memory
+# The progress estimate of a binary table's rows walks its first tuples only.
+_ESTIMATE_TUPLES = 256
+_ESTIMATE_STEP = 16 << 10
 
 _INDEXES_SQL = """
 SELECT i.indexrelid, i.indexrelid::regclass::text, con.oid, con.conname, pg_get_indexdef(i.indexrelid),
@@ -350,13 +353,19 @@ def copy_segments(
 
 def _tuple_bytes(chunk: bytes, width: int, name: str) -> int:
     """The average size of the binary COPY tuples a chunk starts with (0 when it holds no tuple start or is
-    damaged): a progress estimate of rows from bytes, never a check (the server's COPY checks the tuples)."""
+    damaged): a progress estimate of rows from bytes, never a check (the server's COPY checks the tuples).
+    Walks only until _ESTIMATE_TUPLES tuples have started, in _ESTIMATE_STEP pieces."""
     check = BinaryCheck(name, width)
+    view = memoryview(chunk)
+    fed = 0
     try:
-        check.feed(chunk)
+        while fed < len(chunk) and check.rows < _ESTIMATE_TUPLES:
+            piece = view[fed : fed + _ESTIMATE_STEP]
+            check.feed(bytes(piece))
+            fed += len(piece)
     except CorruptArchive:
         return 0
-    return len(chunk) // check.rows if check.rows else 0
+    return fed // check.rows if check.rows else 0
 
 
 def _same_encoding(plan: Any, ext: str, name: str) -> None:
