@@ -54,7 +54,7 @@ class Ctx:
         """Statements an attacker appends: drop an unrelated table, then run a program (PostgreSQL) or write a
         file (MariaDB, SQLite)."""
         if self.dialect == "postgresql":
-            return f"DROP TABLE {self.victim}; COPY (SELECT 1) TO PROGRAM 'touch {self.marker}'"
+            return f"DROP TABLE {self.victim}; COPY (SELECT 1) TO PROGRAM 'cat > {self.marker}'"
         if self.dialect == "mysql":
             return f"DROP TABLE {self.victim}; SELECT 1 INTO OUTFILE '{self.marker}'"
         return f"DROP TABLE {self.victim}; ATTACH DATABASE '{self.marker}' AS pwn"
@@ -453,7 +453,7 @@ def test_rehearsal_runs_no_archive_sql(
         assert what in note, note
     assert not ctx.marker.exists()
 
-    program = f"CREATE INDEX ix_n ON public.acct (n); COPY (SELECT 1) TO PROGRAM 'touch {ctx.marker}'"
+    program = f"CREATE INDEX ix_n ON public.acct (n); COPY (SELECT 1) TO PROGRAM 'cat > {ctx.marker}'"
     trusted = rewrite(good, tmp_path / "trusted.statekit", lambda doc: _acct(doc).update(indexes=[program]))
     code = run(["verify", str(trusted), "--rehearse", "-i", str(identity_file), "--trust-archive-sql"])
     out, err = capsys.readouterr()
