@@ -356,13 +356,11 @@ def _tuple_bytes(chunk: bytes, width: int, name: str) -> int:
     damaged): a progress estimate of rows from bytes, never a check (the server's COPY checks the tuples).
     Walks only until _ESTIMATE_TUPLES tuples have started, in _ESTIMATE_STEP pieces."""
     check = BinaryCheck(name, width)
-    view = memoryview(chunk)
     fed = 0
     try:
         while fed < len(chunk) and check.rows < _ESTIMATE_TUPLES:
-            piece = view[fed : fed + _ESTIMATE_STEP]
-            check.feed(bytes(piece))
-            fed += len(piece)
+            check.feed(chunk[fed : fed + _ESTIMATE_STEP])
+            fed = min(fed + _ESTIMATE_STEP, len(chunk))
     except CorruptArchive:
         return 0
     return fed // check.rows if check.rows else 0
