@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 # Each command module registers its commands on the `cli` group when the group first needs them. Nothing
@@ -14,7 +15,13 @@ def main() -> None:
     """Console-script entry point (also `python -m statekit`)."""
     steady_clock()
     tune_gc()
-    sys.exit(run())
+    code = run()
+    # At exit the interpreter runs one last full collection over every object the run left behind (SQLAlchemy's
+    # and psycopg's modules are most of them) although the process is about to end: frozen, they are skipped, which
+    # takes about 0.1 s off every command. Every file a command writes is closed (and synced) before run()
+    # returns, and the interpreter flushes stdout and stderr itself.
+    gc.freeze()
+    sys.exit(code)
 
 
 __all__ = ["cli", "main", "run"]
