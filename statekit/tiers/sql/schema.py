@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as my_types
 from sqlalchemy.dialects import postgresql as pg_types
 
 from statekit.errors import CorruptArchive
@@ -348,9 +348,11 @@ def portable_type(t: Any) -> dict[str, Any]:
         return {"kind": "enum", "name": t.name, "schema": t.schema, "labels": list(t.enums)}
     if isinstance(t, sa.Boolean):
         return {"kind": "bool"}
-    if isinstance(t, my_types.TINYINT):
+    # A MySQL type exists only once SQLAlchemy's MySQL dialect is loaded; a PostgreSQL snapshot never loads it.
+    my_types = sys.modules.get("sqlalchemy.dialects.mysql")
+    if my_types is not None and isinstance(t, my_types.TINYINT):
         return {"kind": "int", "bits": 8, "unsigned": bool(getattr(t, "unsigned", False))}
-    if isinstance(t, my_types.MEDIUMINT):
+    if my_types is not None and isinstance(t, my_types.MEDIUMINT):
         return {"kind": "int", "bits": 24, "unsigned": bool(getattr(t, "unsigned", False))}
     if isinstance(t, sa.SmallInteger):
         return {"kind": "int", "bits": 16, "unsigned": bool(getattr(t, "unsigned", False))}

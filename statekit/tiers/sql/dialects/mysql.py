@@ -7,7 +7,6 @@ import re
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as my_types
 
 from statekit.tiers.sql.dialects.base import (
     MAX_TYPE_TEXT,
@@ -98,6 +97,9 @@ class MySQL(Dialect):
 
     def sa_type(self, col: ColumnDesc) -> Any:
         """Wide enough: MySQL's TEXT/BLOB stop at 64 KiB and its DECIMAL defaults to (10,0)."""
+        # SQLAlchemy's MySQL dialect (all its drivers with it) loads only when a MySQL database is in play
+        from sqlalchemy.dialects import mysql as my_types
+
         p = base_kind(col.type)
         kind = p["kind"]
         if kind == "numeric":
