@@ -114,6 +114,37 @@ def test_small_members_share_a_frame_big_ones_get_their_own(tmp_path: Path) -> N
     assert read_back(path, [])["big"] == big
 
 
+@pytest.mark.parametrize("threads", [2, 4])
+def test_big_members_are_the_same_frames_with_or_without_zstd_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A big member is compressed by zstd worker threads where there are cores for them: the archive has the
+    same frames as without workers (one per big member, holding its header, data and padding), readable by any
+    zstd decoder."""
+    from statekit.archive import writer as writer_module
+
+    rng = random.Random(threads)
+    # 6 MiB, half compressible: several of zstd's jobs, so the workers really split the member
+    big = b"".join(rng.randbytes(4096) + b"row %d\n" % i * 512 for i in range(768))
+    layouts = []
+    for n in (0, threads):
+        monkeypatch.setattr(writer_module, "_compress_threads", lambda n=n: n)
+        path = tmp_path / f"mt{n}.statekit"
+        write_archive(path, [("a", b"x" * 100, None), ("segment", big, None), ("b", b"y" * 100, None)], [])
+        layouts.append(frames(path.read_bytes()))
+        assert read_back(path, [])["segment"] == big
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())  # a plain zstd stream
+    assert layouts[0] == layouts[1]
+    assert len(layouts[0]) == 3 and 0 < layouts[0][1] - len(big) < 4096
+
+
+def test_zstd_workers_follow_the_usable_cores() -> None:
+    from statekit.archive.writer import _compress_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert _compress_threads() == (min(cores, 4) if cores > 1 else 0)
+
+
 class _Pattern(io.RawIOBase):
     """A stream of `size` cheap, compressible bytes that never sits in memory all at once."""
 
