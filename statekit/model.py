@@ -200,6 +200,16 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def usable_cores(limit: int = 4) -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset or `taskset` narrows;
+    os.cpu_count() counts the whole host), at most `limit`: how many workers a parallel step starts."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call (macOS, Windows)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, limit))
+
+
 OPENSSL_IA32CAP = "OPENSSL_ia32cap"
 
 

@@ -138,11 +138,26 @@ def test_big_members_are_the_same_frames_with_or_without_zstd_workers(
     assert len(layouts[0]) == 3 and 0 < layouts[0][1] - len(big) < 4096
 
 
-def test_zstd_workers_follow_the_usable_cores() -> None:
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 2), (3, 3), (8, 4), (64, 4)])
+def test_zstd_workers_follow_the_usable_cores(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+    """One zstd worker per core the process may run on (its affinity, not the host's count), at most 4; on a
+    single core none at all (the calling thread compresses)."""
     from statekit.archive.writer import _compress_threads
 
-    cores = len(os.sched_getaffinity(0))
-    assert _compress_threads() == (min(cores, 4) if cores > 1 else 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 256)
+    assert _compress_threads() == workers
+
+
+def test_usable_cores_without_an_affinity_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the platform has no affinity call (macOS), the host's count stands in; an unknown count is 1."""
+    from statekit.model import usable_cores
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cores() == 4 and usable_cores(limit=8) == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cores() == 1
 
 
 class _Pattern(io.RawIOBase):

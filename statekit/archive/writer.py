@@ -6,7 +6,6 @@ layout is documented in docs/FORMAT.md.
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 import threading
 import uuid
@@ -36,6 +35,7 @@ from statekit.archive.format import (
     tar_padding,
 )
 from statekit.errors import StorageError
+from statekit.model import usable_cores
 
 if TYPE_CHECKING:
     from statekit.archive.keys import Recipient
@@ -53,11 +53,8 @@ def _compress_threads() -> int:
     workers of its own, zstd uses whatever core is idle at the moment and the last segment compresses in
     parallel instead of one core finishing it alone (a 2M-row table's snapshot on two cores: a median of 3.34 s
     with 0 workers, 2.97 s with 2). The frames are ordinary zstd frames either way."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return min(cores, 4) if cores > 1 else 0
+    cores = usable_cores()
+    return cores if cores > 1 else 0
 
 
 README_TEXT = """\

@@ -30,7 +30,7 @@ from statekit.audit.findings import (
 )
 from statekit.audit.sources.records import Source, TierData
 from statekit.errors import StatekitError, TierError
-from statekit.model import Progress, no_progress
+from statekit.model import Progress, no_progress, usable_cores
 
 
 def compare_scopes(
@@ -44,7 +44,7 @@ def compare_scopes(
     `tally`, also count per entity and tier where the ids have records, and how many are complete."""
     # Scopes can be small (20 keys) or large (a real Baileys key set: 800+ keys); a few large scopes still make
     # enough batches to share among the workers.
-    workers = opts.jobs or min(os.cpu_count() or 1, 4)
+    workers = opts.jobs or usable_cores()
     size = min(opts.batch, max(20, -(-len(scopes) // (4 * max(1, workers)))))
     batches = list(chunks(scopes, max(1, size)))
     jobs = _worker_count(opts, len(batches))
@@ -57,7 +57,7 @@ def _worker_count(opts: AuditOptions, batches: int) -> int:
     """How many worker processes to fork: only on Linux (macOS system libraries are not fork-safe), and
     never while other threads run (a fork copies only the calling thread, so a lock another thread holds
     would stay locked in the child)."""
-    jobs = opts.jobs or min(os.cpu_count() or 1, 4)
+    jobs = opts.jobs or usable_cores()
     if jobs < 2 or not sys.platform.startswith("linux") or threading.active_count() > 1:
         return 1
     return min(jobs, batches // 2)
