@@ -89,7 +89,7 @@ def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str,
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics: findings, entity counts, readiness, latency, hit ratio.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
-              help="Worker processes comparing the ids (0: one per CPU, at most 4). Small audits use one.")  # fmt: skip
+              help="Worker processes comparing the ids (0: per usable CPU, at most 4). Small audits: one.")  # fmt: skip
 @identity_options
 @common_options
 def audit(
