@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             db_url = f"sqlite:///{work / 'evolution.db'}"
         redis_url = os.environ.get("STATEKIT_BENCH_REDIS_URL")
         if not redis_url:
-            from tests.servers import RedisProcess
+            from statekit.servers import RedisProcess, default_redis_server
 
-            redis_proc = RedisProcess(binary="redis-server").start()
+            redis_proc = RedisProcess(binary=default_redis_server()).start()
             redis_url = redis_proc.url
         import redis
 

@@ -195,9 +195,9 @@ def main() -> int:
     if args.url:
         base = args.url
     else:
-        from statekit.servers import RedisProcess
+        from statekit.servers import RedisProcess, default_redis_server
 
-        server = RedisProcess(binary=shutil.which("redis-server") or "redis-server").start()
+        server = RedisProcess(binary=default_redis_server()).start()
         base = server.url
     try:
         return _bench(args, base)
