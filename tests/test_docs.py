@@ -354,3 +354,51 @@ def test_demo_script(tmp_path: Path) -> None:
                           timeout=600, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_make_bench_empties_no_redis_it_was_not_given() -> None:
+    """`make bench` (bench/run.py): the audit benchmark flushes the Redis database it is handed, so without a
+    Redis URL set on purpose it gets none and starts a private redis-server; a URL given is passed on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("statekit_bench_run", REPO / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    env = run.bench_env({"PATH": "/usr/bin"})
+    assert "STATEKIT_BENCH_REDIS_URL" not in env and "STATEKIT_TEST_REDIS_URL" not in env
+    assert env["STATEKIT_BENCH_PG_URL"].startswith("postgresql")
+    env = run.bench_env({"STATEKIT_TEST_REDIS_URL": "redis://127.0.0.1:6390/3"})
+    assert env["STATEKIT_BENCH_REDIS_URL"] == "redis://127.0.0.1:6390/3"
+    env = run.bench_env({"STATEKIT_TEST_REDIS_URL": "redis://a:1/0", "STATEKIT_BENCH_REDIS_URL": "redis://b:2/5"})
+    assert env["STATEKIT_BENCH_REDIS_URL"] == "redis://b:2/5"
+
+
+def test_evolution_demo_without_a_redis_url_runs_on_its_own_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python fixtures/evolution/demo.py` empties the Redis database it runs on: without --redis-url it is a
+    private redis-server, up while the story runs and stopped afterwards, never a server found on a port."""
+    import redis
+
+    from fixtures.evolution import demo as demo_module
+
+    seen: list[str] = []
+    up: list[bool] = []
+
+    def story(workdir: Path, redis_url: str, **kw: object) -> bool:
+        seen.append(redis_url)
+        try:
+            up.append(bool(redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()))
+        except redis.exceptions.ConnectionError:
+            up.append(False)
+        return True
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_module, "demo", story)
+    assert demo_module.main(["--workdir", str(tmp_path / "w")]) == 0
+    assert len(seen) == 1 and up == [True]
+    with pytest.raises(redis.exceptions.ConnectionError):
+        redis.Redis.from_url(seen[0], socket_connect_timeout=2).ping()
+    assert demo_module.main(["--workdir", str(tmp_path / "w"), "--redis-url", "redis://127.0.0.1:1/9"]) == 0
+    assert seen[1] == "redis://127.0.0.1:1/9" and up[1] is False  # used as given: nothing started for it
