@@ -239,6 +239,47 @@ def target_wire(cur: Any, table: str, columns: list[str]) -> list[str | None]:
     return [None if n is None else pgbinary.wire_token(str(n), str(s), str(k)) for n, s, k in cur.fetchall()]
 
 
+# target_wire for many tables in one statement; a table that does not exist (yet) gets no row for its columns.
+_WIRES_SQL = """
+SELECT u.k, ty.typname, tn.nspname, ty.typtype::text
+FROM unnest(%(t)s::text[], %(cols)s::text[]) WITH ORDINALITY AS u(t, name, k)
+JOIN pg_attribute a ON a.attrelid = to_regclass(u.t) AND a.attname = u.name AND NOT a.attisdropped
+JOIN pg_type ty ON ty.oid = a.atttypid
+JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+WHERE to_regclass(u.t) IS NOT NULL
+ORDER BY u.k
+"""
+
+
+class TargetWires:
+    """target_wire with the answers for many tables read up front in one statement (a restore of hundreds of
+    tables then costs one round trip here, not one per table). A table not read up front is asked on its own."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, tuple[str, ...]], list[str | None]] = {}
+
+    def prefetch(self, cur: Any, tables: dict[str, list[str]]) -> None:
+        """Read the tokens of these tables' columns (quoted table name -> column names). Tables that do not
+        exist are left to be asked later, where the question fails as target_wire's does."""
+        flat = [(t, c) for t, cols in tables.items() for c in cols]
+        if not flat:
+            return
+        cur.execute(_WIRES_SQL, {"t": [t for t, _ in flat], "cols": [c for _, c in flat]})
+        found = {int(k): (n, s, kind) for k, n, s, kind in cur.fetchall()}
+        k = 1
+        for table, cols in tables.items():
+            rows = [found.get(k + i) for i in range(len(cols))]
+            k += len(cols)
+            if cols and rows[0] is not None:  # the table exists: a column it lacks has no token
+                self._known[(table, tuple(cols))] = [
+                    None if r is None else pgbinary.wire_token(str(r[0]), str(r[1]), str(r[2])) for r in rows
+                ]
+
+    def __call__(self, cur: Any, table: str, columns: list[str]) -> list[str | None]:
+        known = self._known.get((table, tuple(columns)))
+        return known if known is not None else target_wire(cur, table, columns)
+
+
 class _Chunks(io.RawIOBase):
     """The chunks of the member being loaded, as a stream (for the segments decoded row by row)."""
 
@@ -270,6 +311,7 @@ def copy_segments(
     destination: Callable[[Any, int], str],
     finished: Callable[[Any, str], None],
     tick: Callable[[dict[str, int], int], None],
+    wires: Callable[[Any, str, list[str]], list[str | None]] = target_wire,
 ) -> tuple[dict[str, int], list[tuple[list[str], int]]]:
     """Stream every segment into COPY, consecutive segments of one table through one COPY. Returns the rows
     loaded per table key, and for the binary segments (whose rows the server counts, not the archive pass)
@@ -279,8 +321,9 @@ def copy_segments(
     raises, and the caller rolls back.
 
     Binary COPY segments go to the server as they are when the destination's columns have the archive's wire
-    tokens (the same binary format); otherwise each row is decoded to COPY text (tiers.sql.pgbinary) and the
-    target's own input functions convert it, as they would a COPY text archive."""
+    tokens (the same binary format, asked of `wires`: target_wire or a TargetWires); otherwise each row is
+    decoded to COPY text (tiers.sql.pgbinary) and the target's own input functions convert it, as they would a
+    COPY text archive."""
     feed = _Feed(segments)
     loaded: dict[str, int] = {}
     counted: list[tuple[list[str], int]] = []
@@ -293,7 +336,7 @@ def copy_segments(
             _same_encoding(plan, ext, name)
             dest = destination(plan, size)
             binary = ext == "pgbinary"
-            as_is = binary and target_wire(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
+            as_is = binary and wires(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
             fmt = " (FORMAT binary)" if as_is else ""
             members: list[str] = []
             run_bytes = per_row = decoded = 0

@@ -175,13 +175,18 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
             lookup = (schema if schema is not None else default_schema, t.name)
             have = found.get(lookup)
             plan = TablePlan(t, schema, have, "create" if have is None else mode, archive_rows=counts.get(t.key))
-            if have is not None and conn is not None:
-                plan.target_rows = _count(conn, schema, t.name)
             ctx.plans.append(plan)
         ctx.drops = _undo_drops(archive, opts, ctx, found)
-        for d in ctx.drops:
-            if conn is not None:
-                ctx.drop_rows[d.key] = _count(conn, d.schema if target.dialect.named_schemas else None, d.name)
+        if conn is not None:
+            present = [p for p in ctx.plans if p.existing is not None]
+            drop_schema = (lambda d: d.schema) if target.dialect.named_schemas else (lambda d: None)
+            rows = _counts(
+                conn, [(p.schema, p.src.name) for p in present] + [(drop_schema(d), d.name) for d in ctx.drops]
+            )
+            for p, n in zip(present, rows):
+                p.target_rows = n
+            for d, n in zip(ctx.drops, rows[len(present) :]):
+                ctx.drop_rows[d.key] = n
     ctx.trusted = opts.trust_archive_sql
     _plan_creates(ctx, existing)
     ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
@@ -330,14 +335,26 @@ def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
     return tables, default_schema
 
 
-def _count(conn: sa.Connection, schema: str | None, name: str) -> int:
+_COUNTS_PER_STATEMENT = 100
+
+
+def _counts(conn: sa.Connection, tables: list[tuple[str | None, str]]) -> list[int]:
+    """The row count of each table, a hundred tables per statement (one round trip, not one per table), each
+    statement in a transaction of its own so that the locks it takes are released before the next."""
     q = conn.dialect.identifier_preparer.quote
-    qname = f"{q(schema)}.{q(name)}" if schema else q(name)
-    try:
-        n = conn.exec_driver_sql(f"SELECT count(*) FROM {qname}").scalar()
-    finally:
-        conn.rollback()
-    return int(n or 0)
+    out: list[int] = []
+    for lo in range(0, len(tables), _COUNTS_PER_STATEMENT):
+        part = tables[lo : lo + _COUNTS_PER_STATEMENT]
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, count(*) FROM {f'{q(schema)}.{q(name)}' if schema else q(name)}"
+            for i, (schema, name) in enumerate(part)
+        )
+        try:
+            rows = conn.exec_driver_sql(sql).fetchall()
+        finally:
+            conn.rollback()
+        out.extend(int(n or 0) for _, n in sorted(rows))
+    return out
 
 
 # -- compatibility ----------------------------------------------------------------------------------------

@@ -227,6 +227,15 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
             merge_tmp: dict[str, str] = {}
             rebuild = pgload.IndexRebuild()
             pgload.raise_maintenance_memory(cur)
+            wires = pgload.TargetWires()  # every binary table's column types, in one statement
+            wires.prefetch(
+                cur,
+                {
+                    qtable(p.schema, p.src.name): [c.name for c in p.src.data_columns]
+                    for p in ctx.plans
+                    if p.src.encoding == "pgbinary"
+                },
+            )
 
             def destination(plan: TablePlan, first_size: int) -> str:
                 table = qtable(plan.schema, plan.src.name)
@@ -245,7 +254,9 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
                 progress("db", sum(done.values()), nbytes)
 
             segments = _segments(ctx, archive, server_counts=True)
-            rows, counted = pgload.copy_segments(cur, segments, destination=destination, finished=finished, tick=tick)
+            rows, counted = pgload.copy_segments(
+                cur, segments, destination=destination, finished=finished, tick=tick, wires=wires
+            )
             pgload.check_server_counts(archive.manifest, counted)  # the pass ended: its manifest is verified
             loaded.update(rows)
             rebuild.rebuild(cur)
@@ -312,32 +323,63 @@ def _merge_into(cur: Any, plan: TablePlan, tmp: str) -> None:
     cur.execute(f"TRUNCATE {tmp}")
 
 
+_SERIAL_SQL = """
+SELECT u.k, pg_get_serial_sequence(u.t, u.c)
+FROM unnest(%(t)s::text[], %(c)s::text[]) WITH ORDINALITY AS u(t, c, k)
+ORDER BY u.k
+"""
+_PER_STATEMENT = 100  # tables (or sequences) read by one UNION ALL statement
+
+
 def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
-    """Move serial/identity sequences past the restored ids (and never behind the archived position)."""
-    for p in ctx.plans:
-        archived = {s["column"]: s for s in p.src.sequences}
-        table = qtable(p.schema, p.src.name)
-        for col in p.src.data_columns:  # a generated column has no sequence (and may not have been created)
-            if base_kind(col.type)["kind"] != "int":
-                continue
-            cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (table, col.name))
-            row = cur.fetchone()
-            if not row or not row[0]:
-                continue
-            seq = row[0]
-            cur.execute(f"SELECT max({qident(col.name)}) FROM {table}")
-            top = cur.fetchone()[0]
-            value = int(top) if top is not None else 0
-            a = archived.get(col.name)
-            if a and a.get("is_called"):
-                value = max(value, int(a["last_value"]))
-            if ctx.mode != "replace":
-                cur.execute(f"SELECT last_value, is_called FROM {seq}")
-                last, called = cur.fetchone()
-                if called:
-                    value = max(value, int(last))
-            if value >= 1:
-                cur.execute("SELECT setval(%s, %s, true)", (seq, value))
+    """Move serial/identity sequences past the restored ids (and never behind the archived position). A few
+    statements for all tables: which columns own a sequence, their maxima, (merge and append) the sequences'
+    positions, then every setval."""
+    candidates = [
+        (p, qtable(p.schema, p.src.name), col)
+        for p in ctx.plans
+        for col in p.src.data_columns  # a generated column has no sequence (and may not have been created)
+        if base_kind(col.type)["kind"] == "int"
+    ]
+    if not candidates:
+        return
+    cur.execute(_SERIAL_SQL, {"t": [t for _, t, _ in candidates], "c": [c.name for _, _, c in candidates]})
+    owned = [(candidates[int(k) - 1], str(seq)) for k, seq in cur.fetchall() if seq]
+    if not owned:
+        return
+    tops = _union_values(cur, [f"max({qident(col.name)}) FROM {table}" for (_, table, col), _ in owned])
+    positions = (
+        _union_values(cur, [f"CASE WHEN is_called THEN last_value END FROM {seq}" for _, seq in owned])
+        if ctx.mode != "replace"
+        else [None] * len(owned)
+    )
+    names: list[str] = []
+    values: list[int] = []
+    for ((p, _, col), seq), top, position in zip(owned, tops, positions, strict=True):
+        value = int(top) if top is not None else 0
+        a = {s["column"]: s for s in p.src.sequences}.get(col.name)
+        if a and a.get("is_called"):
+            value = max(value, int(a["last_value"]))
+        if position is not None:
+            value = max(value, int(position))
+        if value >= 1:
+            names.append(seq)
+            values.append(value)
+    if names:
+        cur.execute(
+            "SELECT count(setval(s::regclass, v, true)) FROM unnest(%(s)s::text[], %(v)s::bigint[]) AS u(s, v)",
+            {"s": names, "v": values},
+        )
+
+
+def _union_values(cur: Any, selects: list[str]) -> list[Any]:
+    """One value from each `SELECT <expr> FROM <table>` (given without SELECT), a hundred per statement."""
+    out: list[Any] = []
+    for lo in range(0, len(selects), _PER_STATEMENT):
+        part = selects[lo : lo + _PER_STATEMENT]
+        cur.execute(" UNION ALL ".join(f"(SELECT {i}, {expr})" for i, expr in enumerate(part)))
+        out.extend(v for _, v in sorted(cur.fetchall(), key=lambda r: r[0]))
+    return out
 
 
 # -- every other combination ------------------------------------------------------------------------------

@@ -34,38 +34,65 @@ def copy_columns(table: TableDesc) -> str:
 
 # -- catalog extras ---------------------------------------------------------------------------------------
 
-_COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated::text, a.attidentity::text,
+# One statement each for every selected table: a schema of hundreds of tables costs a handful of round trips,
+# not a few per table. `sel` is the selection, given as two parallel arrays (schema names, table names).
+_SELECTED = "unnest(CAST(:s AS text[]), CAST(:t AS text[])) AS sel(s, t)"
+
+_COLUMNS_SQL = f"""
+SELECT sel.s, sel.t, a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text,
        pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname),
        ty.typname, tn.nspname, ty.typtype::text
-FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
+FROM {_SELECTED}
+JOIN pg_namespace n ON n.nspname = sel.s
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = sel.t
+JOIN pg_attribute a ON a.attrelid = c.oid
 JOIN pg_type ty ON ty.oid = a.atttypid
 JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
+WHERE a.attnum > 0 AND NOT a.attisdropped
+ORDER BY c.oid, a.attnum
 """
 
-_CONSTRAINTS_SQL = """
-SELECT con.conname, con.contype::text, pg_get_constraintdef(con.oid)
-FROM pg_constraint con
-JOIN pg_class c ON c.oid = con.conrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = :s AND c.relname = :t
-ORDER BY con.contype, con.conname
+_CONSTRAINTS_SQL = f"""
+SELECT sel.s, sel.t, con.conname, con.contype::text, pg_get_constraintdef(con.oid)
+FROM {_SELECTED}
+JOIN pg_namespace n ON n.nspname = sel.s
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = sel.t
+JOIN pg_constraint con ON con.conrelid = c.oid
+ORDER BY c.oid, con.contype, con.conname
 """
 
-
-_INDEXES_SQL = """
-SELECT pg_get_indexdef(i.indexrelid)
-FROM pg_index i
-JOIN pg_class c ON c.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = :s AND c.relname = :t
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)
-ORDER BY 1
+_INDEXES_SQL = f"""
+SELECT sel.s, sel.t, pg_get_indexdef(i.indexrelid) AS def
+FROM {_SELECTED}
+JOIN pg_namespace n ON n.nspname = sel.s
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = sel.t
+JOIN pg_index i ON i.indrelid = c.oid
+WHERE NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)
+ORDER BY c.oid, def
 """
+
+_SEQUENCES_PER_STATEMENT = 200
+
+
+def _by_table(conn: sa.Connection, sql: str, tables: list[TableDesc]) -> dict[tuple[str, str], list[Any]]:
+    """The rows of one catalogue statement over every table, grouped by (schema, table) in their order."""
+    params = {"s": [t.schema for t in tables], "t": [t.name for t in tables]}
+    out: dict[tuple[str, str], list[Any]] = {}
+    for row in conn.execute(sa.text(sql), params):
+        out.setdefault((str(row[0]), str(row[1])), []).append(row[2:])
+    return out
+
+
+def _sequence_values(conn: sa.Connection, names: list[str]) -> list[tuple[int, bool]]:
+    """last_value and is_called of each sequence (names as pg_get_serial_sequence gives them: quoted and
+    qualified), a few hundred per statement."""
+    out: list[tuple[int, bool]] = []
+    for lo in range(0, len(names), _SEQUENCES_PER_STATEMENT):
+        part = names[lo : lo + _SEQUENCES_PER_STATEMENT]
+        sql = " UNION ALL ".join(f"SELECT {i}, last_value, is_called FROM {name}" for i, name in enumerate(part))
+        rows = sorted(conn.exec_driver_sql(driver_sql(conn, sql)).fetchall())
+        out.extend((int(last), bool(called)) for _, last, called in rows)
+    return out
 
 
 def pg_extras(
@@ -75,11 +102,14 @@ def pg_extras(
     CREATE TABLE and the data encoding to each table; return the enums and domains the tables use. A table
     whose every archived column has a binary wire token (tiers.sql.pgbinary) is archived as binary COPY, any
     other as COPY text."""
+    columns = _by_table(conn, _COLUMNS_SQL, tables) if tables else {}
+    constraints = _by_table(conn, _CONSTRAINTS_SQL, tables) if tables else {}
+    indexes = _by_table(conn, _INDEXES_SQL, tables) if tables else {}
     for t in tables:
-        rows = conn.execute(sa.text(_COLUMNS_SQL), {"s": t.schema, "t": t.name}).fetchall()
+        key = (str(t.schema), t.name)
         by_name = {c.name: c for c in t.columns}
         wire: dict[str, str | None] = {}
-        for name, native, _generated, identity, seq, typname, typschema, typtype in rows:
+        for name, native, identity, seq, typname, typschema, typtype in columns.get(key, []):
             col = by_name.get(name)
             if col is None:
                 continue
@@ -89,26 +119,20 @@ def pg_extras(
                 col.identity = {"always": identity == "a"}
             col.sequence = str(seq) if seq else None
         t.constraints = [
-            {"name": str(n), "type": str(ct), "definition": str(d)}
-            for n, ct, d in conn.execute(sa.text(_CONSTRAINTS_SQL), {"s": t.schema, "t": t.name})
+            {"name": str(n), "type": str(ct), "definition": str(d)} for n, ct, d in constraints.get(key, [])
         ]
-        if with_sequences:
-            for col in t.columns:
-                if col.sequence:
-                    last, called = conn.exec_driver_sql(
-                        driver_sql(conn, f"SELECT last_value, is_called FROM {col.sequence}")
-                    ).one()
-                    t.sequences.append(
-                        {"column": col.name, "name": col.sequence, "last_value": int(last),
-                         "is_called": bool(called)}
-                    )  # fmt: skip
         tokens = [wire.get(c.name) for c in t.data_columns]
         if tokens and all(tokens):
             t.encoding, t.wire = "pgbinary", [str(w) for w in tokens]
         else:
             t.encoding, t.wire = "copy", []
-        t.indexes = [str(r[0]) for r in conn.execute(sa.text(_INDEXES_SQL), {"s": t.schema, "t": t.name})]
+        t.indexes = [str(r[0]) for r in indexes.get(key, [])]
         t.native_ddl = native_create_table(t)
+    if with_sequences:
+        owned = [(t, c) for t in tables for c in t.columns if c.sequence]
+        values = _sequence_values(conn, [str(c.sequence) for _, c in owned])
+        for (t, col), (last, called) in zip(owned, values, strict=True):
+            t.sequences.append({"column": col.name, "name": col.sequence, "last_value": last, "is_called": called})
     used_enums: set[str] = set()
     used_domains: set[str] = set()
     for t in tables:
