@@ -467,3 +467,39 @@ def test_a_restore_of_hundreds_of_tables_reads_the_catalogue_in_a_few_statements
     for i in (0, 7, 151, 299):
         assert fetch(pg_url2, f"SELECT count(*), max(id) FROM m{i}") == [(i % 5 + 1, i % 5 + 1)]
         assert fetch(pg_url2, f"SELECT nextval('m{i}_id_seq')")[0][0] == i % 5 + 2
+
+
+def test_replace_truncates_the_tables_with_rows_and_those_referencing_them(
+    pg_url: str, pg_url2: str, tmp_path: Path
+) -> None:
+    """A replace restore locks every table it loads, then truncates only those holding rows, with every loaded
+    table that references one of them (TRUNCATE wants those in the same statement); an empty table keeps its
+    files. The rows are the archive's either way."""
+    ddl = [
+        "CREATE TABLE parent (id int PRIMARY KEY)",
+        "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id))",
+        "CREATE TABLE grandchild (id int PRIMARY KEY, child_id int REFERENCES child (id))",
+        "CREATE TABLE lonely (id int PRIMARY KEY)",
+        "CREATE TABLE filled (id int PRIMARY KEY)",
+    ]
+    execute(
+        pg_url,
+        *ddl,
+        "INSERT INTO parent VALUES (1), (2)",
+        "INSERT INTO child VALUES (10, 1), (11, 2)",
+        "INSERT INTO grandchild VALUES (100, 10)",
+        "INSERT INTO lonely VALUES (5)",
+        "INSERT INTO filled VALUES (7)",
+    )
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    execute(pg_url2, *ddl, "INSERT INTO parent VALUES (3)", "INSERT INTO filled VALUES (8), (9)")
+    files = "SELECT relname, pg_relation_filenode(oid) FROM pg_class WHERE relname IN %s ORDER BY 1"
+    names = "('parent', 'child', 'grandchild', 'lonely', 'filled')"
+    before = dict(fetch(pg_url2, files % names))
+    restore(archive, pg_url2)
+    after = dict(fetch(pg_url2, files % names))
+    assert {n for n in before if before[n] != after[n]} == {"parent", "child", "grandchild", "filled"}
+    assert fetch(pg_url2, "SELECT id FROM parent ORDER BY 1") == [(1,), (2,)]
+    assert fetch(pg_url2, "SELECT * FROM child ORDER BY 1") == [(10, 1), (11, 2)]
+    assert fetch(pg_url2, "SELECT * FROM grandchild") == [(100, 10)]
+    assert fetch(pg_url2, "SELECT * FROM lonely") == [(5,)] and fetch(pg_url2, "SELECT * FROM filled") == [(7,)]
