@@ -113,7 +113,7 @@ def test_restore_replaces_existing_tables_and_undo_puts_them_back(pg_url: str, p
     assert by_table["public.serials"] == {
         "table": "public.serials", "target": "public.serials", "rows": 40, "target_rows": 31, "remove": 31,
         "mode": "replace", "action": "replace",
-        "sql": "ALTER CONSTRAINT (foreign keys deferred for the transaction), TRUNCATE, COPY (binary), "
+        "sql": "ALTER CONSTRAINT (foreign keys deferred for the transaction), LOCK TABLE, TRUNCATE, COPY (binary), "
                "setval (sequences)",
     }  # fmt: skip
     assert plan.problems == []

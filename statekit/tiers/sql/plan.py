@@ -294,7 +294,7 @@ def _data_statements(p: TablePlan, ctx: RestoreContext, native_pg: bool) -> list
         if existing:
             out.append("ALTER CONSTRAINT (foreign keys deferred for the transaction)")
         if existing and ctx.mode == "replace":
-            out.append("TRUNCATE")
+            out += ["LOCK TABLE", "TRUNCATE"]  # TRUNCATE only where there are rows to remove (restore._empty_tables)
         copy = "COPY"
         if p.src.encoding == "pgbinary":
             copy = f"COPY ({_binary_load(p)})"
