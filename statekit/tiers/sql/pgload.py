@@ -239,14 +239,13 @@ def target_wire(cur: Any, table: str, columns: list[str]) -> list[str | None]:
     return [None if n is None else pgbinary.wire_token(str(n), str(s), str(k)) for n, s, k in cur.fetchall()]
 
 
-# target_wire for many tables in one statement; a table that does not exist (yet) gets no row for its columns.
+# target_wire for many tables in one statement: a row per (table, column), saying whether the table exists.
 _WIRES_SQL = """
-SELECT u.k, ty.typname, tn.nspname, ty.typtype::text
+SELECT to_regclass(u.t) IS NOT NULL, ty.typname, tn.nspname, ty.typtype::text
 FROM unnest(%(t)s::text[], %(cols)s::text[]) WITH ORDINALITY AS u(t, name, k)
-JOIN pg_attribute a ON a.attrelid = to_regclass(u.t) AND a.attname = u.name AND NOT a.attisdropped
-JOIN pg_type ty ON ty.oid = a.atttypid
-JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-WHERE to_regclass(u.t) IS NOT NULL
+LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(u.t) AND a.attname = u.name AND NOT a.attisdropped
+LEFT JOIN pg_type ty ON ty.oid = a.atttypid
+LEFT JOIN pg_namespace tn ON tn.oid = ty.typnamespace
 ORDER BY u.k
 """
 
@@ -265,14 +264,12 @@ class TargetWires:
         if not flat:
             return
         cur.execute(_WIRES_SQL, {"t": [t for t, _ in flat], "cols": [c for _, c in flat]})
-        found = {int(k): (n, s, kind) for k, n, s, kind in cur.fetchall()}
-        k = 1
+        rows = iter(cur.fetchall())
         for table, cols in tables.items():
-            rows = [found.get(k + i) for i in range(len(cols))]
-            k += len(cols)
-            if cols and rows[0] is not None:  # the table exists: a column it lacks has no token
+            mine = [next(rows) for _ in cols]
+            if mine and mine[0][0]:  # the table exists: a column it lacks has no token
                 self._known[(table, tuple(cols))] = [
-                    None if r is None else pgbinary.wire_token(str(r[0]), str(r[1]), str(r[2])) for r in rows
+                    None if n is None else pgbinary.wire_token(str(n), str(s), str(k)) for _, n, s, k in mine
                 ]
 
     def __call__(self, cur: Any, table: str, columns: list[str]) -> list[str | None]:

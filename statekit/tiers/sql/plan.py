@@ -22,6 +22,7 @@ from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.created import created_by_restore
 from statekit.tiers.sql.ddl import CreatePlan
 from statekit.tiers.sql.dialects import Dialect, dialect_for
+from statekit.tiers.sql.dialects.base import union_selects
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     DbSchema,
@@ -179,9 +180,10 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
         ctx.drops = _undo_drops(archive, opts, ctx, found)
         if conn is not None:
             present = [p for p in ctx.plans if p.existing is not None]
-            drop_schema = (lambda d: d.schema) if target.dialect.named_schemas else (lambda d: None)
+            named = target.dialect.named_schemas
             rows = _counts(
-                conn, [(p.schema, p.src.name) for p in present] + [(drop_schema(d), d.name) for d in ctx.drops]
+                conn,
+                [(p.schema, p.src.name) for p in present] + [(d.schema if named else None, d.name) for d in ctx.drops],
             )
             for p, n in zip(present, rows):
                 p.target_rows = n
@@ -335,20 +337,13 @@ def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
     return tables, default_schema
 
 
-_COUNTS_PER_STATEMENT = 100
-
-
 def _counts(conn: sa.Connection, tables: list[tuple[str | None, str]]) -> list[int]:
-    """The row count of each table, a hundred tables per statement (one round trip, not one per table), each
-    statement in a transaction of its own so that the locks it takes are released before the next."""
+    """The row count of each table, a hundred tables per statement, each statement in a transaction of its own
+    so that the locks it takes are released before the next."""
     q = conn.dialect.identifier_preparer.quote
+    counts = [f"count(*) FROM {f'{q(schema)}.{q(name)}' if schema else q(name)}" for schema, name in tables]
     out: list[int] = []
-    for lo in range(0, len(tables), _COUNTS_PER_STATEMENT):
-        part = tables[lo : lo + _COUNTS_PER_STATEMENT]
-        sql = " UNION ALL ".join(
-            f"SELECT {i}, count(*) FROM {f'{q(schema)}.{q(name)}' if schema else q(name)}"
-            for i, (schema, name) in enumerate(part)
-        )
+    for sql in union_selects(counts):
         try:
             rows = conn.exec_driver_sql(sql).fetchall()
         finally:

@@ -38,7 +38,7 @@ from statekit.model import (
 from statekit.tiers.sql import pgbinary, pgload
 from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.dialects import Dialect
-from statekit.tiers.sql.dialects.base import driver_sql
+from statekit.tiers.sql.dialects.base import driver_sql, union_selects
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, fill_row_counts, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
@@ -278,10 +278,13 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
     return loaded
 
 
-_OIDS_SQL = "SELECT to_regclass(u.t)::oid FROM unnest(%(t)s::text[]) WITH ORDINALITY AS u(t, k) ORDER BY u.k"
+# Foreign keys between the listed tables (quoted names), as (referencing, referenced) places in the list.
 _REFERENCING_SQL = """
-SELECT conrelid::oid, confrelid::oid FROM pg_constraint
-WHERE contype = 'f' AND confrelid = ANY(%(o)s::oid[]) AND conrelid = ANY(%(o)s::oid[]) AND conrelid <> confrelid
+SELECT ch.k, pa.k
+FROM unnest(%(t)s::text[]) WITH ORDINALITY AS ch(t, k)
+JOIN pg_constraint con ON con.conrelid = to_regclass(ch.t) AND con.contype = 'f'
+JOIN unnest(%(t)s::text[]) WITH ORDINALITY AS pa(t, k) ON con.confrelid = to_regclass(pa.t)
+WHERE ch.k <> pa.k
 """
 
 
@@ -294,20 +297,14 @@ def _empty_tables(cur: Any, names: list[str]) -> None:
     if not names:
         return
     cur.execute(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
-    occupied: set[int] = set()
-    for lo in range(0, len(names), _PER_STATEMENT):
-        part = names[lo : lo + _PER_STATEMENT]
-        cur.execute(" UNION ALL ".join(f"(SELECT {lo + i} FROM {name} LIMIT 1)" for i, name in enumerate(part)))
-        occupied.update(int(r[0]) for r in cur.fetchall())
+    filled = _union_values(cur, [f"EXISTS (SELECT 1 FROM {name})" for name in names])
+    occupied = {i for i, has_rows in enumerate(filled) if has_rows}
     if not occupied:
         return
-    cur.execute(_OIDS_SQL, {"t": names})
-    oids = [int(r[0]) for r in cur.fetchall()]
-    index = {oid: i for i, oid in enumerate(oids)}
-    cur.execute(_REFERENCING_SQL, {"o": oids})
+    cur.execute(_REFERENCING_SQL, {"t": names})
     referencing: dict[int, set[int]] = {}
     for child, parent in cur.fetchall():
-        referencing.setdefault(index[int(parent)], set()).add(index[int(child)])
+        referencing.setdefault(int(parent) - 1, set()).add(int(child) - 1)
     todo = list(occupied)
     while todo:  # a table referencing a truncated one is truncated with it
         for child in referencing.get(todo.pop(), ()):
@@ -364,7 +361,6 @@ SELECT u.k, pg_get_serial_sequence(u.t, u.c)
 FROM unnest(%(t)s::text[], %(c)s::text[]) WITH ORDINALITY AS u(t, c, k)
 ORDER BY u.k
 """
-_PER_STATEMENT = 100  # tables (or sequences) read by one UNION ALL statement
 
 
 def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
@@ -409,11 +405,10 @@ def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
 
 
 def _union_values(cur: Any, selects: list[str]) -> list[Any]:
-    """One value from each `SELECT <expr> FROM <table>` (given without SELECT), a hundred per statement."""
+    """The value of each select list (dialects.base.union_selects), in their order."""
     out: list[Any] = []
-    for lo in range(0, len(selects), _PER_STATEMENT):
-        part = selects[lo : lo + _PER_STATEMENT]
-        cur.execute(" UNION ALL ".join(f"(SELECT {i}, {expr})" for i, expr in enumerate(part)))
+    for sql in union_selects(selects):
+        cur.execute(sql)
         out.extend(v for _, v in sorted(cur.fetchall(), key=lambda r: r[0]))
     return out
 

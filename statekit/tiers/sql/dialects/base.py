@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -250,6 +250,15 @@ def driver_sql(conn: sa.Connection, text: str) -> str:
     """A statement for exec_driver_sql: drivers whose placeholders start with % (psycopg, pymysql) take a
     literal % (in a quoted name, say) only doubled."""
     return text.replace("%", "%%") if conn.dialect.paramstyle in ("format", "pyformat") else text
+
+
+def union_selects(selects: list[str], per: int = 100) -> Iterator[str]:
+    """One row from each select list (`count(*) FROM t`, `EXISTS (SELECT 1 FROM t)`: a SELECT without its
+    keyword and without ORDER BY or LIMIT), `per` of them to a statement: `SELECT 0, … UNION ALL SELECT 1, …`.
+    Each row starts with its place in `selects` (sort by it: UNION ALL keeps no order). Many tables cost a few
+    round trips, not one each; plain SELECTs, as SQLite's compound statements want them."""
+    for lo in range(0, len(selects), per):
+        yield " UNION ALL ".join(f"SELECT {lo + i}, {expr}" for i, expr in enumerate(selects[lo : lo + per]))
 
 
 def utc_naive(v: dt.datetime) -> dt.datetime:

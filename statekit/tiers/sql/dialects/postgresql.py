@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from statekit.tiers.sql.dialects.base import Dialect, DropAt, Extras, driver_sql
+from statekit.tiers.sql.dialects.base import Dialect, DropAt, Extras, driver_sql, union_selects
 from statekit.tiers.sql.pgbinary import wire_token
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
 
@@ -71,13 +71,13 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexre
 ORDER BY c.oid, def
 """
 
-_SEQUENCES_PER_STATEMENT = 200
-
 
 def _by_table(conn: sa.Connection, sql: str, tables: list[TableDesc]) -> dict[tuple[str, str], list[Any]]:
     """The rows of one catalogue statement over every table, grouped by (schema, table) in their order."""
-    params = {"s": [t.schema for t in tables], "t": [t.name for t in tables]}
     out: dict[tuple[str, str], list[Any]] = {}
+    if not tables:
+        return out
+    params = {"s": [t.schema for t in tables], "t": [t.name for t in tables]}
     for row in conn.execute(sa.text(sql), params):
         out.setdefault((str(row[0]), str(row[1])), []).append(row[2:])
     return out
@@ -85,11 +85,9 @@ def _by_table(conn: sa.Connection, sql: str, tables: list[TableDesc]) -> dict[tu
 
 def _sequence_values(conn: sa.Connection, names: list[str]) -> list[tuple[int, bool]]:
     """last_value and is_called of each sequence (names as pg_get_serial_sequence gives them: quoted and
-    qualified), a few hundred per statement."""
+    qualified), a hundred per statement."""
     out: list[tuple[int, bool]] = []
-    for lo in range(0, len(names), _SEQUENCES_PER_STATEMENT):
-        part = names[lo : lo + _SEQUENCES_PER_STATEMENT]
-        sql = " UNION ALL ".join(f"SELECT {i}, last_value, is_called FROM {name}" for i, name in enumerate(part))
+    for sql in union_selects([f"last_value, is_called FROM {name}" for name in names]):
         rows = sorted(conn.exec_driver_sql(driver_sql(conn, sql)).fetchall())
         out.extend((int(last), bool(called)) for _, last, called in rows)
     return out
@@ -102,9 +100,9 @@ def pg_extras(
     CREATE TABLE and the data encoding to each table; return the enums and domains the tables use. A table
     whose every archived column has a binary wire token (tiers.sql.pgbinary) is archived as binary COPY, any
     other as COPY text."""
-    columns = _by_table(conn, _COLUMNS_SQL, tables) if tables else {}
-    constraints = _by_table(conn, _CONSTRAINTS_SQL, tables) if tables else {}
-    indexes = _by_table(conn, _INDEXES_SQL, tables) if tables else {}
+    columns = _by_table(conn, _COLUMNS_SQL, tables)
+    constraints = _by_table(conn, _CONSTRAINTS_SQL, tables)
+    indexes = _by_table(conn, _INDEXES_SQL, tables)
     for t in tables:
         key = (str(t.schema), t.name)
         by_name = {c.name: c for c in t.columns}
