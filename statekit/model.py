@@ -172,6 +172,7 @@ class RestoreOptions:
     tables: list[str] = field(default_factory=list)
     mode: str = "replace"  # replace | merge | append
     trust_archive_sql: bool = False  # apply the archive's SQL expressions (a trusted signature or the flag)
+    jobs: int = 1  # PostgreSQL replace: connections loading staged tables (statekit.tiers.sql.pgstage)
     # redis
     match: list[str] = field(default_factory=list)
     db_map: dict[int, int] = field(default_factory=dict)

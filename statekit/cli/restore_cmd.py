@@ -49,6 +49,9 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @click.option("--tables", multiple=True, metavar="GLOB", help="db: only these tables (repeatable).")
 @click.option("--mode", type=click.Choice(["replace", "merge", "append"]), default="replace", show_default=True,
               help="db: replace tables, upsert by primary key, or insert only.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True, metavar="N",
+              help="db, PostgreSQL, replace: load over N connections into staging tables, swapped in at the "
+                   "end.")  # fmt: skip
 @click.option("--match", multiple=True, metavar="PATTERN", help="redis: key pattern; files: path glob (repeatable).")
 @click.option("--db-map", multiple=True, metavar="SRC:DST", help="redis: restore database SRC into DST.")
 @click.option("--conflict", type=click.Choice(["replace", "skip", "fail"]), default="replace", show_default=True,
@@ -74,6 +77,7 @@ def restore(
     target_url: str | None,
     tables: tuple[str, ...],
     mode: str,
+    jobs: int,
     match: tuple[str, ...],
     db_map: tuple[str, ...],
     conflict: str,
@@ -102,6 +106,8 @@ def restore(
         raise UsageError(f"--target is for --tier {dir_tiers}; use --target-url for {url_tiers}")
     if target_url and not get_tier(tier).url_target:
         raise UsageError(f"--target-url is for {url_tiers}; use --target DIR for {dir_tiers}")
+    if jobs > 1 and (tier != "db" or mode != "replace"):
+        raise UsageError("--jobs is for --tier db in --mode replace (PostgreSQL)")
     cfg = app.config()
     # an s3:// archive is fetched to a private 0600 temporary file, removed when the command ends
     path = click.get_current_context().with_resource(local_archive(archive))
@@ -121,6 +127,7 @@ def restore(
         flush=flush,
         skip_uncarriable=skip_uncarriable,
         trust_archive_sql=trust_archive_sql or signature is not None,
+        jobs=jobs,
     )
     if dry_run:
         report = plan_restore(opened, opts, cfg)

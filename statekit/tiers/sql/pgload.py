@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +90,13 @@ class IndexRebuild:
     create: list[str] = field(default_factory=list)
     foreign_keys: list[str] = field(default_factory=list)
 
-    def drop(self, cur: Any, table: str) -> None:
+    def drop(self, cur: Any, table: str) -> bool:
         """Drop the rebuildable indexes of `table` (a quoted, qualified name, just emptied), its foreign keys
         and those that depend on its keys. Call before its first row is loaded. Nothing is dropped when a
         table involved already holds rows waiting for a deferred foreign-key check (a child loaded before
-        its parent): that table then loads into its indexes."""
+        its parent): that table then loads into its indexes. True unless that was the case."""
         if table in self.tables:
-            return
+            return True
         self.tables.add(table)
         cur.execute(_INDEXES_SQL, {"t": table})
         indexes = cur.fetchall()
@@ -118,10 +118,11 @@ class IndexRebuild:
                     create.append(str(index_def))
         except psycopg.errors.ObjectInUse:  # "pending trigger events"
             cur.execute("ROLLBACK TO SAVEPOINT statekit_rebuild")
-            return
+            return False
         cur.execute("RELEASE SAVEPOINT statekit_rebuild")
         self.create.extend(create)
         self.foreign_keys.extend(keys)
+        return True
 
     def rebuild(self, cur: Any) -> None:
         """After the data: run the deferred foreign-key checks still pending, create the keys and indexes
@@ -309,6 +310,8 @@ def copy_segments(
     finished: Callable[[Any, str], None],
     tick: Callable[[dict[str, int], int], None],
     wires: Callable[[Any, str, list[str]], list[str | None]] = target_wire,
+    frozen: Container[str] = (),
+    stop: Callable[[], None] | None = None,
 ) -> tuple[dict[str, int], list[tuple[list[str], int]]]:
     """Stream every segment into COPY, consecutive segments of one table through one COPY. Returns the rows
     loaded per table key, and for the binary segments (whose rows the server counts, not the archive pass)
@@ -320,7 +323,8 @@ def copy_segments(
     Binary COPY segments go to the server as they are when the destination's columns have the archive's wire
     tokens (the same binary format, asked of `wires`: target_wire or a TargetWires); otherwise each row is
     decoded to COPY text (tiers.sql.pgbinary) and the target's own input functions convert it, as they would a
-    COPY text archive."""
+    COPY text archive. A destination in `frozen` is loaded with COPY FREEZE. `stop` runs when the load fails,
+    before the reading thread is stopped (it may be handing segments to other connections)."""
     feed = _Feed(segments)
     loaded: dict[str, int] = {}
     counted: list[tuple[list[str], int]] = []
@@ -334,7 +338,8 @@ def copy_segments(
             dest = destination(plan, size)
             binary = ext == "pgbinary"
             as_is = binary and wires(cur, dest, [c.name for c in plan.src.data_columns]) == plan.src.wire
-            fmt = " (FORMAT binary)" if as_is else ""
+            options = (["FORMAT binary"] if as_is else []) + (["FREEZE"] if dest in frozen else [])
+            fmt = f" ({', '.join(options)})" if options else ""
             members: list[str] = []
             run_bytes = per_row = decoded = 0
             try:
@@ -386,6 +391,10 @@ def copy_segments(
                 counted.append((members, server_rows))
                 tick(loaded, nbytes)
             finished(plan, dest)
+    except BaseException:
+        if stop is not None:
+            stop()
+        raise
     finally:
         feed.close()
     return loaded, counted

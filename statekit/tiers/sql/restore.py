@@ -35,11 +35,11 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.sql import pgbinary, pgload
+from statekit.tiers.sql import pgbinary, pgload, pgstage, pgtables
 from statekit.tiers.sql.created import plain_key
 from statekit.tiers.sql.dialects import Dialect
-from statekit.tiers.sql.dialects.base import driver_sql, union_selects
-from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
+from statekit.tiers.sql.dialects.base import driver_sql
+from statekit.tiers.sql.dialects.postgresql import qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, fill_row_counts, prepare
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
@@ -60,12 +60,45 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archiv
     transaction. The archive's row counts come from its manifest; without `archive_counts` they are left out
     (None)."""
     ctx = prepare(archive, opts, cfg.url, with_counts=False)
+    _mark_staged(ctx, opts.jobs)
     if not ctx.problems and opts.dry_run:
         # every segment it would load (a restore checks them as it loads); the pass verifies the whole archive
         check_segments(archive, ctx.by_member())
     if archive_counts and (opts.dry_run or archive.verified):  # a restore does not read the archive for them
         fill_row_counts(ctx, archive)
     return _report(ctx, dry_run=True)
+
+
+def _mark_staged(ctx: RestoreContext, jobs: int) -> None:
+    """--jobs N: say in the plan which tables load through staging tables (pgstage.eligible; the restore asks
+    again before it creates them)."""
+    if jobs < 2 or ctx.problems or ctx.mode != "replace" or not (ctx.same_dialect and ctx.target.dialect.native_copy):
+        return
+    existing = [p for p in ctx.plans if p.existing is not None]
+    if not existing:
+        return
+    conn = ctx.target.psycopg_connect("statekit-plan")
+    try:
+        with conn.cursor() as cur:
+            places = pgstage.eligible(cur, [qtable(p.schema, p.src.name) for p in existing])
+    finally:
+        conn.rollback()
+        conn.close()
+    for i in places:
+        p = existing[i]
+        steps: list[str] = []
+        for step in p.sql:
+            if step == "TRUNCATE":
+                steps.append("CREATE TABLE (LIKE the table: a staging table)")
+            elif step.startswith("COPY"):
+                steps += [
+                    f"{step} over {jobs} connections into it",
+                    "DROP TABLE and RENAME (the staging table takes its place)",
+                    "ADD CONSTRAINT, CREATE INDEX (as the target had them)",
+                ]
+            else:
+                steps.append(step)
+        p.sql = steps
 
 
 def _report(ctx: RestoreContext, *, dry_run: bool) -> RestoreReport:
@@ -98,6 +131,7 @@ def restore_db(
     Refused when the plan finds a problem; otherwise the undo archive is written and sealed first (unless
     `undo` is None), then one transaction loads everything. On any error the target is left as it was."""
     ctx = prepare(archive, opts, cfg.url, with_counts=opts.dry_run)
+    _mark_staged(ctx, opts.jobs)
     if ctx.problems:
         more = f" (and {len(ctx.problems) - 1} more)" if len(ctx.problems) > 1 else ""
         raise Refused(f"db restore into {ctx.target.shown}: {ctx.problems[0]}{more}")
@@ -110,7 +144,7 @@ def restore_db(
     started = time.time()
     try:
         if ctx.same_dialect and ctx.target.dialect.native_copy:
-            loaded = _restore_pg(ctx, archive, progress)
+            loaded = _restore_pg(ctx, archive, progress, opts.jobs)
         else:
             loaded = _restore_generic(ctx, archive, progress)
     except StatekitError as exc:
@@ -200,11 +234,17 @@ def _segments(
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
 
 
-def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[str, int]:
-    conn = ctx.target.psycopg_connect("statekit-restore")
+def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int = 1) -> dict[str, int]:
+    stager = pgstage.Stager(ctx.target, jobs) if jobs > 1 and ctx.mode == "replace" else None
+    conn = None
     loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
     committing = False
     try:
+        existing = [p for p in ctx.plans if p.existing is not None]
+        if stager is not None:  # before the restore's transaction locks the tables
+            stager.open(existing, [qtable(p.schema, p.src.name) for p in existing])
+        staged = stager.by_key if stager is not None else {}
+        conn = ctx.target.psycopg_connect("statekit-restore")
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
                 cur.execute(stmt)
@@ -217,43 +257,81 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
             before, fks = ctx.ddl.before(), ctx.ddl.after()
             for stmt in before:
                 cur.execute(stmt)
-            changed = _defer_foreign_keys(cur, ctx)
+            changed = pgtables.defer_foreign_keys(cur, ctx)
             cur.execute("SET CONSTRAINTS ALL DEFERRED")
             if ctx.mode == "replace":
-                _empty_tables(cur, [qtable(p.schema, p.src.name) for p in ctx.plans if p.existing is not None])
+                emptied = [qtable(p.schema, p.src.name) for p in existing if p.src.key not in staged]
+                truncated = pgtables.empty_tables(cur, emptied)
+                if staged:  # locked as the others are; emptied by the swap
+                    cur.execute(f"LOCK TABLE {', '.join(s.table for s in staged.values())} IN ACCESS EXCLUSIVE MODE")
+            else:
+                truncated = set()
             merge_tmp: dict[str, str] = {}
             rebuild = pgload.IndexRebuild()
+            started: set[str] = set()  # tables a COPY has begun loading
+            frozen: set[str] = set()  # tables loaded with COPY FREEZE
             pgload.raise_maintenance_memory(cur)
             wires = pgload.TargetWires()  # every binary table's column types, in one statement
             wires.prefetch(
                 cur,
                 {
-                    qtable(p.schema, p.src.name): [c.name for c in p.src.data_columns]
+                    (staged[p.src.key].stage if p.src.key in staged else qtable(p.schema, p.src.name)): [
+                        c.name for c in p.src.data_columns
+                    ]
                     for p in ctx.plans
                     if p.src.encoding == "pgbinary"
                 },
             )
 
             def destination(plan: TablePlan, first_size: int) -> str:
+                if plan.src.key in staged:
+                    return staged[plan.src.key].stage
                 table = qtable(plan.schema, plan.src.name)
                 if ctx.mode == "merge" and plan.existing is not None:
-                    merge_tmp[plan.src.key] = merge_tmp.get(plan.src.key) or _merge_table(cur, plan, len(merge_tmp))
+                    if plan.src.key not in merge_tmp:
+                        merge_tmp[plan.src.key] = pgtables.merge_table(cur, plan, len(merge_tmp))
                     return merge_tmp[plan.src.key]
-                if ctx.mode == "replace" and plan.existing is not None and first_size >= pgload.REBUILD_FROM_BYTES:
-                    rebuild.drop(cur, table)  # emptied above: its keys and indexes are built after the data
+                first = table not in started
+                started.add(table)
+                big = ctx.mode == "replace" and plan.existing is not None and first_size >= pgload.REBUILD_FROM_BYTES
+                # emptied above: its keys and indexes are built after the data, and it may load frozen
+                if big and rebuild.drop(cur, table) and first and pgtables.prepare_freeze(cur, table, truncated):
+                    frozen.add(table)
                 return table
 
             def finished(plan: TablePlan, dest: str) -> None:
-                if dest != qtable(plan.schema, plan.src.name):
-                    _merge_into(cur, plan, dest)
+                if ctx.mode == "merge" and dest != qtable(plan.schema, plan.src.name):
+                    pgtables.merge_into(cur, plan, dest)
+
+            own: list[Any] = [{}, 0]  # what this connection has loaded: rows per table, bytes
 
             def tick(done: dict[str, int], nbytes: int) -> None:
+                own[:] = [dict(done), nbytes]
+                if stager is not None:  # the workers' part too
+                    more, more_bytes = stager.progress()
+                    done = {k: done.get(k, 0) + more.get(k, 0) for k in done.keys() | more.keys()}
+                    nbytes += more_bytes
                 progress("db", sum(done.values()), nbytes)
 
             segments = _segments(ctx, archive, server_counts=True)
+            if stager is not None:
+                stager.start(wires, on_segment=lambda: tick(*own))
+                segments = stager.route(segments)
             rows, counted = pgload.copy_segments(
-                cur, segments, destination=destination, finished=finished, tick=tick, wires=wires
+                cur,
+                segments,
+                destination=destination,
+                finished=finished,
+                tick=tick,
+                wires=wires,
+                frozen=frozen,
+                stop=stager.aborted.set if stager is not None else None,
             )
+            if stager is not None:
+                more, more_counted = stager.finish()  # the workers committed into the staging tables
+                for key, n in more.items():
+                    rows[key] = rows.get(key, 0) + n
+                counted += more_counted
             pgload.check_server_counts(archive.manifest, counted)  # the pass ended: its manifest is verified
             loaded.update(rows)
             rebuild.rebuild(cur)
@@ -263,154 +341,27 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress) -> dict[s
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
             for stmt in changed:
                 cur.execute(stmt)
-            _set_sequences(cur, ctx)
+            if stager is not None:
+                stager.swap(cur)
+            pgtables.set_sequences(cur, ctx)
         committing = True
         conn.commit()
     except BaseException:
-        try:
-            conn.rollback()
-            ctx.rolled_back = not committing
-        except Exception:
-            pass
+        if conn is not None:
+            try:
+                conn.rollback()
+                ctx.rolled_back = not committing
+            except Exception:
+                pass
+        else:
+            ctx.rolled_back = True
         raise
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
+        if stager is not None:
+            stager.close()  # the staging tables still there (none after a commit) are dropped
     return loaded
-
-
-# Foreign keys between the listed tables (quoted names), as (referencing, referenced) places in the list.
-_REFERENCING_SQL = """
-SELECT ch.k, pa.k
-FROM unnest(%(t)s::text[]) WITH ORDINALITY AS ch(t, k)
-JOIN pg_constraint con ON con.conrelid = to_regclass(ch.t) AND con.contype = 'f'
-JOIN unnest(%(t)s::text[]) WITH ORDINALITY AS pa(t, k) ON con.confrelid = to_regclass(pa.t)
-WHERE ch.k <> pa.k
-"""
-
-
-def _empty_tables(cur: Any, names: list[str]) -> None:
-    """Empty the tables a replace restore loads (quoted names), in one TRUNCATE: the tables may reference
-    each other, and TRUNCATE is transactional in PostgreSQL. All of them are locked first, as TRUNCATE would
-    lock them; a table that holds no row then is left out of the TRUNCATE unless it references one that is
-    truncated (TRUNCATE wants those in the same statement). Truncating gives each table and index new files,
-    which costs milliseconds per table; into a target of hundreds of empty tables that was most of a restore."""
-    if not names:
-        return
-    cur.execute(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
-    filled = _union_values(cur, [f"EXISTS (SELECT 1 FROM {name})" for name in names])
-    occupied = {i for i, has_rows in enumerate(filled) if has_rows}
-    if not occupied:
-        return
-    cur.execute(_REFERENCING_SQL, {"t": names})
-    referencing: dict[int, set[int]] = {}
-    for child, parent in cur.fetchall():
-        referencing.setdefault(int(parent) - 1, set()).add(int(child) - 1)
-    todo = list(occupied)
-    while todo:  # a table referencing a truncated one is truncated with it
-        for child in referencing.get(todo.pop(), ()):
-            if child not in occupied:
-                occupied.add(child)
-                todo.append(child)
-    cur.execute(f"TRUNCATE TABLE {', '.join(names[i] for i in sorted(occupied))}")
-
-
-def _defer_foreign_keys(cur: Any, ctx: RestoreContext) -> list[str]:
-    """Make the foreign keys touching the restored tables deferrable for this transaction (segments of
-    parallel snapshots interleave, so children may load before parents); return the statements that put
-    them back. ALTER CONSTRAINT is transactional: a rollback undoes it too."""
-    tables = [qtable(p.schema, p.src.name) for p in ctx.plans if p.existing is not None]
-    if not tables:
-        return []
-    cur.execute(
-        "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'f' "
-        "AND NOT condeferrable AND (conrelid = ANY(%(t)s::regclass[]) OR confrelid = ANY(%(t)s::regclass[]))",
-        {"t": tables},
-    )
-    restore: list[str] = []
-    for rel, name in cur.fetchall():
-        cur.execute(f"ALTER TABLE {rel} ALTER CONSTRAINT {qident(name)} DEFERRABLE INITIALLY DEFERRED")
-        restore.append(f"ALTER TABLE {rel} ALTER CONSTRAINT {qident(name)} NOT DEFERRABLE")
-    return restore
-
-
-def _merge_table(cur: Any, plan: TablePlan, n: int) -> str:
-    name = f"statekit_merge_{n}"
-    cols = copy_columns(plan.src)
-    cur.execute(
-        f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {qtable(plan.schema, plan.src.name)} "
-        "WITH NO DATA"
-    )
-    return name
-
-
-def _merge_into(cur: Any, plan: TablePlan, tmp: str) -> None:
-    assert plan.existing is not None
-    cols = copy_columns(plan.src)
-    pk = plan.existing.primary_key
-    rest = [c.name for c in plan.src.data_columns if c.name not in pk]
-    action = "DO UPDATE SET " + ", ".join(f"{qident(c)} = EXCLUDED.{qident(c)}" for c in rest) if rest else "DO NOTHING"
-    cur.execute(
-        f"INSERT INTO {qtable(plan.schema, plan.src.name)} ({cols}) OVERRIDING SYSTEM VALUE "
-        f"SELECT {cols} FROM {tmp} ON CONFLICT ({', '.join(qident(c) for c in pk)}) {action}"
-    )
-    cur.execute(f"TRUNCATE {tmp}")
-
-
-_SERIAL_SQL = """
-SELECT u.k, pg_get_serial_sequence(u.t, u.c)
-FROM unnest(%(t)s::text[], %(c)s::text[]) WITH ORDINALITY AS u(t, c, k)
-ORDER BY u.k
-"""
-
-
-def _set_sequences(cur: Any, ctx: RestoreContext) -> None:
-    """Move serial/identity sequences past the restored ids (and never behind the archived position). A few
-    statements for all tables: which columns own a sequence, their maxima, (merge and append) the sequences'
-    positions, then every setval."""
-    candidates = [
-        (p, qtable(p.schema, p.src.name), col)
-        for p in ctx.plans
-        for col in p.src.data_columns  # a generated column has no sequence (and may not have been created)
-        if base_kind(col.type)["kind"] == "int"
-    ]
-    if not candidates:
-        return
-    cur.execute(_SERIAL_SQL, {"t": [t for _, t, _ in candidates], "c": [c.name for _, _, c in candidates]})
-    owned = [(candidates[int(k) - 1], str(seq)) for k, seq in cur.fetchall() if seq]
-    if not owned:
-        return
-    tops = _union_values(cur, [f"max({qident(col.name)}) FROM {table}" for (_, table, col), _ in owned])
-    positions = (
-        _union_values(cur, [f"CASE WHEN is_called THEN last_value END FROM {seq}" for _, seq in owned])
-        if ctx.mode != "replace"
-        else [None] * len(owned)
-    )
-    names: list[str] = []
-    values: list[int] = []
-    for ((p, _, col), seq), top, position in zip(owned, tops, positions, strict=True):
-        value = int(top) if top is not None else 0
-        a = {s["column"]: s for s in p.src.sequences}.get(col.name)
-        if a and a.get("is_called"):
-            value = max(value, int(a["last_value"]))
-        if position is not None:
-            value = max(value, int(position))
-        if value >= 1:
-            names.append(seq)
-            values.append(value)
-    if names:
-        cur.execute(
-            "SELECT count(setval(s::regclass, v, true)) FROM unnest(%(s)s::text[], %(v)s::bigint[]) AS u(s, v)",
-            {"s": names, "v": values},
-        )
-
-
-def _union_values(cur: Any, selects: list[str]) -> list[Any]:
-    """The value of each select list (dialects.base.union_selects), in their order."""
-    out: list[Any] = []
-    for sql in union_selects(selects):
-        cur.execute(sql)
-        out.extend(v for _, v in sorted(cur.fetchall(), key=lambda r: r[0]))
-    return out
 
 
 # -- every other combination ------------------------------------------------------------------------------
@@ -480,7 +431,7 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
             conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
         if dialect.sets_sequences:
             with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                _set_sequences(cur, ctx)
+                pgtables.set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
         committing = True
         if drop is not None and dialect.drop_at == "before_commit":
