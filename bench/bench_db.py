@@ -12,10 +12,11 @@ Data sets, each in a scratch database with an empty copy of its tables as the re
           per-table round trips show (snapshot against pg_dump, restore against pg_restore)
 
 Every tool runs as a whole process, start-up included: `statekit snapshot` / `statekit restore` (the CLI, an
-X25519-encrypted archive, restore with --yes --no-undo in replace mode), `pg_dump -Fc`, `pg_restore
---data-only`, and the floors: `psql -c "COPY t TO STDOUT" > /dev/null`, `psql -c "\\copy t FROM file"`, and the
-server floor of a restore (one psql transaction: TRUNCATE, drop the primary keys, `\\copy`, add the keys); the
-COPY out and the server floor also in binary COPY (the format statekit archives tables of these types in). Each
+X25519-encrypted archive, restore with --yes --no-undo in replace mode, with one job and with --jobs 2),
+`pg_dump -Fc`, `pg_restore --data-only`, and the floors: `psql -c "COPY t TO STDOUT" > /dev/null`,
+`psql -c "\\copy t FROM file"`, and the server floor of a restore (one psql transaction: TRUNCATE, drop the
+primary keys, `\\copy`, add the keys); the COPY out and the server floor also in binary COPY (the format statekit
+archives tables of these types in). Each
 restore starts from emptied tables after a CHECKPOINT. Within a repetition the tools take turns going first
 (alternating runs), and a ratio is taken per repetition between runs made next to each other; the median
 and the range over repetitions are printed, so the noise of a shared machine shows. Peak RSS comes from
@@ -144,10 +145,10 @@ class Bench:
                "-r", self.recipient]  # fmt: skip
         return timed(cmd, self.env)
 
-    def restore(self, ds: Dataset, archive: Path, rss: dict[str, int] | None = None) -> float:
+    def restore(self, ds: Dataset, archive: Path, rss: dict[str, int] | None = None, jobs: int = 1) -> float:
         _fresh_target(self.url, ds)
         cmd = [STATEKIT, "restore", str(archive), "--tier", "db", "--target-url", _db_url(self.url, ds.dst),
-               "-i", str(self.identity), "--yes", "--no-undo"]  # fmt: skip
+               "-i", str(self.identity), "--yes", "--no-undo", "--jobs", str(jobs)]  # fmt: skip
         wall, peak = timed(cmd, self.env)
         if rss is not None:
             rss[f"{ds.label} restore"] = max(rss.get(f"{ds.label} restore", 0), peak)
@@ -207,12 +208,14 @@ class Bench:
                          lambda: now.__setitem__("pg_dump", self.pg_dump(ds, dump))])  # fmt: skip
         if files:
             _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive, rss)),
+                             lambda: now.__setitem__("restore_j2", self.restore(ds, archive, jobs=2)),
                              lambda: now.__setitem__("pg_restore", self.pg_restore(ds, dump)),
                              lambda: now.__setitem__("copy_in", self.copy_in(ds, files)),
                              lambda: now.__setitem__("floor_in", self.floor_in(ds, files)),
                              lambda: now.__setitem__("floor_in_bin", self.floor_in(ds, bfiles, BINARY))])  # fmt: skip
         elif ds.label == "many":
             _alternate(rep, [lambda: now.__setitem__("restore", self.restore(ds, archive, rss)),
+                             lambda: now.__setitem__("restore_j2", self.restore(ds, archive, jobs=2)),
                              lambda: now.__setitem__("pg_restore", self.pg_restore(ds, dump))])  # fmt: skip
         return now
 
@@ -301,6 +304,10 @@ def main() -> None:
                 ratio(f"{ds.label}: snapshot / pg_dump -Fc", now["snapshot"] / now["pg_dump"])
                 if "restore" in now:
                     ratio(f"{ds.label}: restore / pg_restore --data-only", now["restore"] / now["pg_restore"])
+                    ratio(
+                        f"{ds.label}: restore --jobs 2 / pg_restore --data-only", now["restore_j2"] / now["pg_restore"]
+                    )
+                    ratio(f"{ds.label}: restore --jobs 2 / restore", now["restore_j2"] / now["restore"])
                 if "copy_in" in now:
                     ratio(f"{ds.label}: restore / \\copy FROM", now["restore"] / now["copy_in"])
                     ratio(f"{ds.label}: restore / server floor", now["restore"] / now["floor_in"])
@@ -316,7 +323,12 @@ def main() -> None:
                       f"{dump.stat().st_size / mb:.1f} MiB")  # fmt: skip
         load = os.getloadavg()[0]
         print(f"\nload average {load:.2f} at the end; ratios over {args.reps} repetitions (median, range):")
-        targets = {": snapshot / COPY TO STDOUT": 1.5, "snapshot / pg_dump -Fc": 0.5, "restore / pg_restore": 0.8}
+        targets = {
+            ": snapshot / COPY TO STDOUT": 1.5,
+            "snapshot / pg_dump -Fc": 0.5,
+            "restore / pg_restore": 0.8,
+            "restore --jobs 2 / pg_restore": 0.6,
+        }
         for name, values in ratios.items():
             # the targets are on the single, mixed and mid sets; the many-tables ratios have none
             target = None if name.startswith("many:") else next((v for k, v in targets.items() if k in name), None)
@@ -325,14 +337,14 @@ def main() -> None:
                 if target is None
                 else f"  target <= {target}: " + ("ok" if statistics.median(values) <= target else "MISSED")
             )
-            print(f"  {name:<44} {_spread(values)}{verdict}")
+            print(f"  {name:<52} {_spread(values)}{verdict}")
         mb = 1 << 20
         for what in ("", " restore"):
             if f"mixed{what}" in rss and f"small{what}" in rss:
                 big, small = rss[f"mixed{what}"], rss[f"small{what}"]
                 verdict = "ok" if big / small <= 1.3 else "MISSED"
                 label = f"peak RSS{what or ' snapshot'}, mixed {args.mixed_rows} / {args.small_rows} rows"
-                print(f"  {label:<44} {big / small:5.2f}  ({big / mb:.0f} MiB vs {small / mb:.0f} MiB; "
+                print(f"  {label:<52} {big / small:5.2f}  ({big / mb:.0f} MiB vs {small / mb:.0f} MiB; "
                       f"target <= 1.3: {verdict})")  # fmt: skip
         if "single" in rss:
             print(f"  peak RSS single {args.rows} rows: {rss['single'] / mb:.0f} MiB")

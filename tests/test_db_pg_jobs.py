@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -25,6 +26,7 @@ from statekit.errors import CorruptArchive
 from statekit.fsio import atomic_output
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import pgload, pgstage, plan_db_restore, postgres, restore_db, snapshot_db
+from statekit.tiers.sql.connect import DbTarget
 from tests.db_support import execute, fetch, rows_as_text, snap
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
@@ -87,13 +89,17 @@ def _schema(role: str) -> list[str]:
         # a table a view refers to: loaded by the restore's own connection, into itself
         "CREATE TABLE seen (id int PRIMARY KEY, v text)",
         "CREATE VIEW seen_view AS SELECT id FROM seen",
+        # tables that could be staged, too small to be: one with rows in the archive, one without
+        "CREATE TABLE tiny (id int PRIMARY KEY, v text)",
+        "CREATE TABLE gone (id int PRIMARY KEY)",
     ]
 
 
 def _fill(url: str, n: int, salt: str) -> None:
     execute(
         url,
-        "TRUNCATE big, seen",
+        "TRUNCATE big, seen, tiny, gone",
+        f"INSERT INTO tiny VALUES (1, '{salt}'), (2, '{salt}')",
         f"INSERT INTO big (code, v, note) SELECT '{salt}' || g, g %% 100, repeat(md5(g::text), 3) "
         f"FROM generate_series(1, {n}) g",
         f"INSERT INTO seen SELECT g, '{salt}' FROM generate_series(1, {n // 10}) g",
@@ -108,18 +114,22 @@ def test_jobs_swaps_staged_tables_in_as_the_target_had_them(
     privileges and its serial sequence as the target had them, its key rebuilt. A table a view refers to is
     loaded into itself. No staging table is left."""
     monkeypatch.setattr(postgres, "SEGMENT_BYTES", 256 << 10)
+    monkeypatch.setattr(pgstage, "STAGE_FROM_BYTES", 200 << 10)
     execute(pg_url, *_schema(role))
     _fill(pg_url, 30_000, "new")
     archive, _ = snap(pg_url, tmp_path / "a.statekit")
     assert sum(1 for m in archive.members("db/") if ".big." in m.name) >= 4
     execute(pg_url2, *_schema(role))
     _fill(pg_url2, 500, "old")
-    before = {t: catalogue(pg_url2, t) for t in ("big", "seen")}
-    oids = {t: oid(pg_url2, t) for t in ("big", "seen")}
+    execute(pg_url2, "INSERT INTO gone VALUES (1), (2)")
+    tables = ("big", "seen", "tiny", "gone")
+    before = {t: catalogue(pg_url2, t) for t in tables}
+    oids = {t: oid(pg_url2, t) for t in tables}
     plan = plan_db_restore(archive, RestoreOptions(tier="db", target=pg_url2, jobs=2), DbConfig())
     sql = {p["table"]: p["sql"] for p in plan.plan}
     assert "over 2 connections" in sql["public.big"] and "RENAME" in sql["public.big"]
     assert "over 2 connections" not in sql["public.seen"]
+    assert "over 2 connections" in sql["public.tiny"]  # a candidate: its first segment decides
     loaders: set[str] = set()
     real = pgload.copy_segments
 
@@ -130,11 +140,12 @@ def test_jobs_swaps_staged_tables_in_as_the_target_had_them(
     monkeypatch.setattr(pgload, "copy_segments", watch)
     report = jobs_restore(archive, pg_url2)
     assert loaders == {"statekit-restore", "statekit-restore-1", "statekit-restore-2"}
-    assert report.counts["rows"] == 33_000
-    for t in ("big", "seen"):
+    assert report.counts["rows"] == 33_002
+    for t in tables:
         assert rows_as_text(pg_url2, t) == rows_as_text(pg_url, t)
         assert catalogue(pg_url2, t) == before[t]
-    assert oid(pg_url2, "big") != oids["big"] and oid(pg_url2, "seen") == oids["seen"]
+    assert oid(pg_url2, "big") != oids["big"]  # swapped in
+    assert all(oid(pg_url2, t) == oids[t] for t in ("seen", "tiny", "gone"))  # loaded (or emptied) in place
     assert stages(pg_url2) == []
     execute(pg_url2, "INSERT INTO big (code) VALUES ('after')")  # the sequence moved past the restored ids
     assert fetch(pg_url2, "SELECT id FROM big WHERE code = 'after'") == [(30_001,)]
@@ -212,6 +223,7 @@ def test_jobs_restore_of_a_damaged_archive_leaves_the_target(
     raises CorruptArchive, the target keeps its rows, definitions and tables, and the staging tables are
     gone."""
     monkeypatch.setattr(postgres, "SEGMENT_BYTES", 256 << 10)
+    monkeypatch.setattr(pgstage, "STAGE_FROM_BYTES", 0)
     execute(pg_url, *_schema(role))
     _fill(pg_url, 30_000, "new")
     execute(pg_url2, *_schema(role))
@@ -239,7 +251,8 @@ def test_kill_9_of_a_jobs_restore_leaves_the_target_and_the_next_one_clears_its_
         "$$ BEGIN IF i = 30000 THEN PERFORM pg_advisory_xact_lock_shared(4243); END IF; RETURN true; END $$"
     )
     ddl = "CREATE TABLE big (id int PRIMARY KEY, v text, CONSTRAINT gated CHECK (gate(id)))"
-    execute(pg_url, gate_fn, ddl, "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 60000) g")
+    # 60000 rows of 130 bytes: a first segment over STAGE_FROM_BYTES, with the gated row in it
+    execute(pg_url, gate_fn, ddl, "INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g")
     execute(pg_url2, gate_fn, ddl, "INSERT INTO big SELECT g, 'old' || g FROM generate_series(1, 500) g")
     identity = generate_identity()
     (tmp_path / "id.txt").write_text(identity.to_string() + "\n")
@@ -329,3 +342,25 @@ def test_replace_loads_an_emptied_table_with_copy_freeze(
     assert seen == {"full_t": (2000,), "empty_t": (2000,), "referred": (0,), "referring": (0,)}
     for t in tables:
         assert rows_as_text(pg_url2, t) == rows_as_text(pg_url, t)
+
+
+def test_a_table_changed_after_its_staging_table_was_made_fails_the_swap(pg_url2: str) -> None:
+    """The swap checks each table again under its ACCESS EXCLUSIVE lock: one whose definition changed since its
+    staging table was made (a column added in the instant before the restore's lock) fails the restore, which
+    rolls back; the table keeps its rows and the staging table is dropped."""
+    execute(pg_url2, "CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a')")
+    plan = SimpleNamespace(src=SimpleNamespace(key="public.t", name="t"))
+    stager = pgstage.Stager(DbTarget(pg_url2), 2)
+    try:
+        stager.open([plan], ['"public"."t"'])
+        assert stager._stage("public.t", pgstage.STAGE_FROM_BYTES) and len(stages(pg_url2)) == 1
+        execute(pg_url2, "ALTER TABLE t ADD COLUMN w int")
+        with _conn(pg_url2) as conn:
+            conn.autocommit = False
+            with pytest.raises(pgstage.StageError, match="changed while the restore loaded it"):
+                stager.swap(conn.cursor())
+            conn.rollback()
+    finally:
+        stager.close()
+    assert stages(pg_url2) == []
+    assert fetch(pg_url2, "SELECT * FROM t") == [(1, "a", None)]

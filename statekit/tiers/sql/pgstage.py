@@ -37,12 +37,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from statekit.errors import StatekitError
+from statekit.errors import TierError
 from statekit.tiers.sql import pgload
 from statekit.tiers.sql.dialects.postgresql import qident
 from statekit.tiers.sql.postgres import SESSION_SETTINGS
 
 STAGE_PREFIX = "statekit_stage_"
+# A table is staged when its first archived segment is at least this big (a segment is cut at about
+# postgres.SEGMENT_BYTES): smaller tables cost more in staging statements than a second connection saves.
+STAGE_FROM_BYTES = 4 << 20
 # Chunks of a segment waiting for a worker's COPY (each up to pgload.CHUNK_BYTES): one segment's worth.
 _WORKER_CHUNKS = 8
 # How long a worker's statement may wait for a lock before the restore fails (see _Worker).
@@ -183,7 +186,7 @@ WHERE c.relkind = 'r' AND c.relname ~ ('^' || %(p)s || '[0-9a-f]{8}_[0-9]+$')
 """
 
 
-class StageError(StatekitError):
+class StageError(TierError):
     """A staged table could not be swapped in (it changed while the restore ran); nothing was restored."""
 
 
@@ -346,6 +349,8 @@ class Stager:
     target: Any  # DbTarget
     jobs: int
     wires: Callable[[Any, str, list[str]], list[str | None]] = pgload.target_wire
+    candidates: dict[str, tuple[Any, str, str]] = field(default_factory=dict)  # key -> plan, table, schema
+    decided: set[str] = field(default_factory=set)  # candidates whose first segment has been seen
     staged: list[Staged] = field(default_factory=list)
     by_key: dict[str, Staged] = field(default_factory=dict)
     aborted: threading.Event = field(default_factory=threading.Event)
@@ -358,21 +363,38 @@ class Stager:
 
     # -- before the restore's transaction --------------------------------------------------------------------
     def open(self, plans: list[Any], tables: list[str]) -> None:
-        """Create the staging tables of the eligible tables among `plans` (`tables`: their quoted names)."""
+        """Find the tables among `plans` (`tables`: their quoted names) that may be staged; a table is staged when
+        the load pass reaches its first segment and that is STAGE_FROM_BYTES or more."""
         self._admin = self.target.psycopg_connect("statekit-restore-stage")
         self._admin.autocommit = True
         self._run = secrets.token_hex(4)
         with self._admin.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SPACE, _lock_key(self._run)))
             self._drop_leftovers(cur)
-            places = eligible(cur, tables)
-            for n, (i, nsp) in enumerate(sorted(places.items())):
-                plan, table = plans[i], tables[i]
-                s = Staged(plan, table, plan.src.name, nsp, f"{nsp}.{qident(f'{STAGE_PREFIX}{self._run}_{n}')}")
-                if self._create(cur, s):
-                    s.signature = _signature(cur, table, keys=False)
-                    self.staged.append(s)
-                    self.by_key[plan.src.key] = s
+            for i, nsp in sorted(eligible(cur, tables).items()):
+                self.candidates[plans[i].src.key] = (plans[i], tables[i], nsp)
+
+    def _stage(self, key: str, first_size: int) -> bool:
+        """Decide for a candidate table, at its first segment: make its staging table (True) or leave it to the
+        restore's own connection (False: a small table, or one whose staging table would not read the same)."""
+        plan, table, nsp = self.candidates[key]
+        self.decided.add(key)
+        if first_size < STAGE_FROM_BYTES:
+            return False
+        stage = f"{nsp}.{qident(f'{STAGE_PREFIX}{self._run}_{len(self.decided)}')}"
+        s = Staged(plan, table, plan.src.name, nsp, stage)
+        with self._admin.cursor() as cur:
+            if not self._create(cur, s):
+                return False
+            s.signature = _signature(cur, table, keys=False)
+        self.staged.append(s)
+        self.by_key[key] = s
+        if not self.workers:
+            for n in range(1, self.jobs + 1):
+                worker = _Worker(self, n)
+                self.workers.append(worker)
+                worker.start()
+        return True
 
     def _drop_leftovers(self, cur: Any) -> None:
         cur.execute(_LEFTOVER_SQL, {"p": STAGE_PREFIX})
@@ -436,15 +458,11 @@ class Stager:
     def start(
         self, wires: Callable[[Any, str, list[str]], list[str | None]], on_segment: Callable[[], None] | None = None
     ) -> None:
-        """Open the workers (`jobs` connections, each in a transaction of its own). `on_segment` runs each time a
-        segment has been handed to a worker (the progress line)."""
+        """Get ready for the load pass: `wires` answers the workers' binary-format questions, `on_segment` runs
+        each time a segment has been handed to a worker (the progress line). The workers (`jobs` connections,
+        each in a transaction of its own) start with the first staged table."""
         self.wires = wires
         self.on_segment = on_segment
-        if self.staged:
-            for n in range(1, self.jobs + 1):
-                worker = _Worker(self, n)
-                self.workers.append(worker)
-                worker.start()
 
     # -- during the load pass --------------------------------------------------------------------------------
     def route(self, segments: Iterator[tuple[Any, str, Any]]) -> Iterator[tuple[Any, str, Any]]:
@@ -452,7 +470,10 @@ class Stager:
         to the restore's own connection. Once the pass has ended, verified, every worker is told so and commits."""
         turn = 0
         for plan, ext, member in segments:
-            if plan.src.key not in self.by_key or not self.workers:
+            key = plan.src.key
+            if key in self.candidates and key not in self.decided:
+                self._stage(key, member.size)
+            if key not in self.by_key:
                 yield plan, ext, member
                 continue
             worker = self.workers[turn % len(self.workers)]
@@ -506,6 +527,7 @@ class Stager:
     def swap(self, cur: Any) -> None:
         """Put each staging table in its table's place (the restore's transaction holds the table locked)."""
         for s in self.staged:
+            cur.execute(f"LOCK TABLE {s.table} IN ACCESS EXCLUSIVE MODE")  # held in EXCLUSIVE mode until now
             if not eligible(cur, [s.table]) or _signature(cur, s.table, keys=False) != s.signature:
                 raise StageError(f"db table {s.table} changed while the restore loaded it; nothing was restored")
             before = _signature(cur, s.table, keys=True)

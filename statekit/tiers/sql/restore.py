@@ -88,13 +88,16 @@ def _mark_staged(ctx: RestoreContext, jobs: int) -> None:
         p = existing[i]
         steps: list[str] = []
         for step in p.sql:
-            if step == "TRUNCATE":
-                steps.append("CREATE TABLE (LIKE the table: a staging table)")
+            if step == "LOCK TABLE":
+                steps.append("LOCK TABLE (EXCLUSIVE: still readable)")
+            elif step == "TRUNCATE":
+                continue
             elif step.startswith("COPY"):
+                big = f"{pgstage.STAGE_FROM_BYTES >> 20} MiB"
                 steps += [
-                    f"{step} over {jobs} connections into it",
-                    "DROP TABLE and RENAME (the staging table takes its place)",
-                    "ADD CONSTRAINT, CREATE INDEX (as the target had them)",
+                    f"if its first segment is {big} or more: CREATE TABLE (LIKE the table: a staging table), "
+                    f"{step} over {jobs} connections into it, ADD CONSTRAINT and CREATE INDEX (as the target has "
+                    "them), DROP TABLE and RENAME (the staging table takes its place); else TRUNCATE, " + step,
                 ]
             else:
                 steps.append(step)
@@ -243,7 +246,8 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
         existing = [p for p in ctx.plans if p.existing is not None]
         if stager is not None:  # before the restore's transaction locks the tables
             stager.open(existing, [qtable(p.schema, p.src.name) for p in existing])
-        staged = stager.by_key if stager is not None else {}
+        staged = stager.by_key if stager is not None else {}  # filled as the load pass meets the tables
+        candidates = {t for _, t, _ in stager.candidates.values()} if stager is not None else set()
         conn = ctx.target.psycopg_connect("statekit-restore")
         with conn.cursor() as cur:
             for stmt in SESSION_SETTINGS:
@@ -259,11 +263,17 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
                 cur.execute(stmt)
             changed = pgtables.defer_foreign_keys(cur, ctx)
             cur.execute("SET CONSTRAINTS ALL DEFERRED")
+            occupied: set[str] = set()  # candidates for staging that hold rows
             if ctx.mode == "replace":
-                emptied = [qtable(p.schema, p.src.name) for p in existing if p.src.key not in staged]
-                truncated = pgtables.empty_tables(cur, emptied)
-                if staged:  # locked as the others are; emptied by the swap
-                    cur.execute(f"LOCK TABLE {', '.join(s.table for s in staged.values())} IN ACCESS EXCLUSIVE MODE")
+                emptied = [qtable(p.schema, p.src.name) for p in existing]
+                truncated = pgtables.empty_tables(cur, [t for t in emptied if t not in candidates])
+                if candidates:
+                    # Nothing writes to them from now on, readers still read (a staged table is swapped in last,
+                    # under ACCESS EXCLUSIVE); one left to this connection is truncated when its load begins.
+                    order = sorted(candidates)
+                    cur.execute(f"LOCK TABLE {', '.join(order)} IN EXCLUSIVE MODE")
+                    filled = pgtables.union_values(cur, [f"EXISTS (SELECT 1 FROM {t})" for t in order])
+                    occupied = {t for t, has_rows in zip(order, filled, strict=True) if has_rows}
             else:
                 truncated = set()
             merge_tmp: dict[str, str] = {}
@@ -275,9 +285,7 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
             wires.prefetch(
                 cur,
                 {
-                    (staged[p.src.key].stage if p.src.key in staged else qtable(p.schema, p.src.name)): [
-                        c.name for c in p.src.data_columns
-                    ]
+                    qtable(p.schema, p.src.name): [c.name for c in p.src.data_columns]
                     for p in ctx.plans
                     if p.src.encoding == "pgbinary"
                 },
@@ -293,6 +301,9 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
                     return merge_tmp[plan.src.key]
                 first = table not in started
                 started.add(table)
+                if first and table in occupied:  # a candidate for staging left to this connection
+                    cur.execute(f"TRUNCATE TABLE {table}")
+                    truncated.add(table)
                 big = ctx.mode == "replace" and plan.existing is not None and first_size >= pgload.REBUILD_FROM_BYTES
                 # emptied above: its keys and indexes are built after the data, and it may load frozen
                 if big and rebuild.drop(cur, table) and first and pgtables.prepare_freeze(cur, table, truncated):
@@ -332,6 +343,10 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
                 for key, n in more.items():
                     rows[key] = rows.get(key, 0) + n
                 counted += more_counted
+                # candidates with no segment in the archive: emptied, as replace empties every table
+                unloaded = sorted(occupied - started - {s.table for s in staged.values()})
+                if unloaded:
+                    cur.execute(f"TRUNCATE TABLE {', '.join(unloaded)}")
             pgload.check_server_counts(archive.manifest, counted)  # the pass ended: its manifest is verified
             loaded.update(rows)
             rebuild.rebuild(cur)
