@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 
+from statekit.archive.keys import generate_identity
 from statekit.archive.reader import Archive
 from statekit.archive.writer import ArchiveWriter
 from statekit.config import DbConfig
@@ -107,3 +114,65 @@ def fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
 def nan_safe(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows with float NaN replaced by a marker so equality works."""
     return [tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in r) for r in rows]
+
+
+def encrypted_snapshot(url: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A db snapshot of `url` encrypted to a new identity: (the archive, the 0600 identity file), for the CLI."""
+    identity = generate_identity()
+    id_file = tmp_path / "id.txt"
+    id_file.write_text(identity.to_string() + "\n")
+    os.chmod(id_file, 0o600)
+    path = tmp_path / "a.statekit"
+    with atomic_output(path) as fh:
+        w = ArchiveWriter(fh, recipients=[identity.recipient()])
+        w.finish({"tiers": [snapshot_db(DbConfig(url=url), w).to_json()]})
+    return path, id_file
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a statekit child process: this one's, without the user's STATEKIT_ settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STATEKIT_") or k.startswith("STATEKIT_TEST")}
+
+
+def pg_connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection to a test database (its SQLAlchemy URL)."""
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+
+@contextmanager
+def killed_at_gate(url: str, key: int, args: list[str], application: str) -> Iterator[tuple[Any, Any]]:
+    """Run the command `args` while holding the advisory lock `key` in `url`'s database, and yield (a connection
+    there, (pid, query)) once a backend whose application_name is LIKE `application` waits for that lock: a
+    restore caught at a row of the test's choosing (a trigger or check on it takes the lock), whatever the
+    machine's speed. On leaving, the process gets SIGKILL, the lock is released and the restore's backends are
+    waited out (the server rolls them back when it notices their client is gone)."""
+    with pg_connect(url) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (key,))
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+        try:
+            waiting = None
+            for _ in range(6000):
+                waiting = gate.execute(
+                    "SELECT a.pid, a.query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name LIKE %s",
+                    (application,),
+                ).fetchone()
+                if waiting is not None or proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+            assert waiting is not None, f"never reached the gate: {proc.stderr.read() if proc.stderr else b''!r}"
+            yield gate, waiting
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        gate.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        for _ in range(3000):
+            left = gate.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'statekit-restore%%'"
+            ).fetchone()
+            if left == (0,):
+                break
+            time.sleep(0.02)

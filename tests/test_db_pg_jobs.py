@@ -5,17 +5,13 @@ restore."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import pytest
 
 from statekit.archive.keys import generate_identity
@@ -27,7 +23,7 @@ from statekit.fsio import atomic_output
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import pgload, pgstage, plan_db_restore, postgres, restore_db, snapshot_db
 from statekit.tiers.sql.connect import DbTarget
-from tests.db_support import execute, fetch, rows_as_text, snap
+from tests.db_support import cli_env, encrypted_snapshot, execute, fetch, killed_at_gate, pg_connect, rows_as_text, snap
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 
@@ -198,7 +194,7 @@ def test_only_tables_nothing_else_refers_to_are_staged(pg_url: str) -> None:
     publication each keep a table out (it loads into itself)."""
     execute(pg_url, *[stmt for ddl, _ in ELIGIBILITY.values() for stmt in ddl])
     try:
-        with _conn(pg_url) as conn:
+        with pg_connect(pg_url) as conn:
             places = pgstage.eligible(conn.cursor(), [f'"public"."{t}"' for t in ELIGIBILITY])
         assert {list(ELIGIBILITY)[i] for i in places} == {t for t, (_, ok) in ELIGIBILITY.items() if ok}
     finally:
@@ -236,10 +232,6 @@ def test_jobs_restore_of_a_damaged_archive_leaves_the_target(
     assert stages(pg_url2) == []
 
 
-def _conn(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
-
-
 def test_kill_9_of_a_jobs_restore_leaves_the_target_and_the_next_one_clears_its_staging_tables(
     pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,54 +246,21 @@ def test_kill_9_of_a_jobs_restore_leaves_the_target_and_the_next_one_clears_its_
     # 60000 rows of 130 bytes: a first segment over STAGE_FROM_BYTES, with the gated row in it
     execute(pg_url, gate_fn, ddl, "INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g")
     execute(pg_url2, gate_fn, ddl, "INSERT INTO big SELECT g, 'old' || g FROM generate_series(1, 500) g")
-    identity = generate_identity()
-    (tmp_path / "id.txt").write_text(identity.to_string() + "\n")
-    os.chmod(tmp_path / "id.txt", 0o600)
-    path = tmp_path / "a.statekit"
-    with atomic_output(path) as fh:
-        w = ArchiveWriter(fh, recipients=[identity.recipient()])
-        w.finish({"tiers": [snapshot_db(DbConfig(url=pg_url), w).to_json()]})
+    path, id_file = encrypted_snapshot(pg_url, tmp_path)
     before = (rows_as_text(pg_url2, "big"), catalogue(pg_url2, "big"), oid(pg_url2, "big"))
-    args = [STATEKIT, "restore", str(path), "--tier", "db", "--target-url", pg_url2, "-i", str(tmp_path / "id.txt"),
+    args = [STATEKIT, "restore", str(path), "--tier", "db", "--target-url", pg_url2, "-i", str(id_file),
             "--yes", "--no-undo", "--jobs", "2"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEKIT_") or k.startswith("STATEKIT_TEST")}
-    with _conn(pg_url2) as gate:
-        gate.execute("SELECT pg_advisory_lock(4243)")
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        try:
-            waiting = None
-            for _ in range(6000):  # until a worker waits at the gate (or the process ends)
-                waiting = gate.execute(
-                    "SELECT a.pid, a.query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted "
-                    "AND a.application_name LIKE 'statekit-restore-_'"
-                ).fetchone()
-                if waiting is not None or proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-            assert waiting is not None, f"no worker reached the gate: {proc.stderr.read() if proc.stderr else b''!r}"
-            assert str(waiting[1]).startswith("COPY") and "statekit_stage_" in str(waiting[1])
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        gate.execute("SELECT pg_advisory_unlock(4243)")
-        for _ in range(3000):  # the server notices the dead clients and rolls back
-            if gate.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'statekit-restore%%'"
-                            ).fetchone() == (0,):  # fmt: skip
-                break
-            time.sleep(0.02)
+    with killed_at_gate(pg_url2, 4243, args, "statekit-restore-_") as (_gate, waiting):
+        assert str(waiting[1]).startswith("COPY") and "statekit_stage_" in str(waiting[1])
     assert (rows_as_text(pg_url2, "big"), catalogue(pg_url2, "big"), oid(pg_url2, "big")) == before
     left = stages(pg_url2)
     assert len(left) == 1
     # a run that is still alive: its staging table has a name of the pattern and its lock is held
     alive = "statekit_stage_0000beef_0"
     execute(pg_url2, f"CREATE TABLE {alive} (id int)")
-    with _conn(pg_url2) as holder:
+    with pg_connect(pg_url2) as holder:
         holder.execute("SELECT pg_advisory_lock(%s, %s)", (pgstage._LOCK_SPACE, pgstage._lock_key("0000beef")))
-        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        done = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
         assert done.returncode == 0, done.stderr
         assert stages(pg_url2) == [alive]
     assert rows_as_text(pg_url2, "big") == rows_as_text(pg_url, "big")
@@ -332,7 +291,7 @@ def test_replace_loads_an_emptied_table_with_copy_freeze(
     archive, _ = snap(pg_url, tmp_path / "a.statekit")
     execute(pg_url2, *ddl, "INSERT INTO full_t VALUES (1, 'old')")
     tables = ("full_t", "empty_t", "referred", "referring")
-    with _conn(pg_url2) as old:
+    with pg_connect(pg_url2) as old:
         old.autocommit = False
         old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         old.execute("SELECT 1")  # the snapshot is taken; no table is touched (no lock held)
@@ -355,7 +314,7 @@ def test_a_table_changed_after_its_staging_table_was_made_fails_the_swap(pg_url2
         stager.open([plan], ['"public"."t"'])
         assert stager._stage("public.t", pgstage.STAGE_FROM_BYTES) and len(stages(pg_url2)) == 1
         execute(pg_url2, "ALTER TABLE t ADD COLUMN w int")
-        with _conn(pg_url2) as conn:
+        with pg_connect(pg_url2) as conn:
             conn.autocommit = False
             with pytest.raises(pgstage.StageError, match="changed while the restore loaded it"):
                 stager.swap(conn.cursor())

@@ -5,14 +5,11 @@ in the middle of its COPY that leaves the target as it was."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from statekit.archive.keys import X25519Identity, generate_identity
@@ -23,7 +20,17 @@ from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, TierError
 from statekit.fsio import atomic_output
 from statekit.tiers.sql import pgload, postgres, snapshot_db
-from tests.db_support import execute, fetch, restore, rows_as_text, snap
+from tests.db_support import (
+    cli_env,
+    encrypted_snapshot,
+    execute,
+    fetch,
+    killed_at_gate,
+    pg_connect,
+    restore,
+    rows_as_text,
+    snap,
+)
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 
@@ -216,10 +223,6 @@ def test_cli_restore_passes_over_the_archive(
         assert rows_as_text(pg_url2, table) == rows_as_text(pg_url, table)
 
 
-def _conn(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
-
-
 def test_kill_9_in_the_middle_of_copy_leaves_the_target(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
     """`kill -9` of `statekit restore` while its COPY is half-way through a table (after the table was
     emptied and its primary key dropped for the rebuild): the target keeps its rows, key and indexes, and
@@ -237,55 +240,21 @@ def test_kill_9_in_the_middle_of_copy_leaves_the_target(pg_url: str, pg_url2: st
         "$$ BEGIN IF NEW.id = 30000 THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF; RETURN NEW; END $$",
         "CREATE TRIGGER gate BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION gate()",
     )
-    identity = generate_identity()
-    (tmp_path / "id.txt").write_text(identity.to_string() + "\n")
-    os.chmod(tmp_path / "id.txt", 0o600)
-    path = tmp_path / "a.statekit"
-    with atomic_output(path) as fh:
-        w = ArchiveWriter(fh, recipients=[identity.recipient()])
-        w.finish({"tiers": [snapshot_db(DbConfig(url=pg_url), w).to_json()]})
+    path, id_file = encrypted_snapshot(pg_url, tmp_path)
     before = rows_as_text(pg_url2, "big")
     catalogue = fetch(pg_url2, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
                       "WHERE indrelid = 'big'::regclass ORDER BY 1")  # fmt: skip
-    args = [STATEKIT, "restore", str(path), "--tier", "db", "--target-url", pg_url2, "-i", str(tmp_path / "id.txt"),
+    args = [STATEKIT, "restore", str(path), "--tier", "db", "--target-url", pg_url2, "-i", str(id_file),
             "--yes", "--no-undo"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEKIT_") or k.startswith("STATEKIT_TEST")}
-    with _conn(pg_url2) as gate:
-        gate.execute("SELECT pg_advisory_lock(4242)")
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        try:
-            waiting = None
-            for _ in range(6000):  # until the restore's backend waits at the gate (or the process ends)
-                waiting = gate.execute(
-                    "SELECT a.pid, a.query FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'statekit-restore'"
-                ).fetchone()
-                if waiting is not None or proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-            assert waiting is not None, (
-                f"restore never reached the gate: {proc.stderr.read() if proc.stderr else b''!r}"
-            )
-            assert str(waiting[1]).startswith("COPY")
-            dropped = gate.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'big'::regclass").fetchone()
-            assert dropped == (2,)  # the drop is not visible outside the restore's transaction
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        gate.execute("SELECT pg_advisory_unlock(4242)")
-        for _ in range(3000):  # the server notices the dead client at its next read and rolls back
-            gone = gate.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (waiting[0],)).fetchone()
-            if gone == (0,):
-                break
-            time.sleep(0.02)
+    with killed_at_gate(pg_url2, 4242, args, "statekit-restore") as (gate, waiting):
+        assert str(waiting[1]).startswith("COPY")
+        dropped = gate.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'big'::regclass").fetchone()
+        assert dropped == (2,)  # the drop is not visible outside the restore's transaction
     assert rows_as_text(pg_url2, "big") == before
     assert fetch(pg_url2, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
                  "WHERE indrelid = 'big'::regclass ORDER BY 1") == catalogue  # fmt: skip
     execute(pg_url2, "DROP TRIGGER gate ON big")
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert rows_as_text(pg_url2, "big") == rows_as_text(pg_url, "big")
 
@@ -297,7 +266,7 @@ def test_rebuild_keeps_a_key_whose_dependent_rows_wait_for_a_deferred_check(pg_u
     execute(pg_url, "CREATE TABLE pa (id int PRIMARY KEY)",
             "CREATE TABLE ch (id int PRIMARY KEY, p int REFERENCES pa DEFERRABLE INITIALLY DEFERRED)")  # fmt: skip
     before = fetch(pg_url, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint ORDER BY 1")
-    with _conn(pg_url) as conn:
+    with pg_connect(pg_url) as conn:
         conn.autocommit = False
         cur = conn.cursor()
         cur.execute("TRUNCATE pa, ch")

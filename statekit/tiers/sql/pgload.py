@@ -154,6 +154,18 @@ _END_MEMBER = object()
 _DONE = object()
 
 
+def put_checked(q: queue.Queue[Any], item: Any, check: Callable[[], None]) -> None:
+    """Put `item` on the bounded queue `q`, calling `check()` (which raises to give up) first and then every
+    0.2 s while the queue is full: a producer never waits forever for a consumer that has gone."""
+    while True:
+        check()
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
 class _Feed:
     """Reads (plan, ext, member) segments in a thread of its own and hands over their bytes in order:
     ("start", plan, ext, name, size), chunks, _END_MEMBER … then _DONE once the archive pass has ended and
@@ -167,14 +179,11 @@ class _Feed:
         self._thread.start()
 
     def _put(self, item: Any) -> None:
-        while True:
-            if self._stop.is_set():
-                raise _Stopped
-            try:
-                self._q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        put_checked(self._q, item, self._check)
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped
 
     def _run(self) -> None:
         try:

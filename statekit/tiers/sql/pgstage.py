@@ -275,16 +275,13 @@ class _Worker(threading.Thread):
     # -- the router's side ----------------------------------------------------------------------------------
     def give(self, item: Any) -> None:
         """Queue an item (a segment start, a chunk, None at a segment's end, _DONE); raises the worker's error."""
-        while True:
-            if self.error is not None:
-                raise self.error
-            if self.stager.aborted.is_set():
-                raise _Abort
-            try:
-                self.q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        pgload.put_checked(self.q, item, self._check)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.stager.aborted.is_set():
+            raise _Abort
 
     # -- the worker's side ----------------------------------------------------------------------------------
     def take(self) -> Any:
