@@ -1,26 +1,29 @@
 """`restore --jobs N` on PostgreSQL: tables loaded over N connections into staging tables, swapped in by the
 restore's own transaction.
 
-A replace restore with `--jobs N` (N ≥ 2) stages every table it can swap safely (`eligible`):
+A replace restore with `--jobs N` (N ≥ 2) may stage the tables it can swap safely (`eligible`, the candidates):
 
-1. Before the restore's transaction begins, a connection of its own (autocommit) creates, next to each such
-   table, an empty `statekit_stage_<run>_<n>` with `CREATE TABLE … (LIKE …)`: the columns, defaults, generated
-   columns, check constraints, storage, compression and comments, no index. It gets the table's owner, grants
-   and comment; unless the two then read the same in the catalogue (`_SIGNATURE_SQL`) the table is not staged.
-   That connection holds a session advisory lock for the run: a later `--jobs` restore drops the staging tables
-   of a run whose lock is gone (its process was killed), and never those of one still running.
-2. The restore's transaction locks the staged tables as it locks the others (ACCESS EXCLUSIVE), so nothing
-   writes to them while the restore runs, and loads the other tables itself. The archive is read once, as
-   always; the staged tables' segments are dealt out in turn to N workers, each a connection with a transaction
-   of its own, loading COPY into the staging tables. Every segment is checked as it streams, and a worker
-   commits only once the whole archive pass has been verified.
-3. The workers then build each staging table's primary key, unique and exclusion constraints and indexes, in
-   parallel, under names of the run, with the statements the target's own catalogue gives for the table
+1. Before the restore's transaction begins, a connection of its own (autocommit) takes a session advisory lock
+   for the run, drops the staging tables of earlier runs whose lock is free (their process was killed; never
+   those of a run still going) and finds the candidates.
+2. The restore's transaction locks the candidates IN EXCLUSIVE MODE (nothing writes to them, readers still
+   read) and the other tables as a replace always does. The archive is read once, as always. At a candidate's
+   first segment, if that is STAGE_FROM_BYTES or more, the run's connection creates `statekit_stage_<run>_<n>`
+   next to it with `CREATE TABLE … (LIKE …)` (columns, defaults, generated columns, check constraints, storage,
+   compression, comments; no index) and gives it the table's owner, grants and comment; unless the two then
+   read the same in the catalogue (`_SIGNATURE_SQL`), or an index cannot be carried over, the table is not
+   staged. A staged table's segments are dealt out in turn to N workers, each a connection with a transaction
+   of its own, loading COPY into the staging table; every segment is checked as it streams, and a worker
+   commits only once the whole archive pass has been verified. A candidate not staged is truncated and loaded
+   in place by the restore's own connection, which loads the other tables meanwhile.
+3. The workers then build the staging tables' primary keys, unique and exclusion constraints and indexes, in
+   parallel, under names of the run, with the statements the target's own catalogue gives for each table
    (`pg_get_constraintdef`, `pg_get_indexdef`), never the archive's.
-4. In the restore's transaction, last: each staged table is checked again (still eligible, its definition
-   unchanged), its serial sequences change owner, it is dropped, and the staging table and its indexes take
-   their names. The result must read in the catalogue as the dropped table did; then the commit. Any failure
-   rolls the transaction back (the target's tables were never touched) and the staging tables are dropped.
+4. In the restore's transaction, last: each staged table is locked ACCESS EXCLUSIVE and checked again (still
+   eligible, its definition unchanged), its serial sequences change owner, it is dropped, and the staging
+   table and its indexes take their names. The result must read in the catalogue as the dropped table did;
+   then the commit. Any failure rolls the transaction back (the target's tables were never touched) and the
+   staging tables are dropped.
 
 What makes a table eligible is that nothing else in the database refers to it by its identity: no view,
 rule, trigger, policy, publication, foreign key (either way), statistics object, inheritance or partition,

@@ -4,7 +4,9 @@ Order of a restore: plan (refuse on any problem), save the undo archive (the aff
 with the snapshot code), then one transaction: create missing tables, empty (replace) the restored ones, load
 every segment as the archive streams past, and commit only after the archive pass ended without
 CorruptArchive. PostgreSQL→PostgreSQL loads with `COPY … FROM STDIN` straight from the archive stream;
-everything else decodes rows and inserts them in large executemany batches.
+everything else decodes rows and inserts them in large executemany batches. With `--jobs N` (PostgreSQL,
+replace), big tables that nothing else refers to are loaded by N more connections into staging tables that
+the one transaction swaps in last (statekit.tiers.sql.pgstage).
 
 Restoring a db undo archive also drops the tables the restore it undoes created (statekit.tiers.sql.created):
 PostgreSQL first thing in the one transaction; SQLite after the load, before its COMMIT; MySQL/MariaDB after
