@@ -314,10 +314,18 @@ def _statekit_connected(url: str) -> Callable[[], bool]:
     return check
 
 
-def _client_kill(url: str) -> Callable[[], None]:
+def _client_kill(url: str, *, pause_writes: bool = False) -> Callable[[], None]:
+    """Close statekit's connections to the server. With `pause_writes`, writes first wait (CLIENT PAUSE … WRITE,
+    until CLIENT UNPAUSE): a restore caught writing cannot finish between two kills, whatever the machine's speed,
+    and its client's reconnect-and-retry runs out against the next kill."""
     killer = _redis(url)
+    paused = False
 
     def fault() -> None:
+        nonlocal paused
+        if pause_writes and not paused:
+            killer.client_pause(60_000, all=False)
+            paused = True
         killer.client_kill_filter(_type="normal", skipme=True)
 
     return fault
@@ -370,7 +378,8 @@ def test_redis_fault_mid_restore(tmp_path: Path, age_keys: tuple[str, str], faul
         args = ["restore", str(archive), "--tier", "redis", "--target-url", target.url, "-i", identity, "--yes",
                 "--undo-dir", str(undo_dir)]  # fmt: skip
         if fault == "client-kill":
-            proc = run_with_fault(args, restoring, _client_kill(target.url), repeat=True)
+            proc = run_with_fault(args, restoring, _client_kill(target.url, pause_writes=True), repeat=True)
+            _redis(target.url).client_unpause()
         else:
             proc = run_with_fault(args, restoring, target.kill)
         assert_one_line_error(proc, TIER_CODES, "redis")
