@@ -166,6 +166,17 @@ def put_checked(q: queue.Queue[Any], item: Any, check: Callable[[], None]) -> No
             continue
 
 
+def get_checked(q: queue.Queue[Any], check: Callable[[], None]) -> Any:
+    """Take the next item of `q`, calling `check()` (which raises to give up) first and then every 0.2 s while
+    the queue is empty: a consumer never waits forever for a producer that has gone."""
+    while True:
+        check()
+        try:
+            return q.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
 class _Feed:
     """Reads (plan, ext, member) segments in a thread of its own and hands over their bytes in order:
     ("start", plan, ext, name, size), chunks, _END_MEMBER … then _DONE once the archive pass has ended and

@@ -212,7 +212,6 @@ def _signature(cur: Any, table: str, *, keys: bool) -> tuple[Any, ...]:
 class Staged:
     """One table loaded through a staging table."""
 
-    plan: Any  # TablePlan
     table: str  # quoted, qualified
     name: str  # the table's own name (unquoted)
     nsp: str  # its quoted schema
@@ -283,18 +282,15 @@ class _Worker(threading.Thread):
     def _check(self) -> None:
         if self.error is not None:
             raise self.error
-        if self.stager.aborted.is_set():
-            raise _Abort
+        self._aborted()
 
     # -- the worker's side ----------------------------------------------------------------------------------
     def take(self) -> Any:
-        while True:
-            if self.stager.aborted.is_set():
-                raise _Abort
-            try:
-                return self.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        return pgload.get_checked(self.q, self._aborted)
+
+    def _aborted(self) -> None:
+        if self.stager.aborted.is_set():
+            raise _Abort
 
     def _segments(self) -> Iterator[tuple[Any, str, Any]]:
         while True:
@@ -349,15 +345,13 @@ class Stager:
     target: Any  # DbTarget
     jobs: int
     wires: Callable[[Any, str, list[str]], list[str | None]] = pgload.target_wire
-    candidates: dict[str, tuple[Any, str, str]] = field(default_factory=dict)  # key -> plan, table, schema
+    candidates: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # key -> name, table, schema
     decided: set[str] = field(default_factory=set)  # candidates whose first segment has been seen
-    staged: list[Staged] = field(default_factory=list)
-    by_key: dict[str, Staged] = field(default_factory=dict)
+    by_key: dict[str, Staged] = field(default_factory=dict)  # the staged tables, in the order they were staged
     aborted: threading.Event = field(default_factory=threading.Event)
     build_go: threading.Event = field(default_factory=threading.Event)
     tasks: queue.Queue[str] = field(default_factory=queue.Queue)
     workers: list[_Worker] = field(default_factory=list)
-    on_segment: Callable[[], None] | None = None
     _admin: Any = None
     _run: str = ""
 
@@ -372,22 +366,19 @@ class Stager:
             cur.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SPACE, _lock_key(self._run)))
             self._drop_leftovers(cur)
             for i, nsp in sorted(eligible(cur, tables).items()):
-                self.candidates[plans[i].src.key] = (plans[i], tables[i], nsp)
+                self.candidates[plans[i].src.key] = (plans[i].src.name, tables[i], nsp)
 
     def _stage(self, key: str, first_size: int) -> bool:
         """Decide for a candidate table, at its first segment: make its staging table (True) or leave it to the
         restore's own connection (False: a small table, or one whose staging table would not read the same)."""
-        plan, table, nsp = self.candidates[key]
+        name, table, nsp = self.candidates[key]
         self.decided.add(key)
         if first_size < STAGE_FROM_BYTES:
             return False
-        stage = f"{nsp}.{qident(f'{STAGE_PREFIX}{self._run}_{len(self.decided)}')}"
-        s = Staged(plan, table, plan.src.name, nsp, stage)
+        s = Staged(table, name, nsp, f"{nsp}.{qident(f'{STAGE_PREFIX}{self._run}_{len(self.decided)}')}")
         with self._admin.cursor() as cur:
             if not self._create(cur, s):
                 return False
-            s.signature = _signature(cur, table, keys=False)
-        self.staged.append(s)
         self.by_key[key] = s
         if not self.workers:
             for n in range(1, self.jobs + 1):
@@ -431,7 +422,8 @@ class Stager:
                     cur.execute(grant + (" WITH GRANT OPTION" if option else ""))
             if comment is not None:
                 cur.execute(f"COMMENT ON TABLE {s.stage} IS {comment}")  # a literal quoted by the server
-            if self._keys(cur, s) and _signature(cur, s.stage, keys=False) == _signature(cur, s.table, keys=False):
+            s.signature = _signature(cur, s.table, keys=False)
+            if self._keys(cur, s) and _signature(cur, s.stage, keys=False) == s.signature:
                 return True
         except Exception:
             pass
@@ -455,19 +447,19 @@ class Stager:
             s.names.append((temp, str(index_name)))
         return True
 
-    def start(
-        self, wires: Callable[[Any, str, list[str]], list[str | None]], on_segment: Callable[[], None] | None = None
-    ) -> None:
-        """Get ready for the load pass: `wires` answers the workers' binary-format questions, `on_segment` runs
-        each time a segment has been handed to a worker (the progress line). The workers (`jobs` connections,
-        each in a transaction of its own) start with the first staged table."""
-        self.wires = wires
-        self.on_segment = on_segment
-
     # -- during the load pass --------------------------------------------------------------------------------
-    def route(self, segments: Iterator[tuple[Any, str, Any]]) -> Iterator[tuple[Any, str, Any]]:
-        """The archive's segments, the staged tables' dealt out in turn to the workers and the others passed on
-        to the restore's own connection. Once the pass has ended, verified, every worker is told so and commits."""
+    def route(
+        self,
+        segments: Iterator[tuple[Any, str, Any]],
+        wires: Callable[[Any, str, list[str]], list[str | None]],
+        on_segment: Callable[[], None],
+    ) -> Iterator[tuple[Any, str, Any]]:
+        """The archive's segments, the staged tables' dealt out in turn to the workers (`jobs` connections, each
+        in a transaction of its own, started with the first staged table) and the others passed on to the
+        restore's own connection. `wires` answers the workers' binary-format questions, `on_segment` runs each
+        time a segment has been handed to a worker (the progress line). Once the pass has ended, verified,
+        every worker is told so and commits."""
+        self.wires = wires
         turn = 0
         for plan, ext, member in segments:
             key = plan.src.key
@@ -482,8 +474,7 @@ class Stager:
             while chunk := member.stream.read(pgload.CHUNK_BYTES):
                 worker.give(chunk)
             worker.give(None)
-            if self.on_segment is not None:
-                self.on_segment()
+            on_segment()
         for worker in self.workers:
             worker.give(_DONE)
 
@@ -493,20 +484,14 @@ class Stager:
         for worker in self.workers:
             worker.load_done.wait()
         self._raise()
-        for s in self.staged:
+        for s in self.by_key.values():
             for stmt in s.build:
                 self.tasks.put(stmt)
         self.build_go.set()
         for worker in self.workers:
             worker.join()
         self._raise()
-        loaded: dict[str, int] = {}
-        counted: list[tuple[list[str], int]] = []
-        for worker in self.workers:
-            for key, rows in worker.loaded.items():
-                loaded[key] = loaded.get(key, 0) + rows
-            counted.extend(worker.counted)
-        return loaded, counted
+        return self.progress()[0], [c for worker in self.workers for c in worker.counted]
 
     def _raise(self) -> None:
         for worker in self.workers:
@@ -526,7 +511,7 @@ class Stager:
     # -- in the restore's transaction, last ------------------------------------------------------------------
     def swap(self, cur: Any) -> None:
         """Put each staging table in its table's place (the restore's transaction holds the table locked)."""
-        for s in self.staged:
+        for s in self.by_key.values():
             cur.execute(f"LOCK TABLE {s.table} IN ACCESS EXCLUSIVE MODE")  # held in EXCLUSIVE mode until now
             if not eligible(cur, [s.table]) or _signature(cur, s.table, keys=False) != s.signature:
                 raise StageError(f"db table {s.table} changed while the restore loaded it; nothing was restored")
@@ -571,7 +556,7 @@ class Stager:
         if self._admin is None:
             return
         try:
-            left = [s.stage for s in self.staged]
+            left = [s.stage for s in self.by_key.values()]
             if left:
                 with self._admin.cursor() as cur:
                     cur.execute(f"DROP TABLE IF EXISTS {', '.join(left)}")

@@ -32,8 +32,8 @@ def empty_tables(cur: Any, names: list[str]) -> set[str]:
     if not names:
         return set()
     cur.execute(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
-    filled = union_values(cur, [f"EXISTS (SELECT 1 FROM {name})" for name in names])
-    occupied = {i for i, has_rows in enumerate(filled) if has_rows}
+    filled = with_rows(cur, names)
+    occupied = {i for i, name in enumerate(names) if name in filled}
     if not occupied:
         return set()
     cur.execute(_REFERENCING_SQL, {"t": names})
@@ -172,6 +172,12 @@ def set_sequences(cur: Any, ctx: RestoreContext) -> None:
             "SELECT count(setval(s::regclass, v, true)) FROM unnest(%(s)s::text[], %(v)s::bigint[]) AS u(s, v)",
             {"s": names, "v": values},
         )
+
+
+def with_rows(cur: Any, names: list[str]) -> set[str]:
+    """Which of these tables (quoted names) hold at least one row, a hundred tables per statement."""
+    filled = union_values(cur, [f"EXISTS (SELECT 1 FROM {name})" for name in names])
+    return {name for name, has_rows in zip(names, filled, strict=True) if has_rows}
 
 
 def union_values(cur: Any, selects: list[str]) -> list[Any]:

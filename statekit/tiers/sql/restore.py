@@ -274,8 +274,7 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
                     # under ACCESS EXCLUSIVE); one left to this connection is truncated when its load begins.
                     order = sorted(candidates)
                     cur.execute(f"LOCK TABLE {', '.join(order)} IN EXCLUSIVE MODE")
-                    filled = pgtables.union_values(cur, [f"EXISTS (SELECT 1 FROM {t})" for t in order])
-                    occupied = {t for t, has_rows in zip(order, filled, strict=True) if has_rows}
+                    occupied = pgtables.with_rows(cur, order)
             else:
                 truncated = set()
             merge_tmp: dict[str, str] = {}
@@ -328,8 +327,7 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
 
             segments = _segments(ctx, archive, server_counts=True)
             if stager is not None:
-                stager.start(wires, on_segment=lambda: tick(*own))
-                segments = stager.route(segments)
+                segments = stager.route(segments, wires, on_segment=lambda: tick(*own))
             rows, counted = pgload.copy_segments(
                 cur,
                 segments,
