@@ -235,7 +235,7 @@ def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
         for i, p in enumerate(creates):
             p.staging = f"statekit_new_{token}_{i}"
     if creates:
-        missing_file = target.dialect.missing_database(target.url.database)
+        missing_file = target.dialect.missing_database(target.parts.database)
         opened: AbstractContextManager[sa.Connection | None] = nullcontext() if missing_file else target.connection()
         with opened as conn:
             try:
@@ -324,7 +324,7 @@ def _target_schema(t: TableDesc, desc: DbSchema, dialect: Dialect, default_schem
 
 
 def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
-    if target.dialect.missing_database(target.url.database):
+    if target.dialect.missing_database(target.parts.database):
         return [], "main"
     with target.connection() as conn:
         try:

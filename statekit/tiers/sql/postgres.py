@@ -1,4 +1,4 @@
-"""PostgreSQL: the COPY fast path of the snapshot (the catalogue extras live in dialects/postgresql.py).
+"""PostgreSQL: the COPY fast path of the snapshot (its catalogue is read by pgcatalog.py, through psycopg alone).
 
 Rows leave the server as `COPY … TO STDOUT` text and go into the archive as bytes: no per-row Python work
 beyond appending what libpq hands over. A table becomes segments of about SEGMENT_BYTES, each ending at a row
@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from psycopg import pq
 
 from statekit.tiers.sql import pgbinary
@@ -51,11 +50,11 @@ JOIN pg_namespace pn ON pn.oid = p.relnamespace
 """
 
 
-def fold_partitions(conn: sa.Connection, tables: list[TableDesc]) -> list[TableDesc]:
+def fold_partitions(pg: psycopg.Connection[Any], tables: list[TableDesc]) -> list[TableDesc]:
     """Read partitioned tables through their parent: a partition whose parent (up to the root) is selected
     is dropped from the list, and the parent is marked so its COPY goes through a query. A restore then
     loads the parent and PostgreSQL routes each row to its partition."""
-    parent_of = {(str(a), str(b)): (str(c), str(d)) for a, b, c, d in conn.execute(sa.text(_PARTITIONS_SQL))}
+    parent_of = {(str(a), str(b)): (str(c), str(d)) for a, b, c, d in pg.execute(_PARTITIONS_SQL)}
     if not parent_of:
         return tables
     selected = {(t.schema or "", t.name) for t in tables}

@@ -12,9 +12,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg_types
-
 from statekit.errors import CorruptArchive
 
 SCHEMA_MEMBER = "db/schema.json"
@@ -342,6 +339,9 @@ def portable_type(t: Any) -> dict[str, Any]:
     Kinds: int(bits), bool, numeric(precision, scale), float(bits), text(length), bytes, date, time(tz),
     timestamp, timestamptz, interval, uuid, json, jsonb, enum(name, schema, labels), array(item),
     domain(name, schema, base), other. Order of the checks matters: Enum is a String, Float a Numeric."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql as pg_types
+
     if isinstance(t, pg_types.DOMAIN):
         return {"kind": "domain", "name": t.name, "schema": t.schema, "base": portable_type(t.data_type)}
     if isinstance(t, sa.Enum):

@@ -13,9 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from statekit.config import DbConfig
 from statekit.errors import StatekitError
@@ -23,6 +21,9 @@ from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_tot
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 def snapshot_db(
@@ -60,21 +61,21 @@ def exact_patterns(keys: list[str]) -> list[str]:
 def _pg_row_estimate(target: DbTarget, desc: DbSchema) -> int:
     """The planner's row estimate (pg_class.reltuples) of the selected tables, for a progress ETA only. It
     runs on a connection of its own so that it can never disturb the snapshot's transaction."""
+    import psycopg
+
     names = [target.dialect.qualified(t.schema, t.name) for t in desc.tables]
     if not names:
         return 0
     try:
-        with target.connection() as conn:
-            value = conn.execute(
-                sa.text(
-                    "SELECT COALESCE(sum(GREATEST(reltuples, 0)), 0) FROM pg_class "
-                    "WHERE oid = ANY(CAST(CAST(:names AS text[]) AS regclass[]))"
-                ),
-                {"names": names},
-            ).scalar()
-    except (StatekitError, sa.exc.SQLAlchemyError):
+        with target.psycopg_connect("statekit-snapshot") as pg:
+            row = pg.execute(
+                "SELECT COALESCE(sum(GREATEST(reltuples, 0)), 0) FROM pg_class "
+                "WHERE oid = ANY(CAST(CAST(%s AS text[]) AS regclass[]))",
+                [names],
+            ).fetchone()
+    except (StatekitError, psycopg.Error):
         return 0
-    return int(value or 0)
+    return int(row[0] or 0) if row else 0
 
 
 def snapshot_target(
@@ -114,20 +115,17 @@ def snapshot_target(
         if dialect.native_copy and wants_totals(progress):
             announce_total(progress, "db", _pg_row_estimate(target, desc))
 
-    with target.connection() as conn, warnings.catch_warnings():
-        # SQLAlchemy warns about types it does not know (point, tsvector…); they are archived as "other".
-        warnings.simplefilter("ignore", sa.exc.SAWarning)
-        try:
-            if dialect.native_copy:
-                desc, counts = _snapshot_pg(
-                    target, conn, include, exclude, schemas, jobs, add, write_schema, binary=copy_format == "binary"
-                )
-            else:
-                desc, counts = _snapshot_generic(conn, dialect, include, exclude, schemas, add, write_schema)
-        except StatekitError:
-            raise
-        except Exception as exc:
-            raise target.fail("snapshot", exc) from None
+    try:
+        if dialect.native_copy:
+            desc, counts = _snapshot_pg(
+                target, include, exclude, schemas, jobs, add, write_schema, binary=copy_format == "binary"
+            )
+        else:
+            desc, counts = _snapshot_generic(target, include, exclude, schemas, add, write_schema)
+    except StatekitError:
+        raise
+    except Exception as exc:
+        raise target.fail("snapshot", exc) from None
     summary.finished_at = time.time()
     summary.counts = {"tables": len(desc.tables), "rows": sum(counts.values())}
     summary.details = {
@@ -148,7 +146,6 @@ def snapshot_target(
 
 def _snapshot_pg(
     target: DbTarget,
-    conn: sa.Connection,
     include: list[str],
     exclude: list[str],
     schemas: list[str],
@@ -158,48 +155,75 @@ def _snapshot_pg(
     *,
     binary: bool,
 ) -> tuple[DbSchema, dict[str, int]]:
+    """PostgreSQL through psycopg alone: the catalogue is read by pgcatalog, so SQLAlchemy is never loaded."""
+    import psycopg
+
+    from statekit.tiers.sql import pgcatalog
     from statekit.tiers.sql.postgres import copy_out_parallel, fold_partitions, prepare_session
 
-    dialect = target.dialect
-    isolation = dialect.begin_snapshot(conn)  # opens the transaction (and fixes its snapshot)
-    pg = conn.connection.driver_connection
-    version = dialect.server_version(conn)
-    prepare_session(pg)
-    snapshot_id = None
-    if jobs > 1:
-        snapshot_id = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
-    tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
-    tables = fold_partitions(conn, tables)
-    if not binary:
-        for t in tables:
-            t.encoding, t.wire = "copy", []
-    desc = DbSchema(
-        dialect=dialect.name,
-        server_version=version,
-        default_schema=default_schema,
-        tables=tables,
-        enums=enums,
-        domains=domains,
-        isolation=isolation + (" (exported snapshot shared by workers)" if jobs > 1 else ""),
-    )
-    # Largest tables first so parallel workers finish together; one worker keeps foreign-key order.
-    work = list(tables)
-    if jobs > 1 and work:
-        sizes = {
-            (str(s), str(n)): int(p)
-            for s, n, p in conn.exec_driver_sql(
-                "SELECT n.nspname, c.relname, c.relpages FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
-            )
-        }
-        work.sort(key=lambda t: -sizes.get((t.schema or "", t.name), 0))
-    write_schema(desc)
-    counts = copy_out_parallel(target, pg, work, add, jobs, snapshot_id)
-    conn.rollback()
+    pg = target.psycopg_connect("statekit-snapshot")
+    try:
+        pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        pg.read_only = True
+        # the first statement opens the transaction, and with it the snapshot every table is read in
+        version = _scalar(pg, "SELECT current_setting('server_version')")
+        prepare_session(pg)
+        snapshot_id = _scalar(pg, "SELECT pg_export_snapshot()") if jobs > 1 else None
+        tables, enums, domains, default_schema = pgcatalog.reflect(pg, schemas, include, exclude)
+        tables = fold_partitions(pg, tables)
+        if not binary:
+            for t in tables:
+                t.encoding, t.wire = "copy", []
+        desc = DbSchema(
+            dialect=target.dialect.name,
+            server_version=version,
+            default_schema=default_schema,
+            tables=tables,
+            enums=enums,
+            domains=domains,
+            isolation="REPEATABLE READ" + (" (exported snapshot shared by workers)" if jobs > 1 else ""),
+        )
+        # Largest tables first so parallel workers finish together; one worker keeps foreign-key order.
+        work = list(tables)
+        if jobs > 1 and work:
+            sizes = {
+                (str(s), str(n)): int(p)
+                for s, n, p in pg.execute(
+                    "SELECT n.nspname, c.relname, c.relpages FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+                )
+            }
+            work.sort(key=lambda t: -sizes.get((t.schema or "", t.name), 0))
+        write_schema(desc)
+        counts = copy_out_parallel(target, pg, work, add, jobs, snapshot_id)
+        pg.rollback()
+    finally:
+        pg.close()
     return desc, counts
 
 
+def _scalar(pg: Any, sql: str) -> str:
+    row = pg.execute(sql).fetchone()
+    return str(row[0]) if row else ""
+
+
 def _snapshot_generic(
+    target: DbTarget,
+    include: list[str],
+    exclude: list[str],
+    schemas: list[str],
+    add: Any,
+    write_schema: Callable[[DbSchema], None],
+) -> tuple[DbSchema, dict[str, int]]:
+    import sqlalchemy as sa
+
+    with target.connection() as conn, warnings.catch_warnings():
+        # SQLAlchemy warns about types it does not know; they are archived as "other".
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        return _read_generic(conn, target.dialect, include, exclude, schemas, add, write_schema)
+
+
+def _read_generic(
     conn: sa.Connection,
     dialect: Dialect,
     include: list[str],

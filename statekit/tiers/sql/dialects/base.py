@@ -13,9 +13,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from statekit.errors import CorruptArchive
 from statekit.tiers.sql.schema import (
@@ -28,6 +26,9 @@ from statekit.tiers.sql.schema import (
     member_prefix,
     portable_type,
 )
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 Extras = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 Reflected = tuple[list[TableDesc], list[dict[str, Any]], list[dict[str, Any]], str | None]
@@ -133,6 +134,8 @@ class Dialect:
     ) -> Reflected:
         """Reflect the selected tables (FK order), enums, domains and the default schema, on `conn` (so inside
         the caller's snapshot transaction)."""
+        import sqlalchemy as sa
+
         insp = sa.inspect(conn)
         default_schema = insp.default_schema_name
         tables: list[TableDesc] = []
@@ -154,6 +157,8 @@ class Dialect:
 
     def sa_type(self, col: ColumnDesc) -> Any:
         """A SQLAlchemy type that stores this portable type exactly."""
+        import sqlalchemy as sa
+
         p = base_kind(col.type)
         kind = p["kind"]
         if kind == "int":

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, ClassVar
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from statekit.tiers.sql.dialects.base import (
     MAX_TYPE_TEXT,
@@ -18,6 +16,9 @@ from statekit.tiers.sql.dialects.base import (
     utc_naive,
 )
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 _CHARS = re.compile(r"[A-Za-z0-9_ (),]*")
 _TYPE = re.compile(
@@ -98,6 +99,7 @@ class MySQL(Dialect):
     def sa_type(self, col: ColumnDesc) -> Any:
         """Wide enough: MySQL's TEXT/BLOB stop at 64 KiB and its DECIMAL defaults to (10,0)."""
         # SQLAlchemy's MySQL dialect (all its drivers with it) loads only when a MySQL database is in play
+        import sqlalchemy as sa
         from sqlalchemy.dialects import mysql as my_types
 
         p = base_kind(col.type)

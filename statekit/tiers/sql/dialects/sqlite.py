@@ -6,13 +6,14 @@ import datetime as dt
 import decimal
 import re
 from pathlib import Path
-from typing import Any, ClassVar
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from statekit.errors import ConfigError, TierUnavailable
 from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, Dialect, DropAt, Extras, refuse_type, utc_naive
 from statekit.tiers.sql.schema import ColumnDesc, TableDesc, base_kind
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 # SQLite's own type-name grammar, restricted to unquoted identifiers and plain numbers.
 _TYPE = re.compile(
@@ -82,6 +83,8 @@ class SQLite(Dialect):
 
     def sa_type(self, col: ColumnDesc) -> Any:
         if base_kind(col.type)["kind"] == "numeric":
+            import sqlalchemy as sa
+
             return sa.Text()  # NUMERIC affinity would turn long decimals into lossy REALs
         return super().sa_type(col)
 
