@@ -7,6 +7,11 @@ the enums and domains of `get_enums` / `get_domains`). Both must give the same d
 with every kind of type, key and default, in two schemas (one named with a space), on the test server and on
 the PostgreSQL of the other major version. Besides: reflecting never loads SQLAlchemy, and costs the same few
 statements for 2 tables as for 200.
+
+Where pgcatalog corrects what the Inspector-based reader wrote, the reference applies the same correction to
+SQLAlchemy's answer, each one marked "Corrected:" below: a foreign key's referenced schema, ON DELETE without
+its column list, a domain's whole base type, `nextval` defaults, the indexes a constraint owns.
+tests/test_db_pg_catalog_fixes.py shows each of them, and restores it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import math
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
 import psycopg
@@ -25,7 +32,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect, ischema_names
 from statekit.tiers.sql import pgcatalog
 from statekit.tiers.sql.dialects import dialect_for
 from statekit.tiers.sql.dialects.base import Reflected, _reflect_tables
-from statekit.tiers.sql.dialects.postgresql import native_create_table, qtable
+from statekit.tiers.sql.dialects.postgresql import native_create_table, qident, qtable
 from statekit.tiers.sql.pgbinary import wire_token
 from statekit.tiers.sql.schema import DbSchema, TableDesc, fk_order, matches, portable_type
 from tests.db_support import cli_env, execute, pg_connect
@@ -48,6 +55,7 @@ WIDE = [
     "CREATE DOMAIN intarr AS integer[]",
     "CREATE DOMAIN moods AS mood[]",
     "CREATE DOMAIN dnum AS numeric(10,2)",
+    "CREATE DOMAIN vc10arr AS varchar(10)[]",
     "CREATE DOMAIN seqdom AS bigint",
     "CREATE DOMAIN hidden.hmood_d AS hidden.mood",
     "CREATE DOMAIN lax AS int",
@@ -70,7 +78,7 @@ WIDE = [
         txt_arr text[], int_arr integer[], int2d integer[][], vc_arr varchar(5)[], num_arr numeric(5,2)[],
         mood_arr mood[], color_arr "Odd Schema"."Color"[], hmood hidden.mood, hmood_arr hidden.mood[],
         pi posint, spi small_posint NOT NULL, hc hidden.code, tz3d tstz3, tzd tstz, ia intarr, ms moods,
-        dn dnum, posarr posint[], ipa inet[], lsna pg_lsn[], e_empty empty_enum, qc "CHAR",
+        dn dnum, vca vc10arr, posarr posint[], ipa inet[], lsna pg_lsn[], e_empty empty_enum, qc "CHAR",
         nv bigint DEFAULT nextval('plain_seq'::regclass), nv2 integer DEFAULT nextval('hidden.ext_seq'),
         nvt text DEFAULT (nextval('plain_seq') || 'x'), sd seqdom DEFAULT nextval('plain_seq'),
         gen bigint GENERATED ALWAYS AS (i8 * 2) STORED,
@@ -89,6 +97,10 @@ WIDE = [
     "CREATE UNIQUE INDEX idents_expr ON idents (lower(d))",
     "CREATE UNIQUE INDEX idents_a ON idents (b) INCLUDE (c)",
     "CREATE INDEX idents_plain ON idents (c DESC)",
+    # a unique index (no constraint) that another table's foreign key references: still the table's index
+    "CREATE TABLE uix_parent (id int, code text)",
+    "CREATE UNIQUE INDEX uix_parent_code ON uix_parent (code)",
+    """CREATE TABLE "Odd Schema".uix_child (code text REFERENCES uix_parent (code))""",
     """CREATE TABLE "Odd Schema"."Parent" (id int PRIMARY KEY, code text UNIQUE, k1 int, k2 int, UNIQUE (k1, k2))""",
     """CREATE TABLE "Odd Schema"."Child" (
         id int PRIMARY KEY, parent int REFERENCES "Odd Schema"."Parent"(id) ON DELETE CASCADE,
@@ -176,16 +188,28 @@ def _used(ptype: dict[str, Any], kind: str) -> set[str]:
     return own.union(*(_used(i, kind) for i in inner))
 
 
+def _corrected_nextval(sqlalchemy: str, written: str, schema: str) -> str:
+    """Corrected: SQLAlchemy writes a default `nextval('seq'…` on an unqualified sequence as
+    `nextval('"<schema>".seq…`, dropping the text before `nextval` and putting the schema into the string
+    literal unescaped; statekit keeps that text and quotes the schema (as an identifier, then for the literal).
+    `written` is the default as pg_get_expr() writes it, `sqlalchemy` what SQLAlchemy made of it."""
+    before = written[: written.index("nextval('")]
+    literal = qident(schema).replace("'", "''")
+    return before + sqlalchemy.replace(f'nextval(\'"{schema}".', f"nextval('{literal}.", 1)
+
+
 def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
     rel = {"t": qtable(t.schema, t.name)}
     cols = {c.name: c for c in t.columns}
     wire: dict[str, str | None] = {}
-    for name, native, identity, seq, typname, typschema, typtype in conn.execute(
+    for name, native, identity, seq, typname, typschema, typtype, written in conn.execute(
         sa.text(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attidentity::text, "
-            "pg_get_serial_sequence(:t, a.attname), ty.typname, tn.nspname, ty.typtype::text "
+            "pg_get_serial_sequence(:t, a.attname), ty.typname, tn.nspname, ty.typtype::text, "
+            "coalesce(pg_get_expr(d.adbin, d.adrelid), CASE WHEN ty.typtype = 'd' THEN ty.typdefault END) "
             "FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid "
             "JOIN pg_namespace tn ON tn.oid = ty.typnamespace "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
         ),
         rel,
@@ -196,6 +220,26 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
         if identity in ("a", "d"):
             col.identity = {"always": identity == "a"}
         col.sequence = seq
+        if col.default is not None and written is not None and col.default != written:  # SQLAlchemy's nextval
+            col.default = _corrected_nextval(col.default, written, str(t.schema))
+    ref_schemas: dict[str, str] = {
+        str(name): str(schema)
+        for name, schema in conn.execute(
+            sa.text(
+                "SELECT con.conname, rn.nspname FROM pg_constraint con JOIN pg_class rc ON rc.oid = con.confrelid "
+                "JOIN pg_namespace rn ON rn.oid = rc.relnamespace WHERE con.conrelid = CAST(:t AS regclass)"
+            ),
+            rel,
+        )
+    }
+    for fk in t.foreign_keys:
+        # Corrected: SQLAlchemy leaves out the referenced table's schema when the table is visible on the search
+        # path (the reader then wrote the referencing table's); statekit names the referenced table's own.
+        fk["ref_schema"] = ref_schemas[fk["name"]]
+        # Corrected: SQLAlchemy reads ON DELETE SET NULL (k1) with its column list, which no archive may hold;
+        # statekit archives the plain action (the column list stays in the constraint's definition).
+        if fk["on_delete"]:
+            fk["on_delete"] = fk["on_delete"].split(" (", 1)[0]
     t.constraints = [
         {"name": n, "type": ct, "definition": d}
         for n, ct, d in conn.execute(
@@ -208,11 +252,14 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
     ]
     tokens = [wire[c.name] for c in t.data_columns]
     t.encoding, t.wire = ("pgbinary", [str(w) for w in tokens]) if tokens and all(tokens) else ("copy", [])
+    # Corrected: an index is left out only when it backs a key or exclusion constraint of this table (not when
+    # it is merely the one another table's foreign key references).
     t.indexes = list(
         conn.scalars(
             sa.text(
                 "SELECT pg_get_indexdef(i.indexrelid) AS def FROM pg_index i WHERE i.indrelid = CAST(:t AS regclass) "
-                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY def"
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid "
+                "AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')) ORDER BY def"
             ),
             rel,
         )
@@ -224,10 +271,45 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
             t.sequences.append({"column": c.name, "name": c.sequence, "last_value": last, "is_called": called})
 
 
+@contextmanager
+def _whole_domain_types(conn: sa.Connection) -> Iterator[None]:
+    """Corrected: SQLAlchemy cuts a domain's base type at its first "(" (`timestamp(3) with time zone` becomes
+    `timestamp`, `character varying(10)[]` `character varying`); statekit keeps format_type()'s whole text, for
+    the domain's `type` and the portable base type read from it. The Inspector's dialect is given the whole text
+    here, and SQLAlchemy's own type parser reads it."""
+    whole = {
+        (str(s), str(n)): str(t)
+        for s, n, t in conn.execute(
+            sa.text(
+                "SELECT n.nspname, t.typname, format_type(t.typbasetype, t.typtypmod) FROM pg_type t "
+                "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'd'"
+            )
+        )
+    }
+    dialect: Any = conn.dialect
+    load = dialect._load_domains
+
+    def load_whole(connection: Any, schema: Any = None, **kw: Any) -> list[dict[str, Any]]:
+        return [{**d, "type": whole[(d["schema"], d["name"])]} for d in load(connection, schema, **kw)]
+
+    dialect._load_domains = load_whole
+    try:
+        yield
+    finally:
+        del dialect._load_domains
+
+
 def inspector_reflect(
     conn: sa.Connection, schemas: list[str], include: list[str], exclude: list[str], with_sequences: bool = True
 ) -> Reflected:
-    """The description as SQLAlchemy's Inspector reads it."""
+    """The description as SQLAlchemy's Inspector reads it (with the corrections marked "Corrected:")."""
+    with _whole_domain_types(conn):
+        return _inspector_reflect(conn, schemas, include, exclude, with_sequences)
+
+
+def _inspector_reflect(
+    conn: sa.Connection, schemas: list[str], include: list[str], exclude: list[str], with_sequences: bool
+) -> Reflected:
     insp: Any = sa.inspect(conn)
     if not schemas:
         names = insp.get_schema_names()
@@ -312,7 +394,16 @@ def test_the_catalogue_reads_as_sqlalchemy_does(server: str, request: pytest.Fix
     assert kinds["hmood"] == {"kind": "enum", "name": "mood", "schema": "hidden", "labels": ["x", "y"]}
     assert kinds["spi"]["base"]["kind"] == "domain" and kinds["int_arr"]["kind"] == "array"
     assert {kinds[c]["kind"] for c in ("ip", "lsn", "pr", "lsna", "bpc")} == {"other"}
-    assert by_key["Odd Schema.Child"].foreign_keys[0]["on_delete"] == "SET NULL (k1)"
+    child_fks = {fk["name"]: fk for fk in by_key["Odd Schema.Child"].foreign_keys}
+    assert child_fks["Child_k2_k1_fkey"]["on_delete"] == "SET NULL"  # SET NULL (k1): the plain action
+    assert {fk["ref_schema"] for fk in by_key["Odd Schema.to_public"].foreign_keys} == {"public"}
+    assert by_key["public.uix_parent"].indexes and by_key["public.uix_parent"].unique == [["code"]]
+    domain_types = {d["name"]: d["type"] for d in domains}
+    assert domain_types["tstz3"] == "timestamp(3) with time zone" and domain_types["code"] == "character varying(12)"
+    assert kinds["tz3d"]["base"] == {"kind": "timestamptz"}
+    assert kinds["vca"]["base"] == {"kind": "array", "item": {"kind": "text", "length": 10, "fixed": False}}
+    nvt = next(c for c in by_key["public.wide"].columns if c.name == "nvt")
+    assert nvt.default == """(nextval('"public".plain_seq'::regclass) || 'x'::text)"""
     assert by_key["public.idents"].primary_key == ["c", "a"]
     assert by_key["public.idents"].unique == [["d"], ["c"], ["b", "c"], ["b"], ["a", "d"], ["d", "b"]]
     assert by_key["public.per%cent"].sequences[0]["name"] == 'public."per%cent_id_seq"'

@@ -6,18 +6,25 @@ more per hundred sequence positions).
 say). Plain and partitioned tables are read, temporary ones and views are not. Each table gets its columns
 with portable and native types, defaults, generated expressions, identity and owned sequences; its primary
 key; its unique keys (constraints, then unique indexes on plain columns, partial ones included); its foreign
-keys; every constraint definition; the indexes that back no constraint; a native CREATE TABLE; and the
-encoding of its data (binary COPY when every archived column has a wire token, else COPY text). The quoting
-and the CREATE TABLE live here for that reason; dialects.postgresql exports them with the rest of its DDL.
+keys; every constraint definition; the indexes that back none of its keys or exclusion constraints; a
+native CREATE TABLE; and the encoding of its data (binary COPY when every archived column has a wire token,
+else COPY text). The quoting and the CREATE TABLE live here for that reason; dialects.postgresql exports them
+with the rest of its DDL.
 
 Portable types ({"kind": ...}, see schema.portable_type) come from `format_type()` text: a builtin name with
 its modifiers and `[]` suffix, else an enum or a domain named as `format_type()` writes it (schema-qualified
 only when the type is not visible on the search path). Any other type is "other", and so is an array of one.
-A domain's base type is read from its name alone, without modifiers or `[]`. A column of a domain type takes
-the domain's default when it has none of its own, and is NOT NULL when the domain is. A foreign key names the
-referenced table's schema when that table is not visible on the search path, otherwise the schema of the
-table it belongs to. A default `nextval('seq')` on an unqualified sequence is written as
-`nextval('"schema".seq…` (text before `nextval` dropped), and makes an integer column autoincrement.
+A domain's `type` is the whole `format_type()` text of its base type (`timestamp(3) with time zone`,
+`character varying(10)[]`), and its portable base type is read from that text, modifiers and `[]` included. A
+column of a domain type takes the domain's default when it has none of its own, and is NOT NULL when the
+domain is. A foreign key names the referenced table's own schema (also where its native definition, written
+under the search path, leaves it out); its portable ON DELETE is the plain action (the column list SET NULL /
+SET DEFAULT may carry, PostgreSQL 15+, stays in the constraint's native definition). An index that backs a
+primary key, unique or exclusion constraint of its own table is part of that constraint; any other index
+(one another table's foreign key references included) is a native CREATE INDEX of the table. In a default,
+each `nextval('seq'…` on an unqualified sequence becomes `nextval('"schema".seq'…` with the table's schema
+(quoted as an identifier, its quotes then doubled for the string literal), the rest of the text as it was;
+a `nextval` default makes an integer column autoincrement.
 
 Nothing here imports SQLAlchemy.
 """
@@ -98,7 +105,8 @@ _OTHER: dict[str, Any] = {"kind": "other"}
 _MODIFIERS = re.compile(r"\((.*)\)")  # from the first "(" to the last ")": varchar(10), numeric(10,2)
 _COMMA = re.compile(r"\s*,\s*")
 _ARRAY = re.compile(r"(?:\[\])+$")
-_NEXTVAL = re.compile(r"nextval\('([^']+)('.*)$")
+# `nextval('` and the sequence name up to the literal's closing quote (a quote in the name is doubled)
+_NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'")
 
 
 def _number(text: str) -> int | None:
@@ -164,7 +172,7 @@ class NamedType:
     name: str
     visible: bool  # found by its bare name on the search path
     labels: list[str]  # enum labels in their order
-    base: str  # domain: the base type as format_type() writes it, cut before its first "("
+    base: str  # domain: the base type as format_type() writes it, modifiers and `[]` included
     nullable: bool
     default: str | None
     checks: list[dict[str, str]]  # domain: CHECK constraints (name, expression) by name
@@ -217,7 +225,7 @@ class NamedTypes:
                     name=str(name),
                     visible=bool(visible),
                     labels=[str(x) for x in labels],
-                    base="" if base is None else str(base).split("(", 1)[0],
+                    base="" if base is None else str(base),
                     nullable=bool(nullable),
                     default=None if default is None else str(default),
                     checks=checks,
@@ -310,12 +318,12 @@ def _names(key: str, rel: str) -> str:
     )
 
 
-# Every constraint (by type, then name); for keys their columns, for foreign keys the referenced table, whether
-# it is visible on the search path, its columns and the ON UPDATE / ON DELETE actions.
+# Every constraint (by type, then name); for keys their columns, for foreign keys the referenced table (its
+# own schema), its columns and the ON UPDATE / ON DELETE actions.
 _CONSTRAINTS_SQL = f"""
 SELECT con.conrelid, con.conname, con.contype::text, pg_get_constraintdef(con.oid),
        {_names("con.conkey", "con.conrelid")} ORDER BY k.ord),
-       rn.nspname, rc.relname, CASE WHEN con.contype = 'f' THEN pg_table_is_visible(con.confrelid) END,
+       rn.nspname, rc.relname,
        {_names("con.confkey", "con.confrelid")} ORDER BY k.ord),
        con.confupdtype::text, con.confdeltype::text
 FROM pg_constraint con
@@ -325,12 +333,14 @@ WHERE con.conrelid = ANY(%s::oid[])
 ORDER BY con.conrelid, con.contype, con.conname, con.oid
 """
 
-# The indexes backing no constraint, as CREATE INDEX.
+# The indexes backing no primary key, unique or exclusion constraint of their table, as CREATE INDEX. (A
+# foreign key's conindid is the referenced table's index: such an index is the referenced table's own.)
 _INDEXES_SQL = """
 SELECT i.indrelid, pg_get_indexdef(i.indexrelid) AS def
 FROM pg_index i
 WHERE i.indrelid = ANY(%s::oid[])
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
+                  AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x'))
 ORDER BY i.indrelid, def
 """
 
@@ -343,7 +353,9 @@ WHERE i.indrelid = ANY(%s::oid[]) AND i.indisunique AND NOT i.indisprimary
 ORDER BY i.indrelid, ic.relname
 """
 
-_ACTIONS = {"c": "CASCADE", "r": "RESTRICT", "n": "SET NULL", "d": "SET DEFAULT"}  # "a", NO ACTION: none
+# ON UPDATE / ON DELETE as schema.FK_ACTIONS spells them ("a", NO ACTION: none). The column list SET NULL /
+# SET DEFAULT may carry (PostgreSQL 15+) is no part of the portable action: it stays in the native definition.
+_ACTIONS = {"c": "CASCADE", "r": "RESTRICT", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
 def _by_table(cur: psycopg.Cursor[Any], sql: str, oids: list[int]) -> dict[int, list[Any]]:
@@ -355,31 +367,32 @@ def _by_table(cur: psycopg.Cursor[Any], sql: str, oids: list[int]) -> dict[int, 
     return out
 
 
-def _on_delete(code: str, definition: str) -> str | None:
-    """ON DELETE action of a foreign key, with the column list SET NULL / SET DEFAULT may carry."""
-    action = _ACTIONS.get(code)
-    if action is None or not action.startswith("SET "):
-        return action
-    clause = f" ON DELETE {action} ("
-    at = definition.rfind(clause)
-    if at < 0:
-        return action
-    end = definition.rfind(")")  # nothing after the column list has parentheses (DEFERRABLE, NOT VALID …)
-    return action + definition[at + len(clause) - 2 : end + 1]
-
-
-def _foreign_key(row: Any, schema: str) -> dict[str, Any]:
-    """A foreign key of a table in `schema` from its row of _CONSTRAINTS_SQL."""
-    name, _, definition, columns, ref_schema, ref_table, visible, ref_columns, on_update, on_delete = row
+def _foreign_key(row: Any) -> dict[str, Any]:
+    """A foreign key from its row of _CONSTRAINTS_SQL."""
+    name, _, _, columns, ref_schema, ref_table, ref_columns, on_update, on_delete = row
     return {
         "name": str(name),
         "columns": list(columns),
-        "ref_schema": schema if visible else str(ref_schema),
+        "ref_schema": str(ref_schema),
         "ref_table": str(ref_table),
         "ref_columns": list(ref_columns),
-        "on_delete": _on_delete(str(on_delete), str(definition)),
+        "on_delete": _ACTIONS.get(str(on_delete)),
         "on_update": _ACTIONS.get(str(on_update)),
     }
+
+
+def qualified_nextval(default: str, schema: str) -> str:
+    """A column default with each `nextval('seq'…` on an unqualified sequence name qualified with `schema`,
+    quoted as an identifier and then as part of the string literal: `nextval('"it''s".seq'…`. The rest of
+    the text, before and after, stays as it was."""
+    prefix = qident(schema).replace("'", "''") + "."
+
+    def qualify(m: re.Match[str]) -> str:
+        if len(dotted(m.group(1).replace("''", "'"))) > 1:
+            return m.group(0)
+        return f"nextval('{prefix}{m.group(1)}'"
+
+    return _NEXTVAL.sub(qualify, default)
 
 
 def _column(row: Any, schema: str, types: NamedTypes) -> tuple[ColumnDesc, str | None]:
@@ -395,10 +408,9 @@ def _column(row: Any, schema: str, types: NamedTypes) -> tuple[ColumnDesc, str |
     if generated:
         expression, default = str(default), None
     autoincrement = identity != "" and seq is not None
-    if default is not None and (m := _NEXTVAL.search(default)):
+    if default is not None and _NEXTVAL.search(default):
         autoincrement = autoincrement or ptype["kind"] == "int"
-        if "." not in m.group(1):
-            default = f'nextval(\'"{schema}".{m.group(1)}{m.group(2)}'
+        default = qualified_nextval(str(default), schema)
     col = ColumnDesc(
         name=str(name),
         type=ptype,
@@ -427,7 +439,7 @@ def _table(
         elif contype == "u":
             t.unique.append(list(row[3]))
         elif contype == "f":
-            t.foreign_keys.append(_foreign_key(row, schema))
+            t.foreign_keys.append(_foreign_key(row))
     for (keys,) in unique_indexes:
         if keys and None not in keys and keys not in t.unique:
             t.unique.append(list(keys))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -103,6 +104,7 @@ class DbSchema:
                 raise CorruptArchive("db/schema.json was written by a newer statekit; upgrade to restore it")
             tables = []
             for t in doc["tables"]:
+                _plain_actions(t.get("foreign_keys"))
                 cols = [ColumnDesc(**c) for c in t.pop("columns")]
                 tables.append(TableDesc(columns=cols, **t))
             desc = cls(
@@ -120,6 +122,15 @@ class DbSchema:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptArchive(f"archive member {SCHEMA_MEMBER} is damaged: {exc}") from None
+
+
+def _plain_actions(fks: Any) -> None:
+    """Archives written before statekit kept ON DELETE's column list out of the portable action carry
+    `SET NULL (a, b)`: read as the plain action (the column list is in the constraint's native definition)."""
+    for fk in fks if isinstance(fks, list) else []:
+        action = fk.get("on_delete") if isinstance(fk, dict) else None
+        if isinstance(action, str) and re.fullmatch(r"SET (NULL|DEFAULT) \(.*\)", action, re.I | re.S):
+            fk["on_delete"] = action.split(" (", 1)[0]
 
 
 # -- checking an archived description -----------------------------------------------------------------------

@@ -13,17 +13,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from statekit.config import DbConfig
 from statekit.errors import StatekitError
 from statekit.model import MemberSink, Progress, TierSummary, Warn, announce_total, no_progress, no_warn, wants_totals
 from statekit.tiers.sql.connect import DbTarget
-from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, TableDesc
-
-if TYPE_CHECKING:
-    import sqlalchemy as sa
 
 
 def snapshot_db(
@@ -217,38 +213,27 @@ def _snapshot_generic(
 ) -> tuple[DbSchema, dict[str, int]]:
     import sqlalchemy as sa
 
+    from statekit.tiers.sql.generic import copy_out_rows
+
+    dialect = target.dialect
     with target.connection() as conn, warnings.catch_warnings():
         # SQLAlchemy warns about types it does not know; they are archived as "other".
         warnings.simplefilter("ignore", sa.exc.SAWarning)
-        return _read_generic(conn, target.dialect, include, exclude, schemas, add, write_schema)
-
-
-def _read_generic(
-    conn: sa.Connection,
-    dialect: Dialect,
-    include: list[str],
-    exclude: list[str],
-    schemas: list[str],
-    add: Any,
-    write_schema: Callable[[DbSchema], None],
-) -> tuple[DbSchema, dict[str, int]]:
-    from statekit.tiers.sql.generic import copy_out_rows
-
-    isolation = dialect.begin_snapshot(conn)
-    try:
-        version = dialect.server_version(conn)
-        tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
-        desc = DbSchema(
-            dialect=dialect.name,
-            server_version=version,
-            default_schema=default_schema,
-            tables=tables,
-            enums=enums,
-            domains=domains,
-            isolation=isolation,
-        )
-        write_schema(desc)
-        counts = copy_out_rows(conn, tables, add, lambda t: t.schema)
-    finally:
-        dialect.end_snapshot(conn)
+        isolation = dialect.begin_snapshot(conn)
+        try:
+            version = dialect.server_version(conn)
+            tables, enums, domains, default_schema = dialect.reflect(conn, schemas, include, exclude)
+            desc = DbSchema(
+                dialect=dialect.name,
+                server_version=version,
+                default_schema=default_schema,
+                tables=tables,
+                enums=enums,
+                domains=domains,
+                isolation=isolation,
+            )
+            write_schema(desc)
+            counts = copy_out_rows(conn, tables, add, lambda t: t.schema)
+        finally:
+            dialect.end_snapshot(conn)
     return desc, counts
