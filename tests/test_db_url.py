@@ -71,6 +71,7 @@ def test_conninfo_carries_every_part() -> None:
     for part in ("dbname='my db'", "host=::1", "port=5433", "user=bob", "password=s@cret", "sslmode=disable"):
         assert part in info
     assert "connect_timeout=3" in info
+    assert "s@cret" not in repr(t.parts) and "s@cret" not in str(t.parts)
     assert t.url.render_as_string(hide_password=False).startswith("postgresql+psycopg://bob:s%40cret@[::1]:5433/")
 
 

@@ -42,7 +42,7 @@ class DbUrl:
 
     drivername: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a message
     host: str | None = None
     port: int | None = None
     database: str | None = None
