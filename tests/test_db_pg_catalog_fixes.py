@@ -343,6 +343,25 @@ def test_a_unique_index_a_foreign_key_references_stays_its_tables(
         _check_referenced_index(pg_url, dst, trusted)
 
 
+def test_an_exclusion_constraint_is_created_by_a_trusted_restore(
+    pg_url: str, pg_url2: str, pg_url3: str, tmp_path: Path
+) -> None:
+    """The source's CREATE TABLE as a trusted restore runs it carries the table's EXCLUDE constraints (an
+    untrusted restore lists them as skipped, as it does checks)."""
+    execute(
+        pg_url,
+        "CREATE TABLE slots (id int PRIMARY KEY, r int4range, CONSTRAINT no_overlap EXCLUDE USING gist (r WITH &&))",
+        "INSERT INTO slots VALUES (1, '[1,5)'), (2, '[5,9)')",
+    )
+    _round_trip(pg_url, tmp_path, pg_url2, pg_url3)
+    kinds = "SELECT conname, contype::text FROM pg_constraint WHERE conrelid = 'slots'::regclass ORDER BY 1"
+    assert ("no_overlap", "x") in fetch(pg_url2, kinds)
+    assert rows_as_text(pg_url2, "slots") == rows_as_text(pg_url, "slots")
+    _fails(pg_url2, "INSERT INTO slots VALUES (3, '[4,6)')", "23P01")
+    assert ("no_overlap", "x") not in fetch(pg_url3, kinds)
+    assert rows_as_text(pg_url3, "slots") == rows_as_text(pg_url, "slots")
+
+
 # -- all five across major versions -----------------------------------------------------------------------
 
 

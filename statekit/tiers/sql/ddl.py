@@ -192,7 +192,10 @@ def _pg_trusted_table(table: TableDesc, schema: str | None) -> TableDdl:
             owned.append(f"ALTER SEQUENCE {col.sequence} OWNED BY {qtable(schema, table.name)}.{qident(col.name)}")
             _add(out.classes, f"CREATE SEQUENCE ({ARCHIVE_SQL})")
     out.before.append(native_create_table(table, schema))
-    _add(out.classes, f"CREATE TABLE ({ARCHIVE_SQL}: native types, defaults, checks, generated columns)")
+    _add(
+        out.classes,
+        f"CREATE TABLE ({ARCHIVE_SQL}: native types, defaults, checks, exclusion constraints, generated columns)",
+    )
     out.before.extend(owned)
     # Indexes after the data (faster to build once), foreign keys last (they may need a unique index).
     out.indexes.extend(table.indexes)

@@ -70,11 +70,11 @@ def native_column(c: ColumnDesc) -> str:
 
 
 def native_create_table(t: TableDesc, schema: str | None = None) -> str:
-    """CREATE TABLE with columns, primary key, unique and check constraints; foreign keys are added later
-    (dialects.postgresql.native_foreign_keys) once every table exists."""
+    """CREATE TABLE with columns, primary key, unique, check and exclusion constraints; foreign keys are added
+    later (dialects.postgresql.native_foreign_keys) once every table exists."""
     lines = [native_column(c) for c in t.columns]
     for con in t.constraints:
-        if con["type"] in ("p", "u", "c"):
+        if con["type"] in ("p", "u", "c", "x"):
             lines.append(f"CONSTRAINT {qident(con['name'])} {con['definition']}")
     body = ",\n  ".join(lines)
     return f"CREATE TABLE {qtable(schema if schema is not None else t.schema, t.name)} (\n  {body}\n)"
