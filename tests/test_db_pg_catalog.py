@@ -10,7 +10,8 @@ statements for 2 tables as for 200.
 
 Where pgcatalog corrects what the Inspector-based reader wrote, the reference applies the same correction to
 SQLAlchemy's answer, each one marked "Corrected:" below: a foreign key's referenced schema, ON DELETE without
-its column list, a domain's whole base type, `nextval` defaults, the indexes a constraint owns.
+its column list, a domain's whole base type and NOT VALID checks, `nextval` defaults, the indexes a
+constraint owns.
 tests/test_db_pg_catalog_fixes.py shows each of them, and restores it.
 """
 
@@ -271,6 +272,11 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
             t.sequences.append({"column": c.name, "name": c.sequence, "last_value": last, "is_called": called})
 
 
+def _whole_check(text: str) -> str:
+    """A domain CHECK's expression as SQLAlchemy gives it, without what its cut left of a NOT VALID."""
+    return text.removesuffix(") NOT VALI")
+
+
 @contextmanager
 def _whole_domain_types(conn: sa.Connection) -> Iterator[None]:
     """Corrected: SQLAlchemy cuts a domain's base type at its first "(" (`timestamp(3) with time zone` becomes
@@ -342,7 +348,8 @@ def _inspector_reflect(
             "type": d["type"],
             "nullable": d["nullable"],
             "default": d["default"],
-            "checks": [{"name": ck["name"], "check": ck["check"]} for ck in d["constraints"]],
+            # Corrected: SQLAlchemy cuts "CHECK (…) NOT VALID" as if it ended at "(…)": `VALUE > 0) NOT VALI`
+            "checks": [{"name": ck["name"], "check": _whole_check(ck["check"])} for ck in d["constraints"]],
         }
         for d in insp.get_domains(schema="*")
         if d["name"] in domains_used and d["schema"] not in ("information_schema", "pg_catalog")
@@ -400,6 +407,7 @@ def test_the_catalogue_reads_as_sqlalchemy_does(server: str, request: pytest.Fix
     assert by_key["public.uix_parent"].indexes and by_key["public.uix_parent"].unique == [["code"]]
     domain_types = {d["name"]: d["type"] for d in domains}
     assert domain_types["tstz3"] == "timestamp(3) with time zone" and domain_types["code"] == "character varying(12)"
+    assert next(d["checks"] for d in domains if d["name"] == "lax") == [{"name": "lax_pos", "check": "VALUE > 0"}]
     assert kinds["tz3d"]["base"] == {"kind": "timestamptz"}
     assert kinds["vca"]["base"] == {"kind": "array", "item": {"kind": "text", "length": 10, "fixed": False}}
     nvt = next(c for c in by_key["public.wide"].columns if c.name == "nvt")

@@ -190,8 +190,8 @@ _NAMED_TYPES_SQL = """
 SELECT t.typtype::text, n.nspname, t.typname, pg_type_is_visible(t.oid),
        ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder),
        CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END, NOT t.typnotnull, t.typdefault,
-       ARRAY(SELECT ARRAY[con.conname::text, pg_get_constraintdef(con.oid, true)]
-             FROM pg_constraint con WHERE con.contypid = t.oid ORDER BY con.oid)
+       ARRAY(SELECT ARRAY[con.conname::text, pg_get_expr(con.conbin, 0, true)]
+             FROM pg_constraint con WHERE con.contypid = t.oid AND con.contype = 'c' ORDER BY con.conname, con.oid)
 FROM pg_type t
 JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE t.typtype IN ('e', 'd')
@@ -214,11 +214,7 @@ class NamedTypes:
             self._cur.execute(_NAMED_TYPES_SQL)
             self._all = []
             for typtype, schema, name, visible, labels, base, nullable, default, cons in self._cur.fetchall():
-                checks = [
-                    {"name": str(n), "check": str(d)[7:-1]}  # "CHECK (…)" → "…"
-                    for n, d in sorted(cons or [], key=lambda nd: str(nd[0]))
-                    if str(d).casefold().startswith("check")
-                ]
+                checks = [{"name": str(n), "check": str(expr)} for n, expr in cons or []]
                 named = NamedType(
                     typtype=str(typtype),
                     schema=str(schema),

@@ -43,7 +43,7 @@ from typing import Any
 from statekit.errors import TierError
 from statekit.tiers.sql import pgload
 from statekit.tiers.sql.dialects.postgresql import qident
-from statekit.tiers.sql.postgres import SESSION_SETTINGS
+from statekit.tiers.sql.postgres import prepare_session
 
 STAGE_PREFIX = "statekit_stage_"
 # A table is staged when its first archived segment is at least this big (a segment is cut at about
@@ -267,9 +267,8 @@ class _Worker(threading.Thread):
         self.counted: list[tuple[list[str], int]] = []
         self.nbytes = 0
         self.load_done = threading.Event()
+        prepare_session(self.conn)
         with self.conn.cursor() as cur:
-            for stmt in SESSION_SETTINGS:
-                cur.execute(stmt)
             # Nothing a worker does should wait for a lock: one that does waits for the restore's own transaction
             # (a check constraint reading a locked table), which waits for the worker. Give up instead.
             cur.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")

@@ -43,7 +43,7 @@ from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.dialects.base import driver_sql
 from statekit.tiers.sql.dialects.postgresql import qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, fill_row_counts, prepare
-from statekit.tiers.sql.postgres import SESSION_SETTINGS
+from statekit.tiers.sql.postgres import prepare_session
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
 from statekit.tiers.sql.segments import CheckedSegment, check_rows, check_segments, manifest_rows, segment_check
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
@@ -251,9 +251,8 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
         staged = stager.by_key if stager is not None else {}  # filled as the load pass meets the tables
         candidates = {t for _, t, _ in stager.candidates.values()} if stager is not None else set()
         conn = ctx.target.psycopg_connect("statekit-restore")
+        prepare_session(conn)
         with conn.cursor() as cur:
-            for stmt in SESSION_SETTINGS:
-                cur.execute(stmt)
             drop = _drop_sql(ctx)
             if drop is not None:
                 # Restoring an undo archive: the tables its restore created go first, in this one transaction
