@@ -61,7 +61,7 @@ class MemberSink(Protocol):
     def add(
         self,
         name: str,
-        data: bytes | IO[bytes],
+        data: bytes | bytearray | memoryview | IO[bytes],
         *,
         size: int | None = None,
         mode: int = 0o600,

@@ -23,6 +23,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import psycopg
@@ -36,7 +37,7 @@ from statekit.tiers.sql.dialects.base import Reflected, _reflect_tables
 from statekit.tiers.sql.dialects.postgresql import native_create_table, qident, qtable
 from statekit.tiers.sql.pgbinary import wire_token
 from statekit.tiers.sql.schema import DbSchema, TableDesc, fk_order, matches, portable_type
-from tests.db_support import cli_env, execute, pg_connect
+from tests.db_support import cli_env, encrypted_snapshot, execute, pg_connect
 
 WIDE = [
     'CREATE SCHEMA "Odd Schema"',
@@ -471,6 +472,37 @@ assert "sqlalchemy" not in sys.modules, "the PostgreSQL dialect loaded SQLAlchem
 """
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=cli_env())
     assert done.returncode == 0, done.stderr
+
+
+def test_a_postgresql_restore_never_imports_sqlalchemy(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    """Plan, undo archive and load of a PostgreSQL restore run on psycopg alone: into an empty database (the
+    tables, enum and domain are created from the unsigned archive), then again into the tables it made (replace,
+    with --jobs 2), and as a dry run."""
+    execute(
+        pg_url,
+        "CREATE TYPE mood AS ENUM ('a', 'b')",
+        "CREATE DOMAIN posint AS integer CHECK (VALUE > 0)",
+        "CREATE TABLE t (id serial PRIMARY KEY, m mood, p posint, note text)",
+        "INSERT INTO t (m, p, note) SELECT 'a', g, md5(g::text) FROM generate_series(1, 500) g",
+        "CREATE TABLE child (id int PRIMARY KEY, t_id int REFERENCES t (id))",
+        "INSERT INTO child SELECT g, g FROM generate_series(1, 50) g",
+    )
+    archive, identity = encrypted_snapshot(pg_url, tmp_path)
+    common = [str(archive), "--tier", "db", "--target-url", pg_url2, "-i", str(identity), "--undo-dir", str(tmp_path)]
+    program = f"""
+import sys
+from statekit.cli import run
+for extra in ([], ["--jobs", "2"], ["--dry-run"]):
+    code = run(["restore", *{common!r}, "--yes", *extra])
+    assert code == 0, (extra, code)
+    assert "sqlalchemy" not in sys.modules, f"restore {{extra}} loaded SQLAlchemy"
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    with pg_connect(pg_url2) as pg:
+        assert pg.execute("SELECT count(*), sum(p), min(m::text) FROM t").fetchone() == (500, 125250, "a")
+        assert pg.execute("SELECT count(*) FROM child JOIN t ON t.id = child.t_id").fetchone() == (50,)
+        assert pg.execute("SELECT nextval('t_id_seq')").fetchone() == (501,)
 
 
 class CountingCursor(psycopg.Cursor[Any]):

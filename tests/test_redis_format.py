@@ -39,7 +39,7 @@ class _Sink:
     def add(
         self,
         name: str,
-        data: bytes | IO[bytes],
+        data: bytes | bytearray | memoryview | IO[bytes],
         *,
         size: int | None = None,
         mode: int = 0o600,

@@ -639,7 +639,8 @@ def _plan_everywhere(data: bytes, conn: Any) -> None:
 
 def test_any_value_in_any_schema_field_is_a_clean_error(pg_url: str) -> None:
     engine = sa.create_engine(pg_url)
-    with engine.connect() as conn:
+    with engine.connect() as sa_conn:
+        conn = sa_conn.connection.driver_connection  # ddl.pg_plan reads the target through psycopg
         _plan_everywhere(json.dumps(_BASE_DOC).encode(), conn)  # the baseline plans without error
 
         @settings(max_examples=300, deadline=None, database=None,

@@ -179,7 +179,7 @@ class ArchiveWriter:
     def add(
         self,
         name: str,
-        data: bytes | IO[bytes],
+        data: bytes | bytearray | memoryview | IO[bytes],
         *,
         size: int | None = None,
         mode: int = 0o600,
@@ -187,12 +187,14 @@ class ArchiveWriter:
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         """Add one member. Bytes of 1 MiB or more are compressed in the calling thread, so several threads
-        adding big members compress in parallel; a file object is streamed (its `size` must be given)."""
+        adding big members compress in parallel; a file object is streamed (its `size` must be given). A
+        bytes-like `data` (bytes, bytearray, memoryview) is read in place, not copied: it is consumed before
+        `add` returns."""
         check_member_name(name)
         if name in RESERVED_MEMBERS:
             raise ValueError(f"member name {name!r} is reserved")
         if isinstance(data, (bytes, bytearray, memoryview)):
-            self._add_bytes(name, bytes(data), mode, mtime, meta)
+            self._add_bytes(name, memoryview(data).cast("B"), mode, mtime, meta)
         else:
             if size is None:
                 raise ValueError("size is required when adding a member from a file object")
@@ -211,26 +213,26 @@ class ArchiveWriter:
         return float(int(self.created_at)) if self.created_at else 0.0
 
     def _add_internal(self, name: str, data: bytes, meta: Mapping[str, Any] | None) -> None:
-        self._add_bytes(name, data, 0o600, None, meta)
+        self._add_bytes(name, memoryview(data), 0o600, None, meta)
 
     def _add_bytes(
-        self, name: str, data: bytes, mode: int, mtime: float | None, meta: Mapping[str, Any] | None
+        self, name: str, view: memoryview, mode: int, mtime: float | None, meta: Mapping[str, Any] | None
     ) -> None:
         mt = self._mtime(mtime)
-        header = _tar_header(name, len(data), mode, mt)
-        entry = ManifestEntry(name, len(data), hashlib.sha256(data).hexdigest(), mode, mt, dict(meta or {}))
-        if len(data) >= _FRAME_TARGET:
+        size = view.nbytes
+        header = _tar_header(name, size, mode, mt)
+        entry = ManifestEntry(name, size, hashlib.sha256(view).hexdigest(), mode, mt, dict(meta or {}))
+        if size >= _FRAME_TARGET:
             # Compress outside the lock: zstd releases the GIL, so parallel tier workers overlap here.
             cctx = self._thread_cctx()
-            view = memoryview(data)
             frames = []
-            for off in range(0, len(data), _MAX_FRAME):
+            for off in range(0, size, _MAX_FRAME):
                 # The header rides in the member's first frame, the padding in its last one.
                 frame = cctx.compressobj()
                 parts = [frame.compress(header)] if off == 0 else []
                 parts.append(frame.compress(view[off : off + _MAX_FRAME]))
-                if off + _MAX_FRAME >= len(data):
-                    parts.append(frame.compress(tar_padding(len(data))))
+                if off + _MAX_FRAME >= size:
+                    parts.append(frame.compress(tar_padding(size)))
                 parts.append(frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
                 frames.append(b"".join(parts))
             with self._lock:
@@ -238,14 +240,14 @@ class ArchiveWriter:
                 self._close_frame()
                 for fr in frames:
                     self._emit(fr)
-                self.plain_bytes += len(header) + len(data) + len(tar_padding(len(data)))
+                self.plain_bytes += len(header) + size + len(tar_padding(size))
                 self.entries.append(entry)
             return
         with self._lock:
             self._claim(name)
             self._feed(header)
-            self._feed(data)
-            self._feed(tar_padding(len(data)))
+            self._feed(view)
+            self._feed(tar_padding(size))
             self.entries.append(entry)
             if self._frame_in >= _FRAME_TARGET:
                 self._close_frame()
@@ -289,7 +291,7 @@ class ArchiveWriter:
             self._local.cctx = cctx
         return cctx
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         if not data:
             return
         if self._frame is None:

@@ -86,7 +86,7 @@ class CollectingSink:
     def __init__(self, on_member: Callable[[str, bytes, dict[str, Any]], None]) -> None:
         self._on_member = on_member
 
-    def add(self, name: str, data: bytes | IO[bytes], *, size: int | None = None, mode: int = 0o600,
-            mtime: float | None = None, meta: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def add(self, name: str, data: bytes | bytearray | memoryview | IO[bytes], *, size: int | None = None,
+            mode: int = 0o600, mtime: float | None = None, meta: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         body = data if isinstance(data, (bytes, bytearray, memoryview)) else data.read()
         self._on_member(name, bytes(body), dict(meta or {}))

@@ -17,15 +17,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.schema import CreateTable
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, refuse_type, shown
 from statekit.tiers.sql.dialects.postgresql import native_create_table, native_foreign_keys, qident, qtable
 from statekit.tiers.sql.schema import ColumnDesc, DbSchema, TableDesc, base_kind
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 ARCHIVE_SQL = "archive SQL"
 
@@ -77,7 +78,8 @@ _ARRAY_DIMS = re.compile(r"(?: ?\[\d{0,9}\])+$")
 class PgTypeCheck:
     """Validates PostgreSQL type names for an untrusted archive: a strict grammar first (a name, numeric
     modifiers, array dimensions; anything else is refused as a corrupt archive), then the target server's
-    `to_regtype()` with the name as a bound parameter, which parses it without executing anything."""
+    `to_regtype()` with the name as a bound parameter, which parses it without executing anything. `conn` is a
+    psycopg connection."""
 
     def __init__(self, conn: Any, will_exist: set[str]) -> None:
         self._conn = conn
@@ -92,36 +94,45 @@ class PgTypeCheck:
         if bare in self._will_exist:
             return True
         if text not in self._cache:
+            import psycopg
+
             try:
-                row = self._conn.exec_driver_sql("SELECT to_regtype(%s) IS NOT NULL", (text,)).fetchone()
+                row = self._conn.execute("SELECT to_regtype(%s) IS NOT NULL", (text,)).fetchone()
                 self._cache[text] = bool(row and row[0])
-            except sa.exc.DBAPIError:
+            except psycopg.Error:
                 self._cache[text] = False  # a modifier the type does not take, an unknown schema, …
             finally:
                 self._conn.rollback()
         return self._cache[text]
 
 
-class _Native(sa.types.UserDefinedType[Any]):
-    """A column type rendered as a validated native type name."""
+@cache
+def _native_types() -> tuple[type[Any], type[Any]]:
+    """The SQLAlchemy column types of a validated native type name, plain and integer (defined on first use:
+    only a restore that builds a table with SQLAlchemy loads it)."""
+    import sqlalchemy as sa
 
-    cache_ok = True
+    class Native(sa.types.UserDefinedType[Any]):
+        """A column type rendered as a validated native type name."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+        cache_ok = True
 
-    def get_col_spec(self, **kw: Any) -> str:
-        return self.text
+        def __init__(self, text: str) -> None:
+            self.text = text
 
+        def get_col_spec(self, **kw: Any) -> str:
+            return self.text
 
-class _NativeInt(_Native):
-    """A validated native integer type: SQLAlchemy may make it the table's auto-increment column."""
+    class NativeInt(Native):
+        """A validated native integer type: SQLAlchemy may make it the table's auto-increment column."""
 
-    cache_ok = True
+        cache_ok = True
 
-    @property
-    def _type_affinity(self) -> type[sa.types.TypeEngine[Any]]:
-        return sa.Integer
+        @property
+        def _type_affinity(self) -> type[sa.types.TypeEngine[Any]]:
+            return sa.Integer
+
+    return Native, NativeInt
 
 
 # -- PostgreSQL into PostgreSQL ---------------------------------------------------------------------------
@@ -138,7 +149,8 @@ def pg_plan(
     map_schema: SchemaMap,
 ) -> CreatePlan:
     """The DDL that creates the given tables (with the schemas, enums, domains and sequences they need) on a
-    PostgreSQL target; `map_schema` turns an archived schema name into the target's."""
+    PostgreSQL target (`conn`: a psycopg connection to it); `map_schema` turns an archived schema name into
+    the target's."""
     plan = CreatePlan()
     if not create:
         return plan
@@ -332,15 +344,15 @@ def _index_name(definition: str) -> str:
 
 def _exists(conn: Any, schema: str | None, name: str) -> bool:
     if schema:
-        n = conn.exec_driver_sql(
+        row = conn.execute(
             "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
             "WHERE n.nspname = %s AND t.typname = %s",
             (schema, name),
-        ).scalar()
+        ).fetchone()
     else:
-        n = conn.exec_driver_sql("SELECT count(*) FROM pg_type WHERE typname = %s", (name,)).scalar()
+        row = conn.execute("SELECT count(*) FROM pg_type WHERE typname = %s", (name,)).fetchone()
     conn.rollback()
-    return bool(n)
+    return bool(row and row[0])
 
 
 def _lit(s: str) -> str:
@@ -404,7 +416,8 @@ def _validated_natives(table: TableDesc, target: Dialect, problems: list[str]) -
         if not target.validates_native(c):
             continue
         if target.native_type_ok(c.native, what):
-            out[c.name] = _NativeInt(c.native) if base_kind(c.type)["kind"] == "int" else _Native(c.native)
+            native, native_int = _native_types()
+            out[c.name] = native_int(c.native) if base_kind(c.type)["kind"] == "int" else native(c.native)
         else:
             problems.append(
                 f"{shown(table.key)}.{shown(c.name)}: type {shown(c.native)} is not a type statekit creates from an "
@@ -438,6 +451,9 @@ def sa_create_statement(
     column names to validated native types (else the portable type is used); foreign keys only towards tables
     in `present` (existing or being created), since a dangling reference would make the statement fail.
     Generated columns keep their expression only when `trusted`, else they are left out."""
+    import sqlalchemy as sa
+    from sqlalchemy.schema import CreateTable
+
     md = sa.MetaData()
     natives = natives or {}
     cols = []
@@ -482,6 +498,8 @@ def sa_create_statement(
 
 
 def _sa_fk(fk: dict[str, Any], targets: list[sa.Column[Any]]) -> sa.ForeignKeyConstraint:
+    import sqlalchemy as sa
+
     # the actions were checked against a fixed list when db/schema.json was read
     return sa.ForeignKeyConstraint(
         fk["columns"],

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from statekit.errors import ConfigError, CorruptArchive
 from statekit.model import RestoreOptions
-from statekit.tiers.sql import ddl
+from statekit.tiers.sql import ddl, pgstage
 from statekit.tiers.sql.connect import DbTarget
 from statekit.tiers.sql.created import created_by_restore
 from statekit.tiers.sql.ddl import CreatePlan
 from statekit.tiers.sql.dialects import Dialect, dialect_for
-from statekit.tiers.sql.dialects.base import union_selects
+from statekit.tiers.sql.dialects.base import driver_sql, union_selects
+from statekit.tiers.sql.dialects.postgresql import qtable
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     DbSchema,
@@ -89,6 +89,8 @@ class RestoreContext:
     drops: list[TableDesc] = field(default_factory=list)
     drop_rows: dict[str, int] = field(default_factory=dict)
     rolled_back: bool = False  # the load failed and its transaction was rolled back: the target is as it was
+    # restore --jobs N (PostgreSQL, replace): the existing tables pgstage.eligible finds stageable, when planned
+    stageable: list[TablePlan] = field(default_factory=list)
 
     def drop_key(self, t: TableDesc) -> str:
         """A dropped table's name in the target, for messages (as TablePlan.target_key)."""
@@ -164,35 +166,61 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
             if not any(matches(t.key, t.name, [pat]) for t in desc.tables):
                 raise ConfigError(f"--tables {pat}: matches no table in the archive")
         selected = [t for t in desc.tables if matches(t.key, t.name, opts.tables)]
-    existing, default_schema = _reflect_target(target)
-    ctx = RestoreContext(target, desc, mode, [], default_schema=default_schema)
-    found = {(t.schema, t.name): t for t in existing}
-    counts = archive_row_counts(archive) if with_counts else {}
-    # Row counts need a connection only when the target already has tables (a missing SQLite file stays so).
-    counting: AbstractContextManager[sa.Connection | None] = target.connection() if existing else nullcontext()
-    with counting as conn:
-        for t in selected:
-            schema = _target_schema(t, desc, target.dialect, default_schema)
-            lookup = (schema if schema is not None else default_schema, t.name)
-            have = found.get(lookup)
-            plan = TablePlan(t, schema, have, "create" if have is None else mode, archive_rows=counts.get(t.key))
-            ctx.plans.append(plan)
-        ctx.drops = _undo_drops(archive, opts, ctx, found)
-        if conn is not None:
-            present = [p for p in ctx.plans if p.existing is not None]
-            named = target.dialect.named_schemas
-            rows = _counts(
-                conn,
-                [(p.schema, p.src.name) for p in present] + [(d.schema if named else None, d.name) for d in ctx.drops],
-            )
-            for p, n in zip(present, rows):
-                p.target_rows = n
-            for d, n in zip(ctx.drops, rows[len(present) :]):
-                ctx.drop_rows[d.key] = n
-    ctx.trusted = opts.trust_archive_sql
-    _plan_creates(ctx, existing)
-    ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
+    # PostgreSQL: one psycopg connection reads everything the plan needs (catalogue, row counts, type checks)
+    pg = target.psycopg_connect("statekit-plan") if target.dialect.native_copy else None
+    try:
+        existing, default_schema = _reflect_target(target, pg)
+        ctx = RestoreContext(target, desc, mode, [], default_schema=default_schema)
+        found = {(t.schema, t.name): t for t in existing}
+        counts = archive_row_counts(archive) if with_counts else {}
+        # Row counts need a connection only when the target already has tables (a missing SQLite file stays so).
+        counting: AbstractContextManager[Query | None] = nullcontext()
+        if pg is not None:
+            counting = nullcontext(_pg_queries(target, pg))
+        elif existing:
+            counting = _sa_queries(target)
+        with counting as query:
+            for t in selected:
+                schema = _target_schema(t, desc, target.dialect, default_schema)
+                lookup = (schema if schema is not None else default_schema, t.name)
+                have = found.get(lookup)
+                plan = TablePlan(t, schema, have, "create" if have is None else mode, archive_rows=counts.get(t.key))
+                ctx.plans.append(plan)
+            ctx.drops = _undo_drops(archive, opts, ctx, found)
+            if query is not None:
+                present = [p for p in ctx.plans if p.existing is not None]
+                named = target.dialect.named_schemas
+                tables = [(p.schema, p.src.name) for p in present]
+                tables += [(d.schema if named else None, d.name) for d in ctx.drops]
+                rows = _counts(query, target.dialect, tables)
+                for p, n in zip(present, rows):
+                    p.target_rows = n
+                for d, n in zip(ctx.drops, rows[len(present) :]):
+                    ctx.drop_rows[d.key] = n
+        ctx.trusted = opts.trust_archive_sql
+        _plan_creates(ctx, existing, pg)
+        ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
+        if pg is not None and opts.jobs > 1 and mode == "replace" and ctx.same_dialect and not ctx.problems:
+            ctx.stageable = _stageable(ctx, pg)
+    finally:
+        if pg is not None:
+            pg.close()
     return ctx
+
+
+def _stageable(ctx: RestoreContext, pg: Any) -> list[TablePlan]:
+    """restore --jobs N: the existing tables that may load through staging tables (pgstage.eligible; the
+    restore asks again before it creates them)."""
+    present = [p for p in ctx.plans if p.existing is not None]
+    if not present:
+        return []
+    try:
+        with pg.cursor() as cur:
+            places = pgstage.eligible(cur, [qtable(p.schema, p.src.name) for p in present])
+        pg.rollback()
+    except Exception as exc:
+        raise ctx.target.fail("reading the target's schema", exc) from None
+    return [present[i] for i in sorted(places)]
 
 
 def _undo_drops(
@@ -224,7 +252,7 @@ def _undo_drops(
     return drops
 
 
-def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
+def _plan_creates(ctx: RestoreContext, existing: list[TableDesc], pg: Any) -> None:
     """Work out the DDL for the missing tables (validating every archived type name on the way) and the
     statement classes of every table, so that the plan shows all of them."""
     target = ctx.target
@@ -234,26 +262,32 @@ def _plan_creates(ctx: RestoreContext, existing: list[TableDesc]) -> None:
         token = secrets.token_hex(4)
         for i, p in enumerate(creates):
             p.staging = f"statekit_new_{token}_{i}"
-    if creates:
+    if creates and native_pg:
+        import psycopg
+
+        try:
+            ctx.ddl = ddl.pg_plan(
+                pg,
+                ctx.desc,
+                [(p.src, p.schema) for p in creates],
+                trusted=ctx.trusted,
+                map_schema=lambda s: _map_schema(s, ctx),
+            )
+        except psycopg.Error as exc:
+            raise target.fail("checking the archived schema against the target", exc) from None
+    elif creates:
+        import sqlalchemy as sa
+
         missing_file = target.dialect.missing_database(target.parts.database)
         opened: AbstractContextManager[sa.Connection | None] = nullcontext() if missing_file else target.connection()
         with opened as conn:
             try:
-                if native_pg:
-                    ctx.ddl = ddl.pg_plan(
-                        conn,
-                        ctx.desc,
-                        [(p.src, p.schema) for p in creates],
-                        trusted=ctx.trusted,
-                        map_schema=lambda s: _map_schema(s, ctx),
-                    )
-                else:
-                    dialect = conn.dialect if conn is not None else target.engine().dialect
-                    present = {p.src.name for p in ctx.plans} | {t.name for t in existing}
-                    ctx.ddl = ddl.generic_plan(
-                        ctx.desc, [(p.src, p.schema, p.staging) for p in creates], dialect, present,
-                        trusted=ctx.trusted, target=target.dialect,
-                    )  # fmt: skip
+                dialect = conn.dialect if conn is not None else target.engine().dialect
+                present = {p.src.name for p in ctx.plans} | {t.name for t in existing}
+                ctx.ddl = ddl.generic_plan(
+                    ctx.desc, [(p.src, p.schema, p.staging) for p in creates], dialect, present,
+                    trusted=ctx.trusted, target=target.dialect,
+                )  # fmt: skip
             except sa.exc.DBAPIError as exc:
                 raise target.fail("checking the archived schema against the target", exc) from None
     prelude_done = False
@@ -323,9 +357,22 @@ def _target_schema(t: TableDesc, desc: DbSchema, dialect: Dialect, default_schem
     return t.schema
 
 
-def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
+def _reflect_target(target: DbTarget, pg: Any) -> tuple[list[TableDesc], str | None]:
+    """The target's tables and default schema; `pg` is the plan's psycopg connection to a PostgreSQL target
+    (its catalogue is read by pgcatalog, without SQLAlchemy), else None."""
+    if pg is not None:
+        from statekit.tiers.sql import pgcatalog
+
+        try:
+            tables, _, _, default_schema = pgcatalog.reflect(pg, [], ["*"], [], with_sequences=False)
+            pg.rollback()
+        except Exception as exc:
+            raise target.fail("reading the target's schema", exc) from None
+        return tables, default_schema
     if target.dialect.missing_database(target.parts.database):
         return [], "main"
+    import sqlalchemy as sa
+
     with target.connection() as conn:
         try:
             with warnings.catch_warnings():
@@ -337,18 +384,44 @@ def _reflect_target(target: DbTarget) -> tuple[list[TableDesc], str | None]:
     return tables, default_schema
 
 
-def _counts(conn: sa.Connection, tables: list[tuple[str | None, str]]) -> list[int]:
-    """The row count of each table, a hundred tables per statement, each statement in a transaction of its own
-    so that the locks it takes are released before the next."""
-    q = conn.dialect.identifier_preparer.quote
-    counts = [f"count(*) FROM {f'{q(schema)}.{q(name)}' if schema else q(name)}" for schema, name in tables]
+Query = Callable[[str], list[Any]]
+
+
+def _pg_queries(target: DbTarget, pg: Any) -> Query:
+    """Run statements on the plan's psycopg connection, each in a transaction of its own (so the locks it takes
+    are released before the next), and return their rows."""
+
+    def run(sql: str) -> list[Any]:
+        try:
+            return list(pg.execute(sql).fetchall())
+        except Exception as exc:
+            raise target.fail("counting the target's rows", exc) from None
+        finally:
+            pg.rollback()
+
+    return run
+
+
+@contextmanager
+def _sa_queries(target: DbTarget) -> Iterator[Query]:
+    """As _pg_queries, on a SQLAlchemy connection of its own (MySQL/MariaDB, SQLite)."""
+    with target.connection() as conn:
+
+        def run(sql: str) -> list[Any]:
+            try:
+                return list(conn.exec_driver_sql(driver_sql(conn, sql)).fetchall())
+            finally:
+                conn.rollback()
+
+        yield run
+
+
+def _counts(query: Query, dialect: Dialect, tables: list[tuple[str | None, str]]) -> list[int]:
+    """The row count of each table, a hundred tables per statement."""
+    counts = [f"count(*) FROM {dialect.qualified(schema, name)}" for schema, name in tables]
     out: list[int] = []
     for sql in union_selects(counts):
-        try:
-            rows = conn.exec_driver_sql(sql).fetchall()
-        finally:
-            conn.rollback()
-        out.extend(int(n or 0) for _, n in sorted(rows))
+        out.extend(int(n or 0) for _, n in sorted(query(sql)))
     return out
 
 

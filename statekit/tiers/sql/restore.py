@@ -20,9 +20,7 @@ import io
 import time
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from statekit.config import DbConfig
 from statekit.errors import CorruptArchive, Refused, StatekitError, TierUnavailable
@@ -49,6 +47,9 @@ from statekit.tiers.sql.segments import CheckedSegment, check_rows, check_segmen
 from statekit.tiers.sql.snapshot import exact_patterns, snapshot_target
 from statekit.tiers.sql.values import iter_copy_rows, iter_jsonl, pg_text_parser, typed_rows
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
 BATCH_ROWS = 5000
 _CHECK_BLOCK = 1 << 20
 _MARK = "\0"  # a value's place in an INSERT until the driver's mark goes in (no name holds a NUL)
@@ -72,22 +73,9 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archiv
 
 
 def _mark_staged(ctx: RestoreContext, jobs: int) -> None:
-    """--jobs N: say in the plan which tables load through staging tables (pgstage.eligible; the restore asks
-    again before it creates them)."""
-    if jobs < 2 or ctx.problems or ctx.mode != "replace" or not (ctx.same_dialect and ctx.target.dialect.native_copy):
-        return
-    existing = [p for p in ctx.plans if p.existing is not None]
-    if not existing:
-        return
-    conn = ctx.target.psycopg_connect("statekit-plan")
-    try:
-        with conn.cursor() as cur:
-            places = pgstage.eligible(cur, [qtable(p.schema, p.src.name) for p in existing])
-    finally:
-        conn.rollback()
-        conn.close()
-    for i in places:
-        p = existing[i]
+    """--jobs N: say in the plan which tables load through staging tables (ctx.stageable, found by the plan;
+    the restore asks again before it creates them)."""
+    for p in ctx.stageable:
         steps: list[str] = []
         for step in p.sql:
             if step == "LOCK TABLE":

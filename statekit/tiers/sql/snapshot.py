@@ -99,7 +99,7 @@ def snapshot_target(
     lock = threading.Lock()  # segments arrive from several worker threads
 
     def add(table: TableDesc, seq: int, data: bytes | bytearray, rows: int) -> None:
-        sink.add(f"{table.member}.{seq:06d}.{table.encoding}", bytes(data), meta={"rows": rows, "table": table.key})
+        sink.add(f"{table.member}.{seq:06d}.{table.encoding}", data, meta={"rows": rows, "table": table.key})
         with lock:
             done["rows"] += rows
             done["bytes"] += len(data)
