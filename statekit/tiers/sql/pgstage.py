@@ -50,7 +50,7 @@ STAGE_PREFIX = "statekit_stage_"
 # postgres.SEGMENT_BYTES): smaller tables cost more in staging statements than a second connection saves.
 STAGE_FROM_BYTES = 4 << 20
 # Chunks of a segment waiting for a worker's COPY (each up to pgload.CHUNK_BYTES): one segment's worth.
-_WORKER_CHUNKS = 8
+_WORKER_CHUNKS = 4
 # How long a worker's statement may wait for a lock before the restore fails (see _Worker).
 _LOCK_TIMEOUT_S = 60
 # The advisory lock space of staging runs (the first key of pg_advisory_lock(int, int)).
