@@ -503,3 +503,46 @@ def test_replace_truncates_the_tables_with_rows_and_those_referencing_them(
     assert fetch(pg_url2, "SELECT * FROM child ORDER BY 1") == [(10, 1), (11, 2)]
     assert fetch(pg_url2, "SELECT * FROM grandchild") == [(100, 10)]
     assert fetch(pg_url2, "SELECT * FROM lonely") == [(5,)] and fetch(pg_url2, "SELECT * FROM filled") == [(7,)]
+
+
+def test_a_restore_without_a_prompt_reads_its_target_once(
+    pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore --yes` uses the plan it has just shown; after a pause (a person at the prompt) the target is read
+    again, and what changed meanwhile is seen: here a table created after the plan, which the restore then
+    replaces instead of creating it."""
+    from statekit.cli import run
+    from statekit.tiers.sql import restore as restore_mod
+    from tests.db_support import cli_env, encrypted_snapshot
+
+    monkeypatch.setattr("os.environ", cli_env())
+    execute(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    archive, identity = encrypted_snapshot(pg_url, tmp_path)
+    args = ["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", str(identity), "--no-undo"]
+    real = getattr(restore_mod, "prepare")  # noqa: B009 (the name the restore calls)
+    made: list[int] = []
+
+    def counting(*a: object, **k: object) -> object:
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(restore_mod, "prepare", counting)
+    assert run([*args, "--yes"]) == 0
+    assert len(made) == 1
+    assert fetch(pg_url2, "SELECT count(*) FROM t") == [(2,)]
+
+    # A person took longer than REPLAN_AFTER_S to answer, and the table was dropped meanwhile: the restore plans
+    # again and creates it (the plan it was shown would replace a table that is gone).
+    made.clear()
+    monkeypatch.setattr(restore_mod, "REPLAN_AFTER_S", 0.0)
+    shown = restore_mod.plan_db_restore
+
+    def plan_then_drop(*a: object, **k: object) -> object:
+        report = shown(*a, **k)  # type: ignore[arg-type]
+        execute(pg_url2, "DROP TABLE t")
+        return report
+
+    monkeypatch.setattr(restore_mod, "plan_db_restore", plan_then_drop)
+    assert run([*args, "--yes"]) == 0
+    assert len(made) == 2
+    assert fetch(pg_url2, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]

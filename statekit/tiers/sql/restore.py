@@ -15,6 +15,7 @@ the load committed, in the same run (their DDL commits at once, so it cannot sha
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import time
@@ -51,6 +52,11 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
 BATCH_ROWS = 5000
+# restore_tier plans (the plan a person is shown), confirms, then restores. A restore of the same archive with the
+# same options that follows its plan within this many seconds (no prompt: --yes) uses that plan; after a longer
+# pause (a person answering the prompt) the target is read again, and a change since is refused or planned for.
+REPLAN_AFTER_S = 1.0
+_last_plan: list[tuple[Any, RestoreOptions, str | None, float, RestoreContext]] = []
 _CHECK_BLOCK = 1 << 20
 _MARK = "\0"  # a value's place in an INSERT until the driver's mark goes in (no name holds a NUL)
 
@@ -64,12 +70,23 @@ def plan_db_restore(archive: Any, opts: RestoreOptions, cfg: DbConfig, *, archiv
     (None)."""
     ctx = prepare(archive, opts, cfg.url, with_counts=False)
     _mark_staged(ctx, opts.jobs)
+    _last_plan[:] = [] if opts.dry_run else [(archive, copy.deepcopy(opts), cfg.url, time.monotonic(), ctx)]
     if not ctx.problems and opts.dry_run:
         # every segment it would load (a restore checks them as it loads); the pass verifies the whole archive
         check_segments(archive, ctx.by_member())
     if archive_counts and (opts.dry_run or archive.verified):  # a restore does not read the archive for them
         fill_row_counts(ctx, archive)
     return _report(ctx, dry_run=True)
+
+
+def _planned(archive: Any, opts: RestoreOptions, url: str | None) -> RestoreContext | None:
+    """The plan plan_db_restore just made for this restore (see REPLAN_AFTER_S), taken once; else None."""
+    if not _last_plan:
+        return None
+    planned_archive, planned_opts, planned_url, at, ctx = _last_plan.pop()
+    fresh = time.monotonic() - at < REPLAN_AFTER_S
+    same = planned_archive is archive and planned_opts == opts and planned_url == url and not opts.dry_run
+    return ctx if fresh and same else None
 
 
 def _mark_staged(ctx: RestoreContext, jobs: int) -> None:
@@ -123,8 +140,10 @@ def restore_db(
 
     Refused when the plan finds a problem; otherwise the undo archive is written and sealed first (unless
     `undo` is None), then one transaction loads everything. On any error the target is left as it was."""
-    ctx = prepare(archive, opts, cfg.url, with_counts=opts.dry_run)
-    _mark_staged(ctx, opts.jobs)
+    ctx = _planned(archive, opts, cfg.url)
+    if ctx is None:
+        ctx = prepare(archive, opts, cfg.url, with_counts=opts.dry_run)
+        _mark_staged(ctx, opts.jobs)
     if ctx.problems:
         more = f" (and {len(ctx.problems) - 1} more)" if len(ctx.problems) > 1 else ""
         raise Refused(f"db restore into {ctx.target.shown}: {ctx.problems[0]}{more}")
