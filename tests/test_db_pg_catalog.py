@@ -11,7 +11,7 @@ statements for 2 tables as for 200.
 Where pgcatalog corrects what the Inspector-based reader wrote, the reference applies the same correction to
 SQLAlchemy's answer, each one marked "Corrected:" below: a foreign key's referenced schema, ON DELETE without
 its column list, a domain's whole base type and NOT VALID checks, `nextval` defaults, the indexes a
-constraint owns.
+constraint owns, a foreign key to a partitioned table without its per-partition copies.
 tests/test_db_pg_catalog_fixes.py shows each of them, and restores it.
 """
 
@@ -234,6 +234,18 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
             rel,
         )
     }
+    # Corrected: a foreign key to a partitioned table is one key; SQLAlchemy also lists the copies PostgreSQL
+    # keeps of it for each referenced partition (children of a constraint on the same table).
+    copies = set(
+        conn.scalars(
+            sa.text(
+                "SELECT con.conname FROM pg_constraint con JOIN pg_constraint up ON up.oid = con.conparentid "
+                "AND up.conrelid = con.conrelid WHERE con.conrelid = CAST(:t AS regclass)"
+            ),
+            rel,
+        )
+    )
+    t.foreign_keys = [fk for fk in t.foreign_keys if fk["name"] not in copies]
     for fk in t.foreign_keys:
         # Corrected: SQLAlchemy leaves out the referenced table's schema when the table is visible on the search
         # path (the reader then wrote the referencing table's); statekit names the referenced table's own.
@@ -251,6 +263,7 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
             ),
             rel,
         )
+        if n not in copies
     ]
     tokens = [wire[c.name] for c in t.data_columns]
     t.encoding, t.wire = ("pgbinary", [str(w) for w in tokens]) if tokens and all(tokens) else ("copy", [])

@@ -315,7 +315,9 @@ def _names(key: str, rel: str) -> str:
 
 
 # Every constraint (by type, then name); for keys their columns, for foreign keys the referenced table (its
-# own schema), its columns and the ON UPDATE / ON DELETE actions.
+# own schema), its columns and the ON UPDATE / ON DELETE actions. A foreign key to a partitioned table is one
+# constraint; the copies PostgreSQL keeps of it for each referenced partition (children of a constraint on the
+# same table) are left out.
 _CONSTRAINTS_SQL = f"""
 SELECT con.conrelid, con.conname, con.contype::text, pg_get_constraintdef(con.oid),
        {_names("con.conkey", "con.conrelid")} ORDER BY k.ord),
@@ -326,6 +328,7 @@ FROM pg_constraint con
 LEFT JOIN pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
 WHERE con.conrelid = ANY(%s::oid[])
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint up WHERE up.oid = con.conparentid AND up.conrelid = con.conrelid)
 ORDER BY con.conrelid, con.contype, con.conname, con.oid
 """
 
