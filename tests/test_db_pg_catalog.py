@@ -9,7 +9,7 @@ the PostgreSQL of the other major version. Besides: reflecting never loads SQLAl
 statements for 2 tables as for 200.
 
 Where pgcatalog corrects what the Inspector-based reader wrote, the reference applies the same correction to
-SQLAlchemy's answer, each one marked "Corrected:" below: a foreign key's referenced schema, ON DELETE without
+SQLAlchemy's answer, each one marked "Corrected:" below: a foreign key's referenced schema, ON DELETE apart from
 its column list, a domain's whole base type and NOT VALID checks, `nextval` defaults, the indexes a
 constraint owns, a foreign key to a partitioned table without its per-partition copies.
 tests/test_db_pg_catalog_fixes.py shows each of them, and restores it.
@@ -250,10 +250,11 @@ def _extras(conn: sa.Connection, t: TableDesc, with_sequences: bool) -> None:
         # Corrected: SQLAlchemy leaves out the referenced table's schema when the table is visible on the search
         # path (the reader then wrote the referencing table's); statekit names the referenced table's own.
         fk["ref_schema"] = ref_schemas[fk["name"]]
-        # Corrected: SQLAlchemy reads ON DELETE SET NULL (k1) with its column list, which no archive may hold;
-        # statekit archives the plain action (the column list stays in the constraint's definition).
-        if fk["on_delete"]:
-            fk["on_delete"] = fk["on_delete"].split(" (", 1)[0]
+        # Corrected: SQLAlchemy reads ON DELETE SET NULL (k1) as one string; statekit archives the plain action
+        # and the column list apart (on_delete_columns), so that a restore checks each.
+        if fk["on_delete"] and " (" in fk["on_delete"]:
+            fk["on_delete"], columns = fk["on_delete"].split(" (", 1)
+            fk["on_delete_columns"] = [c.strip() for c in columns.rstrip(")").split(",")]
     t.constraints = [
         {"name": n, "type": ct, "definition": d}
         for n, ct, d in conn.execute(

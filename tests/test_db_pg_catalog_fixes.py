@@ -9,7 +9,8 @@ native SQL applied) and untrusted (an unsigned archive is data: names, validated
 3. A domain keeps its whole base type: `timestamp(3) with time zone`, `character varying(12)`,
    `numeric(10,2)`, `character varying(10)[]`; `timestamptz` stays `timestamptz`.
 4. ON DELETE SET NULL (k1) / SET DEFAULT (k1) (PostgreSQL 15+) archive as the plain action, which an archive
-   may hold; the column list stays in the native definition, which a trusted restore applies.
+   may hold, and its columns apart (`on_delete_columns`, names checked against the key's own); an untrusted
+   restore into PostgreSQL 15+ builds the same action from them, a trusted one runs the native definition.
 5. A unique index (not a constraint) another table's foreign key references is its table's index, and is
    created before the foreign keys.
 6. A foreign key to a partitioned table is one key, not one more per referenced partition (the copies
@@ -251,15 +252,14 @@ def _check_set_columns(src: str, dst: str, trusted: bool) -> None:
     assert rows_as_text(dst, "pair_child") == rows_as_text(src, "pair_child")
     actions = fetch(dst, _FK_ACTIONS)
     assert [(name, action) for name, action, _ in actions] == [("pair_default", "d"), ("pair_null", "n")]
-    if not trusted:
-        return  # built from the portable action: SET NULL / SET DEFAULT on every column of the key
     assert actions == fetch(src, _FK_ACTIONS) == [("pair_default", "d", ["k1"]), ("pair_null", "n", ["k1"])]
     execute(dst, "DELETE FROM pair_parent WHERE k1 = 1")
     assert rows_as_text(dst, "pair_child") == [("1", None, "10"), ("2", "2", "20")]  # only k1 became NULL
-    assert rows_as_text(dst, "pair_default") == [("1", "0", "10")]
+    # only k1 took its default: 0, or none where an untrusted restore left the default (archive SQL) out
+    assert rows_as_text(dst, "pair_default") == [("1", "0" if trusted else None, "10")]
 
 
-def test_on_delete_set_null_of_some_columns_archives_the_plain_action(
+def test_on_delete_set_null_of_some_columns_archives_the_action_and_its_columns(
     pg_url: str, pg_url2: str, pg_url3: str, tmp_path: Path
 ) -> None:
     execute(pg_url, *SET_COLUMNS_SCHEMA)
@@ -267,11 +267,27 @@ def test_on_delete_set_null_of_some_columns_archives_the_plain_action(
     for key, action in (("public.pair_child", "SET NULL"), ("public.pair_default", "SET DEFAULT")):
         table = _table(desc, key)
         (fk,) = table.foreign_keys
-        assert fk["on_delete"] == action
+        assert fk["on_delete"] == action and fk["on_delete_columns"] == ["k1"]
         (native,) = [con["definition"] for con in table.constraints if con["type"] == "f"]
         assert f"ON DELETE {action} (k1)" in native  # the column list, for a same-dialect restore
     for dst, trusted in ((pg_url2, True), (pg_url3, False)):
         _check_set_columns(pg_url, dst, trusted)
+
+
+def test_a_target_older_than_postgresql_15_gets_the_plain_action_and_the_plan_says_so(pg_url: str) -> None:
+    from statekit.tiers.sql import ddl
+
+    execute(pg_url, *SET_COLUMNS_SCHEMA)
+    with pg_connect(pg_url) as pg:
+        tables, _, _, _ = pgcatalog.reflect(pg, [], ["*"], [])
+        child = next(t for t in tables if t.name == "pair_child")
+        check = ddl.PgTypeCheck(pg, set())
+        for set_columns, tail in ((True, 'ON DELETE SET NULL ("k1")'), (False, "ON DELETE SET NULL")):
+            out = ddl._pg_untrusted_table(child, "public", check, [], lambda s: s, set_columns=set_columns)
+            (fk,) = out.foreign_keys
+            assert fk.endswith(tail), fk
+            listed = [x for x in out.skipped if "column list" in x]
+            assert listed == ([] if set_columns else ["the column list of foreign key pair_null's ON DELETE action"])
 
 
 def test_an_archive_written_with_the_column_list_in_its_action_reads_as_the_plain_action() -> None:
@@ -294,6 +310,34 @@ def test_an_archive_written_with_the_column_list_in_its_action_reads_as_the_plai
     doc["tables"][0]["foreign_keys"][0]["on_delete"] = "SET NULL (k1); DROP TABLE x"
     with pytest.raises(CorruptArchive):
         DbSchema.from_json_bytes(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    ("action", "columns"),
+    [
+        ("SET NULL", ["k2"]),  # not a column of the key
+        ("CASCADE", ["k1"]),  # an action without a column list
+        (None, ["k1"]),
+        ("SET NULL", []),
+        ("SET NULL", "k1"),
+        ("SET NULL", ["k1) ON UPDATE CASCADE, ADD COLUMN x int --"]),
+    ],
+)
+def test_on_delete_columns_must_be_columns_of_the_key_under_set_null_or_default(action: Any, columns: Any) -> None:
+    import json
+
+    cols = [{"name": n, "type": {"kind": "int", "bits": 32}, "native": "integer"} for n in ("k1", "k2")]
+    fk = {"name": "f", "columns": ["k1"], "ref_schema": "public", "ref_table": "p", "ref_columns": ["id"],
+          "on_delete": action, "on_delete_columns": columns}  # fmt: skip
+    doc = {
+        "format": "statekit-db-schema", "format_version": 1, "dialect": "postgresql", "server_version": "15",
+        "default_schema": "public",
+        "tables": [{"schema": "public", "name": "c", "member": "db/public.c", "columns": cols, "foreign_keys": [fk]}],
+    }  # fmt: skip
+    with pytest.raises(CorruptArchive):
+        DbSchema.from_json_bytes(json.dumps(doc).encode())
+    fk["on_delete"], fk["on_delete_columns"] = "SET NULL", ["k1"]
+    assert DbSchema.from_json_bytes(json.dumps(doc).encode()).tables[0].foreign_keys[0]["on_delete_columns"] == ["k1"]
 
 
 # -- 5. a unique index another table's foreign key references ---------------------------------------------

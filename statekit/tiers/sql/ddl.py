@@ -164,6 +164,7 @@ def pg_plan(
             _add(plan.prelude_classes, "CREATE TYPE … AS ENUM")
     will_exist = _type_names(desc)
     check = PgTypeCheck(conn, will_exist)
+    set_columns = conn.info.server_version >= 150000  # ON DELETE SET NULL (k1)
     for d in desc.domains:
         if _exists(conn, d.get("schema"), d["name"]):
             continue
@@ -190,7 +191,9 @@ def pg_plan(
         if trusted:
             plan.tables[table.key] = _pg_trusted_table(table, schema)
         else:
-            plan.tables[table.key] = _pg_untrusted_table(table, schema, check, plan.problems, map_schema)
+            plan.tables[table.key] = _pg_untrusted_table(
+                table, schema, check, plan.problems, map_schema, set_columns=set_columns
+            )
     return plan
 
 
@@ -221,8 +224,17 @@ def _pg_trusted_table(table: TableDesc, schema: str | None) -> TableDdl:
 
 
 def _pg_untrusted_table(
-    table: TableDesc, schema: str | None, check: PgTypeCheck, problems: list[str], map_schema: SchemaMap
+    table: TableDesc,
+    schema: str | None,
+    check: PgTypeCheck,
+    problems: list[str],
+    map_schema: SchemaMap,
+    *,
+    set_columns: bool = True,
 ) -> TableDdl:
+    """CREATE TABLE and its foreign keys from the structured description alone; `set_columns`: the target
+    takes ON DELETE SET NULL (k1) (PostgreSQL 15+; an older one gets the action on every column of the key, and
+    the plan lists the column list as skipped)."""
     out = TableDdl()
     name = qtable(schema, table.name)
     lines: list[str] = []
@@ -272,7 +284,9 @@ def _pg_untrusted_table(
         if set(fk["columns"]) & omitted:
             out.skipped.append(f"foreign key {shown(fk.get('name') or '?')} on a generated column")
         else:
-            out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema)}")
+            if fk.get("on_delete_columns") and not set_columns:
+                out.skipped.append(f"the column list of foreign key {shown(fk.get('name') or '?')}'s ON DELETE action")
+            out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema, set_columns=set_columns)}")
     if out.foreign_keys:
         out.classes.append("ADD FOREIGN KEY")
     return out
@@ -318,13 +332,16 @@ def _type_names(desc: DbSchema) -> set[str]:
     return out
 
 
-def _fk_clause(fk: dict[str, Any], map_schema: SchemaMap) -> str:
+def _fk_clause(fk: dict[str, Any], map_schema: SchemaMap, *, set_columns: bool) -> str:
     head = f"CONSTRAINT {qident(fk['name'])} " if fk.get("name") else ""
     ref = qtable(map_schema(fk.get("ref_schema")), fk["ref_table"])
     clause = f"{head}FOREIGN KEY ({_cols(fk['columns'])}) REFERENCES {ref} ({_cols(fk['ref_columns'])})"
-    # the actions were checked against a fixed list when db/schema.json was read
+    # the actions were checked against a fixed list when db/schema.json was read, and on_delete_columns
+    # against the key's own columns (only with SET NULL / SET DEFAULT)
     if fk.get("on_delete"):
         clause += f" ON DELETE {fk['on_delete'].upper()}"
+        if fk.get("on_delete_columns") and set_columns:
+            clause += f" ({_cols(fk['on_delete_columns'])})"
     if fk.get("on_update"):
         clause += f" ON UPDATE {fk['on_update'].upper()}"
     return clause

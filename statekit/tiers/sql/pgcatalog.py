@@ -315,7 +315,8 @@ def _names(key: str, rel: str) -> str:
 
 
 # Every constraint (by type, then name); for keys their columns, for foreign keys the referenced table (its
-# own schema), its columns and the ON UPDATE / ON DELETE actions. A foreign key to a partitioned table is one
+# own schema), its columns, the ON UPDATE / ON DELETE actions and the columns ON DELETE SET NULL / SET DEFAULT
+# names (PostgreSQL 15+). A foreign key to a partitioned table is one
 # constraint; the copies PostgreSQL keeps of it for each referenced partition (children of a constraint on the
 # same table) are left out.
 _CONSTRAINTS_SQL = f"""
@@ -323,7 +324,14 @@ SELECT con.conrelid, con.conname, con.contype::text, pg_get_constraintdef(con.oi
        {_names("con.conkey", "con.conrelid")} ORDER BY k.ord),
        rn.nspname, rc.relname,
        {_names("con.confkey", "con.confrelid")} ORDER BY k.ord),
-       con.confupdtype::text, con.confdeltype::text
+       con.confupdtype::text, con.confdeltype::text,
+       -- ON DELETE SET NULL / SET DEFAULT (k1): its columns (PostgreSQL 15+; read through to_jsonb, which has
+       -- no such field on older servers)
+       ARRAY(SELECT att.attname::text
+             FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(to_jsonb(con) -> 'confdelsetcols') = 'array'
+                                                 THEN to_jsonb(con) -> 'confdelsetcols' END)
+                  WITH ORDINALITY AS k(num, ord)
+             JOIN pg_attribute att ON att.attrelid = con.conrelid AND att.attnum = k.num::int2 ORDER BY k.ord)
 FROM pg_constraint con
 LEFT JOIN pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
@@ -368,8 +376,8 @@ def _by_table(cur: psycopg.Cursor[Any], sql: str, oids: list[int]) -> dict[int, 
 
 def _foreign_key(row: Any) -> dict[str, Any]:
     """A foreign key from its row of _CONSTRAINTS_SQL."""
-    name, _, _, columns, ref_schema, ref_table, ref_columns, on_update, on_delete = row
-    return {
+    name, _, _, columns, ref_schema, ref_table, ref_columns, on_update, on_delete, set_columns = row
+    fk = {
         "name": str(name),
         "columns": list(columns),
         "ref_schema": str(ref_schema),
@@ -378,6 +386,9 @@ def _foreign_key(row: Any) -> dict[str, Any]:
         "on_delete": _ACTIONS.get(str(on_delete)),
         "on_update": _ACTIONS.get(str(on_update)),
     }
+    if set_columns:  # ON DELETE SET NULL (k1): only these columns are set
+        fk["on_delete_columns"] = [str(c) for c in set_columns]
+    return fk
 
 
 def qualified_nextval(default: str, schema: str) -> str:

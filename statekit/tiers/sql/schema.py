@@ -295,6 +295,12 @@ def check_schema(desc: DbSchema) -> None:
                 action = fk.get(key)
                 if action is not None and (not isinstance(action, str) or action.upper() not in FK_ACTIONS):
                     raise _Bad(f"{where}: foreign key {key} is not one of {', '.join(sorted(FK_ACTIONS))}")
+            if fk.get("on_delete_columns") is not None:  # ON DELETE SET NULL (k1): a part of the key's columns
+                _names(fk["on_delete_columns"], f"{where} foreign key ON DELETE columns")
+                action = str(fk.get("on_delete") or "").upper()
+                cols_ok = fk["on_delete_columns"] and set(fk["on_delete_columns"]) <= set(fk["columns"])
+                if action not in ("SET NULL", "SET DEFAULT") or not cols_ok:
+                    raise _Bad(f"{where}: foreign key ON DELETE columns do not match its action and columns")
         if not isinstance(t.constraints, list) or not all(
             isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("name", "type", "definition"))
             for c in t.constraints
