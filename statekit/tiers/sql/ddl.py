@@ -281,12 +281,13 @@ def _pg_untrusted_table(
     out.before.extend(owned)
     out.classes.append("CREATE TABLE (names, validated types, NOT NULL, identity, primary key, unique)")
     for fk in table.foreign_keys:
+        fk_name = shown(fk.get("name") or "?")
         if set(fk["columns"]) & omitted:
-            out.skipped.append(f"foreign key {shown(fk.get('name') or '?')} on a generated column")
-        else:
-            if fk.get("on_delete_columns") and not set_columns:
-                out.skipped.append(f"the column list of foreign key {shown(fk.get('name') or '?')}'s ON DELETE action")
-            out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema, set_columns=set_columns)}")
+            out.skipped.append(f"foreign key {fk_name} on a generated column")
+            continue
+        if fk.get("on_delete_columns") and not set_columns:
+            out.skipped.append(f"the column list of foreign key {fk_name}'s ON DELETE action")
+        out.foreign_keys.append(f"ALTER TABLE {name} ADD {_fk_clause(fk, map_schema, set_columns=set_columns)}")
     if out.foreign_keys:
         out.classes.append("ADD FOREIGN KEY")
     return out

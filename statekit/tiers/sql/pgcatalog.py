@@ -326,10 +326,12 @@ SELECT con.conrelid, con.conname, con.contype::text, pg_get_constraintdef(con.oi
        {_names("con.confkey", "con.confrelid")} ORDER BY k.ord),
        con.confupdtype::text, con.confdeltype::text,
        -- ON DELETE SET NULL / SET DEFAULT (k1): its columns (PostgreSQL 15+; read through to_jsonb, which has
-       -- no such field on older servers)
+       -- no such field on older servers, and only for those two actions)
        ARRAY(SELECT att.attname::text
-             FROM jsonb_array_elements_text(CASE WHEN jsonb_typeof(to_jsonb(con) -> 'confdelsetcols') = 'array'
-                                                 THEN to_jsonb(con) -> 'confdelsetcols' END)
+             FROM jsonb_array_elements_text(
+                 CASE WHEN con.confdeltype IN ('n', 'd') THEN
+                     CASE WHEN jsonb_typeof(to_jsonb(con) -> 'confdelsetcols') = 'array'
+                          THEN to_jsonb(con) -> 'confdelsetcols' END END)
                   WITH ORDINALITY AS k(num, ord)
              JOIN pg_attribute att ON att.attrelid = con.conrelid AND att.attnum = k.num::int2 ORDER BY k.ord)
 FROM pg_constraint con

@@ -85,7 +85,7 @@ def _planned(archive: Any, opts: RestoreOptions, url: str | None) -> RestoreCont
         return None
     planned_archive, planned_opts, planned_url, at, ctx = _last_plan.pop()
     fresh = time.monotonic() - at < REPLAN_AFTER_S
-    same = planned_archive is archive and planned_opts == opts and planned_url == url and not opts.dry_run
+    same = planned_archive is archive and planned_opts == opts and planned_url == url  # never a dry run's
     return ctx if fresh and same else None
 
 
