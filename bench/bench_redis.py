@@ -76,10 +76,11 @@ def child(mode: str, src: str, dst: str, archive: Path) -> dict[str, Any]:
     from statekit.archive.writer import ArchiveWriter
     from statekit.config import RedisConfig
     from statekit.fsio import atomic_output
-    from statekit.model import RestoreOptions, tune_gc
+    from statekit.model import RestoreOptions, tune_gc, tune_malloc
     from statekit.tiers.redis import restore_redis, snapshot_redis
 
-    tune_gc()  # as the statekit command does at start
+    tune_malloc()  # as the statekit command does at start
+    tune_gc()
     src_db = int(src.rsplit("/", 1)[1])
     if mode == "snapshot":
         with atomic_output(archive, overwrite=True) as fh:

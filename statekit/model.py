@@ -211,6 +211,43 @@ def usable_cores(limit: int = 4) -> int:
     return max(1, min(cores, limit))
 
 
+# glibc's mallopt parameters (malloc.h) and the limit statekit gives both.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+STREAM_BUFFER_LIMIT = 16 << 20
+
+
+def tune_malloc() -> bool:
+    """Let glibc's malloc reuse the buffers a stream passes through (a 1 MiB chunk of an archive member, a
+    4 MiB table segment, zstd's output) instead of mapping fresh memory for each one.
+
+    By default glibc serves an allocation of 128 KiB or more with an mmap of its own and unmaps it when it is
+    freed, and gives back the free top of a heap past 128 KiB: every 1 MiB buffer then costs 256 page faults
+    and the kernel zeroing its pages again. Reading a 221 MB table's segments out of an archive (decrypt,
+    decompress, hash) took 0.50-0.57 s of CPU; with both limits at STREAM_BUFFER_LIMIT 0.37-0.43 s, the same
+    peak RSS (a restore or snapshot keeps a few such buffers in flight, so memory does not grow with the data
+    either way). Either limit alone changed nothing measurable.
+    Only on glibc (which `os.confstr` names); True when both limits were set."""
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not libc.startswith("glibc"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # the mmap limit first: setting it turns off glibc's moving limits, the trim limit then holds
+    return bool(mallopt(_M_MMAP_THRESHOLD, STREAM_BUFFER_LIMIT)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, STREAM_BUFFER_LIMIT)
+    )
+
+
 OPENSSL_IA32CAP = "OPENSSL_ia32cap"
 
 

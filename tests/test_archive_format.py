@@ -15,6 +15,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from statekit.archive.format import READ_BLOCK
 from statekit.archive.keys import ScryptIdentity, ScryptRecipient, X25519Identity, generate_identity
 from statekit.archive.reader import Archive
 from statekit.archive.writer import ArchiveWriter
@@ -101,6 +102,23 @@ def test_round_trip(tmp_path: Path, members: dict[str, tuple[int, int, bool]], c
     for name, data in expected.items():
         assert listed[name]["size"] == len(data)
         assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("block", [READ_BLOCK, 3 * READ_BLOCK // 2, 65543])
+def test_big_members_read_in_blocks_stop_at_their_end(tmp_path: Path, block: int) -> None:
+    # zstd decompresses straight into the buffer a member's stream hands out: a read never runs past the member
+    # (into the next one's bytes or its tar padding), whatever the read size, and every byte is hashed
+    sizes = [READ_BLOCK - 1, READ_BLOCK, READ_BLOCK + 1, 2 * READ_BLOCK + 12345, 7, 3 * READ_BLOCK]
+    expected = {f"m{i}": random.Random(i).randbytes(n) for i, n in enumerate(sizes)}
+    path = tmp_path / "blocks.statekit"
+    write_archive(path, [(name, data, None) for name, data in expected.items()], [IDENTITY.recipient()])
+    got: dict[str, bytes] = {}
+    for member in Archive(path, [IDENTITY]).members("m"):
+        parts = []
+        while chunk := member.stream.read(block):
+            parts.append(chunk)
+        got[member.name] = b"".join(parts)
+    assert got == expected
 
 
 def test_small_members_share_a_frame_big_ones_get_their_own(tmp_path: Path) -> None:

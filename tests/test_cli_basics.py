@@ -199,6 +199,60 @@ def test_openssl_stays_off_avx512_unless_the_user_says_otherwise() -> None:
     ]
 
 
+_PAGE_FAULT_PROBE = """
+import resource, sys
+import statekit.cli
+sys.argv = ["statekit", "--version"]
+try:
+    statekit.cli.main()
+except SystemExit:
+    pass
+
+def buffers():
+    # what a stream does: a 1 MiB buffer made, part of it handed on, the buffer dropped, the next one made
+    for _ in range(100):
+        block = b"x" * (1 << 20)
+        kept = block[: 1 << 19]
+        del block
+
+buffers()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+buffers()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _is_glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not _is_glibc(), reason="glibc's malloc only")
+def test_the_command_reuses_stream_buffers_without_page_faults() -> None:
+    # after the entry point ran, 100 fresh 1 MiB buffers come out of malloc's heap: no page is mapped and zeroed
+    # again for each (glibc's defaults unmap and trim them, a few hundred faults for the same loop)
+    proc = subprocess.run([sys.executable, "-c", _PAGE_FAULT_PROBE], capture_output=True, text=True, check=True)
+    assert int(proc.stdout.strip().splitlines()[-1]) < 50, proc.stdout
+
+
+def test_malloc_is_left_alone_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit import model
+
+    monkeypatch.setattr(model.os, "confstr", lambda name: "musl 1.2.4")
+    assert model.tune_malloc() is False
+
+    def no_confstr(name: str) -> str:
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(model.os, "confstr", no_confstr)
+    assert model.tune_malloc() is False
+    if _is_glibc():
+        monkeypatch.undo()
+        assert model.tune_malloc() is True
+
+
 def test_python_dash_m_statekit_is_the_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "statekit", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("statekit"), proc.stdout + proc.stderr

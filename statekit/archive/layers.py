@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import zstandard
 
@@ -145,8 +145,27 @@ class _Decompressed:
             self._walked.walker.finish()
         return data
 
+    def readinto(self, buf: Any) -> int:
+        """Decompress into `buf` (up to its size; fewer is not the end): 0 only at a verified end of the
+        compressed stream. A member's content goes from zstd into the buffer its reader hands out, uncopied."""
+        try:
+            n: int = self._reader.readinto(buf)
+        except zstandard.ZstdError as exc:
+            raise CorruptArchive(f"archive compression layer is damaged: {exc}") from None
+        if not n and len(buf):
+            self._walked.walker.finish()
+        return n
 
-def open_layers(src: IO[bytes], identities: Sequence[Identity]) -> IO[bytes]:
+
+class Plaintext(Protocol):
+    """The plaintext tar stream of an archive: read (a bytes object) or readinto (a buffer of the caller's)."""
+
+    def read(self, size: int) -> bytes: ...
+
+    def readinto(self, buf: Any) -> int: ...
+
+
+def open_layers(src: IO[bytes], identities: Sequence[Identity]) -> Plaintext:
     """The plaintext tar stream of the archive read from `src` (decrypted with `identities` if it is encrypted)."""
     head = src.read(len(AGE_MAGIC))
     rest: IO[bytes]
@@ -161,7 +180,7 @@ def open_layers(src: IO[bytes], identities: Sequence[Identity]) -> IO[bytes]:
         raise CorruptArchive("file is empty: not a statekit archive")
     else:
         raise CorruptArchive("not a statekit archive (neither age-encrypted nor zstd)")
-    return cast(IO[bytes], _Decompressed(decrypted))
+    return _Decompressed(decrypted)
 
 
 class _Prefixed(io.RawIOBase):

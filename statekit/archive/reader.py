@@ -29,7 +29,7 @@ from statekit.archive.format import (
     load_json,
     tar_padding,
 )
-from statekit.archive.layers import open_layers
+from statekit.archive.layers import Plaintext, open_layers
 from statekit.errors import CorruptArchive, StorageError, UnsupportedFormat, UsageError
 from statekit.fsio import ATOMIC_TEMP_NAME
 from statekit.model import Member
@@ -43,7 +43,7 @@ _MAX_PAX = 1 << 20
 class _HashingReader(io.RawIOBase):
     """Reads one member's content, hashing every byte that passes."""
 
-    def __init__(self, src: IO[bytes], size: int) -> None:
+    def __init__(self, src: Plaintext, size: int) -> None:
         self._src = src
         self.remaining = size
         self.digest = hashlib.sha256()
@@ -52,15 +52,16 @@ class _HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buf: Any) -> int:
+        # The plaintext layer decompresses straight into `buf` (a BufferedReader's result): no copy on the way.
         if self.remaining <= 0:
             return 0
-        want = min(len(buf), self.remaining)
-        data = self._src.read(want)
-        if not data:
+        view = memoryview(buf).cast("B")
+        if len(view) > self.remaining:
+            view = view[: self.remaining]
+        n = self._src.readinto(view)
+        if not n:
             raise CorruptArchive("archive ends in the middle of a member (truncated)")
-        n = len(data)
-        buf[:n] = data
-        self.digest.update(data)
+        self.digest.update(view[:n])
         self.remaining -= n
         return n
 
@@ -77,7 +78,7 @@ class _HashingReader(io.RawIOBase):
 class _TarStream:
     """A minimal, strict reader for the pax tar stream statekit writes (regular files plus pax headers)."""
 
-    def __init__(self, src: IO[bytes]) -> None:
+    def __init__(self, src: Plaintext) -> None:
         self._src = src
 
     def _read_exact(self, n: int) -> bytes:

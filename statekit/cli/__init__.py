@@ -8,12 +8,13 @@ import sys
 # Each command module registers its commands on the `cli` group when the group first needs them. Nothing
 # imported here loads OpenSSL: `main` sets its CPU features first (the command modules load it later).
 from statekit.cli._app import cli, run
-from statekit.model import steady_clock, tune_gc
+from statekit.model import steady_clock, tune_gc, tune_malloc
 
 
 def main() -> None:
     """Console-script entry point (also `python -m statekit`)."""
     steady_clock()
+    tune_malloc()
     tune_gc()
     code = run()
     # At exit the interpreter runs one last full collection over every object the run left behind (SQLAlchemy's
