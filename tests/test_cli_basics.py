@@ -240,13 +240,13 @@ def test_the_command_reuses_stream_buffers_without_page_faults() -> None:
 def test_malloc_is_left_alone_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     from statekit import model
 
-    monkeypatch.setattr(model.os, "confstr", lambda name: "musl 1.2.4")
+    monkeypatch.setattr(os, "confstr", lambda name: "musl 1.2.4")
     assert model.tune_malloc() is False
 
     def no_confstr(name: str) -> str:
         raise ValueError("unrecognized configuration name")
 
-    monkeypatch.setattr(model.os, "confstr", no_confstr)
+    monkeypatch.setattr(os, "confstr", no_confstr)
     assert model.tune_malloc() is False
     if _is_glibc():
         monkeypatch.undo()
