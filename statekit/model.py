@@ -217,6 +217,14 @@ _M_MMAP_THRESHOLD = -3
 STREAM_BUFFER_LIMIT = 16 << 20
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (as `os.confstr` names its C library; musl, macOS and Windows do not)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def tune_malloc() -> bool:
     """Let glibc's malloc reuse the buffers a stream passes through (a 1 MiB chunk of an archive member, a
     4 MiB table segment, zstd's output) instead of mapping fresh memory for each one.
@@ -227,12 +235,8 @@ def tune_malloc() -> bool:
     decompress, hash) took 0.50-0.57 s of CPU; with both limits at STREAM_BUFFER_LIMIT 0.37-0.43 s, the same
     peak RSS (a restore or snapshot keeps a few such buffers in flight, so memory does not grow with the data
     either way). Either limit alone changed nothing measurable.
-    Only on glibc (which `os.confstr` names); True when both limits were set."""
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (AttributeError, ValueError, OSError):
-        return False
-    if not libc.startswith("glibc"):
+    Only on glibc; True when both limits were set."""
+    if not is_glibc():
         return False
     import ctypes
 

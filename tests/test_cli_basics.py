@@ -15,6 +15,7 @@ from statekit.archive.keys import generate_identity
 from statekit.cli import cli as root_group
 from statekit.cli import run
 from statekit.cli._app import COMMAND_MODULES
+from statekit.model import is_glibc
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 IDENTITY = generate_identity()
@@ -222,14 +223,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _is_glibc() -> bool:
-    try:
-        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-@pytest.mark.skipif(not _is_glibc(), reason="glibc's malloc only")
+@pytest.mark.skipif(not is_glibc(), reason="glibc's malloc only")
 def test_the_command_reuses_stream_buffers_without_page_faults() -> None:
     # after the entry point ran, 100 fresh 1 MiB buffers come out of malloc's heap: no page is mapped and zeroed
     # again for each (glibc's defaults unmap and trim them, a few hundred faults for the same loop)
@@ -248,9 +242,8 @@ def test_malloc_is_left_alone_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(os, "confstr", no_confstr)
     assert model.tune_malloc() is False
-    if _is_glibc():
-        monkeypatch.undo()
-        assert model.tune_malloc() is True
+    monkeypatch.undo()
+    assert model.tune_malloc() is is_glibc()
 
 
 def test_python_dash_m_statekit_is_the_command() -> None:
