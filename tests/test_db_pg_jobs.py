@@ -332,3 +332,78 @@ def test_a_table_changed_after_its_staging_table_was_made_fails_the_swap(pg_url2
         stager.close()
     assert stages(pg_url2) == []
     assert fetch(pg_url2, "SELECT * FROM t") == [(1, "a", None)]
+
+
+# Records, for each key and index a restore worker builds, the server's max_parallel_maintenance_workers in effect.
+_BUILD_LOG = [
+    "CREATE TABLE sk_build_log (query text, workers text)",
+    """CREATE FUNCTION sk_log_build() RETURNS event_trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_setting('application_name') LIKE 'statekit-restore-_' THEN
+            INSERT INTO public.sk_build_log
+            VALUES (current_query(), current_setting('max_parallel_maintenance_workers'));
+        END IF;
+    END $$""",
+    "CREATE EVENT TRIGGER sk_log_build ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX') "
+    "EXECUTE FUNCTION sk_log_build()",
+]
+
+
+def test_builds_side_by_side_leave_the_server_s_parallel_workers_out(
+    pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """The workers build the staging tables' keys and indexes, one per connection at a time. A build that starts
+    while another runs, or with more to come, runs without the server's parallel maintenance workers (the
+    restore already runs as many builds at once as --jobs asks for); a build alone keeps the server's setting."""
+    monkeypatch.setattr(postgres, "SEGMENT_BYTES", 256 << 10)
+    monkeypatch.setattr(pgstage, "STAGE_FROM_BYTES", 200 << 10)
+    execute(pg_url, *_schema(role), "CREATE TABLE solo (id int PRIMARY KEY, v text)")
+    _fill(pg_url, 30_000, "new")
+    execute(pg_url, "INSERT INTO solo SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g")
+    default = str(fetch(pg_url2, "SHOW max_parallel_maintenance_workers")[0][0])
+    assert default != "0"
+    try:
+        execute(pg_url2, "DROP EVENT TRIGGER IF EXISTS sk_log_build", *_BUILD_LOG)
+        # two staged tables, five builds: big's key, unique key and index, the odd table's key and index
+        archive, _ = snap(pg_url, tmp_path / "a.statekit", include=["big", 'Odd Schema.we ird "t"'])
+        execute(pg_url2, *_schema(role))
+        jobs_restore(archive, pg_url2)
+        built = fetch(pg_url2, "SELECT query, workers FROM sk_build_log")
+        assert len(built) == 5
+        shared = [q for q, w in built if w == "0"]
+        assert len(shared) >= 4  # each of the first four leaves another to come; only the last may run alone
+        assert all(w in ("0", default) for _, w in built)
+        # one staged table with one key: its build runs alone, with the server's setting
+        execute(pg_url2, "TRUNCATE sk_build_log")
+        solo, _ = snap(pg_url, tmp_path / "solo.statekit", include=["solo"])
+        execute(pg_url2, "CREATE TABLE solo (id int PRIMARY KEY, v text)")
+        jobs_restore(solo, pg_url2)
+        assert [w for _, w in fetch(pg_url2, "SELECT query, workers FROM sk_build_log")] == [default]
+        assert rows_as_text(pg_url2, "solo") == rows_as_text(pg_url, "solo")
+    finally:
+        execute(pg_url2, "DROP EVENT TRIGGER IF EXISTS sk_log_build")
+
+
+def test_a_build_next_to_others_gets_its_share_of_the_jobs() -> None:
+    """The cap on the server's parallel workers for each build: none while two builds share --jobs 2, the
+    server's own setting for a build alone, N // (builds at once) - 1 otherwise."""
+    two = pgstage.Stager(target=None, jobs=2)
+    for k in range(3):
+        two.tasks.put(f"b{k}")
+    assert two.take_build() == ("b0", 0)
+    assert two.take_build() == ("b1", 0)
+    two.build_done()
+    two.build_done()
+    assert two.take_build() == ("b2", None)  # nothing else runs or waits
+    two.build_done()
+    assert two.take_build() is None
+    eight = pgstage.Stager(target=None, jobs=8)
+    for k in range(10):
+        eight.tasks.put(f"c{k}")
+    assert eight.take_build() == ("c0", 0)  # eight builds at once: one process each
+    taken = [eight.take_build() for _ in range(7)]
+    assert all(t is not None and t[1] == 0 for t in taken)
+    for _ in range(8):
+        eight.build_done()
+    assert eight.take_build() == ("c8", 3)  # two left: 8 // 2 - 1
+    assert eight.take_build() == ("c9", 3)
