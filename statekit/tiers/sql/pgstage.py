@@ -53,9 +53,8 @@ STAGE_FROM_BYTES = 4 << 20
 _WORKER_CHUNKS = 4
 # How long a worker's statement may wait for a lock before the restore fails (see _Worker).
 _LOCK_TIMEOUT_S = 60
-# SET LOCAL for a key or index build that runs while others do (Stager.take_build): two builds over two
-# connections, each with the server's two parallel workers, took 274-394 ms against 199-224 ms without them (two
-# 500k-row tables, two cores); a build running alone keeps them (one 2M-row key: 548-572 ms against 567-707 ms).
+# SET LOCAL for a build next to others (Stager.take_build). Two 500k-row keys side by side, two cores: 274-394 ms
+# with the server's two workers each, 199-224 ms without; one 2M-row key alone: 548-572 ms with, 567-707 without.
 _SHARED_BUILD = (
     "SELECT set_config('max_parallel_maintenance_workers', "
     "least(current_setting('max_parallel_maintenance_workers')::int, %s)::text, true)"
@@ -326,16 +325,12 @@ class _Worker(threading.Thread):
             self.load_done.set()
             self.stager.build_go.wait()
             with self.conn.cursor() as cur:
-                while not self.stager.aborted.is_set():
-                    task = self.stager.take_build()
-                    if task is None:
-                        break
-                    stmt, cap = task
+                while not self.stager.aborted.is_set() and (task := self.stager.take_build()) is not None:
                     try:
                         pgload.raise_maintenance_memory(cur)
-                        if cap is not None:
-                            cur.execute(_SHARED_BUILD, (cap,))
-                        cur.execute(stmt)
+                        if task[1] is not None:  # at most this many of the server's parallel workers, or its setting
+                            cur.execute(_SHARED_BUILD, (task[1],))
+                        cur.execute(task[0])
                         self.conn.commit()
                     finally:
                         self.stager.build_done()
@@ -507,10 +502,9 @@ class Stager:
         return self.progress()[0], [c for worker in self.workers for c in worker.counted]
 
     def take_build(self) -> tuple[str, int | None] | None:
-        """The next key or index statement for a worker (None: none left), and the most parallel workers of the
-        server's it may use: None (the server's setting) for a build that runs alone; for one that runs next to
-        others, its share of the N processes --jobs asks for, less itself (N // builds at once - 1, so two builds
-        with --jobs 2 get none), never more than the server's setting."""
+        """The next key or index statement for a worker (None: none left) and the most parallel workers of the
+        server's it may use: None (the server's setting) for a build alone; next to others, its share of the N
+        processes --jobs asks for, less itself (N // builds at once - 1: none for two with --jobs 2)."""
         with self._build_lock:
             try:
                 stmt = self.tasks.get_nowait()
