@@ -328,7 +328,7 @@ class _Worker(threading.Thread):
                 while not self.stager.aborted.is_set() and (task := self.stager.take_build()) is not None:
                     try:
                         pgload.raise_maintenance_memory(cur)
-                        if task[1] is not None:  # at most this many of the server's parallel workers, or its setting
+                        if task[1] is not None:  # at most this many parallel workers (fewer if the server says so)
                             cur.execute(_SHARED_BUILD, (task[1],))
                         cur.execute(task[0])
                         self.conn.commit()
