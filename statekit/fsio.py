@@ -30,6 +30,7 @@ from statekit.errors import StorageError
 
 # How much an atomic_output file takes in before it asks the kernel to start writing it out.
 WRITE_BEHIND = 8 << 20
+_FADVISE = hasattr(os, "posix_fadvise")
 
 
 class _WriteBehind(io.FileIO):
@@ -53,9 +54,6 @@ class _WriteBehind(io.FileIO):
                 pass
             self._started = self._offset
         return n
-
-
-_FADVISE = hasattr(os, "posix_fadvise")
 
 
 @contextmanager

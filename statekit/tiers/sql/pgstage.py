@@ -326,11 +326,12 @@ class _Worker(threading.Thread):
             self.stager.build_go.wait()
             with self.conn.cursor() as cur:
                 while not self.stager.aborted.is_set() and (task := self.stager.take_build()) is not None:
+                    stmt, cap = task
                     try:
                         pgload.raise_maintenance_memory(cur)
-                        if task[1] is not None:  # at most this many parallel workers (fewer if the server says so)
-                            cur.execute(_SHARED_BUILD, (task[1],))
-                        cur.execute(task[0])
+                        if cap is not None:  # at most this many parallel workers (fewer if the server says so)
+                            cur.execute(_SHARED_BUILD, (cap,))
+                        cur.execute(stmt)
                         self.conn.commit()
                     finally:
                         self.stager.build_done()
