@@ -76,10 +76,14 @@ def run_with_fault(args: list[str], ready: Callable[[], bool], fault: Callable[[
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], codes: tuple[int, ...], *words: str) -> None:
-    """Exit code in `codes`; stderr ends with exactly one `Error: …` line that names each of `words`."""
+    """Exit code in `codes`; stderr ends with exactly one `Error: …` line that names each of `words`, and any
+    line before it is one of statekit's `warning: …` lines (no driver's or library's own log line)."""
     assert proc.returncode in codes, f"exit {proc.returncode}, wanted one of {codes}: {proc.stderr}"
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    ours = ("warning: ", "undo archive saved: ", "  to put the target back: ")
+    assert all(line.startswith(ours) for line in lines[:-1]), proc.stderr
     for word in words:
         assert word.lower() in errors[0].lower(), f"{errors[0]!r} does not mention {word!r}"
 
@@ -196,7 +200,42 @@ def test_pg_connection_cut_mid_restore(tmp_path: Path, age_keys: tuple[str, str]
                            "--undo-dir", str(tmp_path)],
                           _copy_running(pg_url2, "FROM STDIN"), _terminate_others(pg_url2), repeat=True)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
+    assert "nothing was changed" in proc.stderr, proc.stderr  # no COMMIT was sent: the server rolled it back
     assert _fingerprint(pg_url2) == before
+
+
+def _terminate_one_copy(url: str) -> Callable[[], None]:
+    """Terminate one of the sessions running `COPY … FROM STDIN` on the database of `url` (the others go on)."""
+    dbname = url.rsplit("/", 1)[1].split("?")[0]
+
+    def fault() -> None:
+        with _pg(url) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                         "AND application_name <> %s AND query ILIKE 'COPY%%FROM STDIN%%' AND state = 'active' "
+                         "ORDER BY pid LIMIT 1", (dbname, WATCHER))  # fmt: skip
+
+    return fault
+
+
+def test_pg_one_connection_of_a_jobs_restore_cut(
+    tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str
+) -> None:
+    """One of --jobs 2's connections is cut while both load: one line, the target as it was, and no staging
+    table left behind (the other connection's transaction rolls back)."""
+    identity, recipient = age_keys
+    _fill(pg_url, 300_000)
+    archive = tmp_path / "db.statekit"
+    assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
+    _fill(pg_url2, 1_000)
+    before = _fingerprint(pg_url2)
+    proc = run_with_fault(["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
+                           "--jobs", "2", "--undo-dir", str(tmp_path)],
+                          _copy_running(pg_url2, "FROM STDIN"), _terminate_one_copy(pg_url2))  # fmt: skip
+    assert_one_line_error(proc, TIER_CODES, "db")
+    assert _fingerprint(pg_url2) == before
+    with _pg(pg_url2) as conn:
+        left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'statekit_stage%'").fetchall()
+    assert left == []
 
 
 def _children(pid: int) -> list[int]:
@@ -281,8 +320,34 @@ def test_pg_server_killed_mid_snapshot_and_restore(tmp_path: Path, age_keys: tup
                            "--undo-dir", str(tmp_path)],
                           _copy_running(url, "FROM STDIN"), _kill_postgres(own_pg))  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
+    assert "nothing was changed" in proc.stderr, proc.stderr
     _restart_postgres(own_pg)
     assert _fingerprint(url) == before, "the killed restore's transaction survived the crash"
+
+
+def test_pg_server_killed_mid_jobs_restore(tmp_path: Path, age_keys: tuple[str, str], own_pg: EmbeddedPostgres,
+                                           pg_url: str) -> None:  # fmt: skip
+    """The server dies while --jobs 2 loads: one line that says the target is as it was (no transaction could
+    commit), the target as it was after crash recovery, and the next restore clears the staging tables."""
+    identity, recipient = age_keys
+    url = own_pg.url
+    _fill(url, 1_000)
+    before = _fingerprint(url)
+    _fill(pg_url, 300_000)
+    archive = tmp_path / "db.statekit"
+    assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
+    restore = ["restore", str(archive), "--tier", "db", "--target-url", url, "-i", identity, "--yes", "--jobs", "2",
+               "--undo-dir", str(tmp_path)]  # fmt: skip
+    proc = run_with_fault(restore, _copy_running(url, "FROM STDIN"), _kill_postgres(own_pg))
+    assert_one_line_error(proc, TIER_CODES, "db")
+    assert "nothing was changed" in proc.stderr and "partly" not in proc.stderr, proc.stderr
+    _restart_postgres(own_pg)
+    assert _fingerprint(url) == before, "the killed restore's transaction survived the crash"
+    assert run_cli(*restore).returncode == 0
+    with _pg(url) as conn:
+        left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'statekit_stage%'").fetchall()
+    assert left == []
+    assert _fingerprint(url) == _fingerprint(pg_url)
 
 
 # -- Redis ------------------------------------------------------------------------------------------------------

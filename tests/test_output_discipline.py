@@ -179,3 +179,43 @@ def test_progress_ends_on_the_final_counts(redis_url: str, tmp_path: Path) -> No
     assert tty.returncode == 0, tty.stdout
     frames = [f for f in re.split(r"[\r\n]", tty.stdout) if "items" in f]
     assert "30,000/30,000 items" in frames[-1] and " 0 B " not in frames[-1], frames[-3:]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_library_log_records_and_python_warnings_take_statekit_form(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A driver's own log record (psycopg noting an error it ignored while ending a broken COPY) is a detail
+    of the one `Error:` line: text mode shows it with -v only, as `warning: …`; a Python warning is one line;
+    -q leaves neither; --log-format json has each as a JSON line."""
+    import logging
+    import warnings
+
+    from statekit.cli._app import App, _stderr_logging
+
+    def emit(**app: object) -> list[str]:
+        _stderr_logging(App(log_format=log_format, **app))  # type: ignore[arg-type]
+        logging.getLogger("psycopg").warning("error ignored terminating %r: %s", "<Copy>", "connection lost")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("identity file id.txt is accessible by group or others", stacklevel=1)
+        return capsys.readouterr().err.splitlines()
+
+    try:
+        plain, verbose, quiet = emit(), emit(verbose=1), emit(quiet=True)
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger().handlers.clear()
+    said = "warning: identity file id.txt is accessible by group or others"
+    driver = "warning: error ignored terminating '<Copy>': connection lost"
+    if log_format == "text":
+        assert plain == [said]
+        assert verbose == [driver, said]
+        assert quiet == []
+    else:
+        for lines in (plain, verbose, quiet):
+            docs = [json.loads(line) for line in lines]
+            assert [(d["level"], d["message"]) for d in docs] == [
+                ("warning", "error ignored terminating '<Copy>': connection lost"),
+                ("warning", "identity file id.txt is accessible by group or others"),
+            ]

@@ -201,22 +201,37 @@ def _log_json(level: str, message: str, **extra: Any) -> None:
     sys.stderr.flush()
 
 
-class _JsonLogFormatter(logging.Formatter):
-    """Library log records (and Python warnings) as the same JSON lines."""
+class _StderrLog(logging.Handler):
+    """Library log records and Python warnings on stderr, in statekit's own form: JSON lines with --log-format
+    json (then nothing else reaches stderr), else `warning: …` lines. In text mode a library's records (a
+    driver noting that it ignored a second error while cleaning up after the first) show with -v only: the
+    one `Error:` line already says what failed. -q leaves only errors."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.name == "py.warnings":  # "file:line: Category: text\n  source line" → the text only
-            message = message.strip().splitlines()[0].split(": ", 2)[-1] if message.strip() else message
-        return json.dumps({"ts": record.created, "level": record.levelname.lower(), "message": message})
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self.app = app
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.name == "py.warnings":  # "file:line: Category: text\n  source line" → the text only
+                message = message.strip().splitlines()[0].split(": ", 2)[-1] if message.strip() else message
+            if self.app.log_format == "json":
+                line = json.dumps({"ts": record.created, "level": record.levelname.lower(), "message": message})
+            elif self.app.quiet or (record.name != "py.warnings" and not self.app.verbose):
+                return
+            else:
+                line = f"{record.levelname.lower()}: {message}"
+            sys.stderr.write(line + "\n")  # the stream of the moment (click's test runner swaps it)
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
 
 
-def _json_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLogFormatter())
+def _stderr_logging(app: App) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.handlers[:] = [_StderrLog(app)]
+    root.setLevel(logging.INFO if app.verbose else logging.WARNING)
     logging.captureWarnings(True)
 
 
@@ -264,8 +279,7 @@ def common_options(func: F) -> F:
         app.quiet = app.quiet or quiet
         app.verbose = max(app.verbose, verbose)
         app.log_format = log_format or app.log_format
-        if app.log_format == "json":
-            _json_logging(app.verbose)
+        _stderr_logging(app)
         return func(app, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

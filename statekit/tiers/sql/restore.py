@@ -15,6 +15,7 @@ the load committed, in the same run (their DDL commits at once, so it cannot sha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -369,13 +370,12 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
         conn.commit()
     except BaseException:
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.rollback()
-                ctx.rolled_back = not committing
-            except Exception:
-                pass
-        else:
-            ctx.rolled_back = True
+        # Before COMMIT was sent the transaction cannot commit, whether the rollback above reached the server or
+        # the connection was already gone (the server then aborts it): the target is as it was. The staging
+        # tables of --jobs were never the target's; the stager drops them, or the next restore does.
+        ctx.rolled_back = not committing
         raise
     finally:
         if conn is not None:
@@ -483,7 +483,8 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 conn.commit()
             ctx.rolled_back = not committing
         except Exception:
-            pass
+            # a server with transactional DDL aborts an uncommitted transaction whatever became of the connection
+            ctx.rolled_back = dialect.transactional_ddl and not committing
         raise
     finally:
         conn.close()
