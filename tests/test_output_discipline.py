@@ -194,6 +194,7 @@ def test_library_log_records_and_python_warnings_take_statekit_form(
     from statekit.cli._app import App, _stderr_logging
 
     def emit(**app: object) -> list[str]:
+        logging.captureWarnings(False)  # an earlier in-process command of the suite may have captured them
         _stderr_logging(App(log_format=log_format, **app))  # type: ignore[arg-type]
         logging.getLogger("psycopg").warning("error ignored terminating %r: %s", "<Copy>", "connection lost")
         with warnings.catch_warnings():
