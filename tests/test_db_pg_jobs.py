@@ -407,3 +407,24 @@ def test_a_build_next_to_others_gets_its_share_of_the_jobs() -> None:
         eight.build_done()
     assert eight.take_build() == ("c8", 3)  # two left: 8 // 2 - 1
     assert eight.take_build() == ("c9", 3)
+
+
+@pytest.mark.parametrize("direction", ["pg to mysql", "mysql to pg"])
+def test_jobs_where_it_does_not_apply_is_said(direction: str, pg_url: str, mysql_url: str, tmp_path: Path) -> None:
+    """--jobs N only spreads a PostgreSQL archive's load into PostgreSQL; any other restore says it loads over
+    one connection, and loads."""
+    src, dst = (pg_url, mysql_url) if direction == "pg to mysql" else (mysql_url, pg_url)
+    execute(src, "CREATE TABLE t (id int PRIMARY KEY, v varchar(20))", "INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    archive = snap(src, tmp_path / "a.statekit")[0]
+    said: list[str] = []
+    report = jobs_restore(archive, dst, jobs=3, warn=said.append)
+    assert report.counts["rows"] == 2
+    assert fetch(dst, "SELECT id, v FROM t ORDER BY id") == [(1, "a"), (2, "b")]
+    if direction == "mysql to pg":
+        assert said == ["--jobs 3 applies to restores of a PostgreSQL archive into PostgreSQL only; this one loads "
+                        "over one connection"]  # fmt: skip
+    else:
+        assert said == ["--jobs 3 applies to restores into PostgreSQL only; this one loads over one connection"]
+    same: list[str] = []
+    jobs_restore(snap(dst, tmp_path / "b.statekit")[0], dst, jobs=3, warn=same.append)
+    assert (same == []) == (dst == pg_url)

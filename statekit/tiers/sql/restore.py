@@ -151,15 +151,16 @@ def restore_db(
     if opts.dry_run:
         return _report(ctx, dry_run=True)
     report = _report(ctx, dry_run=False)
+    native = ctx.same_dialect and ctx.target.dialect.native_copy
+    if opts.jobs > 1 and not native:
+        what = "of a PostgreSQL archive into PostgreSQL" if ctx.target.dialect.native_copy else "into PostgreSQL"
+        warn(f"--jobs {opts.jobs} applies to restores {what} only; this one loads over one connection")
     if undo is not None:
         report.undo_archive = _save_undo(ctx, undo)
     announce_total(progress, "db", sum(p.archive_rows or 0 for p in ctx.plans))
     started = time.time()
     try:
-        if ctx.same_dialect and ctx.target.dialect.native_copy:
-            loaded = _restore_pg(ctx, archive, progress, opts.jobs)
-        else:
-            loaded = _restore_generic(ctx, archive, progress)
+        loaded = _restore_pg(ctx, archive, progress, opts.jobs) if native else _restore_generic(ctx, archive, progress)
     except StatekitError as exc:
         exc.target_unchanged = ctx.rolled_back
         raise
