@@ -189,21 +189,6 @@ def test_pg_connection_cut_mid_snapshot(tmp_path: Path, age_keys: tuple[str, str
     assert_no_archive(repo)
 
 
-def test_pg_connection_cut_mid_restore(tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str) -> None:
-    identity, recipient = age_keys
-    _fill(pg_url, 120_000)
-    archive = tmp_path / "db.statekit"
-    assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
-    _fill(pg_url2, 1_000)
-    before = _fingerprint(pg_url2)
-    proc = run_with_fault(["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
-                           "--undo-dir", str(tmp_path)],
-                          _copy_running(pg_url2, "FROM STDIN"), _terminate_others(pg_url2), repeat=True)  # fmt: skip
-    assert_one_line_error(proc, TIER_CODES, "db")
-    assert "nothing was changed" in proc.stderr, proc.stderr  # no COMMIT was sent: the server rolled it back
-    assert _fingerprint(pg_url2) == before
-
-
 def _terminate_one_copy(url: str) -> Callable[[], None]:
     """Terminate one of the sessions running `COPY … FROM STDIN` on the database of `url` (the others go on)."""
     dbname = url.rsplit("/", 1)[1].split("?")[0]
@@ -217,21 +202,25 @@ def _terminate_one_copy(url: str) -> Callable[[], None]:
     return fault
 
 
-def test_pg_one_connection_of_a_jobs_restore_cut(
-    tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_pg_connection_cut_mid_restore(
+    jobs: int, tmp_path: Path, age_keys: tuple[str, str], pg_url: str, pg_url2: str
 ) -> None:
-    """One of --jobs 2's connections is cut while both load: one line, the target as it was, and no staging
-    table left behind (the other connection's transaction rolls back)."""
+    """One job: its connections are cut again and again. --jobs 2: one of the two connections is cut while both
+    load (the other goes on until the restore stops it). Either way one line saying nothing changed (no COMMIT
+    was sent: the server rolled it back), the target as it was, and no staging table left behind."""
     identity, recipient = age_keys
-    _fill(pg_url, 300_000)
+    _fill(pg_url, 120_000 if jobs == 1 else 300_000)
     archive = tmp_path / "db.statekit"
     assert run_cli("snapshot", "--db-url", pg_url, "--to", str(archive), "-r", recipient).returncode == 0
     _fill(pg_url2, 1_000)
     before = _fingerprint(pg_url2)
+    fault = _terminate_others(pg_url2) if jobs == 1 else _terminate_one_copy(pg_url2)
     proc = run_with_fault(["restore", str(archive), "--tier", "db", "--target-url", pg_url2, "-i", identity, "--yes",
-                           "--jobs", "2", "--undo-dir", str(tmp_path)],
-                          _copy_running(pg_url2, "FROM STDIN"), _terminate_one_copy(pg_url2))  # fmt: skip
+                           "--jobs", str(jobs), "--undo-dir", str(tmp_path)],
+                          _copy_running(pg_url2, "FROM STDIN"), fault, repeat=jobs == 1)  # fmt: skip
     assert_one_line_error(proc, TIER_CODES, "db")
+    assert "nothing was changed" in proc.stderr, proc.stderr
     assert _fingerprint(pg_url2) == before
     with _pg(pg_url2) as conn:
         left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'statekit_stage%'").fetchall()
