@@ -5,22 +5,32 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
+
 from statekit.errors import ConfigError
 from statekit.tiers.sql.dialects.base import Dialect
-from statekit.tiers.sql.dialects.mysql import MySQL
-from statekit.tiers.sql.dialects.postgresql import PostgreSQL
-from statekit.tiers.sql.dialects.sqlite import SQLite
 
 __all__ = ["DIALECTS", "Dialect", "dialect_for"]
 
-_ALL: dict[str, Dialect] = {d.name: d for d in (PostgreSQL(), MySQL(), SQLite())}
+# A dialect's module loads when it is first asked for: a PostgreSQL run never imports the MySQL and SQLite ones.
+_CLASSES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "sqlite": "SQLite"}
 _ALIASES = {"mariadb": "mysql"}
-DIALECTS: tuple[str, ...] = tuple(_ALL)
+DIALECTS: tuple[str, ...] = tuple(_CLASSES)
+_ALL: dict[str, Dialect] = {}
+_LOCK = threading.Lock()
 
 
 def dialect_for(name: str) -> Dialect:
     """The dialect of a URL backend (postgresql, mysql, mariadb, sqlite) or of an archive."""
-    d = _ALL.get(_ALIASES.get(name, name))
-    if d is None:
+    key = _ALIASES.get(name, name)
+    d = _ALL.get(key)
+    if d is not None:
+        return d
+    if key not in _CLASSES:
         raise ConfigError(f"unsupported database '{name[:40]}' (postgresql, mysql, mariadb, sqlite)")
-    return d
+    with _LOCK:
+        if key not in _ALL:
+            module = importlib.import_module(f"statekit.tiers.sql.dialects.{key}")
+            _ALL[key] = getattr(module, _CLASSES[key])()
+        return _ALL[key]
