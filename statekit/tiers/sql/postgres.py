@@ -150,19 +150,13 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
     seq = 0
     buf = bytearray()
     get = pg.get_copy_data
-    sock = pg.socket
     messages = 0  # binary: CopyData messages, one per row (the trailer's included)
-    if binary:  # the first message carries the file header (maybe nothing else)
-        n, data = _next_copy_data(pg)
-        if n > 0:
-            data = bytes(data)
-            data = data[pgbinary.strip_header(data) :]
-            if data:
-                buf += data
-                messages += 1
+    n, data = _next_copy_data(pg)
+    if binary and n > 0:  # the first message carries the file header (maybe nothing else)
+        data = bytes(data)
+        data = data[pgbinary.strip_header(data) :]
+        if not data:
             n, data = get(1)
-    else:
-        n, data = get(1)
     while True:
         # Every row libpq holds (its input buffer: 16 KiB, larger only after a longer row), then one size check.
         while n > 0:
@@ -185,9 +179,7 @@ def copy_table(pgconn: Any, table: TableDesc, writer: _SegmentWriter) -> int:
             messages = 0
             if n > 0:
                 continue
-        select.select([sock], [], [])
-        pg.consume_input()
-        n, data = get(1)
+        n, data = _next_copy_data(pg)
     _await_result(pg)
     res = pg.get_result()
     if res is None or res.status != pq.ExecStatus.COMMAND_OK:
