@@ -193,20 +193,20 @@ def test_undo_to_another_target_needs_the_flag_and_says_so(
 # -- files -----------------------------------------------------------------------------------------------------
 
 
+def _visible(root: Path) -> Iterator[tuple[str, Path]]:
+    """The files under root as (relative path, path), without the restore's hidden staging directory."""
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            yield str(rel), p
+
+
 def _sizes(root: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    return {rel: p.stat().st_size for rel, p in _visible(root)}
 
 
 def _files(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in _visible(root)}
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["complete", "kill-9"])
