@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 from fixtures.evolution.generate import generate  # noqa: E402
 from fixtures.evolution.harness import write_config  # noqa: E402
 
-STATEKIT = [sys.executable, "-m", "statekit"] if not (REPO / ".venv/bin/statekit").exists() else [
-    str(REPO / ".venv/bin/statekit")
-]  # fmt: skip
+# the statekit command of the interpreter running this (`make bench`: statekit as pip installs it)
+_COMMAND = Path(sys.executable).parent / "statekit"
+STATEKIT = [str(_COMMAND)] if _COMMAND.exists() else [sys.executable, "-m", "statekit"]
 
 
 def _pg_database(server_url: str) -> tuple[str, Any]:

@@ -16,11 +16,12 @@ X25519-encrypted archive, restore with --yes --no-undo in replace mode, with one
 `pg_dump -Fc`, `pg_restore --data-only`, and the floors: `psql -c "COPY t TO STDOUT" > /dev/null`,
 `psql -c "\\copy t FROM file"`, and the server floor of a restore (one psql transaction: TRUNCATE, drop the
 primary keys, `\\copy`, add the keys); the COPY out and the server floor also in binary COPY (the format statekit
-archives tables of these types in). Each
-restore starts from emptied tables after a CHECKPOINT. Within a repetition the tools take turns going first
-(alternating runs), and a ratio is taken per repetition between runs made next to each other; the median
-and the range over repetitions are printed, so the noise of a shared machine shows. Peak RSS comes from
-os.wait4. The scratch databases are dropped at the end.
+archives tables of these types in). Each restore starts from emptied tables after a CHECKPOINT, and every
+repetition and restore once no autovacuum worker runs (the one a restore sets off would otherwise run next to
+the tool after it). Within a repetition the tools take turns going first (alternating runs), and a ratio is
+taken per repetition between runs made next to each other; the median and the range over repetitions are
+printed, so the noise of a shared machine shows. Peak RSS comes from os.wait4. The scratch databases are
+dropped at the end.
 """
 
 from __future__ import annotations
@@ -107,6 +108,32 @@ def _make(url: str, ds: Dataset) -> None:
     _run(_db_url(url, ds.dst), *[ds.ddl.format(name=t) for t in ds.tables])
 
 
+def _settle(url: str, limit: float = 60.0) -> None:
+    """Let the machine go quiet before a repetition: the server's dirty buffers written (CHECKPOINT), the
+    kernel's dirty pages written (sync), and no autovacuum worker running (waiting up to `limit` seconds). The
+    restores of the repetition before leave hundreds of MB to write and set the server vacuuming and analysing
+    the tables they loaded, for a second or more on one of the two cores: whichever tool ran next shared the
+    machine with that work, and the tool that uses both cores (statekit's snapshot: the server, the reader and
+    the compressor) lost the most."""
+    import psycopg
+
+    from statekit.tiers.sql.connect import DbTarget
+
+    deadline = time.monotonic() + limit
+    with psycopg.connect(DbTarget(url).psycopg_conninfo(), autocommit=True) as c:
+        try:
+            c.execute("CHECKPOINT")
+        except psycopg.Error:  # needs a superuser or pg_checkpoint; _fresh_target says so once per restore
+            pass
+        os.sync()
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'").fetchone()
+            if not row or not row[0]:
+                return
+            time.sleep(0.2)
+    print(f"note: autovacuum still running after {limit:.0f}s; timings include it", file=sys.stderr)
+
+
 def _fresh_target(url: str, ds: Dataset) -> None:
     """Empty the target's tables and write out every dirty buffer, so no run pays for the one before."""
     _run(_db_url(url, ds.dst), f"TRUNCATE {', '.join(ds.tables)}")
@@ -114,6 +141,7 @@ def _fresh_target(url: str, ds: Dataset) -> None:
         _run(url, "CHECKPOINT")
     except Exception as exc:  # CHECKPOINT needs a superuser or pg_checkpoint; the figures still come
         print(f"note: CHECKPOINT failed ({exc}); restore timings include earlier writes", file=sys.stderr)
+    _settle(url)
 
 
 def timed(cmd: list[str], env: dict[str, str], stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
@@ -294,6 +322,7 @@ def main() -> None:
             bfiles = bench.copy_files(ds, BINARY) if files else {}
             times: dict[str, list[float]] = {}
             for rep in range(args.reps):
+                _settle(args.url)
                 now = bench.repetition(ds, rep, archive, dump, files, bfiles, rss)
                 if ds.label == "small":
                     continue

@@ -23,7 +23,6 @@ def bench_env(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("STATEKIT_BENCH_PG_URL", env["STATEKIT_TEST_PG_URL"])
     if env.get("STATEKIT_TEST_REDIS_URL"):
         env.setdefault("STATEKIT_BENCH_REDIS_URL", env["STATEKIT_TEST_REDIS_URL"])
-    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

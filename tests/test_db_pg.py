@@ -418,6 +418,54 @@ def test_binary_rows_that_end_like_the_trailer_are_kept_wherever_a_segment_ends(
     assert rows_as_text(pg_url2, "t") == rows_as_text(pg_url, "t")
 
 
+def test_segments_pass_their_size_by_at_most_an_eighth_with_the_widened_input_buffer(
+    pg_url: str, pg_url2: str, tmp_path: Path
+) -> None:
+    """Before its COPYs the snapshot widens libpq's input buffer, so one read from the socket takes what the
+    server has sent. A segment is cut when the rows libpq holds are used up: it passes SEGMENT_BYTES by at
+    most the buffer, an eighth of SEGMENT_BYTES, and every row is still archived once."""
+    from statekit.tiers.sql import postgres
+
+    ddl = "CREATE TABLE w (id int PRIMARY KEY, v text)"
+    execute(pg_url, ddl, "INSERT INTO w SELECT g, md5(g::text) FROM generate_series(1, 300000) g")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    segments = [e for n, e in archive.index().entries().items() if n.startswith("db/public.w.")]
+    assert len(segments) >= 3
+    most = postgres.SEGMENT_BYTES + postgres.SEGMENT_BYTES // 8 + (8 << 10)  # and the row that filled libpq's buffer
+    assert all(e["size"] <= most for e in segments), sorted(e["size"] for e in segments)
+    assert sum(e["meta"]["rows"] for e in segments) == 300_000
+    execute(pg_url2, ddl)
+    assert restore(archive, pg_url2).counts["rows"] == 300_000
+    assert rows_as_text(pg_url2, "w") == rows_as_text(pg_url, "w")
+
+
+def test_the_input_buffer_is_widened_by_one_query_and_only_for_segments_that_hold_it(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's own trace of the protocol: with 4 MiB segments one query brings one 256 KiB row, which libpq
+    drops; with 256 KiB segments nothing is sent (libpq's 16 KiB buffer is already an eighth of them). The
+    connection is usable afterwards either way."""
+    import psycopg
+
+    from statekit.tiers.sql import postgres
+
+    trace = tmp_path / "trace.txt"
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn, trace.open("w") as out:
+        conn.pgconn.trace(out.fileno())
+        monkeypatch.setattr(postgres, "SEGMENT_BYTES", 256 << 10)
+        postgres.widen_input_buffer(conn)
+        out.flush()
+        assert trace.read_text() == ""
+        monkeypatch.setattr(postgres, "SEGMENT_BYTES", 4 << 20)
+        postgres.widen_input_buffer(conn)
+        conn.pgconn.untrace()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    sent = [line for line in trace.read_text().splitlines() if "\tF\t" in line]
+    received = [line for line in trace.read_text().splitlines() if "\tB\t" in line and "DataRow" in line]
+    assert len(sent) == 1 and "repeat('x', 262144)" in sent[0]
+    assert len(received) == 1 and "262144" in received[0]
+
+
 # Through exec_driver_sql: a literal % is written %%.
 SEQUENCE_DDL = [
     "CREATE TABLE ser (id serial PRIMARY KEY, v text)",
