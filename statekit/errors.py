@@ -123,7 +123,7 @@ class Interrupted(StatekitError):
 
 EXIT_CODES: list[tuple[int, str]] = [
     (0, "success"),
-    (1, "audit/diff found drift (findings printed)"),
+    (1, "audit/diff found drift, doctor found warnings (findings printed)"),
     (2, "usage or configuration error"),
     (3, "archive corrupt, truncated, tampered with or not an archive"),
     (4, "no matching identity / wrong passphrase / bad key file"),

@@ -1,6 +1,7 @@
 """The restore engine: verify the archive, plan, confirm, save an undo archive, then apply one tier.
 
-Undo archives (statekit.undo) go back to the target they were saved from unless another is named."""
+An undo archive (statekit.undo) is restored into the configured target or the one named with --target/
+--target-url; one that records another target is refused unless it is signed by a trusted key (`signed`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from statekit.archive.reader import Archive
 from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Interrupted, Refused, StatekitError, UsageError
 from statekit.model import Progress, RestoreOptions, RestoreReport, Warn, no_progress, no_warn
+from statekit.textfmt import printable
 from statekit.tiers import get as get_tier
-from statekit.tiers.base import same_server
 from statekit.undo import (
     ResolvedTarget,
     UndoArchive,
     configured_target,
+    is_configured,
     resolve_target,
     target_record,
     undo_command,
@@ -35,20 +37,19 @@ def archive_tiers(archive: Archive) -> list[str]:
     return [t.get("tier", "") for t in archive.snapshot.get("tiers", [])]
 
 
-def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config) -> RestoreReport:
-    """Verify the archive and plan the restore of one tier (writes nothing). An undo archive is planned
-    against the target it records, unless `opts.target` names another."""
-    return _plan(archive, _resolve(archive, opts, cfg), cfg)
+def plan_restore(archive: Archive, opts: RestoreOptions, cfg: Config, *, signed: bool = False) -> RestoreReport:
+    """Verify the archive and plan the restore of one tier (writes nothing). `signed`: the archive is signed by
+    a trusted key, so an undo archive may go back to the target it records (statekit.undo.resolve_target)."""
+    return _plan(archive, _resolve(archive, opts, cfg, signed), cfg)
 
 
-def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config) -> ResolvedTarget:
+def _resolve(archive: Archive, opts: RestoreOptions, cfg: Config, signed: bool) -> ResolvedTarget:
     if not (get_tier(opts.tier).verifies_while_loading and _head_suffices(archive)):
         archive.index()
     if opts.tier not in archive_tiers(archive):
-        raise UsageError(
-            f"archive holds no {opts.tier} tier (it holds: {', '.join(archive_tiers(archive)) or 'nothing'})"
-        )
-    return resolve_target(target_record(archive), opts, cfg)
+        held = printable(", ".join(archive_tiers(archive)))  # names from the archive: escaped
+        raise UsageError(f"archive holds no {opts.tier} tier (it holds: {held or 'nothing'})")
+    return resolve_target(target_record(archive), opts, cfg, trusted=signed)
 
 
 def _head_suffices(archive: Archive) -> bool:
@@ -82,20 +83,22 @@ def restore_tier(
     warn: Warn = no_warn,
     undo_flags: Sequence[str] = (),
     on_undo_sealed: Callable[[str, str], None] | None = None,
+    signed: bool = False,
 ) -> RestoreReport:
     """Plan, ask `confirm`, then restore one tier; an undo archive is sealed before the first change.
 
     `on_undo_sealed(path, command)` is called as soon as the undo archive is durable, before the first change:
     `command` (built with `undo_flags`, e.g. the identity options) puts the target back. Every failure or
-    interruption after that point names the undo archive and the command in its message."""
-    resolved = _resolve(archive, opts, cfg)
+    interruption after that point names the undo archive and the command in its message. `signed`: as for
+    plan_restore."""
+    resolved = _resolve(archive, opts, cfg, signed)
     plan = _plan(archive, resolved, cfg)
     opts = resolved.options
     if opts.dry_run:
         return plan
     if plan.problems:
         raise Refused(
-            f"restore refused: {plan.problems[0]}"
+            f"restore refused: {printable(str(plan.problems[0]))}"
             + (f" (+{len(plan.problems) - 1} more)" if len(plan.problems) > 1 else "")
         )
     if not confirm(plan):
@@ -141,19 +144,16 @@ def restore_tier(
 
 
 def _undo_command(path: str, opts: RestoreOptions, cfg: Config, flags: Sequence[str]) -> str:
-    """The command that restores the undo archive at `path` into the target this restore changes."""
+    """The command that restores the undo archive at `path` into the target this restore changes: a restore of
+    an undo archive goes to the configured target unless a flag names another, so a target that is not the
+    configured one is named with --target DIR / --target-url URL (its password as `***`: never printed, it
+    comes back from the configuration of the same server; statekit.undo.resolve_target)."""
     extra = list(flags)
-    target = opts.target or configured_target(cfg, opts.tier)
-    if get_tier(opts.tier).url_target and target and redact_url(target) != target:
-        # The password is never stored: it comes back from the configuration, when that names this server.
-        conf = configured_target(cfg, opts.tier)
-        if not conf or redact_url(conf) is None or not _same_server_url(conf, target):
-            extra += ["--target-url", redact_url(target) or ""]
+    tier = get_tier(opts.tier)
+    recorded = tier.describe_target(opts.target).get("url" if tier.url_target else "root")
+    if opts.target and isinstance(recorded, str) and not is_configured(cfg, opts.tier, recorded):
+        extra += ["--target-url" if tier.url_target else "--target", recorded]
     return undo_command(path, opts.tier, extra)
-
-
-def _same_server_url(a: str, b: str) -> bool:
-    return same_server(redact_url(a) or "", redact_url(b) or "")
 
 
 def _after_first_change(exc: BaseException, path: str, command: str, warn: Warn) -> BaseException:

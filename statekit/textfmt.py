@@ -1,7 +1,33 @@
 """How numbers look in text output, the same in every command: counts `1,530,000`, sizes `12.3 MiB`,
-durations `4.2s`. The CLI, the audit report and the progress line all use these."""
+durations `4.2s`. The CLI, the audit report and the progress line all use these. `printable` makes text read
+from an archive (names, paths, keys, fields) safe to show on a terminal."""
 
 from __future__ import annotations
+
+# What a terminal would act on rather than show: C0 controls and DEL (ASCII); beyond ASCII the C1 controls
+# (category Cc: CSI, OSC, ...), format characters (Cf: the bidirectional marks, embeddings, overrides and isolates
+# U+200E-F, U+202A-E, U+2066-9, zero-width characters), the line and paragraph separators (Zl, Zp) and lone
+# surrogates (Cs, from undecodable bytes).
+_ASCII_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on replaced by a visible escape (`\\x1b`, `\\x9b`,
+    `\\u202e`): what an archive holds can be shown, never move the cursor, erase, hide or reorder the text around
+    it. Every name, path, key or field read from an archive passes here before a person sees it. JSON output
+    needs none of this (JSON escapes control characters itself)."""
+    out = text.translate(_ASCII_ESCAPES)
+    if out.isascii():
+        return out
+    import unicodedata
+
+    return "".join(_escape(ch) if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in out)
+
+
+def _escape(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def count(n: int | float) -> str:

@@ -1,5 +1,9 @@
 """Undo archives: what a restore is about to replace, saved before its first change, with the target it
-was taken from, so that restoring the undo archive goes back to exactly that target by default.
+was taken from. That record is only the archive's claim (anyone with the public key can write an archive that
+says it is an undo archive): restoring an undo archive goes to the configured target, or to the one named with
+--target/--target-url, and is refused when the recorded target is another, unless the archive is signed by a
+trusted key (then it goes back to its recorded target). The command a restore prints to put its target back
+names that target with the flag whenever it is not the configured one.
 
 An undo archive's snapshot.json has `"kind": "undo"` and a `restore_target` object (docs/FORMAT.md), which
 its format.json repeats at the head of the archive when the target is complete before the first member:
@@ -29,6 +33,7 @@ from statekit.config import Config, redact_url
 from statekit.errors import CorruptArchive, Refused, StorageError, UsageError
 from statekit.fsio import atomic_output
 from statekit.model import MemberSink, RestoreOptions, TierSummary, utc_stamp
+from statekit.textfmt import printable
 from statekit.tiers import get as get_tier
 from statekit.tiers.base import Tier, same_server
 
@@ -192,14 +197,20 @@ class ResolvedTarget:
     recorded: dict[str, Any] | None = None
 
 
-def resolve_target(snapshot: dict[str, Any], opts: RestoreOptions, cfg: Config) -> ResolvedTarget:
-    """Where this restore writes. An undo archive goes back to the target it recorded unless the user named
-    another with --target/--target-url (then the plan and the prompt say so)."""
+def resolve_target(
+    snapshot: dict[str, Any], opts: RestoreOptions, cfg: Config, *, trusted: bool = False
+) -> ResolvedTarget:
+    """Where this restore writes. The target an undo archive records is only its claim (anyone with the public
+    key can write one): without --target/--target-url the restore goes to the configured target, and an undo
+    archive that records another is refused (Refused, exit 8, naming the flag that sends it there) — unless it
+    is signed by a trusted key (`trusted`), which goes back to its recorded target. With --target/--target-url:
+    that target (the plan and the prompt say when it is not the recorded one)."""
     from dataclasses import replace
 
     recorded = recorded_target(snapshot, opts.tier)
+    configured = configured_target(cfg, opts.tier)
     if recorded is None:
-        target = opts.target or configured_target(cfg, opts.tier)
+        target = opts.target or configured
         return ResolvedTarget(opts, show_target(opts.tier, target))
     tier = get_tier(opts.tier)
     if not tier.url_target:
@@ -207,23 +218,73 @@ def resolve_target(snapshot: dict[str, Any], opts: RestoreOptions, cfg: Config) 
         if not isinstance(root, str) or not root:
             raise UsageError(f"the undo archive records no {tier.title} directory; give --target DIR")
         if opts.target is None:
+            if not trusted and not is_configured(cfg, opts.tier, root):
+                raise _elsewhere(tier, "root", root, "--target")
+            back = root if trusted else configured
             return ResolvedTarget(
-                replace(opts, target=root), tier.show_target(root), "the directory the undo archive was saved from",
+                replace(opts, target=back), tier.show_target(back), "the directory the undo archive was saved from",
                 recorded,
             )  # fmt: skip
+        if tier.same_target(_recorded_form(tier, opts.target) or "", _recorded_form(tier, root) or root):
+            return ResolvedTarget(
+                opts, tier.show_target(opts.target), "the directory the undo archive was saved from", recorded
+            )
         return _explicit(opts, recorded, root)
     url = recorded.get("url")
     if not isinstance(url, str) or not url:
         raise UsageError("the undo archive records no target URL; give --target-url")
-    new = tier.undo_options(opts, recorded, opts.target is not None and same_server(redact_url(opts.target) or "", url))
-    if opts.target is not None:
-        if tier.same_target(redact_url(opts.target) or "", url):
-            return ResolvedTarget(new, show_target(opts.tier, opts.target), None, recorded)
-        return _explicit(new, recorded, url)
-    new.target = _with_password(url, configured_target(cfg, opts.tier), opts.tier)
-    return ResolvedTarget(
-        new, show_target(opts.tier, new.target), "the target the undo archive was saved from", recorded
+    if opts.target is None:
+        if not trusted and not is_configured(cfg, opts.tier, url):
+            raise _elsewhere(tier, "", url, "--target-url")
+        new = tier.undo_options(opts, recorded, not trusted)
+        new.target = _with_password(url, configured, opts.tier) if trusted else configured
+        return ResolvedTarget(
+            new, show_target(opts.tier, new.target), "the target the undo archive was saved from", recorded
+        )
+    if _placeholder(opts.target):
+        # The redacted URL a restore prints in its undo command: the password comes from the configuration.
+        opts = replace(opts, target=_with_password(opts.target, configured, opts.tier, "--target-url"))
+    assert opts.target is not None
+    new = tier.undo_options(opts, recorded, same_server(redact_url(opts.target) or "", url))
+    if tier.same_target(redact_url(opts.target) or "", url):
+        return ResolvedTarget(
+            new, show_target(opts.tier, opts.target), "the target the undo archive was saved from", recorded
+        )
+    return _explicit(new, recorded, url)
+
+
+def _recorded_form(tier: Tier, target: str | None) -> str | None:
+    """A target as an undo archive records it: a directory made absolute, a URL without its password."""
+    value = tier.describe_target(target).get("url" if tier.url_target else "root")
+    return value if isinstance(value, str) and value else None
+
+
+def is_configured(cfg: Config, tier: str, target: str) -> bool:
+    """Whether `target` (a directory, or a URL with or without its password) is the configured target of
+    `tier`, both compared as an undo archive records them (absolute directory, URL without password)."""
+    adapter = get_tier(tier)
+    configured = _recorded_form(adapter, configured_target(cfg, tier))
+    return configured is not None and adapter.same_target(configured, _recorded_form(adapter, target) or target)
+
+
+def _elsewhere(tier: Tier, what: str, recorded: str, flag: str) -> Refused:
+    """The refusal of an undo archive that records a target other than the configured one."""
+    import shlex
+
+    where = " ".join(w for w in (tier.title, what, printable(recorded)) if w)
+    return Refused(
+        f"this undo archive was made for {where}, not the configured target; pass {flag} "
+        f"{shlex.quote(printable(recorded))} to restore it there"
     )
+
+
+def _placeholder(url: str) -> bool:
+    """Whether a URL holds `***` where its password goes (a URL as statekit prints it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.password == "***" or any(item.endswith("=***") for item in parts.query.split("&"))
 
 
 def _explicit(opts: RestoreOptions, recorded: dict[str, Any], original: str) -> ResolvedTarget:
@@ -233,12 +294,14 @@ def _explicit(opts: RestoreOptions, recorded: dict[str, Any], original: str) -> 
     )
 
 
-def _with_password(recorded: str, configured: str | None, tier: str) -> str:
-    """The recorded URL, with the password the configured URL of the same server holds (if it had one)."""
+def _with_password(recorded: str, configured: str | None, tier: str, given: str = "") -> str:
+    """The recorded URL (or the one `given` with a flag), with the password the configured URL of the same
+    server holds (if it had one)."""
+    whose = f"the {given} URL" if given else "the undo archive's target"
     try:
         parts = urlsplit(recorded)
     except ValueError:
-        raise UsageError(f"the undo archive records an unreadable target URL {recorded!r}") from None
+        raise UsageError(f"{whose} is an unreadable URL {printable(recorded)!r}") from None
     if parts.password is None and "***" not in parts.query:
         return recorded
     if configured and same_server(redact_url(configured) or "", recorded):
@@ -246,7 +309,7 @@ def _with_password(recorded: str, configured: str | None, tier: str) -> str:
         if get_tier(tier).password_per_server or redact_url(configured) == recorded:
             return urlunsplit((conf.scheme, conf.netloc, parts.path, conf.query, parts.fragment))
     raise UsageError(
-        f"the undo archive's target {recorded} needs its password, which is never stored: configure that "
+        f"{whose} {printable(recorded)} needs its password, which is never stored: configure that "
         "server's URL, or give the same URL with the password in --target-url"
     )
 

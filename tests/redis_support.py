@@ -38,7 +38,7 @@ class FileUndo:
         self.sealed = False
 
     def seal(self, tier_summary: TierSummary) -> str:
-        self._w.finish({"tiers": [tier_summary.to_json()]})
+        self._w.finish({"kind": "undo", "tiers": [tier_summary.to_json()]})  # "X" records: undo archives only
         self._ctx.__exit__(None, None, None)
         self.sealed = True
         return str(self.path)

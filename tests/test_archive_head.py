@@ -15,7 +15,7 @@ from statekit.archive.reader import Archive, ArchiveIndex
 from statekit.archive.writer import ArchiveWriter
 from statekit.cli import run
 from statekit.config import Config
-from statekit.errors import CorruptArchive
+from statekit.errors import CorruptArchive, Refused
 from statekit.model import RestoreOptions
 from statekit.undo import recorded_target, resolve_target, target_record
 
@@ -73,10 +73,17 @@ def test_the_target_is_resolved_from_the_head_without_a_pass(
 ) -> None:
     snap, undo, target = _files_undo(tmp_path, capsys)
     cfg = Config()
-    cfg.files.root = str(tmp_path / "configured")
+    cfg.files.root = str(target)
     resolved = resolve_target(target_record(_NoPass(undo, [IDENTITY])), RestoreOptions(tier="files"), cfg)
     assert resolved.options.target == str(target)
     assert resolved.note == "the directory the undo archive was saved from"
+    # the recorded target is only a claim: another configured root refuses it, unless the archive is signed
+    cfg.files.root = str(tmp_path / "configured")
+    with pytest.raises(Refused, match=f"pass --target {target} to restore it there"):
+        resolve_target(target_record(_NoPass(undo, [IDENTITY])), RestoreOptions(tier="files"), cfg)
+    resolved = resolve_target(target_record(_NoPass(undo, [IDENTITY])), RestoreOptions(tier="files"), cfg,
+                              trusted=True)  # fmt: skip
+    assert resolved.options.target == str(target)
     # a snapshot records no target: the configured one, also without a pass
     record = target_record(_NoPass(snap, [IDENTITY]))
     assert recorded_target(record, "files") is None
@@ -106,8 +113,11 @@ def test_an_archive_without_head_fields_is_read_the_old_way(tmp_path: Path) -> N
     assert set(archive.head()) == {"format", "format_version", "snapshot_id"}
     record = target_record(archive)
     assert record == archive.snapshot
-    resolved = resolve_target(record, RestoreOptions(tier="files"), Config())
+    cfg = Config()
+    cfg.files.root = "/srv/keys"
+    resolved = resolve_target(record, RestoreOptions(tier="files"), cfg)
     assert resolved.options.target == "/srv/keys"
+    assert resolved.note == "the directory the undo archive was saved from"
 
 
 def test_an_undo_archive_whose_target_is_settled_at_the_end_reads_snapshot_json(tmp_path: Path) -> None:

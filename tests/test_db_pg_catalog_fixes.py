@@ -275,13 +275,13 @@ def test_on_delete_set_null_of_some_columns_archives_the_action_and_its_columns(
 
 
 def test_a_target_older_than_postgresql_15_gets_the_plain_action_and_the_plan_says_so(pg_url: str) -> None:
-    from statekit.tiers.sql import ddl
+    from statekit.tiers.sql import ddl, pgtypes
 
     execute(pg_url, *SET_COLUMNS_SCHEMA)
     with pg_connect(pg_url) as pg:
         tables, _, _, _ = pgcatalog.reflect(pg, [], ["*"], [])
         child = next(t for t in tables if t.name == "pair_child")
-        check = ddl.PgTypeCheck(pg, set())
+        check = pgtypes.PgTypeCheck(pg, {})
         for set_columns, tail in ((True, 'ON DELETE SET NULL ("k1")'), (False, "ON DELETE SET NULL")):
             out = ddl._pg_untrusted_table(child, "public", check, [], lambda s: s, set_columns=set_columns)
             (fk,) = out.foreign_keys

@@ -93,9 +93,9 @@ def test_undo_drops_the_tables_its_restore_created(
     source, before = _state(src), _state(dst)
     err, env = _restore(src, dst, tmp_path, age_keys)
     command = printed_command(err)
-    assert "--target-url" not in command and "--target" not in command
+    assert command[command.index("--target-url") + 1] == dst  # not the configured database: named
     undo = command[2]
-    plan = sk("restore", undo, "--tier", "db", "-i", identity, "--dry-run", env=env)
+    plan = sk("restore", undo, "--tier", "db", "--target-url", dst, "-i", identity, "--dry-run", env=env)
     assert plan.returncode == 0, plan.stderr
     drops = [ln for ln in plan.stdout.splitlines() if "drop" in ln.split()[:2]]
     assert len(drops) == 1 and "table: " in drops[0] and "sql: DROP TABLE" in drops[0], plan.stdout
@@ -187,8 +187,8 @@ def test_malformed_created_by_restore_is_exit_3_and_changes_nothing(
     restored = _state(dst)
     crafted = _craft(Path(printed_command(err)[2]), tmp_path / "crafted.statekit", age_keys, listed)
     for extra in (["--dry-run"], ["--yes"]):
-        proc = sk("restore", str(crafted), "--tier", "db", "-i", age_keys[0], "--undo-dir", str(tmp_path), *extra,
-                  env=env)  # fmt: skip
+        proc = sk("restore", str(crafted), "--tier", "db", "--target-url", dst, "-i", age_keys[0], "--undo-dir",
+                  str(tmp_path), *extra, env=env)  # fmt: skip
         assert proc.returncode == 3, proc.stdout + proc.stderr
         assert "created_by_restore" in proc.stderr
         assert _state(dst) == restored
@@ -203,7 +203,8 @@ def test_listed_tables_that_were_not_created_are_not_dropped(
     restored = _state(dst)
     # a: held by the undo archive (restored, never dropped); nosuch: not on the target; b: not listed
     crafted = _craft(Path(printed_command(err)[2]), tmp_path / "crafted.statekit", age_keys, ["a", "nosuch"])
-    args = ["restore", str(crafted), "--tier", "db", "-i", age_keys[0], "--undo-dir", str(tmp_path)]
+    args = ["restore", str(crafted), "--tier", "db", "--target-url", dst, "-i", age_keys[0], "--undo-dir",
+            str(tmp_path)]  # fmt: skip
     plan = sk(*args, "--dry-run", env=env)
     assert "DROP TABLE" not in plan.stdout and " drop " not in plan.stdout, plan.stdout
     # b stays, and it references a, which replace would empty: refused, as for any table kept

@@ -43,7 +43,7 @@ STATEKIT = str(BIN / "statekit")
 # Shell blocks that are not run, each with the reason: only what needs a network install or another system.
 NOT_RUN = {
     "make demo": "`make install` plus scripts/demo.py, which test_demo_script runs; `make test` is this suite",
-    "pip install statekit": "installs from the package index",
+    "pip install .": "installs into the current environment; the suite runs in what `make install` made",
     "make install": "the test suite itself runs inside what this made",
     "age -d -i identity.txt": "reading by hand: tests/test_standard_tools.py runs the same pipeline",
     "node_exporter": "another program's command line",

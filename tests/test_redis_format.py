@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from statekit.errors import CorruptArchive
 from statekit.tiers.redis.keyspace import compile_match, key_slot, tag_for_slot
-from statekit.tiers.redis.portable import Uncarriable, convert, crc64, decode, encode, lzf_decompress
+from statekit.tiers.redis.portable import Malformed, Uncarriable, convert, crc64, decode, encode, lzf_decompress
 from statekit.tiers.redis.records import (
     TAG_BEGIN,
     TAG_CHUNK,
@@ -161,7 +161,7 @@ def test_uncarriable_payloads() -> None:
     assert "field expirations" in (uncarriable_reason(hash_ttl, 12, 10, False) or "")
     assert uncarriable_reason(module, 10, 10, True) is None
     assert "same Redis version" in (uncarriable_reason(module, 10, 10, False) or "")
-    with pytest.raises(Uncarriable, match="truncated"):
+    with pytest.raises(Malformed, match="truncated"):  # a damaged archive (exit 3), not an uncarriable type
         convert(stream, 9)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,99 @@ def test_keys_the_target_cannot_load_refuse_the_restore_unless_skipped(
     assert any("mod: not restored: module type" in p for p in out["problems"])
     with client(redis_url) as r:
         assert sorted(r.keys()) == [b"plain1", b"plain2"]
+
+
+@pytest.fixture
+def redis_url3(redis_server: str) -> Iterator[str]:
+    """A third empty Redis database on the main server."""
+    from tests.conftest import _fresh_redis_db
+
+    yield from _fresh_redis_db(redis_server)
+
+
+def test_flush_plan_names_each_flushed_database_with_its_keys_and_counts_them_deleted(
+    archive: Archive, redis_url: str, redis_url2: str, redis_url3: str, tmp_path: Path
+) -> None:
+    """--flush empties every target database, those the archive restores into and those an explicit --db-map
+    names: the plan lists each with the keys it holds now (DBSIZE) and counts them under "delete", says whether
+    the undo archive saves them, and the result reports the keys the flush removed under "deleted"."""
+    _target(redis_url2)
+    with client(redis_url3) as r:
+        r.mset({b"x1": b"1", b"x2": b"2", b"x3": b"3"})
+    before2, before3 = state(redis_url2), state(redis_url3)
+    db_map = {_db(redis_url): _db(redis_url2), _db(redis_url3): _db(redis_url3)}  # the second: no archive db
+    opts = RestoreOptions(tier="redis", target=redis_url2, flush=True, db_map=db_map)
+    plan = plan_redis_restore(archive, opts, RedisConfig())
+    flushes = [p for p in plan.plan if p.get("action") == "flush"]
+    assert [(p["target_db"], p["keys"]) for p in flushes] == sorted([(_db(redis_url2), 2), (_db(redis_url3), 3)])
+    assert plan.plan[: len(flushes)] == flushes  # listed first: a long plan never hides them
+    assert all("every key it holds now is deleted; the undo archive saves them first" in p["note"] for p in flushes)
+    assert plan.counts["delete"] == 5 and plan.counts["create"] == 3
+    same_state(state(redis_url2), before2)
+    same_state(state(redis_url3), before3)
+    opts.undo = False
+    no_undo = plan_redis_restore(archive, opts, RedisConfig())
+    assert all("NOT saved (--no-undo)" in p["note"] for p in no_undo.plan if p.get("action") == "flush")
+
+    rep = put_back(archive, redis_url2, flush=True, db_map=db_map, undo_path=tmp_path / "u.statekit")
+    assert rep.counts["deleted"] == plan.counts["delete"] == 5 and rep.counts["created"] == 3
+    done = [p for p in rep.plan if p.get("action") == "flush"]
+    assert [(p["target_db"], p["keys"]) for p in done] == [(p["target_db"], p["keys"]) for p in flushes]
+    assert all(p["note"] == "deleted by FLUSHDB before the restore; the undo archive holds them" for p in done)
+    with client(redis_url3) as r:
+        assert r.dbsize() == 0
+    # the undo archive holds both databases whole, as the plan said: restoring it puts both back
+    undo = Archive(tmp_path / "u.statekit")
+    back = put_back(undo, redis_url2, flush=True, db_map={d: d for d in db_map.values()})
+    assert back.counts["deleted"] == 3  # the keys the restore created
+    same_state(state(redis_url2), before2)
+    same_state(state(redis_url3), before3)
+
+
+def test_flush_is_printed_in_the_plan_and_result_text_and_json(
+    archive: Archive, redis_url: str, redis_url2: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `statekit restore --flush` prints before and after, as text and as JSON: the flush of the target
+    database with its key count, and those keys under delete / deleted."""
+    from statekit.cli import run
+
+    _target(redis_url2)
+    tdb = _db(redis_url2)
+    args = ["restore", str(archive.path), "--tier", "redis", "--target-url", redis_url2, "--flush",
+            "--db-map", f"{_db(redis_url)}:{tdb}"]  # fmt: skip
+    assert run([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "uncarriable 0, delete 2\n" in out
+    assert (
+        f" flush     target_db: {tdb}  keys: 2  note: FLUSHDB before the restore: every key it holds now is "
+        "deleted; the undo archive saves them first\n"
+    ) in out
+    assert run([*args, "--dry-run", "--no-undo"]) == 0
+    assert "deleted; NOT saved (--no-undo): they cannot be put back\n" in capsys.readouterr().out
+    assert run([*args, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["counts"]["delete"] == 2
+    assert plan["plan"][0] == {
+        "action": "flush",
+        "target_db": tdb,
+        "keys": 2,
+        "note": "FLUSHDB before the restore: every key it holds now is deleted; the undo archive saves them first",
+    }
+    with client(redis_url2) as r:
+        assert sorted(r.keys()) == [b"a", b"z"]
+
+    assert run([*args, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "failed 0, deleted 2\n" in out
+    assert f" flush     target_db: {tdb}  keys: 2  note: deleted by FLUSHDB before the restore; the undo " in out
+    with client(redis_url2) as r:
+        r.set(b"new", b"1")  # 4 keys now: a, b, h and this one
+    assert run([*args, "--yes", "--no-undo", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["counts"]["deleted"] == 4 and done["counts"]["created"] == 3
+    assert done["plan"][0] == {
+        "action": "flush",
+        "target_db": tdb,
+        "keys": 4,
+        "note": "deleted by FLUSHDB before the restore",
+    }

@@ -102,7 +102,7 @@ class FilesKit(Kit):
             "instances/b/empty": (b"", 0o644),
             "ünïcode ñame/😀 file.bin": (bytes(range(256)) * 64, 0o600),
             "deep/" * 20 + "leaf": (b"deep", 0o640),
-            "big.bin": (os.urandom(5 << 20), 0o600),  # over the size read whole: streamed
+            "big.bin": (os.urandom(1 << 20), 0o600),  # the largest key file allowed (docs/SECURITY.md)
             "spaces and 'quotes'.txt": (b"line\r\nline\n", 0o755),
         })  # fmt: skip
 
@@ -124,7 +124,8 @@ class FilesKit(Kit):
         for dirpath, _, files in os.walk(where):
             for name in files:
                 path = Path(dirpath) / name
-                out[str(path.relative_to(where))] = (path.read_bytes(), path.stat().st_mode & 0o777)
+                # a restore gives at most 0600, the owner's read/write bits of the archived mode
+                out[str(path.relative_to(where))] = (path.read_bytes(), path.stat().st_mode & 0o600)
         return out
 
     def decoded(self, records: Iterable[object]) -> dict[str, bytes]:

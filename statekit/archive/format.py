@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +70,29 @@ def load_json(body: bytes, name: str) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise CorruptArchive(f"archive {name} is not valid JSON (or nested too deeply)") from None
+
+
+# A JSON string (any escapes), an object or array opening, or a comma: what bound_json_values counts.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{\[,]', re.S)
+
+
+def bound_json_values(body: bytes, name: str, *, containers: int, commas: int) -> None:
+    """Refuse a JSON member with more objects/arrays or more commas (so more values) than `containers` and
+    `commas`, before json.loads builds them: `[{},{},...]` costs about 25 bytes of memory per byte of JSON,
+    so the byte size of a member alone does not bound what parsing it costs."""
+    if body.count(b"{") + body.count(b"[") <= containers and body.count(b",") <= commas:
+        return
+    # Those counts include brackets and commas inside strings: count again outside them, one token at a time
+    # (no list of them is built) and only up to the bound.
+    n_containers = n_commas = 0
+    for m in _JSON_TOKEN.finditer(body):
+        first = body[m.start()]
+        if first == 0x2C:  # ,
+            n_commas += 1
+        elif first != 0x22:  # { or [
+            n_containers += 1
+        if n_containers > containers or n_commas > commas:
+            raise CorruptArchive(f"archive {name} holds more JSON values than statekit writes for it")
 
 
 def check_head(head: Mapping[str, Any]) -> str | None:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from statekit.archive.format import (
     READ_BLOCK,
     SNAPSHOT_MEMBER,
     TAR_BLOCK,
+    bound_json_values,
     check_head,
     check_member_name,
     head_mismatch,
@@ -253,7 +255,10 @@ class ArchiveReader:
             if info.name == SNAPSHOT_MEMBER:
                 if info.size > _MAX_SNAPSHOT:
                     raise CorruptArchive("archive snapshot.json is implausibly large")
-                self.snapshot = _check_snapshot(load_json(self._consume(info), SNAPSHOT_MEMBER))
+                body = self._consume(info)
+                # a few objects per tier (db: one for all its tables' row counts): bounded like MANIFEST.json
+                bound_json_values(body, SNAPSHOT_MEMBER, containers=len(body) // 32 + 256, commas=len(body) // 8 + 256)
+                self.snapshot = _check_snapshot(load_json(body, SNAPSHOT_MEMBER))
                 continue
             self._register(info)
             reader = self._tar.content(info.size)
@@ -271,23 +276,27 @@ class ArchiveReader:
             self._modes[info.name] = info.mode & 0o7777
 
     def _finish(self, info: tarfile.TarInfo) -> None:
-        if info.size > 256 << 20:
-            raise CorruptArchive("archive MANIFEST.json is implausibly large")
+        # MANIFEST.json lists exactly the members read before it: what it may cost to parse follows from them.
+        count = len(self._seen)
+        if info.size > min(_MANIFEST_MAX, _MANIFEST_BASE + sum(_MANIFEST_PER_MEMBER + 8 * len(n) for n in self._seen)):
+            raise CorruptArchive(f"archive MANIFEST.json is implausibly large ({info.size} bytes for {count} members)")
         self._register(info)
         reader = self._tar.content(info.size)
         body = reader.read()
         self._tar.skip_padding(info.size)
+        # An entry is an object with a meta object and at most ~20 commas, plus what its name holds of `{[,`.
+        names = "".join(self._seen)
+        bound_json_values(
+            body,
+            MANIFEST_MEMBER,
+            containers=2 * count + 8 + names.count("{") + names.count("["),
+            commas=24 * count + 64 + names.count(","),
+        )
         manifest = load_json(body, MANIFEST_MEMBER)
-        try:
-            listed = {m["name"]: m for m in manifest["members"]}
-            if not all(isinstance(m, dict) for m in listed.values()) or len(listed) != len(manifest["members"]):
-                raise ValueError("members must be distinct objects")
-            if not all(isinstance(m.get("meta", {}), dict) for m in listed.values()):
-                raise ValueError("a member's meta must be an object")
-            if not isinstance(manifest.get("totals", {}), dict):
-                raise ValueError("totals must be an object")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CorruptArchive("archive MANIFEST.json is damaged") from None
+        wrong = _manifest_fault(manifest)
+        if wrong:
+            raise CorruptArchive(f"archive MANIFEST.json is damaged ({wrong})")
+        listed = {m["name"]: m for m in manifest["members"]}
         if self._tar.next_header() is not None:
             raise CorruptArchive("archive holds members after MANIFEST.json")
         # Read to the real end so the encryption layer checks its final chunk (truncation, trailing data).
@@ -324,20 +333,105 @@ class ArchiveReader:
 # snapshot.json describes sources and tiers in a few KiB; a member this big is an attempt to exhaust memory.
 _MAX_SNAPSHOT = 16 << 20
 
+# MANIFEST.json: an entry as the writer indents it is about 300 bytes plus its name (a db segment's meta adds
+# its table name, at most twice the member name; a name is JSON-escaped in at most 6 bytes a character), so
+# 1 KiB plus 8 bytes a name character per member read, plus the document's head and totals, bound a real one;
+# 256 MiB (about a million members) bounds any.
+_MANIFEST_PER_MEMBER = 1024
+_MANIFEST_BASE = 64 << 10
+_MANIFEST_MAX = 256 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_MODE_OCTAL = re.compile(r"[0-7]{4}")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_fault(doc: Any) -> str | None:
+    """What is wrong with the shape of MANIFEST.json (None when every entry has the fields the writer gives it:
+    a name, a non-negative integer size, a hex sha256, a 4-digit octal mode, a finite mtime, scalar meta)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("members"), list):
+        return "members must be a list"
+    names: set[str] = set()
+    for i, m in enumerate(doc["members"]):
+        if not isinstance(m, dict):
+            return f"entry {i} is not an object"
+        name = m.get("name")
+        if not isinstance(name, str) or name in names:
+            return f"entry {i} has no name or a name listed twice"
+        names.add(name)
+        if not _count(m.get("size")):
+            return f"entry {i} has no valid size"
+        sha, mode, mtime = m.get("sha256"), m.get("mode"), m.get("mtime")
+        if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha):
+            return f"entry {i} has no valid sha256"
+        if not isinstance(mode, str) or not _MODE_OCTAL.fullmatch(mode):
+            return f"entry {i} has no valid mode"
+        if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not math.isfinite(mtime):
+            return f"entry {i} has no valid mtime"
+        meta = m.get("meta", {})
+        if not isinstance(meta, dict) or any(isinstance(v, (dict, list)) for v in meta.values()):
+            return f"entry {i} has a meta that is not an object of plain values"
+    totals = doc.get("totals", {})
+    if not isinstance(totals, dict) or not all(_count(v) for v in totals.values()):
+        return "totals must be an object of counts"
+    return None
+
 
 def _check_snapshot(doc: Any) -> dict[str, Any]:
-    """snapshot.json must be an object whose `tiers` (when present) is a list of objects: readers rely on it."""
+    """snapshot.json must have the shape docs/FORMAT.md gives it, field by field where a reader uses the field:
+    checked once here so that no command (inspect, verify, diff, restore) trips over a forged one."""
     if not isinstance(doc, dict):
         raise CorruptArchive("archive snapshot.json is not a JSON object")
+    wrong = _snapshot_fault(doc)
+    if wrong:
+        raise CorruptArchive(f"archive snapshot.json is damaged ({wrong})")
+    return doc
+
+
+# Text fields of snapshot.json and of its tiers[] entries (each may be absent).
+_SNAPSHOT_TEXT = ("kind", "format", "snapshot_id", "statekit_version", "created_at", "finished_at", "host")
+_TIER_TEXT = ("tier", "started_at", "finished_at")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _snapshot_fault(doc: dict[str, Any]) -> str | None:
+    """What is wrong with snapshot.json's fields (None when each present one has its documented type)."""
+    for key in _SNAPSHOT_TEXT:
+        if key in doc and not isinstance(doc[key], str):
+            return f"{key} must be text"
+    if doc.get("tier_window_s") is not None and not _number(doc["tier_window_s"]):
+        return "tier_window_s must be a number"
+    options = doc.get("options", {})
+    if not isinstance(options, dict):
+        return "options must be an object"
+    if options.get("encryption") is not None and not isinstance(options["encryption"], dict):
+        return "options.encryption must be an object"
+    if "compression" in options and not isinstance(options["compression"], str):
+        return "options.compression must be text"
+    for key in ("undo_of", "restore_target"):
+        if key in doc and not isinstance(doc[key], (dict, str) if key == "undo_of" else dict):
+            return f"{key} is malformed"
     tiers = doc.get("tiers", [])
     if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
-        raise CorruptArchive("archive snapshot.json is damaged (tiers must be a list of objects)")
+        return "tiers must be a list of objects"
     for t in tiers:
-        if not isinstance(t.get("tier", ""), str) or not all(
-            isinstance(t.get(k, {}), dict) for k in ("counts", "details")
-        ):
-            raise CorruptArchive("archive snapshot.json is damaged (a tier with a malformed name, counts or details)")
-    return doc
+        if not all(isinstance(t.get(k, ""), str) for k in _TIER_TEXT):
+            return "a tier's name and times must be text"
+        counts, details, warnings = t.get("counts", {}), t.get("details", {}), t.get("warnings", [])
+        if not isinstance(counts, dict) or not all(_number(v) for v in counts.values()):
+            return "a tier's counts must be an object of numbers"
+        if not isinstance(details, dict):
+            return "a tier's details must be an object"
+        if "duration_s" in t and not _number(t["duration_s"]):
+            return "a tier's duration_s must be a number"
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            return "a tier's warnings must be a list of text"
+    return None
 
 
 def _open_path(path: str | Path) -> IO[bytes]:

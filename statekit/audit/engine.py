@@ -12,7 +12,16 @@ from statekit.audit.db_apply import DbWriter
 from statekit.audit.diff import run_audit
 from statekit.audit.entities import TIERS, Model
 from statekit.audit.findings import AuditOptions, AuditResult
-from statekit.audit.plan import ReconcileOptions, ReconcilePlan, build_plan, check_pair, guard, same_plan
+from statekit.audit.plan import (
+    ReconcileOptions,
+    ReconcilePlan,
+    build_plan,
+    check_pair,
+    guard,
+    plan_file_problem,
+    same_plan,
+)
+from statekit.audit.repairs import same_place
 from statekit.audit.sources import open_live
 from statekit.config import Config, redact_url
 from statekit.errors import Refused, UsageError
@@ -123,17 +132,19 @@ def reconcile(
 
 
 def load_plan_file(path: str) -> dict[str, Any]:
-    """A plan saved with --plan-out."""
+    """A plan saved with --plan-out (UsageError, naming the file and what is wrong, for anything else)."""
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except OSError as exc:
         raise UsageError(f"cannot read plan {path}: {exc.strerror}") from None
-    except ValueError:
-        raise UsageError(f"{path} is not a reconcile plan (not JSON)") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path} is not a reconcile plan")
-    return doc
+    except ValueError as exc:
+        raise UsageError(f"plan file {path} is not a reconcile plan: not JSON ({exc})") from None
+    problem = plan_file_problem(doc)
+    if problem is not None:
+        raise UsageError(f"plan file {path} is not a reconcile plan: {problem} (save one with "
+                         "`statekit reconcile --plan-out FILE`)")  # fmt: skip
+    return dict(doc)
 
 
 def replan_saved(model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool) -> ReconcilePlan:
@@ -150,7 +161,8 @@ def replan_saved(model: Model, where: Locations, saved: dict[str, Any], *, prune
     if bool(saved.get("prune_orphans")) != prune_orphans:
         flag = "with" if saved.get("prune_orphans") else "without"
         raise Refused(f"the plan was made {flag} --prune-orphans: give `statekit apply` the same option")
-    if saved.get("target_location") not in (None, where.shown(opts.target)):
+    # (a password given the printed way, from STATEKIT_DB_PASSWORD / STATEKIT_REDIS_PASSWORD, is the same place)
+    if saved.get("target_location") is not None and not same_place(saved["target_location"], where.shown(opts.target)):
         raise Refused(f"plan was made for {saved.get('target_location')}, not {where.shown(opts.target)}")
     fresh = plan_reconcile(model, where, opts)
     diff = same_plan(saved, fresh)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.codecs import CodecError, compare, convert
-from statekit.audit.entities import LOCATOR_KINDS, Entity, Locator, Model
+from statekit.audit.entities import LOCATOR_KINDS, TIERS, Entity, Locator, Model
 from statekit.audit.findings import root_of
 from statekit.audit.sources.records import Record, RecordKey, Source, TierData
 from statekit.errors import Refused, UsageError
@@ -372,10 +372,62 @@ def guard(plan: ReconcilePlan, max_change_ratio: float, force: bool) -> None:
     if force or not plan.ops:
         return
     if plan.change_ratio > max_change_ratio:
+        c = plan.counts
+        changed = c["update"] + c["delete"]
         raise Refused(
-            f"plan would overwrite or delete {plan.change_ratio:.0%} of the {plan.target} records "
-            f"(limit --max-change-ratio {max_change_ratio:g}); check it, then pass --force"
+            f"plan would overwrite or delete {plan.change_ratio:.0%} of the {plan.target} records ({changed} of "
+            f"{plan.target_records}), over --max-change-ratio {max_change_ratio:g}: check the plan, then pass "
+            f"--force to override the limit (or --max-change-ratio {needed_ratio(plan)})"
         )
+
+
+def needed_ratio(plan: ReconcilePlan) -> str:
+    """The smallest --max-change-ratio (as typed) that lets this plan through."""
+    ratio = plan.change_ratio
+    text = f"{ratio:.2f}".rstrip("0").rstrip(".")
+    while float(text) < ratio:  # rounded down: the next hundredth up
+        text = f"{float(text) + 0.01:.2f}".rstrip("0").rstrip(".")
+    return text
+
+
+def plan_file_problem(doc: Any) -> str | None:
+    """What makes a document (a saved --plan-out file) unusable as a reconcile plan, else None."""
+    if not isinstance(doc, dict):
+        return "it is not a JSON object"
+    if doc.get("plan_schema") != PLAN_SCHEMA:
+        found = doc.get("plan_schema")
+        return f"plan_schema is {found!r}, expected {PLAN_SCHEMA!r}" if found else f"no plan_schema {PLAN_SCHEMA!r}"
+    for key in ("from", "to"):
+        if doc.get(key) not in TIERS:
+            return f'"{key}" is {doc.get(key)!r}, not a tier ({", ".join(TIERS)})'
+    if (doc["from"], doc["to"]) not in RECONCILE_PAIRS:
+        return f"{doc['from']} -> {doc['to']} is not a direction reconcile rebuilds"
+    for key in ("entities", "modes"):
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f'"{key}" is not a list of names'
+    if not isinstance(doc.get("prune_orphans", False), bool):
+        return '"prune_orphans" is not true or false'
+    if not isinstance(doc.get("target_location"), (str, type(None))):
+        return '"target_location" is not a string'
+    ops = doc.get("ops")
+    if not isinstance(ops, list):
+        return 'no "ops" list'
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict):
+            return f"ops[{i}] is not an object"
+        if op.get("op") not in _MARKS:
+            return f"ops[{i}].op is {op.get('op')!r}, not one of {', '.join(_MARKS)}"
+        for key in ("entity", "id"):
+            if not isinstance(op.get(key), str):
+                return f'ops[{i}] has no "{key}"'
+        loc = op.get("loc")
+        if not isinstance(loc, list) or not loc or not all(isinstance(x, str) for x in loc):
+            return f'ops[{i}] has no "loc" list'
+        for key in ("key", "before_sha256", "after_sha256"):
+            if not isinstance(op.get(key), (str, type(None))):
+                return f"ops[{i}].{key} is not a string or null"
+    return None
 
 
 def plan_lines(plan: ReconcilePlan, examples: int = 5) -> list[str]:

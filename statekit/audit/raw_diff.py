@@ -15,6 +15,7 @@ from statekit.audit.findings import AuditResult, Finding
 from statekit.audit.sources.redis import url_db
 
 if TYPE_CHECKING:
+    from statekit.audit.repairs import SnapshotRepairs
     from statekit.tiers.base import MemberDecoder
     from statekit.tiers.sql.members import TableSegment
 
@@ -109,6 +110,10 @@ class _KeyDigests(_TierDigests):
         payload = rec.payload or b""
         try:
             rtype, value = portable.decode(payload)
+        except portable.Malformed as exc:  # a damaged or crafted archive (exit 3): name the key
+            from statekit.tiers.redis.bigkeys import show_key
+
+            raise portable.Malformed(f"key {show_key(rec.key)}: {exc.reason}") from None
         except portable.Uncarriable:  # streams (as every version keeps them), module types
             keys[key] = _h(portable.comparable(payload))
             return True
@@ -172,8 +177,9 @@ def _table_digests(segment: TableSegment, out: dict[str, Any]) -> None:
             out[_h(text.encode())[:16]] = "row"
 
 
-def raw_diff(a: Any, b: Any, where: Mapping[str, str | None]) -> AuditResult:
-    """Archive B against archive A without an entity model (`where`: the configured tiers)."""
+def raw_diff(a: Any, b: Any, where: Mapping[str, str | None], repairs: SnapshotRepairs | None = None) -> AuditResult:
+    """Archive B against archive A without an entity model (`where`: the configured tiers); with `repairs`,
+    each finding with the restore that puts A's copy back."""
     started = time.monotonic()
     da, ta = archive_digests(a, where)
     db, tb = archive_digests(b, where)
@@ -196,6 +202,11 @@ def raw_diff(a: Any, b: Any, where: Mapping[str, str | None]) -> AuditResult:
             if isinstance(x, dict) and isinstance(y, dict):
                 fields = [f"$[{json.dumps(f)}]" for f in sorted(set(x) | set(y)) if x.get(f) != y.get(f)][:20]
             findings.append(Finding("mismatch", entity, rid, None, tier, rid, fields, "differs between A and B"))
+    if repairs is not None:
+        for f in findings:
+            # a row's table is in its entity (`db:<table>`); a key or file is its own id
+            name = f.entity.partition(":")[2] if f.tier == DbLocator.kind else (f.id or "")
+            f.repair = repairs.hint(f.cls, (f.tier, name))
     entities = sorted(set(da) | set(db))
     return AuditResult(findings, sorted(set(tier_of.values())), entities, scopes=values, values=values,
                        duration_s=time.monotonic() - started)  # fmt: skip

@@ -1,12 +1,25 @@
 """The command that repairs a finding, for the audit's text output. A repair always copies FROM the live
 copy: a stale copy is overwritten from the live one, and a live place that lost its copy is never filled
-from a stale one unless the user declares the mode that copy was written in (`--mode`)."""
+from a stale one unless the user declares the mode that copy was written in (`--mode`).
+
+A printed command must run as printed: `Given` carries what the command that prints it was given on its
+command line (config file, profile, modes, tier locations, keys) into the commands it prints, passwords left
+out (statekit then reads them from STATEKIT_DB_PASSWORD / STATEKIT_REDIS_PASSWORD)."""
 
 from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from statekit.audit.entities import LOCATOR_KINDS, Entity, Model
 
 RESTORE = "statekit restore ARCHIVE --tier {tier}"
+# Where a URL option's password goes instead of the printed command line.
+PASSWORD_ENV = {"--db-url": "STATEKIT_DB_PASSWORD", "--redis-url": "STATEKIT_REDIS_PASSWORD"}
 
 
 def repair_command(cls: str, ent: Entity, tier: str, base: Model, view: Model, server: str | None) -> str:
@@ -51,3 +64,163 @@ def _refill_live(ent: Entity, tier: str, base: Model, view: Model, server: str |
                     f"{RESTORE.format(tier=tier)} or pair the instance again"
                 )
     return f"no live copy to repair from: {RESTORE.format(tier=tier)}"
+
+
+# -- what a printed command carries over -------------------------------------------------------------------
+
+
+def url_without_password(url: str) -> tuple[str, bool]:
+    """The URL without its password (in the user part, or a `password=` query item), and whether it had one."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, False
+    had = parts.password is not None
+    netloc = parts.netloc
+    if had:
+        user, _, host = netloc.rpartition("@")
+        name = user.split(":", 1)[0]
+        netloc = f"{name}@{host}" if name else host
+    query = parts.query
+    if "password" in query.lower():
+        kept = [item for item in query.split("&") if "password" not in item.partition("=")[0].lower()]
+        had = had or len(kept) != len(query.split("&"))
+        query = "&".join(kept)
+    if not had:
+        return url, False
+    return urlunsplit(parts._replace(netloc=netloc, query=query)), True
+
+
+def same_place(a: str | None, b: str | None) -> bool:
+    """Two locations (as printed: passwords masked or left out) name the same place."""
+    if a is None or b is None:
+        return a == b
+    return url_without_password(a)[0] == url_without_password(b)[0]
+
+
+@dataclass(frozen=True)
+class Given:
+    """What a command was given on its command line that the commands it prints need too (a configuration
+    file, an environment variable or a default carries over by itself)."""
+
+    config_file: str | None = None
+    profile: str | None = None
+    modes: tuple[str, ...] = ()
+    db_url: str | None = None
+    redis_url: str | None = None
+    files_root: str | None = None
+    identities: tuple[str, ...] = ()
+    passphrase_file: str | None = None
+
+    def __post_init__(self) -> None:
+        # like the undo command a restore prints: paths absolute, so the command runs from any directory
+        object.__setattr__(self, "config_file", local_path(self.config_file))
+        object.__setattr__(self, "files_root", local_path(self.files_root))
+        object.__setattr__(self, "identities", tuple(p for p in map(local_path, self.identities) if p))
+        object.__setattr__(self, "passphrase_file", local_path(self.passphrase_file))
+
+    def _urls(self) -> list[tuple[str, str | None]]:
+        return [("--db-url", self.db_url), ("--redis-url", self.redis_url)]
+
+    def model_args(self) -> list[str]:
+        """--config, --profile, --mode and the tier locations, for reconcile and apply (shell words)."""
+        args = ["--config", self.config_file] if self.config_file else []
+        if self.profile:
+            args += ["--profile", self.profile]
+        for mode in self.modes:
+            args += ["--mode", mode]
+        for flag, url in self._urls():
+            if url:
+                args += [flag, url_without_password(url)[0]]
+        if self.files_root:
+            args += ["--files-root", self.files_root]
+        return args
+
+    def restore_args(self, tier: str) -> list[str]:
+        """--config, the keys that opened the archive, and the tier's location, for `statekit restore`."""
+        from statekit.tiers import get as get_tier
+
+        args = ["--config", self.config_file] if self.config_file else []
+        for path in self.identities:
+            args += ["-i", path]
+        if self.passphrase_file:
+            args += ["--passphrase-file", self.passphrase_file]
+        where = dict(self._urls()).get(f"--{tier}-url") if get_tier(tier).url_target else self.files_root
+        if where:
+            args += ["--target-url" if get_tier(tier).url_target else "--target", url_without_password(where)[0]]
+        return args
+
+    def notes(self) -> list[str]:
+        """What the printed commands leave out: the passwords given in URLs."""
+        out = []
+        for flag, url in self._urls():
+            if url and url_without_password(url)[1]:
+                out.append(f"{flag} is printed without its password: set {PASSWORD_ENV[flag]} to run it")
+        return out
+
+    def complete(self, hint: str) -> str:
+        """A repair hint from repair_command with this command line's options in each command it names."""
+        if not hint:
+            return hint
+        model = shell(self.model_args())
+        if model:
+            hint = hint.replace("statekit reconcile ", f"statekit reconcile {model} ")
+
+        def restore(m: re.Match[str]) -> str:
+            extra = shell(self.restore_args(m.group(2)))
+            return m.group(1) + (f" {extra}" if extra else "")
+
+        return re.sub(r"(statekit restore \S+ --tier (\w+))", restore, hint)
+
+
+def local_path(path: str | None) -> str | None:
+    """A path made absolute (an s3:// or other URL as it is)."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
+def shell(words: Sequence[str]) -> str:
+    """Words as one shell command line (quoted where needed)."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# -- two states of the tiers: audit --against, diff -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotRepairs:
+    """How to repair what differs between an archive and the live tiers (`audit --against ARCHIVE`), or
+    between two archives (`diff A B`): put the archive's copy back with `statekit restore`, narrowed to the
+    record (`--match` a key or path, `--tables` with `--mode merge` for rows)."""
+
+    archive: str  # the archive whose copy a restore puts back (the snapshot, or A)
+    given: Given = Given()
+    diff: bool = False  # diff A B (else audit --against ARCHIVE)
+
+    def hint(self, cls: str, loc: Sequence[str]) -> str:
+        """One finding's repair; `loc` is its record's location (tier, key / path / table, …)."""
+        tier = loc[0]
+        if cls == "orphan":
+            if self.diff:
+                return "none from A, which lacks it (it was written after A)"
+            audit = shell(["statekit", "audit", *self.given.model_args()])
+            return f"none from the snapshot, which lacks it; to compare it with the other live tiers: {audit}"
+        words = ["statekit", "restore", local_path(self.archive) or "", "--tier", tier, *_narrow(loc)]
+        words += self.given.restore_args(tier)
+        if self.diff:
+            return f"to put A's copy back into the live {tier} tier: {shell(words)}"
+        return f"if the snapshot's copy is the one to keep: {shell(words)}"
+
+
+def _narrow(loc: Sequence[str]) -> list[str]:
+    """The restore options that limit it to one record's key, file or table."""
+    tier = loc[0]
+    name = loc[1] if len(loc) > 1 else ""
+    if not name:
+        return []
+    if tier == "redis":
+        return ["--match", re.sub(r"([*?\[\]\\])", r"\\\1", name)]  # a Redis glob matching only this key
+    if tier == "files":
+        return ["--match", re.sub(r"[*?]", "?", name)]  # path globs have no escape: `?` stands for the one
+    if tier == "db":
+        return ["--tables", name, "--mode", "merge"]
+    return []

@@ -152,4 +152,4 @@ def _default_repair(f: Finding) -> str:
         return f"a name that fits no template of the model: remove {f.where or 'it'} or extend the model"
     if f.cls == "transient":
         return "none: it was caught mid-write and was gone on re-check"
-    return "statekit reconcile --from AUTHORITY --to " + f.tier.split("+")[0] + f" --entity {f.entity}"
+    return f"{f.entity} in {f.tier}: `statekit audit` of the live tiers names the tier to reconcile it from"

@@ -65,7 +65,7 @@ class App:
     def info(self, message: str) -> None:
         """A line for a person (suppressed by -q and --json)."""
         if not self.quiet and not self.json:
-            click.echo(message)
+            click.echo(_shown_lines(message))
 
     def detail(self, message: str) -> None:
         """A line shown with -v only."""
@@ -77,7 +77,7 @@ class App:
         if self.log_format == "json":
             _log_json(level, message)
         else:
-            click.echo(message, err=True)
+            click.echo(_shown_lines(message), err=True)
 
     def warn(self, message: str) -> None:
         """A warning: on stderr (or as a JSON log line), and kept for the --json result."""
@@ -85,7 +85,7 @@ class App:
         if self.log_format == "json":
             _log_json("warning", message)
         elif not self.quiet:
-            click.echo(f"warning: {message}", err=True)
+            click.echo(f"warning: {_shown_lines(message)}", err=True)
 
     def result(self, doc: dict[str, Any], human: str | Iterable[str] | None) -> None:
         """Print the command's result: one JSON document with --json, else the human text."""
@@ -98,11 +98,12 @@ class App:
             return
         if human is None or self.quiet:
             return
+        # Every line passes textfmt.printable: results quote names, keys and fields an archive or a tier holds.
         if isinstance(human, str):
-            click.echo(human)
+            click.echo(_shown_lines(human))
         else:
             for line in human:
-                click.echo(line)
+                click.echo(_shown_lines(line))
 
     def progress(self) -> Progress:
         """A progress callback: a live line per tier on a TTY, nothing otherwise."""
@@ -430,8 +431,14 @@ def _report_error(kind: str, message: str, code: int, wants_json: bool, json_log
         return code
     if _isatty(sys.stderr):
         sys.stderr.write("\r\033[K")  # replace a live progress line, if one was being drawn
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {textfmt.printable(message)}", err=True)
     return code
+
+
+def _shown_lines(message: str) -> str:
+    # A message may quote what an archive holds: each of its lines is shown with control characters escaped
+    # (textfmt.printable), the line breaks it was written with kept.
+    return "\n".join(textfmt.printable(line) for line in message.split("\n"))
 
 
 @contextmanager

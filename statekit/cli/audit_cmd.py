@@ -62,6 +62,12 @@ def _model_and_locations(
     return model, Locations.from_config(given)
 
 
+def _carry_over(result: Any, given: Any) -> None:
+    """Say what the printed repair commands leave out (a password given in a URL)."""
+    if any(f.repair for f in result.findings):
+        result.notes.extend(given.notes())
+
+
 def _finish_audit(app: App, result: Any, jsonl: bool, examples: int, title: str, extra: dict[str, Any]) -> None:
     from statekit.audit.report import audit_document, audit_jsonl, audit_lines
 
@@ -117,7 +123,9 @@ def audit(
     when there is drift (transient findings are not drift)."""
     from statekit.audit.engine import audit_live
     from statekit.audit.findings import AuditOptions
+    from statekit.audit.repairs import Given, SnapshotRepairs
 
+    given = Given(app.config_file, profile, modes, db_url, redis_url, files_root, identities, passphrase_file)
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     model = model.select(list(entities))
     opts = AuditOptions(
@@ -132,11 +140,15 @@ def audit(
         from statekit.cli.archive_cmd import open_verified
 
         archive = open_verified(app, against, identities, passphrase_file)
-        result = audit_against(model, where, archive, opts, warn=app.warn)
+        result = audit_against(model, where, archive, opts, warn=app.warn, repairs=SnapshotRepairs(against, given))
+        _carry_over(result, given)
         _finish_audit(app, result, jsonl, examples, f"audit against {os.path.basename(against)}",
                       {"against": os.path.basename(against), "model": model.source})  # fmt: skip
         return
     result = audit_live(model, where, opts, progress=app.progress(), warn=app.warn)
+    for f in result.findings:
+        f.repair = given.complete(f.repair)
+    _carry_over(result, given)
     if metrics_file:
         from statekit.profiles.evolution.health import write_audit_metrics
 
@@ -174,6 +186,7 @@ def diff(
     from statekit.audit.engine import Locations
     from statekit.audit.findings import AuditOptions
     from statekit.audit.raw_diff import raw_diff
+    from statekit.audit.repairs import Given, SnapshotRepairs
     from statekit.audit.sources.archive import diff_archives
     from statekit.cli.archive_cmd import open_verified
     from statekit.profiles import load_model
@@ -183,13 +196,15 @@ def diff(
     a = open_verified(app, archive_a, identities, passphrase_file)
     b = open_verified(app, archive_b, identities, passphrase_file)
     where = Locations.from_config(cfg)
+    repairs = SnapshotRepairs(archive_a, Given(app.config_file, identities=identities,
+                                               passphrase_file=passphrase_file), diff=True)  # fmt: skip
     if modelled:
         model = load_model(cfg, profile).select(list(entities))
-        result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), where)
+        result = diff_archives(model, a, b, AuditOptions(keys_only=keys_only, recheck_rounds=0), where, repairs)
     else:
         if entities:
             raise UsageError("--entity needs an entity model (--profile or [entity.NAME] in the config)")
-        result = raw_diff(a, b, where)
+        result = raw_diff(a, b, where, repairs)
     names = f"{os.path.basename(archive_a)} → {os.path.basename(archive_b)}"
     _finish_audit(app, result, jsonl, examples, f"diff {names}", {"a": archive_a, "b": archive_b})
 
@@ -276,11 +291,16 @@ def reconcile(
     with --yes, saving an undo archive first. The model's authority tier is never written."""
     from statekit.audit.engine import ReconcileOptions, guard, plan_reconcile
     from statekit.audit.plan import plan_lines
+    from statekit.audit.repairs import Given
 
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
     opts = ReconcileOptions(source, target, list(entities), prune_orphans, max_change_ratio, force)
     plan = plan_reconcile(model, where, opts)
-    lines = plan_lines(plan, examples)
+    given = Given(app.config_file, profile, modes, db_url, redis_url, files_root)
+    for item in plan.skipped_items:  # the right direction, with this command line's model and places
+        item.command = given.complete(item.command)
+    plan.skipped = [item.line() for item in plan.skipped_items]
+    lines = plan_lines(plan, examples) + [f"  note: {n}" for n in given.notes() if plan.skipped_items]
     if plan_out or not yes or not plan.ops:
         app.result({"plan": plan.to_json()}, lines)
     else:
@@ -292,10 +312,45 @@ def reconcile(
         fd = os.open(plan_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
-        app.info(f"plan saved to {plan_out}; apply it with: statekit apply {plan_out}")
+        undo = (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption, no_undo, undo_dir)
+        app.info(_apply_hint(plan_out, plan, given, prune_orphans, max_change_ratio, undo))
         return
     _apply(app, plan, where, yes, no_undo, undo_dir,
            (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption), model)  # fmt: skip
+
+
+_MAX_CHANGE_RATIO = 0.5  # the default of reconcile's and apply's --max-change-ratio
+
+
+def _apply_hint(plan_out: str, plan: Any, given: Any, prune_orphans: bool, max_change_ratio: float,
+                undo: tuple[Any, ...]) -> str:  # fmt: skip
+    """The `statekit apply` command that applies this saved plan as it was made: the same model and places,
+    guards and undo keys, --yes (the plan was just shown), and --force only when the plan needed it, saying so."""
+    from statekit.audit.repairs import shell
+
+    recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption, no_undo, undo_dir = undo
+    words = ["statekit", "apply", os.path.abspath(plan_out), *given.model_args()]
+    if prune_orphans:
+        words.append("--prune-orphans")
+    if max_change_ratio != _MAX_CHANGE_RATIO:
+        words += ["--max-change-ratio", f"{max_change_ratio:g}"]
+    why = []
+    if plan.ops and plan.change_ratio > max_change_ratio:  # saved with --force: apply needs it too
+        words.append("--force")
+        why.append(f"it overwrites or deletes {plan.change_ratio:.0%} of the {plan.target} records, over "
+                   f"--max-change-ratio {max_change_ratio:g}: --force overrides that limit")  # fmt: skip
+    for r in recipients:
+        words += ["-r", r]
+    for f in recipients_files:
+        words += ["-R", os.path.abspath(f)]
+    if passphrase_file:
+        words += ["--passphrase-file", os.path.abspath(passphrase_file)]
+    words += ["--ask-passphrase"] * ask_passphrase + ["--no-encryption"] * no_encryption + ["--no-undo"] * no_undo
+    if undo_dir:
+        words += ["--undo-dir", os.path.abspath(undo_dir)]
+    words.append("--yes")
+    why += given.notes()
+    return f"plan saved to {plan_out}" + (f" ({'; '.join(why)})" if why else "") + f"; apply it with: {shell(words)}"
 
 
 @cli.command(name="apply", epilog=exit_status_epilog())

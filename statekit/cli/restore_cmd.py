@@ -39,12 +39,12 @@ def _db_map(values: tuple[str, ...]) -> dict[int, int]:
 @click.option(
     "--target",
     metavar="DIR",
-    help="files: restore into DIR instead of the configured root (or an undo archive's own).",
+    help="files: restore into DIR instead of the configured root (an undo archive saved from DIR needs it).",
 )
 @click.option(
     "--target-url",
     metavar="URL",
-    help="db/redis: restore into this server instead of the configured one (or an undo archive's own).",
+    help="db/redis: restore into this server instead of the configured one (an undo archive saved from it needs it).",
 )
 @click.option("--tables", multiple=True, metavar="GLOB", help="db: only these tables (repeatable).")
 @click.option("--mode", type=click.Choice(["replace", "merge", "append"]), default="replace", show_default=True,
@@ -96,8 +96,9 @@ def restore(
     """Restore one tier from an archive: verify it, print the plan, confirm, save an undo archive, apply.
 
     Nothing is changed before the whole archive has been verified and every record it will apply has been
-    checked. Without a terminal, --yes is required. An undo archive goes back to the target it was saved
-    from; --target/--target-url send it elsewhere (the plan says so). Once the undo archive is saved, its
+    checked. Without a terminal, --yes is required. An undo archive is restored into the configured target;
+    one saved from another target is refused unless --target/--target-url names a target (the plan says when
+    it is not the recorded one) or the archive is signed by a trusted key. Once the undo archive is saved, its
     path and the command that puts the target back are printed; any later failure repeats them. A Redis
     restore that could not write some keys exits 6."""
     url_tiers = " and ".join(t.name for t in TIERS if t.url_target)
@@ -130,7 +131,7 @@ def restore(
         jobs=jobs,
     )
     if dry_run:
-        report = plan_restore(opened, opts, cfg)
+        report = plan_restore(opened, opts, cfg, signed=signature is not None)
         app.result(report.to_json(), render_report(report))
         return
 
@@ -139,7 +140,7 @@ def restore(
             for line in render_report(plan):
                 app.stderr(line)
         where = f"{plan.target} ({plan.target_note})" if plan.target_note else plan.target
-        return confirm(app, f"Restore the {tier} tier from {archive} into {where}?", yes)
+        return confirm(app, textfmt.printable(f"Restore the {tier} tier from {archive} into {where}?"), yes)
 
     def sealed(path: str, command: str) -> None:
         # Said before the first change, so that even a run killed outright leaves the way back on screen.
@@ -161,6 +162,7 @@ def restore(
             warn=app.warn,
             undo_flags=_undo_flags(app, identities, passphrase_file, undo_dir),
             on_undo_sealed=sealed,
+            signed=signature is not None,
         )
     failed = report.counts.get("failed", 0)
     if failed:
@@ -189,7 +191,8 @@ def _undo_flags(app: App, identities: tuple[str, ...], passphrase_file: str | No
 
 
 def render_report(report: RestoreReport) -> list[str]:
-    """A restore plan or result for a person."""
+    """A restore plan or result for a person. Its names, paths, keys and targets come from the archive: every
+    line passes textfmt.printable, so none can move the cursor, erase or hide a line of the plan."""
     head = "plan" if report.dry_run else "restored"
     counts = ", ".join(
         f"took {textfmt.duration(v / 1000)}" if k == "duration_ms" else f"{k} {textfmt.count(v)}"
@@ -209,7 +212,7 @@ def render_report(report: RestoreReport) -> list[str]:
         lines.append(f"undo archive: {report.undo_archive}")
         if report.undo_command:
             lines.append(f"  to put the target back: {report.undo_command}")
-    return lines
+    return [textfmt.printable(line) for line in lines]
 
 
 def _plan_line(item: dict[str, Any]) -> str:
@@ -224,6 +227,7 @@ def _plan_line(item: dict[str, Any]) -> str:
         "refused": "!",
         "delete": "-",
         "drop": "-",
+        "flush": "-",
     }.get(action, "*")
     parts = []
     for key, value in item.items():

@@ -26,6 +26,7 @@ from statekit.errors import CorruptArchive
 from statekit.model import Warn, no_warn
 
 if TYPE_CHECKING:
+    from statekit.audit.repairs import SnapshotRepairs
     from statekit.tiers.base import MemberDecoder
     from statekit.tiers.sql.members import TableSegment
 
@@ -299,10 +300,15 @@ def _db_rows(segment: TableSegment, table: _DbTable, data: TierData, keys_only: 
 
 
 def compare_states(
-    model: Model, a: Mapping[str, Source], b: Mapping[str, Source], opts: AuditOptions, names: tuple[str, str]
+    model: Model,
+    a: Mapping[str, Source],
+    b: Mapping[str, Source],
+    opts: AuditOptions,
+    names: tuple[str, str],
+    repairs: SnapshotRepairs | None = None,
 ) -> AuditResult:
     """Each tier of `b` against the same tier of `a`: `missing` (in A only), `orphan` (in B only), `mismatch`
-    (values differ after canonicalisation)."""
+    (values differ after canonicalisation); with `repairs`, each with the command that puts A's copy back."""
     started = time.monotonic()
     tiers = [t for t in TIERS if t in a and t in b]
     findings: list[Finding] = []
@@ -324,7 +330,11 @@ def compare_states(
                     ra = {k: r for k, r in (da.scope_records(ent.name, scope) or {}).items() if not r.null}
                     rb = {k: r for k, r in (db.scope_records(ent.name, scope) or {}).items() if not r.null}
                     values += len(ra) + len(rb)
-                    findings += _two_sided(ent, scope, t, ra, rb, codec, opts.keys_only, names)
+                    found = _two_sided(ent, scope, t, ra, rb, codec, opts.keys_only, names)
+                    if repairs is not None:
+                        for f, rec in found:
+                            f.repair = repairs.hint(f.cls, rec.loc)
+                    findings += [f for f, _ in found]
     order = {name: i for i, name in enumerate(model.entities)}
     findings.sort(key=lambda f: (order.get(f.entity, 99), f.cls, f.id or "", f.key or "", f.tier))
     return AuditResult(findings, tiers, list(model.entities), scopes=len(ordered), values=values,
@@ -340,14 +350,15 @@ def _two_sided(
     codec: Any,
     keys_only: bool,
     names: tuple[str, str],
-) -> list[Finding]:
-    out: list[Finding] = []
+) -> list[tuple[Finding, Record]]:
+    """The findings of one entity in one scope, each with the record it is about (A's when A has it)."""
+    out: list[tuple[Finding, Record]] = []
     for rest in sorted(ra.keys() - rb.keys()):
-        out.append(Finding("missing", ent.name, scope, "/".join(rest) or None, tier, ra[rest].where, [],
-                           f"in {names[0]}, not in {names[1]}"))  # fmt: skip
+        out.append((Finding("missing", ent.name, scope, "/".join(rest) or None, tier, ra[rest].where, [],
+                            f"in {names[0]}, not in {names[1]}"), ra[rest]))  # fmt: skip
     for rest in sorted(rb.keys() - ra.keys()):
-        out.append(Finding("orphan", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where, [],
-                           f"in {names[1]}, not in {names[0]}"))  # fmt: skip
+        out.append((Finding("orphan", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where, [],
+                            f"in {names[1]}, not in {names[0]}"), rb[rest]))  # fmt: skip
     if keys_only or ent.presence:
         return out
     from statekit.audit.codecs import compare
@@ -362,20 +373,27 @@ def _two_sided(
             try:
                 canonical(codec, y)
             except CodecError:
-                out.append(Finding("unparseable", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
-                                   [], f"value does not decode as {codec.name}"))  # fmt: skip
+                out.append((Finding("unparseable", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
+                                    [], f"value does not decode as {codec.name}"), ra[rest]))  # fmt: skip
             continue
         if not result.equal:
-            out.append(Finding("mismatch", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
-                               list(result.paths), f"differs between {names[0]} and {names[1]}"))  # fmt: skip
+            found = Finding("mismatch", ent.name, scope, "/".join(rest) or None, tier, rb[rest].where,
+                            list(result.paths), f"differs between {names[0]} and {names[1]}")  # fmt: skip
+            out.append((found, ra[rest]))
     return out
 
 
 def audit_against(
-    model: Model, where: Mapping[str, str | None], archive: Any, opts: AuditOptions, *, warn: Warn = no_warn
+    model: Model,
+    where: Mapping[str, str | None],
+    archive: Any,
+    opts: AuditOptions,
+    *,
+    warn: Warn = no_warn,
+    repairs: SnapshotRepairs | None = None,
 ) -> AuditResult:
     """The live tiers (`where`: tier name -> URL or root) against a snapshot (tier by tier: what the snapshot
-    had and the live tier lacks, etc.)."""
+    had and the live tier lacks, etc.); `repairs` names the snapshot's path for the restore commands."""
     from statekit.tiers.redis.records import parse_member_db  # noqa: F401  (fail early if the tier is absent)
 
     snap = read_archive(archive, model, where, keys_only=opts.keys_only)
@@ -384,17 +402,24 @@ def audit_against(
         for t in snap:
             if t not in live.sources:
                 warn(f"{t} tier is in the snapshot but not configured live: not compared")
-        return compare_states(model, snap, live.sources, opts, ("the snapshot", "the live tier"))
+        return compare_states(model, snap, live.sources, opts, ("the snapshot", "the live tier"), repairs)
     finally:
         live.close()
 
 
-def diff_archives(model: Model, a: Any, b: Any, opts: AuditOptions, where: Mapping[str, str | None]) -> AuditResult:
+def diff_archives(
+    model: Model,
+    a: Any,
+    b: Any,
+    opts: AuditOptions,
+    where: Mapping[str, str | None],
+    repairs: SnapshotRepairs | None = None,
+) -> AuditResult:
     """Archive B against archive A, tier by tier (`where`: the configured tiers, e.g. which Redis database to
-    read, else the first one)."""
+    read, else the first one); `repairs` names A's path for the restore commands."""
     sa = read_archive(a, model, where, keys_only=opts.keys_only)
     sb = read_archive(b, model, where, keys_only=opts.keys_only)
-    return compare_states(model, sa, sb, opts, ("A", "B"))
+    return compare_states(model, sa, sb, opts, ("A", "B"), repairs)
 
 
 def _redis_glob(pattern: str) -> Any:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from statekit.errors import CorruptArchive
 from statekit.model import Member
-from statekit.tiers.files.paths import PREFIX
+from statekit.tiers.files.paths import MAX_FILE_BYTES, PREFIX
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,12 @@ class FilesDecoder:
 
     def feed(self, member: Member) -> Iterator[FileRecord]:
         if member.name.startswith(PREFIX):
-            yield FileRecord(member.name[len(PREFIX) :], member.read_all())
+            if member.size > MAX_FILE_BYTES:  # read whole into memory: bounded first (docs/SECURITY.md)
+                raise CorruptArchive(
+                    f"archive member {member.name} is {member.size} bytes, more than the {MAX_FILE_BYTES} bytes "
+                    "(1 MiB) a key file may hold"
+                )
+            yield FileRecord(member.name[len(PREFIX) :], member.stream.read(MAX_FILE_BYTES + 1))
 
     def finish(self) -> Iterator[FileRecord]:
         return iter(())

@@ -9,6 +9,9 @@ from functools import lru_cache
 PREFIX = "files/"
 # In undo archives: the paths a restore created, which restoring the undo archive deletes again.
 ABSENT_MEMBER = "undo/files-absent.json"
+# The most bytes a key file may hold (docs/SECURITY.md, "Resource bounds"): a snapshot stops at a bigger file,
+# and a restore refuses an archive member bigger than this before it writes anything.
+MAX_FILE_BYTES = 1 << 20
 
 
 @lru_cache(maxsize=256)

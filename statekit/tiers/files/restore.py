@@ -15,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from statekit.config import FilesConfig
-from statekit.errors import ConfigError, CorruptArchive, Refused, StorageError
+from statekit.errors import ConfigError, CorruptArchive, Refused, StatekitError, StorageError
 from statekit.fsio import fsync_dir, open_for_reading, sha256_file, write_file_atomic
 from statekit.model import (
     Progress,
@@ -28,13 +28,16 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.files.paths import ABSENT_MEMBER, PREFIX, path_selected
+from statekit.tiers.files.paths import ABSENT_MEMBER, MAX_FILE_BYTES, PREFIX, path_selected
 
 if TYPE_CHECKING:
     from statekit.archive.reader import Archive
 
 _MAX_ABSENT = 64 << 20  # the list of created paths in an undo archive: far more than any root holds
 _DIR_MODE = 0o700  # directories a restore creates: private, whatever the umask
+_FILE_MODE_BITS = 0o600  # the most a restored key file gets: the owner's read/write bits of its archived mode
+_NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
+_PATH_MAX = 4096  # bytes in a whole path, its terminating NUL included (Linux PATH_MAX)
 
 
 def _target_root(opts: RestoreOptions, cfg: FilesConfig) -> str:
@@ -49,6 +52,36 @@ def _safe_join(root: str, rel: str) -> str:
     if os.path.commonpath([root, path]) != root or path == root:
         raise CorruptArchive(f"archive member files/{rel} would be written outside the target")
     return path
+
+
+def _check_rel(root: str, rel: str) -> None:
+    """Refuse a relative path no file system could hold or that is not plainly below the root, before anything
+    is written: a component that is empty, `.`, `..` or longer than NAME_MAX bytes, a NUL, a whole destination
+    longer than PATH_MAX, or a name that has no bytes on this system (lone surrogates other than the
+    surrogateescape of a non-UTF-8 name, which a snapshot of such a file archives)."""
+    where = f"archive member {PREFIX}{rel[:80]}{'…' if len(rel) > 80 else ''}"
+    try:
+        raw = os.fsencode(rel)
+    except UnicodeError:
+        raise CorruptArchive(f"{where}: the path is not valid UTF-8 and not a file name") from None
+    if not raw or b"\0" in raw or raw.startswith(b"/"):
+        raise CorruptArchive(f"{where}: unsafe path")
+    for part in raw.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise CorruptArchive(f"{where}: unsafe path (empty, '.' or '..' component)")
+        if len(part) > _NAME_MAX:
+            raise CorruptArchive(f"{where}: a path component is {len(part)} bytes, more than {_NAME_MAX}")
+    if len(os.fsencode(root)) + 1 + len(raw) >= _PATH_MAX:
+        raise CorruptArchive(f"{where}: the path under {root} would be longer than {_PATH_MAX - 1} bytes")
+
+
+def _check_size(rel: str, size: object) -> None:
+    """Refuse a key file bigger than MAX_FILE_BYTES (docs/SECURITY.md, "Resource bounds")."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES:
+        raise CorruptArchive(
+            f"archive member {PREFIX}{rel} is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) a key file "
+            "may hold"
+        )
 
 
 def _selected_members(archive: Archive, opts: RestoreOptions) -> list[dict[str, object]]:
@@ -70,11 +103,18 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
     report = RestoreReport("files", dry_run=True)
     counts = {"create": 0, "overwrite": 0, "unchanged": 0}
     selected = _selected_members(archive, opts)
+    for m in selected:
+        rel = str(m["name"])[len(PREFIX) :]
+        _check_rel(root, rel)
+        _check_size(rel, m["size"])
     _check_no_file_dir_conflicts([str(m["name"])[len(PREFIX) :] for m in selected])
+    absent = _absent_paths(archive, opts)
+    for rel in absent:
+        _check_rel(root, rel)
     for m in selected:
         rel = str(m["name"])[len(PREFIX) :]
         path = _safe_join(root, rel)
-        problem = _unsafe_destination(root, path)
+        problem = _unsafe_destination(root, path) or _undo_cannot_hold(path, opts)
         if problem:
             report.problems.append(f"{rel}: {problem}")
             counts["refused"] = counts.get("refused", 0) + 1
@@ -92,9 +132,13 @@ def plan_files_restore(archive: Archive, opts: RestoreOptions, cfg: FilesConfig)
                 action = "unchanged"
         counts[action] += 1
         report.plan.append({"path": rel, "action": action, "size": m["size"], "mode": m.get("mode")})
-    for rel in _absent_paths(archive, opts):
+    for rel in absent:
         path = _safe_join(root, rel)
         if os.path.isfile(path) and not os.path.islink(path) and not _unsafe_destination(root, path):
+            problem = _undo_cannot_hold(path, opts)
+            if problem:
+                report.problems.append(f"{rel}: {problem}")
+                continue
             counts["delete"] = counts.get("delete", 0) + 1
             report.plan.append({"path": rel, "action": "delete"})
     report.counts = counts
@@ -116,10 +160,30 @@ def _check_no_file_dir_conflicts(rels: list[str]) -> None:
                 )
 
 
+def _undo_cannot_hold(path: str, opts: RestoreOptions) -> str | None:
+    """Why the undo archive could not save the file at `path` (None if it can): an undo archive is restored like
+    any archive, so it may not hold a key file bigger than MAX_FILE_BYTES either."""
+    if opts.undo and os.path.isfile(path) and not os.path.islink(path):
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            return (
+                f"the file in the target is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) an undo "
+                "archive may hold (use --no-undo to replace it without one)"
+            )
+    return None
+
+
 def _absent_paths(archive: Archive, opts: RestoreOptions) -> list[str]:
-    """Paths an undo archive says did not exist before the restore it undoes (empty for snapshots)."""
+    """Paths an undo archive says did not exist before the restore it undoes (empty for snapshots). Only an
+    undo archive (snapshot.json `kind` "undo") may carry them: statekit's snapshot never writes this member,
+    so in any other archive it is a forgery meant to delete files, and the archive is refused."""
     if not any(m["name"] == ABSENT_MEMBER for m in archive.manifest.get("members", [])):
         return []
+    if archive.snapshot.get("kind") != "undo":
+        raise CorruptArchive(
+            f"archive member {ABSENT_MEMBER} (files to delete) is only valid in an undo archive, and this archive "
+            "is not one"
+        )
     import json
 
     for member in archive.members(ABSENT_MEMBER):
@@ -172,15 +236,20 @@ def restore_files(
     wanted = {str(p["path"]): p for p in plan.plan if p["action"] not in ("unchanged", "delete")}
     doomed = [str(p["path"]) for p in plan.plan if p["action"] == "delete"]
     report.counts["unchanged"] = plan.counts["unchanged"]
+    # Every change is recorded so that a failure part way puts the target back as it was (see _Changes).
+    changes = _Changes()
     try:
-        _make_dirs(root)
+        _make_dirs(root, changes.dirs)
     except OSError as exc:
+        changes.roll_back()
         raise StorageError(f"files restore: cannot create target {root}: {exc.strerror}") from None
     staging = os.path.join(root, f".statekit-staging-{uuid.uuid4().hex[:10]}")
     try:
         os.mkdir(staging, 0o700)
     except OSError as exc:
+        changes.roll_back()
         raise StorageError(f"files restore: cannot write in {root}: {exc.strerror}") from None
+    changes.staging = staging
     try:
         staged: list[tuple[str, str, int, int]] = []
         by_name = {m["name"]: m for m in archive.manifest.get("members", [])}
@@ -189,12 +258,13 @@ def restore_files(
             if rel not in wanted:
                 continue
             _safe_join(root, rel)
+            _check_size(rel, member.size)  # the tar header's size: what the stream will really yield
             spath = os.path.join(staging, f"{len(staged):08d}")
             mode = _restored_mode(member.mode, rel, warn)
             mtime_ns = _mtime_ns(by_name.get(member.name), member.mtime)
             try:
                 with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                    shutil.copyfileobj(member.stream, out, 1 << 20)
+                    out.write(member.stream.read(MAX_FILE_BYTES + 1))
                     out.flush()
                     # Ready to be renamed into place: content durable, mode and mtime final.
                     os.fsync(out.fileno())
@@ -212,7 +282,10 @@ def restore_files(
             written += os.path.getsize(spath)
             dest = _safe_join(root, rel)
             existed = os.path.lexists(dest)
-            make_parents(root, os.path.dirname(dest))
+            try:
+                make_parents(root, os.path.dirname(dest), created=changes.dirs)
+            except OSError as exc:
+                raise StorageError(f"files restore: cannot create the folder of {rel}: {exc.strerror}") from None
             if os.path.islink(dest) or (existed and not os.path.isfile(dest)):
                 raise StorageError(f"files restore: {rel} exists and is not a regular file; not replaced")
 
@@ -222,6 +295,7 @@ def restore_files(
                     shutil.copyfileobj(fh, out, 1 << 20)
 
             try:
+                changes.keep(dest, existed, rel)
                 try:
                     # Staging lives inside the root, so a rename is the atomic promotion ...
                     os.replace(spath, dest)
@@ -238,6 +312,9 @@ def restore_files(
         for rel in doomed:
             path = _safe_join(root, rel)
             try:
+                if not os.path.lexists(path):
+                    continue
+                changes.keep(path, True, rel)
                 os.unlink(path)
                 fsync_dir(os.path.dirname(path))
             except FileNotFoundError:
@@ -245,16 +322,92 @@ def restore_files(
             except OSError as exc:
                 raise StorageError(f"files restore: cannot delete {rel}: {exc.strerror}") from None
             report.counts["deleted"] = report.counts.get("deleted", 0) + 1
+    except BaseException as exc:
+        if changes.roll_back() and isinstance(exc, StatekitError):
+            exc.target_unchanged = True  # the error then says that the undo archive is not needed
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
+class _Changes:
+    """What a files restore changed in its target, so that a failure part way (a name the file system refuses,
+    a full disk, an I/O error, an interrupt) puts it back: each replaced or deleted file is first hard-linked
+    (or, across a mount point, copied) into the staging folder, which keeps its content, mode and mtime; each
+    created file is removed again; each created folder, then the target itself if the restore made it, is
+    removed when empty. The target's files never lack a version while this runs: a link, then a rename."""
+
+    def __init__(self) -> None:
+        self.dirs: list[str] = []  # created, in creation order
+        self.files: list[tuple[str, str | None]] = []  # (path, its kept old version, or None if it was created)
+        self.staging: str | None = None
+
+    def keep(self, path: str, existed: bool, rel: str) -> None:
+        """Record `path` before it is replaced (existed) or created; keep its old version."""
+        if not existed:
+            self.files.append((path, None))
+            return
+        assert self.staging is not None
+        backup = os.path.join(self.staging, f"old-{len(self.files):08d}")
+        try:
+            try:
+                os.link(path, backup, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copy2(path, backup, follow_symlinks=False)
+        except OSError as exc:
+            raise StorageError(f"files restore: cannot keep the old version of {rel}: {exc.strerror}") from None
+        self.files.append((path, backup))
+
+    def roll_back(self) -> bool:
+        """Undo every recorded change, newest first (each step is tried whatever the others did); True when
+        every one succeeded, so the target is as it was."""
+        complete = True
+        for path, backup in reversed(self.files):
+            try:
+                if backup is None:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue  # recorded, but the failure came before it was written
+                else:
+                    try:
+                        os.replace(backup, path)
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:
+                            raise
+                        st = os.stat(backup)
+
+                        def copy(fd: int, backup: str = backup) -> None:
+                            with open(backup, "rb") as fh, open(fd, "wb", closefd=False) as out:
+                                shutil.copyfileobj(fh, out, 1 << 20)
+
+                        write_file_atomic(path, copy, st.st_mode, st.st_mtime_ns)
+                fsync_dir(os.path.dirname(path))
+            except OSError:
+                complete = False
+        if self.staging is not None:  # inside the root: gone before the folders the restore created
+            shutil.rmtree(self.staging, ignore_errors=True)
+        for directory in reversed(self.dirs):
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                complete = False
+        self.files.clear()
+        self.dirs.clear()
+        return complete
+
+
 def _restored_mode(mode: int, rel: str, warn: Warn) -> int:
-    """The permission bits to give a restored file: setuid, setgid and sticky bits are never restored."""
+    """The permission bits to give a restored file: at most 0600, the owner's read/write bits of the archived
+    mode (docs/SECURITY.md); execute, group, other, setuid, setgid and sticky bits are never restored."""
     if mode & 0o7000:
         warn(f"files restore: {rel}: dropped setuid/setgid/sticky bits from mode {mode & 0o7777:04o}")
-    return mode & 0o777
+    return mode & _FILE_MODE_BITS
 
 
 def _mtime_ns(entry: object, mtime: float) -> int:
@@ -268,8 +421,9 @@ def _mtime_ns(entry: object, mtime: float) -> int:
     return ns if -(1 << 63) <= ns < 1 << 63 else 0
 
 
-def make_parents(root: str, directory: str, what: str = "files restore") -> None:
-    """Create the folders from `root` down to `directory` (0700), refusing to write through a symlink."""
+def make_parents(root: str, directory: str, what: str = "files restore", created: list[str] | None = None) -> None:
+    """Create the folders from `root` down to `directory` (0700), refusing to write through a symlink; each
+    folder created is appended to `created`."""
     rel = os.path.relpath(directory, root)
     if rel == ".":
         return
@@ -280,6 +434,8 @@ def make_parents(root: str, directory: str, what: str = "files restore") -> None
             raise StorageError(f"{what}: {current} is a symlink; refusing to write through it")
         if not os.path.isdir(current):
             mkdir_exact(current)
+            if created is not None:
+                created.append(current)
 
 
 def mkdir_exact(path: str, mode: int = _DIR_MODE) -> None:
@@ -288,15 +444,17 @@ def mkdir_exact(path: str, mode: int = _DIR_MODE) -> None:
     os.chmod(path, mode)
 
 
-def _make_dirs(path: str) -> None:
-    """Like os.makedirs(path, exist_ok=True), each new directory created with _DIR_MODE exactly."""
+def _make_dirs(path: str, created: list[str]) -> None:
+    """Like os.makedirs(path, exist_ok=True), each new directory created with _DIR_MODE exactly and appended
+    to `created`."""
     if os.path.isdir(path):
         return
     parent = os.path.dirname(path)
     if parent and parent != path:
-        _make_dirs(parent)
+        _make_dirs(parent, created)
     try:
         mkdir_exact(path)
+        created.append(path)
     except FileExistsError:
         if not os.path.isdir(path):
             raise

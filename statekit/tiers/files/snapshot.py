@@ -5,13 +5,11 @@ Reading never follows a symlink (O_NOFOLLOW, lstat-based walk)."""
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
 
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, TierError, TierUnavailable
@@ -24,9 +22,7 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.files.paths import PREFIX, path_selected
-
-_SMALL = 4 << 20  # files below this are read whole; bigger ones stream
+from statekit.tiers.files.paths import MAX_FILE_BYTES, PREFIX, path_selected
 
 
 @dataclass
@@ -121,24 +117,12 @@ def _walk(root: str, warn: Warn, skipped: dict[str, int], skip_unreadable: bool 
             os.close(fd)
 
 
-class _SourceReader(io.RawIOBase):
-    """Reads a key file for the archive, turning read errors into a TierError that names the file (so they
-    are not mistaken for errors writing the archive)."""
-
-    def __init__(self, fh: IO[bytes], rel: str) -> None:
-        self._fh = fh
-        self._rel = rel
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        try:
-            data = self._fh.read(len(buf))
-        except OSError as exc:
-            raise TierError(f"files tier: cannot read {self._rel}: {exc.strerror}") from None
-        buf[: len(data)] = data
-        return len(data)
+def _too_big(rel: str, size: int) -> TierError:
+    """A key file over the bound a restore enforces: never archived (no restore could write it back)."""
+    return TierError(
+        f"files tier: {rel} is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) a key file may hold; "
+        "exclude it with [files] exclude"
+    )
 
 
 def _check_root(cfg: FilesConfig) -> str:
@@ -201,23 +185,21 @@ def snapshot_files(
             meta = {"files": 1, "mtime_ns": st.st_mtime_ns}
             name = PREFIX + entry.rel
             mode = st.st_mode & 0o7777
-            if st.st_size < _SMALL:
-                try:
-                    data = fh.read()
-                except OSError as exc:
-                    if cfg.skip_unreadable:
-                        note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
-                        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-                        continue
-                    raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
-                # Write errors (disk full, read-only) propagate as OSError: they are the archive's, not the file's.
-                sink.add(name, data, mode=mode, mtime=st.st_mtime, meta=meta)
-                size = len(data)
-            else:
-                # A read error half-way through a streamed member cannot be skipped: the archive is mid-member.
-                source = io.BufferedReader(_SourceReader(fh, entry.rel))
-                sink.add(name, source, size=st.st_size, mode=mode, mtime=st.st_mtime, meta=meta)
-                size = st.st_size
+            if st.st_size > MAX_FILE_BYTES:
+                raise _too_big(entry.rel, st.st_size)
+            try:
+                data = fh.read(MAX_FILE_BYTES + 1)
+            except OSError as exc:
+                if cfg.skip_unreadable:
+                    note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                    skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                    continue
+                raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
+            if len(data) > MAX_FILE_BYTES:  # grew since fstat
+                raise _too_big(entry.rel, len(data))
+            # Write errors (disk full, read-only) propagate as OSError: they are the archive's, not the file's.
+            sink.add(name, data, mode=mode, mtime=st.st_mtime, meta=meta)
+            size = len(data)
         count += 1
         total += size
         progress("files", count, total)

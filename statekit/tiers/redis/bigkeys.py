@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from statekit.errors import TierError
+from statekit.textfmt import printable
 from statekit.tiers.redis.cluster import Router
 from statekit.tiers.redis.keyspace import key_slot, tag_for_slot
 from statekit.tiers.redis.records import (
@@ -44,9 +45,10 @@ _ADD_CMDS = {TYPE_HASH: b"HSET", TYPE_LIST: b"RPUSH", TYPE_SET: b"SADD", TYPE_ZS
 
 
 def show_key(key: bytes) -> str:
-    """A key for messages: text where it is UTF-8, escapes elsewhere, cut at 80 characters."""
+    """A key for messages: text where it is UTF-8, escapes elsewhere (bytes that are not UTF-8, and what a
+    terminal would act on: textfmt.printable), cut at 80 characters."""
     text = key.decode("utf-8", "backslashreplace")
-    return text if len(text) <= 80 else text[:77] + "..."
+    return printable(text) if len(text) <= 80 else printable(text[:77]) + "..."
 
 
 # -- reading -------------------------------------------------------------------------------------------

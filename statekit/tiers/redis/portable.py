@@ -10,17 +10,39 @@ A stream keeps its entries (listpacks, the same in every version) and is re-enco
 type the target loads, without the metadata newer types added (first and max-deleted ids, entries added and
 read, consumers' active time), which the older server has no place for. Module types and hashes with field
 expiry cannot be carried; `convert` raises Uncarriable with the reason.
+
+A payload is archive data: one that contradicts itself (truncated, a length overrunning what holds it, an LZF
+string that does not decompress to exactly its declared length) raises Malformed, a CorruptArchive (exit 3),
+from every function here. Nothing it declares becomes an allocation beyond MAX_VALUE.
 """
 
 from __future__ import annotations
 
 import struct
 
+from statekit.errors import CorruptArchive
+
 TYPE_STRING, TYPE_LIST, TYPE_SET, TYPE_ZSET_2, TYPE_HASH = 0, 1, 2, 5, 4
+
+# Redis' largest string (proto-max-bulk-len, 512 MiB; records.MAX_RECORD is this plus a record head): no LZF
+# string in a DUMP payload decompresses to more. It also bounds a whole decoded value: re-encoded for the
+# target, it must fit one RESTORE argument of that size.
+MAX_VALUE = 512 << 20
+# What one decoded element costs beyond its bytes (a bytes object and its list slot), charged against
+# MAX_VALUE so that a payload of millions of tiny elements cannot become gigabytes of objects.
+_ITEM_COST = 64
 
 
 class Uncarriable(Exception):
     """This payload cannot be rebuilt for the target server; the message says why."""
+
+
+class Malformed(CorruptArchive):
+    """The payload contradicts itself: a damaged or crafted archive (exit 3). `reason` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"a redis DUMP payload in the archive is malformed: {reason}")
+        self.reason = reason
 
 
 # -- CRC64 (Jones polynomial, reflected, as in Redis' crc64.c) ------------------------------------------
@@ -56,15 +78,33 @@ class _Reader:
     def __init__(self, data: bytes):
         self.data = data
         self.pos = 0
+        # What the decoded value may still take (see MAX_VALUE); `keep` charges each element.
+        self.budget = MAX_VALUE
+
+    def keep(self, size: int, items: int = 1) -> None:
+        """Charge `items` decoded elements of `size` bytes in all against the budget."""
+        self.budget -= size + items * _ITEM_COST
+        if self.budget < 0:
+            raise Uncarriable(
+                f"its decoded value is larger than {MAX_VALUE >> 20} MiB, more than one RESTORE can carry"
+            )
+
+    def item(self) -> bytes:
+        """One string that becomes an element of the decoded value."""
+        s = self.string()
+        self.keep(len(s))
+        return s
 
     def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise Malformed("truncated")
         b = self.data[self.pos]
         self.pos += 1
         return b
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise Uncarriable("DUMP payload is truncated")
+            raise Malformed("truncated")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -104,7 +144,12 @@ class _Reader:
         if n == 3:
             clen = self.plain_length()
             ulen = self.plain_length()
-            return lzf_decompress(self.take(clen), ulen)
+            data = self.take(clen)
+            if ulen > MAX_VALUE:
+                raise Malformed(f"an LZF string claims {ulen} bytes, more than any Redis string holds")
+            if ulen > self.budget:
+                self.keep(ulen)  # raises: more than the decoded value may take
+            return lzf_decompress(data, ulen)
         raise Uncarriable(f"unknown RDB string encoding {n}")
 
     def skip_string(self) -> None:
@@ -123,7 +168,12 @@ class _Reader:
 
 
 def lzf_decompress(data: bytes, size: int) -> bytes:
-    """Decompress liblzf data (the compression RDB uses for strings longer than 20 bytes)."""
+    """Decompress liblzf data (the compression RDB uses for strings longer than 20 bytes) into exactly `size`
+    bytes, as Redis does: output beyond `size` is refused as soon as it would be written (so `size`, at most
+    MAX_VALUE, bounds the work and memory), and so is output that ends short of it. Literal runs and
+    back references are copied as slices (an overlapping reference repeats its last bytes)."""
+    if size > MAX_VALUE:
+        raise Malformed(f"an LZF string claims {size} bytes, more than any Redis string holds")
     out = bytearray()
     ip = 0
     n = len(data)
@@ -131,30 +181,44 @@ def lzf_decompress(data: bytes, size: int) -> bytes:
         ctrl = data[ip]
         ip += 1
         if ctrl < 32:
-            out += data[ip : ip + ctrl + 1]
-            ip += ctrl + 1
+            run = ctrl + 1
+            if ip + run > n:
+                raise Malformed("corrupt LZF data (a literal run overruns it)")
+            if len(out) + run > size:
+                raise Malformed("corrupt LZF data (longer than its declared length)")
+            out += data[ip : ip + run]
+            ip += run
             continue
         length = ctrl >> 5
         if length == 7:
+            if ip >= n:
+                raise Malformed("corrupt LZF data (cut short)")
             length += data[ip]
             ip += 1
-        ref = len(out) - ((ctrl & 0x1F) << 8) - data[ip] - 1
+        if ip >= n:
+            raise Malformed("corrupt LZF data (cut short)")
+        dist = ((ctrl & 0x1F) << 8) + data[ip] + 1
         ip += 1
         length += 2
-        if ref < 0:
-            raise Uncarriable("corrupt LZF data in DUMP payload")
-        if ref + length <= len(out):
+        olen = len(out)
+        if dist > olen:
+            raise Malformed("corrupt LZF data (a back reference before its start)")
+        if olen + length > size:
+            raise Malformed("corrupt LZF data (longer than its declared length)")
+        ref = olen - dist
+        if dist >= length:
             out += out[ref : ref + length]
-        else:  # overlapping copy: repeats the last bytes
-            for i in range(length):
-                out.append(out[ref + i])
+        else:  # overlapping: the last `dist` bytes, repeated
+            reps, rest = divmod(length, dist)
+            pattern = out[ref:]
+            out += pattern * reps + pattern[:rest]
     if len(out) != size:
-        raise Uncarriable("corrupt LZF data in DUMP payload (length mismatch)")
+        raise Malformed("corrupt LZF data (shorter than its declared length)")
     return bytes(out)
 
 
-def _ziplist(blob: bytes) -> list[bytes]:
-    """Entries of a ziplist (integers as decimal text)."""
+def _ziplist(blob: bytes, r: _Reader) -> list[bytes]:
+    """Entries of a ziplist (integers as decimal text), each charged to `r`'s budget."""
     out = []
     pos = 10
     end = len(blob)
@@ -162,20 +226,19 @@ def _ziplist(blob: bytes) -> list[bytes]:
         if blob[pos] == 0xFF:
             break
         pos += 5 if blob[pos] == 0xFE else 1  # prevlen
+        if pos >= end:
+            break
         enc = blob[pos]
         kind = enc >> 6
         if kind == 0:
             n = enc & 0x3F
-            out.append(blob[pos + 1 : pos + 1 + n])
-            pos += 1 + n
+            start = pos + 1
         elif kind == 1:
             n = ((enc & 0x3F) << 8) | blob[pos + 1]
-            out.append(blob[pos + 2 : pos + 2 + n])
-            pos += 2 + n
+            start = pos + 2
         elif kind == 2:
             n = int.from_bytes(blob[pos + 1 : pos + 5], "big")
-            out.append(blob[pos + 5 : pos + 5 + n])
-            pos += 5 + n
+            start = pos + 5
         else:
             if enc == 0xC0:
                 v, w = int.from_bytes(blob[pos + 1 : pos + 3], "little", signed=True), 2
@@ -191,13 +254,23 @@ def _ziplist(blob: bytes) -> list[bytes]:
                 v, w = (enc & 0x0F) - 1, 0
             else:
                 raise Uncarriable(f"unknown ziplist encoding {enc:#x}")
+            n, start = 0, pos + 1 + w
+            if start > end:
+                raise Malformed("a ziplist entry overruns its ziplist")
+            r.keep(20)
             out.append(b"%d" % v)
-            pos += 1 + w
+            pos = start
+            continue
+        pos = start + n
+        if pos > end:
+            raise Malformed("a ziplist entry overruns its ziplist")
+        r.keep(n)
+        out.append(blob[start:pos])
     return out
 
 
-def _listpack(blob: bytes) -> list[bytes]:
-    """Entries of a listpack (integers as decimal text)."""
+def _listpack(blob: bytes, r: _Reader) -> list[bytes]:
+    """Entries of a listpack (integers as decimal text), each charged to `r`'s budget."""
     out = []
     pos = 6
     end = len(blob)
@@ -206,41 +279,50 @@ def _listpack(blob: bytes) -> list[bytes]:
         if enc == 0xFF:
             break
         if enc < 0x80:
-            out.append(b"%d" % (enc & 0x7F))
+            item = b"%d" % (enc & 0x7F)
             size = 1
         elif enc >> 6 == 2:
             n = enc & 0x3F
-            out.append(blob[pos + 1 : pos + 1 + n])
+            item = blob[pos + 1 : pos + 1 + n]
             size = 1 + n
         elif enc >> 5 == 6:
             v = ((enc & 0x1F) << 8) | blob[pos + 1]
-            out.append(b"%d" % (v - 8192 if v >= 4096 else v))
+            item = b"%d" % (v - 8192 if v >= 4096 else v)
             size = 2
         elif enc >> 4 == 14:
             n = ((enc & 0x0F) << 8) | blob[pos + 1]
-            out.append(blob[pos + 2 : pos + 2 + n])
+            item = blob[pos + 2 : pos + 2 + n]
             size = 2 + n
         elif enc == 0xF0:
             n = int.from_bytes(blob[pos + 1 : pos + 5], "little")
-            out.append(blob[pos + 5 : pos + 5 + n])
+            item = blob[pos + 5 : pos + 5 + n]
             size = 5 + n
         elif 0xF1 <= enc <= 0xF4:
             w = {0xF1: 2, 0xF2: 3, 0xF3: 4, 0xF4: 8}[enc]
-            out.append(b"%d" % int.from_bytes(blob[pos + 1 : pos + 1 + w], "little", signed=True))
+            item = b"%d" % int.from_bytes(blob[pos + 1 : pos + 1 + w], "little", signed=True)
             size = 1 + w
         else:
             raise Uncarriable(f"unknown listpack encoding {enc:#x}")
         # backlen: 1 byte per 7 bits of the entry's size
         back = 1 if size < 128 else 2 if size < 16384 else 3 if size < 2097152 else 4 if size < 268435456 else 5
+        if pos + size + back > end:
+            raise Malformed("a listpack entry overruns its listpack")
+        r.keep(len(item))
+        out.append(item)
         pos += size + back
     return out
 
 
-def _intset(blob: bytes) -> list[bytes]:
+def _intset(blob: bytes, r: _Reader) -> list[bytes]:
+    if len(blob) < 8:
+        raise Malformed("an intset is cut short")
     width, count = struct.unpack_from("<II", blob)
     fmt = {2: "h", 4: "i", 8: "q"}.get(width)
     if fmt is None:
-        raise Uncarriable("corrupt intset in DUMP payload")
+        raise Malformed("an intset of an unknown width")
+    if 8 + count * width > len(blob):
+        raise Malformed(f"an intset claims {count} elements, more than it holds")
+    r.keep(20 * count, count)
     return [b"%d" % v for v in struct.unpack_from(f"<{count}{fmt}", blob, 8)]
 
 
@@ -263,52 +345,59 @@ def decode(payload: bytes) -> tuple[int, object]:
     """Decode a DUMP payload of a core type into (plain RDB type, value).
 
     value: bytes (string), list[bytes] (list, set), list[(member, score)] (zset), list[(field, value)] (hash).
+    Raises Uncarriable for a type that has no plain form, Malformed for a payload that contradicts itself.
     """
     if len(payload) < 11:
-        raise Uncarriable("DUMP payload too short")
+        raise Malformed("too short")
     r = _Reader(payload[:-10])
+    try:
+        return _decode(r)
+    except (IndexError, ValueError, struct.error, OverflowError):
+        raise Malformed("its contents do not decode (cut short or overrunning)") from None
+
+
+def _decode(r: _Reader) -> tuple[int, object]:
     t = r.byte()
     if t == 0:
-        return TYPE_STRING, r.string()
+        return TYPE_STRING, r.item()
     if t == 1:
-        return TYPE_LIST, [r.string() for _ in range(r.plain_length())]
+        return TYPE_LIST, [r.item() for _ in range(r.plain_length())]
     if t == 2:
-        return TYPE_SET, [r.string() for _ in range(r.plain_length())]
+        return TYPE_SET, [r.item() for _ in range(r.plain_length())]
     if t == 3:
         n = r.plain_length()
-        return TYPE_ZSET_2, [(r.string(), _old_double(r)) for _ in range(n)]
+        return TYPE_ZSET_2, [(r.item(), _old_double(r)) for _ in range(n)]
     if t == 5:
         n = r.plain_length()
-        return TYPE_ZSET_2, [(r.string(), struct.unpack("<d", r.take(8))[0]) for _ in range(n)]
+        return TYPE_ZSET_2, [(r.item(), struct.unpack("<d", r.take(8))[0]) for _ in range(n)]
     if t == 4:
         n = r.plain_length()
-        return TYPE_HASH, [(r.string(), r.string()) for _ in range(n)]
+        return TYPE_HASH, [(r.item(), r.item()) for _ in range(n)]
     if t == 10:
-        return TYPE_LIST, _ziplist(r.string())
+        return TYPE_LIST, _ziplist(r.string(), r)
     if t == 11:
-        return TYPE_SET, _intset(r.string())
+        return TYPE_SET, _intset(r.string(), r)
     if t == 20:
-        return TYPE_SET, _listpack(r.string())
+        return TYPE_SET, _listpack(r.string(), r)
     if t in (12, 17):
-        items = _ziplist(r.string()) if t == 12 else _listpack(r.string())
+        items = _ziplist(r.string(), r) if t == 12 else _listpack(r.string(), r)
         return TYPE_ZSET_2, [(m, float(s)) for m, s in _pairs(items)]
     if t in (13, 16):
-        items = _ziplist(r.string()) if t == 13 else _listpack(r.string())
+        items = _ziplist(r.string(), r) if t == 13 else _listpack(r.string(), r)
         return TYPE_HASH, _pairs(items)
     if t == 14:
         out: list[bytes] = []
         for _ in range(r.plain_length()):
-            out += _ziplist(r.string())
+            out += _ziplist(r.string(), r)
         return TYPE_LIST, out
     if t == 18:
         out = []
         for _ in range(r.plain_length()):
             container = r.plain_length()
-            blob = r.string()
             if container == 1:  # PLAIN node: one big element stored as is
-                out.append(blob)
+                out.append(r.item())
             else:
-                out += _listpack(blob)
+                out += _listpack(r.string(), r)
         return TYPE_LIST, out
     if t in (15, 19, 21):
         raise Uncarriable("a stream has no plain form (convert() carries it whole)")
@@ -441,11 +530,14 @@ def _stream_down(payload: bytes, rdb_version: int) -> bytes:
 
 def comparable(payload: bytes) -> bytes:
     """A DUMP payload in a form that does not depend on the server version that wrote it, for comparing two
-    snapshots: a stream in the oldest stream encoding, anything else without its version and CRC footer."""
+    snapshots: a stream in the oldest stream encoding, anything else without its version and CRC footer. A
+    stream payload that is cut short raises Malformed."""
     if payload[:1] and payload[0] in STREAM_TYPES:
         try:
             return _stream_down(payload, 9)[:-10]
-        except (Uncarriable, IndexError):
+        except IndexError:
+            raise Malformed("stream payload is truncated") from None
+        except Uncarriable:
             pass
     return payload[:-10]
 
@@ -456,6 +548,6 @@ def convert(payload: bytes, rdb_version: int) -> bytes:
         try:
             return _stream_down(payload, rdb_version)
         except IndexError:
-            raise Uncarriable("stream DUMP payload is truncated") from None
+            raise Malformed("stream payload is truncated") from None
     rdb_type, value = decode(payload)
     return encode(rdb_type, value, rdb_version)

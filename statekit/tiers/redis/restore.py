@@ -10,7 +10,9 @@ Redis has no transaction to roll back, so the order is strict:
    `--conflict fail` refuses here, before any write;
 3. the keys that will be replaced (or, with --flush, the whole target databases) are saved into the undo
    archive, which is sealed before the first change;
-4. the writing pass: RESTORE without REPLACE (strings: SET NX) for keys that did not exist, so a key that
+4. with --flush, FLUSHDB of each target database (the plan lists each with the keys it holds, counted under
+   "delete"; the result under "deleted", as DBSIZE read in the same MULTI);
+5. the writing pass: RESTORE without REPLACE (strings: SET NX) for keys that did not exist, so a key that
    appears meanwhile is left alone and reported; RESTORE REPLACE (SET) for the saved ones. Payloads newer
    than the target's RDB version go through portable.convert; a key that cannot be carried is reported and
    never half written. Big keys are rebuilt in chunks under a temporary name and renamed into place.
@@ -51,7 +53,7 @@ from statekit.tiers.redis.records import (
 )
 from statekit.tiers.redis.resp import ReplyError
 from statekit.tiers.redis.restore_plan import BATCH, RestorePlanner, redis_members
-from statekit.tiers.redis.target import uncarriable_reason
+from statekit.tiers.redis.target import flush_entry, uncarriable_reason
 
 # Archives whose records a planning pass has checked, with what it checked them for (see validation_key).
 _VALIDATED: weakref.WeakKeyDictionary[Any, set[tuple[object, ...]]] = weakref.WeakKeyDictionary()
@@ -428,12 +430,13 @@ def restore_redis(
                 )
                 raise Refused(f"redis: {n} key(s) already exist in the target (e.g. {example}); --conflict fail")
         undo_path = r.save_undo(undo) if undo is not None else None
-        if opts.flush:
-            r.flush()
+        flushed = r.flush() if opts.flush else {}
         counts = dict.fromkeys(("created", "replaced", "skipped", "expired", "failed", "deleted"), 0)
+        counts["deleted"] = sum(flushed.values())  # the keys the flush removed, as the plan counted them
         outcome = r.apply(counts)
         rep = r.report(dry_run=False)
-        rep.plan = outcome
+        rep.plan = [flush_entry(tdb, n, undo=undo_path is not None, done=True) for tdb, n in flushed.items()]
+        rep.plan += outcome
         rep.counts = counts
         rep.undo_archive = undo_path
         return rep

@@ -13,7 +13,14 @@ from statekit.config import RedisConfig, redact_url
 from statekit.errors import ConfigError, TierError
 from statekit.model import Progress, RestoreOptions, RestoreReport, TierSummary, UndoSink, Warn, now_ms
 from statekit.tiers.redis.bigkeys import BigKeyBuilder
-from statekit.tiers.redis.checks import BigKeyCheck, TargetLoadCheck, check_conversion, check_envelope
+from statekit.tiers.redis.checks import (
+    BigKeyCheck,
+    TargetLoadCheck,
+    check_absent,
+    check_conversion,
+    check_envelope,
+    check_expiry,
+)
 from statekit.tiers.redis.cluster import Router
 from statekit.tiers.redis.keyspace import compile_match, url_db
 from statekit.tiers.redis.records import (
@@ -33,9 +40,9 @@ from statekit.tiers.redis.records import (
     parse_member_db,
     read_member,
 )
-from statekit.tiers.redis.resp import ReplyError, pack
+from statekit.tiers.redis.resp import ReplyError, pack, pack_many
 from statekit.tiers.redis.scanner import DbScanner, ScanCounts
-from statekit.tiers.redis.target import ACTIONS, EXAMPLES, DbPlan, RestoreTarget, uncarriable_reason
+from statekit.tiers.redis.target import ACTIONS, EXAMPLES, DbPlan, RestoreTarget, flush_entry, uncarriable_reason
 
 BATCH = 1000
 
@@ -138,6 +145,7 @@ class RestorePlanner:
         }
         big = BigKeyCheck()
         loads: dict[int, TargetLoadCheck] = {}
+        undo = self.archive.snapshot.get("kind") == "undo"  # only an undo archive may delete keys ("X")
         for name, header, body in redis_members(self.archive):
             db = header.db
             tdb = self.tdb(db)
@@ -156,6 +164,8 @@ class RestorePlanner:
             is_empty = empty[tdb]
             absent: list[bytes] = []
             for tag, type_, rdbv, expire, key, vstart, vlen in iter_heads(body, name):
+                if tag == TAG_ABSENT:
+                    check_absent(name, key, undo=undo)
                 if tag in (TAG_BEGIN, TAG_CHUNK, TAG_END) and validate:
                     if tag == TAG_BEGIN:
                         big.begin(name, key, type_)
@@ -178,6 +188,8 @@ class RestorePlanner:
                 if expire != NO_EXPIRY and expire + shift <= now:
                     plan.note("expired", key)
                     continue
+                if validate:
+                    check_expiry(name, key, expire, shift, relative=self.opts.ttl == "relative")
                 if tag == TAG_DUMP:
                     payload = body[vstart : vstart + vlen]
                     if validate:
@@ -235,10 +247,16 @@ class RestorePlanner:
         return rep
 
     def plan_report(self) -> RestoreReport:
-        """The dry-run report: counts per action, per-db plans with examples, uncarriable keys."""
+        """The dry-run report: counts per action, per-db plans with examples, uncarriable keys. With --flush
+        it first lists each target database the flush empties with the keys it holds now (DBSIZE), and those
+        keys count under "delete" (the per-db plans, by source database, count only the archive's keys)."""
         rep = self.report(dry_run=True)
         for action in ACTIONS:
             rep.counts[action] = sum(p.counts[action] for p in self.plans.values())
+        if self.opts.flush:
+            sizes = {tdb: self.target.dbsize(tdb) for tdb in self.target_dbs()}
+            rep.plan[:0] = [flush_entry(tdb, n, undo=self.opts.undo, done=False) for tdb, n in sizes.items()]
+            rep.counts["delete"] += sum(sizes.values())
         if self.opts.skip_uncarriable:  # the plan lists them; the other keys go ahead
             return rep
         for p in self.plans.values():
@@ -341,7 +359,19 @@ class RestorePlanner:
         """True when every target database is empty now (or will be, with --flush)."""
         return self.opts.flush or all(self.target.dbsize(self.tdb(db)) == 0 for db in source_dbs(self.archive))
 
-    def flush(self) -> None:
+    def flush(self) -> dict[int, int]:
+        """FLUSHDB every target database; returns the keys each held, read by a DBSIZE in the same MULTI."""
+        removed: dict[int, int] = {}
         for tdb in self.target_dbs():
+            n = 0
             for conn in self.target.router(tdb).nodes():
-                conn.call(b"FLUSHDB")
+                conn.send(pack_many([[b"MULTI"], [b"DBSIZE"], [b"FLUSHDB"], [b"EXEC"]]))
+                replies = conn.read(4)
+                done = replies[3]
+                if not (isinstance(done, list) and len(done) == 2 and isinstance(done[0], int) and done[1] == b"OK"):
+                    found = [*replies[:3], *(done if isinstance(done, list) else [done])]
+                    error = next((r for r in found if isinstance(r, ReplyError)), done)
+                    raise TierError(f"redis {conn.label}: FLUSHDB of db {tdb} failed: {error}")
+                n += done[0]
+            removed[tdb] = n
+        return removed

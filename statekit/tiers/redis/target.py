@@ -63,6 +63,19 @@ class DbPlan:
         }
 
 
+def flush_entry(target_db: int, keys: int, *, undo: bool, done: bool) -> dict[str, Any]:
+    """The plan (or result) entry of a --flush restore for one target database: every key it holds is
+    deleted before the restore; `keys` is how many it holds now (DBSIZE), or how many the flush removed.
+    `undo` says whether an undo archive saves them first (not with --no-undo)."""
+    if done:
+        note = "deleted by FLUSHDB before the restore" + ("; the undo archive holds them" if undo else "")
+    else:
+        note = "FLUSHDB before the restore: every key it holds now is deleted" + (
+            "; the undo archive saves them first" if undo else "; NOT saved (--no-undo): they cannot be put back"
+        )
+    return {"action": "flush", "target_db": target_db, "keys": keys, "note": note}
+
+
 class RestoreTarget:
     """The restore target: server facts and one Router per target database."""
 

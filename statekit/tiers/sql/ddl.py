@@ -21,8 +21,9 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from statekit.tiers.sql.dialects import Dialect
-from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, refuse_type, shown
+from statekit.tiers.sql.dialects.base import MAX_TYPE_TEXT, shown
 from statekit.tiers.sql.dialects.postgresql import native_create_table, native_foreign_keys, qident, qtable
+from statekit.tiers.sql.pgtypes import ARRAY_DIMS, PG_IDENT, PgTypeCheck, archived_types, domains_in_order
 from statekit.tiers.sql.schema import ColumnDesc, DbSchema, TableDesc, base_kind
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class CreatePlan:
     prelude_skipped: list[str] = field(default_factory=list)
     tables: dict[str, TableDdl] = field(default_factory=dict)  # by TableDesc.key
     problems: list[str] = field(default_factory=list)
+    # What the prelude creates, none of it on the target when planned (the undo archive lists it: its restore
+    # drops it again): schemas, and enums and domains as (archived schema or None, name), in creation order.
+    created_schemas: list[str] = field(default_factory=list)
+    created_types: list[tuple[str | None, str]] = field(default_factory=list)
 
     def before(self) -> list[str]:
         """Everything that runs before the data, in order."""
@@ -64,46 +69,6 @@ class CreatePlan:
 
 
 # -- type names -------------------------------------------------------------------------------------------
-
-_PG_IDENT = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"\x00]|"")+")'
-_PG_TYPE = re.compile(
-    rf"{_PG_IDENT}(?:\.{_PG_IDENT})?(?: [A-Za-z_]+)*"  # name, or several words (double precision, …)
-    r"(?: ?\(\d{1,4}(?:, ?\d{1,4})?\))?"  # modifiers: numbers only
-    r"(?: [A-Za-z_]+)*"  # … with time zone, … to second
-    r"(?: ?\[\d{0,9}\])*"  # array dimensions
-)
-_ARRAY_DIMS = re.compile(r"(?: ?\[\d{0,9}\])+$")
-
-
-class PgTypeCheck:
-    """Validates PostgreSQL type names for an untrusted archive: a strict grammar first (a name, numeric
-    modifiers, array dimensions; anything else is refused as a corrupt archive), then the target server's
-    `to_regtype()` with the name as a bound parameter, which parses it without executing anything. `conn` is a
-    psycopg connection."""
-
-    def __init__(self, conn: Any, will_exist: set[str]) -> None:
-        self._conn = conn
-        self._will_exist = will_exist
-        self._cache: dict[str, bool] = {}
-
-    def known(self, text: str, what: str) -> bool:
-        """True when `text` names a type on the target (or one this restore creates)."""
-        if len(text) > MAX_TYPE_TEXT or not _PG_TYPE.fullmatch(text):
-            raise refuse_type(what, text)
-        bare = _ARRAY_DIMS.sub("", text)
-        if bare in self._will_exist:
-            return True
-        if text not in self._cache:
-            import psycopg
-
-            try:
-                row = self._conn.execute("SELECT to_regtype(%s) IS NOT NULL", (text,)).fetchone()
-                self._cache[text] = bool(row and row[0])
-            except psycopg.Error:
-                self._cache[text] = False  # a modifier the type does not take, an unknown schema, …
-            finally:
-                self._conn.rollback()
-        return self._cache[text]
 
 
 @cache
@@ -150,29 +115,41 @@ def pg_plan(
 ) -> CreatePlan:
     """The DDL that creates the given tables (with the schemas, enums, domains and sequences they need) on a
     PostgreSQL target (`conn`: a psycopg connection to it); `map_schema` turns an archived schema name into
-    the target's."""
+    the target's. A sequence a serial column of a trusted archive names that exists already is used as it is:
+    the new table does not take it over (an undo, dropping the table, would drop it too) and the restore does
+    not move it. An untrusted archive's serial column gets a new sequence of its own (_pg_untrusted_table)."""
     plan = CreatePlan()
     if not create:
         return plan
-    for name in sorted({s for _, s in create if s}):
+    schemas = sorted({s for _, s in create if s})
+    present = _schemas_present(conn, schemas)
+    for name in schemas:
         plan.prelude.append(f"CREATE SCHEMA IF NOT EXISTS {qident(name)}")
         _add(plan.prelude_classes, "CREATE SCHEMA")
+        if name not in present:
+            plan.created_schemas.append(name)
     for e in desc.enums:
         if not _exists(conn, e.get("schema"), e["name"]):
             labels = ", ".join(_lit(x) for x in e["labels"])
             plan.prelude.append(f"CREATE TYPE {qtable(e.get('schema'), e['name'])} AS ENUM ({labels})")
             _add(plan.prelude_classes, "CREATE TYPE … AS ENUM")
-    will_exist = _type_names(desc)
-    check = PgTypeCheck(conn, will_exist)
+            plan.created_types.append((e.get("schema"), e["name"]))
+    check = PgTypeCheck(conn, archived_types(desc))
     set_columns = conn.info.server_version >= 150000  # ON DELETE SET NULL (k1)
-    for d in desc.domains:
+    for d in domains_in_order(desc.domains, check):
         if _exists(conn, d.get("schema"), d["name"]):
             continue
         dname = qtable(d.get("schema"), d["name"])
-        if not trusted and not check.known(d["type"], f"domain {d['name']} type"):
-            plan.problems.append(f"domain {shown(d['name'])}: type {shown(d['type'])} does not exist in the target")
-            continue
-        stmt = f"CREATE DOMAIN {dname} AS {d['type']}"
+        base = d["type"]
+        if not trusted:
+            # an enum or domain of the archive by its quoted name, else a type name the target knows
+            archived = check.archived(base)
+            if archived is not None:
+                base = archived
+            elif not check.known(base, f"domain {d['name']} type"):
+                plan.problems.append(f"domain {shown(d['name'])}: type {shown(d['type'])} does not exist in the target")
+                continue
+        stmt = f"CREATE DOMAIN {dname} AS {base}"
         if d.get("nullable") is False:
             stmt += " NOT NULL"
         if trusted:
@@ -187,9 +164,12 @@ def pg_plan(
                 plan.prelude_skipped.append(f"check {shown(ck.get('name') or '?')} of domain {shown(d['name'])}")
         plan.prelude.append(stmt)
         _add(plan.prelude_classes, f"CREATE DOMAIN ({ARCHIVE_SQL}: default, checks)" if trusted else "CREATE DOMAIN")
+        plan.created_types.append((d.get("schema"), d["name"]))
+    seq_exists = _SequenceCheck(conn)
+    seq_exists.prefetch([seq for table, _ in create for seq in _serial_sequences(table, trusted=trusted)])
     for table, schema in create:
         if trusted:
-            plan.tables[table.key] = _pg_trusted_table(table, schema)
+            plan.tables[table.key] = _pg_trusted_table(table, schema, seq_exists=seq_exists)
         else:
             plan.tables[table.key] = _pg_untrusted_table(
                 table, schema, check, plan.problems, map_schema, set_columns=set_columns
@@ -197,12 +177,71 @@ def pg_plan(
     return plan
 
 
-def _pg_trusted_table(table: TableDesc, schema: str | None) -> TableDdl:
+class _SequenceCheck:
+    """Whether a sequence name (as a nextval default or pg_get_serial_sequence writes it) names a relation on
+    the target: `to_regclass()` with the name as a bound parameter. `conn` is a psycopg connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._cache: dict[str, bool] = {}
+
+    def prefetch(self, names: list[str]) -> None:
+        """Check all of `names` in one statement (one by one, should one of them not parse)."""
+        names = sorted(set(names) - self._cache.keys())
+        if not names:
+            return
+        import psycopg
+
+        try:
+            rows = self._conn.execute(
+                "SELECT u.n, to_regclass(u.n) IS NOT NULL FROM unnest(%s::text[]) AS u(n)", (names,)
+            ).fetchall()
+            self._cache.update({str(n): bool(found) for n, found in rows})
+        except psycopg.Error:
+            pass  # asked one by one when needed
+        finally:
+            self._conn.rollback()
+
+    def __call__(self, name: str) -> bool:
+        if name not in self._cache:
+            import psycopg
+
+            try:
+                row = self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+                self._cache[name] = bool(row and row[0])
+            except psycopg.Error:
+                self._cache[name] = False  # not a name the server parses: CREATE SEQUENCE says why
+            finally:
+                self._conn.rollback()
+        return self._cache[name]
+
+
+def _serial_sequences(table: TableDesc, *, trusted: bool) -> list[str]:
+    """The sequence names the serial columns of `table` name (those _pg_trusted_table creates when missing;
+    _pg_untrusted_table uses none: PostgreSQL names the sequences it creates)."""
+    if not trusted:
+        return []
+    return [
+        c.sequence for c in table.columns if c.sequence and c.identity is None and c.default and "nextval(" in c.default
+    ]
+
+
+_KEPT_SEQUENCE = "nextval of an existing sequence (kept as it is: not taken over by the table, not moved)"
+
+
+def _pg_trusted_table(
+    table: TableDesc, schema: str | None, *, seq_exists: Callable[[str], bool] = lambda _: False
+) -> TableDdl:
+    """The source's own CREATE TABLE, indexes and foreign keys; `seq_exists` tells the sequences of serial columns
+    that are on the target already (used as they are, see pg_plan)."""
     out = TableDdl()
     owned: list[str] = []
     for col in table.columns:
         # serial columns: the default names its sequence, which must exist before the table does
         if col.sequence and col.identity is None and col.default and "nextval(" in col.default:
+            if seq_exists(col.sequence):
+                _add(out.classes, _KEPT_SEQUENCE)
+                continue
             out.before.append(f"CREATE SEQUENCE IF NOT EXISTS {col.sequence}")
             owned.append(f"ALTER SEQUENCE {col.sequence} OWNED BY {qtable(schema, table.name)}.{qident(col.name)}")
             _add(out.classes, f"CREATE SEQUENCE ({ARCHIVE_SQL})")
@@ -234,7 +273,9 @@ def _pg_untrusted_table(
 ) -> TableDdl:
     """CREATE TABLE and its foreign keys from the structured description alone; `set_columns`: the target
     takes ON DELETE SET NULL (k1) (PostgreSQL 15+; an older one gets the action on every column of the key, and
-    the plan lists the column list as skipped)."""
+    the plan lists the column list as skipped). A serial column becomes smallserial/serial/bigserial: PostgreSQL
+    creates its sequence under a name of its own choosing (never one that exists), owned by the column; the
+    archive's sequence name is not used, and an existing sequence is never taken over."""
     out = TableDdl()
     name = qtable(schema, table.name)
     lines: list[str] = []
@@ -243,22 +284,19 @@ def _pg_untrusted_table(
         if c.generated is not None:
             out.skipped.append(f"generated column {shown(c.name)}")
             continue
-        typ = _pg_column_type(c, check, problems, table)
+        serial = _serial_type(c)
+        typ = serial or _pg_column_type(c, check, problems, table)
         if typ is None:
             continue
         parts = [qident(c.name), typ]
         if c.identity is not None:
             parts.append(f"GENERATED {'ALWAYS' if c.identity['always'] else 'BY DEFAULT'} AS IDENTITY")
+        elif serial is not None:
+            _add(out.classes, _NEW_SEQUENCE)
+            if c.nullable:  # serial implies NOT NULL
+                owned.append(f"ALTER TABLE {name} ALTER COLUMN {qident(c.name)} DROP NOT NULL")
         elif c.default is not None:
-            seq = serial_sequence(c.default)
-            if seq is not None and base_kind(c.type)["kind"] == "int":
-                # a serial column: its sequence is a name, rebuilt here with our own statements
-                out.before.append(f"CREATE SEQUENCE IF NOT EXISTS {seq}")
-                parts.append(f"DEFAULT nextval({_lit(seq)}::regclass)")
-                owned.append(f"ALTER SEQUENCE {seq} OWNED BY {name}.{qident(c.name)}")
-                _add(out.classes, "CREATE SEQUENCE (serial column)")
-            else:
-                out.skipped.append(f"default of {shown(c.name)}")
+            out.skipped.append(f"default of {shown(c.name)}")
         if not c.nullable:
             parts.append("NOT NULL")
         lines.append(" ".join(parts))
@@ -294,7 +332,7 @@ def _pg_untrusted_table(
 
 
 _SERIAL = re.compile(r"nextval\('((?:[^'\x00]|'')+)'::regclass\)")
-_PG_NAME = re.compile(rf"{_PG_IDENT}(?:\.{_PG_IDENT})?")
+_PG_NAME = re.compile(rf"{PG_IDENT}(?:\.{PG_IDENT})?")
 
 
 def serial_sequence(default: str) -> str | None:
@@ -307,11 +345,23 @@ def serial_sequence(default: str) -> str | None:
     return seq if len(seq) <= MAX_TYPE_TEXT and _PG_NAME.fullmatch(seq) else None
 
 
+_SERIALS = {"smallint": "smallserial", "integer": "serial", "bigint": "bigserial"}
+_NEW_SEQUENCE = "serial column (a new sequence, named by PostgreSQL and owned by the column)"
+
+
+def _serial_type(c: ColumnDesc) -> str | None:
+    """smallserial, serial or bigserial for a serial column of an untrusted archive: a plain integer column
+    whose default is `nextval('<name>'::regclass)` (the name is not used); None for any other column."""
+    if c.identity is not None or c.default is None or c.type.get("kind") != "int":
+        return None
+    return _SERIALS.get(c.native) if serial_sequence(c.default) is not None else None
+
+
 def _pg_column_type(c: ColumnDesc, check: PgTypeCheck, problems: list[str], table: TableDesc) -> str | None:
     ptype = c.type
     dims = ""
     if ptype.get("kind") == "array" and isinstance(ptype.get("item"), dict):
-        found = _ARRAY_DIMS.search(c.native)
+        found = ARRAY_DIMS.search(c.native)
         dims = "[]" * max(1, found.group(0).count("[")) if found else "[]"
         ptype = ptype["item"]
     if ptype.get("kind") in ("enum", "domain") and ptype.get("name"):
@@ -321,16 +371,6 @@ def _pg_column_type(c: ColumnDesc, check: PgTypeCheck, problems: list[str], tabl
         problems.append(f"{shown(table.key)}.{shown(c.name)}: type {shown(c.native)} does not exist in the target")
         return None
     return c.native
-
-
-def _type_names(desc: DbSchema) -> set[str]:
-    out: set[str] = set()
-    for t in [*desc.enums, *desc.domains]:
-        name, schema = t["name"], t.get("schema")
-        out |= {name, qident(name)}
-        if schema:
-            out |= {f"{schema}.{name}", qtable(schema, name), f"{qident(schema)}.{name}", f"{schema}.{qident(name)}"}
-    return out
 
 
 def _fk_clause(fk: dict[str, Any], map_schema: SchemaMap, *, set_columns: bool) -> str:
@@ -371,6 +411,15 @@ def _exists(conn: Any, schema: str | None, name: str) -> bool:
         row = conn.execute("SELECT count(*) FROM pg_type WHERE typname = %s", (name,)).fetchone()
     conn.rollback()
     return bool(row and row[0])
+
+
+def _schemas_present(conn: Any, names: list[str]) -> set[str]:
+    """Which of the schemas `names` exist on the target."""
+    if not names:
+        return set()
+    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (names,)).fetchall()
+    conn.rollback()
+    return {str(r[0]) for r in rows}
 
 
 def _lit(s: str) -> str:

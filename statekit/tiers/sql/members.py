@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 from statekit.errors import CorruptArchive
 from statekit.model import Member
+from statekit.tiers.sql.schema import SCHEMA_MAX_BYTES, load_schema_json
 
 PREFIX = "db/"
 SCHEMA = "db/schema.json"
@@ -71,10 +71,12 @@ class DbDecoder:
     def feed(self, member: Member) -> Iterator[TableSegment]:
         name = member.name
         if name == SCHEMA:
+            if member.size > SCHEMA_MAX_BYTES:  # refused before a byte of it is read
+                raise CorruptArchive(f"archive member {SCHEMA} is implausibly large ({member.size} bytes)")
             try:
-                self.schema = json.loads(member.read_all())
+                self.schema = load_schema_json(member.read_all())
                 self._tables = {t["member"]: t for t in self.schema.get("tables", [])}
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 raise CorruptArchive(f"archive member {SCHEMA} is not a db schema") from None
             return
         if not name.startswith(PREFIX):

@@ -16,9 +16,9 @@ from typing import Any
 
 from statekit.errors import ConfigError, CorruptArchive
 from statekit.model import RestoreOptions
-from statekit.tiers.sql import ddl, pgstage
+from statekit.tiers.sql import compat, ddl, pgstage
 from statekit.tiers.sql.connect import DbTarget
-from statekit.tiers.sql.created import created_by_restore
+from statekit.tiers.sql.created import created_by_restore, created_schemas_by_restore, created_types_by_restore
 from statekit.tiers.sql.ddl import CreatePlan
 from statekit.tiers.sql.dialects import Dialect, dialect_for
 from statekit.tiers.sql.dialects.base import driver_sql, union_selects
@@ -27,12 +27,11 @@ from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     DbSchema,
     TableDesc,
-    base_kind,
     matches,
-    non_portable_reason,
 )
 
 MODES = ("replace", "merge", "append")
+_CREATED_BY = "created by the restore this undo archive undoes"
 
 
 @dataclass
@@ -88,6 +87,11 @@ class RestoreContext:
     # Restoring a db undo archive: target tables the restore it undoes created, dropped (see created.py)
     drops: list[TableDesc] = field(default_factory=list)
     drop_rows: dict[str, int] = field(default_factory=dict)
+    # … and (PostgreSQL) the enums and domains, (schema, name, "enum" | "domain"), and the schemas it created;
+    # those something that stays still uses are kept, each with a plan line that says why
+    drop_types: list[tuple[str, str, str]] = field(default_factory=list)
+    drop_schemas: list[str] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
     rolled_back: bool = False  # the load failed and its transaction was rolled back: the target is as it was
     # restore --jobs N (PostgreSQL, replace): the existing tables pgstage.eligible finds stageable, when planned
     stageable: list[TablePlan] = field(default_factory=list)
@@ -110,6 +114,15 @@ class RestoreContext:
             "action": "drop",
             "sql": "DROP TABLE (created by the restore this undo archive undoes)",
         }
+
+    def drop_type_json(self, schema: str, name: str, kind: str) -> dict[str, Any]:
+        """The plan line of an enum or domain the restore drops."""
+        sql = f"DROP TYPE ({'an enum' if kind == 'enum' else 'a domain'} {_CREATED_BY})"
+        return {"type": f"{schema}.{name}", "mode": self.mode, "action": "drop", "sql": sql}
+
+    def drop_schema_json(self, name: str) -> dict[str, Any]:
+        """The plan line of a schema the restore drops."""
+        return {"schema": name, "mode": self.mode, "action": "drop", "sql": f"DROP SCHEMA ({_CREATED_BY})"}
 
     @property
     def same_dialect(self) -> bool:
@@ -187,6 +200,8 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
                 plan = TablePlan(t, schema, have, "create" if have is None else mode, archive_rows=counts.get(t.key))
                 ctx.plans.append(plan)
             ctx.drops = _undo_drops(archive, opts, ctx, found)
+            if pg is not None:
+                _undo_type_drops(archive, ctx, pg)
             if query is not None:
                 present = [p for p in ctx.plans if p.existing is not None]
                 named = target.dialect.named_schemas
@@ -199,7 +214,7 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
                     ctx.drop_rows[d.key] = n
         ctx.trusted = opts.trust_archive_sql
         _plan_creates(ctx, existing, pg)
-        ctx.problems = _problems(ctx, existing) + ctx.ddl.problems
+        ctx.problems = compat.table_problems(ctx, existing) + compat.name_problems(ctx, pg) + ctx.ddl.problems
         if pg is not None and opts.jobs > 1 and mode == "replace" and ctx.same_dialect and not ctx.problems:
             ctx.stageable = _stageable(ctx, pg)
     finally:
@@ -250,6 +265,122 @@ def _undo_drops(
             continue
         drops.append(have)
     return drops
+
+
+_LISTED_TYPES_SQL = """
+SELECT u.k, t.oid, t.typarray, t.typtype::text
+FROM unnest(%(s)s::text[], %(n)s::text[]) WITH ORDINALITY AS u(s, n, k)
+JOIN pg_namespace ns ON ns.nspname = u.s
+JOIN pg_type t ON t.typnamespace = ns.oid AND t.typname = u.n
+WHERE t.typtype IN ('e', 'd') AND left(ns.nspname, 3) <> 'pg_' AND ns.nspname <> 'information_schema'
+ORDER BY u.k
+"""
+_LISTED_SCHEMAS_SQL = """
+SELECT u.k, ns.oid
+FROM unnest(%(n)s::text[]) WITH ORDINALITY AS u(n, k)
+JOIN pg_namespace ns ON ns.nspname = u.n
+WHERE left(ns.nspname, 3) <> 'pg_' AND ns.nspname <> 'information_schema'
+ORDER BY u.k
+"""
+_TABLE_OIDS_SQL = """
+SELECT c.oid
+FROM unnest(%(s)s::text[], %(n)s::text[]) AS u(s, n)
+JOIN pg_namespace ns ON ns.nspname = u.s
+JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = u.n
+"""
+# What still depends on the types (and their array types) or schemas that would be dropped, once the dropped
+# tables, types and schemas are gone: not those objects themselves, nor what belongs to them (a column default,
+# a constraint, an index, an owned sequence: an automatic or internal dependency on one of them).
+_USERS_SQL = """
+WITH going(classid, objid) AS (
+    SELECT 'pg_class'::regclass, unnest(%(tables)s::oid[])
+    UNION ALL SELECT 'pg_type'::regclass, unnest(%(types)s::oid[])
+    UNION ALL SELECT 'pg_namespace'::regclass, unnest(%(schemas)s::oid[])
+)
+SELECT DISTINCT d.refclassid = 'pg_namespace'::regclass, d.refobjid, pg_describe_object(d.classid, d.objid, d.objsubid)
+FROM pg_depend d
+WHERE d.deptype = 'n'
+  AND ((d.refclassid = 'pg_type'::regclass AND d.refobjid = ANY(%(types)s::oid[]))
+       OR (d.refclassid = 'pg_namespace'::regclass AND d.refobjid = ANY(%(schemas)s::oid[])))
+  AND NOT EXISTS (SELECT 1 FROM going g WHERE g.classid = d.classid AND g.objid = d.objid)
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_depend e JOIN going g ON g.classid = e.refclassid AND g.objid = e.refobjid
+      WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype IN ('a', 'i'))
+ORDER BY 3
+"""
+
+
+def _undo_type_drops(archive: Any, ctx: RestoreContext, pg: Any) -> None:
+    """Restoring a PostgreSQL undo archive in replace mode: the enums, domains and schemas its restore created
+    that exist on the target and that the undo archive does not hold (those existed before that restore) go
+    into ctx.drop_types and ctx.drop_schemas, dropped after the tables; one that something staying (a column
+    of another table, a domain, a function, …) still uses is kept, with a plan line in ctx.kept."""
+    if archive.head().get("kind") == "snapshot" or ctx.mode != "replace":
+        return
+    snapshot = archive.snapshot
+    if not isinstance(snapshot, dict):
+        return
+    listed_types = created_types_by_restore(snapshot)
+    listed_schemas = created_schemas_by_restore(snapshot)
+    if not listed_types and not listed_schemas:
+        return
+    default = ctx.default_schema
+    held_types = {(t.get("schema") or default, t["name"]) for t in [*ctx.desc.enums, *ctx.desc.domains]}
+    held_schemas = {s for s, _ in held_types} | {p.schema or default for p in ctx.plans}
+    for t in ctx.desc.tables:  # also the archived tables --tables left out
+        held_schemas.add(_target_schema(t, ctx.desc, ctx.target.dialect, default) or default)
+    types = [(s, n) for s, n in listed_types if (s, n) not in held_types]
+    schemas = [s for s in listed_schemas if s not in held_schemas]
+    try:
+        with pg.cursor() as cur:
+            cur.execute(_LISTED_TYPES_SQL, {"s": [s for s, _ in types], "n": [n for _, n in types]})
+            found = {int(k) - 1: (int(oid), int(arr), str(kind)) for k, oid, arr, kind in cur.fetchall()}
+            cur.execute(_LISTED_SCHEMAS_SQL, {"n": schemas})
+            found_schemas = {int(k) - 1: int(oid) for k, oid in cur.fetchall()}
+            cur.execute(
+                _TABLE_OIDS_SQL, {"s": [t.schema or default for t in ctx.drops], "n": [t.name for t in ctx.drops]}
+            )
+            tables = [int(oid) for (oid,) in cur.fetchall()]
+            going = {oid: i for i, (oid, _, _) in found.items()}
+            going |= {arr: i for i, (_, arr, _) in found.items() if arr}
+            going_schemas = {oid: i for i, oid in found_schemas.items()}
+            why: dict[tuple[bool, int], str] = {}  # (schema?, index) of what stays: what uses it
+            while going or going_schemas:
+                params = {"tables": tables, "types": list(going), "schemas": list(going_schemas)}
+                cur.execute(_USERS_SQL, params)
+                users = cur.fetchall()
+                if not users:
+                    break
+                for is_schema, ref, user in users:
+                    index = (going_schemas if is_schema else going).get(int(ref))
+                    if index is not None:
+                        why.setdefault((bool(is_schema), index), str(user))
+                # what is kept is no longer going: what uses it in turn stays too (the next round finds it)
+                going = {oid: i for oid, i in going.items() if (False, i) not in why}
+                going_schemas = {oid: i for oid, i in going_schemas.items() if (True, i) not in why}
+        pg.rollback()
+    except Exception as exc:
+        raise ctx.target.fail("reading the target's schema", exc) from None
+    for i, (schema, name) in enumerate(types):
+        if i not in found:
+            continue
+        kind = "enum" if found[i][2] == "e" else "domain"
+        user = why.get((False, i))
+        if user is None:
+            ctx.drop_types.append((schema, name, kind))
+        else:
+            what = f"{'an enum' if kind == 'enum' else 'a domain'} {_CREATED_BY}"
+            ctx.kept.append({"type": f"{schema}.{name}", "mode": ctx.mode, "action": "keep",
+                             "sql": f"none: {user} uses it ({what})"})  # fmt: skip
+    for i, name in enumerate(schemas):
+        if i not in found_schemas:
+            continue
+        user = why.get((True, i))
+        if user is None:
+            ctx.drop_schemas.append(name)
+        else:
+            ctx.kept.append({"schema": name, "mode": ctx.mode, "action": "keep",
+                             "sql": f"none: it holds {user} ({_CREATED_BY})"})  # fmt: skip
 
 
 def _plan_creates(ctx: RestoreContext, existing: list[TableDesc], pg: Any) -> None:
@@ -422,113 +553,4 @@ def _counts(query: Query, dialect: Dialect, tables: list[tuple[str | None, str]]
     out: list[int] = []
     for sql in union_selects(counts):
         out.extend(int(n or 0) for _, n in sorted(query(sql)))
-    return out
-
-
-# -- compatibility ----------------------------------------------------------------------------------------
-
-_FAMILY = {
-    "int": "int", "bool": "bool", "numeric": "numeric", "float": "float", "text": "text", "enum": "text",
-    "uuid": "uuid", "json": "json", "jsonb": "json", "bytes": "bytes", "date": "date", "time": "time",
-    "timestamp": "timestamp", "timestamptz": "timestamp", "interval": "interval", "array": "array",
-}  # fmt: skip
-# (archived family, target family) pairs that still store every value exactly.
-_ALSO_FITS = {
-    ("bool", "int"), ("int", "numeric"), ("uuid", "text"), ("json", "text"), ("text", "json"),
-    ("text", "uuid"), ("int", "bool"),
-}  # fmt: skip
-
-
-def column_problem(src: Any, dst: Any, same_dialect: bool, target: Dialect) -> str | None:
-    """Why values of archived column `src` would not fit target column `dst` (None if they do)."""
-    if target.dynamic_typing:
-        return None  # any value goes into any column
-    a, b = base_kind(src.type), base_kind(dst.type)
-    ka, kb = a["kind"], b["kind"]
-    if ka in ("other", "array", "interval") or kb in ("other", "array", "interval"):
-        if same_dialect and src.native == dst.native:
-            return None
-        if ka == kb == "array" and same_dialect:
-            return None
-        if ka == kb and ka != "other":
-            return None
-        return f"archive type {src.native}, target type {dst.native}"
-    fa, fb = _FAMILY.get(ka, ka), _FAMILY.get(kb, kb)
-    if fa != fb and (fa, fb) not in _ALSO_FITS:
-        return f"archive type {src.native}, target type {dst.native}"
-    if ka == kb == "int" and int(b.get("bits", 64)) < int(a.get("bits", 64)):
-        return f"archive type {src.native} is wider than target type {dst.native}"
-    longer = bool(b.get("length")) and (not a.get("length") or a["length"] > b["length"])
-    if fa == fb == "text" and ka != "enum" and longer:
-        return f"archive type {src.native} may hold longer values than target type {dst.native}"
-    if (
-        ka == kb == "numeric"
-        and b.get("precision")
-        and (
-            not a.get("precision")
-            or a["precision"] - (a.get("scale") or 0) > b["precision"] - (b.get("scale") or 0)
-            or (a.get("scale") or 0) > (b.get("scale") or 0)
-        )
-    ):
-        return f"archive type {src.native} does not fit target type {dst.native}"
-    return None
-
-
-def _problems(ctx: RestoreContext, existing: list[TableDesc]) -> list[str]:
-    out: list[str] = []
-    td = ctx.target.dialect
-    for p in ctx.plans:
-        src = p.src
-        if not ctx.same_dialect:
-            for c in src.data_columns:
-                why = non_portable_reason(c.type, td.name)
-                if why:
-                    out.append(f"{src.key}.{c.name} ({c.native}): not portable to {td.name}: {why}")
-        if p.existing is not None:
-            dst_cols = {c.name: c for c in p.existing.columns}
-            for c in src.data_columns:
-                d = dst_cols.get(c.name)
-                if d is None:
-                    out.append(f"{p.target_key}.{c.name}: column missing in the target ({c.native} in archive)")
-                    continue
-                if d.generated is not None:
-                    out.append(f"{p.target_key}.{c.name}: generated in the target, plain in the archive")
-                    continue
-                why = column_problem(c, d, ctx.same_dialect, td)
-                if why:
-                    out.append(f"{p.target_key}.{c.name}: {why}")
-                if c.nullable and not d.nullable:
-                    out.append(f"{p.target_key}.{c.name}: NOT NULL in the target, nullable in the archive")
-            archived = {c.name for c in src.data_columns}
-            for d in p.existing.columns:
-                if d.name in archived or d.generated is not None or d.nullable:
-                    continue
-                if d.default is None and d.identity is None and not d.autoincrement:
-                    out.append(f"{p.target_key}.{d.name}: NOT NULL without default, not in the archive")
-        if ctx.mode == "merge":
-            pk = p.existing.primary_key if p.existing is not None else src.primary_key
-            if not pk:
-                out.append(f"{p.target_key}: merge needs a primary key and the table has none")
-            elif not set(pk) <= {c.name for c in src.data_columns}:
-                out.append(f"{p.target_key}: merge key ({', '.join(pk)}) is not in the archived columns")
-    if ctx.mode == "replace":
-        restored = {(p.schema if p.schema is not None else ctx.default_schema, p.src.name) for p in ctx.plans}
-        dropped = {(t.schema, t.name) for t in ctx.drops}
-        for t in existing:
-            if (t.schema, t.name) in dropped:
-                continue
-            for fk in t.foreign_keys:
-                if (fk["ref_schema"], fk["ref_table"]) in dropped:
-                    out.append(
-                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which restoring this undo "
-                        "archive drops (its restore created it); drop or change that foreign key first"
-                    )
-            if (t.schema, t.name) in restored:
-                continue
-            for fk in t.foreign_keys:
-                if (fk["ref_schema"], fk["ref_table"]) in restored:
-                    out.append(
-                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which replace would empty; "
-                        "restore it too (--tables) or use --mode merge"
-                    )
     return out

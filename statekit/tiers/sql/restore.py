@@ -11,6 +11,7 @@ the one transaction swaps in last (statekit.tiers.sql.pgstage).
 Restoring a db undo archive also drops the tables the restore it undoes created (statekit.tiers.sql.created):
 PostgreSQL first thing in the one transaction; SQLite after the load, before its COMMIT; MySQL/MariaDB after
 the load committed, in the same run (their DDL commits at once, so it cannot share the load's transaction).
+On PostgreSQL the enums, domains and schemas that restore created follow its tables, in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import copy
 import dataclasses
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,10 @@ from statekit.model import (
     no_warn,
 )
 from statekit.tiers.sql import pgbinary, pgload, pgstage, pgtables
-from statekit.tiers.sql.created import plain_key
+from statekit.tiers.sql.created import SCHEMAS, TABLES, TYPES, plain_key, plain_schema, plain_type
 from statekit.tiers.sql.dialects import Dialect
 from statekit.tiers.sql.dialects.base import driver_sql
-from statekit.tiers.sql.dialects.postgresql import qtable
+from statekit.tiers.sql.dialects.postgresql import qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan, fill_row_counts, prepare
 from statekit.tiers.sql.postgres import prepare_session
 from statekit.tiers.sql.schema import SCHEMA_MEMBER, DbSchema, base_kind
@@ -115,13 +116,15 @@ def _mark_staged(ctx: RestoreContext, jobs: int) -> None:
 def _report(ctx: RestoreContext, *, dry_run: bool) -> RestoreReport:
     report = RestoreReport(tier="db", dry_run=dry_run)
     report.plan = [p.to_json(ctx.mode) for p in ctx.plans] + [ctx.drop_json(t) for t in ctx.drops]
+    report.plan += [ctx.drop_type_json(*t) for t in ctx.drop_types]
+    report.plan += [ctx.drop_schema_json(name) for name in ctx.drop_schemas] + ctx.kept
     report.problems = list(ctx.problems)
     report.counts = {
         "tables": len(ctx.plans),
         "remove": sum(p.target_rows for p in ctx.plans) if ctx.mode == "replace" else 0,
     }
-    if ctx.drops:
-        report.counts["drop"] = len(ctx.drops)
+    if ctx.drops or ctx.drop_types or ctx.drop_schemas:
+        report.counts["drop"] = len(ctx.drops) + len(ctx.drop_types) + len(ctx.drop_schemas)
         report.counts["remove"] += sum(ctx.drop_rows.values())
     if all(p.archive_rows is not None for p in ctx.plans):
         report.counts["rows"] = sum(p.archive_rows or 0 for p in ctx.plans)
@@ -171,7 +174,8 @@ def restore_db(
     report.counts["rows"] = sum(loaded.values())
     report.counts["duration_ms"] = int((time.time() - started) * 1000)
     for line in report.plan:
-        line["rows"] = loaded.get(line["table"], 0) if line["action"] != "drop" else None
+        if "table" in line:  # the lines of what an undo drops or keeps hold no rows
+            line["rows"] = loaded.get(line["table"], 0) if line["action"] != "drop" else None
     return report
 
 
@@ -193,23 +197,41 @@ def _save_undo(ctx: RestoreContext, undo: UndoSink) -> str:
         summary = TierSummary(tier="db", started_at=time.time(), finished_at=time.time())
         summary.details = {"source": ctx.target.shown, "dialect": ctx.target.dialect.name, "tables": {}}
     created = [p.target_key for p in ctx.plans if p.existing is None]
-    plain = [k for k in created if plain_key(k, ctx.target.dialect)]
-    if plain:
-        # Restoring the undo archive drops these again (statekit.tiers.sql.created reads them back strictly).
-        summary.details["created_by_restore"] = plain
-    if len(plain) < len(created):
-        # Names an undo archive may not list for dropping: kept by the undo, listed so a person can drop them.
-        summary.details["created_by_restore_kept"] = [k for k in created if k not in plain]
+    _list_created(summary.details, TABLES, created, lambda k: plain_key(k, ctx.target.dialect))
+    # PostgreSQL: the enums, domains and schemas the load creates first (none of them there when planned); an
+    # archived type without a schema is created in the target's default one
+    types = [f"{schema or ctx.default_schema or ''}.{name}" for schema, name in ctx.ddl.created_types]
+    _list_created(summary.details, TYPES, types, plain_type)
+    _list_created(summary.details, SCHEMAS, ctx.ddl.created_schemas, plain_schema)
     return undo.seal(summary)
 
 
-def _drop_sql(ctx: RestoreContext) -> str | None:
-    """One DROP TABLE for every table the restore of an undo archive drops (RESTRICT: a table some other
-    table still references is never dropped; the statement fails and the transaction with it). Without
-    named schemas, only names in the URL's database / file: never another one."""
-    if not ctx.drops:
-        return None
-    return f"DROP TABLE {', '.join(ctx.target.dialect.qualified(t.schema, t.name) for t in ctx.drops)}"
+def _list_created(details: dict[str, Any], key: str, created: list[str], plain: Callable[[str], bool]) -> None:
+    """List what the restore creates under `key` of the undo archive's details: restoring the undo archive drops
+    these again (statekit.tiers.sql.created reads them back strictly). Names an undo archive may not list for
+    dropping go under `key`_kept: kept by the undo, listed so a person can drop them."""
+    listed = [k for k in created if plain(k)]
+    if listed:
+        details[key] = listed
+    if len(listed) < len(created):
+        details[f"{key}_kept"] = [k for k in created if k not in listed]
+
+
+def _drop_sql(ctx: RestoreContext) -> list[str]:
+    """The statements that drop what the restore of an undo archive drops: one DROP TABLE for every table
+    (RESTRICT: a table some other table still references is never dropped; the statement fails and the
+    transaction with it), then (PostgreSQL) one DROP TYPE for the enums and domains, after the tables whose
+    columns use them, and one DROP SCHEMA, after everything in them. Without named schemas, only names in the
+    URL's database / file: never another one."""
+    out: list[str] = []
+    if ctx.drops:
+        out.append(f"DROP TABLE {', '.join(ctx.target.dialect.qualified(t.schema, t.name) for t in ctx.drops)}")
+    if ctx.drop_types:
+        # one statement: PostgreSQL orders a domain over an enum (or over another domain) itself
+        out.append(f"DROP TYPE {', '.join(qtable(schema, name) for schema, name, _ in ctx.drop_types)}")
+    if ctx.drop_schemas:
+        out.append(f"DROP SCHEMA {', '.join(qident(name) for name in ctx.drop_schemas)}")
+    return out
 
 
 def _segments(
@@ -262,11 +284,11 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
         conn = ctx.target.psycopg_connect("statekit-restore")
         prepare_session(conn)
         with conn.cursor() as cur:
-            drop = _drop_sql(ctx)
-            if drop is not None:
-                # Restoring an undo archive: the tables its restore created go first, in this one transaction
-                # (before any foreign key of theirs is deferred or a table they reference is emptied).
-                cur.execute(drop)
+            # Restoring an undo archive: the tables its restore created go first, in this one transaction
+            # (before any foreign key of theirs is deferred or a table they reference is emptied), then the
+            # enums, domains and schemas it created.
+            for stmt in _drop_sql(ctx):
+                cur.execute(stmt)
             # the DDL was worked out (and every archived type name checked) by the plan
             before, fks = ctx.ddl.before(), ctx.ddl.after()
             for stmt in before:
@@ -410,9 +432,10 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
 
     try:
         dialect.begin_load(conn)
-        drop = _drop_sql(ctx)
-        if drop is not None and dialect.drop_at == "first":
-            run(drop)  # in the one transaction, as in _restore_pg
+        drops = _drop_sql(ctx)
+        if drops and dialect.drop_at == "first":
+            for stmt in drops:
+                run(stmt)  # in the one transaction, as in _restore_pg
         for p in ctx.plans:
             table_ddl = ctx.ddl.tables.get(p.src.key)
             if table_ddl is None:
@@ -456,22 +479,31 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
                 pgtables.set_sequences(cur, ctx)
         staged = [p for p in ctx.plans if p.staging is not None]
         committing = True
-        if drop is not None and dialect.drop_at == "before_commit":
-            run(drop)  # after the load, still inside the one transaction
+        if drops and dialect.drop_at == "before_commit":
+            for stmt in drops:
+                run(stmt)  # after the load, still inside the one transaction
         if staged:
             # RENAME TABLE commits the data first (implicitly), then renames every staged table in one step
             pairs = ", ".join(f"{qname(p)} TO {qname(p, final=True)}" for p in staged)
-            run(f"RENAME TABLE {pairs}")
+            try:
+                run(f"RENAME TABLE {pairs}")
+            except Exception:
+                # Refused before its implicit COMMIT (a name it does not take), the load's transaction is still
+                # open: rolled back below, as are the new tables (the plan checks their names, so this is rare).
+                # After it, the existing tables hold the archive's rows; the new ones, unrenamed, are dropped.
+                committing = any(p.existing is not None for p in ctx.plans) and not _in_transaction(conn)
+                raise
             created.clear()
             conn.commit()
         else:
             dialect.commit(conn)
-        if drop is not None and dialect.drop_at == "after_commit":
+        if drops and dialect.drop_at == "after_commit":
             # MySQL/MariaDB commit DDL at once: the drop can share no transaction with the load. It runs after the
             # load committed, in the same run; should it fail, the data is restored and the error (naming the
             # undo archive of this run) says so.
             try:
-                run(drop)
+                for stmt in drops:
+                    run(stmt)
                 conn.commit()
             except Exception as exc:
                 raise target.fail("dropping the created tables (the data is restored)", exc) from None
@@ -491,6 +523,15 @@ def _restore_generic(ctx: RestoreContext, archive: Any, progress: Progress) -> d
         conn.close()
         engine.dispose()
     return loaded
+
+
+def _in_transaction(conn: sa.Connection) -> bool:
+    """MariaDB: whether the session's transaction is still open. False when that cannot be told (MySQL has no
+    @@in_transaction; the status flag its results carry is set again by any statement that asks)."""
+    try:
+        return bool(int(conn.exec_driver_sql("SELECT @@in_transaction").scalar() or 0))
+    except Exception:
+        return False
 
 
 def _insert_sql(conn: sa.Connection, dialect: Dialect, plan: TablePlan, qname: str, mode: str) -> str:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from statekit.archive.format import bound_json_values
 from statekit.errors import CorruptArchive
 
 SCHEMA_MEMBER = "db/schema.json"
@@ -23,6 +24,11 @@ ENCODINGS = ("copy", "pgbinary", "jsonl")
 # The dialects an archive may name, and whether its columns may use PostgreSQL's own types (enums, domains,
 # arrays); statekit.tiers.sql.dialects holds one Dialect for each (a test keeps the two lists equal).
 ARCHIVE_DIALECTS: dict[str, bool] = {"postgresql": True, "mysql": False, "sqlite": False}
+# db/schema.json describes a table in about 5.6 KiB (300 tables of 12 columns with keys, indexes, checks and a
+# foreign key: 1.6 MiB), so 64 MiB holds some 12,000 such tables. As the writer indents it, the document has
+# more than 100 bytes per object or array and more than 20 per comma; one with an object or array every 16
+# bytes or a comma every 8 is forged to exhaust memory (json.loads spends ~64 bytes on an empty `{}`).
+SCHEMA_MAX_BYTES = 64 << 20
 
 
 @dataclass
@@ -97,7 +103,7 @@ class DbSchema:
     def from_json_bytes(cls, data: bytes) -> DbSchema:
         """Parse db/schema.json, refusing anything malformed (the archive is not trusted)."""
         try:
-            doc = json.loads(data)
+            doc = load_schema_json(data)
             if doc.get("format") != "statekit-db-schema":
                 raise ValueError("not a db schema")
             if int(doc.get("format_version", 0)) > SCHEMA_FORMAT:
@@ -122,6 +128,15 @@ class DbSchema:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise CorruptArchive(f"archive member {SCHEMA_MEMBER} is damaged: {exc}") from None
+
+
+def load_schema_json(data: bytes) -> Any:
+    """db/schema.json's JSON, refused (CorruptArchive) before it is parsed when it is bigger or holds more values
+    than a real one (SCHEMA_MAX_BYTES); ValueError or RecursionError when it is not JSON."""
+    if len(data) > SCHEMA_MAX_BYTES:
+        raise CorruptArchive(f"archive member {SCHEMA_MEMBER} is implausibly large ({len(data)} bytes)")
+    bound_json_values(data, SCHEMA_MEMBER, containers=len(data) // 16 + 64, commas=len(data) // 8 + 256)
+    return json.loads(data)
 
 
 def _plain_actions(fks: Any) -> None:
@@ -236,13 +251,15 @@ def check_schema(desc: DbSchema) -> None:
     extended_types = ARCHIVE_DIALECTS[desc.dialect]
     _name(desc.default_schema, "default_schema", optional=True)
     seen: set[tuple[str | None, str]] = set()
+    named_schemas = desc.dialect == "postgresql"  # a MySQL/MariaDB or SQLite archive holds one database
     for t in desc.tables:
         where = f"table {str(t.name)[:80]!r}"
         _name(t.name, where)
         _name(t.schema, f"{where} schema", optional=True)
-        if (t.schema, t.name) in seen:
+        place = (t.schema if named_schemas else None, t.name)  # one database: names unique without schema
+        if place in seen:
             raise _Bad(f"{where} is listed twice")
-        seen.add((t.schema, t.name))
+        seen.add(place)
         if t.member != member_prefix(t.schema, t.name):
             raise _Bad(f"{where}: member prefix does not match its name")
         if t.encoding not in ENCODINGS or (t.encoding != "jsonl" and desc.dialect != "postgresql"):

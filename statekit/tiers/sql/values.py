@@ -58,15 +58,57 @@ def encode_value(v: Any) -> Any:
     raise TypeError(f"cannot archive a value of type {type(v).__name__}")
 
 
+# The widest number any SQL target holds: PostgreSQL numeric, 131072 digits before the point and 16383 after
+# (MySQL's DECIMAL holds 65). A decimal from an archive beyond it is refused: `1e300000000` is a few bytes that
+# a driver writes out as 300 million digits.
+MAX_DECIMAL_INT_DIGITS = 131072
+MAX_DECIMAL_FRAC_DIGITS = 16383
+
+
+def parse_decimal(text: Any) -> decimal.Decimal:
+    """A decimal from an archive's text (jsonl `$n`, COPY numeric): ValueError unless it is a number that some
+    SQL numeric type can hold (NaN and ±Infinity pass: PostgreSQL's numeric has them)."""
+    if not isinstance(text, str):
+        raise ValueError("a decimal must be given as text")
+    if len(text) > MAX_DECIMAL_INT_DIGITS + MAX_DECIMAL_FRAC_DIGITS + 64:
+        raise ValueError("decimal has more digits than any SQL numeric type holds")
+    value = decimal.Decimal(text)
+    if value.is_finite():
+        parts = value.as_tuple()
+        digits, exponent = len(parts.digits), int(parts.exponent)  # an int exponent: the value is finite
+        if digits + exponent > MAX_DECIMAL_INT_DIGITS or -exponent > MAX_DECIMAL_FRAC_DIGITS:
+            raise ValueError(f"decimal {text[:24]!r} is out of the range of any SQL numeric type")
+    return value
+
+
+def _timedelta(parts: Any) -> dt.timedelta:
+    if (
+        not isinstance(parts, list)
+        or len(parts) != 3
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts)
+    ):
+        raise ValueError("an interval must be [days, seconds, microseconds] as integers")
+    return dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
+
+
+def _text(fn: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        if not isinstance(raw, str):
+            raise ValueError("the value must be given as text")
+        return fn(raw)
+
+    return parse
+
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "$b": lambda s: base64.b64decode(s, validate=True),
-    "$n": decimal.Decimal,
-    "$f": float,
-    "$dt": dt.datetime.fromisoformat,
-    "$d": dt.date.fromisoformat,
-    "$t": dt.time.fromisoformat,
-    "$td": lambda x: dt.timedelta(days=x[0], seconds=x[1], microseconds=x[2]),
-    "$u": uuid.UUID,
+    "$b": _text(lambda s: base64.b64decode(s, validate=True)),
+    "$n": parse_decimal,
+    "$f": _text(float),
+    "$dt": _text(dt.datetime.fromisoformat),
+    "$d": _text(dt.date.fromisoformat),
+    "$t": _text(dt.time.fromisoformat),
+    "$td": _timedelta,
+    "$u": _text(uuid.UUID),
     "$j": str,
 }
 
@@ -82,7 +124,7 @@ def decode_value(j: Any) -> Any:
             raise CorruptArchive(f"db row holds an unknown value tag {tag!r}")
         try:
             return fn(raw)
-        except (ValueError, TypeError, IndexError, decimal.InvalidOperation) as exc:
+        except (ValueError, TypeError, IndexError, OverflowError, decimal.InvalidOperation) as exc:
             raise CorruptArchive(f"db row holds a bad {tag} value: {exc}") from None
     return j
 
@@ -159,7 +201,7 @@ def _pg_float(s: str) -> float:
 _PG_PARSERS: dict[str, Callable[[str], Any]] = {
     "int": int,
     "bool": _pg_bool,
-    "numeric": decimal.Decimal,
+    "numeric": parse_decimal,
     "float": _pg_float,
     "bytes": _pg_bytes,
     "date": dt.date.fromisoformat,
@@ -192,5 +234,5 @@ def typed_rows(rows: Iterable[list[str | None]], parsers: list[Callable[[str], A
             raise CorruptArchive(f"db COPY segment holds a row of {len(fields)} fields, expected {width}")
         try:
             yield [None if f is None else p(f) for p, f in zip(parsers, fields)]
-        except (ValueError, decimal.InvalidOperation) as exc:
+        except (ValueError, OverflowError, decimal.InvalidOperation) as exc:
             raise CorruptArchive(f"db COPY segment holds a value that does not parse: {exc}") from None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from statekit.errors import CorruptArchive
+from statekit.textfmt import printable
 from statekit.tiers.sql.schema import (
     SCHEMA_MEMBER,
     ColumnDesc,
@@ -38,9 +39,9 @@ MAX_TYPE_TEXT = 200
 
 
 def shown(text: str, limit: int = 60) -> str:
-    """An archive-supplied name made safe to print: control characters escaped, long names cut."""
-    out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[: limit + 1])
-    return out if len(text) <= limit else out[:limit] + "…"
+    """An archive-supplied name made safe to print: what a terminal would act on escaped (textfmt.printable),
+    long names cut."""
+    return printable(text) if len(text) <= limit else printable(text[:limit]) + "…"
 
 
 def refuse_type(what: str, text: str) -> CorruptArchive:

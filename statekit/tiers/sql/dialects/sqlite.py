@@ -20,10 +20,23 @@ _TYPE = re.compile(
     r"(?:[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)*(?: ?\( ?[+-]?\d{1,9} ?(?:, ?[+-]?\d{1,9} ?)?\))?)?"
 )
 
+# The keywords SQLite's parser does not take as a word of a type name (those it does fall back to a name): each
+# ends the type, most of them start a column constraint ("integer references victim", "integer default (5)").
+_NOT_TYPE_WORD = re.compile(
+    r"(?i)\b(?:ADD|ALL|ALTER|AND|AS|AUTOINCREMENT|BETWEEN|CASE|CHECK|COLLATE|COMMIT|CONSTRAINT|CREATE|CROSS"
+    r"|DEFAULT|DEFERRABLE|DELETE|DISTINCT|DROP|ELSE|ESCAPE|EXCEPT|EXISTS|FILTER|FOREIGN|FROM|FULL|GROUP|HAVING|IN"
+    r"|INDEX|INDEXED|INNER|INSERT|INTERSECT|INTO|IS|ISNULL|JOIN|LEFT|LIMIT|NATURAL|NOT|NOTHING|NOTNULL|NULL|ON|OR"
+    r"|ORDER|OUTER|OVER|PRIMARY|REFERENCES|RETURNING|RIGHT|SELECT|SET|TABLE|THEN|TO|TRANSACTION|UNION|UNIQUE"
+    r"|UPDATE|USING|VALUES|WHEN|WHERE|WINDOW)\b"
+)
+
 
 def sqlite_type_ok(text: str, what: str) -> bool:
-    """SQLite: its type-name grammar (any names, numeric arguments); CorruptArchive otherwise."""
+    """SQLite: its type-name grammar (any names, numeric arguments), no word SQLite reads as the end of the
+    type; CorruptArchive otherwise."""
     if len(text) > MAX_TYPE_TEXT or not _TYPE.fullmatch(text):
+        raise refuse_type(what, text)
+    if _NOT_TYPE_WORD.search(text):
         raise refuse_type(what, text)
     return True
 
