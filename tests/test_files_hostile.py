@@ -1,4 +1,4 @@
-"""Hostile archives for the files tier: a key file over the documented 1 MiB bound, path components no file
+"""Hostile archives for the files tier: a key file over the documented bound (MAX_FILE_BYTES), path components no file
 system can hold, modes wider than 0600, deletion records in an archive that is not an undo archive. Each is
 refused (exit 3, one line naming the member) before the first change, or restored within the documented
 bounds; and a restore that fails while it promotes its files puts back everything it already changed."""
@@ -21,10 +21,10 @@ from statekit.errors import CorruptArchive
 from statekit.fsio import atomic_output
 from statekit.model import Member
 from statekit.tiers.files.members import FilesDecoder
+from statekit.tiers.files.paths import MAX_FILE_BYTES, MAX_FILE_TEXT
 
 IDENTITY = generate_identity()
 STATEKIT = os.environ.get("STATEKIT_TEST_BIN") or str(Path(sys.executable).parent / "statekit")
-MIB = 1 << 20
 
 
 @pytest.fixture
@@ -87,37 +87,37 @@ def refused_unchanged(archive: Path, identity: Path, target: Path, *needles: str
 # -- 1. size bound ---------------------------------------------------------------------------------------------
 
 
-def test_a_key_file_over_1_mib_is_refused_before_any_write(tmp_path: Path, identity_file: Path, target: Path) -> None:
+def test_a_key_file_over_the_bound_is_refused_before_writing(tmp_path: Path, identity_file: Path, target: Path) -> None:
     archive = files_archive(
         tmp_path / "big.statekit",
-        [("files/a.json", b"NEW", 0o600), ("files/z/big.bin", bytes(MIB + 1), 0o600)],
+        [("files/a.json", b"NEW", 0o600), ("files/z/big.bin", bytes(MAX_FILE_BYTES + 1), 0o600)],
     )
     assert archive.stat().st_size < 64 * 1024  # zeros: a small archive, a big file
-    refused_unchanged(archive, identity_file, target, "files/z/big.bin", "1 MiB")
+    refused_unchanged(archive, identity_file, target, "files/z/big.bin", MAX_FILE_TEXT)
 
 
-def test_a_key_file_of_exactly_1_mib_restores(tmp_path: Path, identity_file: Path, target: Path) -> None:
-    archive = files_archive(tmp_path / "max.statekit", [("files/max.bin", bytes(MIB), 0o600)])
+def test_a_key_file_of_exactly_the_bound_restores(tmp_path: Path, identity_file: Path, target: Path) -> None:
+    archive = files_archive(tmp_path / "max.statekit", [("files/max.bin", bytes(MAX_FILE_BYTES), 0o600)])
     code, err = restore(archive, identity_file, target, "--yes")
     assert code == 0, err
-    assert (target / "max.bin").stat().st_size == MIB
+    assert (target / "max.bin").stat().st_size == MAX_FILE_BYTES
 
 
-def test_snapshot_stops_at_a_key_file_over_1_mib(tmp_path: Path, identity_file: Path) -> None:
+def test_snapshot_stops_at_a_key_file_over_the_bound(tmp_path: Path, identity_file: Path) -> None:
     """The snapshot never writes an archive that its own restore would refuse."""
     root = tmp_path / "keys"
     (root / "inst").mkdir(parents=True)
     (root / "inst" / "creds.json").write_bytes(b"{}")
-    (root / "inst" / "exactly.bin").write_bytes(bytes(MIB))
+    (root / "inst" / "exactly.bin").write_bytes(bytes(MAX_FILE_BYTES))
     repo = tmp_path / "repo"
     repo.mkdir()
     args = [STATEKIT, "snapshot", "--files-root", str(root), "-r", IDENTITY.recipient().to_string()]
     ok = subprocess.run([*args, "--to", str(repo / "ok.statekit")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    (root / "inst" / "huge.log").write_bytes(bytes(MIB + 1))
+    (root / "inst" / "huge.log").write_bytes(bytes(MAX_FILE_BYTES + 1))
     proc = subprocess.run([*args, "--to", str(repo / "big.statekit")], capture_output=True, text=True)
     assert proc.returncode == 6, proc.stderr
-    assert "inst/huge.log" in proc.stderr and "1 MiB" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "inst/huge.log" in proc.stderr and MAX_FILE_TEXT in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (repo / "big.statekit").exists()
     excluded = subprocess.run(
@@ -138,7 +138,7 @@ def test_a_target_file_too_big_for_the_undo_archive_is_refused_unless_no_undo(
     tmp_path: Path, identity_file: Path, target: Path
 ) -> None:
     """The undo archive is restored like any archive: it may not hold a file its restore would refuse."""
-    (target / "a.json").write_bytes(bytes(MIB + 1))
+    (target / "a.json").write_bytes(bytes(MAX_FILE_BYTES + 1))
     archive = files_archive(tmp_path / "a.statekit", [("files/a.json", b"NEW", 0o600)])
     before = tree(target)
     code, err = restore(archive, identity_file, target, "--yes")
@@ -275,10 +275,10 @@ def test_deletion_records_in_an_archive_that_is_not_an_undo_archive_are_refused(
     refused_unchanged(path, identity_file, target, "undo/files-absent.json", "undo archive")
 
 
-def test_the_audit_decoder_refuses_a_key_file_over_1_mib_before_reading_it() -> None:
-    member = Member("files/big.bin", MIB + 1, 0o600, 0.0, io.BytesIO(bytes(MIB + 1)))
+def test_the_audit_decoder_refuses_a_key_file_over_the_bound_before_reading_it() -> None:
+    member = Member("files/big.bin", MAX_FILE_BYTES + 1, 0o600, 0.0, io.BytesIO(bytes(MAX_FILE_BYTES + 1)))
     with pytest.raises(CorruptArchive, match=r"files/big\.bin"):
         list(FilesDecoder().feed(member))
     assert member.stream.tell() == 0
-    ok = Member("files/ok.bin", MIB, 0o600, 0.0, io.BytesIO(bytes(MIB)))
-    assert [len(r.data) for r in FilesDecoder().feed(ok)] == [MIB]
+    ok = Member("files/ok.bin", MAX_FILE_BYTES, 0o600, 0.0, io.BytesIO(bytes(MAX_FILE_BYTES)))
+    assert [len(r.data) for r in FilesDecoder().feed(ok)] == [MAX_FILE_BYTES]

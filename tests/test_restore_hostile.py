@@ -357,7 +357,7 @@ def test_a_1gib_member_does_not_become_an_allocation(
     print(f"{name}: restore --dry-run of a {archive.stat().st_size // 1024} KiB archive holding a 1 GiB member: "
           f"exit {code}, peak RSS {rss:.0f} MiB")  # fmt: skip
     assert "Traceback" not in err
-    assert code == 3, err  # files: over the 1 MiB a key file may hold, refused from the manifest
+    assert code == 3, err  # files: over the 64 MiB a key file may hold, refused from the manifest
     assert rss < 256, f"peak RSS {rss:.0f} MiB"
 
 

@@ -30,7 +30,7 @@ def make_key_folder(root: Path) -> None:
         (inst / "app-state-sync-key-AAAAAB__x.json").write_text("{}")
         for f in inst.iterdir():
             f.chmod(0o600)
-    (root / "instances" / "big.bin").write_bytes(rng.randbytes(1 << 20))  # the largest key file: frames of its own
+    (root / "instances" / "big.bin").write_bytes(rng.randbytes(3 << 20))  # frames of its own
 
 
 def check_extracted(out: Path) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class FilesKit(Kit):
             "instances/b/empty": (b"", 0o644),
             "ünïcode ñame/😀 file.bin": (bytes(range(256)) * 64, 0o600),
             "deep/" * 20 + "leaf": (b"deep", 0o640),
-            "big.bin": (os.urandom(1 << 20), 0o600),  # the largest key file allowed (docs/SECURITY.md)
+            "big.bin": (os.urandom(5 << 20), 0o600),  # over the size read whole: streamed
             "spaces and 'quotes'.txt": (b"line\r\nline\n", 0o755),
         })  # fmt: skip
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from statekit.errors import CorruptArchive
 from statekit.model import Member
-from statekit.tiers.files.paths import MAX_FILE_BYTES, PREFIX
+from statekit.tiers.files.paths import MAX_FILE_BYTES, MAX_FILE_TEXT, PREFIX
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class FilesDecoder:
         if member.name.startswith(PREFIX):
             if member.size > MAX_FILE_BYTES:  # read whole into memory: bounded first (docs/SECURITY.md)
                 raise CorruptArchive(
-                    f"archive member {member.name} is {member.size} bytes, more than the {MAX_FILE_BYTES} bytes "
-                    "(1 MiB) a key file may hold"
+                    f"archive member {member.name} is {member.size} bytes, more than the {MAX_FILE_TEXT} a key "
+                    "file may hold"
                 )
             yield FileRecord(member.name[len(PREFIX) :], member.stream.read(MAX_FILE_BYTES + 1))
 

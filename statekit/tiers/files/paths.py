@@ -10,8 +10,13 @@ PREFIX = "files/"
 # In undo archives: the paths a restore created, which restoring the undo archive deletes again.
 ABSENT_MEMBER = "undo/files-absent.json"
 # The most bytes a key file may hold (docs/SECURITY.md, "Resource bounds"): a snapshot stops at a bigger file,
-# and a restore refuses an archive member bigger than this before it writes anything.
-MAX_FILE_BYTES = 1 << 20
+# and a restore refuses an archive member bigger than this before it writes anything. Key files are small, but
+# not all of them: Baileys' app-state-sync-version-*.json keeps an entry per synced chat and contact setting,
+# a few MB for a busy account. The bound is what the audit's decoder holds in memory per file; snapshot and
+# restore stream files of STREAM_BYTES and more.
+MAX_FILE_BYTES = 64 << 20
+MAX_FILE_TEXT = f"{MAX_FILE_BYTES >> 20} MiB"
+STREAM_BYTES = 4 << 20
 
 
 @lru_cache(maxsize=256)

@@ -28,7 +28,7 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.files.paths import ABSENT_MEMBER, MAX_FILE_BYTES, PREFIX, path_selected
+from statekit.tiers.files.paths import ABSENT_MEMBER, MAX_FILE_BYTES, MAX_FILE_TEXT, PREFIX, path_selected
 
 if TYPE_CHECKING:
     from statekit.archive.reader import Archive
@@ -79,8 +79,7 @@ def _check_size(rel: str, size: object) -> None:
     """Refuse a key file bigger than MAX_FILE_BYTES (docs/SECURITY.md, "Resource bounds")."""
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_BYTES:
         raise CorruptArchive(
-            f"archive member {PREFIX}{rel} is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) a key file "
-            "may hold"
+            f"archive member {PREFIX}{rel} is {size} bytes, more than the {MAX_FILE_TEXT} a key file may hold"
         )
 
 
@@ -167,8 +166,8 @@ def _undo_cannot_hold(path: str, opts: RestoreOptions) -> str | None:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             return (
-                f"the file in the target is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) an undo "
-                "archive may hold (use --no-undo to replace it without one)"
+                f"the file in the target is {size} bytes, more than the {MAX_FILE_TEXT} an undo archive may hold "
+                "(use --no-undo to replace it without one)"
             )
     return None
 
@@ -264,7 +263,8 @@ def restore_files(
             mtime_ns = _mtime_ns(by_name.get(member.name), member.mtime)
             try:
                 with open(os.open(spath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                    out.write(member.stream.read(MAX_FILE_BYTES + 1))
+                    # at most the tar header's size, checked above: the member's stream ends there
+                    shutil.copyfileobj(member.stream, out, 1 << 20)
                     out.flush()
                     # Ready to be renamed into place: content durable, mode and mtime final.
                     os.fsync(out.fileno())

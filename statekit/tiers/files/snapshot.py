@@ -5,11 +5,13 @@ Reading never follows a symlink (O_NOFOLLOW, lstat-based walk)."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 from statekit.config import FilesConfig
 from statekit.errors import ConfigError, TierError, TierUnavailable
@@ -22,7 +24,7 @@ from statekit.model import (
     no_progress,
     no_warn,
 )
-from statekit.tiers.files.paths import MAX_FILE_BYTES, PREFIX, path_selected
+from statekit.tiers.files.paths import MAX_FILE_BYTES, MAX_FILE_TEXT, PREFIX, STREAM_BYTES, path_selected
 
 
 @dataclass
@@ -120,9 +122,29 @@ def _walk(root: str, warn: Warn, skipped: dict[str, int], skip_unreadable: bool 
 def _too_big(rel: str, size: int) -> TierError:
     """A key file over the bound a restore enforces: never archived (no restore could write it back)."""
     return TierError(
-        f"files tier: {rel} is {size} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) a key file may hold; "
+        f"files tier: {rel} is {size} bytes, more than the {MAX_FILE_TEXT} a key file may hold; "
         "exclude it with [files] exclude"
     )
+
+
+class _SourceReader(io.RawIOBase):
+    """Reads a big key file for the archive, turning read errors into a TierError that names the file (so they
+    are not mistaken for errors writing the archive)."""
+
+    def __init__(self, fh: IO[bytes], rel: str) -> None:
+        self._fh = fh
+        self._rel = rel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            data = self._fh.read(len(buf))
+        except OSError as exc:
+            raise TierError(f"files tier: cannot read {self._rel}: {exc.strerror}") from None
+        buf[: len(data)] = data
+        return len(data)
 
 
 def _check_root(cfg: FilesConfig) -> str:
@@ -187,6 +209,16 @@ def snapshot_files(
             mode = st.st_mode & 0o7777
             if st.st_size > MAX_FILE_BYTES:
                 raise _too_big(entry.rel, st.st_size)
+            if st.st_size >= STREAM_BYTES:
+                # Streamed: the archive takes st_size bytes (what the manifest records), so a file that grows
+                # meanwhile stays within the bound. A read error half-way cannot be skipped: the archive is
+                # mid-member.
+                source = io.BufferedReader(_SourceReader(fh, entry.rel))
+                sink.add(name, source, size=st.st_size, mode=mode, mtime=st.st_mtime, meta=meta)
+                count += 1
+                total += st.st_size
+                progress("files", count, total)
+                continue
             try:
                 data = fh.read(MAX_FILE_BYTES + 1)
             except OSError as exc:
