@@ -12,8 +12,8 @@ ABSENT_MEMBER = "undo/files-absent.json"
 # The most bytes a key file may hold (docs/SECURITY.md, "Resource bounds"): a snapshot stops at a bigger file,
 # and a restore refuses an archive member bigger than this before it writes anything. Key files are small, but
 # not all of them: Baileys' app-state-sync-version-*.json keeps an entry (about 140 bytes of JSON) per synced
-# chat and contact setting, past 1 MiB for an account with thousands of them. The bound is what the audit's decoder holds in memory per file; snapshot and
-# restore stream files of STREAM_BYTES and more.
+# chat and contact setting, past 1 MiB for an account with thousands of them. The bound is what the audit's
+# decoder holds in memory per file; snapshot and restore stream files of STREAM_BYTES and more.
 MAX_FILE_BYTES = 64 << 20
 MAX_FILE_TEXT = f"{MAX_FILE_BYTES >> 20} MiB"
 STREAM_BYTES = 4 << 20
