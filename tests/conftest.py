@@ -154,12 +154,7 @@ def pg_cross_url(pg_cross_server: CrossServer) -> Iterator[str]:
 # -- MariaDB / MySQL -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    """A fresh MariaDB/MySQL database; skipped when $STATEKIT_TEST_MYSQL_URL is unset (no embedded MySQL)."""
-    url = os.environ.get("STATEKIT_TEST_MYSQL_URL")
-    if not url:
-        pytest.skip("STATEKIT_TEST_MYSQL_URL is not set and there is no embedded MySQL")
+def _fresh_mysql_database(url: str) -> Iterator[str]:
     import pymysql
 
     base = make_url(url)
@@ -177,6 +172,21 @@ def mysql_url() -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB/MySQL database; skipped when $STATEKIT_TEST_MYSQL_URL is unset (no embedded MySQL)."""
+    url = os.environ.get("STATEKIT_TEST_MYSQL_URL")
+    if not url:
+        pytest.skip("STATEKIT_TEST_MYSQL_URL is not set and there is no embedded MySQL")
+    yield from _fresh_mysql_database(url)
+
+
+@pytest.fixture
+def mysql_url2(mysql_url: str) -> Iterator[str]:
+    """A second fresh database on the MariaDB/MySQL server of mysql_url."""
+    yield from _fresh_mysql_database(mysql_url)
 
 
 # -- Redis -----------------------------------------------------------------------------------------------
@@ -350,6 +360,15 @@ def age_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     path.write_text(ident.to_string() + "\n")
     path.chmod(0o600)
     return str(path), ident.recipient().to_string()
+
+
+@pytest.fixture
+def identity_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The test module's IDENTITY (the key its archives are encrypted to) as a 0600 identity file."""
+    path = tmp_path / "id.txt"
+    path.write_text(request.module.IDENTITY.to_string() + "\n")
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture

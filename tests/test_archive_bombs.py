@@ -21,9 +21,7 @@ from statekit.archive.age import Encryptor
 from statekit.archive.writer import ArchiveWriter
 from statekit.fsio import atomic_output
 from statekit.tiers.sql.values import decode_value
-from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, identity_file, peak_rss_mib, rewrite
-
-__all__ = ["identity_file"]  # the fixture, imported for the tests here
+from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, peak_rss_mib, rewrite
 
 
 def _header(name: str, size: int) -> bytes:

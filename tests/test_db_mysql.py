@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +77,6 @@ def _all(url: str) -> dict[str, list[tuple[object, ...]]]:
         "parent": fetch(url, "SELECT * FROM parent ORDER BY id"),
         "child": fetch(url, "SELECT * FROM child ORDER BY id"),
     }
-
-
-@pytest.fixture
-def mysql_url2(mysql_url: str) -> Iterator[str]:
-    from sqlalchemy.engine import make_url
-
-    u = make_url(mysql_url)
-    name = f"{u.database}_2"
-    execute(mysql_url, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    yield u.set(database=name).render_as_string(hide_password=False)
-    execute(mysql_url, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def test_mariadb_torture_round_trip(mysql_url: str, mysql_url2: str, tmp_path: Path) -> None:

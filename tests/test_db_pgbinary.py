@@ -16,9 +16,7 @@ from statekit.config import DbConfig
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import pgbinary, plan_db_restore
 from tests.db_support import execute, fetch, restore, rows_as_text, snap
-from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, identity_file, rewrite
-
-__all__ = ["identity_file"]  # the fixture, shared with the hostile-archive tests (same identity)
+from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, rewrite
 
 EVERY_TYPE = """CREATE TYPE mood AS ENUM ('ok', 'sad', 'très bien');
 CREATE TABLE every (

@@ -19,14 +19,6 @@ from tests.test_sql_trust import IDENTITY, _exec, rewrite, snapshot
 from tests.test_untrusted_ddl import _restore, _rows
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _source(url: str, tmp_path: Path) -> Path:
     # names sort against the order they must be created in: alist, lvl < posint < zbase
     _exec(url, "CREATE DOMAIN zbase AS integer CHECK (VALUE < 1000)",

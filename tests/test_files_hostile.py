@@ -27,14 +27,6 @@ IDENTITY = generate_identity()
 STATEKIT = os.environ.get("STATEKIT_TEST_BIN") or str(Path(sys.executable).parent / "statekit")
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def files_archive(path: Path, members: list[tuple[str, bytes, int]], kind: str = "snapshot") -> Path:
     """A validly encrypted archive, with a truthful manifest, holding these (name, data, mode) members."""
     with atomic_output(path) as fh:

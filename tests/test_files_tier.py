@@ -26,14 +26,6 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def make_keys(root: Path) -> None:
     """An Evolution-like key folder with distinct modes and nanosecond mtimes."""
     inst = root / "instances" / "0b7c5a8e-1f2d-4c3b-9a8e-7d6c5b4a3f21"

@@ -24,14 +24,6 @@ from tests.test_sql_trust import IDENTITY, _exec, _tables, rewrite, snapshot
 from tests.test_untrusted_ddl import _restore
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
     import sqlalchemy as sa
 

@@ -30,7 +30,7 @@ from statekit.textfmt import printable
 from statekit.tiers.redis import portable
 from statekit.tiers.redis.records import RecordWriter
 from statekit.tiers.sql.schema import member_prefix
-from tests.test_restore_hostile import IDENTITY, STATEKIT, identity_file  # noqa: F401  (a fixture)
+from tests.test_restore_hostile import IDENTITY, STATEKIT
 
 # Cursor up, erase the line, carriage return, a forged plan line, then hide everything after it; a C1 CSI;
 # a right-to-left override.
@@ -72,7 +72,7 @@ def _files_archive(path: Path) -> Path:
     return path
 
 
-def test_files_plan_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -> None:  # noqa: F811
+def test_files_plan_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -> None:
     archive = _files_archive(tmp_path / "f.statekit")
     target = tmp_path / "t"
     proc = sk("restore", str(archive), "-i", str(identity_file), "--tier", "files", "--target", str(target),
@@ -85,7 +85,7 @@ def test_files_plan_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -
     assert FORGED in [p["path"] for p in doc["plan"]]  # --json: exact
 
 
-def test_db_plan_escapes_a_forged_table_name(tmp_path: Path, identity_file: Path) -> None:  # noqa: F811
+def test_db_plan_escapes_a_forged_table_name(tmp_path: Path, identity_file: Path) -> None:
     src = tmp_path / "src.db"
     with sqlite3.connect(src) as conn:
         conn.execute("CREATE TABLE victim (id int PRIMARY KEY, v text)")
@@ -126,7 +126,7 @@ def _redis_archive(path: Path) -> Path:
     return path
 
 
-def test_redis_plan_escapes_a_forged_key(tmp_path: Path, identity_file: Path, redis_url: str) -> None:  # noqa: F811
+def test_redis_plan_escapes_a_forged_key(tmp_path: Path, identity_file: Path, redis_url: str) -> None:
     archive = _redis_archive(tmp_path / "r.statekit")
     redis.Redis.from_url(redis_url).set(FORGED.encode(), b"old")
     proc = sk("restore", str(archive), "-i", str(identity_file), "--tier", "redis", "--target-url", redis_url,
@@ -135,7 +135,7 @@ def test_redis_plan_escapes_a_forged_key(tmp_path: Path, identity_file: Path, re
     _clean(proc.stdout)
 
 
-def test_the_prompt_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -> None:  # noqa: F811
+def test_the_prompt_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -> None:
     if shutil.which("script") is None:
         pytest.fail("`script` (util-linux/bsdutils) is needed to give statekit a terminal")
     archive = _files_archive(tmp_path / "f.statekit")
@@ -151,7 +151,7 @@ def test_the_prompt_escapes_a_forged_path(tmp_path: Path, identity_file: Path) -
 # -- inspect and verify ------------------------------------------------------------------------------------------
 
 
-def test_inspect_and_verify_escape_snapshot_fields(tmp_path: Path, identity_file: Path) -> None:  # noqa: F811
+def test_inspect_and_verify_escape_snapshot_fields(tmp_path: Path, identity_file: Path) -> None:
     snapshot: dict[str, Any] = {
         "created_at": f"2026-01-01T00:00:00Z {FORGED}",
         "statekit_version": FORGED,

@@ -27,14 +27,6 @@ from tests.test_restore_hostile import IDENTITY, STATEKIT, _good_dump, _payload,
 Write = Callable[[RecordWriter], Any]
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _archive(path: Path, write: Write, *, kind: str | None = "snapshot", taken_at_ms: int | None = None) -> Path:
     """An archive of 1,000 good string keys, then what `write` adds (so a restore that wrote before checking
     would change the target); snapshot.json's `kind` as given (None: none)."""

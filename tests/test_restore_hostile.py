@@ -34,14 +34,6 @@ IDENTITY = generate_identity()
 STATEKIT = os.environ.get("STATEKIT_TEST_BIN") or str(Path(sys.executable).parent / "statekit")
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _payload(body: bytes, rdb: int) -> bytes:
     """A DUMP payload around `body` (type byte first) with a correct RDB version footer and CRC64."""
     head = body + struct.pack("<H", rdb)

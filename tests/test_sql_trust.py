@@ -60,14 +60,6 @@ class Ctx:
         return f"DROP TABLE {self.victim}; ATTACH DATABASE '{self.marker}' AS pwn"
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _no_marker_left() -> Iterator[None]:
     yield

@@ -31,7 +31,7 @@ from statekit.fsio import atomic_output
 from statekit.model import RestoreOptions
 from statekit.restore import _undo_command
 from statekit.undo import resolve_target
-from tests.test_restore_hostile import IDENTITY, STATEKIT, identity_file  # noqa: F401  (a fixture)
+from tests.test_restore_hostile import IDENTITY, STATEKIT
 
 
 def _env(**config: str) -> dict[str, str]:
@@ -103,7 +103,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_forged_files_undo_archive_does_not_choose_its_directory(
     extra: list[str],
     files_world: dict[str, Path],
-    identity_file: Path,  # noqa: F811
+    identity_file: Path,
 ) -> None:
     chosen, configured = files_world["chosen"], files_world["configured"]
     before, configured_before = _tree(chosen), _tree(configured)
@@ -118,7 +118,7 @@ def test_forged_files_undo_archive_does_not_choose_its_directory(
 
 def test_a_files_undo_archive_goes_where_the_flag_or_the_configuration_says(
     files_world: dict[str, Path],
-    identity_file: Path,  # noqa: F811
+    identity_file: Path,
 ) -> None:
     chosen, configured = files_world["chosen"], files_world["configured"]
     args = ["restore", str(files_world["forged"]), "--tier", "files", "-i", str(identity_file), "--no-undo"]
@@ -138,7 +138,7 @@ def test_a_files_undo_archive_goes_where_the_flag_or_the_configuration_says(
 
 def test_a_signed_undo_archive_goes_back_to_its_recorded_directory(
     files_world: dict[str, Path],
-    identity_file: Path,  # noqa: F811
+    identity_file: Path,
 ) -> None:
     key = generate_signing_key()
     sign_archive(files_world["forged"], key)
@@ -160,7 +160,7 @@ def _rows(path: Path) -> list[Any]:
         return conn.execute("SELECT * FROM t ORDER BY id").fetchall()
 
 
-def test_forged_db_undo_archive_does_not_choose_its_database(tmp_path: Path, identity_file: Path) -> None:  # noqa: F811
+def test_forged_db_undo_archive_does_not_choose_its_database(tmp_path: Path, identity_file: Path) -> None:
     src, victim, configured = tmp_path / "src.db", tmp_path / "victim.db", tmp_path / "configured.db"
     for path, tag in ((src, "new"), (victim, "old"), (configured, "live")):
         with sqlite3.connect(path) as conn:
@@ -191,7 +191,7 @@ def test_forged_db_undo_archive_does_not_choose_its_database(tmp_path: Path, ide
 
 def test_forged_redis_undo_archive_does_not_choose_its_database(
     tmp_path: Path,
-    identity_file: Path,  # noqa: F811
+    identity_file: Path,
     redis_url: str,
     redis_url2: str,
 ) -> None:

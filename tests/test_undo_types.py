@@ -12,14 +12,13 @@ of its own (an enum is a column type): its undo leaves the database as it was wi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from tests.db_support import fetch
 from tests.test_db_pg import EVOLUTION_DDL, evolution_rows
 from tests.test_db_undo_created import _exec, _rewrite
 from tests.test_restore_undo import _env, printed_command, run_printed, sk
@@ -43,15 +42,6 @@ def _catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
     try:
         with engine.connect() as conn:
             return {k: sorted(tuple(r) for r in conn.exec_driver_sql(q)) for k, q in _CATALOG.items()}
-    finally:
-        engine.dispose()
-
-
-def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
     finally:
         engine.dispose()
 
@@ -102,10 +92,10 @@ def test_undo_drops_the_evolution_enum_its_restore_created(
 
     undone = _undo(out, env)
     assert _catalog(pg_url2) == before
-    assert _rows(pg_url2, "SELECT * FROM other") == [(1,)]
+    assert fetch(pg_url2, "SELECT * FROM other") == [(1,)]
     # the undo of the undo creates the enum and the tables again, with their rows
     _undo(undone, env)
-    assert _rows(pg_url2, 'SELECT count(*) FROM "Instance"') == [(12,)]
+    assert fetch(pg_url2, 'SELECT count(*) FROM "Instance"') == [(12,)]
     assert ("public", "InstanceConnectionStatus", "e", ["open", "close", "connecting"]) in _catalog(pg_url2)["types"]
 
 
@@ -150,7 +140,7 @@ def test_undo_drops_every_type_and_schema_its_restore_created_and_keeps_what_was
     assert ("app",) in after["schemas"]
     # the sequence that was there, with the name b's serial column names: neither taken over nor moved
     assert ("public", "b_id_seq", 500) in after["sequences"]
-    assert _rows(pg_url2, "SELECT pg_get_serial_sequence('b', 'id')") != [("public.b_id_seq",)]
+    assert fetch(pg_url2, "SELECT pg_get_serial_sequence('b', 'id')") != [("public.b_id_seq",)]
 
     plan = _undo(out, env, "--dry-run")
     drops = _lines(plan, "drop")
@@ -163,7 +153,7 @@ def test_undo_drops_every_type_and_schema_its_restore_created_and_keeps_what_was
 
     _undo(out, env)
     assert _catalog(pg_url2) == before  # mood, keep and b_id_seq (at 500) still there, all else gone
-    assert _rows(pg_url2, "SELECT * FROM keep") == [(1, "sad")]
+    assert fetch(pg_url2, "SELECT * FROM keep") == [(1, "sad")]
 
 
 def test_a_created_type_that_something_else_now_uses_is_kept(
@@ -254,8 +244,8 @@ def test_types_an_undo_archive_lists_but_holds_or_the_system_owns_are_not_droppe
         assert name not in proc.stdout
     names = {(s, n) for s, n, _, _ in _catalog(pg_url2)["types"]}
     assert ("public", "mood") in names and ("app", "kind") not in names and ("public", "posint") in names
-    assert _rows(pg_url2, "SELECT * FROM keep") == [(1, "sad")]
-    assert _rows(pg_url2, "SELECT 5::information_schema.cardinal_number") == [(5,)]
+    assert fetch(pg_url2, "SELECT * FROM keep") == [(1, "sad")]
+    assert fetch(pg_url2, "SELECT 5::information_schema.cardinal_number") == [(5,)]
 
 
 # -- MariaDB: enums are column types -------------------------------------------------------------------------
@@ -279,28 +269,6 @@ def _mysql_state(url: str) -> dict[str, Any]:
         engine.dispose()
 
 
-@pytest.fixture
-def mysql_url2(mysql_url: str) -> Iterator[str]:
-    """A second fresh database on the MariaDB/MySQL server of mysql_url."""
-    import pymysql
-
-    base = make_url(mysql_url)
-    name = f"sk_{uuid.uuid4().hex[:12]}"
-    kw = dict(host=base.host or "127.0.0.1", port=base.port or 3306, user=base.username or "root",
-              password=base.password or "")  # fmt: skip
-    conn = pymysql.connect(**kw)
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    conn.close()
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = pymysql.connect(**kw)
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
-
-
 @pytest.mark.parametrize("source", ["mysql", "postgresql"])
 def test_mariadb_undo_of_tables_with_enum_columns_leaves_nothing_behind(
     source: str, mysql_url: str, mysql_url2: str, pg_url: str, tmp_path: Path, age_keys: tuple[str, str]
@@ -319,7 +287,7 @@ def test_mariadb_undo_of_tables_with_enum_columns_leaves_nothing_behind(
     _exec(mysql_url, "CREATE TABLE other (id int PRIMARY KEY, s ENUM('a', 'b'))", "INSERT INTO other VALUES (1, 'b')")
     before = _mysql_state(mysql_url)
     out, env = _restore(src, mysql_url, tmp_path, age_keys)
-    assert _rows(mysql_url, "SELECT s FROM st ORDER BY id") == [("open",), ("close",)]
+    assert fetch(mysql_url, "SELECT s FROM st ORDER BY id") == [("open",), ("close",)]
     undone = _undo(out, env)
     drops = _lines(undone, "drop")
     assert len(drops) == 1 and "table: st" in drops[0] and "DROP TABLE" in drops[0], undone

@@ -25,14 +25,6 @@ from tests.test_restore_hostile import psycopg_connect
 from tests.test_sql_trust import IDENTITY, _exec, _source, _tables, rewrite, snapshot
 
 
-@pytest.fixture
-def identity_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id.txt"
-    path.write_text(IDENTITY.to_string() + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg_connect(url) as conn:
         return [tuple(r) for r in conn.execute(sql).fetchall()]
