@@ -6,7 +6,6 @@ refused with exit 3 and one line, before the first change to the target."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
 import tarfile
@@ -21,7 +20,7 @@ from statekit.archive.age import Encryptor
 from statekit.archive.writer import ArchiveWriter
 from statekit.fsio import atomic_output
 from statekit.tiers.sql.values import decode_value
-from tests.test_restore_hostile import IDENTITY, STATEKIT, _restore, peak_rss_mib, rewrite
+from tests.test_restore_hostile import IDENTITY, STATEKIT, _container, _restore, peak_rss_mib, rewrite
 
 
 def _header(name: str, size: int) -> bytes:
@@ -104,28 +103,21 @@ def _files_archive(
 ) -> Path:
     """A files-tier archive of `files/a.json` with a truthful manifest but for `extra` fields set in (or `drop`
     removed from) that member's entry, and `snapshot` as snapshot.json."""
-    fmt = json.dumps({"format": "statekit-archive", "format_version": 1}).encode()
     data = b"{}"
     snap = snapshot or json.dumps({"tiers": [{"tier": "files"}]}).encode()
-    listed = [("format.json", fmt), ("files/a.json", data), ("snapshot.json", snap)]
-    entries = [
-        {"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest(), "mode": "0600", "mtime": 0}
-        for n, d in listed
-    ]
-    entry = entries[1]
-    entry.update(extra or {})
+    entry = {"name": "files/a.json", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mode": "0600"}
+    entry.update({"mtime": 0, **(extra or {})})
     if drop:
         del entry[drop]
+    # the manifest _container would write, with this entry in the middle
+    fmt = json.dumps({"format": "statekit-archive", "format_version": 1}).encode()
+    entries = [_entry("format.json", fmt), entry, _entry("snapshot.json", snap)]
     manifest = json.dumps({"format": "statekit-archive", "format_version": 1, "members": entries}).encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, body in [*listed, ("MANIFEST.json", manifest)]:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(body), 0o600
-            tar.addfile(info, io.BytesIO(body))
-    with open(path, "wb") as fh, Encryptor(fh, [IDENTITY.recipient()]) as enc:
-        enc.write(zstandard.ZstdCompressor().compress(buf.getvalue()))
-    return path
+    return _container(path, [("files/a.json", data)], snapshot=snap, fmt=fmt, manifest=manifest)
+
+
+def _entry(name: str, data: bytes) -> dict[str, Any]:
+    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mode": "0600", "mtime": 0}
 
 
 def _manifest_entries(extra: dict[str, Any] | None = None, drop: str | None = None) -> Callable[[Path], Path]:
