@@ -98,12 +98,13 @@ class App:
             return
         if human is None or self.quiet:
             return
-        # Every line passes textfmt.printable: results quote names, keys and fields an archive or a tier holds.
+        # Results quote names, keys and fields an archive or a tier holds: shown through textfmt.printable, each
+        # item of a list of lines whole (a line break inside one is the archive's, not the command's).
         if isinstance(human, str):
             click.echo(_shown_lines(human))
         else:
             for line in human:
-                click.echo(_shown_lines(line))
+                click.echo(textfmt.printable(line))
 
     def progress(self) -> Progress:
         """A progress callback: a live line per tier on a TTY, nothing otherwise."""
@@ -346,12 +347,13 @@ def cli() -> None:
 
 
 def confirm(app: App, question: str, yes: bool) -> bool:
-    """True with --yes; on a TTY ask; without a TTY (cron) refuse."""
+    """True with --yes; on a TTY ask; without a TTY (cron) refuse. The question is shown as the App's lines are
+    (it names archives and targets)."""
     if yes:
         return True
     if not _isatty(sys.stdin):
         return False
-    return click.confirm(question, default=False, err=True)
+    return click.confirm(_shown_lines(question), default=False, err=True)
 
 
 # click 8.2 renamed NoArgsIsHelp to NoArgsIsHelpError; accept either so the help text is not reported as an error.

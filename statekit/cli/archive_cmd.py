@@ -130,7 +130,7 @@ def inspect(
     if show_members:
         for m in doc["member_list"]:
             lines.append(f"  {textfmt.count(m['size']):>13}  {m['sha256'][:16]}  {m['mode']}  {m['name']}")
-    app.result(doc, [textfmt.printable(line) for line in lines])  # archive-supplied text: escaped
+    app.result(doc, lines)
 
 
 @cli.command(epilog=exit_status_epilog())
@@ -195,7 +195,7 @@ def verify(
             if not report.ok:
                 for c in [c for c in report.checks if not c.ok][:10]:
                     app.stderr(
-                        textfmt.printable(
+                        textfmt.printable(  # one line: a line break in an item is the archive's
                             f"mismatch: {c.tier} {c.item} {c.what}: archive {c.expected}, restored {c.actual}"
                         ),
                         "error",
@@ -203,7 +203,7 @@ def verify(
                 first = next(c for c in report.checks if not c.ok)
                 raise TierError(
                     f"rehearsal of {archive} failed: {sum(not c.ok for c in report.checks)} of {len(report.checks)} "
-                    f"checks differ (first: {first.tier} {textfmt.printable(str(first.item))} {first.what})"
+                    f"checks differ (first: {first.tier} {first.item} {first.what})"
                 )
             doc["rehearsal"] = report.to_json()
             lines.append(
@@ -212,4 +212,4 @@ def verify(
                 f"({textfmt.duration(report.finished - report.started)})"
             )
             lines += [f"  note: {n}" for n in report.notes]
-    app.result(doc, [textfmt.printable(line) for line in lines])  # archive-supplied text: escaped
+    app.result(doc, lines)

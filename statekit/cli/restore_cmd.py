@@ -140,7 +140,7 @@ def restore(
             for line in render_report(plan):
                 app.stderr(line)
         where = f"{plan.target} ({plan.target_note})" if plan.target_note else plan.target
-        return confirm(app, textfmt.printable(f"Restore the {tier} tier from {archive} into {where}?"), yes)
+        return confirm(app, f"Restore the {tier} tier from {archive} into {where}?", yes)
 
     def sealed(path: str, command: str) -> None:
         # Said before the first change, so that even a run killed outright leaves the way back on screen.
@@ -212,7 +212,7 @@ def render_report(report: RestoreReport) -> list[str]:
         lines.append(f"undo archive: {report.undo_archive}")
         if report.undo_command:
             lines.append(f"  to put the target back: {report.undo_command}")
-    return [textfmt.printable(line) for line in lines]
+    return [textfmt.printable(line) for line in lines]  # each whole: also shown line by line on stderr
 
 
 def _plan_line(item: dict[str, Any]) -> str:
