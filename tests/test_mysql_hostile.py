@@ -20,19 +20,9 @@ import pytest
 from statekit.cli import run
 from statekit.tiers.sql import compat as sql_compat
 from statekit.tiers.sql.schema import member_prefix
+from tests.db_support import fetch
 from tests.test_sql_trust import IDENTITY, _exec, _tables, rewrite, snapshot
 from tests.test_untrusted_ddl import _restore
-
-
-def _fetch(url: str, sql: str) -> list[tuple[Any, ...]]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def _archive(url: str, tmp_path: Path, mutate: Callable[[dict[str, Any]], None] | None) -> Path:
@@ -66,7 +56,7 @@ def _long_name(doc: dict[str, Any]) -> None:
 
 
 def _unchanged(url: str) -> None:
-    assert _fetch(url, "SELECT id, v FROM victim") == [(1, "keep")]
+    assert fetch(url, "SELECT id, v FROM victim") == [(1, "keep")]
     assert _tables(url) - {"sk_view"} <= {"victim", "new"}  # no staging table left
 
 
@@ -93,7 +83,7 @@ def test_a_view_of_the_new_tables_name_is_refused_before_any_change(
     assert code == 8, err
     assert err.count("\n") == 1 and "new: the target has a view of that name" in err, err
     _unchanged(mysql_url)
-    assert _fetch(mysql_url, "SELECT x FROM new") == [(1,)]
+    assert fetch(mysql_url, "SELECT x FROM new") == [(1,)]
 
 
 def test_a_name_mysql_does_not_take_is_refused_before_any_change(
@@ -131,7 +121,7 @@ def test_a_failed_rename_says_what_became_of_the_target(
     # created while it ran). A name MariaDB refuses to parse fails before RENAME TABLE's implicit COMMIT, a name
     # taken by a view after it.
     monkeypatch.setattr(sql_compat, "name_problems", lambda ctx, pg: [])
-    if case == "refused-before-commit" and "MariaDB" not in str(_fetch(mysql_url, "SELECT VERSION()")[0][0]):
+    if case == "refused-before-commit" and "MariaDB" not in str(fetch(mysql_url, "SELECT VERSION()")[0][0]):
         pytest.skip("only MariaDB tells an open transaction (@@in_transaction); MySQL's message says 'may'")
     if case == "refused-before-commit":
         archive = _archive(mysql_url, tmp_path, _long_name)
@@ -150,7 +140,7 @@ def test_a_failed_rename_says_what_became_of_the_target(
         _unchanged(mysql_url)
     else:
         assert "the target may be partly restored" in err and "nothing was changed" not in err, err
-        assert _fetch(mysql_url, "SELECT id, v FROM victim") == [(1, "PWNED")]  # what the message says
+        assert fetch(mysql_url, "SELECT id, v FROM victim") == [(1, "PWNED")]  # what the message says
     assert _tables(mysql_url) - {"new"} == {"victim"}  # the new table under its staging name: dropped
 
 
@@ -160,7 +150,7 @@ def test_an_archive_with_a_new_table_still_restores(
     archive = _archive(mysql_url, tmp_path, None)
     code, _, err = _restore(archive, mysql_url, identity_file, capsys, "--no-undo")
     assert code == 0, err
-    assert _fetch(mysql_url, "SELECT id, v FROM victim") == [(1, "PWNED")]
+    assert fetch(mysql_url, "SELECT id, v FROM victim") == [(1, "PWNED")]
     assert _tables(mysql_url) == {"victim", "new"}
 
 
@@ -180,4 +170,4 @@ def test_other_targets_refuse_a_view_of_the_new_tables_name_in_the_plan(
     code, _, err = _restore(archive, dst, identity_file, capsys)
     assert code == 8, err
     assert err.count("\n") == 1 and "new: the target has a view of that name" in err, err
-    assert _fetch(dst, "SELECT x FROM new") == [(1,)]
+    assert fetch(dst, "SELECT x FROM new") == [(1,)]
