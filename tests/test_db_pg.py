@@ -517,6 +517,39 @@ def test_sequences_move_past_the_restored_ids(pg_url: str, pg_url2: str, tmp_pat
     assert fetch(pg_url2, "SELECT count(*) FROM ser")[0][0] == 30
 
 
+@pytest.mark.parametrize("mode", ["replace", "append"])
+def test_a_sequence_too_small_for_the_restored_rows_refuses_the_restore(
+    pg_url: str, pg_url2: str, tmp_path: Path, mode: str
+) -> None:
+    """Rows restored past the maximum of the target's own sequence would leave it unable to move past them:
+    the restore is refused (exit 8) before it commits, and the target keeps its rows and its sequence."""
+    execute(pg_url, "CREATE TABLE capped (id serial PRIMARY KEY, v text)",
+            "INSERT INTO capped (v) SELECT 'v' FROM generate_series(1, 50)")  # fmt: skip
+    archive, _ = snap(pg_url, tmp_path / "c.statekit")
+    execute(pg_url2, "CREATE TABLE capped (id serial PRIMARY KEY, v text)", "ALTER SEQUENCE capped_id_seq MAXVALUE 20",
+            "INSERT INTO capped (id, v) VALUES (60, 'keep')")  # fmt: skip
+    with pytest.raises(Refused, match=r"capped_id_seq.* ends at 20, .* need it at (50|60)") as err:
+        restore(archive, pg_url2, mode=mode)
+    assert err.value.exit_code == 8 and err.value.target_unchanged
+    assert fetch(pg_url2, "SELECT id, v FROM capped") == [(60, "keep")]
+    assert fetch(pg_url2, "SELECT last_value, is_called FROM capped_id_seq") == [(1, False)]
+
+
+def test_a_sequence_whose_minimum_is_above_the_restored_ids_is_left_where_it_is(
+    pg_url: str, pg_url2: str, tmp_path: Path
+) -> None:
+    """A target sequence starting above every restored id hands out values none of them can collide with:
+    it is not moved (a setval below its minimum would fail the restore)."""
+    execute(pg_url, "CREATE TABLE high (id serial PRIMARY KEY, v text)",
+            "INSERT INTO high (v) SELECT 'v' FROM generate_series(1, 5)")  # fmt: skip
+    archive, _ = snap(pg_url, tmp_path / "h.statekit")
+    execute(pg_url2, "CREATE TABLE high (id serial PRIMARY KEY, v text)",
+            "ALTER SEQUENCE high_id_seq MINVALUE 1000 START 1000 RESTART 1000")  # fmt: skip
+    restore(archive, pg_url2)
+    assert fetch(pg_url2, "SELECT count(*), max(id) FROM high") == [(5, 5)]
+    assert fetch(pg_url2, "SELECT nextval('high_id_seq')") == [(1000,)]
+
+
 XACTS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
 
 

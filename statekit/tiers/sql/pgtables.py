@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from statekit.errors import Refused
 from statekit.tiers.sql.dialects.base import union_selects
 from statekit.tiers.sql.dialects.postgresql import copy_columns, qident, qtable
 from statekit.tiers.sql.plan import RestoreContext, TablePlan
@@ -133,6 +134,16 @@ ORDER BY u.k
 """
 
 
+_BOUNDS_SQL = """
+SELECT u.s, u.v, q.seqmax
+FROM unnest(%(s)s::text[], %(v)s::bigint[]) WITH ORDINALITY AS u(s, v, k)
+JOIN pg_sequence q ON q.seqrelid = u.s::regclass
+WHERE u.v > q.seqmax
+ORDER BY u.k
+LIMIT 1
+"""
+
+
 def set_sequences(cur: Any, ctx: RestoreContext) -> None:
     """Move serial/identity sequences past the restored ids (and never behind the archived position). A few
     statements for all tables: which columns own a sequence, their maxima, (merge and append) the sequences'
@@ -167,11 +178,22 @@ def set_sequences(cur: Any, ctx: RestoreContext) -> None:
         if value >= 1:
             names.append(seq)
             values.append(value)
-    if names:
-        cur.execute(
-            "SELECT count(setval(s::regclass, v, true)) FROM unnest(%(s)s::text[], %(v)s::bigint[]) AS u(s, v)",
-            {"s": names, "v": values},
+    if not names:
+        return
+    # A position below a sequence's minimum needs no setval (every value it gives is above it); one above its
+    # maximum cannot be set: the target's sequence is too small for the restored rows, so the restore is
+    # refused and its transaction rolled back.
+    cur.execute(_BOUNDS_SQL, {"s": names, "v": values})
+    for seq, value, top in cur.fetchall():
+        raise Refused(
+            f"db: sequence {seq} on the target ends at {top}, but the restored rows need it at {value}: "
+            "raise its MAXVALUE (or restore into a table with a bigger one)"
         )
+    cur.execute(
+        "SELECT count(setval(u.s::regclass, u.v, true)) FROM unnest(%(s)s::text[], %(v)s::bigint[]) AS u(s, v) "
+        "JOIN pg_sequence q ON q.seqrelid = u.s::regclass WHERE u.v >= q.seqmin",
+        {"s": names, "v": values},
+    )
 
 
 def with_rows(cur: Any, names: list[str]) -> set[str]:
