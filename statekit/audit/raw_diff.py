@@ -109,14 +109,15 @@ class _KeyDigests(_TierDigests):
             return True
         payload = rec.payload or b""
         try:
-            rtype, value = portable.decode(payload)
+            try:
+                rtype, value = portable.decode(payload)
+            except portable.Uncarriable:  # streams (as every version keeps them), module types
+                keys[key] = _h(portable.comparable(payload))
+                return True
         except portable.Malformed as exc:  # a damaged or crafted archive (exit 3): name the key
             from statekit.tiers.redis.bigkeys import show_key
 
             raise portable.Malformed(f"key {show_key(rec.key)}: {exc.reason}") from None
-        except portable.Uncarriable:  # streams (as every version keeps them), module types
-            keys[key] = _h(portable.comparable(payload))
-            return True
         if rtype == TYPE_HASH:
             keys[key] = {f.decode("utf-8", "surrogateescape"): _h(v) for f, v in value}  # type: ignore[attr-defined]
         else:
