@@ -184,7 +184,9 @@ def set_sequences(cur: Any, ctx: RestoreContext) -> None:
     # maximum cannot be set: the target's sequence is too small for the restored rows, so the restore is
     # refused and its transaction rolled back.
     cur.execute(_BOUNDS_SQL, {"s": names, "v": values})
-    for seq, value, top in cur.fetchall():
+    over = cur.fetchone()
+    if over is not None:
+        seq, value, top = over
         raise Refused(
             f"db: sequence {seq} on the target ends at {top}, but the restored rows need it at {value}: "
             "raise its MAXVALUE (or restore into a table with a bigger one)"
