@@ -203,6 +203,7 @@ class SeaweedS3:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="statekit-weed-")))
     port: int = field(default_factory=_weed_port)
     proc: subprocess.Popen[bytes] | None = None
+    ports: list[int] = field(default_factory=list)  # S3, master, volume, filer
 
     @property
     def url(self) -> str:
@@ -221,9 +222,11 @@ class SeaweedS3:
         ident = {"name": "statekit", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
         (self.root / "s3.json").write_text(json.dumps({"identities": [ident]}))
-        args = [self.binary, "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-master.port={_weed_port()}", f"-volume.port={_weed_port()}", f"-filer.port={_weed_port()}",
-                "-s3", f"-s3.port={self.port}", f"-s3.config={self.root / 's3.json'}",
+        self.ports = [self.port, _weed_port(), _weed_port(), _weed_port()]
+        # its glog files go into its own folder (else /tmp); stop() removes the sockets it leaves in /tmp
+        args = [self.binary, f"-logdir={self.root}", "server", f"-dir={self.root}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", f"-master.port={self.ports[1]}", f"-volume.port={self.ports[2]}",
+                f"-filer.port={self.ports[3]}", "-s3", f"-s3.port={self.port}", f"-s3.config={self.root / 's3.json'}",
                 "-volume.max=32", "-master.volumeSizeLimitMB=32", *_fixed_port_listeners_off(self.binary)]  # fmt: skip
         with open(self.root / "weed.log", "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -251,3 +254,6 @@ class SeaweedS3:
                 self.proc.wait()
             self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
+        for port in (p + offset for p in self.ports for offset in (0, 10000)):  # gRPC: port + 10000
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
