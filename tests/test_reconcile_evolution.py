@@ -350,10 +350,39 @@ def test_undo_needs_a_key_and_instance_rows_are_never_written(pg_url: str, redis
     _setup(pg_url, redis_url, tmp_path / "i", "cache", instances=2, inject={"stale_creds": 1})
     res = invoke("reconcile", "--from", "redis", "--to", "db", "--entity", "instance")
     assert res.code == 8 and "never writes the authority" in res.err
-    res = invoke("reconcile", "--from", "db", "--to", "redis", "--yes")
+    # the one creds copy there is rewritten (100 % of the creds: --force), but not without an undo archive
+    res = invoke("reconcile", "--from", "db", "--to", "redis", "--yes", "--force")
     assert res.code == 8
     assert "undo archive" in res.err
     assert _audit_classes() == [("mismatch", "creds")]
+
+
+def test_one_entity_s_changes_are_not_diluted_by_another_s_records(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """The one creds copy the target holds, rewritten, is 100 % of the creds however many keys the target also
+    holds: refused without --force, and the refusal names the entity."""
+    _setup(pg_url, redis_url, tmp_path / "i", "cache", instances=2, inject={"stale_creds": 1})
+    res = invoke("reconcile", "--from", "db", "--to", "redis", "--json")  # the plan, then the refusal
+    doc = json.JSONDecoder().raw_decode(res.out)[0]["plan"]
+    assert doc["change_ratio"] == 1.0 and doc["records_by_entity"]["creds"] == 1, doc
+    assert doc["records_by_entity"]["keys"] > 1, doc
+    refused = invoke("reconcile", "--from", "db", "--to", "redis", "--yes", *NOENC)
+    assert refused.code == 8 and "100% of the redis creds records (1 of 1)" in refused.err, refused.err
+
+
+def test_orphans_are_measured_against_every_instance_hash(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """Pruning one orphan hash next to four live ones is a fifth of the instance hashes: the printed repair
+    runs without --force, deletes the orphan and nothing else."""
+    _setup(pg_url, redis_url, tmp_path / "i", "cache", instances=4)
+    client = redis.Redis.from_url(redis_url)
+    live = sorted(client.scan_iter("evolution:instance:*"))
+    client.hset("evolution:instance:gone", "creds", '"{}"')
+    args = ["reconcile", "--from", "db", "--to", "redis", "--entity", "instance", "--prune-orphans"]
+    doc = json.JSONDecoder().raw_decode(invoke(*args, "--json").out)[0]["plan"]  # then "not confirmed"
+    assert doc["counts"] == {"create": 0, "update": 0, "delete": 1}, doc
+    assert doc["records_by_entity"]["instance"] == len(live) + 1 and doc["change_ratio"] == 0.2, doc
+    done = invoke(*args, "--yes", *NOENC)
+    assert done.code == 0, done.err
+    assert sorted(client.scan_iter("evolution:instance:*")) == live
 
 
 def test_a_value_changed_between_plan_and_write_is_skipped(pg_url: str, redis_url: str, tmp_path: Path) -> None:

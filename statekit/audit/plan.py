@@ -92,6 +92,8 @@ class ReconcilePlan:
     skipped: list[str] = field(default_factory=list)
     skipped_items: list[Skipped] = field(default_factory=list)
     not_covered: dict[str, int] = field(default_factory=dict)  # server -> instances never written
+    # entity -> its existing target records, what the guard measures that entity's changes against
+    entity_records: dict[str, int] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -103,9 +105,24 @@ class ReconcilePlan:
 
     @property
     def change_ratio(self) -> float:
-        """Share of the target's existing records this plan overwrites or deletes."""
-        c = self.counts
-        return (c["update"] + c["delete"]) / max(1, self.target_records)
+        """The largest share of one entity's existing target records that this plan overwrites or deletes."""
+        return self.largest_change()[0]
+
+    def largest_change(self) -> tuple[float, str, int, int]:
+        """(share, entity, records changed, records there) for the entity whose records change the most. Each
+        entity is measured against its own records: pruning a few orphan hashes against every hash the target
+        holds, one instance's stale creds against the creds, never diluted by another entity's records."""
+        changed: dict[str, int] = {}
+        for op in self.ops:
+            if op.op != "create":
+                changed[op.entity] = changed.get(op.entity, 0) + 1
+        worst = (0.0, "", 0, self.target_records)
+        for name, n in changed.items():
+            there = self.entity_records.get(name, self.target_records)
+            share = n / max(1, there)
+            if share > worst[0]:
+                worst = (share, name, n, there)
+        return worst
 
     def to_json(self) -> dict[str, Any]:
         """The plan file / --json form."""
@@ -118,6 +135,7 @@ class ReconcilePlan:
             "counts": self.counts,
             "target_records": self.target_records,
             "change_ratio": round(self.change_ratio, 6),
+            "records_by_entity": dict(self.entity_records),
             "kept_without_prune": self.kept,
             "skipped": [x.to_json() for x in self.skipped_items] or self.skipped,
             "not_covered": self.not_covered,
@@ -197,6 +215,7 @@ class _Planner:
         self.data = data
         self.kept = 0
         self.target_records = 0
+        self.entity_records: dict[str, int] = {}
         self.skipped: list[Skipped] = []
         self.not_covered: dict[str, int] = {}
 
@@ -232,12 +251,15 @@ class _Planner:
             root = root_of(self.model, ent)
             dst = self.records(ent, t, scope)
             if not root_ok:
-                self.target_records += len(dst)
+                self.count(ent, len(dst))
                 yield from self.orphan(ent, root, scope, dst)
                 continue
             if not writable(ent, t) or ent.presence:
+                if ent is root and t != root.authority:
+                    # an instance's live copy: what pruning this entity's orphans is measured against
+                    self.entity_records[ent.name] = self.entity_records.get(ent.name, 0) + len(dst)
                 continue
-            self.target_records += len(dst)
+            self.count(ent, len(dst))
             if self.opts.source not in ent.locators:
                 continue
             if server is not None and ent.modes:
@@ -251,6 +273,11 @@ class _Planner:
                         self.skipped.append(skip)
                     continue
             yield from self.entity(ent, scope, dst)
+
+    def count(self, ent: Entity, n: int) -> None:
+        """Existing target records of `ent` that this plan may overwrite or delete."""
+        self.target_records += n
+        self.entity_records[ent.name] = self.entity_records.get(ent.name, 0) + n
 
     def live_guard(self, ent: Entity, scope: str, server: Any) -> Skipped | None:
         """Refuse, for one instance, a direction that writes onto its live copy or copies from a copy its mode
@@ -364,19 +391,19 @@ def build_plan(model: Model, sources: Mapping[str, Source], opts: ReconcileOptio
     plan.skipped = [x.line() for x in planner.skipped]
     plan.skipped_items = planner.skipped
     plan.not_covered = dict(planner.not_covered)
+    plan.entity_records = dict(planner.entity_records)
     return plan
 
 
 def guard(plan: ReconcilePlan, max_change_ratio: float, force: bool) -> None:
-    """Refuse a plan that overwrites or deletes more than the allowed share of the target."""
+    """Refuse a plan that overwrites or deletes more than the allowed share of one entity's target records."""
     if force or not plan.ops:
         return
-    if plan.change_ratio > max_change_ratio:
-        c = plan.counts
-        changed = c["update"] + c["delete"]
+    share, entity, changed, there = plan.largest_change()
+    if share > max_change_ratio:
         raise Refused(
-            f"plan would overwrite or delete {plan.change_ratio:.0%} of the {plan.target} records ({changed} of "
-            f"{plan.target_records}), over --max-change-ratio {max_change_ratio:g}: check the plan, then pass "
+            f"plan would overwrite or delete {share:.0%} of the {plan.target} {entity} records ({changed} of "
+            f"{there}), over --max-change-ratio {max_change_ratio:g}: check the plan, then pass "
             f"--force to override the limit (or --max-change-ratio {needed_ratio(plan)})"
         )
 
@@ -433,10 +460,14 @@ def plan_file_problem(doc: Any) -> str | None:
 def plan_lines(plan: ReconcilePlan, examples: int = 5) -> list[str]:
     """The plan for a person: counts, then the first examples of each kind."""
     c = plan.counts
+    share, entity, changed, there = plan.largest_change()
+    if entity:
+        shown_share = f"{share:.1%} of the existing {plan.target} {entity} records changed: {changed} of {there}"
+    else:
+        shown_share = f"none of {plan.target_records} existing {plan.target} records changed"
     lines = [
         f"reconcile {plan.source} -> {plan.target} ({', '.join(plan.entities)}): "
-        f"+{c['create']} create  ~{c['update']} update  -{c['delete']} delete"
-        f"  ({plan.change_ratio:.1%} of {plan.target_records} existing {plan.target} records changed)"
+        f"+{c['create']} create  ~{c['update']} update  -{c['delete']} delete  ({shown_share})"
     ]
     for kind in ("create", "update", "delete"):
         shown = [op for op in plan.ops if op.op == kind][:examples]

@@ -18,6 +18,8 @@ from statekit.tiers import names as tier_names
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DRIFT = [(1, "drift found (audit/diff), or warnings (doctor)")]
+_MAX_CHANGE_RATIO = 0.5  # the default of reconcile's and apply's --max-change-ratio
+_MAX_CHANGE_HELP = "Refuse a plan overwriting or deleting more than this share of one entity's records in the target."
 
 
 def _location_options(func: F) -> F:
@@ -257,7 +259,7 @@ def _apply(app: App, plan: Any, where: Any, yes: bool, no_undo: bool, undo_dir: 
 @click.option("--entity", "entities", multiple=True, metavar="NAME", help="Only this entity (repeatable).")
 @click.option("--prune-orphans", is_flag=True, help="Also delete target records the source does not have.")
 @click.option("--max-change-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Refuse a plan overwriting or deleting more than this share of the target.")  # fmt: skip
+              help=_MAX_CHANGE_HELP)  # fmt: skip
 @click.option("--force", is_flag=True, help="Ignore --max-change-ratio.")
 @click.option("--plan-out", metavar="FILE", help="Save the plan (digests only) for `statekit apply` and stop.")
 @click.option("--examples", type=click.IntRange(0, 1000), default=5, show_default=True, help="Examples per kind.")
@@ -319,9 +321,6 @@ def reconcile(
            (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption), model)  # fmt: skip
 
 
-_MAX_CHANGE_RATIO = 0.5  # the default of reconcile's and apply's --max-change-ratio
-
-
 def _apply_hint(plan_out: str, plan: Any, given: Any, prune_orphans: bool, max_change_ratio: float,
                 undo: tuple[Any, ...]) -> str:  # fmt: skip
     """The `statekit apply` command that applies this saved plan as it was made: the same model and places,
@@ -335,9 +334,10 @@ def _apply_hint(plan_out: str, plan: Any, given: Any, prune_orphans: bool, max_c
     if max_change_ratio != _MAX_CHANGE_RATIO:
         words += ["--max-change-ratio", f"{max_change_ratio:g}"]
     why = []
-    if plan.ops and plan.change_ratio > max_change_ratio:  # saved with --force: apply needs it too
+    share, entity, _changed, _there = plan.largest_change()
+    if plan.ops and share > max_change_ratio:  # saved with --force: apply needs it too
         words.append("--force")
-        why.append(f"it overwrites or deletes {plan.change_ratio:.0%} of the {plan.target} records, over "
+        why.append(f"it overwrites or deletes {share:.0%} of the {plan.target} {entity} records, over "
                    f"--max-change-ratio {max_change_ratio:g}: --force overrides that limit")  # fmt: skip
     for r in recipients:
         words += ["-r", r]
@@ -358,7 +358,7 @@ def _apply_hint(plan_out: str, plan: Any, given: Any, prune_orphans: bool, max_c
 @_location_options
 @click.option("--prune-orphans", is_flag=True, help="The plan deletes orphans (must match how it was made).")
 @click.option("--max-change-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Refuse a plan overwriting or deleting more than this share of the target.")  # fmt: skip
+              help=_MAX_CHANGE_HELP)  # fmt: skip
 @click.option("--force", is_flag=True, help="Ignore --max-change-ratio.")
 @_undo_options
 @common_options
