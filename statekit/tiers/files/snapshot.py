@@ -215,23 +215,21 @@ def snapshot_files(
                 # mid-member.
                 source = io.BufferedReader(_SourceReader(fh, entry.rel))
                 sink.add(name, source, size=st.st_size, mode=mode, mtime=st.st_mtime, meta=meta)
-                count += 1
-                total += st.st_size
-                progress("files", count, total)
-                continue
-            try:
-                data = fh.read(MAX_FILE_BYTES + 1)
-            except OSError as exc:
-                if cfg.skip_unreadable:
-                    note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
-                    skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-                    continue
-                raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
-            if len(data) > MAX_FILE_BYTES:  # grew since fstat
-                raise _too_big(entry.rel, len(data))
-            # Write errors (disk full, read-only) propagate as OSError: they are the archive's, not the file's.
-            sink.add(name, data, mode=mode, mtime=st.st_mtime, meta=meta)
-            size = len(data)
+                size = st.st_size
+            else:
+                try:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+                except OSError as exc:
+                    if cfg.skip_unreadable:
+                        note(f"files tier: cannot read {entry.rel}: {exc.strerror} (skipped)")
+                        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                        continue
+                    raise TierError(f"files tier: cannot read {entry.rel}: {exc.strerror}") from None
+                if len(data) > MAX_FILE_BYTES:  # grew since fstat
+                    raise _too_big(entry.rel, len(data))
+                # Write errors (disk full, read-only) propagate as OSError: the archive's, not the file's.
+                sink.add(name, data, mode=mode, mtime=st.st_mtime, meta=meta)
+                size = len(data)
         count += 1
         total += size
         progress("files", count, total)

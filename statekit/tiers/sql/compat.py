@@ -174,18 +174,11 @@ def table_problems(ctx: Any, existing: list[TableDesc]) -> list[str]:
         for t in existing:
             if (t.schema, t.name) in dropped:
                 continue
-            for fk in t.foreign_keys:
-                if (fk["ref_schema"], fk["ref_table"]) in dropped:
-                    out.append(
-                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which restoring this undo "
-                        "archive drops (its restore created it); drop or change that foreign key first"
-                    )
-            if (t.schema, t.name) in restored:
-                continue
-            for fk in t.foreign_keys:
-                if (fk["ref_schema"], fk["ref_table"]) in restored:
-                    out.append(
-                        f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, which replace would empty; "
-                        "restore it too (--tables) or use --mode merge"
-                    )
+            refs = [(f"{t.key}: references {fk['ref_schema']}.{fk['ref_table']}, ", (fk["ref_schema"], fk["ref_table"]))
+                    for fk in t.foreign_keys]  # fmt: skip
+            out += [head + "which restoring this undo archive drops (its restore created it); drop or change that "
+                    "foreign key first" for head, ref in refs if ref in dropped]  # fmt: skip
+            if (t.schema, t.name) not in restored:
+                out += [head + "which replace would empty; restore it too (--tables) or use --mode merge"
+                        for head, ref in refs if ref in restored]  # fmt: skip
     return out
