@@ -31,6 +31,7 @@ from statekit.archive.age import (
     AgePayloadError,
     Decryptor,
 )
+from statekit.archive.age_header import HeaderSource, parse_header
 from statekit.archive.keys import Identity, ScryptIdentity, X25519Identity
 from statekit.errors import CorruptArchive, DecryptionError
 
@@ -254,13 +255,14 @@ RAGE_LENIENT = {"stanza_missing_body", "stanza_missing_final_line"}
 
 
 def _scrypt_work_factor(age_file: bytes) -> int | None:
-    """The work factor of the header's scrypt stanza, if it has one."""
-    for line in age_file.split(b"\n"):
-        if line.startswith(b"---"):
-            break
-        words = line.split(b" ")
-        if words[:2] == [b"->", b"scrypt"] and len(words) == 4 and words[3].isdigit():
-            return int(words[3])
+    """The work factor of the header's scrypt stanza, if the header parses and has one."""
+    try:
+        stanzas = parse_header(HeaderSource(io.BytesIO(age_file))).stanzas
+    except AgeHeaderError:
+        return None
+    for stanza in stanzas:
+        if stanza.type == "scrypt" and len(stanza.args) == 2 and stanza.args[1].isdigit():
+            return int(stanza.args[1])
     return None
 
 

@@ -257,7 +257,7 @@ class _Planner:
             if not writable(ent, t) or ent.presence:
                 if ent is root and t != root.authority:
                     # an instance's live copy: what pruning this entity's orphans is measured against
-                    self.entity_records[ent.name] = self.entity_records.get(ent.name, 0) + len(dst)
+                    self.count(ent, len(dst), changeable=False)
                 continue
             self.count(ent, len(dst))
             if self.opts.source not in ent.locators:
@@ -274,9 +274,11 @@ class _Planner:
                     continue
             yield from self.entity(ent, scope, dst)
 
-    def count(self, ent: Entity, n: int) -> None:
-        """Existing target records of `ent` that this plan may overwrite or delete."""
-        self.target_records += n
+    def count(self, ent: Entity, n: int, *, changeable: bool = True) -> None:
+        """Existing target records of `ent`: what the guard measures its changes against, and (changeable) what
+        this plan may overwrite or delete."""
+        if changeable:
+            self.target_records += n
         self.entity_records[ent.name] = self.entity_records.get(ent.name, 0) + n
 
     def live_guard(self, ent: Entity, scope: str, server: Any) -> Skipped | None:
