@@ -178,6 +178,39 @@ def test_the_right_direction_for_skipped_instances_runs_as_printed(pg_url: str, 
     assert invoke("audit", *given, "--recheck-rounds", "0").code == 0
 
 
+def test_printed_commands_are_built_from_words() -> None:
+    """The printed commands are put together from the command line's options as shell words, not patched into
+    a finished line: a path or a name with a space stays one word, a URL's password stays out, and without
+    options the command is the bare one."""
+    from statekit.audit.entities import build_model
+    from statekit.audit.repairs import Given, repair_command
+
+    given = Given(config_file="/etc/state kit/sk.toml", modes=("srv one=redis",),
+                  db_url="postgresql://sk:s3cret@db.example/app", files_root="/srv/evo instances")  # fmt: skip
+    carried = ["--config", "/etc/state kit/sk.toml", "--mode", "srv one=redis", "--db-url",
+             "postgresql://sk@db.example/app", "--files-root", "/srv/evo instances"]  # fmt: skip
+    line = given.reconcile("--from", "db", "--to", "redis", "--entity", "auth keys")
+    assert shlex.split(line) == ["statekit", "reconcile", *carried, "--from", "db", "--to", "redis", "--entity",
+                                 "auth keys"]  # fmt: skip
+    assert "s3cret" not in line
+    restore = ["statekit", "restore", "ARCHIVE", "--tier", "files"]
+    assert shlex.split(given.restore("files")) == [*restore, "--config", "/etc/state kit/sk.toml", "--target",
+                                                   "/srv/evo instances"]  # fmt: skip
+    assert shlex.split(given.restore("db"))[-2:] == ["--target-url", "postgresql://sk@db.example/app"]
+    assert Given().reconcile("--from", "db") == "statekit reconcile --from db"
+    assert Given().restore("redis") == "statekit restore ARCHIVE --tier redis"
+
+    model = build_model({"user": {"authority": "db",
+                                    "db": {"table": "users", "key": "id", "value": "profile", "codec": "json"},
+                                    "redis": {"key": "app:user:{id}", "codec": "json", "role": "cache"}}})  # fmt: skip
+    ent = model.entities["user"]
+    hint = repair_command("mismatch", ent, "redis", model, model, None, given)
+    assert shlex.split(hint) == ["statekit", "reconcile", *carried, "--from", "db", "--to", "redis", "--entity", "user"]
+    assert repair_command("orphan", ent, "redis", model, model, None) == (
+        "statekit reconcile --from db --to redis --entity user --prune-orphans"
+    )
+
+
 # -- reconcile --plan-out, then apply --------------------------------------------------------------------
 
 

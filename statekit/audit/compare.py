@@ -10,7 +10,7 @@ from json.encoder import encode_basestring as _encode_basestring
 from statekit.audit.codecs import CodecError, Comparison, canonical, compare
 from statekit.audit.entities import TIERS, Entity, Model
 from statekit.audit.findings import Finding, ServerTally, key_text, root_of
-from statekit.audit.repairs import repair_command
+from statekit.audit.repairs import Given, repair_command
 from statekit.audit.sources.records import Record, RecordKey, TierData
 
 
@@ -30,8 +30,9 @@ class ScopeComparer:
     """Compares the records of one batch of scopes across the tiers present. With modes, each scope is
     compared as its server's mode sees it (which tier is live, which copies are stale)."""
 
-    def __init__(self, model: Model, data: dict[str, TierData], keys_only: bool) -> None:
+    def __init__(self, model: Model, data: dict[str, TierData], keys_only: bool, given: Given | None = None) -> None:
         self.model = model
+        self.given = given or Given()  # what the printed repair commands carry over from the command line
         self.data = data
         self.keys_only = keys_only
         self.values = 0
@@ -143,7 +144,9 @@ class ScopeComparer:
                 hint = self._repairs.get(key)
                 if hint is None:
                     server = self._server.name if self._server is not None else None
-                    hint = self._repairs[key] = repair_command(f.cls, ent, f.tier, self.model, self.view.model, server)
+                    hint = self._repairs[key] = repair_command(
+                        f.cls, ent, f.tier, self.model, self.view.model, server, self.given
+                    )
                 f.repair = hint
             yield f
 

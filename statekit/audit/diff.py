@@ -165,7 +165,7 @@ def _compare_batches(
                 data = pending.result()
                 if i + 1 < len(batches):
                     pending = ex.submit(load, batches[i + 1])
-            comparer = ScopeComparer(model, data, opts.keys_only)
+            comparer = ScopeComparer(model, data, opts.keys_only, opts.given)
             for d in data.values():
                 findings.extend(unparseable_findings(d.unparseable))
             for scope in batch:
@@ -205,7 +205,7 @@ def run_audit(
     findings.extend(found)
     if refresh is not None and opts.recheck_rounds > 0:
         findings = _recheck(model, sources, opts, findings, refresh)
-    findings = _collapse_empty_tiers(model, findings, tier_ids, tally)
+    findings = _collapse_empty_tiers(model, findings, tier_ids, tally, opts)
     order = {name: i for i, name in enumerate(model.entities)}
     findings.sort(key=lambda f: (order.get(f.entity, 99), FINDING_CLASSES.index(f.cls), f.id or "", f.key or ""))
     return AuditResult(
@@ -226,7 +226,7 @@ def run_audit(
 
 
 def _collapse_empty_tiers(
-    model: Model, findings: list[Finding], tier_ids: dict[str, int], tally: AuditResult
+    model: Model, findings: list[Finding], tier_ids: dict[str, int], tally: AuditResult, opts: AuditOptions
 ) -> list[Finding]:
     """A tier that holds nothing at all while the model expects records there (Redis flushed, an empty files
     root) is one finding that names the tier, not one per id."""
@@ -246,7 +246,7 @@ def _collapse_empty_tiers(
         detail = (f"{tier} holds no {noun} at all; the authority has {tally.roots:,} {root_noun}, "
                   f"{affected:,} of them expect records in {tier} ({len(gone):,} missing records)")  # fmt: skip
         out = [f for f in out if not (f.cls == "missing" and f.tier == tier and f.id is not None)]
-        repair = f"statekit restore ARCHIVE --tier {tier} (from the last good snapshot)"
+        repair = f"{opts.given.restore(tier)} (from the last good snapshot)"
         out.insert(0, Finding("missing", root_name, None, None, tier, _tier_location(model, tier), [], detail, repair))
     return out
 

@@ -21,7 +21,7 @@ from statekit.audit.plan import (
     plan_file_problem,
     same_plan,
 )
-from statekit.audit.repairs import same_place
+from statekit.audit.repairs import Given, same_place
 from statekit.audit.sources import open_live
 from statekit.config import Config, redact_url
 from statekit.errors import Refused, UsageError
@@ -147,7 +147,9 @@ def load_plan_file(path: str) -> dict[str, Any]:
     return dict(doc)
 
 
-def replan_saved(model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool) -> ReconcilePlan:
+def replan_saved(
+    model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool, given: Given | None = None
+) -> ReconcilePlan:
     """Plan again from the live tiers with the saved plan's direction and entities; Refused when anything
     changed. The guards (prune_orphans here, max_change_ratio and force at the caller) come from the
     command line and config of `statekit apply`, never from the plan file: a plan saved with
@@ -157,6 +159,7 @@ def replan_saved(model: Model, where: Locations, saved: dict[str, Any], *, prune
         target=str(saved.get("to")),
         entities=list(saved.get("entities", [])),
         prune_orphans=prune_orphans,
+        given=given or Given(),
     )
     if bool(saved.get("prune_orphans")) != prune_orphans:
         flag = "with" if saved.get("prune_orphans") else "without"

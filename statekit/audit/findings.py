@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statekit.audit.entities import Entity, Model
+from statekit.audit.repairs import Given
 from statekit.audit.sources.records import RecordKey, Unparseable
 
 FINDING_CLASSES = ("missing", "orphan", "mismatch", "unparseable", "transient")
@@ -68,6 +69,8 @@ class AuditOptions:
     # How a re-check round waits its recheck_delay: the moment between a pass and its re-check (a test
     # passes its own to finish a write exactly then).
     pause: Callable[[float], None] = field(default=lambda seconds: time.sleep(seconds))
+    # What the repair commands printed with the findings carry over from the audit's command line.
+    given: Given = field(default_factory=Given)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 from statekit.audit.codecs import CodecError, compare, convert
 from statekit.audit.entities import LOCATOR_KINDS, TIERS, Entity, Locator, Model
 from statekit.audit.findings import root_of
+from statekit.audit.repairs import Given
 from statekit.audit.sources.records import Record, RecordKey, Source, TierData
 from statekit.errors import Refused, UsageError
 
@@ -76,6 +77,8 @@ class ReconcileOptions:
     max_change_ratio: float = 0.5
     force: bool = False
     batch: int = 500
+    # What the commands printed for skipped instances carry over from reconcile's command line.
+    given: Given = field(default_factory=Given)
 
 
 @dataclass
@@ -290,11 +293,11 @@ class _Planner:
             return None
         if t == live:
             others = [o for o in ent.locators if o != live and (live, o) in RECONCILE_PAIRS]
-            command = (f"statekit reconcile --from {live} --to {others[0]} --entity {ent.name}" if others
+            command = (self.opts.given.reconcile("--from", live, "--to", others[0], "--entity", ent.name) if others
                        else "none needed: the live copy is the one the server reads")  # fmt: skip
             reason = f"{t} holds its live {ent.name}, which reconcile never overwrites"
         else:
-            command = f"statekit reconcile --from {live} --to {t} --entity {ent.name}"
+            command = self.opts.given.reconcile("--from", live, "--to", t, "--entity", ent.name)
             reason = f"{s} is not its live copy ({server.mode} mode reads {live})"
         return Skipped(ent.name, scope, server.name, server.mode, reason, command)
 

@@ -17,19 +17,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 from statekit.audit.entities import LOCATOR_KINDS, Entity, Model
 
-RESTORE = "statekit restore ARCHIVE --tier {tier}"
 # Where a URL option's password goes instead of the printed command line.
 PASSWORD_ENV = {"--db-url": "STATEKIT_DB_PASSWORD", "--redis-url": "STATEKIT_REDIS_PASSWORD"}
 
 
-def repair_command(cls: str, ent: Entity, tier: str, base: Model, view: Model, server: str | None) -> str:
-    """One line: the statekit command (or the one thing to do) that repairs this kind of finding."""
+def repair_command(
+    cls: str, ent: Entity, tier: str, base: Model, view: Model, server: str | None, given: Given | None = None
+) -> str:
+    """One line: the statekit command (or the one thing to do) that repairs this kind of finding, with what
+    `given` carries over from the command line that prints it."""
+    given = given or Given()
     root = ent
     while root.parent is not None:
         root = base.entities[root.parent]
     if cls == "orphan":
         source = _other_source(tier, root.authority)
-        return f"statekit reconcile --from {source} --to {tier} --entity {ent.name} --prune-orphans"
+        return given.reconcile("--from", source, "--to", tier, "--entity", ent.name, "--prune-orphans")
     if cls == "transient":
         return "none: it was caught mid-write and was gone on re-check"
     loc = ent.locators.get(tier)
@@ -37,11 +40,11 @@ def repair_command(cls: str, ent: Entity, tier: str, base: Model, view: Model, s
     auth = ent.authority
     if cls == "unparseable":
         if tier == auth:
-            return f"no other live copy: {RESTORE.format(tier=tier)} (the application reads it as absent)"
-        return f"statekit reconcile --from {auth} --to {tier} --entity {ent.name}"
+            return f"no other live copy: {given.restore(tier)} (the application reads it as absent)"
+        return given.reconcile("--from", auth, "--to", tier, "--entity", ent.name)
     if tier == auth or role == "live":
-        return _refill_live(ent, tier, base, view, server)
-    return f"statekit reconcile --from {auth} --to {tier} --entity {ent.name}"
+        return _refill_live(ent, tier, base, view, server, given)
+    return given.reconcile("--from", auth, "--to", tier, "--entity", ent.name)
 
 
 def _other_source(target: str, authority: str) -> str:
@@ -50,7 +53,7 @@ def _other_source(target: str, authority: str) -> str:
     return LOCATOR_KINDS[target].fills_from[0].kind
 
 
-def _refill_live(ent: Entity, tier: str, base: Model, view: Model, server: str | None) -> str:
+def _refill_live(ent: Entity, tier: str, base: Model, view: Model, server: str | None, given: Given) -> str:
     """The live place lost its copy: a stale copy may be the one to keep only if the mode changed without a
     migration. Name the mode in which that copy is live, so the user decides."""
     full = base.entities.get(ent.name, ent)
@@ -58,12 +61,13 @@ def _refill_live(ent: Entity, tier: str, base: Model, view: Model, server: str |
     if modes is not None and view.mode is not None and server is not None:
         for mode, (live, roles) in full.modes.items():
             if live != tier and roles.get(tier, "ignored") != "live" and mode != view.mode:
+                command = given.reconcile("--mode", f"{server}={mode}", "--from", live, "--to", tier, "--entity",
+                                          ent.name)  # fmt: skip
                 return (
-                    f"if {live} holds the current copy (the mode changed without a migration): statekit reconcile "
-                    f"--mode {server}={mode} --from {live} --to {tier} --entity {ent.name}; else "
-                    f"{RESTORE.format(tier=tier)} or pair the instance again"
+                    f"if {live} holds the current copy (the mode changed without a migration): {command}; else "
+                    f"{given.restore(tier)} or pair the instance again"
                 )
-    return f"no live copy to repair from: {RESTORE.format(tier=tier)}"
+    return f"no live copy to repair from: {given.restore(tier)}"
 
 
 # -- what a printed command carries over -------------------------------------------------------------------
@@ -158,19 +162,14 @@ class Given:
                 out.append(f"{flag} is printed without its password: set {PASSWORD_ENV[flag]} to run it")
         return out
 
-    def complete(self, hint: str) -> str:
-        """A repair hint from repair_command with this command line's options in each command it names."""
-        if not hint:
-            return hint
-        model = shell(self.model_args())
-        if model:
-            hint = hint.replace("statekit reconcile ", f"statekit reconcile {model} ")
+    def reconcile(self, *words: str) -> str:
+        """`statekit reconcile` with this command line's model and places, then `words`, as one shell line."""
+        return shell(["statekit", "reconcile", *self.model_args(), *words])
 
-        def restore(m: re.Match[str]) -> str:
-            extra = shell(self.restore_args(m.group(2)))
-            return m.group(1) + (f" {extra}" if extra else "")
-
-        return re.sub(r"(statekit restore \S+ --tier (\w+))", restore, hint)
+    def restore(self, tier: str) -> str:
+        """`statekit restore ARCHIVE --tier TIER` with the keys that opened the archive and the tier's place
+        (ARCHIVE stands for the snapshot the user picks)."""
+        return shell(["statekit", "restore", "ARCHIVE", "--tier", tier, *self.restore_args(tier)])
 
 
 def local_path(path: str | None) -> str | None:

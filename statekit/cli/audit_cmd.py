@@ -136,6 +136,7 @@ def audit(
         recheck_delay=recheck_delay,
         tally=bool(metrics_file),
         jobs=jobs,
+        given=given,
     )
     if against:
         from statekit.audit.sources.archive import audit_against
@@ -148,8 +149,6 @@ def audit(
                       {"against": os.path.basename(against), "model": model.source})  # fmt: skip
         return
     result = audit_live(model, where, opts, progress=app.progress(), warn=app.warn)
-    for f in result.findings:
-        f.repair = given.complete(f.repair)
     _carry_over(result, given)
     if metrics_file:
         from statekit.profiles.evolution.health import write_audit_metrics
@@ -296,12 +295,10 @@ def reconcile(
     from statekit.audit.repairs import Given
 
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
-    opts = ReconcileOptions(source, target, list(entities), prune_orphans, max_change_ratio, force)
-    plan = plan_reconcile(model, where, opts)
+    # the commands printed for skipped instances carry this command line's model and places
     given = Given(app.config_file, profile, modes, db_url, redis_url, files_root)
-    for item in plan.skipped_items:  # the right direction, with this command line's model and places
-        item.command = given.complete(item.command)
-    plan.skipped = [item.line() for item in plan.skipped_items]
+    opts = ReconcileOptions(source, target, list(entities), prune_orphans, max_change_ratio, force, given=given)
+    plan = plan_reconcile(model, where, opts)
     lines = plan_lines(plan, examples) + [f"  note: {n}" for n in given.notes() if plan.skipped_items]
     if plan_out or not yes or not plan.ops:
         app.result({"plan": plan.to_json()}, lines)
@@ -385,13 +382,15 @@ def apply_cmd(
     """Apply a plan saved with `statekit reconcile --plan-out`; refused (exit 8) if the tiers changed since.
     The guards (--prune-orphans, --max-change-ratio, --force) are this command's own, never the plan file's."""
     from statekit.audit.engine import guard, load_plan_file, replan_saved
+    from statekit.audit.repairs import Given
 
     saved = load_plan_file(plan_file)
     if sorted(map(str, saved.get("modes") or [])) != sorted(modes):
         shown = " ".join(f"--mode {m}" for m in saved.get("modes") or []) or "no --mode"
         raise Refused(f"the plan was made with {shown}: give `statekit apply` the same")
     model, where = _model_and_locations(app, profile, db_url, redis_url, files_root, modes)
-    plan = replan_saved(model, where, saved, prune_orphans=prune_orphans)
+    given = Given(app.config_file, profile, modes, db_url, redis_url, files_root)
+    plan = replan_saved(model, where, saved, prune_orphans=prune_orphans, given=given)
     guard(plan, max_change_ratio, force)
     _apply(app, plan, where, yes, no_undo, undo_dir,
            (recipients, recipients_files, passphrase_file, ask_passphrase, no_encryption), model)  # fmt: skip
