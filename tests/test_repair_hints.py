@@ -5,6 +5,7 @@ prompt answered "y"), from another directory, against real servers."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -172,6 +173,12 @@ def test_the_right_direction_for_skipped_instances_runs_as_printed(pg_url: str, 
     [command] = _commands(res.out, "to repair the skipped ones: ")
     assert command.startswith(f"statekit reconcile --config {conf} --profile evolution-api --mode redis --db-url ")
     assert command.endswith("--from redis --to db --entity creds")
+    # the same plan saved, then applied: apply's skipped instances name the right direction the same way
+    saved = invoke("reconcile", *given, "--from", "db", "--to", "redis", "--entity", "creds", "--plan-out", "p.json")
+    assert saved.code == 0, saved.out + saved.err
+    applied = invoke("apply", "p.json", *given, "--yes", "--no-undo", "--json")
+    assert applied.code == 0, applied.out + applied.err
+    assert [x["command"] for x in json.loads(applied.out)["plan"]["skipped"]] == [command]
     ran = run_printed(command, tmp_path)
     assert ran.code == 0, ran.out + ran.err
     assert "applied: +0 created  ~1 updated  -0 deleted" in ran.out
