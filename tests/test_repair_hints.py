@@ -213,7 +213,7 @@ def test_printed_commands_are_built_from_words() -> None:
     ent = model.entities["user"]
     hint = repair_command("mismatch", ent, "redis", model, model, None, given)
     assert shlex.split(hint) == ["statekit", "reconcile", *carried, "--from", "db", "--to", "redis", "--entity", "user"]
-    assert repair_command("orphan", ent, "redis", model, model, None) == (
+    assert repair_command("orphan", ent, "redis", model, model, None, Given()) == (
         "statekit reconcile --from db --to redis --entity user --prune-orphans"
     )
 

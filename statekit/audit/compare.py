@@ -30,9 +30,9 @@ class ScopeComparer:
     """Compares the records of one batch of scopes across the tiers present. With modes, each scope is
     compared as its server's mode sees it (which tier is live, which copies are stale)."""
 
-    def __init__(self, model: Model, data: dict[str, TierData], keys_only: bool, given: Given | None = None) -> None:
+    def __init__(self, model: Model, data: dict[str, TierData], keys_only: bool, given: Given) -> None:
         self.model = model
-        self.given = given or Given()  # what the printed repair commands carry over from the command line
+        self.given = given  # what the printed repair commands carry over from the command line
         self.data = data
         self.keys_only = keys_only
         self.values = 0

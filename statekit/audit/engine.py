@@ -148,7 +148,7 @@ def load_plan_file(path: str) -> dict[str, Any]:
 
 
 def replan_saved(
-    model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool, given: Given | None = None
+    model: Model, where: Locations, saved: dict[str, Any], *, prune_orphans: bool, given: Given
 ) -> ReconcilePlan:
     """Plan again from the live tiers with the saved plan's direction and entities; Refused when anything
     changed. The guards (prune_orphans here, max_change_ratio and force at the caller) come from the
@@ -159,7 +159,7 @@ def replan_saved(
         target=str(saved.get("to")),
         entities=list(saved.get("entities", [])),
         prune_orphans=prune_orphans,
-        given=given or Given(),
+        given=given,
     )
     if bool(saved.get("prune_orphans")) != prune_orphans:
         flag = "with" if saved.get("prune_orphans") else "without"

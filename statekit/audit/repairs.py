@@ -21,12 +21,9 @@ from statekit.audit.entities import LOCATOR_KINDS, Entity, Model
 PASSWORD_ENV = {"--db-url": "STATEKIT_DB_PASSWORD", "--redis-url": "STATEKIT_REDIS_PASSWORD"}
 
 
-def repair_command(
-    cls: str, ent: Entity, tier: str, base: Model, view: Model, server: str | None, given: Given | None = None
-) -> str:
+def repair_command(cls: str, ent: Entity, tier: str, base: Model, view: Model, server: str | None, given: Given) -> str:
     """One line: the statekit command (or the one thing to do) that repairs this kind of finding, with what
     `given` carries over from the command line that prints it."""
-    given = given or Given()
     root = ent
     while root.parent is not None:
         root = base.entities[root.parent]
