@@ -196,3 +196,38 @@ def test_progress_counts_rows_while_a_binary_table_loads(pg_url: str, pg_url2: s
     during = [r for r in seen[:-1] if 0 < r < 200_000]
     assert len(during) >= 5 and during == sorted(during) and max(seen) <= 200_000 * 1.05, seen
     assert 0 not in seen[seen.index(during[0]) :], "the count fell back to nothing before the server's count"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_rows_are_estimated_from_bytes_only_for_a_progress_line(
+    pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """The mid-COPY estimate walks a segment's first tuples in Python: a restore that shows no progress (the
+    default callback) skips it and still ends on the server's exact counts, its own connection's and (with
+    --jobs) the staging workers' alike; one with a progress callback still estimates."""
+    from statekit.tiers.sql import pgload, pgstage, restore_db
+
+    monkeypatch.setattr(pgstage, "STAGE_FROM_BYTES", 0)  # with --jobs 2, t is staged: the workers load it
+    execute(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            "INSERT INTO t SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g")  # fmt: skip
+    execute(pg_url2, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    walked: list[str] = []
+    real = pgload._tuple_bytes
+
+    def walk(chunk: bytes, width: int, name: str) -> int:
+        walked.append(name)
+        return real(chunk, width, name)
+
+    monkeypatch.setattr(pgload, "_tuple_bytes", walk)
+    opts = RestoreOptions(tier="db", target=pg_url2, mode="replace", jobs=jobs, trust_archive_sql=True)
+    oid = "SELECT 't'::regclass::oid"
+    before = fetch(pg_url2, oid)
+    report = restore_db(archive, opts, DbConfig(), undo=None)
+    assert walked == []
+    assert report.counts["rows"] == 60_000
+    assert (fetch(pg_url2, oid) != before) == (jobs == 2)  # a staged table takes the old one's place
+    assert rows_as_text(pg_url2, "t") == rows_as_text(pg_url, "t")
+    seen: list[int] = []
+    restore_db(archive, opts, DbConfig(), undo=None, progress=lambda tier, rows, nbytes: seen.append(rows))
+    assert walked and seen[-1] == 60_000

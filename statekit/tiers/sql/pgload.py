@@ -332,6 +332,7 @@ def copy_segments(
     wires: Callable[[Any, str, list[str]], list[str | None]] = target_wire,
     frozen: Container[str] = (),
     stop: Callable[[], None] | None = None,
+    estimate: bool = True,
 ) -> tuple[dict[str, int], list[tuple[list[str], int]]]:
     """Stream every segment into COPY, consecutive segments of one table through one COPY. Returns the rows
     loaded per table key, and for the binary segments (whose rows the server counts, not the archive pass)
@@ -344,7 +345,10 @@ def copy_segments(
     tokens (the same binary format, asked of `wires`: target_wire or a TargetWires); otherwise each row is
     decoded to COPY text (tiers.sql.pgbinary) and the target's own input functions convert it, as they would a
     COPY text archive. A destination in `frozen` is loaded with COPY FREEZE. `stop` runs when the load fails,
-    before the reading thread is stopped (it may be handing segments to other connections)."""
+    before the reading thread is stopped (it may be handing segments to other connections). With `estimate`
+    false (no progress line is shown), a binary run's rows are ticked once its COPY has ended, not estimated
+    from its bytes as the chunks go by: the estimate walks a segment's first tuples in Python, about 0.3 ms a
+    table, a tenth of a restore of 300 small tables."""
     feed = _Feed(segments)
     loaded: dict[str, int] = {}
     counted: list[tuple[list[str], int]] = []
@@ -382,7 +386,7 @@ def copy_segments(
                                 nbytes += len(chunk)
                                 if not binary:
                                     rows += chunk.count(b"\n")  # COPY text escapes embedded newlines
-                                else:
+                                elif estimate:
                                     run_bytes += len(chunk)
                                     per_row = per_row or _tuple_bytes(chunk, len(plan.src.data_columns), name)
                                     if per_row:

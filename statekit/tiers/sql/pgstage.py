@@ -320,6 +320,7 @@ class _Worker(threading.Thread):
                     finished=lambda _plan, _dest: None,
                     tick=self._tick,
                     wires=self.stager.wires,
+                    estimate=self.stager.estimate,
                 )
             self.conn.commit()
             self.load_done.set()
@@ -351,6 +352,7 @@ class Stager:
 
     target: Any  # DbTarget
     jobs: int
+    estimate: bool = True  # rows estimated from bytes mid-COPY, for a progress line (pgload.copy_segments)
     wires: Callable[[Any, str, list[str]], list[str | None]] = pgload.target_wire
     candidates: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # key -> name, table, schema
     decided: set[str] = field(default_factory=set)  # candidates whose first segment has been seen

@@ -271,7 +271,9 @@ def _segments(
 
 
 def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int = 1) -> dict[str, int]:
-    stager = pgstage.Stager(ctx.target, jobs) if jobs > 1 and ctx.mode == "replace" else None
+    # Rows are counted and estimated mid-COPY only for a progress line (pgload.copy_segments).
+    shown = progress is not no_progress
+    stager = pgstage.Stager(ctx.target, jobs, estimate=shown) if jobs > 1 and ctx.mode == "replace" else None
     conn = None
     loaded: dict[str, int] = {p.src.key: 0 for p in ctx.plans}
     committing = False
@@ -348,6 +350,8 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
             own: list[Any] = [{}, 0]  # what this connection has loaded: rows per table, bytes
 
             def tick(done: dict[str, int], nbytes: int) -> None:
+                if not shown:  # a tick per table and segment, each merging every table's count: only if shown
+                    return
                 own[:] = [dict(done), nbytes]
                 if stager is not None:  # the workers' part too
                     more, more_bytes = stager.progress()
@@ -367,12 +371,14 @@ def _restore_pg(ctx: RestoreContext, archive: Any, progress: Progress, jobs: int
                 wires=wires,
                 frozen=frozen,
                 stop=stager.aborted.set if stager is not None else None,
+                estimate=shown,
             )
             if stager is not None:
                 more, more_counted = stager.finish()  # the workers committed into the staging tables
                 for key, n in more.items():
                     rows[key] = rows.get(key, 0) + n
                 counted += more_counted
+                progress("db", sum(rows.values()), own[1] + stager.progress()[1])  # the exact count, workers' too
                 # candidates with no segment in the archive: emptied, as replace empties every table
                 unloaded = sorted(occupied - started - {s.table for s in staged.values()})
                 if unloaded:
