@@ -8,6 +8,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from statekit.config import DbConfig
 from statekit.errors import ConfigError, Refused, TierUnavailable
 from statekit.model import RestoreOptions
 from statekit.tiers.sql import plan_db_restore, snapshot_db
-from tests.db_support import FileUndo, execute, fetch, restore, rows_as_text, snap
+from tests.db_support import FileUndo, execute, fetch, pg_connect, restore, rows_as_text, snap
 from tests.servers import pg_major
 
 TORTURE_DDL = [
@@ -651,3 +652,48 @@ def test_a_restore_without_a_prompt_reads_its_target_once(
     assert run([*args, "--yes"]) == 0
     assert len(made) == 2
     assert fetch(pg_url2, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+
+
+def test_tables_without_pages_are_neither_counted_nor_asked_for_rows(
+    pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain table with no page on disk holds no row: the plan gives it 0 rows and the restore leaves it out
+    of the TRUNCATE without a `count(*)` or `EXISTS` of its own. A table whose rows were deleted keeps its pages
+    and is asked (0 rows, not truncated); one with rows is counted and truncated; a partitioned table has no
+    pages of its own but rows in its partitions, so it is never taken for empty."""
+    from statekit.tiers.sql import pgcatalog, pgtables
+    from statekit.tiers.sql import plan as plan_mod
+
+    ddl = [f"CREATE TABLE {t} (id int PRIMARY KEY)" for t in ("wiped", "emptied", "filled")]
+    execute(pg_url, *ddl, *(f"INSERT INTO {t} VALUES (1), (2)" for t in ("wiped", "emptied", "filled")))
+    archive, _ = snap(pg_url, tmp_path / "a.statekit")
+    execute(pg_url2, *ddl, "INSERT INTO emptied VALUES (5)", "DELETE FROM emptied", "INSERT INTO filled VALUES (8)")
+    asked: list[str] = []
+    for mod in (plan_mod, pgtables):
+        real = getattr(mod, "union_selects" if mod is plan_mod else "union_values")
+
+        def watch(*a: Any, _real: Any = real) -> Any:
+            asked.extend(a[-1])
+            return _real(*a)
+
+        monkeypatch.setattr(mod, "union_selects" if mod is plan_mod else "union_values", watch)
+    plan = plan_db_restore(archive, RestoreOptions(tier="db", target=pg_url2), DbConfig())
+    assert {p["table"]: p["target_rows"] for p in plan.plan} == {
+        "public.wiped": 0, "public.emptied": 0, "public.filled": 1
+    }  # fmt: skip
+    assert not [s for s in asked if "wiped" in s] and [s for s in asked if "emptied" in s]
+    files = "SELECT relname, pg_relation_filenode(oid) FROM pg_class WHERE relname IN ('wiped', 'emptied', 'filled')"
+    before = dict(fetch(pg_url2, files))
+    asked.clear()
+    restore(archive, pg_url2)
+    after = dict(fetch(pg_url2, files))
+    assert {n for n in before if before[n] != after[n]} == {"filled"}
+    assert not [s for s in asked if "wiped" in s] and [s for s in asked if "emptied" in s]
+    for t in ("wiped", "emptied", "filled"):
+        assert fetch(pg_url2, f"SELECT id FROM {t} ORDER BY 1") == [(1,), (2,)]
+    execute(pg_url2, "CREATE TABLE parted (id int) PARTITION BY RANGE (id)",
+            "CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10)", "INSERT INTO parted VALUES (1)",
+            "CREATE TABLE nothing (id int)", "CREATE VIEW seen AS SELECT 1 AS id")  # fmt: skip
+    names = ['"public"."parted"', '"public"."parted_1"', '"public"."nothing"', '"public"."seen"', '"public"."gone"']
+    with pg_connect(pg_url2) as conn, conn.cursor() as cur:
+        assert pgcatalog.without_pages(cur, names) == {2}

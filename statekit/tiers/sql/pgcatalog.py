@@ -281,6 +281,25 @@ def _collect_types(ptype: dict[str, Any], enums: set[str], domains: set[str]) ->
 
 # Plain and partitioned tables, temporary ones excluded, in the given schemas, else in every schema but
 # pg_* and information_schema*.
+# Plain tables without a page on disk hold no row (every row lives in a page of the main fork). Partitioned
+# tables (their rows are in the partitions), views and foreign tables are never among them.
+_NO_PAGES_SQL = """
+SELECT u.k FROM unnest(%(t)s::text[]) WITH ORDINALITY AS u(t, k)
+JOIN pg_class c ON c.oid = to_regclass(u.t)
+WHERE c.relkind = 'r' AND pg_relation_size(c.oid) = 0
+"""
+
+
+def without_pages(cur: Any, names: list[str]) -> set[int]:
+    """The places in `names` (quoted, qualified table names) of the plain tables that have no page on disk, so
+    hold no row: one statement for all of them, where a `count(*)` or `EXISTS` costs each table a fraction of a
+    millisecond (a third of a restore into 300 empty tables went to those)."""
+    if not names:
+        return set()
+    cur.execute(_NO_PAGES_SQL, {"t": names})
+    return {int(k) - 1 for (k,) in cur.fetchall()}
+
+
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname
 FROM pg_class c

@@ -207,7 +207,7 @@ def prepare(archive: Any, opts: RestoreOptions, url: str | None, *, with_counts:
                 named = target.dialect.named_schemas
                 tables = [(p.schema, p.src.name) for p in present]
                 tables += [(d.schema if named else None, d.name) for d in ctx.drops]
-                rows = _counts(query, target.dialect, tables)
+                rows = _counts(query, target.dialect, tables, _pg_without_pages(target, pg, tables))
                 for p, n in zip(present, rows):
                     p.target_rows = n
                 for d, n in zip(ctx.drops, rows[len(present) :]):
@@ -547,10 +547,27 @@ def _sa_queries(target: DbTarget) -> Iterator[Query]:
         yield run
 
 
-def _counts(query: Query, dialect: Dialect, tables: list[tuple[str | None, str]]) -> list[int]:
-    """The row count of each table, a hundred tables per statement."""
-    counts = [f"count(*) FROM {dialect.qualified(schema, name)}" for schema, name in tables]
-    out: list[int] = []
+def _pg_without_pages(target: DbTarget, pg: Any, tables: list[tuple[str | None, str]]) -> set[int]:
+    """The places in `tables` of the PostgreSQL target's tables that hold no row for having no page on disk
+    (pgcatalog.without_pages); none for another database."""
+    if pg is None or not tables:
+        return set()
+    from statekit.tiers.sql.pgcatalog import without_pages
+
+    try:
+        with pg.cursor() as cur:
+            return without_pages(cur, [target.dialect.qualified(schema, name) for schema, name in tables])
+    except Exception as exc:
+        raise target.fail("counting the target's rows", exc) from None
+    finally:
+        pg.rollback()
+
+
+def _counts(query: Query, dialect: Dialect, tables: list[tuple[str | None, str]], empty: set[int]) -> list[int]:
+    """The row count of each table, a hundred tables per statement; 0 for those at the places in `empty`."""
+    counts = [f"count(*) FROM {dialect.qualified(s, n)}" for i, (s, n) in enumerate(tables) if i not in empty]
+    found: list[int] = []
     for sql in union_selects(counts):
-        out.extend(int(n or 0) for _, n in sorted(query(sql)))
-    return out
+        found.extend(int(n or 0) for _, n in sorted(query(sql)))
+    rest = iter(found)
+    return [0 if i in empty else next(rest) for i in range(len(tables))]
