@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -212,22 +213,16 @@ def test_rows_are_estimated_from_bytes_only_for_a_progress_line(
             "INSERT INTO t SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g")  # fmt: skip
     execute(pg_url2, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     archive, _ = snap(pg_url, tmp_path / "a.statekit")
-    walked: list[str] = []
-    real = pgload._tuple_bytes
-
-    def walk(chunk: bytes, width: int, name: str) -> int:
-        walked.append(name)
-        return real(chunk, width, name)
-
-    monkeypatch.setattr(pgload, "_tuple_bytes", walk)
+    walked = mock.Mock(wraps=pgload._tuple_bytes)  # a spy: the real estimate runs
+    monkeypatch.setattr(pgload, "_tuple_bytes", walked)
     opts = RestoreOptions(tier="db", target=pg_url2, mode="replace", jobs=jobs, trust_archive_sql=True)
     oid = "SELECT 't'::regclass::oid"
     before = fetch(pg_url2, oid)
     report = restore_db(archive, opts, DbConfig(), undo=None)
-    assert walked == []
+    assert walked.call_count == 0
     assert report.counts["rows"] == 60_000
     assert (fetch(pg_url2, oid) != before) == (jobs == 2)  # a staged table takes the old one's place
     assert rows_as_text(pg_url2, "t") == rows_as_text(pg_url, "t")
     seen: list[int] = []
     restore_db(archive, opts, DbConfig(), undo=None, progress=lambda tier, rows, nbytes: seen.append(rows))
-    assert walked and seen[-1] == 60_000
+    assert walked.call_count and seen[-1] == 60_000
