@@ -13,7 +13,6 @@ import secrets
 import stat
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from sqlalchemy.engine import make_url
 from statekit.archive.keys import ScryptIdentity, generate_identity
 from statekit.archive.reader import Archive
 from tests.servers import RedisProcess, free_port
-from tests.tools import age_decrypt, zstd_decompress
+from tests.tools import age_decrypt, tar_extract, zstd_decompress
 
 STATEKIT = str(Path(sys.executable).parent / "statekit")
 TOKEN = secrets.token_hex(6)
@@ -76,8 +75,7 @@ def extract(archive: Path, identity: Path, dest: Path) -> Path:
     plain = zstd_decompress(dec)
     tar = dest / "a.tar"
     tar.write_bytes(plain)
-    with tarfile.open(tar) as tf:
-        tf.extractall(dest, filter="data")  # our own fresh archive, standard tools' path
+    tar_extract(tar, dest)
     tar.unlink()
     return dest
 

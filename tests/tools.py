@@ -71,3 +71,24 @@ def zstd_decompress(data: bytes) -> bytes:
     import zstandard
 
     return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
+
+
+def tar_extract(tar: Path, dest: Path) -> None:
+    """Unpack a tar file without statekit: the `tar` CLI when installed, else Python's tarfile, with its `data`
+    filter where the Python has it (3.11.4 and later; Debian 12's python3 is 3.11.2)."""
+    cli = shutil.which("tar")
+    if cli is None and REQUIRE_TOOLS:
+        require_tool("tar")
+    if cli is not None:
+        subprocess.run([cli, "-xf", str(tar), "-C", str(dest)], capture_output=True, check=True)
+        return
+    import tarfile
+
+    with tarfile.open(tar) as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, filter="data")
+            return
+        for m in tf.getmembers():  # what the data filter refuses first: a path that leaves dest
+            if m.name.startswith("/") or ".." in m.name.split("/") or not (m.isfile() or m.isdir()):
+                raise ValueError(f"refusing to extract {m.name!r}")
+        tf.extractall(dest)  # names checked above
