@@ -279,8 +279,6 @@ def _collect_types(ptype: dict[str, Any], enums: set[str], domains: set[str]) ->
 
 # -- tables -----------------------------------------------------------------------------------------------
 
-# Plain and partitioned tables, temporary ones excluded, in the given schemas, else in every schema but
-# pg_* and information_schema*.
 # Plain tables without a page on disk hold no row (every row lives in a page of the main fork). Partitioned
 # tables (their rows are in the partitions), views and foreign tables are never among them.
 _NO_PAGES_SQL = """
@@ -300,6 +298,8 @@ def without_pages(cur: Any, names: list[str]) -> set[int]:
     return {int(k) - 1 for (k,) in cur.fetchall()}
 
 
+# Plain and partitioned tables, temporary ones excluded, in the given schemas, else in every schema but
+# pg_* and information_schema*.
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname
 FROM pg_class c
